@@ -1,0 +1,1 @@
+"""Backends: IR -> something that runs. ``torch_backend`` now; the TVM backend comes next."""

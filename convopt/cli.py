@@ -1,0 +1,98 @@
+"""The ``convopt`` command: ``convopt dump MODEL ...`` and ``convopt optimize MODEL ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="timm:NAME, torchvision:NAME or path/to/file.py:factory")
+    p.add_argument("--input-shape", default="1,3,224,224", help="example input shape (default 1,3,224,224)")
+    p.add_argument("--mode", choices=("inference", "train"), default="inference")
+    p.add_argument("--skip-pass", action="append", default=[], metavar="NAME", help="leave a pass out (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
+
+
+def _prepare(args):
+    from .models import load_model, parse_shape
+
+    torch.manual_seed(args.seed)
+    model = load_model(args.model)
+    return model, torch.randn(parse_shape(args.input_shape))
+
+
+def _dump(args) -> int:
+    from . import capture
+    from .ir import to_dot
+    from .pipeline import PIPELINES, run_passes, select_passes
+
+    model, x = _prepare(args)
+    graph = capture(model, x, mode=args.mode)
+    passes = select_passes(PIPELINES[args.mode], skip=args.skip_pass)
+    graph, records = run_passes(graph, passes, dump_dir=args.after_each_pass, verify=True)
+    text = to_dot(graph) if args.format == "dot" else str(graph)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    if args.after_each_pass:
+        written = [r.dump.name for r in records if r.dump]
+        print(f"wrote 000_capture.ir {' '.join(written)} to {args.after_each_pass}", file=sys.stderr)
+    return 0
+
+
+def _optimize(args) -> int:
+    from . import capture, optimize
+    from .optimize import CheckError, check_against_eager
+
+    model, x = _prepare(args)
+    before = capture(model, x, mode=args.mode).op_counts()
+    start = time.perf_counter()
+    result = optimize(model, x, target=args.target, mode=args.mode, dump_ir=args.dump_ir,
+                      skip_passes=args.skip_pass, check=False)
+    seconds = time.perf_counter() - start
+    after = result.graph.op_counts()
+    print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s")
+    for op in sorted(set(before) | set(after)):
+        b, a = before.get(op, 0), after.get(op, 0)
+        print(f"  {op:<28} {b:>5} -> {a:<5}{'' if a == b else f' ({a - b:+d})'}")
+    for r in result.pass_records:
+        print(f"  pass {r.name:<24} {r.seconds * 1000:8.1f} ms  {'changed' if r.changed else 'no change'}")
+    try:
+        check_against_eager(model, result, x)
+        print("check: matches eager PyTorch (relative error within tolerance)")
+    except CheckError as e:
+        print(f"check FAILED: {e}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="convopt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dump = sub.add_parser("dump", help="print the IR of a model after the pass pipeline")
+    _common(dump)
+    dump.add_argument("--after-each-pass", metavar="DIR", help="also write the IR after each pass that changed it")
+    dump.add_argument("--format", choices=("text", "dot"), default="text")
+    dump.add_argument("-o", "--output", help="write to a file instead of stdout")
+    dump.set_defaults(run=_dump)
+    opt = sub.add_parser("optimize", help="optimize a model and print a summary")
+    _common(opt)
+    opt.add_argument("--target", default="torch", help="backend (default: torch)")
+    opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass that changed it")
+    opt.set_defaults(run=_optimize)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, NotImplementedError, RuntimeError) as e:
+        print(f"convopt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

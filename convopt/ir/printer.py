@@ -1,0 +1,46 @@
+"""The IR dump: a deterministic text form of a Graph, read back by ``convopt.ir.parse``.
+
+    graph main(%x: f32[1,3,224,224]) {
+      param %conv1.weight: f32[64,3,7,7] #5f1d0c2a
+      const %bn1.running_mean: f32[64] #0b7e44d1
+      %conv2d = conv2d(%x, %conv1.weight, none) {stride=(2, 2), padding=(3, 3), dilation=(1, 1), groups=1} : f32[1,64,112,112] @conv1
+      %relu = relu(%conv2d) : f32[1,64,112,112] @act1 <- canonicalize(%relu_orig)
+      return %relu
+    }
+
+Constants show name, type and a checksum of their contents, never their values. ``@scope`` is the
+nn.Module the node came from; ``<- pass(%a, %b)`` says which pass made the node from which nodes.
+"""
+
+from __future__ import annotations
+
+from .graph import Graph, Node
+from .literals import format_attrs
+from .ops import attr_items
+
+
+def format_node(n: Node) -> str:
+    args = ", ".join("none" if i is None else f"%{i}" for i in n.inputs)
+    items = attr_items(n.attrs)
+    text = f"%{n.name} = {n.op.value}({args})"
+    if items:
+        text += f" {{{format_attrs(items)}}}"
+    text += f" : {n.type}"
+    if n.scope:
+        text += f" @{n.scope}"
+    if n.origin is not None:
+        sources = ", ".join(f"%{s}" for s in n.origin.sources)
+        text += f" <- {n.origin.pass_name}({sources})"
+    return text
+
+
+def print_graph(g: Graph) -> str:
+    params = ", ".join(f"%{v.name}: {v.type}" for v in g.inputs)
+    lines = [f"graph {g.name}({params}) {{"]
+    for c in g.constants:
+        kind = "param" if c.is_parameter else "const"
+        lines.append(f"  {kind} %{c.name}: {c.type} #{c.checksum}")
+    lines.extend(f"  {format_node(n)}" for n in g.nodes)
+    lines.append("  return " + ", ".join(f"%{o}" for o in g.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""``convopt.optimize``: capture, run the pass pipeline, build a backend, and check the result."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from .backends.torch_backend import to_torch
+from .capture import as_args, capture_program
+from .ir.graph import Graph
+from .ir.ops import Op
+from .ir.types import TensorType
+from .pipeline import PIPELINES, PassRecord, run_passes, select_passes
+
+# Ops whose result depends on train/eval mode; the graph fixes the mode they were captured in.
+_MODE_DEPENDENT = {Op.BATCH_NORM, Op.DROPOUT}
+_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+class CheckError(AssertionError):
+    pass
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max|a - b| / max|b|: the only honest comparison for outputs whose scale varies by 1e8."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+class OptimizedModule(nn.Module):
+    """What ``optimize`` returns: call it like the original model; ``.graph`` is the final IR.
+
+    Its parameters and buffers are the compiled graph's constants, under the original state_dict
+    keys where passes kept a weight's name.
+    """
+
+    def __init__(self, graph: Graph, compiled: torch.fx.GraphModule, in_spec, out_spec, mode: str,
+                 records: list[PassRecord]):
+        super().__init__()
+        self.graph = graph
+        self.mode = mode
+        self.pass_records = records
+        self._in_spec = in_spec
+        self._out_spec = out_spec
+        object.__setattr__(self, "_compiled", compiled)  # not a child: its state is shared below
+        # One set of tensors: this module's parameters, buffers and submodules are the compiled graph's,
+        # so state_dict(), parameters() and .to() see exactly what forward reads.
+        self._parameters = compiled._parameters
+        self._buffers = compiled._buffers
+        self._modules = compiled._modules
+        self.train(mode == "train")
+
+    def _check_mode(self) -> None:
+        if self.training == (self.mode == "train"):
+            return
+        ops = sorted({n.op.value for n in self.graph.nodes if n.op in _MODE_DEPENDENT})
+        if ops:
+            state = "train()" if self.training else "eval()"
+            raise RuntimeError(
+                f"this module was optimized with mode='{self.mode}' and its {', '.join(ops)} ops are fixed "
+                f"to that mode; it is now in {state}. Call optimize() again with mode="
+                f"'{'train' if self.training else 'inference'}' for that behaviour.")
+
+    def forward(self, *args: Any) -> Any:
+        self._check_mode()
+        flat, spec = pytree.tree_flatten((args, {}))
+        if spec != self._in_spec or len(flat) != len(self.graph.inputs):
+            raise TypeError(f"expected inputs structured as {self._in_spec}, got {spec}")
+        for value, tensor in zip(self.graph.inputs, flat):
+            if not isinstance(tensor, torch.Tensor) or TensorType.of(tensor) != value.type:
+                got = TensorType.of(tensor) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"input %{value.name}: expected {value.type}, got {got}; "
+                                 "optimize() again with example inputs of the new shape")
+        outputs = self._compiled(*flat)
+        return pytree.tree_unflatten(list(outputs), self._out_spec)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, nodes={len(self.graph.nodes)}, constants={len(self.graph.constants)}"
+
+
+def check_against_eager(model: nn.Module, result: OptimizedModule, example_inputs: Any) -> None:
+    """Run both on ``example_inputs`` (same RNG seed) and raise CheckError if any output disagrees."""
+    args, mode = as_args(example_inputs), result.mode
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            expected = pytree.tree_leaves(model(*args))
+            torch.manual_seed(0)
+            actual = pytree.tree_leaves(result(*args))
+    finally:
+        model.train(was_training)
+    for i, (a, b) in enumerate(zip(actual, expected)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise CheckError(f"output {i}: optimized gives {TensorType.of(a)}, the model {TensorType.of(b)}")
+        if not b.is_floating_point():
+            if not torch.equal(a, b):
+                raise CheckError(f"output {i}: integer outputs differ")
+            continue
+        err, tol = relative_error(a, b), _TOLERANCE.get(b.dtype, 1e-4)
+        if not err <= tol:
+            raise CheckError(
+                f"output {i}: relative error {err:.3g} exceeds {tol:g} (max|a-b|/max|b| against eager). "
+                "Find the pass at fault with optimize(..., skip_passes=[...]) or dump_ir=DIR; "
+                "check=False returns the module anyway.")
+
+
+def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict = "torch", mode: str = "inference",
+             dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
+             skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None) -> OptimizedModule:
+    """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
+
+    target: "torch" runs the optimized graph with PyTorch kernels. mode: "inference" (eval-mode
+    semantics, frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for
+    the IR after capture and after each pass that changed it. passes / skip_passes: select or leave out
+    passes by name. check: compare against the eager model on ``example_inputs`` (relative error,
+    1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between passes
+    (default: the CONVOPT_VERIFY environment variable).
+    """
+    if target != "torch":
+        raise NotImplementedError(f"target={target!r}: the TVM backend (target 'cpu' / 'cuda') is not built yet; "
+                                  "use target='torch'")
+    if mode not in PIPELINES:
+        raise ValueError(f"mode must be one of {sorted(PIPELINES)}, not {mode!r}")
+    captured = capture_program(model, example_inputs, mode=mode)
+    pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes)
+    graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
+    compiled = to_torch(graph, trainable=(mode == "train"))
+    result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records)
+    if check:
+        check_against_eager(model, result, example_inputs)
+    return result

@@ -1,0 +1,61 @@
+"""Canonicalize: remove ops that compute nothing, so later passes see one spelling of each pattern.
+
+Rewrites (each only when the result's type equals the replacement's type):
+
+    identity(x)                    => x     clone / alias / detach / eval-mode dropout
+    dropout(x, p=0)                => x
+    reshape(x) to x's own shape    => x
+    reshape(reshape(x, s1), s2)    => reshape(x, s2)
+    permute(x, (0, 1, ..., n-1))   => x
+    x + 0, x - 0, x * 1, x / 1     => x     (scalar right operand)
+    clamp(x, None, None)           => x
+    cat([x])                       => x
+
+Preconditions: none. Runs first in every pipeline and is cheap enough to run again after passes that
+leave such ops behind.
+"""
+
+from __future__ import annotations
+
+from ..ir.graph import Graph, Node
+from ..ir.ops import Op
+from .rewrite import Context, Rule, apply_rules
+
+_NEUTRAL_SCALAR = {Op.ADD: 0, Op.SUB: 0, Op.MUL: 1, Op.DIV: 1}
+
+
+def _forward_input(node: Node, ctx: Context) -> str | None:
+    """Replace the node by its only tensor input when the op is a no-op here and types agree."""
+    source = node.inputs[0]
+    if ctx.type(source) != node.type:
+        return None
+    if node.op in (Op.IDENTITY, Op.RESHAPE, Op.CAT):
+        return source if len(node.inputs) == 1 else None
+    if node.op is Op.DROPOUT:
+        return source if node.attrs.p == 0 else None
+    if node.op is Op.PERMUTE:
+        return source if node.attrs.dims == tuple(range(len(node.attrs.dims))) else None
+    if node.op is Op.CLAMP:
+        return source if node.attrs.min is None and node.attrs.max is None else None
+    if node.op in _NEUTRAL_SCALAR:
+        scalar = node.attrs.scalar
+        return source if scalar is not None and scalar == _NEUTRAL_SCALAR[node.op] else None
+    return None
+
+
+def _reshape_of_reshape(node: Node, ctx: Context) -> str | None:
+    inner = ctx.producer(node.inputs[0])
+    if inner is None or inner.op is not Op.RESHAPE:
+        return None
+    return ctx.emit(Op.RESHAPE, inner.inputs, node.attrs, node.type, base=node.name, sources=(inner, node))
+
+
+RULES = (
+    Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CLAMP, Op.CAT,
+                                     *_NEUTRAL_SCALAR}), _forward_input),
+    Rule("reshape_of_reshape", frozenset({Op.RESHAPE}), _reshape_of_reshape),
+)
+
+
+def canonicalize(graph: Graph) -> Graph:
+    return apply_rules(graph, RULES, "canonicalize")
