@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .backends.torch_backend import to_torch
-from .capture import as_args, capture_program
+from .capture import as_args, capture_program, modes_set
 from .ir.graph import Graph
 from .ir.ops import Op
 from .ir.types import TensorType
@@ -86,17 +86,13 @@ class OptimizedModule(nn.Module):
 
 def check_against_eager(model: nn.Module, result: OptimizedModule, example_inputs: Any) -> None:
     """Run both on ``example_inputs`` (same RNG seed) and raise CheckError if any output disagrees."""
-    args, mode = as_args(example_inputs), result.mode
-    was_training = model.training
-    model.train(mode == "train")
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(0)
-            expected = pytree.tree_leaves(model(*args))
-            torch.manual_seed(0)
-            actual = pytree.tree_leaves(result(*args))
-    finally:
-        model.train(was_training)
+    args = as_args(example_inputs)
+    mode = "inference" if result.mode == "inference" else None
+    with modes_set(model, mode), torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        expected = pytree.tree_leaves(model(*args))
+        torch.manual_seed(0)
+        actual = pytree.tree_leaves(result(*args))
     for i, (a, b) in enumerate(zip(actual, expected)):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise CheckError(f"output {i}: optimized gives {TensorType.of(a)}, the model {TensorType.of(b)}")

@@ -91,6 +91,10 @@ class ClampAttrs:
     min: float | None = None
     max: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.min is None and self.max is None:
+            raise ValueError("clamp needs a lower or an upper bound")
+
 
 @dataclass(frozen=True)
 class GeluAttrs:

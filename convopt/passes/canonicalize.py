@@ -8,7 +8,6 @@ Rewrites (each only when the result's type equals the replacement's type):
     reshape(reshape(x, s1), s2)    => reshape(x, s2)
     permute(x, (0, 1, ..., n-1))   => x
     x + 0, x - 0, x * 1, x / 1     => x     (scalar right operand)
-    clamp(x, None, None)           => x
     cat([x])                       => x
 
 Preconditions: none. Runs first in every pipeline and is cheap enough to run again after passes that
@@ -35,8 +34,6 @@ def _forward_input(node: Node, ctx: Context) -> str | None:
         return source if node.attrs.p == 0 else None
     if node.op is Op.PERMUTE:
         return source if node.attrs.dims == tuple(range(len(node.attrs.dims))) else None
-    if node.op is Op.CLAMP:
-        return source if node.attrs.min is None and node.attrs.max is None else None
     if node.op in _NEUTRAL_SCALAR:
         scalar = node.attrs.scalar
         return source if scalar is not None and scalar == _NEUTRAL_SCALAR[node.op] else None
@@ -51,7 +48,7 @@ def _reshape_of_reshape(node: Node, ctx: Context) -> str | None:
 
 
 RULES = (
-    Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CLAMP, Op.CAT,
+    Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CAT,
                                      *_NEUTRAL_SCALAR}), _forward_input),
     Rule("reshape_of_reshape", frozenset({Op.RESHAPE}), _reshape_of_reshape),
 )

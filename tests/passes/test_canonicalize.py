@@ -1,0 +1,104 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import convopt
+from convopt.ir import Op, verify
+from convopt.ir import ops as O
+from convopt.passes import canonicalize, eliminate_dead_code
+from tests.conftest import rel_err
+from tests.graphs import Builder
+
+
+def ops(g):
+    return [n.op for n in g.nodes]
+
+
+def test_removes_identity_and_neutral_ops_and_records_provenance():
+    b = Builder()
+    x = b.input("x", (2, 3, 4))
+    a = b.node(Op.IDENTITY, [x], O.NoAttrs(), name="copy")
+    m = b.node(Op.MUL, [a], O.BinaryAttrs(1), name="times_one")
+    p = b.node(Op.PERMUTE, [m], O.PermuteAttrs((0, 1, 2)), name="same_order")
+    r1 = b.node(Op.RESHAPE, [p], O.ShapeAttrs((6, 4)), name="r1")
+    r2 = b.node(Op.RESHAPE, [r1], O.ShapeAttrs((2, 12)), name="r2")
+    out = b.node(Op.RELU, [r2], O.NoAttrs(), name="relu")
+    g = b.graph(out)
+    result = eliminate_dead_code(canonicalize(g))
+    verify(result)
+    assert ops(result) == [Op.RESHAPE, Op.RELU]
+    reshape = result.nodes[0]
+    assert reshape.inputs == ("x",) and reshape.attrs.shape == (2, 12)
+    assert reshape.origin.pass_name == "canonicalize" and reshape.origin.sources == ("r1", "r2")
+    assert "<- canonicalize(%r1, %r2)" in str(result)
+
+
+def test_does_not_fire_on_ops_that_compute_something():
+    b = Builder()
+    x = b.input("x", (2, 3))
+    a = b.node(Op.ADD, [x], O.BinaryAttrs(1), name="plus_one")
+    m = b.node(Op.MUL, [a], O.BinaryAttrs(0), name="times_zero")
+    p = b.node(Op.PERMUTE, [m], O.PermuteAttrs((1, 0)), name="transpose")
+    d = b.node(Op.DROPOUT, [p], O.DropoutAttrs(0.5), name="dropout")  # training-mode dropout is real
+    c = b.node(Op.CAT, [d, d], O.DimAttrs(0), name="cat2")
+    g = b.graph(c)
+    assert canonicalize(g) == g
+
+
+def test_integer_promotion_is_kept():
+    b = Builder()
+    x = b.input("x", (4,), "i64")
+    y = b.node(Op.MUL, [x], O.BinaryAttrs(1.0), name="to_float")  # i64 * 1.0 is f32: not a no-op
+    g = b.graph(y)
+    assert canonicalize(g) == g
+
+
+def test_numerically_equal_on_a_model():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.drop = nn.Dropout(0.3)
+
+        def forward(self, x):
+            y = self.drop(self.conv(x)).flatten(1).reshape(1, 8, -1) * 1
+            return y.permute(0, 1, 2).contiguous().clone()
+
+    model, x = M().eval(), torch.randn(1, 3, 9, 9)
+    fast = convopt.optimize(model, x)
+    assert ops(fast.graph) == [Op.CONV2D, Op.RESHAPE]
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) <= 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(["identity", "reshape", "permute", "mul1", "add0", "relu"]), min_size=1, max_size=8),
+       st.integers(1, 3), st.integers(1, 4))
+def test_property_chains_keep_their_value(chain, n, m):
+    b = Builder()
+    v = b.input("x", (n, m, 2))
+    shapes = [(n * m, 2), (n, m * 2), (n, m, 2)]
+    for k, step in enumerate(chain):
+        if step == "identity":
+            v = b.node(Op.IDENTITY, [v], O.NoAttrs())
+        elif step == "reshape":
+            v = b.node(Op.RESHAPE, [v], O.ShapeAttrs(shapes[k % 3]))
+        elif step == "permute":
+            rank = b.types[v].rank
+            v = b.node(Op.PERMUTE, [v], O.PermuteAttrs(tuple(range(rank))))
+        elif step == "mul1":
+            v = b.node(Op.MUL, [v], O.BinaryAttrs(1))
+        elif step == "add0":
+            v = b.node(Op.ADD, [v], O.BinaryAttrs(0.0))
+        else:
+            v = b.node(Op.RELU, [v], O.NoAttrs())
+    g = b.graph(v)
+    result = eliminate_dead_code(canonicalize(g))
+    verify(result)
+    from convopt.backends.torch_backend import to_torch
+
+    x = torch.randn(n, m, 2)
+    assert torch.equal(to_torch(result)(x)[0], to_torch(g)(x)[0])
+    assert len(result.nodes) <= len(g.nodes)
+    assert all(n.op not in (Op.IDENTITY,) for n in result.nodes)

@@ -1,0 +1,44 @@
+"""The dev models end to end: capture, exact dump round trip, verify, and optimize(target="torch") vs eager."""
+
+import functools
+
+import pytest
+import torch
+
+import convopt
+from convopt.ir import Op, parse, verify
+from tests.conftest import rel_err
+
+DEV_MODELS = ["resnet18", "resnet50", "repvgg_a0", "mobileone_s0", "mobilenetv2_100", "convnext_atto",
+              "inception_next_atto", "efficientnet_b0"]
+# More families than the issue names, so nothing is tuned to the dev set.
+EXTRA_MODELS = ["regnetx_002", "ghostnet_100", "densenet121", "mobilenetv3_small_100", "dla34"]
+
+
+@functools.lru_cache(maxsize=None)
+def model_and_input(name: str):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False).eval(), torch.randn(1, 3, 224, 224)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEV_MODELS + EXTRA_MODELS)
+def test_model_round_trips_and_matches_eager(name):
+    model, x = model_and_input(name)
+    fast = convopt.optimize(model, x, target="torch")  # check=True: raises if rel. error > 1e-4
+    g = fast.graph
+    verify(g)
+    text = str(g)
+    assert str(parse(text)) == text
+    assert parse(text, constants={c.name: c.data for c in g.constants}) == g
+    with torch.no_grad():
+        expected = model(x)
+        assert rel_err(fast(x), expected) <= 1e-4
+        x2 = torch.randn_like(x)  # not only the example input
+        assert rel_err(fast(x2), model(x2)) <= 1e-4
+    assert g.op_counts().get("conv2d", 0) > 0
+    assert not [n for n in g.nodes if n.op is Op.IDENTITY]  # canonicalize removed eval-mode dropout
+    if name in DEV_MODELS:  # every op of the dev models is modelled: none stays an opaque torch node
+        assert not [n.attrs.target for n in g.nodes if n.op is Op.TORCH]

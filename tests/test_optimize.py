@@ -1,0 +1,111 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import convopt
+from convopt import CheckError
+from convopt.pipeline import Pass, PIPELINES
+from tests.conftest import rel_err
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(self.drop(y.mean(dim=(2, 3))))
+
+
+def test_inference_result_matches_and_exposes_graph():
+    model, x = Small(), torch.randn(2, 3, 8, 8)
+    fast = convopt.optimize(model, x)
+    assert not fast.training and fast.graph.outputs
+    with torch.no_grad():
+        assert rel_err(fast(x), model.eval()(x)) <= 1e-6
+    assert "dropout" not in str(fast.graph) and "identity" not in str(fast.graph)
+
+
+def test_state_dict_loads_both_ways():
+    model, x = Small().eval(), torch.randn(2, 3, 8, 8)
+    fast = convopt.optimize(model, x)
+    other = Small().eval()
+    missing, unexpected = other.load_state_dict(fast.state_dict(), strict=False)
+    assert not unexpected and not missing  # BatchNorm fills in num_batches_tracked itself
+    fast.load_state_dict({k: v for k, v in other.state_dict().items() if k in fast.state_dict()})
+    with torch.no_grad():
+        assert rel_err(fast(x), other(x)) <= 1e-6
+
+
+def test_a_wrong_pass_is_caught_by_check(monkeypatch):
+    def negate_output(graph):  # a "pass" that computes the wrong thing
+        from convopt.ir import Op
+        from convopt.ir.graph import GraphEditor
+        from convopt.ir import ops as O
+
+        ed = GraphEditor(graph, "negate_output")
+        for n in graph.nodes:
+            ed.keep(n)
+        out = graph.outputs[0]
+        neg = ed.emit(Op.MUL, [out], O.BinaryAttrs(-1.0), graph.types[out], base="neg", sources=())
+        return dataclasses.replace(ed.finish(), outputs=(neg,))
+
+    monkeypatch.setitem(PIPELINES, "inference", (*PIPELINES["inference"], Pass("negate_output", negate_output)))
+    with pytest.raises(CheckError, match=r"output 0: relative error .* exceeds 0.0001"):
+        convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), check=False)
+    assert fast.graph.nodes[-1].name == "neg"
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), skip_passes=["negate_output"])
+
+
+def test_tvm_targets_are_not_built_yet():
+    with pytest.raises(NotImplementedError, match="target='torch'"):
+        convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="cpu")
+
+
+def test_inputs_of_another_shape_get_a_clear_error():
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"input %x: expected f32\[1,3,8,8\], got f32\[2,3,8,8\]"):
+        fast(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="got f64"):
+        fast(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+
+
+def test_switching_mode_refuses_instead_of_computing_the_wrong_thing():
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
+    fast.train()
+    with pytest.raises(RuntimeError, match="optimized with mode='inference'.*batch_norm"):
+        fast(torch.randn(1, 3, 8, 8))
+    fast.eval()
+    fast(torch.randn(1, 3, 8, 8))
+
+
+def test_train_mode_keeps_parameters_trainable_with_eager_gradients():
+    model = Small()
+    model.bn.eval()  # transfer learning: frozen BatchNorm statistics
+    x = torch.randn(4, 3, 8, 8)
+    fast = convopt.optimize(model, x, mode="train")
+    assert fast.training and all(p.requires_grad for p in fast.parameters())
+    assert any(n.op.value == "dropout" for n in fast.graph.nodes)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        fast(x).sum().backward()
+        torch.manual_seed(1)
+        model(x).sum().backward()
+    grads = dict(fast.named_parameters())
+    for name, p in model.named_parameters():
+        assert rel_err(grads[name].grad, p.grad) <= 1e-5, name
+    fast.eval()
+    with pytest.raises(RuntimeError, match="mode='train'"):
+        fast(x)
+
+
+def test_dump_ir_writes_files(tmp_path):
+    convopt.optimize(Small(), torch.randn(1, 3, 8, 8), dump_ir=tmp_path)
+    assert (tmp_path / "000_capture.ir").exists() and (tmp_path / "001_canonicalize.ir").exists()

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from convopt.ir import Graph, Op, VerifyError, parse
+from convopt.ir import ops as O
+from convopt.pipeline import INFERENCE_PIPELINE, Pass, PassError, run_passes, select_passes
+from tests.graphs import Builder
+
+
+def graph_with_identity() -> Graph:
+    """canonicalize drops the identity and merges the reshapes, leaving r1 for dead-code elimination."""
+    b = Builder()
+    x = b.input("x", (1, 2, 4, 4))
+    i = b.node(Op.IDENTITY, [x], O.NoAttrs(), name="copy")
+    r1 = b.node(Op.RESHAPE, [i], O.ShapeAttrs((2, 16)), name="r1")
+    r2 = b.node(Op.RESHAPE, [r1], O.ShapeAttrs((32,)), name="r2")
+    r = b.node(Op.RELU, [r2], O.NoAttrs(), name="relu")
+    return b.graph(r)
+
+
+def graph_without_changes() -> Graph:
+    b = Builder()
+    x = b.input("x", (1, 2))
+    return b.graph(b.node(Op.RELU, [x], O.NoAttrs(), name="relu"))
+
+
+def test_dumps_only_for_passes_that_changed_the_graph(tmp_path):
+    g, records = run_passes(graph_with_identity(), INFERENCE_PIPELINE, dump_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000_capture.ir", "001_canonicalize.ir",
+                                                          "002_eliminate_dead_code.ir"]
+    assert [(r.name, r.changed) for r in records] == [("canonicalize", True), ("eliminate_dead_code", True)]
+    assert str(parse((tmp_path / "002_eliminate_dead_code.ir").read_text())) == str(g)
+
+    out = tmp_path / "again"
+    run_passes(graph_without_changes(), INFERENCE_PIPELINE, dump_dir=out)
+    assert [p.name for p in out.iterdir()] == ["000_capture.ir"]
+
+
+def test_failing_pass_is_named_with_the_passes_before_it():
+    def explode(graph):
+        raise KeyError("boom")
+
+    passes = (*INFERENCE_PIPELINE, Pass("explode", explode))
+    with pytest.raises(PassError, match=r"pass 'explode' failed \(passes run before it: canonicalize, "
+                                        r"eliminate_dead_code\): KeyError"):
+        run_passes(graph_with_identity(), passes)
+
+
+def test_verify_between_passes_catches_a_broken_pass():
+    def break_types(graph):
+        node = graph.nodes[-1]
+        bad = node.__class__(node.name, node.op, node.inputs, node.attrs, node.type.__class__((9,)))
+        return graph.replace(nodes=(*graph.nodes[:-1], bad))
+
+    with pytest.raises(PassError, match=r"'break_types'.*VerifyError"):
+        run_passes(graph_with_identity(), (Pass("break_types", break_types),), verify=True)
+    run_passes(graph_with_identity(), (Pass("break_types", break_types),), verify=False)  # not checked
+
+
+def test_records_time_each_pass():
+    _, records = run_passes(graph_with_identity(), INFERENCE_PIPELINE)
+    assert all(r.seconds >= 0 for r in records)
+
+
+def test_select_and_skip_by_name(monkeypatch):
+    names = lambda ps: [p.name for p in ps]  # noqa: E731
+    assert names(select_passes(INFERENCE_PIPELINE, only=["eliminate_dead_code"])) == ["eliminate_dead_code"]
+    assert names(select_passes(INFERENCE_PIPELINE, skip=["canonicalize"])) == ["eliminate_dead_code"]
+    monkeypatch.setenv("CONVOPT_SKIP_PASSES", "eliminate_dead_code")
+    assert names(select_passes(INFERENCE_PIPELINE)) == ["canonicalize"]
+    with pytest.raises(ValueError, match="unknown pass 'fold'"):
+        select_passes(INFERENCE_PIPELINE, skip=["fold"])
+
+
+def test_passes_do_not_mutate_their_input():
+    g = graph_with_identity()
+    before = str(g)
+    for p in INFERENCE_PIPELINE:
+        p.run(g)
+    assert str(g) == before
