@@ -491,10 +491,12 @@ class _Converter:
             return
         if not isinstance(target, torch._ops.OpOverload):
             raise CaptureError(f"node {node.name}: cannot capture a call to {target!r} (not an ATen op)")
-        bound = _bind(target, node.args, node.kwargs)
         if target._schema.is_mutable:
             # An in-place op on a tensor nothing else aliases (_needs_functionalization checked that).
             target = _functional_variant(target)
+        if val is None and not node.users:
+            return  # a trace-time assertion such as _assert_tensor_metadata: no value, nothing to keep
+        bound = _bind(target, node.args, node.kwargs)
         normalize = _NORMALIZERS.get(target)
         normalized = normalize(bound, node) if normalize else None
         if normalized is not None and target in _FIRST_RESULT_OPS:

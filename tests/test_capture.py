@@ -182,3 +182,22 @@ def test_capture_restores_each_submodules_own_mode():
     model.bn.eval()  # frozen statistics, as in transfer learning
     capture(model, torch.randn(2, 8, 8, 8))
     assert model.training and model.grouped.training and not model.bn.training
+
+
+def test_in_place_dropout_and_dtype_casts():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.drop = nn.Dropout(0.2, inplace=True)
+
+        def forward(self, x):
+            return self.drop(self.conv(x.half().float()))
+
+    x = torch.randn(1, 3, 4, 4)
+    g = capture(M(), x)  # the cast's trace-time metadata assertion (returns None) is dropped
+    assert [n.op for n in g.nodes] == [Op.TORCH, Op.TORCH, Op.CONV2D, Op.IDENTITY]
+    assert [n.op for n in capture(M(), x, mode="train").nodes][-1] is Op.DROPOUT
+    model = M().eval()
+    with torch.no_grad():
+        assert rel_err(convopt.optimize(model, x)(x), model(x)) == 0

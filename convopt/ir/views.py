@@ -31,20 +31,21 @@ def to_networkx(g: Graph, *, with_constants: bool = False) -> nx.DiGraph:
 
 
 def _label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """A DOT string body: backslashes and quotes escaped, newlines as DOT's \\n line breaks."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def to_dot(g: Graph) -> str:
     """Graphviz DOT text (render with ``dot -Tsvg``); constants are folded into their readers' labels."""
     lines = [f'digraph "{_label(g.name)}" {{', "  node [shape=box, fontname=monospace, fontsize=10];"]
     for v in g.inputs:
-        lines.append(f'  "{_label(v.name)}" [shape=oval, label="{_label(v.name)}\\n{v.type}"];')
+        label = _label(f"{v.name}\n{v.type}")
+        lines.append(f'  "{_label(v.name)}" [shape=oval, label="{label}"];')
     constants = g.constant_map
     for n in g.nodes:
         weights = [i for i in n.tensor_inputs if i in constants]
         label = n.attrs.target if n.op is Op.TORCH else n.op.value
-        extra = "\\n".join(f"{w}: {constants[w].type}" for w in weights)
-        text = f"{n.name} = {label}\\n{n.type}" + (f"\\n{extra}" if extra else "")
+        text = "\n".join([f"{n.name} = {label}", str(n.type), *(f"{w}: {constants[w].type}" for w in weights)])
         color = ', style=filled, fillcolor="#ffe0e0"' if n.op is Op.TORCH else ""
         lines.append(f'  "{_label(n.name)}" [label="{_label(text)}", tooltip="{_label(format_node(n))}"{color}];')
         for i in n.tensor_inputs:
