@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 from .ir.graph import Graph
 from .ir.verify import verify as verify_graph
-from .passes import canonicalize, eliminate_dead_code
+from .passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ def _pass(fn: Callable[[Graph], Graph]) -> Pass:
 # The pipelines, in order. Later issues insert their passes here.
 INFERENCE_PIPELINE: tuple[Pass, ...] = (
     _pass(canonicalize),
+    _pass(fold_constants),
+    _pass(fold_conv_bn),
     _pass(eliminate_dead_code),
 )
 TRAIN_PIPELINE: tuple[Pass, ...] = (

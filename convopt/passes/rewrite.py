@@ -2,8 +2,8 @@
 
 A ``Rule`` names the ops it looks at and a function ``rewrite(node, ctx)`` that returns the name of
 the value that replaces the node's result, or None when the pattern does not match. The function may
-emit new nodes and constants through ``ctx`` first. Replaced nodes are dropped; nodes that lose
-their last reader stay until dead-code elimination runs.
+emit new nodes and constants through ``ctx`` first. Replaced nodes are dropped, and each sweep ends
+with dead-code elimination, so rules always see exact use counts and a pass leaves no dead nodes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from ..ir.graph import Constant, Graph, GraphEditor, Node
 from ..ir.ops import Attrs, Op
 from ..ir.types import Type
+from .eliminate_dead_code import eliminate_dead_code
 
 
 class Context:
@@ -77,7 +78,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], pass_name: str, *, max_swee
                     break
             else:
                 editor.keep(node)
-        graph = editor.finish()
         if not changed:
             return graph
+        graph = eliminate_dead_code(editor.finish())
     raise RuntimeError(f"{pass_name}: rules did not reach a fixpoint in {max_sweeps} sweeps")
