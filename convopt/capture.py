@@ -358,6 +358,7 @@ _NORMALIZERS: dict[Any, Callable[[dict, torch.fx.Node], Normalized]] = {
     aten.silu.default: _unary(Op.SILU),
     aten.sigmoid.default: _unary(Op.SIGMOID),
     aten.tanh.default: _unary(Op.TANH),
+    aten.rsqrt.default: _unary(Op.RSQRT),
     aten.hardswish.default: _unary(Op.HARDSWISH),
     aten.hardsigmoid.default: _unary(Op.HARDSIGMOID),
     aten.add.Tensor: _binary(Op.ADD),

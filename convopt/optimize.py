@@ -41,7 +41,7 @@ class OptimizedModule(nn.Module):
     """
 
     def __init__(self, graph: Graph, compiled: torch.fx.GraphModule, in_spec, out_spec, mode: str,
-                 records: list[PassRecord]):
+                 records: list[PassRecord], frozen_norms: Iterable[str] = ()):
         super().__init__()
         self.graph = graph
         self.mode = mode
@@ -55,8 +55,28 @@ class OptimizedModule(nn.Module):
         self._buffers = compiled._buffers
         self._modules = compiled._modules
         self.train(mode == "train")
+        # The submodules that hold each captured BatchNorm's tensors mirror its frozen (eval) state, so
+        # fast.train() flips them just as it would flip the model's BatchNorms; forward then refuses.
+        self._frozen_norms = {}
+        for scope in sorted({n.scope for n in graph.nodes if n.op is Op.BATCH_NORM and n.scope} | set(frozen_norms)):
+            holder = self._modules_at(scope)
+            if holder is not None:
+                holder.training = False
+                self._frozen_norms[scope] = holder
+
+    def _modules_at(self, path: str) -> nn.Module | None:
+        try:
+            return self.get_submodule(path)
+        except AttributeError:
+            return None
 
     def _check_mode(self) -> None:
+        unfrozen = [scope for scope, holder in self._frozen_norms.items() if holder.training]
+        if unfrozen:
+            raise RuntimeError(
+                f"BatchNorm '{unfrozen[0]}' was captured in eval mode (running statistics) and is now in training "
+                f"mode ({len(unfrozen)} such); convopt's graph cannot switch to batch statistics. Put the "
+                "BatchNorm modules back in eval(), or optimize the model again in the mode you need.")
         if self.training == (self.mode == "train"):
             return
         ops = sorted({n.op.value for n in self.graph.nodes if n.op in _MODE_DEPENDENT})
@@ -129,7 +149,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict = "tor
     pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes)
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
     compiled = to_torch(graph, trainable=(mode == "train"))
-    result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records)
+    frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
+    result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)
     if check:
         check_against_eager(model, result, example_inputs)
     return result

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 from .ir.graph import Graph
 from .ir.verify import verify as verify_graph
-from .passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn
+from .passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn, tune_conv_bn
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ INFERENCE_PIPELINE: tuple[Pass, ...] = (
 )
 TRAIN_PIPELINE: tuple[Pass, ...] = (
     _pass(canonicalize),
+    _pass(tune_conv_bn),
     _pass(eliminate_dead_code),
 )
 PIPELINES = {"inference": INFERENCE_PIPELINE, "train": TRAIN_PIPELINE}

@@ -32,6 +32,7 @@ class Op(enum.Enum):
     SILU = "silu"
     SIGMOID = "sigmoid"
     TANH = "tanh"
+    RSQRT = "rsqrt"
     HARDSWISH = "hardswish"
     HARDSIGMOID = "hardsigmoid"
     ADD = "add"
@@ -285,6 +286,7 @@ OPS: dict[Op, OpInfo] = {
     Op.SILU: _unary(aten.silu.default),
     Op.SIGMOID: _unary(aten.sigmoid.default),
     Op.TANH: _unary(aten.tanh.default),
+    Op.RSQRT: _unary(aten.rsqrt.default),
     Op.HARDSWISH: _unary(aten.hardswish.default),
     Op.HARDSIGMOID: _unary(aten.hardsigmoid.default),
     Op.ADD: _binary(aten.add.Tensor),
