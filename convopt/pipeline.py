@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 from .ir.graph import Graph
 from .ir.verify import verify as verify_graph
-from .passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn, tune_conv_bn
+from .passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn, merge_branches, tune_conv_bn
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ INFERENCE_PIPELINE: tuple[Pass, ...] = (
     _pass(canonicalize),
     _pass(fold_constants),
     _pass(fold_conv_bn),
+    _pass(merge_branches),
     _pass(eliminate_dead_code),
 )
 TRAIN_PIPELINE: tuple[Pass, ...] = (
