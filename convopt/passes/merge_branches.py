@@ -173,9 +173,13 @@ def compose(inner: Affine, outer: Affine, node: Node) -> Affine | None:
 
 
 class _Walk:
+    """Finds, for each value, its largest expression as a conv of one source (structure only, no cost)."""
+
     def __init__(self, graph: Graph):
         self.graph = graph
         self.affine: dict[str, Affine] = {}
+        self.children: dict[str, tuple[str, ...]] = {}  # the values whose expressions a node's absorbed
+        self._used: list[str] = []
 
     def constant(self, name: str | None) -> torch.Tensor | None:
         c = self.graph.constant_map.get(name) if name is not None else None
@@ -191,10 +195,14 @@ class _Walk:
         """The expression of a value that only one op reads (else the value must stay as it is)."""
         return self.affine.get(name) if self.graph.num_uses(name) == 1 else None
 
+    def absorb(self, name: str, expr: Affine) -> Affine:
+        self._used.append(name)
+        return expr
+
     def expression(self, name: str) -> Affine | None:
         found = self.absorbable(name)
         if found is not None:
-            return found
+            return self.absorb(name, found)
         channels = self.channels(name)
         return identity(name, channels) if channels is not None else None
 
@@ -209,9 +217,6 @@ class _Walk:
         if shape in ((channels, 1, 1), (1, channels, 1, 1)):
             return t.reshape(channels)
         return None
-
-    def cheap_enough(self, merged: Affine, node: Node) -> bool:
-        return merged.macs(_pixels(node.type)) <= merged.cost
 
     # -- one method per op kind; each returns the node's expression or None
     def conv(self, n: Node) -> Affine | None:
@@ -231,8 +236,8 @@ class _Walk:
         inner = self.absorbable(source)
         if inner is not None:
             merged = compose(inner, outer, n)
-            if merged is not None and self.cheap_enough(merged, n):
-                return merged
+            if merged is not None:
+                return self.absorb(source, merged)
         return outer
 
     def avg_pool(self, n: Node) -> Affine | None:
@@ -292,57 +297,68 @@ class _Walk:
         ea, eb = self.absorbable(a), self.absorbable(b)
         ia = identity(a, n.type.shape[1])
         ib = identity(b, n.type.shape[1])
-        for left, right in ((ea, eb), (ia, eb), (ea, ib)):
+        for left, right, used in ((ea, eb, (a, b)), (ia, eb, (b,)), (ea, ib, (a,))):
             if left is None or right is None or left.source != right.source:
                 continue
             merged = add(left, right, sign, n)
-            if merged is not None and self.cheap_enough(merged, n):
-                return merged
-            return None
+            if merged is not None:
+                self._used.extend(used)
+            return merged
         return None
 
-    def visit(self, n: Node) -> Affine | None:
-        if n.op is Op.CONV2D:
-            return self.conv(n)
-        if n.op is Op.BATCH_NORM:
-            return self.batch_norm(n)
-        if n.op in (Op.ADD, Op.SUB, Op.MUL, Op.DIV):
-            return self.binary(n)
-        if n.op is Op.AVG_POOL2D:
-            return self.avg_pool(n)
-        return None
+    def visit(self, n: Node) -> None:
+        self._used = []
+        kind = {Op.CONV2D: self.conv, Op.BATCH_NORM: self.batch_norm, Op.ADD: self.binary, Op.SUB: self.binary,
+                Op.MUL: self.binary, Op.DIV: self.binary, Op.AVG_POOL2D: self.avg_pool}.get(n.op)
+        found = kind(n) if kind is not None else None
+        if found is not None:
+            self.affine[n.name] = found
+            self.children[n.name] = tuple(self._used)
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _rewritten(walk: _Walk, n: Node) -> Affine | None:
-    """The expression to materialize at ``n``: it merged a conv with more, and no reader absorbed it."""
-    a = walk.affine.get(n.name)
-    if a is None or a.convs < 1 or len(a.nodes) < 2:
-        return None
-    readers = walk.graph.users.get(n.name, ())
-    if walk.graph.num_uses(n.name) == 1 and readers and n.name in getattr(walk.affine.get(readers[0].name), "nodes", ()):
+def _worth_it(walk: _Walk, name: str) -> Affine | None:
+    """The expression at ``name`` if it merged a conv with more, costs no more multiply-adds than the ops
+    it replaces, and has exactly the value's shape (never emit a conv that differs from the value)."""
+    a, node = walk.affine[name], walk.graph.node_map[name]
+    if a.convs < 1 or len(a.nodes) < 2 or a.macs(_pixels(node.type)) > a.cost:
         return None
     src = walk.graph.types[a.source]
     expected = (src.shape[0], a.weight.shape[0],
                 *(_out_size(src.shape[2 + d], a.kernel[d], a.stride[d], a.padding[d], a.dilation[d]) for d in (0, 1)))
-    if expected != n.type.shape or a.weight.shape[1] * a.groups != src.shape[1]:
-        return None  # never emit a conv whose shape differs from the value it replaces
+    if expected != node.type.shape or a.weight.shape[1] * a.groups != src.shape[1]:
+        return None
     return a
+
+
+def _choose(walk: _Walk) -> dict[str, Affine]:
+    """Top down from the largest expressions: take one if it is worth it, else try the ones it absorbed."""
+    absorbed = {c for children in walk.children.values() for c in children}
+    chosen: dict[str, Affine] = {}
+    pending = [name for name in walk.affine if name not in absorbed]
+    while pending:
+        name = pending.pop()
+        a = _worth_it(walk, name)
+        if a is not None:
+            chosen[name] = a
+        else:
+            pending.extend(walk.children[name])
+    return chosen
 
 
 def merge_branches(graph: Graph) -> Graph:
     walk = _Walk(graph)
     for n in graph.nodes:
-        found = walk.visit(n)
-        if found is not None:
-            walk.affine[n.name] = found
+        walk.visit(n)
+    chosen = _choose(walk)
+    if not chosen:
+        return graph
     editor = GraphEditor(graph, "merge_branches")
-    changed = False
     for n in graph.nodes:
-        a = _rewritten(walk, n)
+        a = chosen.get(n.name)
         if a is None:
             editor.keep(n)
             continue
@@ -354,5 +370,4 @@ def merge_branches(graph: Graph) -> Graph:
         conv = editor.emit(Op.CONV2D, (a.source, w, b), Conv2dAttrs(a.stride, a.padding, a.dilation, a.groups),
                            n.type, base=n.name, sources=sources, scope=n.scope)
         editor.replace_uses(n.name, conv)
-        changed = True
-    return eliminate_dead_code(editor.finish()) if changed else graph
+    return eliminate_dead_code(editor.finish())
