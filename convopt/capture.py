@@ -25,7 +25,7 @@ from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
 
 from .ir import ops as O
-from .ir.graph import Constant, Graph, Node, Value
+from .ir.graph import Constant, Graph, Node, Value, unique_name
 from .ir.literals import format_value
 from .ir.ops import Op
 from .ir.types import TensorType, TupleType, type_of
@@ -443,11 +443,7 @@ class _Converter:
         self.nodes: list[Node] = []
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return unique_name(base, self.taken)
 
     def ref(self, value: Any) -> str | None:
         if value is None:

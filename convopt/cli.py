@@ -60,7 +60,7 @@ def _optimize(args) -> int:
     print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s")
     for op in sorted(set(before) | set(after)):
         b, a = before.get(op, 0), after.get(op, 0)
-        print(f"  {op:<28} {b:>5} -> {a:<5}{'' if a == b else f' ({a - b:+d})'}")
+        print(f"  {op:<28} {b:>5} -> {a:<5}{'' if a == b else f' ({a - b:+d})'}".rstrip())
     for r in result.pass_records:
         print(f"  pass {r.name:<24} {r.seconds * 1000:8.1f} ms  {'changed' if r.changed else 'no change'}")
     try:

@@ -16,8 +16,6 @@ from .ir.ops import Op
 from .ir.types import TensorType
 from .pipeline import PIPELINES, PassRecord, run_passes, select_passes
 
-# Ops whose result depends on train/eval mode; the graph fixes the mode they were captured in.
-_MODE_DEPENDENT = {Op.BATCH_NORM, Op.DROPOUT}
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
@@ -77,15 +75,14 @@ class OptimizedModule(nn.Module):
                 f"BatchNorm '{unfrozen[0]}' was captured in eval mode (running statistics) and is now in training "
                 f"mode ({len(unfrozen)} such); convopt's graph cannot switch to batch statistics. Put the "
                 "BatchNorm modules back in eval(), or optimize the model again in the mode you need.")
-        if self.training == (self.mode == "train"):
-            return
-        ops = sorted({n.op.value for n in self.graph.nodes if n.op in _MODE_DEPENDENT})
-        if ops:
-            state = "train()" if self.training else "eval()"
-            raise RuntimeError(
-                f"this module was optimized with mode='{self.mode}' and its {', '.join(ops)} ops are fixed "
-                f"to that mode; it is now in {state}. Call optimize() again with mode="
-                f"'{'train' if self.training else 'inference'}' for that behaviour.")
+        if self.mode == "inference" and self.training:
+            # BatchNorm and dropout were fixed to eval semantics (and folded away): train() would not undo it
+            raise RuntimeError("this module was optimized with mode='inference' and computes eval-mode semantics; "
+                               "call .eval(), or optimize() again with mode='train' to train it")
+        if self.mode == "train" and not self.training and any(n.op is Op.DROPOUT for n in self.graph.nodes):
+            raise RuntimeError("this module was optimized with mode='train' and its dropout is fixed to training "
+                               "behaviour; it is now in eval(). Call optimize() again with mode='inference' "
+                               "for evaluation.")
 
     def forward(self, *args: Any) -> Any:
         self._check_mode()

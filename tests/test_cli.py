@@ -21,8 +21,9 @@ def model_file(tmp_path):
 def test_dump_after_each_pass(model_file, tmp_path, capsys):
     out = tmp_path / "dumps"
     assert main(["dump", model_file, "--input-shape", "1,3,8,8", "--after-each-pass", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["000_capture.ir", "001_canonicalize.ir",
-                                                  "002_eliminate_dead_code.ir"]  # drops num_batches_tracked
+    # canonicalize drops the eval-mode dropout, fold_conv_bn folds the BatchNorm (and its sweep's DCE
+    # drops num_batches_tracked), so the final eliminate_dead_code has nothing left to do
+    assert sorted(p.name for p in out.iterdir()) == ["000_capture.ir", "001_canonicalize.ir", "003_fold_conv_bn.ir"]
     text = capsys.readouterr().out
     assert text.startswith("graph Sequential(%input: f32[1,3,8,8]) {") and "batch_norm" in text
 
@@ -36,7 +37,7 @@ def test_dump_dot(model_file, tmp_path):
 def test_optimize_summary(model_file, capsys):
     assert main(["optimize", model_file, "--input-shape", "1,3,8,8"]) == 0
     out = capsys.readouterr().out
-    assert "4 ops -> 3 ops" in out and "identity" in out and "check: matches eager" in out
+    assert "4 ops -> 2 ops" in out and "identity" in out and "batch_norm" in out and "check: matches eager" in out
 
 
 def test_bad_model_spec_is_a_clear_error(capsys):

@@ -138,6 +138,15 @@ class Graph:
         return print_graph(self)
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... whichever is not in ``taken``; adds it to ``taken``."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
 class GraphEditor:
     """Mutable scratch space for one pass run: start from a graph, emit and substitute, then ``finish``.
 
@@ -155,11 +164,7 @@ class GraphEditor:
         self._taken = set(graph.types)
 
     def fresh_name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._taken:
-            name, k = f"{base}_{k}", k + 1
-        self._taken.add(name)
-        return name
+        return unique_name(base, self._taken)
 
     def resolve(self, name: str | None) -> str | None:
         while name is not None and name in self.alias:

@@ -43,17 +43,20 @@ def _values(ctx: Context, names) -> list[torch.Tensor | None] | None:
     return out
 
 
-def bn_scale_shift(ctx: Context, bn: Node) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(s, t) with bn(x) = x * s + t per channel, or None if BN's tensors are not constants."""
-    values = _values(ctx, bn.inputs[1:])
-    if values is None:
-        return None
-    gamma, beta, mean, var = values
-    scale = torch.rsqrt(var + bn.attrs.eps)
+def scale_shift_of_bn(gamma, beta, mean, var, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) with bn(x) = x * s + t per channel; gamma and beta may be None (no affine)."""
+    scale = torch.rsqrt(var + eps)
     if gamma is not None:
         scale = scale * gamma
-    shift = -mean * scale + (beta if beta is not None else 0.0)
-    return scale, shift
+    return scale, -mean * scale + (beta if beta is not None else 0.0)
+
+
+def bn_scale_shift(ctx: Context, bn: Node) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(s, t) of a batch_norm node, or None if its tensors are not constants."""
+    values = _values(ctx, bn.inputs[1:])
+    if values is None or values[2] is None or values[3] is None:
+        return None
+    return scale_shift_of_bn(*values, bn.attrs.eps)
 
 
 def _emit(ctx: Context, op: Op, x: str, weight: torch.Tensor, bias: torch.Tensor, like: Node, sources) -> str:

@@ -38,6 +38,7 @@ from ..ir.graph import Graph, GraphEditor, Node
 from ..ir.ops import Conv2dAttrs, Op
 from ..ir.types import TensorType
 from .eliminate_dead_code import eliminate_dead_code
+from .fold_conv_bn import scale_shift_of_bn
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,7 @@ class _Walk:
         gamma, beta, mean, var = values
         if mean is None or var is None or (n.inputs[1] and gamma is None) or (n.inputs[2] and beta is None):
             return None
-        scale = torch.rsqrt(var + n.attrs.eps) * (gamma if gamma is not None else 1.0)
-        shift = (beta if beta is not None else 0.0) - mean * scale
+        scale, shift = scale_shift_of_bn(gamma, beta, mean, var, n.attrs.eps)
         inner = self.expression(n.inputs[0])
         return scale_shift(inner, scale, shift, n) if inner is not None else None
 
@@ -368,6 +368,6 @@ def merge_branches(graph: Graph) -> Graph:
         b = editor.add_constant(f"{prefix}reparam_bias", a.bias.to(dtype).contiguous())
         sources = [graph.node_map[name] for name in a.nodes]
         conv = editor.emit(Op.CONV2D, (a.source, w, b), Conv2dAttrs(a.stride, a.padding, a.dilation, a.groups),
-                           n.type, base=n.name, sources=sources, scope=n.scope)
+                           n.type, base="conv2d", sources=sources, scope=n.scope)
         editor.replace_uses(n.name, conv)
     return eliminate_dead_code(editor.finish())

@@ -226,7 +226,11 @@ def test_property_random_blocks(c, groups, kernels, stride, identity, hw):
     ident = nn.BatchNorm2d(c) if identity == "bn" else identity
     model = Branches(*branches, identity=ident)
     _, after = merged(model, torch.randn(2, c, *hw))
-    assert len(convs(after)) == 1
+    covering = any(all(k[0] >= o[0] and k[1] >= o[1] for o in kernels) for k in kernels)
+    if covering:  # merging costs no more than the largest branch: always done
+        assert len(convs(after)) == 1
+    else:  # 1x3 + 3x1 alone: a 3x3 would cost more multiply-adds than the two, so they may stay apart
+        assert len(convs(after)) <= len(kernels)
 
 
 # ---- whole models: as few convs as timm's own reparameterize_model, equal outputs
