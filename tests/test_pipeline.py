@@ -3,8 +3,12 @@ import torch
 
 from convopt.ir import Graph, Op, VerifyError, parse
 from convopt.ir import ops as O
-from convopt.pipeline import INFERENCE_PIPELINE, Pass, PassError, run_passes, select_passes
+from convopt.passes import canonicalize, eliminate_dead_code
+from convopt.pipeline import INFERENCE_PIPELINE, TRAIN_PIPELINE, Pass, PassError, run_passes, select_passes
 from tests.graphs import Builder
+
+# A fixed two-pass pipeline, so these tests do not change when the real pipelines grow.
+PASSES = (Pass("canonicalize", canonicalize), Pass("eliminate_dead_code", eliminate_dead_code))
 
 
 def graph_with_identity() -> Graph:
@@ -33,18 +37,18 @@ def graph_without_changes() -> Graph:
 
 
 def test_dumps_only_for_passes_that_changed_the_graph(tmp_path):
-    g, records = run_passes(graph_with_identity(), INFERENCE_PIPELINE, dump_dir=tmp_path)
+    g, records = run_passes(graph_with_identity(), PASSES, dump_dir=tmp_path)
     # canonicalize sweeps end with dead-code elimination, so the final DCE pass finds nothing to do
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000_capture.ir", "001_canonicalize.ir"]
     assert [(r.name, r.changed) for r in records] == [("canonicalize", True), ("eliminate_dead_code", False)]
     assert str(parse((tmp_path / "001_canonicalize.ir").read_text())) == str(g)
 
     out = tmp_path / "dead_only"
-    run_passes(graph_with_dead_code(), INFERENCE_PIPELINE, dump_dir=out)
+    run_passes(graph_with_dead_code(), PASSES, dump_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["000_capture.ir", "002_eliminate_dead_code.ir"]
 
     out = tmp_path / "unchanged"
-    run_passes(graph_without_changes(), INFERENCE_PIPELINE, dump_dir=out)
+    run_passes(graph_without_changes(), PASSES, dump_dir=out)
     assert [p.name for p in out.iterdir()] == ["000_capture.ir"]
 
 
@@ -52,7 +56,7 @@ def test_failing_pass_is_named_with_the_passes_before_it():
     def explode(graph):
         raise KeyError("boom")
 
-    passes = (*INFERENCE_PIPELINE, Pass("explode", explode))
+    passes = (*PASSES, Pass("explode", explode))
     with pytest.raises(PassError, match=r"pass 'explode' failed \(passes run before it: canonicalize, "
                                         r"eliminate_dead_code\): KeyError"):
         run_passes(graph_with_identity(), passes)
@@ -70,23 +74,25 @@ def test_verify_between_passes_catches_a_broken_pass():
 
 
 def test_records_time_each_pass():
-    _, records = run_passes(graph_with_identity(), INFERENCE_PIPELINE)
+    _, records = run_passes(graph_with_identity(), PASSES)
     assert all(r.seconds >= 0 for r in records)
 
 
 def test_select_and_skip_by_name(monkeypatch):
     names = lambda ps: [p.name for p in ps]  # noqa: E731
-    assert names(select_passes(INFERENCE_PIPELINE, only=["eliminate_dead_code"])) == ["eliminate_dead_code"]
-    assert names(select_passes(INFERENCE_PIPELINE, skip=["canonicalize"])) == ["eliminate_dead_code"]
+    assert names(select_passes(PASSES, only=["eliminate_dead_code"])) == ["eliminate_dead_code"]
+    assert names(select_passes(PASSES, skip=["canonicalize"])) == ["eliminate_dead_code"]
     monkeypatch.setenv("CONVOPT_SKIP_PASSES", "eliminate_dead_code")
-    assert names(select_passes(INFERENCE_PIPELINE)) == ["canonicalize"]
+    assert names(select_passes(PASSES)) == ["canonicalize"]
+    assert names(select_passes(INFERENCE_PIPELINE, only=["fold_conv_bn", "canonicalize"])) == [
+        "canonicalize", "fold_conv_bn"]  # selection keeps the pipeline's order
     with pytest.raises(ValueError, match="unknown pass 'fold'"):
-        select_passes(INFERENCE_PIPELINE, skip=["fold"])
+        select_passes(PASSES, skip=["fold"])
 
 
 def test_passes_do_not_mutate_their_input():
     g = graph_with_identity()
     before = str(g)
-    for p in INFERENCE_PIPELINE:
+    for p in (*INFERENCE_PIPELINE, *TRAIN_PIPELINE):
         p.run(g)
     assert str(g) == before
