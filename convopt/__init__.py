@@ -5,7 +5,7 @@
 """
 
 from .capture import CaptureError, capture
-from .optimize import CheckError, OptimizedModule, optimize
+from .optimize import CheckError, OptimizedModule, load, optimize
 
 __version__ = "0.1.0"
-__all__ = ["optimize", "capture", "OptimizedModule", "CaptureError", "CheckError", "__version__"]
+__all__ = ["optimize", "load", "capture", "OptimizedModule", "CaptureError", "CheckError", "__version__"]

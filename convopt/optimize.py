@@ -97,6 +97,18 @@ class OptimizedModule(nn.Module):
         outputs = self._compiled(*flat)
         return pytree.tree_unflatten(list(outputs), self._out_spec)
 
+    def save(self, path) -> "Path":
+        """Write a deployable folder (compiled library, input signature, IR); ``convopt.load`` runs it."""
+        from .backends.tvm_backend import TVMGraphModule, save_artifact
+
+        if not isinstance(self._compiled, TVMGraphModule):
+            raise TypeError("save() writes TVM artifacts (target 'cpu' / 'cuda'); for target='torch' save the "
+                            "state_dict with torch.save and optimize the model again when loading")
+        meta = {"format": "convopt-artifact-1", "mode": self.mode,
+                "inputs": [{"name": v.name, "type": str(v.type)} for v in self.graph.inputs],
+                "in_spec": pytree.treespec_dumps(self._in_spec), "out_spec": pytree.treespec_dumps(self._out_spec)}
+        return save_artifact(path, self._compiled, self.graph, meta)
+
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, nodes={len(self.graph.nodes)}, constants={len(self.graph.constants)}"
 
@@ -130,24 +142,40 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict = "tor
              skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
-    target: "torch" runs the optimized graph with PyTorch kernels. mode: "inference" (eval-mode
+    target: "torch" runs the optimized graph with PyTorch kernels; "cpu" / "cuda" (or a TVM target dict)
+    compile it with TVM (inference only; every op must have a TVM lowering). mode: "inference" (eval-mode
     semantics, frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for
     the IR after capture and after each pass that changed it. passes / skip_passes: select or leave out
     passes by name. check: compare against the eager model on ``example_inputs`` (relative error,
     1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between passes
     (default: the CONVOPT_VERIFY environment variable).
     """
-    if target != "torch":
-        raise NotImplementedError(f"target={target!r}: the TVM backend (target 'cpu' / 'cuda') is not built yet; "
-                                  "use target='torch'")
     if mode not in PIPELINES:
         raise ValueError(f"mode must be one of {sorted(PIPELINES)}, not {mode!r}")
     captured = capture_program(model, example_inputs, mode=mode)
     pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes)
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
-    compiled = to_torch(graph, trainable=(mode == "train"))
+    if target == "torch":
+        compiled = to_torch(graph, trainable=(mode == "train"))
+    else:
+        from .backends.tvm_backend import TVMGraphModule, compile_graph, resolve_target
+
+        if mode != "inference":
+            raise ValueError(f"target={target!r} compiles inference graphs; train with target='torch'")
+        tvm_target = resolve_target(target)
+        compiled = TVMGraphModule(compile_graph(graph, tvm_target), tvm_target)
     frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
     result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)
     if check:
         check_against_eager(model, result, example_inputs)
     return result
+
+
+def load(path) -> OptimizedModule:
+    """Load a folder written by ``OptimizedModule.save``; needs neither the model's code nor its weights."""
+    from .backends.tvm_backend import load_artifact
+    from .ir.parser import parse
+
+    compiled, meta, ir_text = load_artifact(path)
+    return OptimizedModule(parse(ir_text), compiled, pytree.treespec_loads(meta["in_spec"]),
+                           pytree.treespec_loads(meta["out_spec"]), meta["mode"], [])

@@ -1,0 +1,197 @@
+"""IR -> Relax: one BlockBuilder function ``main`` computing the graph, with weights as constants.
+
+Per-op lowering lives in one table, ``EMITTERS`` (op -> function(ctx, node, inputs) -> relax.Expr).
+An op with no entry (opaque ``torch`` nodes, training-only dropout) is refused with an error naming
+the node and the op: the TVM backend runs inference graphs whose every op it can compile, and a user
+with such a model keeps ``target="torch"`` (the decision is documented in docs/backends.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tvm import relax
+
+from ..ir.graph import Graph, Node
+from ..ir.ops import Op
+from ..ir.types import TensorType
+
+TVM_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i64": "int64",
+              "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}
+
+
+class UnsupportedOpError(NotImplementedError):
+    pass
+
+
+def struct_info(t: TensorType):
+    return relax.TensorType(t.shape, TVM_DTYPES[t.dtype])
+
+
+class EmitContext:
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder):
+        self.graph, self.bb = graph, bb
+
+    def const(self, value, dtype: str) -> relax.Constant:
+        return relax.const(np.asarray(value, dtype=TVM_DTYPES[dtype]))
+
+    def constant_data(self, name: str | None) -> torch.Tensor | None:
+        c = self.graph.constant_map.get(name) if name is not None else None
+        return c.data if c is not None else None
+
+
+def _per_channel(ctx: EmitContext, values: torch.Tensor, rank: int, dtype: str) -> relax.Constant:
+    shape = (1, -1) + (1,) * (rank - 2)
+    return ctx.const(values.detach().double().reshape(shape).numpy(), dtype)
+
+
+def _conv2d(ctx, n: Node, x):
+    a = n.attrs
+    out = relax.op.nn.conv2d(x[0], x[1], strides=a.stride, padding=a.padding * 2, dilation=a.dilation,
+                             groups=a.groups)
+    if len(x) > 2 and x[2] is not None:
+        out = relax.op.add(out, relax.op.reshape(x[2], (1, -1, 1, 1)))
+    return out
+
+
+def _batch_norm(ctx, n: Node, x):
+    """Eval-mode BN with constant statistics: x * s + t, s and t computed once here."""
+    from ..passes.fold_conv_bn import scale_shift_of_bn
+
+    tensors = [ctx.constant_data(i) for i in n.inputs[1:]]
+    if tensors[2] is None or tensors[3] is None or any(t is None and i is not None
+                                                       for t, i in zip(tensors, n.inputs[1:])):
+        raise UnsupportedOpError(f"node %{n.name}: batch_norm with non-constant statistics")
+    s, t = scale_shift_of_bn(*[None if v is None else v.double() for v in tensors], n.attrs.eps)
+    rank, dtype = n.type.rank, n.type.dtype
+    return relax.op.add(relax.op.multiply(x[0], _per_channel(ctx, s, rank, dtype)), _per_channel(ctx, t, rank, dtype))
+
+
+def _norm_params(ctx, n: Node, x, shape):
+    gamma = x[1] if x[1] is not None else ctx.const(np.ones(shape), n.type.dtype)
+    beta = x[2] if x[2] is not None else ctx.const(np.zeros(shape), n.type.dtype)
+    return gamma, beta
+
+
+def _layer_norm(ctx, n: Node, x):
+    shape = n.attrs.normalized_shape
+    gamma, beta = _norm_params(ctx, n, x, shape)
+    axes = list(range(n.type.rank - len(shape), n.type.rank))
+    return relax.op.nn.layer_norm(x[0], gamma, beta, axes, n.attrs.eps)
+
+
+def _group_norm(ctx, n: Node, x):
+    gamma, beta = _norm_params(ctx, n, x, (n.type.shape[1],))
+    return relax.op.nn.group_norm(x[0], gamma, beta, n.attrs.num_groups, 1, list(range(2, n.type.rank)), n.attrs.eps)
+
+
+def _clamp(ctx, n: Node, x):
+    out = x[0]
+    if n.attrs.min is not None:
+        out = relax.op.maximum(out, ctx.const(n.attrs.min, n.type.dtype))
+    if n.attrs.max is not None:
+        out = relax.op.minimum(out, ctx.const(n.attrs.max, n.type.dtype))
+    return out
+
+
+def _hardswish(ctx, n: Node, x):
+    three, six, zero = (ctx.const(v, n.type.dtype) for v in (3.0, 6.0, 0.0))
+    gate = relax.op.minimum(relax.op.maximum(relax.op.add(x[0], three), zero), six)
+    return relax.op.divide(relax.op.multiply(x[0], gate), six)
+
+
+def _hardsigmoid(ctx, n: Node, x):
+    c = {v: ctx.const(v, n.type.dtype) for v in (6.0, 0.5, 0.0, 1.0)}
+    y = relax.op.add(relax.op.divide(x[0], c[6.0]), c[0.5])
+    return relax.op.minimum(relax.op.maximum(y, c[0.0]), c[1.0])
+
+
+def _binary(fn: Callable) -> Callable:
+    def emit(ctx, n: Node, x):
+        dtype = n.type.dtype
+        lhs = x[0] if ctx.graph.types[n.inputs[0]].dtype == dtype else relax.op.astype(x[0], TVM_DTYPES[dtype])
+        if n.attrs.scalar is not None:
+            return fn(lhs, ctx.const(n.attrs.scalar, dtype))
+        rhs = x[1] if ctx.graph.types[n.inputs[1]].dtype == dtype else relax.op.astype(x[1], TVM_DTYPES[dtype])
+        return fn(lhs, rhs)
+
+    return emit
+
+
+def _split(ctx, n: Node, x):
+    points = np.cumsum(n.attrs.sizes[:-1]).tolist()
+    return relax.op.split(x[0], [int(p) for p in points], axis=n.attrs.dim)
+
+
+def _avg_pool(ctx, n: Node, x):
+    a = n.attrs
+    if a.divisor_override is not None:
+        raise UnsupportedOpError(f"node %{n.name}: avg_pool2d with divisor_override")
+    return relax.op.nn.avg_pool2d(x[0], a.kernel_size, a.stride, a.padding * 2, (1, 1), a.ceil_mode,
+                                  a.count_include_pad)
+
+
+EMITTERS: dict[Op, Callable] = {
+    Op.CONV2D: _conv2d,
+    Op.LINEAR: lambda ctx, n, x: relax.op.linear(x[0], x[1], x[2] if len(x) > 2 else None),
+    Op.BATCH_NORM: _batch_norm,
+    Op.LAYER_NORM: _layer_norm,
+    Op.GROUP_NORM: _group_norm,
+    Op.RELU: lambda ctx, n, x: relax.op.nn.relu(x[0]),
+    Op.CLAMP: _clamp,
+    Op.GELU: lambda ctx, n, x: (relax.op.nn.gelu if n.attrs.approximate == "none" else relax.op.nn.gelu_tanh)(x[0]),
+    Op.SILU: lambda ctx, n, x: relax.op.nn.silu(x[0]),
+    Op.SIGMOID: lambda ctx, n, x: relax.op.sigmoid(x[0]),
+    Op.TANH: lambda ctx, n, x: relax.op.tanh(x[0]),
+    Op.RSQRT: lambda ctx, n, x: relax.op.rsqrt(x[0]),
+    Op.HARDSWISH: _hardswish,
+    Op.HARDSIGMOID: _hardsigmoid,
+    Op.ADD: _binary(relax.op.add),
+    Op.SUB: _binary(relax.op.subtract),
+    Op.MUL: _binary(relax.op.multiply),
+    Op.DIV: _binary(relax.op.divide),
+    Op.MAX_POOL2D: lambda ctx, n, x: relax.op.nn.max_pool2d(
+        x[0], n.attrs.kernel_size, n.attrs.stride, n.attrs.padding * 2, n.attrs.dilation, n.attrs.ceil_mode),
+    Op.AVG_POOL2D: _avg_pool,
+    Op.ADAPTIVE_AVG_POOL2D: lambda ctx, n, x: relax.op.nn.adaptive_avg_pool2d(x[0], n.attrs.output_size),
+    Op.MEAN: lambda ctx, n, x: relax.op.mean(x[0], list(n.attrs.dims), n.attrs.keepdim),
+    Op.SOFTMAX: lambda ctx, n, x: relax.op.nn.softmax(x[0], n.attrs.dim),
+    Op.RESHAPE: lambda ctx, n, x: relax.op.reshape(x[0], n.attrs.shape),
+    Op.PERMUTE: lambda ctx, n, x: relax.op.permute_dims(x[0], list(n.attrs.dims)),
+    Op.CAT: lambda ctx, n, x: relax.op.concat(list(x), n.attrs.dim),
+    Op.SPLIT: _split,
+    Op.GETITEM: lambda ctx, n, x: relax.TupleGetItem(x[0], n.attrs.index),
+    Op.IDENTITY: lambda ctx, n, x: x[0],
+}
+
+
+def unsupported_nodes(graph: Graph) -> list[Node]:
+    return [n for n in graph.nodes if n.op not in EMITTERS]
+
+
+def to_relax(graph: Graph):
+    """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs."""
+    missing = unsupported_nodes(graph)
+    if missing:
+        n = missing[0]
+        what = n.attrs.target if n.op is Op.TORCH else n.op.value
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UnsupportedOpError(
+            f"node %{n.name} ({what}{', module ' + n.scope if n.scope else ''}) has no TVM lowering{more}; "
+            "run this model with target='torch'")
+    bb = relax.BlockBuilder()
+    params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
+    ctx = EmitContext(graph, bb)
+    with bb.function("main", params):
+        with bb.dataflow():
+            env: dict[str, relax.Expr] = {v.name: p for v, p in zip(graph.inputs, params)}
+            for c in graph.constants:
+                env[c.name] = relax.const(c.data.detach().cpu().contiguous().numpy())
+            for n in graph.nodes:
+                args = [None if i is None else env[i] for i in n.inputs]
+                env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))
+            out = bb.emit_output(relax.Tuple([env[o] for o in graph.outputs]))
+        bb.emit_func_output(out)
+    return bb.get()

@@ -1,0 +1,391 @@
+"""Direct 2-D convolution: a TE compute plus a hand-written default x86 schedule.
+
+The graph stays NCHW.  Only the weight is re-laid out, once, at build time
+(:func:`pack_weight`), into ``[G*OCBg, I/groups, KH, KW, oc_block]`` where
+``OCBg = ceil((O/groups) / oc_block)`` (each group's output channels are
+zero-padded to a multiple of ``oc_block``; an output-channel block never
+crosses a group boundary).
+
+The compute (:func:`direct_conv2d_compute`) produces up to three stages, which
+become blocks of the PrimFunc with these names:
+
+* ``dconv_pad``  -- zero-padded input (only when padding is non-zero),
+* ``dconv_acc``  -- the convolution accumulated into ``[N, OCB, OH, OW, oc_block]``,
+* ``dconv_out``  -- epilogue: NCHW output = act(acc + bias + residual).
+
+How to use it from Relax::
+
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            y = bb.emit_te(direct_conv2d_compute, x, w, b,
+                           out_channels=O, kernel=(3, 3), stride=(1, 1),
+                           padding=(1, 1), dilation=(1, 1), groups=1,
+                           oc_block=ob, activation="relu", residual=None,
+                           primfunc_name_hint="conv0")
+            ...
+    mod = bb.get()
+    gv = [g for g in mod.get_global_vars() if g.name_hint.startswith("conv0")][0]
+    sch = tvm.s_tir.Schedule(mod)
+    schedule_direct_conv2d(sch, gv.name_hint, target)   # works on that function
+    mod = sch.mod
+    ex = tvm.compile(mod, target=target)
+
+:func:`schedule_direct_conv2d` calls ``sch.work_on(func_name)`` and looks the
+blocks up by the names above (``sch.get_sblock("dconv_acc", func_name)``).  If
+``func_name`` is None the schedule must already be working on a single
+function (e.g. ``Schedule(prim_func)`` or an IRModule with one PrimFunc).
+:func:`find_direct_conv2d_funcs` lists every PrimFunc in an IRModule that
+contains a ``dconv_acc`` block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+ACC_BLOCK = "dconv_acc"
+PAD_BLOCK = "dconv_pad"
+OUT_BLOCK = "dconv_out"
+
+ACTIVATIONS = ("none", "relu", "relu6")
+
+
+# ----------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------
+def _pair(v):
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1:
+            return int(v[0]), int(v[0])
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _padding4(p):
+    """-> (top, left, bottom, right)."""
+    if isinstance(p, (list, tuple)):
+        if len(p) == 1:
+            p = int(p[0])
+        elif len(p) == 2:
+            return int(p[0]), int(p[1]), int(p[0]), int(p[1])
+        elif len(p) == 4:
+            return tuple(int(x) for x in p)
+        else:
+            raise ValueError(f"bad padding {p!r}")
+    p = int(p)
+    return p, p, p, p
+
+
+def _ceil_div(a, b):
+    return (a + b - 1) // b
+
+
+def vector_lanes(target) -> int:
+    """fp32 lanes of one SIMD register of ``target`` (16 with AVX-512, 8 with AVX2, else 4).
+
+    Uses the LLVM feature list; ``llvm_get_vector_width`` is not reliable here
+    (it reports 512 bits for znver3, which has no AVX-512).
+    """
+    if target is None:
+        target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return 8
+    try:
+        feats = tvm.target.codegen.llvm_get_cpu_features(target)
+    except Exception:  # pragma: no cover - non x86 / odd targets
+        return 4
+    if "avx512f" in feats:
+        return 16
+    if "avx2" in feats or "avx" in feats:
+        return 8
+    return 4
+
+
+# ----------------------------------------------------------------------------
+# build-time helpers
+# ----------------------------------------------------------------------------
+def choose_oc_block(out_channels_per_group: int, vector_lanes: int) -> int:
+    """Output-channel block = one SIMD vector when the group is at least that wide.
+
+    Smaller groups (depthwise: 1) use the group size itself; the schedule then
+    vectorizes over output width instead of output channels.
+    """
+    ocpg = int(out_channels_per_group)
+    lanes = int(vector_lanes)
+    if ocpg >= lanes:
+        return lanes
+    return max(ocpg, 1)
+
+
+def pack_weight(weight: np.ndarray, groups: int, oc_block: int) -> np.ndarray:
+    """OIHW (I = C/groups) -> [G*ceil((O/G)/ob), I, KH, KW, ob], zero-padded per group."""
+    weight = np.asarray(weight, dtype=np.float32)
+    O, I, KH, KW = weight.shape
+    G = int(groups)
+    ob = int(oc_block)
+    assert O % G == 0, (O, G)
+    ocpg = O // G
+    ocbg = _ceil_div(ocpg, ob)
+    w = weight.reshape(G, ocpg, I, KH, KW)
+    if ocbg * ob != ocpg:
+        w = np.concatenate([w, np.zeros((G, ocbg * ob - ocpg, I, KH, KW), np.float32)], axis=1)
+    w = w.reshape(G, ocbg, ob, I, KH, KW).transpose(0, 1, 3, 4, 5, 2)
+    return np.ascontiguousarray(w.reshape(G * ocbg, I, KH, KW, ob))
+
+
+# ----------------------------------------------------------------------------
+# compute
+# ----------------------------------------------------------------------------
+def direct_conv2d_compute(
+    data: te.Tensor,
+    packed_weight: te.Tensor,
+    bias: te.Tensor | None = None,
+    *,
+    out_channels: int,
+    kernel,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    oc_block: int,
+    activation: str = "none",
+    residual: te.Tensor | None = None,
+) -> te.Tensor:
+    """NCHW fp32 conv2d with packed weights; bias, residual and activation fused.
+
+    ``padding`` is an int, (ph, pw) or (top, left, bottom, right).
+    ``residual`` (N, O, OH, OW) is added before the activation.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    N, C, H, W = (int(x) for x in data.shape)
+    O = int(out_channels)
+    KH, KW = _pair(kernel)
+    SH, SW = _pair(stride)
+    DH, DW = _pair(dilation)
+    PT, PL, PB, PR = _padding4(padding)
+    G = int(groups)
+    ob = int(oc_block)
+    assert C % G == 0 and O % G == 0, (C, O, G)
+    icpg = C // G
+    ocpg = O // G
+    ocbg = _ceil_div(ocpg, ob)
+    OCB = G * ocbg
+    exp_w = (OCB, icpg, KH, KW, ob)
+    got_w = tuple(int(x) for x in packed_weight.shape)
+    if got_w != exp_w:
+        raise ValueError(f"packed weight shape {got_w}, expected {exp_w}")
+    OH = (H + PT + PB - (KH - 1) * DH - 1) // SH + 1
+    OW = (W + PL + PR - (KW - 1) * DW - 1) // SW + 1
+    assert OH > 0 and OW > 0
+
+    if PT or PL or PB or PR:
+        HP, WP = H + PT + PB, W + PL + PR
+
+        def _pad(n, c, y, x):
+            cond = tirx.all(y >= PT, y < PT + H, x >= PL, x < PL + W)
+            return tirx.if_then_else(cond, data[n, c, y - PT, x - PL], tirx.const(0.0, "float32"))
+
+        dp = te.compute((N, C, HP, WP), _pad, name=PAD_BLOCK)
+    else:
+        dp = data
+
+    rc = te.reduce_axis((0, icpg), name="rc")
+    ry = te.reduce_axis((0, KH), name="ry")
+    rx = te.reduce_axis((0, KW), name="rx")
+
+    if G == 1:
+
+        def _chan(b, c):
+            return c
+
+    else:
+
+        def _chan(b, c):
+            return (b // ocbg) * icpg + c
+
+    acc = te.compute(
+        (N, OCB, OH, OW, ob),
+        lambda n, b, y, x, l: te.sum(
+            dp[n, _chan(b, rc), y * SH + ry * DH, x * SW + rx * DW] * packed_weight[b, rc, ry, rx, l],
+            axis=[rc, ry, rx],
+        ),
+        name=ACC_BLOCK,
+    )
+
+    if G == 1:
+
+        def _acc(n, o, y, x):
+            return acc[n, o // ob, y, x, o % ob]
+
+    else:
+
+        def _acc(n, o, y, x):
+            return acc[n, (o // ocpg) * ocbg + (o % ocpg) // ob, y, x, (o % ocpg) % ob]
+
+    def _epi(n, o, y, x):
+        v = _acc(n, o, y, x)
+        if bias is not None:
+            v = v + bias[o]
+        if residual is not None:
+            v = v + residual[n, o, y, x]
+        if activation == "relu":
+            v = tirx.max(v, tirx.const(0.0, "float32"))
+        elif activation == "relu6":
+            v = tirx.min(tirx.max(v, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+        return v
+
+    return te.compute((N, O, OH, OW), _epi, name=OUT_BLOCK)
+
+
+# ----------------------------------------------------------------------------
+# schedule
+# ----------------------------------------------------------------------------
+def find_direct_conv2d_funcs(mod: tvm.IRModule) -> list[str]:
+    """Names of the PrimFuncs of ``mod`` that contain a ``dconv_acc`` block."""
+    names = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        try:
+            tvm.s_tir.Schedule(func).get_sblock(ACC_BLOCK)
+        except Exception:
+            continue
+        names.append(gv.name_hint)
+    return names
+
+
+def _divisor_tile(n, candidates):
+    for c in candidates:
+        if c <= n and n % c == 0:
+            return c
+    return None
+
+
+def _has_block(sch, name, func_name):
+    try:
+        sch.get_sblock(name, func_name)
+        return True
+    except Exception:
+        return False
+
+
+def _loop_extent(sch, loop):
+    return int(sch.get(loop).extent)
+
+
+def schedule_direct_conv2d(
+    sch: "tvm.s_tir.Schedule",
+    func_name: str | None = None,
+    target=None,
+    *,
+    ow_tile: int | None = None,
+    oc_tile: int | None = None,
+) -> None:
+    """Apply the default x86 schedule, in place, to the PrimFunc made from
+    :func:`direct_conv2d_compute`.
+
+    ``sch`` is a ``tvm.s_tir.Schedule`` over an IRModule (or a PrimFunc);
+    ``func_name`` names the PrimFunc (its GlobalVar name hint) in that module.
+    ``ow_tile`` / ``oc_tile`` override the register tile (output columns x
+    output-channel blocks) of the dense path.
+    """
+    if func_name is not None:
+        sch.work_on(func_name)
+    lanes = vector_lanes(target)
+    try:
+        num_cores = int(target.attrs.get("num-cores", 1)) if target is not None else 1
+    except Exception:
+        num_cores = 1
+
+    acc = sch.get_sblock(ACC_BLOCK, func_name)
+    out = sch.get_sblock(OUT_BLOCK, func_name)
+    has_pad = _has_block(sch, PAD_BLOCK, func_name)
+
+    n, b, y, x, l, rc, ry, rx = sch.get_loops(acc)
+    N, OCB, OH, OW, OB = (_loop_extent(sch, v) for v in (n, b, y, x, l))
+
+    # --- padding: its own parallel pass (cheap, keeps the hot loop branch-free)
+    if has_pad:
+        pad = sch.get_sblock(PAD_BLOCK, func_name)
+        pn, pc, ph, pw = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pn, pc, ph))
+        if _loop_extent(sch, pw) >= lanes:
+            pwo, pwi = sch.split(pw, [None, lanes])
+            sch.vectorize(pwi)
+
+    oc_vector = OB >= max(4, lanes // 2)
+    if oc_vector:
+        # register tile: oc_tile blocks of OB channels x ow_tile output columns,
+        # vectorized over the OB channels of a block.
+        if oc_tile is None:
+            oc_tile = 2 if OCB % 2 == 0 else 1
+            if OB > lanes:
+                oc_tile = 1
+        if ow_tile is None:
+            nacc_max = 12 if lanes == 8 else 24  # accumulators (16 ymm / 32 zmm registers)
+            vec_per_block = _ceil_div(OB, lanes)
+            max_ow = max(1, nacc_max // (oc_tile * vec_per_block))
+            ow_tile = _divisor_tile(OW, list(range(max_ow, 0, -1))) or 1
+            if ow_tile < max_ow // 2 and OW > max_ow:
+                ow_tile = max_ow  # non-divisible split (guarded tail) beats a tiny tile
+        bo, bi = sch.split(b, [None, oc_tile])
+        xo, xi = sch.split(x, [None, ow_tile])
+        sch.reorder(n, bo, y, xo, rc, ry, rx, bi, xi, l)
+        outer = sch.fuse(n, bo, y)
+        sch.parallel(outer)
+        sch.unroll(bi)
+        sch.unroll(xi)
+        sch.vectorize(l)
+        tile_loop = xo
+        red_loop = rc
+    else:
+        # small channel blocks (depthwise, tiny groups): vectorize over output width
+        if ow_tile is None:
+            ow_tile = _divisor_tile(OW, [2 * lanes, lanes, 3 * lanes // 2]) or (
+                OW if OW <= 4 * lanes else 2 * lanes
+            )
+        xo, xi = sch.split(x, [None, ow_tile])
+        sch.reorder(n, b, y, xo, rc, ry, rx, l, xi)
+        outer = sch.fuse(n, b, y)
+        sch.parallel(outer)
+        sch.unroll(l)
+        if OW % ow_tile == 0:
+            sch.vectorize(xi)
+        else:
+            sch.unroll(xi)
+        tile_loop = xo
+        red_loop = rc
+
+    sch.decompose_reduction(acc, red_loop)
+
+    # --- epilogue computed per register tile (the accumulator tile stays local)
+    fused_epilogue = True
+    try:
+        sch.reverse_compute_at(out, tile_loop, preserve_unit_loops=True)
+        sch.set_scope(acc, 0, "local")
+    except Exception:
+        fused_epilogue = False
+
+    eloops = sch.get_loops(out)
+    if fused_epilogue:
+        # loops inside the tile loop: (n,) o, (y,) x -- unroll the channels, vectorize width
+        inner = eloops[len(sch.get_loops(acc)) - (5 if oc_vector else 5) :]
+        inner = [lp for lp in eloops if _loop_extent(sch, lp) > 1 and lp not in eloops[:2]]
+        # the last loop is the output-column loop
+        last = eloops[-1]
+        ext = _loop_extent(sch, last)
+        if ext > 1 and (ext & (ext - 1)) == 0 and ext <= 4 * lanes:
+            try:
+                sch.vectorize(last)
+            except Exception:
+                pass
+    else:
+        en, eo, ey, ex = eloops
+        sch.parallel(sch.fuse(en, eo, ey))
+        if OW >= lanes:
+            exo, exi = sch.split(ex, [None, lanes])
+            sch.vectorize(exi)
+    del num_cores

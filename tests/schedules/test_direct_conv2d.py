@@ -1,0 +1,194 @@
+"""Numerical tests of convopt.schedules.direct_conv2d against torch.nn.functional.conv2d."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax, te
+
+from convopt.schedules.direct_conv2d import (
+    ACC_BLOCK,
+    choose_oc_block,
+    direct_conv2d_compute,
+    find_direct_conv2d_funcs,
+    pack_weight,
+    schedule_direct_conv2d,
+    vector_lanes,
+)
+
+TARGET = tvm.target.Target(
+    {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
+)
+LANES = vector_lanes(TARGET)
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _torch_ref(x, w, b, r, stride, padding, dilation, groups, act):
+    if isinstance(padding, tuple) and len(padding) == 4:
+        t, l, bo, ri = padding
+        x = torch.nn.functional.pad(x, (l, ri, t, bo))
+        padding = 0
+    y = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if r is not None:
+        y = y + r
+    if act == "relu":
+        y = torch.relu(y)
+    elif act == "relu6":
+        y = torch.clamp(y, 0.0, 6.0)
+    return y
+
+
+def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_block=None):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((O, C // g, k, k), dtype=np.float32)
+    b = rng.standard_normal((O,), dtype=np.float32) if bias else None
+    ref0 = _torch_ref(torch.from_numpy(x), torch.from_numpy(w), None, None, s, p, d, g, "none")
+    OH, OW = ref0.shape[2:]
+    r = rng.standard_normal((N, O, OH, OW), dtype=np.float32) * 3 if res else None
+    ref = _torch_ref(
+        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
+        None if r is None else torch.from_numpy(r), s, p, d, g, act,
+    ).numpy()
+
+    ob = oc_block or choose_oc_block(O // g, LANES)
+    pw = pack_weight(w, g, ob)
+    X = te.placeholder(x.shape, name="x")
+    Wp = te.placeholder(pw.shape, name="w")
+    B = te.placeholder((O,), name="b") if bias else None
+    R = te.placeholder(r.shape, name="r") if res else None
+    out = direct_conv2d_compute(
+        X, Wp, B, out_channels=O, kernel=(k, k), stride=(s, s), padding=p,
+        dilation=(d, d), groups=g, oc_block=ob, activation=act, residual=R,
+    )
+    assert tuple(int(v) for v in out.shape) == ref.shape
+    args = [X, Wp] + ([B] if bias else []) + ([R] if res else []) + [out]
+    func = te.create_prim_func(args).with_attr("global_symbol", "conv")
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"conv": func}))
+    schedule_direct_conv2d(sch, "conv", TARGET, **(sched_kw or {}))
+    ex = tvm.compile(sch.mod, target=TARGET)
+    dev = tvm.cpu()
+    targs = [tvm.runtime.tensor(x, dev), tvm.runtime.tensor(pw, dev)]
+    if bias:
+        targs.append(tvm.runtime.tensor(b, dev))
+    if res:
+        targs.append(tvm.runtime.tensor(r, dev))
+    y = tvm.runtime.tensor(np.zeros(ref.shape, np.float32), dev)
+    ex["conv"](*targs, y)
+    err = _rel(y.numpy(), ref)
+    assert err <= 1e-4, err
+
+
+# N, C, H, W, O, k, stride, padding, dilation, groups, bias, residual, activation
+CASES = [
+    pytest.param(1, 24, 13, 17, 40, 3, 1, 1, 1, 1, True, False, "relu", id="3x3-s1-c24-o40"),
+    pytest.param(2, 3, 20, 15, 40, 7, 2, 3, 1, 1, True, False, "none", id="7x7-s2-c3-batch2"),
+    pytest.param(1, 24, 12, 10, 40, 1, 1, 0, 1, 1, False, True, "relu6", id="1x1-residual-relu6"),
+    pytest.param(1, 40, 14, 13, 24, 1, 2, 0, 1, 1, True, False, "relu", id="1x1-s2"),
+    pytest.param(2, 16, 11, 9, 20, 3, 2, 1, 1, 1, True, True, "relu", id="3x3-s2-o20-residual-batch2"),
+    pytest.param(1, 24, 14, 16, 40, 3, 1, 2, 2, 1, True, False, "relu", id="3x3-dilation2"),
+    pytest.param(1, 8, 9, 12, 16, 5, 1, (1, 2, 3, 0), 1, 1, True, False, "none", id="5x5-asym-pad"),
+    pytest.param(1, 24, 10, 12, 40, 3, 1, 1, 1, 2, True, True, "relu6", id="groups2-ocpg20"),
+    pytest.param(2, 8, 10, 10, 6, 3, 1, 1, 1, 2, True, False, "relu", id="groups2-ocpg3"),
+    pytest.param(1, 32, 8, 8, 64, 3, 1, 1, 1, 4, False, False, "none", id="groups4-ocpg16"),
+    pytest.param(1, 24, 15, 15, 24, 3, 1, 1, 1, 24, True, False, "relu6", id="depthwise-3x3"),
+    pytest.param(2, 16, 14, 11, 16, 3, 2, 1, 1, 16, False, True, "none", id="depthwise-s2-residual"),
+    pytest.param(1, 12, 17, 19, 12, 5, 1, 4, 2, 12, True, False, "relu", id="depthwise-5x5-dilation2"),
+    pytest.param(1, 8, 9, 9, 16, 3, 1, 1, 1, 8, True, False, "none", id="depthwise-multiplier2"),
+]
+
+
+@pytest.mark.parametrize("N,C,H,W,O,k,s,p,d,g,bias,res,act", CASES)
+def test_matches_torch(N, C, H, W, O, k, s, p, d, g, bias, res, act):
+    _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act)
+
+
+@pytest.mark.parametrize(
+    "sched_kw",
+    [dict(ow_tile=6, oc_tile=1), dict(ow_tile=5, oc_tile=2), dict(ow_tile=13, oc_tile=1)],
+    ids=["ow6", "ow5-oc2", "ow13"],
+)
+def test_non_divisible_tiles(sched_kw):
+    # OW = 13: every tile above leaves a guarded tail
+    _run_case(1, 16, 13, 13, 24, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=sched_kw)
+
+
+def test_wide_oc_block():
+    # an oc_block wider than one vector also works
+    _run_case(1, 16, 10, 10, 40, 3, 1, 1, 1, 1, True, False, "relu", oc_block=2 * LANES)
+
+
+def test_choose_and_pack():
+    assert choose_oc_block(64, 16) == 16
+    assert choose_oc_block(40, 8) == 8
+    assert choose_oc_block(1, 16) == 1
+    assert choose_oc_block(3, 8) == 3
+    w = np.arange(2 * 5 * 3 * 1 * 1, dtype=np.float32).reshape(10, 3, 1, 1)  # groups=2, ocpg=5
+    pw = pack_weight(w, 2, 4)
+    assert pw.shape == (4, 3, 1, 1, 4)
+    # group 1, block 1 holds channel 9 in lane 0, zeros in lanes 1..3
+    np.testing.assert_array_equal(pw[3, :, 0, 0, 0], w[9, :, 0, 0])
+    assert not pw[3, :, :, :, 1:].any()
+    np.testing.assert_array_equal(pw[2, :, 0, 0, :], w[5:9, :, 0, 0].T)
+
+
+def test_vector_lanes():
+    assert LANES in (4, 8, 16)
+    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    assert vector_lanes(avx512) == 16
+    assert vector_lanes(avx2) == 8
+
+
+def test_relax_emit_te():
+    """The documented path: BlockBuilder.emit_te, then schedule the PrimFuncs by name."""
+    N, C, H, W, O = 1, 16, 12, 12, 24
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w1 = rng.standard_normal((O, C, 3, 3), dtype=np.float32)
+    w2 = rng.standard_normal((O, O, 1, 1), dtype=np.float32)
+    b = rng.standard_normal((O,), dtype=np.float32)
+    ob = choose_oc_block(O, LANES)
+    pw1, pw2 = pack_weight(w1, 1, ob), pack_weight(w2, 1, ob)
+
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((N, C, H, W), "float32"))
+    w1v = relax.Var("w1", relax.TensorType(pw1.shape, "float32"))
+    w2v = relax.Var("w2", relax.TensorType(pw2.shape, "float32"))
+    bv = relax.Var("b", relax.TensorType((O,), "float32"))
+    with bb.function("main", [xv, w1v, w2v, bv]):
+        with bb.dataflow():
+            y = bb.emit_te(
+                direct_conv2d_compute, xv, w1v, bv,
+                out_channels=O, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+                dilation=(1, 1), groups=1, oc_block=ob, activation="relu", residual=None,
+                primfunc_name_hint="conv_a",
+            )
+            z = bb.emit_te(
+                direct_conv2d_compute, y, w2v, None,
+                out_channels=O, kernel=(1, 1), stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1), groups=1, oc_block=ob, activation="relu6", residual=y,
+                primfunc_name_hint="conv_b",
+            )
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    names = find_direct_conv2d_funcs(mod)
+    assert sorted(names) == ["conv_a", "conv_b"]
+    sch = tvm.s_tir.Schedule(mod)
+    for name in names:
+        schedule_direct_conv2d(sch, name, TARGET)
+    ex = tvm.compile(sch.mod, target=TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    res = vm["main"](
+        tvm.runtime.tensor(x), tvm.runtime.tensor(pw1), tvm.runtime.tensor(pw2), tvm.runtime.tensor(b)
+    )
+    res = res.numpy() if hasattr(res, "numpy") else res[0].numpy()
+    y_ref = torch.relu(
+        torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w1), torch.from_numpy(b), padding=1)
+    )
+    ref = torch.clamp(torch.nn.functional.conv2d(y_ref, torch.from_numpy(w2)) + y_ref, 0, 6).numpy()
+    assert _rel(res, ref) <= 1e-4
