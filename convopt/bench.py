@@ -11,6 +11,8 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+
 
 def measure_interleaved(contenders: dict[str, Callable[[], object]], *, rounds: int = 20,
                         warmup: int = 3) -> dict[str, list[float]]:
@@ -48,3 +50,32 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def compare_model(spec: str, contenders: list[str], rounds: int = 20, warmup: int = 3,
+                  input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> dict:
+    """Prepare each contender on one model, check its output against eager, time all interleaved."""
+    from .contenders import prepare
+    from .models import load_model
+    from .optimize import relative_error
+
+    torch.manual_seed(0)
+    model = load_model(spec).eval()
+    x = torch.randn(input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    runs, info = {}, {}
+    for name in contenders:
+        start = time.perf_counter()
+        try:
+            runs[name] = prepare(name, model, x)
+            out = runs[name]()
+        except Exception as e:  # a peer that cannot run this model is reported, not fatal
+            info[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            runs.pop(name, None)
+            continue
+        info[name] = {"prepare_s": time.perf_counter() - start, "relative_error": relative_error(out, expected)}
+    times = measure_interleaved(runs, rounds=rounds, warmup=warmup)
+    for name, samples in times.items():
+        info[name]["median_ms"] = statistics.median(samples) * 1e3
+    return info

@@ -72,6 +72,27 @@ def _optimize(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import compare_model, markdown_table
+    from .models import parse_shape
+
+    contenders = [c for c in (args.convopt + "," + args.vs).split(",") if c]
+    info = compare_model(args.model, contenders, args.rounds, args.warmup, parse_shape(args.input_shape))
+    base = info.get(contenders[0], {}).get("median_ms")
+    rows = [{"contender": c, "median ms": r.get("median_ms", r.get("error", "-")),
+             "rel. error vs eager": r.get("relative_error", "-"),
+             f"{contenders[0]} / this": base / r["median_ms"] if base and "median_ms" in r else "-"}
+            for c, r in info.items()]
+    print(f"{args.model}, input {args.input_shape}, 2 threads, medians of {args.rounds} interleaved rounds")
+    print(markdown_table(rows, list(rows[0])))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="convopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("--target", default="torch", help="backend (default: torch)")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass that changed it")
     opt.set_defaults(run=_optimize)
+    bench = sub.add_parser("bench", help="time convopt against eager, inductor and ONNX Runtime on one model")
+    bench.add_argument("model", help="timm:NAME, torchvision:NAME or path/to/file.py:factory")
+    bench.add_argument("--input-shape", default="1,3,224,224")
+    bench.add_argument("--vs", default="eager,inductor,ort,ort-reparam", help="peers (comma-separated)")
+    bench.add_argument("--convopt", default="convopt", help="convopt contenders: convopt (TVM cpu), convopt-torch")
+    bench.add_argument("--rounds", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--json", help="also write the raw results here")
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

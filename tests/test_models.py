@@ -42,3 +42,13 @@ def test_model_round_trips_and_matches_eager(name):
     assert not [n for n in g.nodes if n.op is Op.IDENTITY]  # canonicalize removed eval-mode dropout
     if name in DEV_MODELS:  # every op of the dev models is modelled: none stays an opaque torch node
         assert not [n.attrs.target for n in g.nodes if n.op is Op.TORCH]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEV_MODELS)
+def test_dev_model_on_tvm_cpu_matches_eager(name):
+    model, x = model_and_input(name)
+    fast = convopt.optimize(model, x, target="cpu")  # check=True: relative error <= 1e-4
+    with torch.no_grad():
+        x2 = torch.randn_like(x)
+        assert rel_err(fast(x2), model(x2)) <= 1e-4

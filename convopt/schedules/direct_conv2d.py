@@ -276,6 +276,17 @@ def _loop_extent(sch, loop):
     return int(sch.get(loop).extent)
 
 
+def _pick_tile(extent: int, target: int) -> int:
+    """Largest divisor of ``extent`` in [3/4 target, target]; else ``target`` (guarded tail)."""
+    if extent <= target:
+        return extent
+    lo = max(1, (3 * target + 3) // 4)
+    for t in range(target, lo - 1, -1):
+        if extent % t == 0:
+            return t
+    return target
+
+
 def schedule_direct_conv2d(
     sch: "tvm.s_tir.Schedule",
     func_name: str | None = None,
@@ -284,108 +295,89 @@ def schedule_direct_conv2d(
     ow_tile: int | None = None,
     oc_tile: int | None = None,
 ) -> None:
-    """Apply the default x86 schedule, in place, to the PrimFunc made from
+    """Apply the default x86 schedule, in place, to a PrimFunc made from
     :func:`direct_conv2d_compute`.
 
-    ``sch`` is a ``tvm.s_tir.Schedule`` over an IRModule (or a PrimFunc);
-    ``func_name`` names the PrimFunc (its GlobalVar name hint) in that module.
-    ``ow_tile`` / ``oc_tile`` override the register tile (output columns x
-    output-channel blocks) of the dense path.
+    ``sch`` is a ``tvm.s_tir.Schedule`` over an IRModule (or over the PrimFunc
+    itself, then ``func_name=None``); ``func_name`` is the PrimFunc's GlobalVar
+    name in that module (e.g. the ``primfunc_name_hint`` given to ``emit_te``;
+    :func:`find_direct_conv2d_funcs` lists them).  ``target`` is the llvm
+    target (its CPU features decide the vector width).  ``ow_tile`` /
+    ``oc_tile`` override the register tile of the dense path (output columns x
+    output-channel blocks).
+
+    Dense path (``oc_block`` >= half a vector): loops
+    ``parallel(n, ocb/oc_tile, oh) > ow/ow_tile > rc > kh > kw > unroll(oc_tile) >
+    unroll(ow_tile) > vectorize(oc_block)``; the accumulator tile is a local
+    buffer, and the epilogue (bias, residual, activation, NCHW store) is
+    computed per tile with ``reverse_compute_at``.  Small channel blocks
+    (depthwise) vectorize over output columns instead.  Padding is its own
+    parallel pass.
     """
     if func_name is not None:
         sch.work_on(func_name)
     lanes = vector_lanes(target)
-    try:
-        num_cores = int(target.attrs.get("num-cores", 1)) if target is not None else 1
-    except Exception:
-        num_cores = 1
 
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUT_BLOCK, func_name)
-    has_pad = _has_block(sch, PAD_BLOCK, func_name)
 
     n, b, y, x, l, rc, ry, rx = sch.get_loops(acc)
-    N, OCB, OH, OW, OB = (_loop_extent(sch, v) for v in (n, b, y, x, l))
+    OCB, OW, OB = (_loop_extent(sch, v) for v in (b, x, l))
 
-    # --- padding: its own parallel pass (cheap, keeps the hot loop branch-free)
-    if has_pad:
+    # --- padding: its own parallel pass (cheap; keeps the hot loop branch-free)
+    if _has_block(sch, PAD_BLOCK, func_name):
         pad = sch.get_sblock(PAD_BLOCK, func_name)
         pn, pc, ph, pw = sch.get_loops(pad)
         sch.parallel(sch.fuse(pn, pc, ph))
         if _loop_extent(sch, pw) >= lanes:
-            pwo, pwi = sch.split(pw, [None, lanes])
+            _, pwi = sch.split(pw, [None, lanes])
             sch.vectorize(pwi)
 
     oc_vector = OB >= max(4, lanes // 2)
     if oc_vector:
-        # register tile: oc_tile blocks of OB channels x ow_tile output columns,
-        # vectorized over the OB channels of a block.
+        # Register tile: oc_tile blocks of OB channels x ow_tile output columns,
+        # vectorized over the OB channels.  About 8 accumulator registers with
+        # AVX2 (16 ymm; LLVM also keeps the kw-shifted input broadcasts live),
+        # 16 with AVX-512 (32 zmm).
+        vec_per_block = _ceil_div(OB, lanes)
+        nacc = 16 if lanes >= 16 else 8
         if oc_tile is None:
-            oc_tile = 2 if OCB % 2 == 0 else 1
-            if OB > lanes:
-                oc_tile = 1
+            oc_tile = 2 if (OCB % 2 == 0 and vec_per_block == 1) else 1
         if ow_tile is None:
-            nacc_max = 12 if lanes == 8 else 24  # accumulators (16 ymm / 32 zmm registers)
-            vec_per_block = _ceil_div(OB, lanes)
-            max_ow = max(1, nacc_max // (oc_tile * vec_per_block))
-            ow_tile = _divisor_tile(OW, list(range(max_ow, 0, -1))) or 1
-            if ow_tile < max_ow // 2 and OW > max_ow:
-                ow_tile = max_ow  # non-divisible split (guarded tail) beats a tiny tile
+            ow_tile = _pick_tile(OW, max(1, nacc // (oc_tile * vec_per_block)))
         bo, bi = sch.split(b, [None, oc_tile])
         xo, xi = sch.split(x, [None, ow_tile])
         sch.reorder(n, bo, y, xo, rc, ry, rx, bi, xi, l)
-        outer = sch.fuse(n, bo, y)
-        sch.parallel(outer)
+        sch.parallel(sch.fuse(n, bo, y))
         sch.unroll(bi)
         sch.unroll(xi)
         sch.vectorize(l)
-        tile_loop = xo
-        red_loop = rc
     else:
-        # small channel blocks (depthwise, tiny groups): vectorize over output width
+        # small channel blocks (depthwise, tiny groups): vectorize over output columns
         if ow_tile is None:
-            ow_tile = _divisor_tile(OW, [2 * lanes, lanes, 3 * lanes // 2]) or (
-                OW if OW <= 4 * lanes else 2 * lanes
-            )
+            ow_tile = _divisor_tile(OW, [2 * lanes, lanes]) or (OW if OW <= 4 * lanes else 2 * lanes)
         xo, xi = sch.split(x, [None, ow_tile])
         sch.reorder(n, b, y, xo, rc, ry, rx, l, xi)
-        outer = sch.fuse(n, b, y)
-        sch.parallel(outer)
+        sch.parallel(sch.fuse(n, b, y))
         sch.unroll(l)
         if OW % ow_tile == 0:
             sch.vectorize(xi)
         else:
             sch.unroll(xi)
-        tile_loop = xo
-        red_loop = rc
-
-    sch.decompose_reduction(acc, red_loop)
+    # vectorize/unroll first: after decompose_reduction vectorize fails
+    sch.decompose_reduction(acc, rc)
 
     # --- epilogue computed per register tile (the accumulator tile stays local)
-    fused_epilogue = True
     try:
-        sch.reverse_compute_at(out, tile_loop, preserve_unit_loops=True)
+        sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
         sch.set_scope(acc, 0, "local")
-    except Exception:
-        fused_epilogue = False
-
-    eloops = sch.get_loops(out)
-    if fused_epilogue:
-        # loops inside the tile loop: (n,) o, (y,) x -- unroll the channels, vectorize width
-        inner = eloops[len(sch.get_loops(acc)) - (5 if oc_vector else 5) :]
-        inner = [lp for lp in eloops if _loop_extent(sch, lp) > 1 and lp not in eloops[:2]]
-        # the last loop is the output-column loop
-        last = eloops[-1]
+        last = sch.get_loops(out)[-1]  # output columns of the tile (NCHW-contiguous)
         ext = _loop_extent(sch, last)
-        if ext > 1 and (ext & (ext - 1)) == 0 and ext <= 4 * lanes:
-            try:
-                sch.vectorize(last)
-            except Exception:
-                pass
-    else:
-        en, eo, ey, ex = eloops
+        if 1 < ext <= 4 * lanes and OW % ow_tile == 0:
+            sch.vectorize(last)
+    except Exception:  # pragma: no cover - fall back to a separate epilogue pass
+        en, eo, ey, ex = sch.get_loops(out)
         sch.parallel(sch.fuse(en, eo, ey))
         if OW >= lanes:
-            exo, exi = sch.split(ex, [None, lanes])
+            _, exi = sch.split(ex, [None, lanes])
             sch.vectorize(exi)
-    del num_cores
