@@ -171,8 +171,12 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op not in EMITTERS]
 
 
-def to_relax(graph: Graph):
-    """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs."""
+def to_relax(graph: Graph, target=None):
+    """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs.
+
+    For an LLVM (CPU) ``target``, convs with constant weights call convopt's own kernels with fused
+    epilogues (backends/conv_kernels.py), scheduled here; everything else is Relax's generic ops.
+    """
     missing = unsupported_nodes(graph)
     if missing:
         n = missing[0]
@@ -184,14 +188,27 @@ def to_relax(graph: Graph):
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     ctx = EmitContext(graph, bb)
+    own_kernels = target is not None and target.kind.name == "llvm"
+    if own_kernels:
+        from . import conv_kernels
+        from ..schedules.direct_conv2d import vector_lanes
+
+        plans, lanes = conv_kernels.plan_epilogues(graph), vector_lanes(target)
+        absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
     with bb.function("main", params):
         with bb.dataflow():
             env: dict[str, relax.Expr] = {v.name: p for v, p in zip(graph.inputs, params)}
             for c in graph.constants:
                 env[c.name] = relax.const(c.data.detach().cpu().contiguous().numpy())
             for n in graph.nodes:
-                args = [None if i is None else env[i] for i in n.inputs]
-                env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))
+                if own_kernels and n.name in absorbed:
+                    env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
+                elif own_kernels and n.name in plans:
+                    env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes)
+                else:
+                    args = [None if i is None else env[i] for i in n.inputs]
+                    env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))
             out = bb.emit_output(relax.Tuple([env[o] for o in graph.outputs]))
         bb.emit_func_output(out)
-    return bb.get()
+    mod = bb.get()
+    return conv_kernels.schedule_kernels(mod, target) if own_kernels else mod

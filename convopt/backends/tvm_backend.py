@@ -50,7 +50,7 @@ def resolve_target(target: Any) -> tvm.target.Target:
 
 def compile_graph(graph: Graph, target: tvm.target.Target):
     """The compiled Relax executable for ``graph``."""
-    mod = to_relax(graph)
+    mod = to_relax(graph, target)
     if target.kind.name == "cuda":
         with target:
             mod = tvm.relax.get_pipeline("zero")(mod)

@@ -294,6 +294,7 @@ def schedule_direct_conv2d(
     *,
     ow_tile: int | None = None,
     oc_tile: int | None = None,
+    reduction_order: str | None = None,
 ) -> None:
     """Apply the default x86 schedule, in place, to a PrimFunc made from
     :func:`direct_conv2d_compute`.
@@ -347,7 +348,9 @@ def schedule_direct_conv2d(
             ow_tile = _pick_tile(OW, max(1, nacc // (oc_tile * vec_per_block)))
         bo, bi = sch.split(b, [None, oc_tile])
         xo, xi = sch.split(x, [None, ow_tile])
-        sch.reorder(n, bo, y, xo, rc, ry, rx, bi, xi, l)
+        red = {"rc": rc, "ry": ry, "rx": rx}
+        order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
+        sch.reorder(n, bo, y, xo, *order, bi, xi, l)
         sch.parallel(sch.fuse(n, bo, y))
         sch.unroll(bi)
         sch.unroll(xi)
@@ -355,7 +358,10 @@ def schedule_direct_conv2d(
     else:
         # small channel blocks (depthwise, tiny groups): vectorize over output columns
         if ow_tile is None:
-            ow_tile = _divisor_tile(OW, [2 * lanes, lanes]) or (OW if OW <= 4 * lanes else 2 * lanes)
+            # a whole row (several independent vector accumulators) when it fits
+            ow_tile = OW if OW <= 8 * lanes else (
+                _divisor_tile(OW, [k * lanes for k in range(8, 2, -1)]) or 4 * lanes
+            )
         xo, xi = sch.split(x, [None, ow_tile])
         sch.reorder(n, b, y, xo, rc, ry, rx, l, xi)
         sch.parallel(sch.fuse(n, b, y))
@@ -365,15 +371,17 @@ def schedule_direct_conv2d(
         else:
             sch.unroll(xi)
     # vectorize/unroll first: after decompose_reduction vectorize fails
-    sch.decompose_reduction(acc, rc)
+    sch.decompose_reduction(acc, sch.get_loops(acc)[2])
 
     # --- epilogue computed per register tile (the accumulator tile stays local)
     try:
         sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
-        sch.set_scope(acc, 0, "local")
+        # Keep the (now tile-sized) accumulator in "global" scope: small global
+        # allocations become stack allocas, whereas a "local" one turns into a
+        # TVMBackendAllocWorkspace call per tile (measured 1.6x slower on depthwise).
         last = sch.get_loops(out)[-1]  # output columns of the tile (NCHW-contiguous)
         ext = _loop_extent(sch, last)
-        if 1 < ext <= 4 * lanes and OW % ow_tile == 0:
+        if 1 < ext <= 8 * lanes and OW % ow_tile == 0:
             sch.vectorize(last)
     except Exception:  # pragma: no cover - fall back to a separate epilogue pass
         en, eo, ey, ex = sch.get_loops(out)
