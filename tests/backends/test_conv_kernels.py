@@ -1,0 +1,41 @@
+"""Which convs get convopt's kernel and what their epilogues absorb (structure), and that it is exact."""
+
+import torch
+from torch import nn
+
+import convopt
+from convopt.backends.conv_kernels import plan_epilogues
+from tests.conftest import rel_err
+
+
+class Residual(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv3 = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        z = torch.relu(self.conv2(y) + x)  # residual add then activation: all in conv2's epilogue
+        w = self.conv3(z)
+        return nn.functional.relu6(w), w  # w is read twice: its activation cannot be absorbed
+
+
+def test_epilogue_plan():
+    model, x = Residual().eval(), torch.randn(1, 8, 10, 10)
+    graph = convopt.optimize(model, x).graph
+    plans = plan_epilogues(graph)
+    by_scope = {graph.node_map[name].scope: plan for name, plan in plans.items()}
+    assert by_scope["conv1"].activation == "relu" and by_scope["conv1"].residual is None
+    assert by_scope["conv2"].activation == "relu" and by_scope["conv2"].residual == "x"
+    assert len(by_scope["conv2"].absorbed) == 2
+    assert by_scope["conv3"].activation == "none" and not by_scope["conv3"].absorbed
+
+
+def test_fused_kernels_are_exact():
+    model, x = Residual().eval(), torch.randn(2, 8, 10, 10)
+    fast = convopt.optimize(model, x, target="cpu")
+    with torch.no_grad():
+        for got, want in zip(fast(x), model(x)):
+            assert rel_err(got, want) <= 1e-5
