@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     dump.set_defaults(run=_dump)
     opt = sub.add_parser("optimize", help="optimize a model and print a summary")
     _common(opt)
-    opt.add_argument("--target", default="torch", help="backend (default: torch)")
+    opt.add_argument("--target", default=None,
+                     help="cpu, cuda or torch (default: cpu, or torch where TVM cannot compile the graph)")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass that changed it")
     opt.set_defaults(run=_optimize)
     bench = sub.add_parser("bench", help="time convopt against eager, inductor and ONNX Runtime on one model")

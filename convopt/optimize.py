@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -137,13 +138,33 @@ def check_against_eager(model: nn.Module, result: OptimizedModule, example_input
                 "check=False returns the module anyway.")
 
 
-def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict = "torch", mode: str = "inference",
+def _default_target(model: nn.Module, graph: Graph, mode: str) -> str:
+    """TVM for inference ("cuda" when the model lives on a GPU, else "cpu"); PyTorch for training, and for
+    graphs with an op TVM cannot compile (with a warning naming it), so the default always works."""
+    if mode == "train":
+        return "torch"
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    from .backends.relax_emit import unsupported_nodes
+
+    missing = unsupported_nodes(graph)
+    if missing:
+        n = missing[0]
+        what = n.attrs.target if n.op is Op.TORCH else n.op.value
+        warnings.warn(f"node %{n.name} ({what}) has no TVM lowering; running this model with target='torch'",
+                      stacklevel=3)
+        return "torch"
+    return "cuda" if on_cuda else "cpu"
+
+
+def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
              dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
              skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
-    target: "torch" runs the optimized graph with PyTorch kernels; "cpu" / "cuda" (or a TVM target dict)
-    compile it with TVM (inference only; every op must have a TVM lowering). mode: "inference" (eval-mode
+    target: "cpu" / "cuda" (or a TVM target dict) compile the graph with TVM (inference only; every op
+    must have a TVM lowering); "torch" runs it with PyTorch kernels. The default (None) is "cpu", or
+    "cuda" for a model on a GPU, and "torch" for mode="train" or a graph with an op TVM cannot compile
+    (with a warning). mode: "inference" (eval-mode
     semantics, frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for
     the IR after capture and after each pass that changed it. passes / skip_passes: select or leave out
     passes by name. check: compare against the eager model on ``example_inputs`` (relative error,
@@ -155,6 +176,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict = "tor
     captured = capture_program(model, example_inputs, mode=mode)
     pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes)
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
+    if target is None:
+        target = _default_target(model, graph, mode)
     if target == "torch":
         compiled = to_torch(graph, trainable=(mode == "train"))
     else:

@@ -34,9 +34,9 @@ def test_inference_result_matches_and_exposes_graph():
 
 def test_state_dict_keys_are_kept_where_passes_keep_weights():
     model, x = Small().eval(), torch.randn(2, 3, 8, 8)
-    folded = convopt.optimize(model, x)  # fold_conv_bn replaces conv and BN tensors by folded ones
+    folded = convopt.optimize(model, x, target="torch")  # fold_conv_bn replaces conv and BN tensors by folded ones
     assert set(folded.state_dict()) == {"conv.folded_weight", "conv.folded_bias", "fc.weight", "fc.bias"}
-    fast = convopt.optimize(model, x, passes=["canonicalize", "eliminate_dead_code"])
+    fast = convopt.optimize(model, x, target="torch", passes=["canonicalize", "eliminate_dead_code"])
     other = Small().eval()
     missing, unexpected = other.load_state_dict(fast.state_dict(), strict=False)
     assert not unexpected and not missing  # BatchNorm fills in num_batches_tracked itself
@@ -66,9 +66,21 @@ def test_a_wrong_pass_is_caught_by_check(monkeypatch):
     fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), skip_passes=["negate_output"])
 
 
-def test_tvm_targets_are_not_built_yet():
-    with pytest.raises(NotImplementedError, match="target='torch'"):
-        convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="cpu")
+def test_default_target_is_tvm_cpu_falling_back_to_torch_with_a_warning():
+    from convopt.backends.tvm_backend import TVMGraphModule
+
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
+    assert isinstance(fast._compiled, TVMGraphModule) and "llvm" in str(fast._compiled.target)
+    model = nn.Sequential(nn.Conv2d(3, 12, 1), nn.PixelShuffle(2))
+    with pytest.warns(UserWarning, match="pixel_shuffle.*target='torch'"):
+        fast = convopt.optimize(model, torch.randn(1, 3, 4, 4))
+    assert isinstance(fast._compiled, torch.fx.GraphModule)
+    trainable = Small()
+    trainable.bn.eval()
+    assert isinstance(convopt.optimize(trainable, torch.randn(2, 3, 8, 8), mode="train")._compiled,
+                      torch.fx.GraphModule)
+    with pytest.raises(ValueError, match="target must be"):
+        convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="tpu")
 
 
 def test_inputs_of_another_shape_get_a_clear_error():

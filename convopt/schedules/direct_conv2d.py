@@ -50,6 +50,8 @@ PAD_BLOCK = "dconv_pad"
 OUT_BLOCK = "dconv_out"
 
 ACTIVATIONS = ("none", "relu", "relu6")
+import os
+EPI_UNROLL = os.environ.get("EPI_UNROLL", "1") == "1"
 
 
 # ----------------------------------------------------------------------------
@@ -295,6 +297,7 @@ def schedule_direct_conv2d(
     ow_tile: int | None = None,
     oc_tile: int | None = None,
     reduction_order: str | None = None,
+    mode: str | None = None,
 ) -> None:
     """Apply the default x86 schedule, in place, to a PrimFunc made from
     :func:`direct_conv2d_compute`.
@@ -334,8 +337,9 @@ def schedule_direct_conv2d(
             _, pwi = sch.split(pw, [None, lanes])
             sch.vectorize(pwi)
 
-    oc_vector = OB >= max(4, lanes // 2)
-    if oc_vector:
+    if mode is None:
+        mode = "oc" if OB >= max(4, lanes // 2) else "ow"
+    if mode == "oc":
         # Register tile: oc_tile blocks of OB channels x ow_tile output columns,
         # vectorized over the OB channels.  About 8 accumulator registers with
         # AVX2 (16 ymm; LLVM also keeps the kw-shifted input broadcasts live),
@@ -379,10 +383,14 @@ def schedule_direct_conv2d(
         # Keep the (now tile-sized) accumulator in "global" scope: small global
         # allocations become stack allocas, whereas a "local" one turns into a
         # TVMBackendAllocWorkspace call per tile (measured 1.6x slower on depthwise).
-        last = sch.get_loops(out)[-1]  # output columns of the tile (NCHW-contiguous)
+        eloops = sch.get_loops(out)
+        last = eloops[-1]  # output columns of the tile (NCHW-contiguous)
         ext = _loop_extent(sch, last)
         if 1 < ext <= 8 * lanes and OW % ow_tile == 0:
             sch.vectorize(last)
+        if EPI_UNROLL and mode == "oc":
+            # constant indices into the tile let LLVM keep it in registers (SROA)
+            sch.unroll(eloops[-3])
     except Exception:  # pragma: no cover - fall back to a separate epilogue pass
         en, eo, ey, ex = sch.get_loops(out)
         sch.parallel(sch.fuse(en, eo, ey))
