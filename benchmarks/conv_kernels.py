@@ -1,7 +1,7 @@
 """GFLOP/s of convopt's direct conv2d kernel (default schedule, no tuning) vs
 torch.nn.functional.conv2d on resnet50 / mobilenet layers, batch 1.
 
-    /work/venv/bin/python benchmarks/conv_kernels.py [--runs 20] [--ow-tile T] [--oc-tile T]
+    /work/venv/bin/python benchmarks/conv_kernels.py [--runs 20] [--threads 2] [--ow-tile T] [--oc-tile T]
 
 Both are timed interleaved in one process, median of ``--runs`` runs each
 (each run = the mean of back-to-back calls for about 20 ms, with a 30 ms pause
@@ -14,18 +14,31 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
+
+def _threads_arg(argv) -> int:
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return 2
+
+
 # TVM's runtime thread pool defaults to hardware_concurrency / 2 on x86 (it assumes
-# SMT), i.e. ONE thread on a 2-vCPU machine.  Match torch.set_num_threads(2).
-os.environ.setdefault("TVM_NUM_THREADS", "2")
+# SMT), i.e. ONE thread on a 2-vCPU machine.  It reads TVM_NUM_THREADS when the
+# runtime starts, so set it before importing tvm to match torch.set_num_threads.
+THREADS = _threads_arg(sys.argv)
+os.environ["TVM_NUM_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
-import torch
-import tvm
-from tvm import te
+import torch  # noqa: E402
+import tvm  # noqa: E402
+from tvm import te  # noqa: E402
 
-from convopt.schedules.direct_conv2d import (
+from convopt.schedules.direct_conv2d import (  # noqa: E402
     choose_oc_block,
     direct_conv2d_compute,
     pack_weight,
@@ -82,9 +95,10 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--ow-tile", type=int, default=None)
     ap.add_argument("--oc-tile", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2, help="threads for both TVM and torch")
     ap.add_argument("--only", type=str, default=None, help="substring of layer names")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     target = host_target()
     dev = tvm.cpu()
     kw = {}

@@ -8,6 +8,7 @@ Targets: "cpu" is the host (LLVM with the host's mcpu and physical core count), 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,22 @@ from torch import nn
 from ..ir.graph import Graph
 from .relax_emit import to_relax
 
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or len(os.sched_getaffinity(0)) or 1
+
+
+# TVM's runtime thread pool assumes SMT and starts hardware_concurrency / 2 workers: one thread on a
+# 2-core machine without SMT. It reads TVM_NUM_THREADS when it first starts, so set it before that.
+os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
+
 ARTIFACT_LIBRARY = "model.so"
 ARTIFACT_META = "meta.json"
 ARTIFACT_IR = "graph.ir"
 
 
 def host_target() -> tvm.target.Target:
-    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": cores})
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+                              "num-cores": physical_cores()})
 
 
 def cuda_target(arch: str | None = None) -> tvm.target.Target:

@@ -192,3 +192,27 @@ def test_relax_emit_te():
     )
     ref = torch.clamp(torch.nn.functional.conv2d(y_ref, torch.from_numpy(w2)) + y_ref, 0, 6).numpy()
     assert _rel(res, ref) <= 1e-4
+
+
+def test_forced_ow_mode_dense():
+    _run_case(1, 8, 9, 11, 12, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=dict(mode="ow"), oc_block=4)
+
+
+@pytest.mark.parametrize("mcpu", ["skylake-avx512", "haswell"])
+def test_compiles_for_other_x86(mcpu):
+    """Schedule + codegen (no run) for AVX-512 and AVX2 targets."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    lanes = vector_lanes(target)
+    for C, O, k, g in [(64, 64, 3, 1), (32, 32, 3, 32)]:
+        ob = choose_oc_block(O // g, lanes)
+        X = te.placeholder((1, C, 14, 14), name="x")
+        Wp = te.placeholder(pack_weight(np.zeros((O, C // g, k, k), np.float32), g, ob).shape, name="w")
+        out = direct_conv2d_compute(
+            X, Wp, None, out_channels=O, kernel=k, stride=1, padding=1, dilation=1,
+            groups=g, oc_block=ob, activation="relu",
+        )
+        sch = tvm.s_tir.Schedule(te.create_prim_func([X, Wp, out]))
+        schedule_direct_conv2d(sch, None, target)
+        ex = tvm.compile(sch.mod, target=target)
+        if mcpu == "skylake-avx512" and g == 1:
+            assert "zmm" in ex.mod.inspect_source("asm")
