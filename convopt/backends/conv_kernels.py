@@ -99,5 +99,5 @@ def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModu
     mod = sch.mod
     for name in names:
         gv = mod.get_global_var(name)
-        mod[gv] = mod[gv].with_attr("op_pattern", _OPAQUE)
+        mod[gv] = mod[gv].with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
     return mod

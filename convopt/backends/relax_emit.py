@@ -56,6 +56,15 @@ def _conv2d(ctx, n: Node, x):
     return out
 
 
+def _linear(ctx, n: Node, x):
+    """x @ W.T + b; a constant W is transposed once here, not on every call (relax.op.linear would)."""
+    weight = ctx.constant_data(n.inputs[1])
+    if weight is None:
+        return relax.op.linear(x[0], x[1], x[2] if len(x) > 2 else None)
+    out = relax.op.matmul(x[0], relax.const(weight.detach().t().contiguous().cpu().numpy()))
+    return relax.op.add(out, x[2]) if len(x) > 2 and x[2] is not None else out
+
+
 def _batch_norm(ctx, n: Node, x):
     """Eval-mode BN with constant statistics: x * s + t, s and t computed once here."""
     from ..passes.fold_conv_bn import scale_shift_of_bn
@@ -135,7 +144,7 @@ def _avg_pool(ctx, n: Node, x):
 
 EMITTERS: dict[Op, Callable] = {
     Op.CONV2D: _conv2d,
-    Op.LINEAR: lambda ctx, n, x: relax.op.linear(x[0], x[1], x[2] if len(x) > 2 else None),
+    Op.LINEAR: lambda ctx, n, x: _linear(ctx, n, x),
     Op.BATCH_NORM: _batch_norm,
     Op.LAYER_NORM: _layer_norm,
     Op.GROUP_NORM: _group_norm,

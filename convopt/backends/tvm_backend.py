@@ -60,10 +60,16 @@ def resolve_target(target: Any) -> tvm.target.Target:
 def compile_graph(graph: Graph, target: tvm.target.Target):
     """The compiled Relax executable for ``graph``."""
     mod = to_relax(graph, target)
+    dlight = tvm.s_tir.dlight
     if target.kind.name == "cuda":
-        with target:
-            mod = tvm.relax.get_pipeline("zero")(mod)
-            mod = tvm.s_tir.dlight.ApplyDefaultSchedule(tvm.s_tir.dlight.gpu.Fallback())(mod)
+        rules = [dlight.gpu.Fallback()]
+    else:
+        from ..schedules.cpu_fallback import ParallelFallback
+
+        rules = [dlight.cpu.GEMV(), dlight.cpu.Reduction(), ParallelFallback()]
+    with target:  # legalize and fuse, then give every PrimFunc not yet scheduled a default schedule
+        mod = tvm.relax.get_pipeline("zero")(mod)
+        mod = dlight.ApplyDefaultSchedule(*rules)(mod)
     return tvm.compile(mod, target=target)
 
 
