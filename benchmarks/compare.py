@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from convopt.bench import compare_model, markdown_table
+from convopt.bench import compare_model, markdown_table, write_report
 
 DEV_MODELS = "resnet18,resnet50,repvgg_a0,mobileone_s0,mobilenetv2_100,convnext_atto,inception_next_atto,efficientnet_b0"
 
@@ -55,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         f"--{k} {v}" for k, v in vars(args).items() if k != "out")
     meta = {"command": command, "threads": 2, "batch": 1, "torch": torch.__version__,
             "machine": platform.machine()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    Path(args.out + ".md").write_text(f"`{command}` (medians of {args.rounds} interleaved rounds, 2 threads, "
-                                      f"batch 1, 224x224; ratio < 1 means convopt is faster)\n\n{table}\n")
+    write_report(args.out, command, f"medians of {args.rounds} interleaved rounds, 2 threads, batch 1, 224x224; "
+                 "ratio < 1 means convopt is faster", table, {"meta": meta, "results": results})
     print(table)
     return 0
 

@@ -59,6 +59,30 @@ LAYERS = [
 ]
 
 
+def layers_of(model_name: str):
+    """The distinct conv layers of a timm model after convopt's passes, as LAYERS rows (+ how many)."""
+    import timm
+
+    import convopt
+    from convopt.ir import Op
+
+    model = timm.create_model(model_name, pretrained=False).eval()
+    graph = convopt.optimize(model, torch.randn(1, 3, 224, 224), target="torch").graph
+    rows = {}
+    for n in graph.nodes:
+        if n.op is not Op.CONV2D:
+            continue
+        src, w = graph.types[n.inputs[0]], graph.types[n.inputs[1]]
+        k, a = w.shape[2], n.attrs
+        if w.shape[2] != w.shape[3] or src.shape[2] != src.shape[3] or a.dilation != (1, 1) or \
+                a.stride[0] != a.stride[1] or a.padding[0] != a.padding[1]:
+            continue
+        key = (src.shape[1], w.shape[0], k, a.stride[0], a.padding[0], src.shape[2], a.groups)
+        name = f"{key[0]}->{key[1]} {k}x{k} s{key[3]} {key[5]}" + (f" g{a.groups}" if a.groups > 1 else "")
+        rows.setdefault(key, [name, 0])[1] += 1
+    return [(f"{name} (x{count})", *key) for key, (name, count) in rows.items()]
+
+
 def host_target():
     return tvm.target.Target(
         {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
@@ -97,6 +121,7 @@ def main():
     ap.add_argument("--oc-tile", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="threads for both TVM and torch")
     ap.add_argument("--only", type=str, default=None, help="substring of layer names")
+    ap.add_argument("--model", default=None, help="time every distinct conv layer of this timm model instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target = host_target()
@@ -116,7 +141,7 @@ def main():
     )
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
-    for name, C, O, k, s, p, H, g in LAYERS:
+    for name, C, O, k, s, p, H, g in (layers_of(args.model) if args.model else LAYERS):
         if args.only and args.only not in name:
             continue
         ex, ob = build_layer(C, O, k, s, p, H, g, target, **kw)

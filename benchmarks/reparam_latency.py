@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 from pathlib import Path
 
 import torch
 
 import convopt
-from convopt.bench import markdown_table, measure_interleaved, summarize
+from convopt.bench import markdown_table, measure_interleaved, summarize, write_report
 from convopt.optimize import relative_error
 
 
@@ -58,9 +57,8 @@ def main() -> None:
                                                                         if k != "out"),
             "threads": 2, "batch": 1, "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "results": raw}, indent=2))
-    Path(args.out + ".md").write_text(f"`{meta['command']}` (medians of {args.rounds} interleaved rounds)\n\n{table}\n")
+    write_report(args.out, meta["command"], f"medians of {args.rounds} interleaved rounds", table,
+                 {"meta": meta, "results": raw})
     print(table)
 
 

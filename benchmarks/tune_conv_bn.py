@@ -203,15 +203,13 @@ def main() -> None:
             for key in ("peak_heap_mb", "peak_rss_mb", "saved_for_backward_mb"):
                 row[key.replace("_mb", "") + " vs eval"] = r[key] / base[key]
         rows.append(row)
-    from convopt.bench import markdown_table
+    from convopt.bench import markdown_table, write_report
 
     command = f"python benchmarks/tune_conv_bn.py --model {args.model} --batch {args.batch} --steps {args.steps}"
     table = markdown_table(rows, ["contender", "step_s", "time vs eval", "peak_heap_mb", "peak_heap vs eval",
                                   "peak_rss_mb", "peak_rss vs eval", "saved_for_backward_mb",
                                   "saved_for_backward vs eval", "grad_max_rel_error", "first_step_s"])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"command": command, "results": results}, indent=2))
-    Path(args.out + ".md").write_text(f"`{command}` (2 threads; medians over steps after one warm-up)\n\n{table}\n")
+    write_report(args.out, command, "2 threads; medians over steps after one warm-up", table, {"results": results})
     print(table)
 
 

@@ -7,16 +7,22 @@ ratio of medians against a baseline.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 
 def measure_interleaved(contenders: dict[str, Callable[[], object]], *, rounds: int = 20,
-                        warmup: int = 3) -> dict[str, list[float]]:
-    """Seconds per call of each contender; every round calls all of them, rotating the start."""
+                        warmup: int = 3, pause: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call of each contender; every round calls all of them, rotating the start.
+
+    ``pause`` seconds pass before each timed call: thread pools (OpenMP, ONNX Runtime, TVM) spin for a
+    while after their work, and without the pause those spinning threads slow down the next contender.
+    """
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
@@ -25,6 +31,7 @@ def measure_interleaved(contenders: dict[str, Callable[[], object]], *, rounds: 
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            time.sleep(pause)
             start = time.perf_counter()
             contenders[name]()
             times[name].append(time.perf_counter() - start)
@@ -39,6 +46,13 @@ def summarize(times: dict[str, list[float]], baseline: str) -> dict[str, dict[st
         out[name] = {"median_ms": med * 1e3, "min_ms": min(samples) * 1e3, "ratio_vs_" + baseline: med / base,
                      "runs": len(samples)}
     return out
+
+
+def write_report(out_prefix: str, command: str, caption: str, table: str, data: dict) -> None:
+    """``out_prefix.md`` (the command, what was measured, the table) and ``out_prefix.json`` (raw data)."""
+    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_prefix + ".json").write_text(json.dumps({"command": command, **data}, indent=2))
+    Path(out_prefix + ".md").write_text(f"`{command}` ({caption})\n\n{table}\n")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

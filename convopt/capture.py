@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,7 +27,7 @@ from .ir import ops as O
 from .ir.graph import Constant, Graph, Node, Value, unique_name
 from .ir.literals import format_value
 from .ir.ops import Op
-from .ir.types import TensorType, TupleType, type_of
+from .ir.types import TensorType, type_of
 
 aten = torch.ops.aten
 

@@ -98,7 +98,7 @@ class OptimizedModule(nn.Module):
         outputs = self._compiled(*flat)
         return pytree.tree_unflatten(list(outputs), self._out_spec)
 
-    def save(self, path) -> "Path":
+    def save(self, path: str | os.PathLike) -> os.PathLike:
         """Write a deployable folder (compiled library, input signature, IR); ``convopt.load`` runs it."""
         from .backends.tvm_backend import TVMGraphModule, save_artifact
 

@@ -1,7 +1,6 @@
 import pytest
-import torch
 
-from convopt.ir import Graph, Op, VerifyError, parse
+from convopt.ir import Graph, Op, parse
 from convopt.ir import ops as O
 from convopt.passes import canonicalize, eliminate_dead_code
 from convopt.pipeline import INFERENCE_PIPELINE, TRAIN_PIPELINE, Pass, PassError, run_passes, select_passes

@@ -58,12 +58,12 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
             continue
         if len(n.inputs) > 2 and n.inputs[2] is not None and n.inputs[2] not in graph.constant_map:
             continue
-        absorbed, residual, activation, tail = [], None, "none", n
+        absorbed, residual, activation = [], None, "none"
         reader = only_reader(n.name)
         if reader is not None and reader.op is Op.ADD and reader.attrs.scalar is None and reader.type == n.type:
             other = reader.inputs[1] if reader.inputs[0] == n.name else reader.inputs[0]
             if position[other] < position[n.name] and graph.types[other] == n.type:
-                residual, tail = other, reader
+                residual = other
                 absorbed.append(reader.name)
                 reader = only_reader(reader.name)
         if reader is not None and _activation(reader) is not None:

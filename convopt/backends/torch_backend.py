@@ -8,7 +8,6 @@ passes kept a weight's name. Parameters of the source model are ``nn.Parameter``
 
 from __future__ import annotations
 
-import torch
 from torch import fx, nn
 
 from ..ir.graph import Graph

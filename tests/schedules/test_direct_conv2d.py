@@ -7,7 +7,6 @@ import tvm
 from tvm import relax, te
 
 from convopt.schedules.direct_conv2d import (
-    ACC_BLOCK,
     choose_oc_block,
     direct_conv2d_compute,
     find_direct_conv2d_funcs,
