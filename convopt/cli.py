@@ -57,7 +57,8 @@ def _optimize(args) -> int:
                       skip_passes=args.skip_pass, check=False)
     seconds = time.perf_counter() - start
     after = result.graph.op_counts()
-    print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s")
+    print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s, "
+          f"target {result.target}")
     for op in sorted(set(before) | set(after)):
         b, a = before.get(op, 0), after.get(op, 0)
         print(f"  {op:<28} {b:>5} -> {a:<5}{'' if a == b else f' ({a - b:+d})'}".rstrip())

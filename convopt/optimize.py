@@ -98,6 +98,12 @@ class OptimizedModule(nn.Module):
         outputs = self._compiled(*flat)
         return pytree.tree_unflatten(list(outputs), self._out_spec)
 
+    @property
+    def target(self) -> str:
+        """Where it runs: "torch", or the TVM target as JSON."""
+        compiled_target = getattr(self._compiled, "target", None)
+        return "torch" if compiled_target is None else str(compiled_target)
+
     def save(self, path: str | os.PathLike) -> os.PathLike:
         """Write a deployable folder (compiled library, input signature, IR); ``convopt.load`` runs it."""
         from .backends.tvm_backend import TVMGraphModule, save_artifact
