@@ -117,6 +117,24 @@ def _hardsigmoid(ctx, n: Node, x):
     return relax.op.minimum(relax.op.maximum(y, c[0.0]), c[1.0])
 
 
+# Sigmoid-family ops are written with exp / erf / tanh so that relax's FastMathTransform can swap in
+# TVM's polynomial fast_exp / fast_erf / fast_tanh, which vectorize (libm's expf does not).
+def _sigmoid_of(ctx, n: Node, x):
+    one = ctx.const(1.0, n.type.dtype)
+    return relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(x))))
+
+
+def _gelu(ctx, n: Node, x):
+    c = {v: ctx.const(v, n.type.dtype) for v in (0.5, 1.0, 0.7071067811865476, 0.7978845608028654, 0.044715)}
+    if n.attrs.approximate == "none":
+        inner = relax.op.erf(relax.op.multiply(x[0], c[0.7071067811865476]))
+    else:
+        cube = relax.op.multiply(relax.op.multiply(x[0], x[0]), x[0])
+        inner = relax.op.tanh(relax.op.multiply(c[0.7978845608028654],
+                                                relax.op.add(x[0], relax.op.multiply(c[0.044715], cube))))
+    return relax.op.multiply(relax.op.multiply(c[0.5], x[0]), relax.op.add(c[1.0], inner))
+
+
 def _binary(fn: Callable) -> Callable:
     def emit(ctx, n: Node, x):
         dtype = n.type.dtype
@@ -150,9 +168,9 @@ EMITTERS: dict[Op, Callable] = {
     Op.GROUP_NORM: _group_norm,
     Op.RELU: lambda ctx, n, x: relax.op.nn.relu(x[0]),
     Op.CLAMP: _clamp,
-    Op.GELU: lambda ctx, n, x: (relax.op.nn.gelu if n.attrs.approximate == "none" else relax.op.nn.gelu_tanh)(x[0]),
-    Op.SILU: lambda ctx, n, x: relax.op.nn.silu(x[0]),
-    Op.SIGMOID: lambda ctx, n, x: relax.op.sigmoid(x[0]),
+    Op.GELU: _gelu,
+    Op.SILU: lambda ctx, n, x: relax.op.multiply(x[0], _sigmoid_of(ctx, n, x[0])),
+    Op.SIGMOID: lambda ctx, n, x: _sigmoid_of(ctx, n, x[0]),
     Op.TANH: lambda ctx, n, x: relax.op.tanh(x[0]),
     Op.RSQRT: lambda ctx, n, x: relax.op.rsqrt(x[0]),
     Op.HARDSWISH: _hardswish,

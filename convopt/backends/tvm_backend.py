@@ -67,7 +67,8 @@ def compile_graph(graph: Graph, target: tvm.target.Target):
         from ..schedules.cpu_fallback import ParallelFallback
 
         rules = [dlight.cpu.GEMV(), dlight.cpu.Reduction(), ParallelFallback()]
-    with target:  # legalize and fuse, then give every PrimFunc not yet scheduled a default schedule
+    with target:  # fast math, legalize and fuse, then a default schedule for every PrimFunc without one
+        mod = tvm.relax.transform.FastMathTransform()(mod)
         mod = tvm.relax.get_pipeline("zero")(mod)
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
     return tvm.compile(mod, target=target)
