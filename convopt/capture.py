@@ -440,6 +440,7 @@ class _Converter:
         self.inputs: list[Value] = []
         self.constants: list[Constant] = []
         self.nodes: list[Node] = []
+        self.node_types: dict[str, Any] = {}  # IR node name -> its type, for getitem on converted ops
 
     def unique(self, base: str) -> str:
         return unique_name(base, self.taken)
@@ -478,7 +479,7 @@ class _Converter:
         val = node.meta.get("val")
         if target is operator.getitem:
             src, index = node.args
-            if src in self.names and isinstance(self.ep_type(src), TensorType):
+            if isinstance(self.node_types.get(self.names.get(src)), TensorType):
                 if index != 0:
                     raise CaptureError(f"node {node.name}: result {index} of {src.name} is not modelled")
                 self.names[node] = self.names[src]  # first result of a single-result IR op
@@ -506,13 +507,6 @@ class _Converter:
         op, inputs, attrs = normalized
         self.emit(node, op, [self.ref(i) for i in inputs], attrs, type_of(val))
 
-    def ep_type(self, fx_node: torch.fx.Node):
-        name = self.names[fx_node]
-        for n in reversed(self.nodes):
-            if n.name == name:
-                return n.type
-        return None
-
     def opaque(self, node: torch.fx.Node, target, bound: dict) -> None:
         inputs: list[str] = []
 
@@ -534,6 +528,7 @@ class _Converter:
         # Names say what a node is: conv2d_3, batch_norm_3, or the ATen name of an opaque op.
         name = self.unique(attrs.target.split(".")[1] if op is Op.TORCH else op.value)
         self.nodes.append(Node(name, op, tuple(inputs), attrs, ty, _scope(node)))
+        self.node_types[name] = ty
         self.names[node] = name
 
     def run(self) -> Graph:
