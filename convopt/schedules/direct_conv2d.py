@@ -418,3 +418,42 @@ def schedule_direct_conv2d(
         if OW >= lanes:
             _, exi = sch.split(ex, [None, lanes])
             sch.vectorize(exi)
+
+
+# ----------------------------------------------------------------------------
+# the lowering contract (conv_spec.py)
+# ----------------------------------------------------------------------------
+NAME = "direct"
+
+
+def supports(spec) -> str | None:
+    return None  # every conv: any kernel, stride, dilation and groups
+
+
+def workspace_bytes(spec) -> int:
+    """The zero-padded input (the accumulator is one register tile per thread)."""
+    ph, pw = spec.padding
+    if not (ph or pw):
+        return 0
+    return 4 * spec.batch * spec.in_channels * (spec.height + 2 * ph) * (spec.width + 2 * pw)
+
+
+def prepare_weight(weight, spec, lanes):
+    return (pack_weight(weight, spec.groups, choose_oc_block(spec.out_per_group, lanes)),)
+
+
+def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
+    ob = int(packed.shape[-1])
+    return direct_conv2d_compute(data, packed, bias, out_channels=spec.out_channels, kernel=spec.kernel,
+                                 stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                                 groups=spec.groups, oc_block=ob, activation=activation, residual=residual)
+
+
+def schedule_cpu(sch, func_name, target) -> None:
+    schedule_direct_conv2d(sch, func_name, target)
+
+
+def schedule_cuda(sch, func_name, target) -> None:
+    from .conv_spec import schedule_cuda_default
+
+    schedule_cuda_default(sch, func_name, target)

@@ -1,0 +1,155 @@
+"""What every conv lowering shares: the conv's shape (``ConvSpec``), the fused epilogue, zero padding
+and a default CUDA schedule.
+
+A lowering is a module of ``convopt/schedules/`` that defines
+
+    NAME: str                                                   e.g. "im2col"
+    supports(spec) -> str | None                                None, or why this lowering can't run spec
+    workspace_bytes(spec) -> int                                bytes of intermediate buffers it allocates
+    prepare_weight(weight, spec, lanes) -> tuple[np.ndarray, ...]   OIHW fp32 weight -> constants, once
+    compute(data, *prepared, bias=None, residual=None, spec, activation, lanes) -> te.Tensor
+    schedule_cpu(sch, func_name, target) / schedule_cuda(sch, func_name, target)
+
+``compute`` returns the NCHW output after ``epilogue`` (bias, residual add, activation); its last
+block is named ``OUTPUT_BLOCK``. Schedules work in place on a ``tvm.s_tir.Schedule`` over a module
+holding the PrimFunc ``func_name``. ``lanes`` is the fp32 SIMD width of the target (8 for AVX2).
+The table of lowerings is ``convopt.schedules.lowerings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import te, tirx
+
+ACTIVATIONS = ("none", "relu", "relu6")
+OUTPUT_BLOCK = "conv_out"
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """An NCHW fp32 2-D convolution: symmetric padding (ph, pw), as the IR's Conv2dAttrs."""
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"channels {self.in_channels}->{self.out_channels} not divisible by groups {self.groups}")
+        if self.out_height <= 0 or self.out_width <= 0:
+            raise ValueError(f"empty output for {self}")
+
+    @classmethod
+    def of(cls, input_shape, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> "ConvSpec":
+        n, c, h, w = (int(v) for v in input_shape)
+        o, _, kh, kw = (int(v) for v in weight_shape)
+        return cls(n, c, h, w, o, (kh, kw), tuple(stride), tuple(padding), tuple(dilation), int(groups))
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups == self.in_channels and self.in_per_group == 1
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the direct definition."""
+        return (self.batch * self.out_channels * self.out_height * self.out_width
+                * self.in_per_group * self.kernel[0] * self.kernel[1])
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    def describe(self) -> str:
+        kh, kw = self.kernel
+        extra = "".join([f" s{self.stride[0]}" if self.stride != (1, 1) else "",
+                         f" d{self.dilation[0]}" if self.dilation != (1, 1) else "",
+                         " dw" if self.is_depthwise else (f" g{self.groups}" if self.groups > 1 else "")])
+        return f"{self.in_channels}->{self.out_channels} {kh}x{kw}{extra} @{self.height}x{self.width}"
+
+
+def pad_input(data: te.Tensor, spec: ConvSpec, name: str, extra: tuple[int, int] = (0, 0)) -> te.Tensor:
+    """Zero-padded NCHW input ([N, C, H + 2ph + extra_h, W + 2pw + extra_w]); ``data`` itself when no padding.
+
+    ``extra`` adds zeros at the bottom/right (tiled lowerings read whole tiles past the edge)."""
+    ph, pw = spec.padding
+    eh, ew = extra
+    if not (ph or pw or eh or ew):
+        return data
+    n, c, h, w = (int(v) for v in data.shape)
+
+    def value(b, ch, y, x):
+        inside = tirx.all(y >= ph, y < ph + h, x >= pw, x < pw + w)
+        return tirx.if_then_else(inside, data[b, ch, y - ph, x - pw], tirx.const(0.0, data.dtype))
+
+    return te.compute((n, c, h + 2 * ph + eh, w + 2 * pw + ew), value, name=name)
+
+
+def epilogue(value, o, n, y, x, *, bias=None, residual=None, activation: str = "none"):
+    """act(value + bias[o] + residual[n, o, y, x]): the ops a conv kernel absorbs (backends/conv_kernels.py)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if bias is not None:
+        value = value + bias[o]
+    if residual is not None:
+        value = value + residual[n, o, y, x]
+    zero = tirx.const(0.0, "float32")
+    if activation == "relu":
+        value = tirx.max(value, zero)
+    elif activation == "relu6":
+        value = tirx.min(tirx.max(value, zero), tirx.const(6.0, "float32"))
+    return value
+
+
+def output_compute(spec: ConvSpec, value_at, *, bias=None, residual=None, activation="none") -> te.Tensor:
+    """The NCHW output block: ``value_at(n, o, y, x)`` (the conv's sum) through the epilogue."""
+    return te.compute(
+        spec.output_shape,
+        lambda n, o, y, x: epilogue(value_at(n, o, y, x), o, n, y, x, bias=bias, residual=residual,
+                                    activation=activation),
+        name=OUTPUT_BLOCK,
+    )
+
+
+def schedule_cuda_default(sch: "tvm.s_tir.Schedule", func_name: str | None, target, threads: int = 256) -> None:
+    """Every block of the function gets its spatial loops fused and bound to (blockIdx.x, threadIdx.x);
+    reductions run inside the thread. Correct for any lowering; tuning (MetaSchedule) makes it fast."""
+    if func_name is not None:
+        sch.work_on(func_name)
+    for block in sch.get_child_blocks(sch.get_sblock("root", func_name)):
+        spatial = [loop for loop, kind in zip(sch.get_loops(block), _iter_kinds(sch, block)) if kind == 0]
+        if not spatial:
+            continue
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        bx, tx = sch.split(fused, [None, threads])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+
+
+def _iter_kinds(sch, block) -> list[int]:
+    """0 for a data-parallel loop, 2 for a reduction one, per loop of ``block`` (one block var per loop)."""
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
