@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Any, Iterable
@@ -15,7 +16,7 @@ from .capture import as_args, capture_program, modes_set
 from .ir.graph import Graph
 from .ir.ops import Op
 from .ir.types import TensorType
-from .pipeline import PIPELINES, PassRecord, run_passes, select_passes
+from .pipeline import LATE_PASSES, PIPELINES, Pass, PassRecord, is_selected, run_passes, select_passes
 
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
@@ -162,9 +163,22 @@ def _default_target(model: nn.Module, graph: Graph, mode: str) -> str:
     return "cuda" if on_cuda else "cpu"
 
 
+def _lowering_pass(target, lowering: str | dict[str, str] | None) -> Pass:
+    from .cost.profile import load_profile
+    from .passes.select_lowering import select_lowering
+    from .schedules.direct_conv2d import vector_lanes
+
+    overrides = lowering if isinstance(lowering, dict) else None
+    default = lowering if isinstance(lowering, str) else None
+    profile, lanes = load_profile(), vector_lanes(target)
+    return Pass("select_lowering", functools.partial(select_lowering, profile=profile, lanes=lanes,
+                                                     overrides=overrides, default=default))
+
+
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
              dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
-             skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None) -> OptimizedModule:
+             skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None,
+             lowering: str | dict[str, str] | None = None) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
     target: "cpu" / "cuda" (or a TVM target dict) compile the graph with TVM (inference only; every op
@@ -175,16 +189,23 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     the IR after capture and after each pass that changed it. passes / skip_passes: select or leave out
     passes by name. check: compare against the eager model on ``example_inputs`` (relative error,
     1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between passes
-    (default: the CONVOPT_VERIFY environment variable).
+    (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost model
+    picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col", "im2win",
+    "winograd2", "winograd4", "fft") forces it wherever it applies, and a dict {layer: lowering} forces it
+    per layer (keys: module names such as "layer1.0.conv1", or IR node names).
     """
     if mode not in PIPELINES:
         raise ValueError(f"mode must be one of {sorted(PIPELINES)}, not {mode!r}")
     captured = capture_program(model, example_inputs, mode=mode)
-    pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes)
+    passes = None if passes is None else list(passes)
+    pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes, late=LATE_PASSES[mode])
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
     if target is None:
         target = _default_target(model, graph, mode)
     if target == "torch":
+        if lowering is not None:
+            raise ValueError("lowering= chooses conv algorithms for a TVM CPU target; target='torch' runs "
+                             "PyTorch's kernels")
         compiled = to_torch(graph, trainable=(mode == "train"))
     else:
         from .backends.tvm_backend import TVMGraphModule, compile_graph, resolve_target
@@ -192,6 +213,13 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
         if mode != "inference":
             raise ValueError(f"target={target!r} compiles inference graphs; train with target='torch'")
         tvm_target = resolve_target(target)
+        if tvm_target.kind.name == "llvm" and is_selected("select_lowering", only=passes, skip=skip_passes):
+            graph, more = run_passes(graph, [_lowering_pass(tvm_target, lowering)], dump_dir=dump_ir, verify=verify,
+                                     first_index=len(pipeline) + 1, ran_before=[r.name for r in records])
+            records = records + more
+        elif lowering is not None:
+            raise ValueError("lowering= needs a TVM CPU target and the select_lowering pass "
+                             f"(target: {tvm_target.kind.name}; on CUDA convs use TVM's conv2d)")
         compiled = TVMGraphModule(compile_graph(graph, tvm_target), tvm_target)
     frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
     result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)

@@ -69,37 +69,55 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
+# Passes that need the compile target, so optimize() runs them once the target is known (TVM CPU only).
+LATE_PASSES: dict[str, tuple[str, ...]] = {"inference": ("select_lowering",), "train": ()}
+
+
+def _skipped(skip: Iterable[str]) -> set[str]:
+    return set(skip) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
+
+
 def select_passes(passes: Sequence[Pass], *, only: Iterable[str] | None = None,
-                  skip: Iterable[str] = ()) -> tuple[Pass, ...]:
-    known = {p.name for p in passes}
-    skip = set(skip) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
+                  skip: Iterable[str] = (), late: Sequence[str] = ()) -> tuple[Pass, ...]:
+    """The passes to run; ``late`` names passes run later (LATE_PASSES), valid in ``only`` and ``skip``."""
+    known = {p.name for p in passes} | set(late)
+    skip = _skipped(skip)
     only = None if only is None else list(only)
     for name in (only or []) + sorted(skip):
         if name not in known:
-            raise ValueError(f"unknown pass {name!r}; the pipeline has: {', '.join(p.name for p in passes)}")
+            raise ValueError(f"unknown pass {name!r}; the pipeline has: "
+                             f"{', '.join([p.name for p in passes] + list(late))}")
     return tuple(p for p in passes if (only is None or p.name in only) and p.name not in skip)
 
 
+def is_selected(name: str, *, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> bool:
+    return (only is None or name in list(only)) and name not in _skipped(skip)
+
+
 def run_passes(graph: Graph, passes: Sequence[Pass], *, dump_dir: str | os.PathLike | None = None,
-               verify: bool | None = None) -> tuple[Graph, list[PassRecord]]:
-    """Run ``passes`` in order with the instruments; returns the final graph and one record per pass."""
+               verify: bool | None = None, first_index: int = 1,
+               ran_before: Sequence[str] = ()) -> tuple[Graph, list[PassRecord]]:
+    """Run ``passes`` in order with the instruments; returns the final graph and one record per pass.
+
+    ``first_index`` and ``ran_before`` continue a pipeline run earlier (dump numbering, error messages)."""
     if verify is None:
         verify = _env_flag("CONVOPT_VERIFY")
     out = Path(dump_dir) if dump_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "000_capture.ir").write_text(str(graph))
+        if first_index == 1:
+            (out / "000_capture.ir").write_text(str(graph))
     if verify:
         verify_graph(graph)
     records: list[PassRecord] = []
-    for index, p in enumerate(passes, start=1):
+    for index, p in enumerate(passes, start=first_index):
         start = time.perf_counter()
         try:
             result = p.run(graph)
             if verify:
                 verify_graph(result)
         except Exception as e:
-            raise PassError(p.name, [r.name for r in records], e) from e
+            raise PassError(p.name, [*ran_before, *(r.name for r in records)], e) from e
         seconds = time.perf_counter() - start
         changed = result != graph
         path = None

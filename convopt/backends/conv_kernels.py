@@ -1,19 +1,21 @@
 """convopt's own conv kernels in the Relax module: which convs use them, their fused epilogues, and
 the schedules applied after the module is built.
 
-A conv node with a constant weight is emitted as a call to ``schedules.direct_conv2d`` (weights
-packed once here) instead of Relax's generic conv2d. Its epilogue absorbs, when each value on the way
-has a single reader:
+A conv node with a constant weight is emitted as a call to its lowering's TE compute (the node's
+``lowering`` attr, set by the select_lowering pass; ``direct`` when unset; see schedules/lowerings.py),
+with the weight transformed once here, instead of Relax's generic conv2d. Its epilogue absorbs, when
+each value on the way has a single reader:
 
     conv -> relu | clamp(0, 6)                      activation
     conv -> add(., r) [-> relu | clamp(0, 6)]      residual r (defined before the conv), then activation
 
 The absorbed nodes are not emitted: their values are the kernel's output. Each kernel's PrimFunc is
-marked opaque so Relax's FuseOps leaves it (and its schedule) alone.
+scheduled by its lowering and marked opaque so Relax's FuseOps leaves it (and its schedule) alone.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,8 @@ from tvm import relax
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
-from ..schedules import direct_conv2d as dc
+from ..schedules.conv_spec import ConvSpec
+from ..schedules.lowerings import lowering
 
 _OPAQUE = 8  # TVM's kOpaque op pattern: never fused with neighbours
 
@@ -73,31 +76,38 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
     return plans
 
 
-def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int):
+def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int,
+              kernels: dict[str, str]):
+    """Emit conv ``n`` with its lowering; ``kernels`` collects PrimFunc name -> lowering for scheduling."""
     a = n.attrs
     weight = graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
-    out_channels = weight.shape[0]
-    oc_block = dc.choose_oc_block(out_channels // a.groups, lanes)
-    packed = relax.const(dc.pack_weight(weight, a.groups, oc_block))
+    spec = ConvSpec.of(graph.types[n.inputs[0]].shape, weight.shape, a.stride, a.padding, a.dilation, a.groups)
+    low = lowering(a.lowering or "direct")
+    reason = low.supports(spec)
+    if reason is not None:
+        raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
+    prepared = [relax.const(arr) for arr in low.prepare_weight(weight, spec, lanes)]
     bias = None
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
     residual = env[plan.residual] if plan.residual is not None else None
-    return bb.emit_te(dc.direct_conv2d_compute, env[n.inputs[0]], packed, bias, out_channels=out_channels,
-                      kernel=tuple(weight.shape[2:]), stride=a.stride, padding=a.padding, dilation=a.dilation,
-                      groups=a.groups, oc_block=oc_block, activation=plan.activation, residual=residual,
-                      primfunc_name_hint=f"convopt_conv_{n.name}")
+    compute = functools.partial(low.compute, spec=spec, activation=plan.activation, lanes=lanes)  # emit_te takes no ConvSpec
+    out = bb.emit_te(compute, env[n.inputs[0]], *prepared, bias=bias, residual=residual,
+                     primfunc_name_hint=f"convopt_{low.name}_{n.name}")
+    call = bb.lookup_binding(out)
+    kernels.setdefault(call.args[0].name_hint, low.name)  # emit_te shares one PrimFunc between equal convs
+    return out
 
 
-def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    names = dc.find_direct_conv2d_funcs(mod)
-    if not names:
+def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target, kernels: dict[str, str]) -> tvm.IRModule:
+    """Schedule each conv kernel's PrimFunc with its lowering's schedule; mark it opaque and scheduled."""
+    if not kernels:
         return mod
     sch = tvm.s_tir.Schedule(mod)
-    for name in names:
-        dc.schedule_direct_conv2d(sch, name, target)
+    for name, low in kernels.items():
+        lowering(low).schedule(sch, name, target)
     mod = sch.mod
-    for name in names:
+    for name in kernels:
         gv = mod.get_global_var(name)
         mod[gv] = mod[gv].with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
     return mod

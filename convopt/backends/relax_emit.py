@@ -201,8 +201,9 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
 def to_relax(graph: Graph, target=None):
     """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs.
 
-    For an LLVM (CPU) ``target``, convs with constant weights call convopt's own kernels with fused
-    epilogues (backends/conv_kernels.py), scheduled here; everything else is Relax's generic ops.
+    For an LLVM (CPU) ``target``, convs with constant weights call convopt's own kernels (the lowering in
+    each node's attrs) with fused epilogues (backends/conv_kernels.py), scheduled here; everything else is
+    Relax's generic ops.
     """
     missing = unsupported_nodes(graph)
     if missing:
@@ -220,7 +221,7 @@ def to_relax(graph: Graph, target=None):
         from . import conv_kernels
         from ..schedules.direct_conv2d import vector_lanes
 
-        plans, lanes = conv_kernels.plan_epilogues(graph), vector_lanes(target)
+        plans, lanes, kernels = conv_kernels.plan_epilogues(graph), vector_lanes(target), {}
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
     with bb.function("main", params):
         with bb.dataflow():
@@ -231,11 +232,11 @@ def to_relax(graph: Graph, target=None):
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.name in plans:
-                    env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes)
+                    env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
                 else:
                     args = [None if i is None else env[i] for i in n.inputs]
                     env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))
             out = bb.emit_output(relax.Tuple([env[o] for o in graph.outputs]))
         bb.emit_func_output(out)
     mod = bb.get()
-    return conv_kernels.schedule_kernels(mod, target) if own_kernels else mod
+    return conv_kernels.schedule_kernels(mod, target, kernels) if own_kernels else mod

@@ -68,6 +68,10 @@ class Conv2dAttrs:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+    # Set by the select_lowering pass (the TVM backend's algorithm for this conv; "" = its default) and the
+    # cost model's predicted microseconds per candidate lowering, shown in IR dumps. Semantics don't change.
+    lowering: str = ""
+    predicted_us: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
