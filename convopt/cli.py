@@ -1,12 +1,16 @@
-"""The ``convopt`` command: ``convopt dump MODEL ...`` and ``convopt optimize MODEL ...``."""
+"""The ``convopt`` command: ``convopt dump|optimize|bench MODEL ...`` and ``convopt calibrate``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 import torch
+
+from .ir.ops import Op
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,6 +37,11 @@ def _dump(args) -> int:
     model, x = _prepare(args)
     graph = capture(model, x, mode=args.mode)
     passes = select_passes(PIPELINES[args.mode], skip=args.skip_pass)
+    if args.target == "cpu" and args.mode == "inference":  # the conv lowerings optimize() would choose
+        from .backends.tvm_backend import host_target
+        from .optimize import _lowering_pass
+
+        passes = (*passes, _lowering_pass(host_target(), _lowering_arg(args)))
     graph, records = run_passes(graph, passes, dump_dir=args.after_each_pass, verify=True)
     text = to_dot(graph) if args.format == "dot" else str(graph)
     if args.output:
@@ -54,7 +63,7 @@ def _optimize(args) -> int:
     before = capture(model, x, mode=args.mode).op_counts()
     start = time.perf_counter()
     result = optimize(model, x, target=args.target, mode=args.mode, dump_ir=args.dump_ir,
-                      skip_passes=args.skip_pass, check=False)
+                      skip_passes=args.skip_pass, check=False, lowering=_lowering_arg(args))
     seconds = time.perf_counter() - start
     after = result.graph.op_counts()
     print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s, "
@@ -64,12 +73,42 @@ def _optimize(args) -> int:
         print(f"  {op:<28} {b:>5} -> {a:<5}{'' if a == b else f' ({a - b:+d})'}".rstrip())
     for r in result.pass_records:
         print(f"  pass {r.name:<24} {r.seconds * 1000:8.1f} ms  {'changed' if r.changed else 'no change'}")
+    chosen = Counter(n.attrs.lowering for n in result.graph.nodes if n.op is Op.CONV2D and n.attrs.lowering)
+    if chosen:
+        print("  conv lowerings: " + ", ".join(f"{name} {count}" for name, count in chosen.most_common()))
     try:
         check_against_eager(model, result, x)
         print("check: matches eager PyTorch (relative error within tolerance)")
     except CheckError as e:
         print(f"check FAILED: {e}")
         return 1
+    return 0
+
+
+def _lowering_arg(args):
+    """--lowering NAME (every conv it can run) or --lowering LAYER=NAME (repeatable) -> optimize(lowering=)."""
+    values = getattr(args, "lowering", None) or []
+    per_layer = dict(v.split("=", 1) for v in values if "=" in v)
+    global_ = [v for v in values if "=" not in v]
+    if global_ and per_layer:
+        raise ValueError("--lowering: give either one lowering for every conv or LAYER=NAME pairs, not both")
+    if len(global_) > 1:
+        raise ValueError(f"--lowering: one global lowering, got {global_}")
+    return per_layer or (global_[0] if global_ else None)
+
+
+def _calibrate(args) -> int:
+    from .cost.calibrate import CALIBRATION_SHAPES, calibrate
+    from .cost.profile import measure_machine, save_profile
+
+    profile = measure_machine()
+    print(f"{profile.cpu}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
+          f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
+    shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
+    profile, _ = calibrate(profile, shapes=shapes, progress=print)
+    for name, coefs in profile.coefficients.items():
+        print(f"  {name:10s} " + "  ".join(f"{k}={v:.3g}" for k, v in coefs.items()))
+    print(f"wrote {save_profile(profile, args.output and Path(args.output))}")
     return 0
 
 
@@ -109,6 +148,18 @@ def main(argv: list[str] | None = None) -> int:
                      help="cpu, cuda or torch (default: cpu, or torch where TVM cannot compile the graph)")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass that changed it")
     opt.set_defaults(run=_optimize)
+    for p in (dump, opt):
+        p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
+                       help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft) on every "
+                            "conv it can run, or on one layer (module or node name); repeatable")
+    dump.add_argument("--target", choices=("none", "cpu"), default="none",
+                      help="cpu: also run select_lowering, showing each conv's lowering and predicted times")
+
+    cal = sub.add_parser("calibrate", help="measure this machine and fit the cost model (minutes)")
+    cal.add_argument("--quick", action="store_true", help="a third of the calibration shapes")
+    cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
+    cal.set_defaults(run=_calibrate)
+
     bench = sub.add_parser("bench", help="time convopt against eager, inductor and ONNX Runtime on one model")
     bench.add_argument("model", help="timm:NAME, torchvision:NAME or path/to/file.py:factory")
     bench.add_argument("--input-shape", default="1,3,224,224")

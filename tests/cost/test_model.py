@@ -1,0 +1,50 @@
+"""The cost model: coefficient fitting, predictions, candidates."""
+
+import numpy as np
+import pytest
+
+from convopt.cost.model import fit_coefficients, predict, predict_all
+from convopt.cost.profile import FEATURES
+from convopt.schedules.conv_spec import ConvSpec
+
+from .profiles import fixed_profile
+
+
+def test_fit_recovers_known_coefficients():
+    rng = np.random.default_rng(0)
+    features = rng.uniform(1e-5, 1e-3, size=(30, len(FEATURES)))
+    truth = np.array([1.3, 3.0, 0.0, 0.7, 4.0])
+    seconds = features @ truth
+    fitted = fit_coefficients(features, seconds)
+    assert np.allclose([fitted[f] for f in FEATURES], truth, rtol=1e-6, atol=1e-9)
+
+
+def test_fit_never_gives_negative_coefficients():
+    rng = np.random.default_rng(1)
+    features = rng.uniform(1e-5, 1e-3, size=(20, len(FEATURES)))
+    seconds = features @ np.array([1.0, -2.0, 0.5, 1.0, 1.0]) + 1e-2
+    assert min(fit_coefficients(features, seconds).values()) >= 0
+
+
+def test_predict_is_linear_in_the_coefficients():
+    spec = ConvSpec(1, 64, 56, 56, 64, (3, 3), padding=(1, 1))
+    one = predict("direct", spec, fixed_profile(direct={"flops": 1.0}))
+    two = predict("direct", spec, fixed_profile(direct={"flops": 2.0}))
+    assert two == pytest.approx(2 * one)
+    assert one == pytest.approx(2 * spec.macs / 100e9)  # flops at peak
+
+
+def test_candidates_are_the_lowerings_that_run_the_conv():
+    profile = fixed_profile()
+    dense3 = predict_all(ConvSpec(1, 16, 20, 20, 16, (3, 3), padding=(1, 1)), profile)
+    assert {"direct", "im2col", "im2win", "winograd2", "winograd4", "fft"} <= set(dense3)
+    strided = predict_all(ConvSpec(1, 16, 20, 20, 16, (3, 3), stride=(2, 2), padding=(1, 1)), profile)
+    assert "winograd4" not in strided and "winograd2" not in strided and "direct" in strided
+
+
+def test_uncalibrated_lowering_is_not_a_candidate():
+    profile = fixed_profile()
+    del profile.coefficients["fft"]
+    assert "fft" not in predict_all(ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile)
+    with pytest.raises(KeyError, match="convopt calibrate"):
+        predict("fft", ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile)
