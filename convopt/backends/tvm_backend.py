@@ -20,6 +20,17 @@ from torch import nn
 from ..ir.graph import Graph
 from .relax_emit import to_relax
 
+def to_tvm(t: torch.Tensor):
+    """A torch tensor as a TVM tensor without a copy, unless TVM can't take it: TVM needs contiguous data
+    aligned to 64 bytes (tensors over numpy arrays or slices may not be), so those are copied once."""
+    t = t.detach().contiguous()
+    if t.data_ptr() % 64:
+        aligned = torch.empty_like(t)
+        aligned.copy_(t)
+        t = aligned
+    return tvm.runtime.from_dlpack(t)
+
+
 def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or len(os.sched_getaffinity(0)) or 1
 
@@ -89,7 +100,7 @@ class TVMGraphModule(nn.Module):
         self._main = self._vm["main"]
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        args = [tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs]
+        args = [to_tvm(t) for t in inputs]
         outputs = self._main(*args)
         return tuple(torch.from_dlpack(o) for o in outputs)
 

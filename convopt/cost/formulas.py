@@ -70,37 +70,70 @@ def _im2col():
 
 
 def _im2win():
-    window = F32 * N * C * OH * WP * KH
+    copies_input = sp.And(sp.Eq(KH, 1), sp.Eq(SH, 1), sp.Eq(PH + PW, 0))  # the window buffer is the input
+    window = sp.Piecewise((0, copies_input), (F32 * N * C * OH * WP * KH, True))
     return {"flops": _wide(2 * _direct_macs), "narrow_flops": _narrow(2 * _direct_macs), "aux_flops": 0,
-            "bytes": _io_bytes + 2 * (window + _padded_input), "workspace": window + _padded_input}
+            "bytes": _io_bytes + 2 * window, "workspace": window}
+
+
+class WinogradTileWidth(sp.Function):
+    """The batched GEMM's register-tile width over tiles (winograd.py's choice among 6, 5 and 4)."""
+
+    @classmethod
+    def eval(cls, tiles):
+        if tiles.is_Integer:
+            from ..schedules.winograd import _t_tile
+
+            return sp.Integer(_t_tile(int(tiles)))
+        return None
+
+
+class FftVectors(sp.Function):
+    """Vectors of 8 lanes along the FFT's column spectrum for a grid of at least n + 1 (fft_conv.py)."""
+
+    @classmethod
+    def eval(cls, n):
+        if n.is_Integer:
+            vectors = -(-(int(n) + 1) // 8)
+            return sp.Integer(vectors + 1 if vectors >= 6 and vectors % 2 and vectors % 3 else vectors)
+        return None
+
+
+def _round_up(x, m):
+    return sp.ceiling(x / m) * m
 
 
 def _winograd(m: int):
     alpha = m + 2
     tiles = N * sp.ceiling(OH / m) * sp.ceiling(OW / m)
-    padded = F32 * N * C * (sp.ceiling(OH / m) * m + 2) * (sp.ceiling(OW / m) * m + 2)
-    v_bytes = F32 * alpha**2 * C * tiles
-    m_bytes = F32 * alpha**2 * O * tiles
-    gemm = 2 * alpha**2 * tiles * C * O
+    tiles_padded = _round_up(tiles, WinogradTileWidth(tiles))  # the GEMM runs whole register tiles
+    cp, op = _round_up(C, VL), _round_up(O, VL)  # channels in whole vectors
+    padded = F32 * N * cp * (sp.ceiling(OH / m) * m + 2) * (sp.ceiling(OW / m) * m + 2)
+    workspace = padded + F32 * alpha**2 * (tiles * cp + op * tiles_padded)
+    gemm = 2 * alpha**2 * tiles_padded * cp * op
     # B^T d B and A^T M A as separable 1-D transforms (2 alpha^3 per input tile, 2 m alpha (alpha + m) per output)
-    transforms = tiles * (C * 2 * 2 * alpha**3 + O * 2 * m * alpha * (alpha + m))
-    workspace = padded + v_bytes + m_bytes
+    transforms = tiles * (cp * 2 * 2 * alpha**3 + op * 2 * m * alpha * (alpha + m))
     return {"flops": gemm, "narrow_flops": 0, "aux_flops": transforms, "bytes": _io_bytes + 2 * workspace,
             "workspace": workspace}
 
 
 def _fft():
-    # DFT as matrix products on an LH x LW grid (fft_conv.py): forward over W then H, a complex
-    # product (summed over the group's channels), inverse over H then W for the kept outputs only.
-    LH = sp.ceiling((HP + SH - 1) / 8) * 8
-    LW = sp.ceiling((WP + SW - 1) / 8) * 8
-    forward = N * C * (2 * 2 * HP * WP * LW + 4 * 2 * LH * HP * LW)
-    product = 4 * 2 * N * O * CG * LH * LW
-    inverse = N * O * (4 * 2 * OH * LH * LW + 2 * 2 * OH * LW * OW)
-    spectra = F32 * 2 * N * (C * (HP * LW + LH * LW) + O * (LH * LW + OH * LW))
-    workspace = spectra + _padded_input
-    return {"flops": product, "narrow_flops": 0, "aux_flops": forward + inverse, "bytes": _io_bytes + 2 * workspace,
-            "workspace": workspace}
+    # DFT as matrix products (fft_conv.py): only the He x We input rows/cols that reach an output; a grid of
+    # He + PH rows (half spectrum Kh) and J = 2Kw columns in whole vectors; inverse for kept outputs only.
+    he = sp.Min(H, (OH - 1) * SH + DH * (KH - 1) - PH + 1)
+    we = sp.Min(W, (OW - 1) * SW + DW * (KW - 1) - PW + 1)
+    kh = sp.floor((he + PH) / 2) + 1
+    j = 8 * FftVectors(we + PW)
+    owp = _round_up(OW, 8)
+    per_channel = sp.And(sp.Eq(CG, 1), sp.Eq(OG, 1))
+    live = sp.Piecewise((1, per_channel), (N * C, True))  # depthwise: one channel's buffers per thread
+    forward = N * C * (he * we * j + 2 * kh * he * j)
+    product = 4 * N * O * CG * 2 * kh * j
+    inverse = N * O * (OH * 2 * kh * j + OH * j * owp)
+    workspace = F32 * ((he + 2 * kh) * j * live + (2 * kh + OH) * j)
+    spectra = F32 * N * (C * (he + 2 * kh) * j + O * (2 * kh + OH) * j)  # traffic: every channel's buffers
+    return {"flops": 2 * (forward + inverse), "narrow_flops": 0, "aux_flops": 2 * product,
+            "bytes": _io_bytes + 2 * spectra, "workspace": workspace}
 
 
 FORMULAS: dict[str, dict[str, sp.Expr]] = {
@@ -122,7 +155,17 @@ def substitutions(spec: ConvSpec, lanes: int) -> tuple:
 @lru_cache(maxsize=None)
 def _compiled(lowering: str, term: str):
     expr = sp.sympify(FORMULAS[lowering][term])
-    return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": _ceil, "floor": _floor}, "math"])
+    return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": _ceil, "floor": _floor, "Min": min,
+                                                "WinogradTileWidth": _winograd_tile_width,
+                                                "FftVectors": _fft_vectors}, "math"])
+
+
+def _winograd_tile_width(tiles):
+    return int(WinogradTileWidth(sp.Integer(round(tiles))))
+
+
+def _fft_vectors(n):
+    return int(FftVectors(sp.Integer(round(n))))
 
 
 def _ceil(x):

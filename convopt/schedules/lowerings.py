@@ -98,9 +98,11 @@ class Kernel:
         self.has_residual = has_residual
 
     def _args(self, x: torch.Tensor, residual: torch.Tensor | None):
-        args = [tvm.runtime.from_dlpack(x.detach().contiguous())] + self._constants + self._bias
+        from ..backends.tvm_backend import to_tvm
+
+        args = [to_tvm(x)] + self._constants + self._bias
         if self.has_residual:
-            args.append(tvm.runtime.from_dlpack(residual.detach().contiguous()))
+            args.append(to_tvm(residual))
         return args + [self._out]
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,212 @@
+"""Im2win convolution (Lu et al., "Im2win: An Efficient Convolution Paradigm on GPU", 2022, and
+"Im2win: Memory Efficient Convolution On SIMD Architectures", 2023).
+
+Math. With xpad the zero-padded input ([N, C, Hp, Wp], Hp = H + 2ph, Wp = W + 2pw), the window
+buffer interleaves the KH input rows that an output row reads, width outer, kh inner:
+
+    win[n, c, oh, w*KH + kh] = xpad[n, c, oh*SH + kh*DH, w]              (stage 1: repack)
+
+so the window of output (oh, ow) is the contiguous run of ((KW-1)*DW + 1)*KH floats starting at
+(ow*SW)*KH (every DW-th group of KH when dilated), and the conv is a dot product along it:
+
+    acc[n, o, oh, ow] = sum_{c, kw, kh} Wt[o, c, kw, kh] * win[n, g*Cg + c, oh, (ow*SW + kw*DW)*KH + kh]
+    y[n, o, oh, ow]   = act(acc + bias[o] + residual[n, o, oh, ow])       (epilogue)
+
+(g = o // Og, Cg = C/G, Og = O/G; Wt is the weight with kw, kh swapped to follow the window.)
+
+Workspace: 4 * N * C * OH * Wp * KH bytes (the window buffer), about KW/SW times less than
+im2col's 4 * N * C * KH * KW * OH * OW; 0 when KH == 1, SH == 1 and there is no padding (then
+win[n, c, oh, w] = x[n, c, oh, w] is the input itself).
+
+Weight, prepared once: [G * ceil(Og/ob), Cg, KW, KH, ob] (the reduction in window order), ob =
+one SIMD vector of output channels, Og itself when smaller; with one group the last block is
+zero-padded, with several ob divides Og (``channel_block``) so a block never crosses a group.
+
+x86 schedule (``schedule_cpu``), the register tiling of the direct lowering over the window buffer.
+"oc" mode (ob >= lanes/2), 2 vector blocks x 4 outputs = 8 accumulators with AVX2:
+
+    parallel(n, OCB/2, oh) > OW/4 > c > kw > kh > unroll(2 blocks) > unroll(4 outputs) > vectorize(ob)
+
+per step 2 vector weight loads and 4 broadcasts, each from its window, which is read in order
+(for 1x1 kernels the output rows are outermost: parallel(n, oh, OCB/2), an input row serves every
+channel block). "ow" mode (depthwise, small groups) vectorizes a run of up to 4 vectors of
+outputs instead; those read the window buffer with stride SW*KH (gathers), so direct is much
+faster there. The epilogue (bias, residual, activation) is computed per register tile; the repack
+is its own parallel pass over (n, c, oh). ``schedule_cuda`` is conv_spec's default schedule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from .conv_spec import OUTPUT_BLOCK, output_compute, schedule_cuda_default
+from .direct_conv2d import choose_oc_block, vector_lanes
+
+NAME = "im2win"
+WIN_BLOCK = "im2win_win"
+ACC_BLOCK = "im2win_acc"
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def skips_repack(spec) -> bool:
+    """One input row per output row, read as it is: the window buffer is the input."""
+    return spec.kernel[0] == 1 and spec.stride[0] == 1 and spec.padding == (0, 0)
+
+
+def channel_block(spec, lanes: int) -> int:
+    """Output channels per vector: ``lanes`` (zero-padded in the last block) when there is one group; with
+    several groups a divisor of Og, so that the epilogue can still be computed per register tile."""
+    ob = choose_oc_block(spec.out_per_group, lanes)
+    if spec.groups > 1 and spec.out_per_group % ob:
+        ob = max(d for d in range(1, ob + 1) if spec.out_per_group % d == 0)
+    return ob
+
+
+def supports(spec) -> str | None:
+    return None  # any kernel, stride, padding, dilation and groups
+
+
+def workspace_bytes(spec) -> int:
+    if skips_repack(spec):
+        return 0
+    wp = spec.width + 2 * spec.padding[1]
+    return 4 * spec.batch * spec.in_channels * spec.out_height * wp * spec.kernel[0]
+
+
+def prepare_weight(weight, spec, lanes):
+    """OIHW -> [G * ceil(Og/ob), Cg, KW, KH, ob] (kw before kh, as in the window buffer)."""
+    g, og = spec.groups, spec.out_per_group
+    ob = channel_block(spec, lanes)
+    ocbg = _ceil_div(og, ob)
+    w = np.asarray(weight, np.float32).reshape(g, og, spec.in_per_group, *spec.kernel)
+    if ocbg * ob != og:
+        w = np.concatenate([w, np.zeros((g, ocbg * ob - og, *w.shape[2:]), np.float32)], axis=1)
+    w = w.reshape(g, ocbg, ob, spec.in_per_group, *spec.kernel).transpose(0, 1, 3, 5, 4, 2)
+    return (np.ascontiguousarray(w.reshape(g * ocbg, spec.in_per_group, spec.kernel[1], spec.kernel[0], ob)),)
+
+
+def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
+    n_, c_, h, w = (int(v) for v in data.shape)
+    kh_, kw_ = spec.kernel
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    ph, pw = spec.padding
+    cg, og = spec.in_per_group, spec.out_per_group
+    oh_, ow_ = spec.out_height, spec.out_width
+    wp = w + 2 * pw
+    ob = int(packed.shape[-1])
+    ocbg = _ceil_div(og, ob)
+    if spec.groups > 1 and og % ob:
+        raise ValueError(f"with {spec.groups} groups the channel block {ob} must divide {og}")
+    expected = (spec.groups * ocbg, cg, kw_, kh_, ob)
+    if tuple(int(v) for v in packed.shape) != expected:
+        raise ValueError(f"packed weight shape {tuple(packed.shape)}, expected {expected}")
+
+    if skips_repack(spec):
+        win = data
+    else:
+        def repack(n, c, y, j):
+            r, x = j % kh_, j // kh_
+            yy, xx = y * sh + r * dh - ph, x - pw
+            inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
+            return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, "float32"))
+
+        win = te.compute((n_, c_, oh_, wp * kh_), repack, name=WIN_BLOCK, attrs={"im2win_kh": kh_})
+
+    rc = te.reduce_axis((0, cg), name="rc")
+    rs = te.reduce_axis((0, kw_), name="rs")
+    rr = te.reduce_axis((0, kh_), name="rr")
+
+    def chan(b, c):
+        return c if spec.groups == 1 else b // ocbg * cg + c
+
+    acc = te.compute(
+        (n_, spec.groups * ocbg, oh_, ow_, ob),
+        lambda n, b, y, x, lane: te.sum(
+            packed[b, rc, rs, rr, lane] * win[n, chan(b, rc), y, (x * sw + rs * dw) * kh_ + rr], axis=[rc, rs, rr]),
+        name=ACC_BLOCK,
+    )
+
+    # one group, or ob | Og (channel_block): block o // ob holds channel o
+    return output_compute(spec, lambda n, o, y, x: acc[n, o // ob, y, x, o % ob], bias=bias, residual=residual,
+                          activation=activation)
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _pick_tile(extent: int, target: int) -> int:
+    """A divisor of ``extent`` in [3/4 target, target] when there is one, else ``target`` (a guarded tail)."""
+    if extent <= target:
+        return extent
+    return next((t for t in range(target, (3 * target + 3) // 4 - 1, -1) if extent % t == 0), target)
+
+
+def _block(sch, name, func_name):
+    try:
+        return sch.get_sblock(name, func_name)
+    except Exception:  # noqa: BLE001 - this conv has no such stage
+        return None
+
+
+def schedule_cpu(sch, func_name, target) -> None:
+    if func_name is not None:
+        sch.work_on(func_name)
+    lanes = vector_lanes(target)
+    acc = sch.get_sblock(ACC_BLOCK, func_name)
+    out = sch.get_sblock(OUTPUT_BLOCK, func_name)
+
+    win = _block(sch, WIN_BLOCK, func_name)
+    if win is not None:
+        kh_ = int(sch.get(win).annotations["im2win_kh"])
+        n, c, y, j = sch.get_loops(win)
+        sch.parallel(sch.fuse(n, c, y))
+        if kh_ > 1:
+            sch.unroll(sch.split(j, [None, kh_])[1])
+
+    n, b, y, x, lane, rc, rs, rr = sch.get_loops(acc)
+    ocb, ow_, ob = _extent(sch, b), _extent(sch, x), _extent(sch, lane)
+    if ob >= max(4, lanes // 2):
+        # 2 vector blocks x 4 outputs: 8 accumulators (direct measured this best with AVX2)
+        vecs = _ceil_div(ob, lanes)
+        ot = 2 if ocb % 2 == 0 and vecs == 1 else 1
+        wt = _pick_tile(ow_, max(1, (16 if lanes >= 16 else 8) // (ot * vecs)))
+        bo, bi = sch.split(b, [None, ot])
+        xo, xi = sch.split(x, [None, wt])
+        if _extent(sch, rs) * _extent(sch, rr) == 1:
+            # 1x1: output rows outermost, so an input row serves every channel block from cache
+            sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
+            sch.parallel(sch.fuse(n, y, bo))
+        else:
+            sch.reorder(n, bo, y, xo, rc, rs, rr, bi, xi, lane)
+            sch.parallel(sch.fuse(n, bo, y))
+        sch.unroll(bi)
+        sch.unroll(xi)
+        sch.vectorize(lane)
+    else:
+        # depthwise / small groups: a run of outputs per vector, the channel block unrolled
+        wt = ow_ if ow_ <= 4 * lanes else _pick_tile(ow_, 4 * lanes)
+        xo, xi = sch.split(x, [None, wt])
+        sch.reorder(n, b, y, xo, rc, rs, rr, lane, xi)
+        sch.parallel(sch.fuse(n, b, y))
+        sch.unroll(lane)
+        if ow_ % wt == 0:
+            sch.vectorize(xi)
+        else:
+            sch.unroll(xi)
+    sch.decompose_reduction(acc, rc)
+
+    # the epilogue per register tile; the tile-sized accumulator stays on the stack
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    last = sch.get_loops(out)[-1]
+    if 1 < _extent(sch, last) <= 8 * lanes and ow_ % wt == 0:
+        sch.vectorize(last)
+
+
+def schedule_cuda(sch, func_name, target) -> None:
+    schedule_cuda_default(sch, func_name, target)

@@ -1,0 +1,140 @@
+"""The im2col + GEMM lowering (convopt.schedules.im2col) against torch.nn.functional.conv2d."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convopt.schedules import im2col
+from convopt.schedules.conv_spec import ConvSpec
+from convopt.schedules.lowerings import (
+    build_kernel,
+    host_llvm_target,
+    lower_to_primfunc,
+    lowering,
+)
+
+NAME = "im2col"
+ACC_BLOCK = im2col.GEMM_BLOCK
+
+
+def _check(spec: ConvSpec, bias: bool, residual: bool, activation: str, seed: int = 0) -> float:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=g)
+    w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=g)
+    b = torch.randn(spec.out_channels, generator=g) if bias else None
+    r = 3 * torch.randn(spec.output_shape, generator=g) if residual else None
+    kernel = build_kernel(NAME, spec, w, b, activation=activation, residual=residual)
+    y = kernel(x, r)
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(), spec.stride,
+                                     spec.padding, spec.dilation, spec.groups)
+    if r is not None:
+        ref = ref + r.double()
+    if activation == "relu":
+        ref = ref.relu()
+    elif activation == "relu6":
+        ref = ref.clamp(0, 6)
+    assert tuple(y.shape) == spec.output_shape
+    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+@st.composite
+def conv_specs(draw):
+    depthwise = draw(st.booleans())
+    if depthwise:
+        groups = draw(st.integers(1, 12))
+        cin, cout = groups, groups * draw(st.sampled_from([1, 2]))
+    else:
+        groups = draw(st.sampled_from([1, 1, 2, 3]))
+        cin = groups * draw(st.integers(1, 5))
+        cout = groups * draw(st.sampled_from([1, 3, 4, 8, 12, 16]))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    reach = [d * (k - 1) + 1 - 2 * p for d, k, p in zip(dilation, kernel, padding)]
+    height = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 9))
+    width = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 9))
+    batch = draw(st.integers(1, 2))
+    return ConvSpec(batch, cin, height, width, cout, kernel, stride, padding, dilation, groups)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=conv_specs(), bias=st.booleans(), residual=st.booleans(),
+       activation=st.sampled_from(["none", "relu", "relu6"]))
+def test_matches_torch(spec, bias, residual, activation):
+    assert _check(spec, bias, residual, activation) < 1e-5
+
+
+# every register-tile mode of the GEMM, and the 1x1 path that reads the input in place
+@pytest.mark.parametrize("spec", [
+    ConvSpec(1, 24, 8, 8, 16, (1, 1)),                     # "p": 4 channels x 16 pixels, no unroll
+    ConvSpec(2, 16, 7, 7, 32, (1, 1)),                     # "o": P = 49, channels vectorized
+    ConvSpec(1, 12, 9, 10, 16, (3, 3), (1, 1), (1, 1)),    # "o" with unroll
+    ConvSpec(1, 6, 9, 7, 12, (3, 2), (2, 1), (1, 0)),      # "p" with a guarded tail (P = 30, Og = 12)
+    ConvSpec(1, 8, 16, 12, 8, (3, 3), (1, 1), (1, 1), groups=8),   # depthwise
+    ConvSpec(1, 16, 12, 12, 24, (3, 3), (2, 2), (2, 2), (2, 2), groups=2),
+], ids=lambda s: s.describe())
+def test_tile_modes(spec):
+    assert _check(spec, True, True, "relu") < 1e-5
+
+
+def _lowered_bytes(spec: ConvSpec) -> tuple[int, int]:
+    """(bytes of the PrimFunc's intermediate buffers except the accumulator, bytes allocated once scheduled)."""
+    w = np.zeros((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
+    func, _ = lower_to_primfunc(NAME, spec, w, bias=True, residual=False, activation="relu", lanes=8)
+    staged = sum(4 * int(np.prod([int(v) for v in b.shape]))
+                 for b in func.body.block.alloc_buffers if b.name != ACC_BLOCK)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    lowering(NAME).schedule(sch, "main", host_llvm_target())
+    S = tvm.s_tir.transform
+    mod = tvm.ir.transform.Sequential([S.LowerInitBlock(), S.PlanAndUpdateBufferAllocationLocation(),
+                                       S.ConvertBlocksToOpaque(), S.CompactBufferAllocation(),
+                                       S.LowerOpaqueBlock()])(sch.mod)
+    allocated = tvm.s_tir.analysis.calculate_allocated_bytes(mod["main"])["main"]
+    return staged, int(allocated.get("global", 0))
+
+
+WORKSPACE_SPECS = [
+    ConvSpec(1, 16, 10, 12, 16, (3, 3), (1, 1), (1, 1)),
+    ConvSpec(2, 12, 9, 9, 24, (3, 3), (2, 2), (0, 0), (1, 1), groups=3),
+    ConvSpec(1, 8, 11, 13, 8, (3, 2), (1, 2), (2, 1), (2, 1), groups=8),
+    ConvSpec(1, 16, 8, 8, 32, (1, 1)),
+    ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2)),
+    ConvSpec(1, 3, 32, 32, 16, (7, 7), (2, 2), (3, 3)),
+]
+
+
+@pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())
+def test_workspace_is_what_is_allocated(spec):
+    staged, allocated = _lowered_bytes(spec)
+    assert staged == im2col.workspace_bytes(spec)
+    # once scheduled, all that is allocated besides the workspace is one register tile of accumulators
+    assert 0 < allocated - staged <= 4 * 16 * 16
+
+
+def test_1x1_reads_the_input_in_place():
+    for spec in (ConvSpec(1, 64, 56, 56, 256, (1, 1)), ConvSpec(2, 32, 7, 7, 64, (1, 1), groups=4)):
+        assert im2col.workspace_bytes(spec) == 0
+        assert _lowered_bytes(spec)[0] == 0
+    # a strided or padded 1x1 has to gather
+    assert im2col.workspace_bytes(ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2))) == 4 * 16 * 16
+
+
+def test_workspace_formula():
+    spec = ConvSpec(2, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1))
+    col = 2 * 64 * 9 * 56 * 56
+    assert im2col.workspace_bytes(spec) == 4 * (col + 2 * 64 * 58 * 58)
+
+
+def test_cuda_builds():
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    for spec in (ConvSpec(1, 8, 9, 11, 16, (3, 3), (1, 1), (1, 1)), ConvSpec(1, 16, 7, 6, 24, (1, 1)),
+                 ConvSpec(1, 8, 10, 9, 8, (3, 3), (2, 2), (1, 1), groups=8)):
+        w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel)
+        kernel = build_kernel(NAME, spec, w, torch.randn(spec.out_channels), activation="relu", residual=True,
+                              target=target)
+        device_code = kernel.library.mod.imports[0].inspect_source("")
+        assert "__global__" in device_code

@@ -1,0 +1,80 @@
+"""Every conv lowering inside whole compiled models: forced globally and per layer, checked against eager."""
+
+import pytest
+import torch
+from torch import nn
+
+import convopt
+from convopt.ir import Op
+from convopt.schedules.lowerings import LOWERINGS, LoweringError
+from tests.conftest import rel_err
+
+
+class Mixed(nn.Module):
+    """A 3x3 block with a residual, a 1x1, a strided conv, a 7x7 depthwise and a dilated grouped conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.point = nn.Conv2d(16, 24, 1)
+        self.down = nn.Conv2d(24, 24, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(24, 24, 7, padding=3, groups=24)
+        self.grouped = nn.Conv2d(24, 32, 3, padding=2, dilation=2, groups=4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.body(x))
+        x = nn.functional.relu6(self.point(x))
+        x = self.down(x)
+        return self.grouped(self.dw(x) + x)
+
+
+def _model_and_input():
+    torch.manual_seed(0)
+    return Mixed().eval(), torch.randn(2, 3, 19, 23)
+
+
+@pytest.mark.parametrize("name", LOWERINGS)
+def test_forcing_each_lowering_matches_eager(name):
+    model, x = _model_and_input()
+    result = convopt.optimize(model, x, target="cpu", lowering=name)  # check=True compares with eager
+    chosen = {n.scope: n.attrs.lowering for n in result.graph.nodes if n.op is Op.CONV2D}
+    assert name in chosen.values()
+    assert rel_err(result(x), model(x)) < 1e-4
+
+
+def test_cost_model_choice_runs_and_is_recorded(tmp_path):
+    model, x = _model_and_input()
+    result = convopt.optimize(model, x, target="cpu", dump_ir=tmp_path)
+    convs = [n for n in result.graph.nodes if n.op is Op.CONV2D]
+    assert convs and all(n.attrs.lowering and n.attrs.predicted_us for n in convs)
+    assert "select_lowering" in [r.name for r in result.pass_records]
+    dump = next(tmp_path.glob("*_select_lowering.ir")).read_text()
+    assert "predicted_us=" in dump
+
+
+def test_per_layer_override():
+    model, x = _model_and_input()
+    result = convopt.optimize(model, x, target="cpu", lowering={"dw": "fft", "down": "im2col"})
+    chosen = {n.scope: n.attrs.lowering for n in result.graph.nodes if n.op is Op.CONV2D}
+    assert chosen["dw"] == "fft" and chosen["down"] == "im2col"
+
+
+def test_bad_overrides_are_refused():
+    model, x = _model_and_input()
+    with pytest.raises(Exception, match="winograd4 can't run it"):
+        convopt.optimize(model, x, target="cpu", lowering={"dw": "winograd4"})
+    with pytest.raises(ValueError, match="target='torch' runs PyTorch's kernels"):
+        convopt.optimize(model, x, target="torch", lowering="im2col")
+    with pytest.raises(LoweringError, match="unknown lowering"):
+        from convopt.passes.select_lowering import select_lowering
+        from tests.cost.profiles import fixed_profile
+
+        select_lowering(convopt.optimize(model, x, target="torch").graph, profile=fixed_profile(), default="x")
+
+
+def test_skipping_select_lowering_uses_the_direct_kernel():
+    model, x = _model_and_input()
+    result = convopt.optimize(model, x, target="cpu", skip_passes=["select_lowering"])
+    assert all(n.attrs.lowering == "" for n in result.graph.nodes if n.op is Op.CONV2D)
