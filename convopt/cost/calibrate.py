@@ -8,6 +8,7 @@ sizes of ImageNet CNNs) and deliberately not the layers of the models the cost m
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Callable, Iterable
 
@@ -29,47 +30,84 @@ CALIBRATION_SHAPES: tuple[ConvSpec, ...] = (
     # dense 3x3, stride 1 and 2
     _conv(32, 32, 3, 112), _conv(96, 96, 3, 28), _conv(192, 192, 3, 14), _conv(384, 384, 3, 7),
     _conv(48, 80, 3, 40), _conv(32, 64, 3, 112, stride=2), _conv(160, 320, 3, 28, stride=2),
-    _conv(3, 24, 3, 224, stride=2), _conv(16, 16, 3, 64, dilation=2),
+    _conv(3, 24, 3, 224, stride=2), _conv(16, 16, 3, 64, dilation=2), _conv(40, 80, 3, 40, stride=2),
+    _conv(200, 200, 3, 20, stride=2), _conv(24, 48, 2, 40, stride=2),
     # pointwise
     _conv(32, 96, 1, 112), _conv(96, 24, 1, 56), _conv(320, 1280, 1, 7), _conv(512, 128, 1, 28),
-    _conv(48, 192, 1, 28), _conv(384, 96, 1, 14), _conv(256, 512, 1, 28, stride=2),
+    _conv(48, 192, 1, 28), _conv(384, 96, 1, 14), _conv(256, 512, 1, 28, stride=2), _conv(640, 128, 1, 7),
+    _conv(112, 672, 1, 14), _conv(24, 72, 1, 56), _conv(40, 120, 1, 28), _conv(200, 48, 1, 14),
+    _conv(1152, 192, 1, 7), _conv(48, 288, 1, 20), _conv(288, 48, 1, 40), _conv(720, 120, 1, 10),
     # grouped
     _conv(64, 64, 3, 56, groups=4), _conv(128, 128, 3, 28, groups=16, stride=2),
     # depthwise, small to large kernels
     _conv(32, 32, 3, 112, groups=32), _conv(240, 240, 3, 28, groups=240), _conv(672, 672, 5, 14, groups=672),
-    _conv(96, 96, 3, 112, stride=2, groups=96), _conv(96, 96, 7, 56, groups=96), _conv(64, 64, 21, 32, groups=64),
+    _conv(96, 96, 3, 112, stride=2, groups=96), _conv(48, 48, 3, 80, stride=2, groups=48),
+    _conv(96, 96, 7, 56, groups=96), _conv(200, 200, 7, 20, groups=200), _conv(400, 400, 7, 10, groups=400), _conv(64, 64, 21, 32, groups=64),
     _conv(192, 192, 17, 16, groups=192), _conv(48, 48, 27, 48, groups=48),
     # dense large kernels
     _conv(3, 32, 7, 224, stride=2), _conv(16, 32, 5, 56), _conv(32, 32, 9, 28),
 )
 
 
-def measure(name: str, spec: ConvSpec, *, repeat: int = 5, seed: int = 0) -> float:
-    """Seconds per call of lowering ``name`` on ``spec``: median of ``repeat`` timed runs (host CPU)."""
+def repeated(fn: Callable[[], object], seconds: float = 0.005) -> tuple[Callable[[], None], int]:
+    """(a call running ``fn`` enough times to last about ``seconds``, how many times)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    count = max(1, int(seconds / max(time.perf_counter() - start, 1e-7)))
+
+    def run() -> None:
+        for _ in range(count):
+            fn()
+
+    return run, count
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7) -> dict[str, float]:
+    """Seconds per call of each entry: the fastest of ``rounds`` rounds that call every entry in rotating
+    order (noise on a shared machine only adds time, and interleaving exposes all entries to the same)."""
+    from ..bench import measure_interleaved
+
+    runs = {name: repeated(fn) for name, fn in calls.items()}
+    times = measure_interleaved({name: run for name, (run, _) in runs.items()}, rounds=rounds, warmup=1,
+                                pause=0.01)
+    return {name: min(samples) / runs[name][1] for name, samples in times.items()}
+
+
+def build_all(spec: ConvSpec, names: Iterable[str], *, seed: int = 0):
+    """(input, weight, bias, {name: compiled Kernel with bias and ReLU}) for every lowering in ``names``."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=gen)
     w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=gen)
-    kernel = build_kernel(name, spec, w, torch.randn(spec.out_channels, generator=gen), activation="relu")
-    return kernel.time(x, repeat=repeat)
+    w /= (spec.in_per_group * spec.kernel[0] * spec.kernel[1]) ** 0.5
+    b = torch.randn(spec.out_channels, generator=gen)
+    kernels = {name: build_kernel(name, spec, w, b, activation="relu") for name in names}
+    return x, w, b, kernels
+
+
+def measure(spec: ConvSpec, names: Iterable[str], *, rounds: int = 15) -> dict[str, float]:
+    """Seconds per call of each lowering in ``names`` on ``spec`` (host CPU), timed interleaved."""
+    x, _, _, kernels = build_all(spec, names)
+    return time_interleaved({name: k.bound(x) for name, k in kernels.items()}, rounds)
 
 
 def calibrate(profile: MachineProfile, *, shapes: Iterable[ConvSpec] = CALIBRATION_SHAPES,
               lowerings: Iterable[str] = LOWERINGS, lanes: int = 8,
               progress: Callable[[str], None] | None = None) -> tuple[MachineProfile, list[dict]]:
     """(profile with fitted coefficients, one measurement record per (lowering, shape))."""
-    records, coefficients = [], dict(profile.coefficients)
-    shapes = list(shapes)
-    for name in lowerings:
-        rows, seconds = [], []
-        for spec in shapes:
-            if lowering(name).supports(spec) is not None:
-                continue
-            t = measure(name, spec)
+    lowerings = list(lowerings)
+    rows: dict[str, list] = {name: [] for name in lowerings}
+    records = []
+    for spec in shapes:
+        names = [name for name in lowerings if lowering(name).supports(spec) is None]
+        for name, seconds in measure(spec, names).items():
             if progress:
-                progress(f"{name:10s} {spec.describe():32s} {t * 1e3:9.3f} ms")
-            rows.append(feature_vector(name, spec, profile, lanes))
-            seconds.append(t)
-            records.append({"lowering": name, "spec": spec.describe(), "seconds": t})
-        if rows:
-            coefficients[name] = fit_coefficients(np.array(rows), np.array(seconds))
+                progress(f"{name:10s} {spec.describe():32s} {seconds * 1e3:9.3f} ms")
+            rows[name].append((feature_vector(name, spec, profile, lanes), seconds))
+            records.append({"lowering": name, "spec": spec.describe(), "seconds": seconds})
+    coefficients = dict(profile.coefficients)
+    for name, measured in rows.items():
+        if measured:
+            features, seconds = zip(*measured)
+            coefficients[name] = fit_coefficients(np.array(features), np.array(seconds))
     return replace(profile, coefficients=coefficients, calibrated_on=profile.cpu), records

@@ -9,8 +9,13 @@ the padding of vector blocks and tiles:
 
     flops         multiply-adds x 2 of the main loop when it is vectorized over >= VL/2 lanes of channels
     narrow_flops  the same when it isn't (depthwise and narrow groups vectorize over output columns)
+    slow_flops    the same in a configuration the lowering's schedule runs slowly: a partial register
+                  tile (im2col on 7x7 maps), strided input reads inside the register tile (direct, stride > 1)
     aux_flops     flops outside the main loop (Winograd and FFT transforms)
     bytes         memory traffic: input, weights, output, and workspace written then read
+    outputs       output elements (the epilogue: bias, residual, activation, the store)
+    copied        workspace elements written (padding, unrolling, repacking, transforms: often gathers,
+                  bound by instructions rather than bandwidth)
     workspace     bytes of intermediate buffers (equal to the lowering module's workspace_bytes)
 
 The model (model.py) turns the terms into seconds with a machine profile: flops over peak FLOP/s and
@@ -37,7 +42,7 @@ CG, OG = C / G, O / G  # channels per group
 HP, WP = H + 2 * PH, W + 2 * PW
 F32 = 4
 
-TERMS = ("flops", "narrow_flops", "aux_flops", "bytes", "workspace")
+TERMS = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "workspace")
 
 _io_bytes = F32 * (N * C * H * W + O * CG * KH * KW + N * O * OH * OW)
 _padded_input = sp.Piecewise((0, sp.Eq(PH + PW, 0)), (F32 * N * C * HP * WP, True))
@@ -53,19 +58,51 @@ def _narrow(expr):
     return sp.Piecewise((0, OG >= VL / 2), (expr, True))
 
 
+class DirectColumnTile(sp.Function):
+    """Output columns per register tile of the direct kernel's channel-vectorized mode (direct_conv2d)."""
+
+    @classmethod
+    def eval(cls, ow):
+        if ow.is_Integer:
+            from ..schedules.direct_conv2d import _pick_tile
+
+            return sp.Integer(_pick_tile(int(ow), 4))
+        return None
+
+
 def _direct():
     block = sp.Min(VL, OG)
     padded_out = G * sp.ceiling(OG / block) * block  # output channels rounded up to whole blocks
     macs = N * padded_out * OH * OW * CG * KH * KW
-    return {"flops": _wide(2 * macs), "narrow_flops": _narrow(2 * macs), "aux_flops": 0,
+    tiled = macs * _round_up(OW, DirectColumnTile(OW)) / OW  # the last column tile runs whole
+    strided = sp.Or(SH > 1, SW > 1)
+    return {"flops": _wide(sp.Piecewise((0, strided), (2 * tiled, True))), "narrow_flops": _narrow(2 * macs),
+            "slow_flops": _wide(sp.Piecewise((2 * tiled, strided), (0, True))), "aux_flops": 0,
             "bytes": _io_bytes + 2 * _padded_input, "workspace": _padded_input}
+
+
+class Im2colAccumulators(sp.Function):
+    """Vector accumulators in im2col's GEMM register tile (im2col.accumulators: pixels, Og, O, lanes)."""
+
+    @classmethod
+    def eval(cls, p, og, o, vl):
+        if all(v.is_Integer for v in (p, og, o, vl)):
+            from ..schedules.im2col import accumulators
+
+            return sp.Float(accumulators(int(p), int(og), int(o), int(vl)))
+        return None
 
 
 def _im2col():
     is_pointwise = sp.And(sp.Eq(KH * KW, 1), sp.Eq(SH * SW, 1), sp.Eq(PH + PW, 0))
     matrix = sp.Piecewise((0, is_pointwise), (F32 * N * C * KH * KW * OH * OW, True))
     workspace = sp.Piecewise((0, is_pointwise), (matrix + _padded_input, True))
-    return {"flops": _wide(2 * _direct_macs), "narrow_flops": _narrow(2 * _direct_macs), "aux_flops": 0,
+    # a full register tile (>= 6 of 8 accumulators) and whole channel vectors run at GEMM speed; narrower
+    # tiles (7x7 maps: 49 pixels, tile of 2 x 1) and depthwise (tiny per-group GEMMs) do not
+    full = Im2colAccumulators(OH * OW, OG, O, VL) >= 6
+    macs = 2 * _direct_macs
+    return {"flops": _wide(sp.Piecewise((macs, full), (0, True))), "narrow_flops": _narrow(macs),
+            "slow_flops": _wide(sp.Piecewise((0, full), (macs, True))), "aux_flops": 0,
             "bytes": _io_bytes + 2 * workspace, "workspace": workspace}
 
 
@@ -113,8 +150,9 @@ def _winograd(m: int):
     gemm = 2 * alpha**2 * tiles_padded * cp * op
     # B^T d B and A^T M A as separable 1-D transforms (2 alpha^3 per input tile, 2 m alpha (alpha + m) per output)
     transforms = tiles * (cp * 2 * 2 * alpha**3 + op * 2 * m * alpha * (alpha + m))
-    return {"flops": gemm, "narrow_flops": 0, "aux_flops": transforms, "bytes": _io_bytes + 2 * workspace,
-            "workspace": workspace}
+    weights = F32 * alpha**2 * cp * op  # U, read on every call, alpha^2 / 9 times the conv's weight
+    return {"flops": gemm, "narrow_flops": 0, "aux_flops": transforms,
+            "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * workspace, "workspace": workspace}
 
 
 def _fft():
@@ -132,17 +170,21 @@ def _fft():
     inverse = N * O * (OH * 2 * kh * j + OH * j * owp)
     workspace = F32 * ((he + 2 * kh) * j * live + (2 * kh + OH) * j)
     spectra = F32 * N * (C * (he + 2 * kh) * j + O * (2 * kh + OH) * j)  # traffic: every channel's buffers
+    weights = F32 * O * CG * 4 * kh * j / 2  # the kernel's spectrum Q, read on every call
     return {"flops": 2 * (forward + inverse), "narrow_flops": 0, "aux_flops": 2 * product,
-            "bytes": _io_bytes + 2 * spectra, "workspace": workspace}
+            "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * spectra, "workspace": workspace}
 
 
 FORMULAS: dict[str, dict[str, sp.Expr]] = {
-    "direct": _direct(),
-    "im2col": _im2col(),
-    "im2win": _im2win(),
-    "winograd2": _winograd(2),
-    "winograd4": _winograd(4),
-    "fft": _fft(),
+    name: {"slow_flops": 0, **terms, "outputs": N * O * OH * OW, "copied": terms["workspace"] / F32}
+    for name, terms in {
+        "direct": _direct(),
+        "im2col": _im2col(),
+        "im2win": _im2win(),
+        "winograd2": _winograd(2),
+        "winograd4": _winograd(4),
+        "fft": _fft(),
+    }.items()
 }
 
 
@@ -157,7 +199,21 @@ def _compiled(lowering: str, term: str):
     expr = sp.sympify(FORMULAS[lowering][term])
     return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": _ceil, "floor": _floor, "Min": min,
                                                 "WinogradTileWidth": _winograd_tile_width,
-                                                "FftVectors": _fft_vectors}, "math"])
+                                                "FftVectors": _fft_vectors,
+                                                "Im2colAccumulators": _im2col_accumulators,
+                                                "DirectColumnTile": _direct_column_tile}, "math"])
+
+
+def _direct_column_tile(ow):
+    from ..schedules.direct_conv2d import _pick_tile
+
+    return _pick_tile(round(ow), 4)
+
+
+def _im2col_accumulators(p, og, o, vl):
+    from ..schedules.im2col import accumulators
+
+    return accumulators(round(p), round(og), round(o), round(vl))
 
 
 def _winograd_tile_width(tiles):

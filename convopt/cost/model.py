@@ -1,9 +1,12 @@
 """Predicted time of a conv lowering on a machine, from the sympy terms and the machine profile:
 
-    t(lowering, spec) = a_f * flops / peak + a_n * narrow_flops / peak + a_x * aux_flops / peak
-                        + a_b * bytes / bandwidth + a_c * 1 us
+    t(lowering, spec) = a_f * flops / peak + a_n * narrow_flops / peak + a_s * slow_flops / peak
+                        + a_x * aux_flops / peak
+                        + a_b * bytes / bandwidth + a_o * outputs * 1 ns + a_w * copied * 1 ns + a_c * 1 us
 
-with the coefficients a (1 / efficiency of each kind of work, and a per-call overhead) calibrated
+with the coefficients a (1 / efficiency of each kind of work, the epilogue's cost per output element,
+which differs between lowerings that store from blocked accumulators and those that store rows, the
+cost per element written to the workspace, and a per-call overhead) calibrated
 per lowering by non-negative least squares on measured times, weighted so relative errors count
 (``fit_coefficients``). Nothing is built to answer: it is arithmetic on formulas.
 """
@@ -18,13 +21,16 @@ from .formulas import evaluate
 from .profile import FEATURES, MachineProfile
 
 CALL_UNIT = 1e-6  # seconds: the "calls" feature is one microsecond per kernel call
+OUTPUT_UNIT = 1e-9  # seconds per output or copied element
 
 
 def feature_vector(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int = 8) -> np.ndarray:
-    """The terms of ``name`` for ``spec`` in seconds at peak / full bandwidth (plus 1 us per call)."""
+    """The terms of ``name`` for ``spec`` in seconds at peak / full bandwidth / 1 ns per output / 1 us per call."""
     terms = evaluate(name, spec, lanes)
     return np.array([terms["flops"] / profile.peak_flops, terms["narrow_flops"] / profile.peak_flops,
-                     terms["aux_flops"] / profile.peak_flops, terms["bytes"] / profile.bandwidth, CALL_UNIT])
+                     terms["slow_flops"] / profile.peak_flops,
+                     terms["aux_flops"] / profile.peak_flops, terms["bytes"] / profile.bandwidth,
+                     terms["outputs"] * OUTPUT_UNIT, terms["copied"] * OUTPUT_UNIT, CALL_UNIT])
 
 
 def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int = 8) -> float:

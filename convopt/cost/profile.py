@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FEATURES = ("flops", "narrow_flops", "aux_flops", "bytes", "calls")
+FEATURES = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "calls")
 DEFAULT_PROFILE = Path(__file__).with_name("default_profile.json")
 PROFILE_FORMAT = "convopt-machine-profile-1"
 
@@ -36,7 +36,8 @@ class MachineProfile:
     peak_flops: float  # FLOP/s, fp32, all cores
     bandwidth: float  # bytes/s, main memory copy (read + write)
     caches: dict[str, int]  # "L1d", "L2", "L3" -> bytes per instance
-    # lowering -> feature -> coefficient: seconds = sum(coef * feature / unit), unit = peak, bandwidth or 1 us
+    # lowering -> feature -> coefficient: seconds = sum(coef * feature / unit), unit = peak, bandwidth, 1 ns per
+    # output or copied element, or 1 us per call
     coefficients: dict[str, dict[str, float]] = field(default_factory=dict)
     calibrated_on: str = ""
 

@@ -66,8 +66,12 @@ def plan(spec, lanes: int) -> tuple[str, int, int, int]:
     channels (m | Og) x tile_p pixels, a multiple of lanes dividing P (one vector and a guarded
     tail when P isn't a multiple of lanes). "o" (output channels vectorized): m = lanes channels
     per vector, tile_o vectors x tile_p pixels (a divisor of P)."""
-    _, p = _geometry(spec)
-    og = spec.out_per_group
+    return register_tile(spec.out_height * spec.out_width, spec.out_per_group, spec.out_channels, lanes)
+
+
+def register_tile(p: int, og: int, out_channels: int, lanes: int) -> tuple[str, int, int, int]:
+    """``plan`` from the numbers it depends on (pixels, output channels per group and in all); the cost
+    model's formulas call it too."""
     acc = 8 if lanes <= 8 else 16
     if p % lanes == 0 or og % lanes:
         mr = next(m for m in (4, 2, 1) if og % m == 0)
@@ -75,7 +79,7 @@ def plan(spec, lanes: int) -> tuple[str, int, int, int]:
             return "p", mr, mr, lanes
         v = max(v for v in range(1, acc // mr + 1) if p % (v * lanes) == 0)
         return "p", mr, mr, v * lanes
-    ot = 2 if (spec.out_channels // lanes) % 2 == 0 else 1
+    ot = 2 if (out_channels // lanes) % 2 == 0 else 1
     return "o", lanes, ot, max(d for d in range(1, acc // ot + 1) if p % d == 0)
 
 
@@ -206,3 +210,13 @@ def schedule_cpu(sch, func_name, target) -> None:
 
 def schedule_cuda(sch, func_name, target) -> None:
     schedule_cuda_default(sch, func_name, target)
+
+
+def accumulators(p: int, og: int, out_channels: int, lanes: int) -> float:
+    """Vector accumulators of the GEMM's register tile (fractional when a pixel vector has a guarded tail)."""
+    mode, _, tile_o, tile_p = register_tile(p, og, out_channels, lanes)
+    if mode == "o":
+        return tile_o * tile_p
+    if p % lanes:
+        return tile_o * p / (-(-p // lanes) * lanes)
+    return tile_o * tile_p / lanes

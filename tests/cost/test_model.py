@@ -13,7 +13,7 @@ from .profiles import fixed_profile
 def test_fit_recovers_known_coefficients():
     rng = np.random.default_rng(0)
     features = rng.uniform(1e-5, 1e-3, size=(30, len(FEATURES)))
-    truth = np.array([1.3, 3.0, 0.0, 0.7, 4.0])
+    truth = np.array([1.3, 3.0, 1.7, 0.0, 0.7, 2.0, 0.4, 4.0])
     seconds = features @ truth
     fitted = fit_coefficients(features, seconds)
     assert np.allclose([fitted[f] for f in FEATURES], truth, rtol=1e-6, atol=1e-9)
@@ -22,7 +22,7 @@ def test_fit_recovers_known_coefficients():
 def test_fit_never_gives_negative_coefficients():
     rng = np.random.default_rng(1)
     features = rng.uniform(1e-5, 1e-3, size=(20, len(FEATURES)))
-    seconds = features @ np.array([1.0, -2.0, 0.5, 1.0, 1.0]) + 1e-2
+    seconds = features @ np.array([1.0, -2.0, 0.3, 0.5, 1.0, 0.5, 0.2, 1.0]) + 1e-2
     assert min(fit_coefficients(features, seconds).values()) >= 0
 
 
