@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from convopt.bench import compare_model, markdown_table, write_report
+from convopt.models import parse_shape
 
 DEV_MODELS = "resnet18,resnet50,repvgg_a0,mobileone_s0,mobilenetv2_100,convnext_atto,inception_next_atto,efficientnet_b0"
 
@@ -29,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--convopt", default="convopt", help="convopt contender(s), e.g. convopt,convopt-torch")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--input-shape", default="1,3,224,224", help="the example input of every model")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compare"))
     args = parser.parse_args(argv)
     contenders = [c for c in args.convopt.split(",") + args.vs.split(",") if c]
     results = {}
     for name in args.models.split(","):
         spec = name if ":" in name else f"timm:{name}"
-        results[spec] = compare_model(spec, contenders, args.rounds, args.warmup)
+        results[spec] = compare_model(spec, contenders, args.rounds, args.warmup, parse_shape(args.input_shape))
         print(spec, json.dumps(results[spec]), flush=True)
     base = contenders[0]
     rows = []
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--{k} {v}" for k, v in vars(args).items() if k != "out")
     meta = {"command": command, "threads": 2, "batch": 1, "torch": torch.__version__,
             "machine": platform.machine()}
-    write_report(args.out, command, f"medians of {args.rounds} interleaved rounds, 2 threads, batch 1, 224x224; "
+    write_report(args.out, command, f"medians of {args.rounds} interleaved rounds, 2 threads, input {args.input_shape}; "
                  "ratio < 1 means convopt is faster", table, {"meta": meta, "results": results})
     print(table)
     return 0
