@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["model"] + [f"{c} ms" for c in contenders] + [f"{base} / {c}" for c in contenders[1:]]
     table = markdown_table(rows, columns)
     command = "python benchmarks/compare.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k != "out")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
     meta = {"command": command, "threads": 2, "batch": 1, "torch": torch.__version__,
             "machine": platform.machine()}
     write_report(args.out, command, f"medians of {args.rounds} interleaved rounds, 2 threads, input {args.input_shape}; "

@@ -56,15 +56,17 @@ def test_cost_model_choice_runs_and_is_recorded(tmp_path):
 
 def test_per_layer_override():
     model, x = _model_and_input()
-    result = convopt.optimize(model, x, target="cpu", lowering={"dw": "fft", "down": "im2col"})
+    result = convopt.optimize(model, x, target="cpu", lowering={"point": "fft", "down": "im2col"})
     chosen = {n.scope: n.attrs.lowering for n in result.graph.nodes if n.op is Op.CONV2D}
-    assert chosen["dw"] == "fft" and chosen["down"] == "im2col"
+    assert chosen["point"] == "fft" and chosen["down"] == "im2col"
 
 
 def test_bad_overrides_are_refused():
     model, x = _model_and_input()
-    with pytest.raises(Exception, match="winograd4 can't run it"):
-        convopt.optimize(model, x, target="cpu", lowering={"dw": "winograd4"})
+    with pytest.raises(Exception, match="winograd4 can't run it: Winograd needs a 3x3 kernel, got 1x1"):
+        convopt.optimize(model, x, target="cpu", lowering={"point": "winograd4"})
+    with pytest.raises(Exception, match="no conv node or module of that name"):
+        convopt.optimize(model, x, target="cpu", lowering={"pointwise": "direct"})
     with pytest.raises(ValueError, match="target='torch' runs PyTorch's kernels"):
         convopt.optimize(model, x, target="torch", lowering="im2col")
     with pytest.raises(LoweringError, match="unknown lowering"):

@@ -69,7 +69,7 @@ def test_numerically_equal_on_a_model():
     fast = convopt.optimize(model, x)
     assert ops(fast.graph) == [Op.CONV2D, Op.RESHAPE]
     with torch.no_grad():
-        assert rel_err(fast(x), model(x)) <= 1e-6
+        assert rel_err(fast(x), model(x)) <= 1e-5  # fp32: the conv runs the chosen lowering
 
 
 @settings(max_examples=30, deadline=None)

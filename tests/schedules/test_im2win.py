@@ -1,6 +1,5 @@
 """The Im2win lowering (convopt.schedules.im2win) against torch.nn.functional.conv2d."""
 
-import numpy as np
 import pytest
 import torch
 import tvm
@@ -9,56 +8,12 @@ from hypothesis import strategies as st
 
 from convopt.schedules import im2col, im2win
 from convopt.schedules.conv_spec import ConvSpec
-from convopt.schedules.lowerings import (
-    build_kernel,
-    host_llvm_target,
-    lower_to_primfunc,
-    lowering,
-)
+from convopt.schedules.lowerings import build_kernel
+
+from .conv_cases import conv_specs, error_against_torch, lowered_bytes
 
 NAME = "im2win"
 ACC_BLOCK = im2win.ACC_BLOCK
-
-
-def _check(spec: ConvSpec, bias: bool, residual: bool, activation: str, seed: int = 0) -> float:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=g)
-    w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=g)
-    b = torch.randn(spec.out_channels, generator=g) if bias else None
-    r = 3 * torch.randn(spec.output_shape, generator=g) if residual else None
-    kernel = build_kernel(NAME, spec, w, b, activation=activation, residual=residual)
-    y = kernel(x, r)
-    ref = torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(), spec.stride,
-                                     spec.padding, spec.dilation, spec.groups)
-    if r is not None:
-        ref = ref + r.double()
-    if activation == "relu":
-        ref = ref.relu()
-    elif activation == "relu6":
-        ref = ref.clamp(0, 6)
-    assert tuple(y.shape) == spec.output_shape
-    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-
-
-@st.composite
-def conv_specs(draw):
-    depthwise = draw(st.booleans())
-    if depthwise:
-        groups = draw(st.integers(1, 12))
-        cin, cout = groups, groups * draw(st.sampled_from([1, 2]))
-    else:
-        groups = draw(st.sampled_from([1, 1, 2, 3]))
-        cin = groups * draw(st.integers(1, 5))
-        cout = groups * draw(st.sampled_from([1, 3, 4, 8, 12, 16]))
-    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    reach = [d * (k - 1) + 1 - 2 * p for d, k, p in zip(dilation, kernel, padding)]
-    height = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 9))
-    width = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 9))
-    batch = draw(st.integers(1, 2))
-    return ConvSpec(batch, cin, height, width, cout, kernel, stride, padding, dilation, groups)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,20 +36,12 @@ def test_schedule_modes(spec):
     assert _check(spec, True, True, "relu") < 1e-5
 
 
-def _lowered_bytes(spec: ConvSpec) -> tuple[int, int]:
-    """(bytes of the PrimFunc's intermediate buffers except the accumulator, bytes allocated once scheduled)."""
-    w = np.zeros((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
-    func, _ = lower_to_primfunc(NAME, spec, w, bias=True, residual=False, activation="relu", lanes=8)
-    staged = sum(4 * int(np.prod([int(v) for v in b.shape]))
-                 for b in func.body.block.alloc_buffers if b.name != ACC_BLOCK)
-    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
-    lowering(NAME).schedule(sch, "main", host_llvm_target())
-    S = tvm.s_tir.transform
-    mod = tvm.ir.transform.Sequential([S.LowerInitBlock(), S.PlanAndUpdateBufferAllocationLocation(),
-                                       S.ConvertBlocksToOpaque(), S.CompactBufferAllocation(),
-                                       S.LowerOpaqueBlock()])(sch.mod)
-    allocated = tvm.s_tir.analysis.calculate_allocated_bytes(mod["main"])["main"]
-    return staged, int(allocated.get("global", 0))
+def _check(spec, bias, residual, activation, seed=0):
+    return error_against_torch(NAME, spec, bias, residual, activation, seed)
+
+
+def _lowered_bytes(spec):
+    return lowered_bytes(NAME, spec, ACC_BLOCK)
 
 
 WORKSPACE_SPECS = [
