@@ -24,6 +24,7 @@ bytes over bandwidth, each scaled by an efficiency factor calibrated per lowerin
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import sympy as sp
@@ -194,7 +195,7 @@ def substitutions(spec: ConvSpec, lanes: int) -> tuple:
             spec.dilation[0], spec.dilation[1], lanes)
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=None)  # lambdify once per (lowering, term)
 def _compiled(lowering: str, term: str):
     expr = sp.sympify(FORMULAS[lowering][term])
     return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": _ceil, "floor": _floor, "Min": min,
@@ -224,16 +225,7 @@ def _fft_vectors(n):
     return int(FftVectors(sp.Integer(round(n))))
 
 
-def _ceil(x):
-    import math
-
-    return math.ceil(x)
-
-
-def _floor(x):
-    import math
-
-    return math.floor(x)
+_ceil, _floor = math.ceil, math.floor
 
 
 def evaluate(lowering: str, spec: ConvSpec, lanes: int = 8) -> dict[str, float]:

@@ -135,6 +135,14 @@ def output_compute(spec: ConvSpec, value_at, *, bias=None, residual=None, activa
     )
 
 
+def optional_block(sch: "tvm.s_tir.Schedule", name: str, func_name: str | None):
+    """The block ``name`` of the function, or None when this conv's compute has no such stage (e.g. no padding)."""
+    try:
+        return sch.get_sblock(name, func_name)
+    except Exception:  # noqa: BLE001 - TVM raises a generic error for a missing block
+        return None
+
+
 def schedule_cuda_default(sch: "tvm.s_tir.Schedule", func_name: str | None, target, threads: int = 256) -> None:
     """Every block of the function gets its spatial loops fused and bound to (blockIdx.x, threadIdx.x);
     reductions run inside the thread. Correct for any lowering; tuning (MetaSchedule) makes it fast."""

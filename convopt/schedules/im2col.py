@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from .conv_spec import OUTPUT_BLOCK, output_compute, pad_input, schedule_cuda_default
+from .conv_spec import OUTPUT_BLOCK, optional_block, output_compute, pad_input, schedule_cuda_default
 from .direct_conv2d import vector_lanes
 
 NAME = "im2col"
@@ -147,13 +147,6 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
     return output_compute(spec, value, bias=bias, residual=residual, activation=activation)
 
 
-def _block(sch, name, func_name):
-    try:
-        return sch.get_sblock(name, func_name)
-    except Exception:  # noqa: BLE001 - this conv has no such stage
-        return None
-
-
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
@@ -163,10 +156,10 @@ def schedule_cpu(sch, func_name, target) -> None:
     mode, to, tp = sch.get(gemm).annotations["im2col_tile"]
     mode, to, tp = str(mode), int(to), int(tp)
 
-    pad = _block(sch, PAD_BLOCK, func_name)
+    pad = optional_block(sch, PAD_BLOCK, func_name)
     if pad is not None:
         sch.parallel(sch.fuse(*sch.get_loops(pad)[:3]))
-    col = _block(sch, COL_BLOCK, func_name)
+    col = optional_block(sch, COL_BLOCK, func_name)
     if col is not None:
         # one parallel task per col row (c, kh, kw), copied output row by output row
         kh_, kw_, ow_ = (int(v) for v in sch.get(col).annotations["im2col_window"])

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from .conv_spec import OUTPUT_BLOCK, output_compute, schedule_cuda_default
+from .conv_spec import OUTPUT_BLOCK, optional_block, output_compute, schedule_cuda_default
 from .direct_conv2d import choose_oc_block, vector_lanes
 
 NAME = "im2win"
@@ -147,13 +147,6 @@ def _pick_tile(extent: int, target: int) -> int:
     return next((t for t in range(target, (3 * target + 3) // 4 - 1, -1) if extent % t == 0), target)
 
 
-def _block(sch, name, func_name):
-    try:
-        return sch.get_sblock(name, func_name)
-    except Exception:  # noqa: BLE001 - this conv has no such stage
-        return None
-
-
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
@@ -161,7 +154,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUTPUT_BLOCK, func_name)
 
-    win = _block(sch, WIN_BLOCK, func_name)
+    win = optional_block(sch, WIN_BLOCK, func_name)
     if win is not None:
         kh_ = int(sch.get(win).annotations["im2win_kh"])
         n, c, y, j = sch.get_loops(win)
