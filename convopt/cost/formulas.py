@@ -65,9 +65,9 @@ class DirectColumnTile(sp.Function):
     @classmethod
     def eval(cls, ow):
         if ow.is_Integer:
-            from ..schedules.direct_conv2d import _pick_tile
+            from ..schedules.direct_conv2d import pick_tile
 
-            return sp.Integer(_pick_tile(int(ow), 4))
+            return sp.Integer(pick_tile(int(ow), 4))
         return None
 
 
@@ -206,9 +206,9 @@ def _compiled(lowering: str, term: str):
 
 
 def _direct_column_tile(ow):
-    from ..schedules.direct_conv2d import _pick_tile
+    from ..schedules.direct_conv2d import pick_tile
 
-    return _pick_tile(round(ow), 4)
+    return pick_tile(round(ow), 4)
 
 
 def _im2col_accumulators(p, og, o, vl):

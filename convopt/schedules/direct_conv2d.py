@@ -283,7 +283,7 @@ def _loop_extent(sch, loop):
     return int(sch.get(loop).extent)
 
 
-def _pick_tile(extent: int, target: int) -> int:
+def pick_tile(extent: int, target: int) -> int:
     """Largest divisor of ``extent`` in [3/4 target, target]; else ``target`` (guarded tail)."""
     if extent <= target:
         return extent
@@ -365,7 +365,7 @@ def schedule_direct_conv2d(
         if oc_tile is None:
             oc_tile = 2 if (OCB % 2 == 0 and vec_per_block == 1) else 1
         if ow_tile is None:
-            ow_tile = _pick_tile(OW, max(1, nacc // (oc_tile * vec_per_block)))
+            ow_tile = pick_tile(OW, max(1, nacc // (oc_tile * vec_per_block)))
         bo, bi = sch.split(b, [None, oc_tile])
         xo, xi = sch.split(x, [None, ow_tile])
         red = {"rc": rc, "ry": ry, "rx": rx}

@@ -38,7 +38,13 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from .conv_spec import OUTPUT_BLOCK, optional_block, output_compute, pad_input, schedule_cuda_default
+from .conv_spec import (
+    OUTPUT_BLOCK,
+    optional_block,
+    output_compute,
+    pad_input,
+    schedule_cuda_default,
+)
 from .direct_conv2d import vector_lanes
 
 NAME = "im2col"

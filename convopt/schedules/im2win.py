@@ -40,8 +40,13 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from .conv_spec import OUTPUT_BLOCK, optional_block, output_compute, schedule_cuda_default
-from .direct_conv2d import choose_oc_block, vector_lanes
+from .conv_spec import (
+    OUTPUT_BLOCK,
+    optional_block,
+    output_compute,
+    schedule_cuda_default,
+)
+from .direct_conv2d import choose_oc_block, pick_tile, vector_lanes
 
 NAME = "im2win"
 WIN_BLOCK = "im2win_win"
@@ -140,13 +145,6 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _pick_tile(extent: int, target: int) -> int:
-    """A divisor of ``extent`` in [3/4 target, target] when there is one, else ``target`` (a guarded tail)."""
-    if extent <= target:
-        return extent
-    return next((t for t in range(target, (3 * target + 3) // 4 - 1, -1) if extent % t == 0), target)
-
-
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
@@ -168,7 +166,7 @@ def schedule_cpu(sch, func_name, target) -> None:
         # 2 vector blocks x 4 outputs: 8 accumulators (direct measured this best with AVX2)
         vecs = _ceil_div(ob, lanes)
         ot = 2 if ocb % 2 == 0 and vecs == 1 else 1
-        wt = _pick_tile(ow_, max(1, (16 if lanes >= 16 else 8) // (ot * vecs)))
+        wt = pick_tile(ow_, max(1, (16 if lanes >= 16 else 8) // (ot * vecs)))
         bo, bi = sch.split(b, [None, ot])
         xo, xi = sch.split(x, [None, wt])
         if _extent(sch, rs) * _extent(sch, rr) == 1:
@@ -183,7 +181,7 @@ def schedule_cpu(sch, func_name, target) -> None:
         sch.vectorize(lane)
     else:
         # depthwise / small groups: a run of outputs per vector, the channel block unrolled
-        wt = ow_ if ow_ <= 4 * lanes else _pick_tile(ow_, 4 * lanes)
+        wt = ow_ if ow_ <= 4 * lanes else pick_tile(ow_, 4 * lanes)
         xo, xi = sch.split(x, [None, wt])
         sch.reorder(n, b, y, xo, rc, rs, rr, lane, xi)
         sch.parallel(sch.fuse(n, b, y))

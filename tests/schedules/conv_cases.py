@@ -7,7 +7,12 @@ import tvm
 from hypothesis import strategies as st
 
 from convopt.schedules.conv_spec import ConvSpec
-from convopt.schedules.lowerings import build_kernel, host_llvm_target, lower_to_primfunc, lowering
+from convopt.schedules.lowerings import (
+    build_kernel,
+    host_llvm_target,
+    lower_to_primfunc,
+    lowering,
+)
 
 
 def error_against_torch(name: str, spec: ConvSpec, bias: bool, residual: bool, activation: str,
@@ -65,3 +70,14 @@ def lowered_bytes(name: str, spec: ConvSpec, accumulator_block: str) -> tuple[in
                                        S.LowerOpaqueBlock()])(sch.mod)
     allocated = tvm.s_tir.analysis.calculate_allocated_bytes(mod["main"])["main"]
     return staged, int(allocated.get("global", 0))
+
+
+# shapes whose workspace_bytes is compared with what the PrimFunc allocates
+WORKSPACE_SPECS = [
+    ConvSpec(1, 16, 10, 12, 16, (3, 3), (1, 1), (1, 1)),
+    ConvSpec(2, 12, 9, 9, 24, (3, 3), (2, 2), (0, 0), (1, 1), groups=3),
+    ConvSpec(1, 8, 11, 13, 8, (3, 2), (1, 2), (2, 1), (2, 1), groups=8),
+    ConvSpec(1, 16, 8, 8, 32, (1, 1)),
+    ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2)),
+    ConvSpec(1, 3, 32, 32, 16, (7, 7), (2, 2), (3, 3)),
+]

@@ -18,23 +18,11 @@ from convopt.schedules.lowerings import (
     lower_to_primfunc,
 )
 
+from .conv_cases import error_against_torch
+
 
 def _check(spec: ConvSpec, *, bias=False, residual=False, activation="none", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=gen)
-    w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=gen)
-    b = torch.randn(spec.out_channels, generator=gen) if bias else None
-    ref = torch.nn.functional.conv2d(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups)
-    r = torch.randn(ref.shape, generator=gen) if residual else None
-    if r is not None:
-        ref = ref + r
-    if activation == "relu":
-        ref = torch.relu(ref)
-    elif activation == "relu6":
-        ref = torch.clamp(ref, 0.0, 6.0)
-    y = build_kernel("fft", spec, w, b, activation=activation, residual=residual)(x, r)
-    assert y.shape == ref.shape
-    err = float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    err = error_against_torch("fft", spec, bias, residual, activation, seed)
     assert err < 1e-4, (spec.describe(), err)
 
 

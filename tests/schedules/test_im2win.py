@@ -10,7 +10,7 @@ from convopt.schedules import im2col, im2win
 from convopt.schedules.conv_spec import ConvSpec
 from convopt.schedules.lowerings import build_kernel
 
-from .conv_cases import conv_specs, error_against_torch, lowered_bytes
+from .conv_cases import WORKSPACE_SPECS, conv_specs, error_against_torch, lowered_bytes
 
 NAME = "im2win"
 ACC_BLOCK = im2win.ACC_BLOCK
@@ -42,16 +42,6 @@ def _check(spec, bias, residual, activation, seed=0):
 
 def _lowered_bytes(spec):
     return lowered_bytes(NAME, spec, ACC_BLOCK)
-
-
-WORKSPACE_SPECS = [
-    ConvSpec(1, 16, 10, 12, 16, (3, 3), (1, 1), (1, 1)),
-    ConvSpec(2, 12, 9, 9, 24, (3, 3), (2, 2), (0, 0), (1, 1), groups=3),
-    ConvSpec(1, 8, 11, 13, 8, (3, 2), (1, 2), (2, 1), (2, 1), groups=8),
-    ConvSpec(1, 16, 8, 8, 32, (1, 1)),
-    ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2)),
-    ConvSpec(1, 3, 32, 32, 16, (7, 7), (2, 2), (3, 3)),
-]
 
 
 @pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 import tvm
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -19,35 +18,14 @@ from convopt.schedules.lowerings import (
     lowering,
 )
 
+from .conv_cases import error_against_torch
+
 TOLERANCE = {"winograd2": 1e-5, "winograd4": 1e-4}
-
-
-def _reference(x, w, b, r, padding, activation):
-    y = torch.nn.functional.conv2d(x, w, b, padding=padding)
-    if r is not None:
-        y = y + r
-    if activation == "relu":
-        y = torch.relu(y)
-    elif activation == "relu6":
-        y = torch.clamp(y, 0.0, 6.0)
-    return y
 
 
 def _check(variant, n, c, h, w, o, p, bias, residual, activation, seed=0):
     spec = ConvSpec(n, c, h, w, o, (3, 3), padding=(p, p))
-    rng = np.random.default_rng(seed)
-
-    def randn(*shape):  # cloned: torch's allocator gives the 64-byte alignment TVM's from_dlpack wants
-        return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).clone()
-
-    x, wt = randn(n, c, h, w), randn(o, c, 3, 3)
-    b = randn(o) if bias else None
-    r = randn(*spec.output_shape) if residual else None
-    kernel = build_kernel(variant, spec, wt, b, activation=activation, residual=residual)
-    got = kernel(x, r)
-    ref = _reference(x, wt, b, r, p, activation)
-    assert got.shape == ref.shape
-    err = float((got - ref).abs().max() / max(float(ref.abs().max()), 1e-30))
+    err = error_against_torch(variant, spec, bias, residual, activation, seed)
     assert err < TOLERANCE[variant], (spec.describe(), err)
 
 
