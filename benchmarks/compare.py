@@ -1,64 +1,83 @@
-"""convopt against its peers on whole models: latency, interleaved in one process, with output checks.
+"""convopt against its peers on whole models: latency, each contender alone in its own process, output checked.
 
-    python benchmarks/compare.py [--models resnet18,...] [--vs eager,inductor,ort,ort-reparam] [--rounds 20]
+    python benchmarks/compare.py [--models resnet18,...] [--vs eager,inductor,ort,ort-reparam,openvino-reparam]
+                                 [--seconds 4] [--processes 2] [--out benchmarks/results/compare]
     convopt bench timm:resnet50 --vs eager,ort          (the same for one model)
 
-For each model every contender is prepared (compiled) first, its output checked against eager by
-relative error, then all are timed in rotating order (A B C, B C A, ...) with 2 threads each.
-Writes benchmarks/results/compare.{json,md}: median ms per contender and ratios against convopt.
+For each model, each contender is built in a fresh process, its output checked against eager by
+relative error, then called back to back for ``--seconds`` with 2 threads; the reported time is the
+lowest of ``--processes`` per-process medians (see convopt/bench.py for why). Writes OUT.{json,md}: ms
+per contender, convopt / peer ratios per model and their geometric means over the models.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 from pathlib import Path
 
 import torch
 
-from convopt.bench import compare_model, markdown_table, write_report
+from convopt.bench import (compare_model, entry_keys, geomean, machine_description, markdown_table,
+                           self_check_warnings, time_ratios, write_report)
 from convopt.models import parse_shape
 
 DEV_MODELS = "resnet18,resnet50,repvgg_a0,mobileone_s0,mobilenetv2_100,convnext_atto,inception_next_atto,efficientnet_b0"
 
 
+def table_rows(results: dict[str, dict[str, dict]], keys: list[str]) -> list[dict]:
+    """One row per model: ms (or the error) per contender and ``base / peer`` time ratios."""
+    base, rows = keys[0], []
+    for spec, entries in results.items():
+        row = {"model": spec}
+        for key in keys:
+            row[f"{key} ms"] = entries[key].get("median_ms", entries[key].get("error", "-")[:40])
+        row.update({f"{base} / {key}": ratio for key, ratio in time_ratios(entries, base).items()})
+        rows.append(row)
+    return rows
+
+
+def geomean_line(results: dict[str, dict[str, dict]], keys: list[str]) -> str:
+    """``base / peer`` geometric means over the models where both ran (the count when not all did)."""
+    base, parts = keys[0], []
+    for key in keys[1:]:
+        ratios = [r[key] for r in (time_ratios(entries, base) for entries in results.values()) if key in r]
+        if ratios:
+            counted = "" if len(ratios) == len(results) else f" ({len(ratios)} of {len(results)} models)"
+            parts.append(f"{key} {geomean(ratios):.3f}{counted}")
+    return f"Geometric means of {base} / peer over the models: " + ", ".join(parts) + "."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEV_MODELS, help="comma-separated timm names or model specs")
-    parser.add_argument("--vs", default="eager,inductor,ort,ort-reparam", help="peers to measure")
+    parser.add_argument("--vs", default="eager,inductor,ort,ort-reparam,openvino-reparam", help="peers to measure")
     parser.add_argument("--convopt", default="convopt", help="convopt contender(s), e.g. convopt,convopt-torch")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of timed calls per process")
+    parser.add_argument("--processes", type=int, default=2, help="processes per contender (the fastest counts)")
     parser.add_argument("--input-shape", default="1,3,224,224", help="the example input of every model")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compare"))
     args = parser.parse_args(argv)
     contenders = [c for c in args.convopt.split(",") + args.vs.split(",") if c]
-    results = {}
+    keys = entry_keys(contenders)
+    results, warnings = {}, []
     for name in args.models.split(","):
         spec = name if ":" in name else f"timm:{name}"
-        results[spec] = compare_model(spec, contenders, args.rounds, args.warmup, parse_shape(args.input_shape))
+        results[spec] = compare_model(spec, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
+                                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+        warnings += [f"{spec}: {w}" for w in self_check_warnings(results[spec])]
         print(spec, json.dumps(results[spec]), flush=True)
-    base = contenders[0]
-    rows = []
-    for spec, info in results.items():
-        row = {"model": spec}
-        for c in contenders:
-            if "median_ms" in info.get(c, {}):
-                row[f"{c} ms"] = info[c]["median_ms"]
-                if c != base and "median_ms" in info.get(base, {}):
-                    row[f"{base} / {c}"] = info[base]["median_ms"] / info[c]["median_ms"]
-            else:
-                row[f"{c} ms"] = info.get(c, {}).get("error", "-")[:40]
-        rows.append(row)
-    columns = ["model"] + [f"{c} ms" for c in contenders] + [f"{base} / {c}" for c in contenders[1:]]
-    table = markdown_table(rows, columns)
+    columns = ["model"] + [f"{k} ms" for k in keys] + [f"{keys[0]} / {k}" for k in keys[1:]]
+    table = "\n\n".join([markdown_table(table_rows(results, keys), columns), geomean_line(results, keys), *warnings])
     command = "python benchmarks/compare.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
-    meta = {"command": command, "threads": 2, "batch": 1, "torch": torch.__version__,
-            "machine": platform.machine()}
-    write_report(args.out, command, f"medians of {args.rounds} interleaved rounds, 2 threads, input {args.input_shape}; "
-                 "ratio < 1 means convopt is faster", table, {"meta": meta, "results": results})
+    meta = {"command": command, "machine": machine_description(), "batch": 1,
+            "torch": torch.__version__, "seconds": args.seconds, "processes": args.processes}
+    caption = (f"{machine_description()}; input {args.input_shape}; each contender alone in its own process, "
+               f"lowest of {args.processes} per-process medians over {args.seconds:g} s of calls; "
+               f"ratio < 1 means {keys[0]} is faster")
+    write_report(args.out, command, caption, table, {"meta": meta, "results": results})
     print(table)
     return 0
 

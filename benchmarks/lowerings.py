@@ -37,9 +37,10 @@ from convopt.bench import markdown_table
 from convopt.cost.calibrate import build_all, time_interleaved
 from convopt.cost.model import predict_all
 from convopt.cost.profile import load_profile
-from convopt.optimize import relative_error
-from convopt.schedules.conv_spec import ConvSpec
+from convopt.numerics import relative_error
+from convopt.schedules.conv_spec import ConvSpec, conv_spec_of
 from convopt.schedules.lowerings import LOWERINGS, lowering
+from convopt.target import Target, resolve_target
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = "resnet50,mobilenetv2_100,repvgg_a0,convnext_atto,large_kernel"
@@ -50,7 +51,6 @@ def model_layers(name: str) -> list[tuple[ConvSpec, int, str]]:
     """(spec, count, first layer's module name) per distinct conv shape of the model after convopt's passes."""
     import convopt
     from convopt.models import load_model
-    from convopt.passes.select_lowering import conv_spec_of
 
     if name == "large_kernel":
         model = load_model(f"{ROOT / 'tests' / 'large_kernel_block.py'}:large_kernel_net")
@@ -88,10 +88,10 @@ def _ort_conv(spec: ConvSpec, weight, bias):
     return lambda inp: session.run(None, {"x": inp})[0]
 
 
-def measure_layer(spec: ConvSpec, rounds: int, with_ort: bool) -> dict:
+def measure_layer(spec: ConvSpec, rounds: int, with_ort: bool, target: Target) -> dict:
     names = [name for name in LOWERINGS if lowering(name).supports(spec) is None]
     start = time.perf_counter()
-    x, w, b, kernels = build_all(spec, names)
+    x, w, b, kernels = build_all(spec, names, target)
     build_seconds = time.perf_counter() - start
     expected = torch.relu(torch.nn.functional.conv2d(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups))
     errors = {name: relative_error(k(x), expected) for name, k in kernels.items()}
@@ -106,14 +106,18 @@ def measure_layer(spec: ConvSpec, rounds: int, with_ort: bool) -> dict:
             "build_s": build_seconds}
 
 
-def judge(row: dict, spec: ConvSpec, profile) -> dict:
-    """The row with the cost model's predictions, its choice, the measured best and whether they agree."""
-    predicted = {k: v * 1e3 for k, v in predict_all(spec, profile).items()}
+def judge(row: dict, spec: ConvSpec, profile, lanes: int) -> dict:
+    """The row with the cost model's predictions, its choice, the measured best and whether they agree, and
+    the best lowering's and the peers' GFLOP/s (the conv's direct multiply-adds x 2 per second) against the
+    machine's measured peak."""
+    predicted = {k: v * 1e3 for k, v in predict_all(spec, profile, lanes).items()}
     measured = row["measured_ms"]
     lowered = {k: v for k, v in measured.items() if k in LOWERINGS}
     best, chosen = min(lowered, key=lowered.get), min(predicted, key=predicted.get)
+    gflops = {k: 2 * spec.macs / (v * 1e-3) / 1e9 for k, v in measured.items()}
     return {**row, "predicted_ms": predicted, "chosen": chosen, "best": best,
-            "hit": measured[chosen] <= HIT_MARGIN * measured[best]}
+            "hit": measured[chosen] <= HIT_MARGIN * measured[best], "gflops": gflops,
+            "best_of_peak": gflops[best] * 1e9 / profile.peak_flops}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -169,7 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", default=str(ROOT / "docs" / "lowerings.png"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    profile = load_profile()
+    target = resolve_target("cpu")
+    profile = load_profile(target)
     json_path = Path(args.out + ".json")
     done = {}
     if args.resume and json_path.is_file():
@@ -179,11 +184,11 @@ def main(argv=None) -> int:
         for spec, count, scope in model_layers(model):
             key = (model, spec.describe())
             if key in done:  # measured before: only the predictions are made again (profile may be new)
-                row = judge(done[key], spec, profile)
+                row = judge(done[key], spec, profile, target.lanes)
             else:
                 with_ort = args.ort == "all" or (args.ort == "large" and spec.is_depthwise and spec.kernel[0] >= 7)
                 row = judge({"model": model, "layer": spec.describe(), "first": scope, "count": count,
-                             **measure_layer(spec, args.rounds, with_ort)}, spec, profile)
+                             **measure_layer(spec, args.rounds, with_ort, target)}, spec, profile, target.lanes)
             rows.append(row)
             measured, best, chosen = row["measured_ms"], row["best"], row["chosen"]
             print(f"{model:16s} {spec.describe():34s} x{count:<3d} best {best:9s} {measured[best]:8.3f} ms  chosen "
@@ -194,18 +199,24 @@ def main(argv=None) -> int:
     summary = summarize(rows)
     command = "python benchmarks/lowerings.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "plot", "resume"))
-    json_path.write_text(json.dumps({"command": command, "profile": profile.cpu, "summary": summary,
+    json_path.write_text(json.dumps({"command": command, "profile": profile.cpu, "target": target.key,
+                                     "peak_gflops": profile.peak_flops / 1e9, "summary": summary,
                                      "by_model": {m: summarize([r for r in rows if r["model"] == m])
                                                   for m in args.models.split(",")}, "rows": rows}, indent=1))
     columns = ["model", "layer", "count"] + [f"{n} ms" for n in LOWERINGS] + ["eager ms", "ort ms", "best",
-                                                                             "chosen", "predicted ms (chosen)", "hit"]
+                                                                             "chosen", "predicted ms (chosen)", "hit",
+                                                                             "best GFLOP/s", "of peak",
+                                                                             "eager GFLOP/s", "ort GFLOP/s"]
     table_rows = []
     for r in rows:
         t = {"model": r["model"], "layer": r["layer"], "count": r["count"], "best": r["best"], "chosen": r["chosen"],
-             "predicted ms (chosen)": r["predicted_ms"][r["chosen"]], "hit": "yes" if r["hit"] else "**no**"}
+             "predicted ms (chosen)": r["predicted_ms"][r["chosen"]], "hit": "yes" if r["hit"] else "**no**",
+             "best GFLOP/s": r["gflops"][r["best"]], "of peak": f"{r['best_of_peak']:.0%}",
+             "eager GFLOP/s": r["gflops"]["eager"], "ort GFLOP/s": r["gflops"].get("ort", "")}
         t.update({f"{k} ms": v for k, v in r["measured_ms"].items()})
         table_rows.append(t)
-    text = (f"`{command}`\n\nFastest of {args.rounds} interleaved rounds, 2 threads, batch 1. "
+    text = (f"`{command}`\n\n{profile.cpu}, target {target.key}, measured peak {profile.peak_flops / 1e9:.0f} "
+            f"GFLOP/s (GEMM). Fastest of {args.rounds} interleaved rounds, 2 threads, batch 1. "
             f"Cost model picks the measured best or one within 10% of it on {summary['hits']} of "
             f"{summary['layers']} distinct layers ({summary['hit_rate']:.0%}; {summary['hit_rate_by_count']:.0%} "
             f"counting each layer as often as it occurs).\n\n" + markdown_table(table_rows, columns) + "\n")

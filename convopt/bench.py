@@ -1,19 +1,43 @@
-"""Benchmark helpers: contenders timed interleaved in one process (A B C A B C ...), medians and ratios.
+"""Benchmark harness: every contender built and timed alone in its own process, best of a few processes.
 
-The machine is shared and noisy, so contenders are never timed in separate blocks: each round runs
-every contender once, in a rotating order, and the summary is the median per contender and the
-ratio of medians against a baseline.
+Why not one process: thread pools (ONNX Runtime, OpenMP, TVM) keep spinning after a call and slow down
+whoever runs next, so contenders interleaved in one process (A B C A B C ...) measured each other's
+leftovers: ONNX Runtime on identical graphs differed 1.7x between rows of one run on this 2-core
+machine. ``compare_model`` therefore runs ``python -m convopt.bench_worker`` once per contender, one
+after the other and never two at once; the worker builds the contender, checks its output against
+eager and reports the median of back-to-back calls over a few seconds.
+
+Why best of several processes: the shared machine sometimes runs a whole process 2x slow. Each
+contender gets ``processes`` processes (in rounds: A B C, A B C, so a slow phase hits all alike) and
+the reported median is the minimum of the per-process medians (all are kept in ``process_medians_ms``).
+
+A contender may be listed twice (``ort-reparam,ort-reparam``): its entries are keyed ``ort-reparam``
+and ``ort-reparam#2``, and ``self_check_warnings`` flags entries of one contender that disagree by more
+than 5%, i.e. the noise floor of the run.
+
+``measure_interleaved`` remains for in-process timing of small kernels (cost-model calibration), where
+a process per call would cost more than the call.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-import torch
+from .contenders import THREADS, check_names
+
+SELF_CHECK_TOLERANCE = 0.05
+WORKER_TIMEOUT_S = 1800  # building inductor or convopt on a large model takes minutes on 2 busy cores
 
 
 def measure_interleaved(contenders: dict[str, Callable[[], object]], *, rounds: int = 20,
@@ -48,6 +72,120 @@ def summarize(times: dict[str, list[float]], baseline: str) -> dict[str, dict[st
     return out
 
 
+def entry_keys(contenders: list[str]) -> list[str]:
+    """One key per listed contender: a repeated name gets ``#2``, ``#3``, ... so each runs separately."""
+    seen: dict[str, int] = defaultdict(int)
+    keys = []
+    for name in contenders:
+        seen[name] += 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
+def contender_of(key: str) -> str:
+    return key.partition("#")[0]
+
+
+def run_worker(spec: str, contender: str, input_shape: tuple[int, ...], seed: int, seconds: float) -> dict:
+    """One fresh process that builds and times ``contender`` (see ``convopt.bench_worker``); its JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TVM_NUM_THREADS": str(THREADS)}
+    with tempfile.TemporaryDirectory(prefix="convopt-bench-") as tmp:
+        result = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "convopt.bench_worker", "--model", spec, "--contender", contender,
+                   "--input-shape", ",".join(map(str, input_shape)), "--seed", str(seed),
+                   "--seconds", str(seconds), "--result", str(result)]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {"error": f"worker timed out after {WORKER_TIMEOUT_S} s"}
+        if result.is_file():
+            return json.loads(result.read_text())
+    last_line = (done.stderr.strip().splitlines() or [""])[-1][:200]
+    return {"error": f"worker exited with code {done.returncode}: {last_line}"}
+
+
+def best_of(measurements: list[dict]) -> dict:
+    """The process with the lowest median, with every process's median; the first error if any failed."""
+    failed = [m for m in measurements if "error" in m]
+    if failed:
+        return failed[0]
+    best = min(measurements, key=lambda m: m["median_ms"])
+    return {**best, "process_medians_ms": [m["median_ms"] for m in measurements]}
+
+
+def compare_model(spec: str, contenders: list[str], seconds: float = 4.0, processes: int = 2,
+                  input_shape: tuple[int, ...] = (1, 3, 224, 224), seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """{entry key: result} for each contender on one model, each timed in ``processes`` processes of its own.
+
+    A contender that fails is reported as ``{"error": ...}`` and not run again.
+    """
+    check_names(contenders)
+    if processes < 1 or seconds <= 0:
+        raise ValueError(f"need at least one process and a positive time, got {processes} processes, {seconds} s")
+    keys = entry_keys(contenders)
+    measurements: dict[str, list[dict]] = {key: [] for key in keys}
+    for process in range(1, processes + 1):
+        for key in keys:
+            if any("error" in m for m in measurements[key]):
+                continue
+            result = run_worker(spec, contender_of(key), input_shape, seed, seconds)
+            measurements[key].append(result)
+            if progress:
+                outcome = result.get("error") or f"{result['median_ms']:.3g} ms"
+                progress(f"{spec} {key} (process {process}/{processes}): {outcome}")
+    return {key: best_of(results) for key, results in measurements.items()}
+
+
+def time_ratios(results: dict[str, dict], base: str) -> dict[str, float]:
+    """{key: base median / key median} for every timed entry but ``base``; < 1 means base is faster."""
+    if "median_ms" not in results.get(base, {}):
+        return {}
+    return {key: results[base]["median_ms"] / r["median_ms"]
+            for key, r in results.items() if key != base and "median_ms" in r}
+
+
+def self_check_warnings(results: dict[str, dict]) -> list[str]:
+    """Warnings for a repeated contender whose entries disagree by more than 5%, and for workers that
+    built different weights or inputs (which would make their numbers incomparable)."""
+    warnings = []
+    medians: dict[str, dict[str, float]] = defaultdict(dict)
+    for key, r in results.items():
+        if "median_ms" in r:
+            medians[contender_of(key)][key] = r["median_ms"]
+    for name, entries in medians.items():
+        fastest, slowest = min(entries, key=entries.get), max(entries, key=entries.get)
+        spread = entries[slowest] / entries[fastest] - 1
+        if spread > SELF_CHECK_TOLERANCE:
+            warnings.append(f"warning: {fastest} and {slowest} differ by {spread:.0%} ({entries[fastest]:.2f} vs "
+                            f"{entries[slowest]:.2f} ms): differences below that are noise on this run")
+    digests = {r["reference_digest"] for r in results.values() if "reference_digest" in r}
+    if len(digests) > 1:
+        warnings.append("warning: the workers built different weights or inputs; the numbers are not comparable")
+    return warnings
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def cpu_isa() -> str:
+    """The widest x86 SIMD extension the CPU reports (avx512f or avx2), else the machine's architecture."""
+    try:
+        flags_line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return platform.machine()
+    flags = set(flags_line.split(":", 1)[1].split())
+    return next((isa for isa in ("avx512f", "avx2") if isa in flags), platform.machine())
+
+
+def machine_description() -> str:
+    """``CPU model name, ISA, N threads``: what a reader needs to compare numbers across machines."""
+    from .cost.profile import cpu_name
+
+    return f"{cpu_name()}, {cpu_isa()}, {THREADS} threads"
+
+
 def write_report(out_prefix: str, command: str, caption: str, table: str, data: dict) -> None:
     """``out_prefix.md`` (the command, what was measured, the table) and ``out_prefix.json`` (raw data)."""
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
@@ -64,32 +202,3 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def compare_model(spec: str, contenders: list[str], rounds: int = 20, warmup: int = 3,
-                  input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> dict:
-    """Prepare each contender on one model, check its output against eager, time all interleaved."""
-    from .contenders import prepare
-    from .models import load_model
-    from .optimize import relative_error
-
-    torch.manual_seed(0)
-    model = load_model(spec).eval()
-    x = torch.randn(input_shape)
-    with torch.no_grad():
-        expected = model(x)
-    runs, info = {}, {}
-    for name in contenders:
-        start = time.perf_counter()
-        try:
-            runs[name] = prepare(name, model, x)
-            out = runs[name]()
-        except Exception as e:  # a peer that cannot run this model is reported, not fatal
-            info[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-            runs.pop(name, None)
-            continue
-        info[name] = {"prepare_s": time.perf_counter() - start, "relative_error": relative_error(out, expected)}
-    times = measure_interleaved(runs, rounds=rounds, warmup=warmup)
-    for name, samples in times.items():
-        info[name]["median_ms"] = statistics.median(samples) * 1e3
-    return info

@@ -1,4 +1,4 @@
-"""The ``convopt`` command: ``convopt dump|optimize|bench MODEL ...`` and ``convopt calibrate``."""
+"""The ``convopt`` command: ``convopt dump|optimize|report|bench MODEL ...`` and ``convopt calibrate``."""
 
 from __future__ import annotations
 
@@ -32,16 +32,13 @@ def _prepare(args):
 def _dump(args) -> int:
     from . import capture
     from .ir import to_dot
-    from .pipeline import PIPELINES, run_passes, select_passes
+    from .pipeline import build, run_passes
+    from .target import resolve_target
 
+    target = resolve_target("cpu") if args.target == "cpu" else None  # cpu: the lowerings optimize() would choose
+    passes = build(args.mode, target, lowering=_lowering_arg(args), skip=args.skip_pass)
     model, x = _prepare(args)
     graph = capture(model, x, mode=args.mode)
-    passes = select_passes(PIPELINES[args.mode], skip=args.skip_pass)
-    if args.target == "cpu" and args.mode == "inference":  # the conv lowerings optimize() would choose
-        from .backends.tvm_backend import host_target
-        from .optimize import _lowering_pass
-
-        passes = (*passes, _lowering_pass(host_target(), _lowering_arg(args)))
     graph, records = run_passes(graph, passes, dump_dir=args.after_each_pass, verify=True)
     text = to_dot(graph) if args.format == "dot" else str(graph)
     if args.output:
@@ -56,16 +53,15 @@ def _dump(args) -> int:
 
 
 def _optimize(args) -> int:
-    from . import capture, optimize
+    from . import optimize
     from .optimize import CheckError, check_against_eager
 
     model, x = _prepare(args)
-    before = capture(model, x, mode=args.mode).op_counts()
     start = time.perf_counter()
     result = optimize(model, x, target=args.target, mode=args.mode, dump_ir=args.dump_ir,
                       skip_passes=args.skip_pass, check=False, lowering=_lowering_arg(args))
     seconds = time.perf_counter() - start
-    after = result.graph.op_counts()
+    before, after = result.captured_op_counts, result.graph.op_counts()
     print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s, "
           f"target {result.target}")
     for op in sorted(set(before) | set(after)):
@@ -85,6 +81,19 @@ def _optimize(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from . import optimize
+    from .report import format_table, report
+
+    model, x = _prepare(args)
+    fast = optimize(model, x, target=args.target, skip_passes=args.skip_pass, lowering=_lowering_arg(args))
+    result = report(fast, x, out=args.out, runs=args.runs, model=args.model)
+    print(format_table(result, top=args.top))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roofline.png'}")
+    return 0
+
+
 def _lowering_arg(args):
     """--lowering NAME (every conv it can run) or --lowering LAYER=NAME (repeatable) -> optimize(lowering=)."""
     values = getattr(args, "lowering", None) or []
@@ -99,37 +108,43 @@ def _lowering_arg(args):
 
 def _calibrate(args) -> int:
     from .cost.calibrate import CALIBRATION_SHAPES, calibrate
-    from .cost.profile import measure_machine, save_profile
+    from .cost.profile import measure_machine, profile_path, save_profile
+    from .target import resolve_target
 
-    profile = measure_machine()
-    print(f"{profile.cpu}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
+    target = resolve_target("cpu")
+    profile = measure_machine(target)
+    print(f"{profile.cpu}, target {target.key}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
-    profile, _ = calibrate(profile, shapes=shapes, progress=print)
+    profile, _ = calibrate(profile, target, shapes=shapes, progress=print)
     for name, coefs in profile.coefficients.items():
         print(f"  {name:10s} " + "  ".join(f"{k}={v:.3g}" for k, v in coefs.items()))
-    print(f"wrote {save_profile(profile, args.output and Path(args.output))}")
+    print(f"wrote {save_profile(profile, Path(args.output) if args.output else profile_path(target))}")
     return 0
 
 
 def _bench(args) -> int:
-    from .bench import compare_model, markdown_table
+    from .bench import compare_model, entry_keys, machine_description, markdown_table, self_check_warnings, time_ratios
     from .models import parse_shape
 
     contenders = [c for c in (args.convopt + "," + args.vs).split(",") if c]
-    info = compare_model(args.model, contenders, args.rounds, args.warmup, parse_shape(args.input_shape))
-    base = info.get(contenders[0], {}).get("median_ms")
-    rows = [{"contender": c, "median ms": r.get("median_ms", r.get("error", "-")),
-             "rel. error vs eager": r.get("relative_error", "-"),
-             f"{contenders[0]} / this": base / r["median_ms"] if base and "median_ms" in r else "-"}
-            for c, r in info.items()]
-    print(f"{args.model}, input {args.input_shape}, 2 threads, medians of {args.rounds} interleaved rounds")
+    base = entry_keys(contenders)[0]
+    results = compare_model(args.model, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
+                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+    ratios = time_ratios(results, base)
+    rows = [{"contender": key, "median ms": r.get("median_ms", r.get("error", "-")),
+             "rel. error vs eager": r.get("relative_error", "-"), f"{base} / this": ratios.get(key, "-")}
+            for key, r in results.items()]
+    print(f"{args.model}, input {args.input_shape}, {machine_description()}; each contender alone in its own "
+          f"process, best of {args.processes} process medians over {args.seconds:g} s of calls")
     print(markdown_table(rows, list(rows[0])))
+    for warning in self_check_warnings(results):
+        print(warning)
     if args.json:
         import json
 
         with open(args.json, "w") as f:
-            json.dump(info, f, indent=2)
+            json.dump(results, f, indent=2)
     return 0
 
 
@@ -148,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="cpu, cuda or torch (default: cpu, or torch where TVM cannot compile the graph)")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass that changed it")
     opt.set_defaults(run=_optimize)
-    for p in (dump, opt):
+    rep = sub.add_parser("report", help="time a compiled model kernel by kernel against the machine's roofline")
+    _common(rep)
+    rep.add_argument("--target", default="cpu", help="a TVM target: cpu (default) or cuda")
+    rep.add_argument("--out", metavar="DIR", help="write DIR/report.json and DIR/roofline.png")
+    rep.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
+    rep.add_argument("--top", type=int, default=25, help="kernels in the table (default 25)")
+    rep.set_defaults(run=_report)
+    for p in (dump, opt, rep):
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
                        help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")
@@ -160,13 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
     cal.set_defaults(run=_calibrate)
 
-    bench = sub.add_parser("bench", help="time convopt against eager, inductor and ONNX Runtime on one model")
+    bench = sub.add_parser("bench", help="time convopt against eager, inductor, ONNX Runtime and OpenVINO on one "
+                                         "model, each contender alone in its own process")
     bench.add_argument("model", help="timm:NAME, torchvision:NAME or path/to/file.py:factory")
     bench.add_argument("--input-shape", default="1,3,224,224")
-    bench.add_argument("--vs", default="eager,inductor,ort,ort-reparam", help="peers (comma-separated)")
-    bench.add_argument("--convopt", default="convopt", help="convopt contenders: convopt (TVM cpu), convopt-torch")
-    bench.add_argument("--rounds", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--vs", default="eager,inductor,ort,ort-reparam,openvino-reparam",
+                       help="peers (comma-separated; one listed twice runs twice, a check that the two agree): "
+                            "eager, inductor, ort, ort-reparam, openvino, openvino-reparam, convopt, convopt-torch")
+    bench.add_argument("--convopt", default="convopt",
+                       help="convopt contender(s), the base of the ratios: convopt (TVM cpu), convopt-torch")
+    bench.add_argument("--seconds", type=float, default=4.0, help="seconds of timed calls per process (default 4)")
+    bench.add_argument("--processes", type=int, default=2,
+                       help="processes per contender; the fastest process median is reported (default 2)")
     bench.add_argument("--json", help="also write the raw results here")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)

@@ -1,13 +1,18 @@
 """The peers convopt is measured against, each prepared as a zero-argument callable on one input.
 
-    eager        the model in PyTorch, eval mode, no_grad
-    inductor     torch.compile (inductor) with freezing, no_grad
-    ort          ONNX Runtime (CPU) on the model exported with torch.onnx (opset 17)
-    ort-reparam  ONNX Runtime on timm's reparameterize_model(model): the strongest peer measured here
-    convopt      convopt.optimize(model, x, target=...) (default: the TVM CPU target)
-    convopt-torch  convopt.optimize(model, x, target="torch")
+    eager             the model in PyTorch, eval mode, no_grad
+    inductor          torch.compile (inductor) with freezing, no_grad
+    ort               ONNX Runtime (CPU) on the model exported with torch.onnx (opset 17)
+    ort-reparam       ONNX Runtime on timm's reparameterize_model(model)
+    openvino          OpenVINO (CPU, f32, latency hint) on the same ONNX export as ``ort``
+    openvino-reparam  OpenVINO on timm's reparameterize_model(model)
+    convopt           convopt.optimize(model, x, target="cpu") (TVM)
+    convopt-torch     convopt.optimize(model, x, target="torch")
 
-Every contender uses 2 threads. ``prepare`` returns (callable, output) so a caller can check outputs.
+Every contender uses ``THREADS`` threads. ONNX Runtime and OpenVINO read one shared export
+(``onnx_bytes``) so their numbers differ by runtime only, never by how the graph was exported. The
+``-reparam`` variants exist because timm's reparameterization (RepVGG / MobileOne branch merging) is
+what a user of those runtimes would do by hand; convopt does the same merging itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,21 @@ from typing import Callable
 import torch
 
 THREADS = 2
+OPENVINO_CONFIG = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                   # without it OpenVINO may run bf16 on AMX machines: compare f32 with f32
+                   "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def onnx_bytes(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+    """The model as ONNX (TorchScript exporter, opset 17, one input named ``x``), readable by ORT 1.31."""
+    import onnx
+
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    proto = onnx.load_from_string(buffer.getvalue())
+    if proto.ir_version > 9:
+        proto.ir_version = 9  # onnxruntime 1.31 refuses newer IR versions
+    return proto.SerializeToString()
 
 
 def _eager(model, x):
@@ -33,27 +53,36 @@ def _inductor(model, x):
     return lambda: compiled(x)
 
 
-def _onnx_session(model, x):
-    import onnx
+def _onnx_runtime(model, x):
     import onnxruntime as ort
 
-    buffer = io.BytesIO()
-    torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    proto = onnx.load_from_string(buffer.getvalue())
-    if proto.ir_version > 9:
-        proto.ir_version = 9  # onnxruntime 1.31 refuses newer IR versions
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes(model, x), options, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
-def _ort_reparam(model, x):
-    from timm.utils.model import reparameterize_model
+def _openvino(model, x):
+    import openvino
 
-    return _onnx_session(reparameterize_model(copy.deepcopy(model)), x)
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(onnx_bytes(model, x)), "CPU", OPENVINO_CONFIG)
+    request = compiled.create_infer_request()
+    feed = {0: x.numpy()}
+    return lambda: torch.from_numpy(request.infer(feed, share_inputs=True)[0])
+
+
+def _on_reparameterized(prepare: Callable) -> Callable:
+    """``prepare`` applied to timm's reparameterize_model of a copy of the model."""
+
+    def prepare_reparameterized(model, x):
+        from timm.utils.model import reparameterize_model
+
+        return prepare(reparameterize_model(copy.deepcopy(model)), x)
+
+    return prepare_reparameterized
 
 
 def _convopt(target: str):
@@ -69,16 +98,23 @@ def _convopt(target: str):
 CONTENDERS: dict[str, Callable] = {
     "eager": _eager,
     "inductor": _inductor,
-    "ort": _onnx_session,
-    "ort-reparam": _ort_reparam,
+    "ort": _onnx_runtime,
+    "ort-reparam": _on_reparameterized(_onnx_runtime),
+    "openvino": _openvino,
+    "openvino-reparam": _on_reparameterized(_openvino),
     "convopt": _convopt("cpu"),
     "convopt-torch": _convopt("torch"),
 }
 
 
+def check_names(names: list[str]) -> None:
+    unknown = [name for name in names if name not in CONTENDERS]
+    if unknown:
+        raise ValueError(f"unknown contender(s) {', '.join(map(repr, unknown))}; known: {', '.join(CONTENDERS)}")
+
+
 def prepare(name: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    if name not in CONTENDERS:
-        raise ValueError(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}")
+    check_names([name])
     torch.set_num_threads(THREADS)
     with torch.no_grad():
         fn = CONTENDERS[name](model.eval(), x)
@@ -90,4 +126,4 @@ def prepare(name: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], 
     return run
 
 
-__all__ = ["CONTENDERS", "prepare"]
+__all__ = ["CONTENDERS", "THREADS", "check_names", "onnx_bytes", "prepare"]

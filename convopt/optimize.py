@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from typing import Any, Iterable
@@ -13,24 +12,18 @@ from torch.utils import _pytree as pytree
 
 from .backends.torch_backend import to_torch
 from .capture import as_args, capture_program, modes_set
-from .ir.graph import Graph
+from .ir.graph import Graph, op_label
 from .ir.ops import Op
 from .ir.types import TensorType
-from .pipeline import LATE_PASSES, PIPELINES, Pass, PassRecord, is_selected, run_passes, select_passes
+from .numerics import relative_error
+from .pipeline import MODES, PassRecord, build, run_passes
+from .target import resolve_target
 
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
 class CheckError(AssertionError):
     pass
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max|a - b| / max|b|: the only honest comparison for outputs whose scale varies by 1e8."""
-    actual, expected = actual.detach().double(), expected.detach().double()
-    scale = expected.abs().max().item() if expected.numel() else 0.0
-    diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
-    return diff / scale if scale > 0 else diff
 
 
 class OptimizedModule(nn.Module):
@@ -46,6 +39,7 @@ class OptimizedModule(nn.Module):
         self.graph = graph
         self.mode = mode
         self.pass_records = records
+        self.captured_op_counts: dict[str, int] = {}  # the graph's ops as captured, before the passes
         self._in_spec = in_spec
         self._out_spec = out_spec
         object.__setattr__(self, "_compiled", compiled)  # not a child: its state is shared below
@@ -101,9 +95,9 @@ class OptimizedModule(nn.Module):
 
     @property
     def target(self) -> str:
-        """Where it runs: "torch", or the TVM target as JSON."""
+        """Where it runs: "torch", or the key of the TVM target (convopt.target.Target.key)."""
         compiled_target = getattr(self._compiled, "target", None)
-        return "torch" if compiled_target is None else str(compiled_target)
+        return "torch" if compiled_target is None else compiled_target.key
 
     def save(self, path: str | os.PathLike) -> os.PathLike:
         """Write a deployable folder (compiled library, input signature, IR); ``convopt.load`` runs it."""
@@ -145,34 +139,23 @@ def check_against_eager(model: nn.Module, result: OptimizedModule, example_input
                 "check=False returns the module anyway.")
 
 
-def _default_target(model: nn.Module, graph: Graph, mode: str) -> str:
-    """TVM for inference ("cuda" when the model lives on a GPU, else "cpu"); PyTorch for training, and for
-    graphs with an op TVM cannot compile (with a warning naming it), so the default always works."""
-    if mode == "train":
-        return "torch"
-    on_cuda = any(p.is_cuda for p in model.parameters())
+def _on_cuda(model: nn.Module) -> bool:
+    return any(p.is_cuda for p in model.parameters())
+
+
+def _tvm_fallback(graph: Graph) -> str | None:
+    """Why the default target can't compile ``graph`` with TVM (the first op without a lowering), or None."""
     from .backends.relax_emit import unsupported_nodes
 
     missing = unsupported_nodes(graph)
-    if missing:
-        n = missing[0]
-        what = n.attrs.target if n.op is Op.TORCH else n.op.value
-        warnings.warn(f"node %{n.name} ({what}) has no TVM lowering; running this model with target='torch'",
-                      stacklevel=3)
-        return "torch"
-    return "cuda" if on_cuda else "cpu"
+    if not missing:
+        return None
+    n = missing[0]
+    return f"node %{n.name} ({op_label(n)}) has no TVM lowering"
 
 
-def _lowering_pass(target, lowering: str | dict[str, str] | None) -> Pass:
-    from .cost.profile import load_profile
-    from .passes.select_lowering import select_lowering
-    from .schedules.direct_conv2d import vector_lanes
-
-    overrides = lowering if isinstance(lowering, dict) else None
-    default = lowering if isinstance(lowering, str) else None
-    profile, lanes = load_profile(), vector_lanes(target)
-    return Pass("select_lowering", functools.partial(select_lowering, profile=profile, lanes=lanes,
-                                                     overrides=overrides, default=default))
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
@@ -181,48 +164,48 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
              lowering: str | dict[str, str] | None = None) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
-    target: "cpu" / "cuda" (or a TVM target dict) compile the graph with TVM (inference only; every op
-    must have a TVM lowering); "torch" runs it with PyTorch kernels. The default (None) is "cpu", or
-    "cuda" for a model on a GPU, and "torch" for mode="train" or a graph with an op TVM cannot compile
-    (with a warning). mode: "inference" (eval-mode
-    semantics, frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for
-    the IR after capture and after each pass that changed it. passes / skip_passes: select or leave out
-    passes by name. check: compare against the eager model on ``example_inputs`` (relative error,
-    1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between passes
-    (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost model
-    picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col", "im2win",
-    "winograd2", "winograd4", "fft") forces it wherever it applies, and a dict {layer: lowering} forces it
-    per layer (keys: module names such as "layer1.0.conv1", or IR node names).
+    target: "cpu" / "cuda" (or a TVM target dict, a tvm.target.Target or a convopt Target) compile the
+    graph with TVM (inference only; every op must have a TVM lowering); "torch" runs it with PyTorch
+    kernels. The default (None) is "cpu", or "cuda" for a model on a GPU, and "torch" for mode="train"
+    or a graph with an op TVM cannot compile (with a warning). mode: "inference" (eval-mode semantics,
+    frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for the IR after
+    capture and after each pass that changed it. passes / skip_passes: select or leave out passes by
+    name (also CONVOPT_SKIP_PASSES=a,b). check: compare against the eager model on ``example_inputs``
+    (relative error, 1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between
+    passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
+    model picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col",
+    "im2win", "winograd2", "winograd4", "fft") forces it wherever it applies, and a dict {layer: lowering}
+    forces it per layer (keys: module names such as "layer1.0.conv1", or IR node names).
     """
-    if mode not in PIPELINES:
-        raise ValueError(f"mode must be one of {sorted(PIPELINES)}, not {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
+    defaulted = target is None
+    if defaulted:
+        target = "torch" if mode == "train" else "cuda" if _on_cuda(model) else "cpu"
+    if target != "torch":
+        target = resolve_target(target)
+        if mode != "inference":
+            raise ValueError(f"target={target} compiles inference graphs; train with target='torch'")
+    skip = set(skip_passes) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
+    pipeline = build(mode, target, lowering=lowering, only=passes, skip=skip)
     captured = capture_program(model, example_inputs, mode=mode)
-    passes = None if passes is None else list(passes)
-    pipeline = select_passes(PIPELINES[mode], only=passes, skip=skip_passes, late=LATE_PASSES[mode])
+    verify = _env_flag("CONVOPT_VERIFY") if verify is None else verify
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
-    if target is None:
-        target = _default_target(model, graph, mode)
+    if defaulted and target != "torch":
+        reason = _tvm_fallback(graph)
+        if reason is not None:
+            warnings.warn(f"{reason}; running this model with target='torch'", stacklevel=2)
+            target = "torch"
     if target == "torch":
-        if lowering is not None:
-            raise ValueError("lowering= chooses conv algorithms for a TVM CPU target; target='torch' runs "
-                             "PyTorch's kernels")
         compiled = to_torch(graph, trainable=(mode == "train"))
     else:
-        from .backends.tvm_backend import TVMGraphModule, compile_graph, resolve_target
+        from .backends.tvm_backend import TVMGraphModule, compile_graph
 
-        if mode != "inference":
-            raise ValueError(f"target={target!r} compiles inference graphs; train with target='torch'")
-        tvm_target = resolve_target(target)
-        if tvm_target.kind.name == "llvm" and is_selected("select_lowering", only=passes, skip=skip_passes):
-            graph, more = run_passes(graph, [_lowering_pass(tvm_target, lowering)], dump_dir=dump_ir, verify=verify,
-                                     first_index=len(pipeline) + 1, ran_before=[r.name for r in records])
-            records = records + more
-        elif lowering is not None:
-            raise ValueError("lowering= needs a TVM CPU target and the select_lowering pass "
-                             f"(target: {tvm_target.kind.name}; on CUDA convs use TVM's conv2d)")
-        compiled = TVMGraphModule(compile_graph(graph, tvm_target), tvm_target)
+        executable, kernels = compile_graph(graph, target)
+        compiled = TVMGraphModule(executable, target, kernels)
     frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
     result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)
+    result.captured_op_counts = captured.graph.op_counts()
     if check:
         check_against_eager(model, result, example_inputs)
     return result

@@ -1,16 +1,26 @@
-"""The pass pipeline: an explicit ordered list of passes and the instruments around each one.
+"""The pass pipeline: ``build(mode, target, ...)`` makes the ordered list of passes for a mode and a compile
+target, and ``run_passes`` runs it with the instruments around each pass.
+
+The pipelines, in order:
+
+    inference  canonicalize, fold_constants, fold_conv_bn, merge_branches, eliminate_dead_code,
+               then select_lowering when the target is a TVM CPU target (it needs the target's SIMD
+               width and the cost-model profile of the target's machine)
+    train      canonicalize, tune_conv_bn, eliminate_dead_code
 
 Instruments (TVM's PassInstrument idea, without the plumbing):
 - dump: write the IR to ``DIR/000_capture.ir`` and, after each pass that changed the graph,
   ``DIR/{i:03d}_{pass}.ir`` (i is the pass's position in the pipeline);
-- verify: run ``convopt.ir.verify`` after every pass (option ``verify=True`` or ``CONVOPT_VERIFY=1``);
+- verify: run ``convopt.ir.verify`` after every pass;
 - timing: seconds per pass, in the returned records;
-- selection: ``only`` runs just the named passes, ``skip`` (or ``CONVOPT_SKIP_PASSES=a,b``) leaves some out.
+- selection: ``only`` runs just the named passes, ``skip`` leaves some out (``build`` checks the names).
 An exception inside a pass is re-raised as PassError naming the pass and the passes that ran before it.
+Environment variables (CONVOPT_VERIFY, CONVOPT_SKIP_PASSES) are read by the caller, at the API boundary.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +30,7 @@ from typing import Callable, Iterable, Sequence
 from .ir.graph import Graph
 from .ir.verify import verify as verify_graph
 from .passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn, merge_branches, tune_conv_bn
+from .target import Target
 
 
 @dataclass(frozen=True)
@@ -32,20 +43,50 @@ def _pass(fn: Callable[[Graph], Graph]) -> Pass:
     return Pass(fn.__name__, fn)
 
 
-# The pipelines, in order. Later issues insert their passes here.
-INFERENCE_PIPELINE: tuple[Pass, ...] = (
-    _pass(canonicalize),
-    _pass(fold_constants),
-    _pass(fold_conv_bn),
-    _pass(merge_branches),
-    _pass(eliminate_dead_code),
-)
-TRAIN_PIPELINE: tuple[Pass, ...] = (
-    _pass(canonicalize),
-    _pass(tune_conv_bn),
-    _pass(eliminate_dead_code),
-)
-PIPELINES = {"inference": INFERENCE_PIPELINE, "train": TRAIN_PIPELINE}
+MODES = ("inference", "train")
+_GRAPH_PASSES: dict[str, tuple[Pass, ...]] = {
+    "inference": tuple(map(_pass, (canonicalize, fold_constants, fold_conv_bn, merge_branches, eliminate_dead_code))),
+    "train": tuple(map(_pass, (canonicalize, tune_conv_bn, eliminate_dead_code))),
+}
+
+
+def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, str] | None = None,
+          only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> tuple[Pass, ...]:
+    """The passes to run for ``mode`` and ``target`` (None or "torch": no target-specific passes).
+
+    ``lowering`` (a lowering name, or {layer: name}) configures select_lowering and is validated here,
+    before any pass runs; ``only`` / ``skip`` select passes by name."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
+    passes = _GRAPH_PASSES[mode]
+    chooses_lowering = mode == "inference" and isinstance(target, Target) and target.is_cpu
+    if chooses_lowering:
+        passes = (*passes, _select_lowering(target, lowering))
+    selected = select_passes(passes, only=only, skip=skip)
+    if lowering is not None:
+        _check_lowering_names(lowering)
+        if not any(p.name == "select_lowering" for p in selected):
+            where = ("the select_lowering pass is left out" if chooses_lowering else
+                     f"target {target or 'torch'} runs no convopt conv kernels")
+            raise ValueError(f"lowering= chooses conv algorithms for a TVM CPU target, but {where}")
+    return selected
+
+
+def _check_lowering_names(lowering: str | dict[str, str]) -> None:
+    from .schedules.lowerings import lowering as lowering_named
+
+    for name in ([lowering] if isinstance(lowering, str) else lowering.values()):
+        lowering_named(name)  # raises LoweringError naming the lowerings there are
+
+
+def _select_lowering(target: Target, lowering: str | dict[str, str] | None) -> Pass:
+    from .cost.profile import load_profile
+    from .passes.select_lowering import select_lowering
+
+    return Pass("select_lowering", functools.partial(
+        select_lowering, profile=load_profile(target), lanes=target.lanes,
+        overrides=lowering if isinstance(lowering, dict) else None,
+        default=lowering if isinstance(lowering, str) else None))
 
 
 class PassError(RuntimeError):
@@ -65,59 +106,36 @@ class PassRecord:
     dump: Path | None
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
-# Passes that need the compile target, so optimize() runs them once the target is known (TVM CPU only).
-LATE_PASSES: dict[str, tuple[str, ...]] = {"inference": ("select_lowering",), "train": ()}
-
-
-def _skipped(skip: Iterable[str]) -> set[str]:
-    return set(skip) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
-
-
 def select_passes(passes: Sequence[Pass], *, only: Iterable[str] | None = None,
-                  skip: Iterable[str] = (), late: Sequence[str] = ()) -> tuple[Pass, ...]:
-    """The passes to run; ``late`` names passes run later (LATE_PASSES), valid in ``only`` and ``skip``."""
-    known = {p.name for p in passes} | set(late)
-    skip = _skipped(skip)
+                  skip: Iterable[str] = ()) -> tuple[Pass, ...]:
+    """The passes to run, in the pipeline's order; unknown names are refused."""
+    known = [p.name for p in passes]
+    skip = set(skip)
     only = None if only is None else list(only)
     for name in (only or []) + sorted(skip):
         if name not in known:
-            raise ValueError(f"unknown pass {name!r}; the pipeline has: "
-                             f"{', '.join([p.name for p in passes] + list(late))}")
+            raise ValueError(f"unknown pass {name!r}; the pipeline has: {', '.join(known)}")
     return tuple(p for p in passes if (only is None or p.name in only) and p.name not in skip)
 
 
-def is_selected(name: str, *, only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> bool:
-    return (only is None or name in list(only)) and name not in _skipped(skip)
-
-
 def run_passes(graph: Graph, passes: Sequence[Pass], *, dump_dir: str | os.PathLike | None = None,
-               verify: bool | None = None, first_index: int = 1,
-               ran_before: Sequence[str] = ()) -> tuple[Graph, list[PassRecord]]:
-    """Run ``passes`` in order with the instruments; returns the final graph and one record per pass.
-
-    ``first_index`` and ``ran_before`` continue a pipeline run earlier (dump numbering, error messages)."""
-    if verify is None:
-        verify = _env_flag("CONVOPT_VERIFY")
+               verify: bool = False) -> tuple[Graph, list[PassRecord]]:
+    """Run ``passes`` in order with the instruments; returns the final graph and one record per pass."""
     out = Path(dump_dir) if dump_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if first_index == 1:
-            (out / "000_capture.ir").write_text(str(graph))
+        (out / "000_capture.ir").write_text(str(graph))
     if verify:
         verify_graph(graph)
     records: list[PassRecord] = []
-    for index, p in enumerate(passes, start=first_index):
+    for index, p in enumerate(passes, start=1):
         start = time.perf_counter()
         try:
             result = p.run(graph)
             if verify:
                 verify_graph(result)
         except Exception as e:
-            raise PassError(p.name, [*ran_before, *(r.name for r in records)], e) from e
+            raise PassError(p.name, [r.name for r in records], e) from e
         seconds = time.perf_counter() - start
         changed = result != graph
         path = None

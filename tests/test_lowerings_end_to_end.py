@@ -1,5 +1,7 @@
 """Every conv lowering inside whole compiled models: forced globally and per layer, checked against eager."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -67,13 +69,17 @@ def test_bad_overrides_are_refused():
         convopt.optimize(model, x, target="cpu", lowering={"point": "winograd4"})
     with pytest.raises(Exception, match="no conv node or module of that name"):
         convopt.optimize(model, x, target="cpu", lowering={"pointwise": "direct"})
-    with pytest.raises(ValueError, match="target='torch' runs PyTorch's kernels"):
+    with pytest.raises(ValueError, match="target torch runs no convopt conv kernels"):
         convopt.optimize(model, x, target="torch", lowering="im2col")
-    with pytest.raises(LoweringError, match="unknown lowering"):
-        from convopt.passes.select_lowering import select_lowering
-        from tests.cost.profiles import fixed_profile
 
-        select_lowering(convopt.optimize(model, x, target="torch").graph, profile=fixed_profile(), default="x")
+
+def test_unknown_lowerings_are_refused_before_capture(monkeypatch):
+    model, x = _model_and_input()
+    monkeypatch.setattr(importlib.import_module("convopt.optimize"), "capture_program", lambda *a, **k: pytest.fail("captured"))
+    with pytest.raises(LoweringError, match="unknown lowering 'x'; convopt has: direct, im2col"):
+        convopt.optimize(model, x, target="cpu", lowering="x")
+    with pytest.raises(LoweringError, match="unknown lowering 'y'"):
+        convopt.optimize(model, x, target="cpu", lowering={"point": "y"})
 
 
 def test_skipping_select_lowering_uses_the_direct_kernel():

@@ -6,7 +6,8 @@ from torch import nn
 
 import convopt
 from convopt import CheckError
-from convopt.pipeline import Pass, PIPELINES
+from convopt import pipeline
+from convopt.pipeline import Pass
 from tests.conftest import rel_err
 
 
@@ -58,7 +59,8 @@ def test_a_wrong_pass_is_caught_by_check(monkeypatch):
         neg = ed.emit(Op.MUL, [out], O.BinaryAttrs(-1.0), graph.types[out], base="neg", sources=())
         return dataclasses.replace(ed.finish(), outputs=(neg,))
 
-    monkeypatch.setitem(PIPELINES, "inference", (*PIPELINES["inference"], Pass("negate_output", negate_output)))
+    monkeypatch.setitem(pipeline._GRAPH_PASSES, "inference",
+                        (*pipeline._GRAPH_PASSES["inference"], Pass("negate_output", negate_output)))
     with pytest.raises(CheckError, match=r"output 0: relative error .* exceeds 0.0001"):
         convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
     fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), check=False)

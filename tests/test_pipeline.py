@@ -3,7 +3,9 @@ import pytest
 from convopt.ir import Graph, Op, parse
 from convopt.ir import ops as O
 from convopt.passes import canonicalize, eliminate_dead_code
-from convopt.pipeline import INFERENCE_PIPELINE, TRAIN_PIPELINE, Pass, PassError, run_passes, select_passes
+from convopt.pipeline import Pass, PassError, build, run_passes, select_passes
+from convopt.schedules.lowerings import LoweringError
+from convopt.target import resolve_target
 from tests.graphs import Builder
 
 # A fixed two-pass pipeline, so these tests do not change when the real pipelines grow.
@@ -72,18 +74,19 @@ def test_verify_between_passes_catches_a_broken_pass():
     run_passes(graph_with_identity(), (Pass("break_types", break_types),), verify=False)  # not checked
 
 
-def test_records_time_each_pass():
+def test_records_each_pass_with_its_time(monkeypatch):
+    ticks = iter(range(100))
+    monkeypatch.setattr("convopt.pipeline.time.perf_counter", lambda: next(ticks))
     _, records = run_passes(graph_with_identity(), PASSES)
-    assert all(r.seconds >= 0 for r in records)
+    assert [(r.name, r.seconds, r.changed) for r in records] == [
+        ("canonicalize", 1, True), ("eliminate_dead_code", 1, False)]
 
 
 def test_select_and_skip_by_name(monkeypatch):
     names = lambda ps: [p.name for p in ps]  # noqa: E731
     assert names(select_passes(PASSES, only=["eliminate_dead_code"])) == ["eliminate_dead_code"]
     assert names(select_passes(PASSES, skip=["canonicalize"])) == ["eliminate_dead_code"]
-    monkeypatch.setenv("CONVOPT_SKIP_PASSES", "eliminate_dead_code")
-    assert names(select_passes(PASSES)) == ["canonicalize"]
-    assert names(select_passes(INFERENCE_PIPELINE, only=["fold_conv_bn", "canonicalize"])) == [
+    assert names(build("inference", only=["fold_conv_bn", "canonicalize"])) == [
         "canonicalize", "fold_conv_bn"]  # selection keeps the pipeline's order
     with pytest.raises(ValueError, match="unknown pass 'fold'"):
         select_passes(PASSES, skip=["fold"])
@@ -92,6 +95,32 @@ def test_select_and_skip_by_name(monkeypatch):
 def test_passes_do_not_mutate_their_input():
     g = graph_with_identity()
     before = str(g)
-    for p in (*INFERENCE_PIPELINE, *TRAIN_PIPELINE):
+    for p in (*build("inference"), *build("train")):
         p.run(g)
     assert str(g) == before
+
+
+CPU_AVX2 = resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+
+
+def test_build_knows_the_target():
+    names = lambda ps: [p.name for p in ps]  # noqa: E731
+    graph_passes = ["canonicalize", "fold_constants", "fold_conv_bn", "merge_branches", "eliminate_dead_code"]
+    assert names(build("inference")) == graph_passes  # torch: no conv lowerings to choose
+    assert names(build("inference", CPU_AVX2)) == [*graph_passes, "select_lowering"]
+    assert names(build("inference", resolve_target("cuda"))) == graph_passes
+    assert names(build("train", CPU_AVX2)) == ["canonicalize", "tune_conv_bn", "eliminate_dead_code"]
+    assert names(build("inference", CPU_AVX2, skip=["select_lowering"])) == graph_passes
+
+
+def test_build_validates_lowering_before_any_pass_runs():
+    with pytest.raises(LoweringError, match="unknown lowering 'wino'"):
+        build("inference", CPU_AVX2, lowering="wino")
+    with pytest.raises(LoweringError, match="unknown lowering 'fast'"):
+        build("inference", CPU_AVX2, lowering={"layer1": "fast"})
+    with pytest.raises(ValueError, match="select_lowering pass is left out"):
+        build("inference", CPU_AVX2, lowering="fft", skip=["select_lowering"])
+    with pytest.raises(ValueError, match="runs no convopt conv kernels"):
+        build("inference", None, lowering="fft")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        build("eval")

@@ -10,7 +10,9 @@ each value on the way has a single reader:
     conv -> add(., r) [-> relu | clamp(0, 6)]      residual r (defined before the conv), then activation
 
 The absorbed nodes are not emitted: their values are the kernel's output. Each kernel's PrimFunc is
-scheduled by its lowering and marked opaque so Relax's FuseOps leaves it (and its schedule) alone.
+scheduled by its lowering and marked opaque so Relax's FuseOps leaves it (and its schedule) alone; its
+attrs name the lowering (``convopt.lowering``), the IR nodes it computes (``convopt.nodes``) and the conv's
+direct FLOPs (``convopt.flops``), which ``convopt report`` shows.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from tvm import relax
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
-from ..schedules.conv_spec import ConvSpec
+from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import lowering
+from ..target import Target
 
 _OPAQUE = 8  # TVM's kOpaque op pattern: never fused with neighbours
 
@@ -57,9 +60,7 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
         return readers[0] if graph.num_uses(name) == 1 and len(readers) == 1 else None
 
     for n in graph.nodes:
-        if n.op is not Op.CONV2D or n.type.dtype != "f32" or n.inputs[1] not in graph.constant_map:
-            continue
-        if len(n.inputs) > 2 and n.inputs[2] is not None and n.inputs[2] not in graph.constant_map:
+        if conv_spec_of(graph, n) is None:
             continue
         absorbed, residual, activation = [], None, "none"
         reader = only_reader(n.name)
@@ -76,17 +77,25 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
     return plans
 
 
+@dataclass
+class KernelUse:
+    """One conv PrimFunc: its lowering, the conv's direct FLOPs and the IR nodes that call it."""
+
+    lowering: str
+    flops: int
+    nodes: list[str]
+
+
 def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int,
-              kernels: dict[str, str]):
-    """Emit conv ``n`` with its lowering; ``kernels`` collects PrimFunc name -> lowering for scheduling."""
-    a = n.attrs
+              kernels: dict[str, KernelUse]):
+    """Emit conv ``n`` with its lowering; ``kernels`` collects what each PrimFunc computes, for scheduling."""
     weight = graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
-    spec = ConvSpec.of(graph.types[n.inputs[0]].shape, weight.shape, a.stride, a.padding, a.dilation, a.groups)
-    low = lowering(a.lowering or "direct")
+    spec = conv_spec_of(graph, n)
+    low = lowering(n.attrs.lowering or "direct")
     reason = low.supports(spec)
     if reason is not None:
         raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
-    prepared = [relax.const(arr) for arr in low.prepare_weight(weight, spec, lanes)]
+    prepared = [relax.const(arr) for arr in low.prepared(weight, spec, lanes)]
     bias = None
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
@@ -95,19 +104,22 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     out = bb.emit_te(compute, env[n.inputs[0]], *prepared, bias=bias, residual=residual,
                      primfunc_name_hint=f"convopt_{low.name}_{n.name}")
     call = bb.lookup_binding(out)
-    kernels.setdefault(call.args[0].name_hint, low.name)  # emit_te shares one PrimFunc between equal convs
+    # emit_te shares one PrimFunc between equal convs
+    kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, 2 * spec.macs, [])).nodes.append(n.name)
     return out
 
 
-def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target, kernels: dict[str, str]) -> tvm.IRModule:
+def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, KernelUse]) -> tvm.IRModule:
     """Schedule each conv kernel's PrimFunc with its lowering's schedule; mark it opaque and scheduled."""
     if not kernels:
         return mod
     sch = tvm.s_tir.Schedule(mod)
-    for name, low in kernels.items():
-        lowering(low).schedule(sch, name, target)
+    for name, use in kernels.items():
+        lowering(use.lowering).schedule(sch, name, target)
     mod = sch.mod
-    for name in kernels:
+    for name, use in kernels.items():
         gv = mod.get_global_var(name)
-        mod[gv] = mod[gv].with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
+        mod[gv] = (mod[gv].with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
+                   .with_attr("convopt.lowering", use.lowering).with_attr("convopt.nodes", ",".join(use.nodes))
+                   .with_attr("convopt.flops", str(use.flops)))
     return mod

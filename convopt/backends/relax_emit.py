@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from tvm import relax
 
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, op_label
 from ..ir.ops import Op
-from ..ir.types import TensorType
-
-TVM_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i64": "int64",
-              "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}
+from ..ir.types import TensorType, full_dtype_name
+from ..target import Target
 
 
 class UnsupportedOpError(NotImplementedError):
@@ -27,7 +25,7 @@ class UnsupportedOpError(NotImplementedError):
 
 
 def struct_info(t: TensorType):
-    return relax.TensorType(t.shape, TVM_DTYPES[t.dtype])
+    return relax.TensorType(t.shape, full_dtype_name(t.dtype))
 
 
 class EmitContext:
@@ -35,7 +33,7 @@ class EmitContext:
         self.graph, self.bb = graph, bb
 
     def const(self, value, dtype: str) -> relax.Constant:
-        return relax.const(np.asarray(value, dtype=TVM_DTYPES[dtype]))
+        return relax.const(np.asarray(value, dtype=full_dtype_name(dtype)))
 
     def constant_data(self, name: str | None) -> torch.Tensor | None:
         c = self.graph.constant_map.get(name) if name is not None else None
@@ -138,10 +136,10 @@ def _gelu(ctx, n: Node, x):
 def _binary(fn: Callable) -> Callable:
     def emit(ctx, n: Node, x):
         dtype = n.type.dtype
-        lhs = x[0] if ctx.graph.types[n.inputs[0]].dtype == dtype else relax.op.astype(x[0], TVM_DTYPES[dtype])
+        lhs = x[0] if ctx.graph.types[n.inputs[0]].dtype == dtype else relax.op.astype(x[0], full_dtype_name(dtype))
         if n.attrs.scalar is not None:
             return fn(lhs, ctx.const(n.attrs.scalar, dtype))
-        rhs = x[1] if ctx.graph.types[n.inputs[1]].dtype == dtype else relax.op.astype(x[1], TVM_DTYPES[dtype])
+        rhs = x[1] if ctx.graph.types[n.inputs[1]].dtype == dtype else relax.op.astype(x[1], full_dtype_name(dtype))
         return fn(lhs, rhs)
 
     return emit
@@ -198,17 +196,17 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op not in EMITTERS]
 
 
-def to_relax(graph: Graph, target=None):
+def to_relax(graph: Graph, target: Target | None = None):
     """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs.
 
-    For an LLVM (CPU) ``target``, convs with constant weights call convopt's own kernels (the lowering in
+    For a CPU ``target`` (a convopt Target), convs with constant weights call convopt's own kernels (the lowering in
     each node's attrs) with fused epilogues (backends/conv_kernels.py), scheduled here; everything else is
     Relax's generic ops.
     """
     missing = unsupported_nodes(graph)
     if missing:
         n = missing[0]
-        what = n.attrs.target if n.op is Op.TORCH else n.op.value
+        what = op_label(n)
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UnsupportedOpError(
             f"node %{n.name} ({what}{', module ' + n.scope if n.scope else ''}) has no TVM lowering{more}; "
@@ -216,12 +214,11 @@ def to_relax(graph: Graph, target=None):
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     ctx = EmitContext(graph, bb)
-    own_kernels = target is not None and target.kind.name == "llvm"
+    own_kernels = target is not None and target.is_cpu
     if own_kernels:
         from . import conv_kernels
-        from ..schedules.direct_conv2d import vector_lanes
 
-        plans, lanes, kernels = conv_kernels.plan_epilogues(graph), vector_lanes(target), {}
+        plans, lanes, kernels = conv_kernels.plan_epilogues(graph), target.lanes, {}
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
     with bb.function("main", params):
         with bb.dataflow():

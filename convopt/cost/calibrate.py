@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ..schedules.conv_spec import ConvSpec
-from ..schedules.lowerings import LOWERINGS, build_kernel, lowering
+from ..schedules.kernel import build_kernel
+from ..schedules.lowerings import LOWERINGS, lowering
+from ..target import Target
 from .model import feature_vector, fit_coefficients
 from .profile import MachineProfile
 
@@ -74,25 +76,25 @@ def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7) ->
     return {name: min(samples) / runs[name][1] for name, samples in times.items()}
 
 
-def build_all(spec: ConvSpec, names: Iterable[str], *, seed: int = 0):
+def build_all(spec: ConvSpec, names: Iterable[str], target: Target, *, seed: int = 0):
     """(input, weight, bias, {name: compiled Kernel with bias and ReLU}) for every lowering in ``names``."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=gen)
     w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=gen)
     w /= (spec.in_per_group * spec.kernel[0] * spec.kernel[1]) ** 0.5
     b = torch.randn(spec.out_channels, generator=gen)
-    kernels = {name: build_kernel(name, spec, w, b, activation="relu") for name in names}
+    kernels = {name: build_kernel(name, spec, w, b, activation="relu", target=target) for name in names}
     return x, w, b, kernels
 
 
-def measure(spec: ConvSpec, names: Iterable[str], *, rounds: int = 15) -> dict[str, float]:
-    """Seconds per call of each lowering in ``names`` on ``spec`` (host CPU), timed interleaved."""
-    x, _, _, kernels = build_all(spec, names)
+def measure(spec: ConvSpec, names: Iterable[str], target: Target, *, rounds: int = 15) -> dict[str, float]:
+    """Seconds per call of each lowering in ``names`` on ``spec`` (``target``: this host), timed interleaved."""
+    x, _, _, kernels = build_all(spec, names, target)
     return time_interleaved({name: k.bound(x) for name, k in kernels.items()}, rounds)
 
 
-def calibrate(profile: MachineProfile, *, shapes: Iterable[ConvSpec] = CALIBRATION_SHAPES,
-              lowerings: Iterable[str] = LOWERINGS, lanes: int = 8,
+def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvSpec] = CALIBRATION_SHAPES,
+              lowerings: Iterable[str] = LOWERINGS,
               progress: Callable[[str], None] | None = None) -> tuple[MachineProfile, list[dict]]:
     """(profile with fitted coefficients, one measurement record per (lowering, shape))."""
     lowerings = list(lowerings)
@@ -100,14 +102,14 @@ def calibrate(profile: MachineProfile, *, shapes: Iterable[ConvSpec] = CALIBRATI
     records = []
     for spec in shapes:
         names = [name for name in lowerings if lowering(name).supports(spec) is None]
-        for name, seconds in measure(spec, names).items():
+        for name, seconds in measure(spec, names, target).items():
             if progress:
                 progress(f"{name:10s} {spec.describe():32s} {seconds * 1e3:9.3f} ms")
-            rows[name].append((feature_vector(name, spec, profile, lanes), seconds))
+            rows[name].append((feature_vector(name, spec, profile, target.lanes), seconds))
             records.append({"lowering": name, "spec": spec.describe(), "seconds": seconds})
     coefficients = dict(profile.coefficients)
     for name, measured in rows.items():
         if measured:
             features, seconds = zip(*measured)
             coefficients[name] = fit_coefficients(np.array(features), np.array(seconds))
-    return replace(profile, coefficients=coefficients, calibrated_on=profile.cpu), records
+    return replace(profile, coefficients=coefficients, calibrated_on=f"{profile.cpu} ({target.key})"), records

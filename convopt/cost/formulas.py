@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from ..schedules import fft_conv, tiling
 from ..schedules.conv_spec import ConvSpec
 
 N, C, H, W, O, G = sp.symbols("N C H W O G", positive=True, integer=True)
@@ -60,22 +61,22 @@ def _narrow(expr):
 
 
 class DirectColumnTile(sp.Function):
-    """Output columns per register tile of the direct kernel's channel-vectorized mode (direct_conv2d)."""
+    """Output columns per register tile of the direct kernel's channel-vectorized mode
+    (tiling.column_tile: output width, channel blocks, block, lanes)."""
 
     @classmethod
-    def eval(cls, ow):
-        if ow.is_Integer:
-            from ..schedules.direct_conv2d import pick_tile
-
-            return sp.Integer(pick_tile(int(ow), 4))
+    def eval(cls, ow, blocks, block, vl):
+        if all(v.is_Integer for v in (ow, blocks, block, vl)):
+            return sp.Integer(tiling.column_tile(int(ow), int(blocks), int(block), int(vl)))
         return None
 
 
 def _direct():
     block = sp.Min(VL, OG)
-    padded_out = G * sp.ceiling(OG / block) * block  # output channels rounded up to whole blocks
+    blocks = G * sp.ceiling(OG / block)
+    padded_out = blocks * block  # output channels rounded up to whole blocks
     macs = N * padded_out * OH * OW * CG * KH * KW
-    tiled = macs * _round_up(OW, DirectColumnTile(OW)) / OW  # the last column tile runs whole
+    tiled = macs * _round_up(OW, DirectColumnTile(OW, blocks, block, VL)) / OW  # the last column tile runs whole
     strided = sp.Or(SH > 1, SW > 1)
     return {"flops": _wide(sp.Piecewise((0, strided), (2 * tiled, True))), "narrow_flops": _narrow(2 * macs),
             "slow_flops": _wide(sp.Piecewise((2 * tiled, strided), (0, True))), "aux_flops": 0,
@@ -83,14 +84,12 @@ def _direct():
 
 
 class Im2colAccumulators(sp.Function):
-    """Vector accumulators in im2col's GEMM register tile (im2col.accumulators: pixels, Og, O, lanes)."""
+    """Vector accumulators in im2col's GEMM register tile (tiling.gemm_accumulators: pixels, Og, O, lanes)."""
 
     @classmethod
     def eval(cls, p, og, o, vl):
         if all(v.is_Integer for v in (p, og, o, vl)):
-            from ..schedules.im2col import accumulators
-
-            return sp.Float(accumulators(int(p), int(og), int(o), int(vl)))
+            return sp.Float(tiling.gemm_accumulators(int(p), int(og), int(o), int(vl)))
         return None
 
 
@@ -100,7 +99,7 @@ def _im2col():
     workspace = sp.Piecewise((0, is_pointwise), (matrix + _padded_input, True))
     # a full register tile (>= 6 of 8 accumulators) and whole channel vectors run at GEMM speed; narrower
     # tiles (7x7 maps: 49 pixels, tile of 2 x 1) and depthwise (tiny per-group GEMMs) do not
-    full = Im2colAccumulators(OH * OW, OG, O, VL) >= 6
+    full = Im2colAccumulators(OH * OW, OG, O, VL) >= 6 * VL / 8  # 6 of 8 accumulators with AVX2, 12 of 16
     macs = 2 * _direct_macs
     return {"flops": _wide(sp.Piecewise((macs, full), (0, True))), "narrow_flops": _narrow(macs),
             "slow_flops": _wide(sp.Piecewise((0, full), (macs, True))), "aux_flops": 0,
@@ -115,25 +114,32 @@ def _im2win():
 
 
 class WinogradTileWidth(sp.Function):
-    """The batched GEMM's register-tile width over tiles (winograd.py's choice among 6, 5 and 4)."""
+    """The batched GEMM's register-tile width over tiles (tiling.winograd_tile_width: 6, 5 or 4)."""
 
     @classmethod
     def eval(cls, tiles):
         if tiles.is_Integer:
-            from ..schedules.winograd import _t_tile
+            return sp.Integer(tiling.winograd_tile_width(int(tiles)))
+        return None
 
-            return sp.Integer(_t_tile(int(tiles)))
+
+class FftWidth(sp.Function):
+    """Columns per vector of the FFT's spectrum grid (fft_conv.vector_width: the lanes, at least 8)."""
+
+    @classmethod
+    def eval(cls, vl):
+        if vl.is_Integer:
+            return sp.Integer(fft_conv.vector_width(int(vl)))
         return None
 
 
 class FftVectors(sp.Function):
-    """Vectors of 8 lanes along the FFT's column spectrum for a grid of at least n + 1 (fft_conv.py)."""
+    """Vectors of the FFT's column spectrum for a grid of at least n + 1 columns (fft_conv.column_vectors)."""
 
     @classmethod
-    def eval(cls, n):
-        if n.is_Integer:
-            vectors = -(-(int(n) + 1) // 8)
-            return sp.Integer(vectors + 1 if vectors >= 6 and vectors % 2 and vectors % 3 else vectors)
+    def eval(cls, n, width):
+        if n.is_Integer and width.is_Integer:
+            return sp.Integer(fft_conv.column_vectors(int(n), int(width)))
         return None
 
 
@@ -162,8 +168,9 @@ def _fft():
     he = sp.Min(H, (OH - 1) * SH + DH * (KH - 1) - PH + 1)
     we = sp.Min(W, (OW - 1) * SW + DW * (KW - 1) - PW + 1)
     kh = sp.floor((he + PH) / 2) + 1
-    j = 8 * FftVectors(we + PW)
-    owp = _round_up(OW, 8)
+    width = FftWidth(VL)
+    j = width * FftVectors(we + PW, width)
+    owp = _round_up(OW, width)
     per_channel = sp.And(sp.Eq(CG, 1), sp.Eq(OG, 1))
     live = sp.Piecewise((1, per_channel), (N * C, True))  # depthwise: one channel's buffers per thread
     forward = N * C * (he * we * j + 2 * kh * he * j)
@@ -195,40 +202,25 @@ def substitutions(spec: ConvSpec, lanes: int) -> tuple:
             spec.dilation[0], spec.dilation[1], lanes)
 
 
+# the schedule's own rules, as plain functions of numbers, for the lambdified formulas
+_RULES = {
+    "DirectColumnTile": lambda ow, blocks, block, vl: tiling.column_tile(round(ow), round(blocks), round(block),
+                                                                         round(vl)),
+    "Im2colAccumulators": lambda p, og, o, vl: tiling.gemm_accumulators(round(p), round(og), round(o), round(vl)),
+    "WinogradTileWidth": lambda tiles: tiling.winograd_tile_width(round(tiles)),
+    "FftWidth": lambda vl: fft_conv.vector_width(round(vl)),
+    "FftVectors": lambda n, width: fft_conv.column_vectors(round(n), round(width)),
+}
+
+
 @lru_cache(maxsize=None)  # lambdify once per (lowering, term)
 def _compiled(lowering: str, term: str):
     expr = sp.sympify(FORMULAS[lowering][term])
-    return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": _ceil, "floor": _floor, "Min": min,
-                                                "WinogradTileWidth": _winograd_tile_width,
-                                                "FftVectors": _fft_vectors,
-                                                "Im2colAccumulators": _im2col_accumulators,
-                                                "DirectColumnTile": _direct_column_tile}, "math"])
+    return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": math.ceil, "floor": math.floor, "Min": min, **_RULES},
+                                               "math"])
 
 
-def _direct_column_tile(ow):
-    from ..schedules.direct_conv2d import pick_tile
-
-    return pick_tile(round(ow), 4)
-
-
-def _im2col_accumulators(p, og, o, vl):
-    from ..schedules.im2col import accumulators
-
-    return accumulators(round(p), round(og), round(o), round(vl))
-
-
-def _winograd_tile_width(tiles):
-    return int(WinogradTileWidth(sp.Integer(round(tiles))))
-
-
-def _fft_vectors(n):
-    return int(FftVectors(sp.Integer(round(n))))
-
-
-_ceil, _floor = math.ceil, math.floor
-
-
-def evaluate(lowering: str, spec: ConvSpec, lanes: int = 8) -> dict[str, float]:
+def evaluate(lowering: str, spec: ConvSpec, lanes: int) -> dict[str, float]:
     """Every term of ``lowering`` for ``spec`` as numbers."""
     values = substitutions(spec, lanes)
     return {term: float(_compiled(lowering, term)(*values)) for term in TERMS}

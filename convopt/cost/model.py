@@ -24,7 +24,7 @@ CALL_UNIT = 1e-6  # seconds: the "calls" feature is one microsecond per kernel c
 OUTPUT_UNIT = 1e-9  # seconds per output or copied element
 
 
-def feature_vector(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int = 8) -> np.ndarray:
+def feature_vector(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> np.ndarray:
     """The terms of ``name`` for ``spec`` in seconds at peak / full bandwidth / 1 ns per output / 1 us per call."""
     terms = evaluate(name, spec, lanes)
     return np.array([terms["flops"] / profile.peak_flops, terms["narrow_flops"] / profile.peak_flops,
@@ -33,7 +33,7 @@ def feature_vector(name: str, spec: ConvSpec, profile: MachineProfile, lanes: in
                      terms["outputs"] * OUTPUT_UNIT, terms["copied"] * OUTPUT_UNIT, CALL_UNIT])
 
 
-def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int = 8) -> float:
+def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> float:
     """Predicted seconds of lowering ``name`` on ``spec``."""
     coefficients = profile.coefficients.get(name)
     if coefficients is None:
@@ -42,7 +42,7 @@ def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int = 8) 
     return float(feature_vector(name, spec, profile, lanes) @ weights)
 
 
-def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int = 8,
+def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
                 candidates=LOWERINGS) -> dict[str, float]:
     """Predicted seconds of every lowering that supports ``spec`` and is calibrated."""
     return {name: predict(name, spec, profile, lanes) for name in candidates

@@ -1,31 +1,36 @@
 """The machine profile the cost model reads: peak FLOP/s (a GEMM microbenchmark), memory bandwidth (a
-large copy), cache sizes (sysfs), and per-lowering efficiency coefficients calibrated by timing
-each lowering on a set of conv shapes.
+large copy), cache sizes, and per-lowering efficiency coefficients calibrated by timing each lowering on
+a set of conv shapes. Profiles are stored by Target key (convopt/target.py): the coefficients describe
+kernels scheduled for one ISA on one kind of machine.
 
-Measured once per machine and cached as JSON in ``$CONVOPT_CACHE_DIR`` (default ``~/.cache/convopt``):
+Measured once per target and cached as JSON in ``$CONVOPT_CACHE_DIR`` (default ``~/.cache/convopt``) as
+``machine-<target key>.json``:
 
-- ``measure_machine()`` takes about a second and runs on first use;
+- ``measure_machine(target)`` takes about a second and runs on first use;
 - ``calibrate()`` builds and times every lowering on ``CALIBRATION_SHAPES`` (minutes; ``convopt
-  calibrate``). Until it has run on a machine, the coefficients shipped in ``default_profile.json``
-  (calibrated on the machine named there) are used: they are ratios to that machine's peak and
-  bandwidth, so they carry over to similar CPUs roughly, and a local calibration makes them exact.
+  calibrate``). Until it has run for a target, the coefficients of the shipped profile
+  (``profiles/<key>.json``) with the same key are used, or, when none matches, those of the nearest
+  shipped key (same ISA first), with a warning once: coefficients are ratios to the peak and bandwidth,
+  and this machine's measured peak and bandwidth scale them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..target import Target
+
 FEATURES = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "calls")
-DEFAULT_PROFILE = Path(__file__).with_name("default_profile.json")
+SHIPPED_PROFILES = Path(__file__).with_name("profiles")
 PROFILE_FORMAT = "convopt-machine-profile-1"
 
 
@@ -39,7 +44,8 @@ class MachineProfile:
     # lowering -> feature -> coefficient: seconds = sum(coef * feature / unit), unit = peak, bandwidth, 1 ns per
     # output or copied element, or 1 us per call
     coefficients: dict[str, dict[str, float]] = field(default_factory=dict)
-    calibrated_on: str = ""
+    calibrated_on: str = ""  # the CPU and target key the coefficients were fitted on
+    target_key: str = ""  # the Target this profile describes
 
     def to_json(self) -> str:
         return json.dumps({"format": PROFILE_FORMAT, **asdict(self)}, indent=2, sort_keys=True)
@@ -72,23 +78,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cache_sizes() -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    root = Path("/sys/devices/system/cpu/cpu0/cache")
-    for index in sorted(root.glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        if kind == "Instruction":
-            continue
-        scale = {"K": 1024, "M": 1024 ** 2}.get(size[-1], 1)
-        sizes[f"L{level}" + ("d" if kind == "Data" else "")] = int(size.rstrip("KM")) * scale
-    return sizes
-
-
 def _best_seconds(fn, repeat: int) -> float:
     fn()
     best = float("inf")
@@ -99,13 +88,10 @@ def _best_seconds(fn, repeat: int) -> float:
     return best
 
 
-def measure_machine(cores: int | None = None) -> MachineProfile:
-    """Peak FLOP/s from a 1024^3 fp32 GEMM, bandwidth from a 128 MiB copy, caches from sysfs."""
-    from ..backends.tvm_backend import physical_cores
-
-    cores = cores or physical_cores()
+def measure_machine(target: Target) -> MachineProfile:
+    """Peak FLOP/s from a 1024^3 fp32 GEMM, bandwidth from a 128 MiB copy, on ``target.cores`` threads."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    torch.set_num_threads(target.cores)
     try:
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
         gemm = _best_seconds(lambda: torch.mm(a, b), 7)
@@ -113,44 +99,60 @@ def measure_machine(cores: int | None = None) -> MachineProfile:
         copy = _best_seconds(lambda: dst.copy_(src), 5)
     finally:
         torch.set_num_threads(previous)
-    return MachineProfile(cpu=cpu_name(), cores=cores, peak_flops=2 * 1024 ** 3 / gemm,
-                          bandwidth=2 * src.numel() * 4 / copy, caches=cache_sizes())
+    return MachineProfile(cpu=cpu_name(), cores=target.cores, peak_flops=2 * 1024 ** 3 / gemm,
+                          bandwidth=2 * src.numel() * 4 / copy, caches=dict(target.caches),
+                          target_key=target.key)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CONVOPT_CACHE_DIR", Path.home() / ".cache" / "convopt"))
 
 
-def machine_key(cores: int | None = None) -> str:
-    from ..backends.tvm_backend import physical_cores
-
-    text = f"{cpu_name()}|{cores or physical_cores()}"
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+def profile_path(target: Target) -> Path:
+    return cache_dir() / f"machine-{target.key}.json"
 
 
-def profile_path() -> Path:
-    return cache_dir() / f"machine-{machine_key()}.json"
+def shipped_profiles() -> dict[str, MachineProfile]:
+    """Target key -> the profile shipped in ``profiles/``."""
+    return {path.stem: MachineProfile.from_json(path.read_text(), str(path))
+            for path in sorted(SHIPPED_PROFILES.glob("*.json"))}
 
 
-def default_coefficients() -> tuple[dict[str, dict[str, float]], str]:
-    shipped = MachineProfile.from_json(DEFAULT_PROFILE.read_text(), str(DEFAULT_PROFILE))
-    return shipped.coefficients, shipped.calibrated_on
+def nearest_shipped(target: Target) -> MachineProfile:
+    """The shipped profile of ``target.key``, else the most similar one: same ISA, same CPU family, cores."""
+    shipped = shipped_profiles()
+    if target.key in shipped:
+        return shipped[target.key]
+
+    def similarity(key: str) -> tuple:
+        kind, name, isa, *rest = key.split("-")
+        return (isa == target.isa, name[:-1] == target.name[:-1], rest[-1:] == [f"{target.cores}c"], key)
+
+    return shipped[max(shipped, key=similarity)]
 
 
-def load_profile(*, refresh: bool = False) -> MachineProfile:
-    """This machine's profile: from the cache, else measured now (and cached) with the shipped coefficients."""
-    path = profile_path()
+_warned: set[str] = set()
+
+
+def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
+    """The profile of ``target``: from the cache, else measured now (and cached) with the coefficients of
+    the shipped profile for its key or the nearest one (saying so once)."""
+    path = profile_path(target)
     if path.is_file() and not refresh:
         return MachineProfile.from_json(path.read_text(), str(path))
-    profile = measure_machine()
-    coefficients, calibrated_on = default_coefficients()
-    profile = replace(profile, coefficients=coefficients, calibrated_on=calibrated_on)
+    shipped = nearest_shipped(target)
+    if shipped.target_key != target.key and target.key not in _warned:
+        _warned.add(target.key)
+        warnings.warn(f"convopt's cost model has no profile for target {target.key}; using the coefficients "
+                      f"fitted on {shipped.target_key} ({shipped.cpu}), scaled by this machine's measured peak "
+                      "and bandwidth. Run `convopt calibrate` to fit this machine.", stacklevel=2)
+    profile = replace(measure_machine(target), coefficients=shipped.coefficients,
+                      calibrated_on=shipped.calibrated_on or shipped.target_key)
     save_profile(profile, path)
     return profile
 
 
-def save_profile(profile: MachineProfile, path: Path | None = None) -> Path:
-    path = path or profile_path()
+def save_profile(profile: MachineProfile, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(profile.to_json())

@@ -49,6 +49,11 @@ class Node:
         return tuple(i for i in self.inputs if i is not None)
 
 
+def op_label(node: Node) -> str:
+    """What a node computes, for messages and counts: the ATen target of an opaque torch node, else the op."""
+    return node.attrs.target if node.op is Op.TORCH else node.op.value
+
+
 def checksum(tensor: torch.Tensor) -> str:
     """A short content hash of a tensor (dtype, shape and bytes), shown in dumps instead of values."""
     t = tensor.detach().cpu().contiguous().reshape(-1)
@@ -125,7 +130,7 @@ class Graph:
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for n in self.nodes:
-            key = n.attrs.target if n.op is Op.TORCH else n.op.value
+            key = op_label(n)
             counts[key] = counts.get(key, 0) + 1
         return counts
 

@@ -26,6 +26,11 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
+def full_dtype_name(name: str) -> str:
+    """The full name of a short dtype name, as numpy and TVM spell it: "f32" -> "float32"."""
+    return str(TORCH_DTYPES[name]).removeprefix("torch.")
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     try:
         return DTYPE_NAMES[dtype]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .graph import Graph
+from .graph import Graph, op_label
 from .ops import Op
 from .printer import format_node
 
@@ -44,7 +44,7 @@ def to_dot(g: Graph) -> str:
     constants = g.constant_map
     for n in g.nodes:
         weights = [i for i in n.tensor_inputs if i in constants]
-        label = n.attrs.target if n.op is Op.TORCH else n.op.value
+        label = op_label(n)
         text = "\n".join([f"{n.name} = {label}", str(n.type), *(f"{w}: {constants[w].type}" for w in weights)])
         color = ', style=filled, fillcolor="#ffe0e0"' if n.op is Op.TORCH else ""
         lines.append(f'  "{_label(n.name)}" [label="{_label(text)}", tooltip="{_label(format_node(n))}"{color}];')

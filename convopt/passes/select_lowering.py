@@ -10,9 +10,9 @@ and the node's attrs record the choice and t_hat of every candidate (``predicted
 shows why. The graph's semantics don't change: only the backend reads these attrs.
 
 Preconditions: the graph's conv shapes are final (run after the folding and merging passes).
-Runs last in the inference pipeline when the target is a TVM CPU target (optimize() adds it with the
-machine profile); ``overrides`` maps node names or module scopes to a lowering name, ``default`` forces
-one lowering on every conv that it can run.
+Runs last in the inference pipeline when the target is a TVM CPU target (pipeline.build adds it with the
+target's SIMD width and its machine profile); ``overrides`` maps node names or module scopes to a lowering
+name, ``default`` forces one lowering on every conv that it can run.
 """
 
 from __future__ import annotations
@@ -21,21 +21,10 @@ from dataclasses import replace
 
 from ..cost.model import predict_all
 from ..cost.profile import MachineProfile
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph
 from ..ir.ops import Op
-from ..schedules.conv_spec import ConvSpec
+from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import LOWERINGS, LoweringError, lowering
-
-
-def conv_spec_of(graph: Graph, node: Node) -> ConvSpec | None:
-    """The conv's shape when the backend runs it with its own kernels (fp32, constant weight and bias)."""
-    if node.op is not Op.CONV2D or node.type.dtype != "f32" or node.inputs[1] not in graph.constant_map:
-        return None
-    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2] not in graph.constant_map:
-        return None
-    a = node.attrs
-    return ConvSpec.of(graph.types[node.inputs[0]].shape, graph.types[node.inputs[1]].shape,
-                       a.stride, a.padding, a.dilation, a.groups)
 
 
 def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
@@ -51,7 +40,7 @@ def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
                                 f"(conv layers include: {sample})")
 
 
-def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int = 8,
+def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
                     overrides: dict[str, str] | None = None, default: str | None = None) -> Graph:
     overrides = dict(overrides or {})
     _check_names(graph, overrides)

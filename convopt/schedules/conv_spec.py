@@ -1,27 +1,34 @@
-"""What every conv lowering shares: the conv's shape (``ConvSpec``), the fused epilogue, zero padding
-and a default CUDA schedule.
+"""What every conv lowering shares: the conv's shape (``ConvSpec``), the lowering contract (``Lowering``),
+the fused epilogue, zero padding and a default CUDA schedule.
 
-A lowering is a module of ``convopt/schedules/`` that defines
+A lowering is one ``Lowering`` instance (a module of ``convopt/schedules/`` defines it; Winograd F(2,3) and
+F(4,3) are two instances of one module's functions):
 
-    NAME: str                                                   e.g. "im2col"
+    name                                                        e.g. "im2col"
     supports(spec) -> str | None                                None, or why this lowering can't run spec
-    workspace_bytes(spec) -> int                                bytes of intermediate buffers it allocates
+    workspace_bytes(spec, lanes) -> int                         bytes of intermediate buffers it allocates
     prepare_weight(weight, spec, lanes) -> tuple[np.ndarray, ...]   OIHW fp32 weight -> constants, once
     compute(data, *prepared, bias=None, residual=None, spec, activation, lanes) -> te.Tensor
     schedule_cpu(sch, func_name, target) / schedule_cuda(sch, func_name, target)
 
 ``compute`` returns the NCHW output after ``epilogue`` (bias, residual add, activation); its last
-block is named ``OUTPUT_BLOCK``. Schedules work in place on a ``tvm.s_tir.Schedule`` over a module
-holding the PrimFunc ``func_name``. ``lanes`` is the fp32 SIMD width of the target (8 for AVX2).
+block is named ``OUTPUT_BLOCK``. ``lanes`` is the fp32 SIMD width the data layout is blocked for
+(``Target.lanes``: 16 with AVX-512, 8 with AVX2, 1 on CUDA). Schedules work in place on a
+``tvm.s_tir.Schedule`` over a module holding the PrimFunc ``func_name``, for a ``convopt.target.Target``.
 The table of lowerings is ``convopt.schedules.lowerings``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import tvm
 from tvm import te, tirx
+
+from ..ir.graph import Graph, Node
+from ..ir.ops import Op
 
 ACTIVATIONS = ("none", "relu", "relu6")
 OUTPUT_BLOCK = "conv_out"
@@ -90,6 +97,18 @@ class ConvSpec:
                          f" d{self.dilation[0]}" if self.dilation != (1, 1) else "",
                          " dw" if self.is_depthwise else (f" g{self.groups}" if self.groups > 1 else "")])
         return f"{self.in_channels}->{self.out_channels} {kh}x{kw}{extra} @{self.height}x{self.width}"
+
+
+def conv_spec_of(graph: Graph, node: Node) -> ConvSpec | None:
+    """The conv's shape when convopt compiles it with its own kernels (fp32, constant weight and bias), else None:
+    the one home of that test (select_lowering and the TVM backend both ask it)."""
+    if node.op is not Op.CONV2D or node.type.dtype != "f32" or node.inputs[1] not in graph.constant_map:
+        return None
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2] not in graph.constant_map:
+        return None
+    a = node.attrs
+    return ConvSpec.of(graph.types[node.inputs[0]].shape, graph.types[node.inputs[1]].shape,
+                       a.stride, a.padding, a.dilation, a.groups)
 
 
 def pad_input(data: te.Tensor, spec: ConvSpec, name: str, extra: tuple[int, int] = (0, 0)) -> te.Tensor:
@@ -161,3 +180,25 @@ def schedule_cuda_default(sch: "tvm.s_tir.Schedule", func_name: str | None, targ
 def _iter_kinds(sch, block) -> list[int]:
     """0 for a data-parallel loop, 2 for a reduction one, per loop of ``block`` (one block var per loop)."""
     return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """One conv lowering: its name, whether it runs a conv, its workspace, weight transform, TE compute and
+    schedules (the contract in the module docstring)."""
+
+    name: str
+    supports: Callable[[ConvSpec], "str | None"]
+    workspace_bytes: Callable[[ConvSpec, int], int]
+    prepare_weight: Callable[..., tuple]
+    compute: Callable[..., te.Tensor]
+    schedule_cpu: Callable[..., None]
+    schedule_cuda: Callable[..., None] = schedule_cuda_default
+
+    def prepared(self, weight: np.ndarray, spec: ConvSpec, lanes: int) -> tuple[np.ndarray, ...]:
+        """The weight's constants as contiguous fp32 arrays."""
+        return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in self.prepare_weight(weight, spec, lanes))
+
+    def schedule(self, sch, func_name: str | None, target) -> None:
+        """Schedule the PrimFunc ``func_name`` for ``target`` (a convopt Target) in place."""
+        (self.schedule_cpu if target.is_cpu else self.schedule_cuda)(sch, func_name, target)

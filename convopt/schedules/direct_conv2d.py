@@ -39,10 +39,6 @@ function (e.g. ``Schedule(prim_func)`` or an IRModule with one PrimFunc).
 contains a ``dconv_acc`` block.  ``emit_te`` de-duplicates structurally equal
 PrimFuncs (two identical convs share one), so schedule each name once (a
 second call on the same function fails: its blocks are already split).
-
-Threads: TVM's runtime pool defaults to hardware_concurrency / 2 on x86, i.e.
-ONE thread on a 2-vCPU machine; set ``TVM_NUM_THREADS`` before the runtime
-starts to use both cores (the benchmark does).
 """
 
 from __future__ import annotations
@@ -51,11 +47,15 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from . import tiling
+from .conv_spec import Lowering, optional_block
+
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
 OUT_BLOCK = "dconv_out"
 
 ACTIVATIONS = ("none", "relu", "relu6")
+TILED_EPILOGUE = "dconv_tiled_epilogue"  # attr of the output block: computed per register tile
 
 
 # ----------------------------------------------------------------------------
@@ -88,43 +88,9 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
-def vector_lanes(target) -> int:
-    """fp32 lanes of one SIMD register of ``target`` (16 with AVX-512, 8 with AVX2, else 4).
-
-    Uses the LLVM feature list; ``llvm_get_vector_width`` is not reliable here
-    (it reports 512 bits for znver3, which has no AVX-512).
-    """
-    if target is None:
-        target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        return 8
-    try:
-        feats = tvm.target.codegen.llvm_get_cpu_features(target)
-    except Exception:  # pragma: no cover - non x86 / odd targets
-        return 4
-    if "avx512f" in feats:
-        return 16
-    if "avx2" in feats or "avx" in feats:
-        return 8
-    return 4
-
-
 # ----------------------------------------------------------------------------
 # build-time helpers
 # ----------------------------------------------------------------------------
-def choose_oc_block(out_channels_per_group: int, vector_lanes: int) -> int:
-    """Output-channel block = one SIMD vector when the group is at least that wide.
-
-    Smaller groups (depthwise: 1) use the group size itself; the schedule then
-    vectorizes over output width instead of output channels.
-    """
-    ocpg = int(out_channels_per_group)
-    lanes = int(vector_lanes)
-    if ocpg >= lanes:
-        return lanes
-    return max(ocpg, 1)
-
-
 def pack_weight(weight: np.ndarray, groups: int, oc_block: int) -> np.ndarray:
     """OIHW (I = C/groups) -> [G*ceil((O/G)/ob), I, KH, KW, ob], zero-padded per group."""
     weight = np.asarray(weight, dtype=np.float32)
@@ -244,7 +210,10 @@ def direct_conv2d_compute(
             v = tirx.min(tirx.max(v, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
         return v
 
-    return te.compute((N, O, OH, OW), _epi, name=OUT_BLOCK)
+    # per register tile only when output channel o sits in block o // ob (no per-group zero padding): the
+    # padded index map is not one TIR's compute-at can invert
+    tiled = int(G == 1 or ocpg % ob == 0)
+    return te.compute((N, O, OH, OW), _epi, name=OUT_BLOCK, attrs={TILED_EPILOGUE: tiled})
 
 
 # ----------------------------------------------------------------------------
@@ -264,34 +233,8 @@ def find_direct_conv2d_funcs(mod: tvm.IRModule) -> list[str]:
     return names
 
 
-def _divisor_tile(n, candidates):
-    for c in candidates:
-        if c <= n and n % c == 0:
-            return c
-    return None
-
-
-def _has_block(sch, name, func_name):
-    try:
-        sch.get_sblock(name, func_name)
-        return True
-    except Exception:
-        return False
-
-
 def _loop_extent(sch, loop):
     return int(sch.get(loop).extent)
-
-
-def pick_tile(extent: int, target: int) -> int:
-    """Largest divisor of ``extent`` in [3/4 target, target]; else ``target`` (guarded tail)."""
-    if extent <= target:
-        return extent
-    lo = max(1, (3 * target + 3) // 4)
-    for t in range(target, lo - 1, -1):
-        if extent % t == 0:
-            return t
-    return target
 
 
 def schedule_direct_conv2d(
@@ -310,8 +253,8 @@ def schedule_direct_conv2d(
     ``sch`` is a ``tvm.s_tir.Schedule`` over an IRModule (or over the PrimFunc
     itself, then ``func_name=None``); ``func_name`` is the PrimFunc's GlobalVar
     name in that module (e.g. the ``primfunc_name_hint`` given to ``emit_te``;
-    :func:`find_direct_conv2d_funcs` lists them).  ``target`` is the llvm
-    target (its CPU features decide the vector width).  The schedule works on
+    :func:`find_direct_conv2d_funcs` lists them).  ``target`` is a
+    convopt Target (its ``lanes`` decide the vector width).  The schedule works on
     ``sch`` in place; take ``sch.mod`` afterwards.  A function can be scheduled
     only once (its blocks are renamed/split by the first call).
 
@@ -320,7 +263,7 @@ def schedule_direct_conv2d(
     ``reduction_order`` e.g. ``"rc,ry,rx"`` (the default, measured best);
     ``mode`` = ``"oc"`` (vectorize over the channel block; default when
     ``oc_block`` >= half a vector) or ``"ow"`` (vectorize over output columns;
-    default for depthwise / small groups).
+    default for depthwise / small groups). The tile rules are in tiling.py.
 
     "oc" mode loops (1x1 kernels: ``parallel(n, oh, ocb/oc_tile)``):
     ``parallel(n, ocb/oc_tile, oh) > ow/ow_tile > rc > kh > kw >
@@ -334,7 +277,7 @@ def schedule_direct_conv2d(
     """
     if func_name is not None:
         sch.work_on(func_name)
-    lanes = vector_lanes(target)
+    lanes = target.lanes
 
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUT_BLOCK, func_name)
@@ -343,8 +286,8 @@ def schedule_direct_conv2d(
     OCB, OW, OB = (_loop_extent(sch, v) for v in (b, x, l))
 
     # --- padding: its own parallel pass (cheap; keeps the hot loop branch-free)
-    if _has_block(sch, PAD_BLOCK, func_name):
-        pad = sch.get_sblock(PAD_BLOCK, func_name)
+    pad = optional_block(sch, PAD_BLOCK, func_name)
+    if pad is not None:
         pn, pc, ph, pw = sch.get_loops(pad)
         sch.parallel(sch.fuse(pn, pc, ph))
         if _loop_extent(sch, pw) >= lanes:
@@ -352,20 +295,16 @@ def schedule_direct_conv2d(
             sch.vectorize(pwi)
 
     if mode is None:
-        mode = "oc" if OB >= max(4, lanes // 2) else "ow"
+        mode = "oc" if tiling.vectorizes_channels(OB, lanes) else "ow"
     if mode not in ("oc", "ow"):
         raise ValueError(f"mode must be 'oc' or 'ow', got {mode!r}")
     if mode == "oc":
         # Register tile: oc_tile blocks of OB channels x ow_tile output columns,
-        # vectorized over the OB channels.  About 8 accumulator registers with
-        # AVX2 (16 ymm; LLVM also keeps the kw-shifted input broadcasts live),
-        # 16 with AVX-512 (32 zmm).
-        vec_per_block = _ceil_div(OB, lanes)
-        nacc = 16 if lanes >= 16 else 8
+        # vectorized over the OB channels (tiling.channel_tile / column_tile).
         if oc_tile is None:
-            oc_tile = 2 if (OCB % 2 == 0 and vec_per_block == 1) else 1
+            oc_tile, _ = tiling.channel_tile(OCB, OB, lanes)
         if ow_tile is None:
-            ow_tile = pick_tile(OW, max(1, nacc // (oc_tile * vec_per_block)))
+            ow_tile = tiling.column_tile(OW, OCB, OB, lanes)
         bo, bi = sch.split(b, [None, oc_tile])
         xo, xi = sch.split(x, [None, ow_tile])
         red = {"rc": rc, "ry": ry, "rx": rx}
@@ -384,10 +323,7 @@ def schedule_direct_conv2d(
     else:
         # small channel blocks (depthwise, tiny groups): vectorize over output columns
         if ow_tile is None:
-            # a whole row (several independent vector accumulators) when it fits
-            ow_tile = OW if OW <= 8 * lanes else (
-                _divisor_tile(OW, [k * lanes for k in range(8, 2, -1)]) or 4 * lanes
-            )
+            ow_tile = tiling.row_tile(OW, lanes)
         xo, xi = sch.split(x, [None, ow_tile])
         sch.reorder(n, b, y, xo, rc, ry, rx, l, xi)
         sch.parallel(sch.fuse(n, b, y))
@@ -399,38 +335,31 @@ def schedule_direct_conv2d(
     # vectorize/unroll first: after decompose_reduction vectorize fails
     sch.decompose_reduction(acc, sch.get_loops(acc)[2])
 
-    # --- epilogue computed per register tile (the accumulator tile stays local)
-    try:
+    # --- epilogue computed per register tile (the accumulator tile stays local).
+    # The tile-sized accumulator keeps "global" scope: small global allocations become stack allocas,
+    # whereas a "local" one turns into a TVMBackendAllocWorkspace call per tile (1.6x slower on depthwise).
+    if int(sch.get(out).annotations[TILED_EPILOGUE]):
         sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
-        # Keep the (now tile-sized) accumulator in "global" scope: small global
-        # allocations become stack allocas, whereas a "local" one turns into a
-        # TVMBackendAllocWorkspace call per tile (measured 1.6x slower on depthwise).
-        eloops = sch.get_loops(out)
-        last = eloops[-1]  # output columns of the tile (NCHW-contiguous)
-        ext = _loop_extent(sch, last)
-        if 1 < ext <= 8 * lanes and OW % ow_tile == 0:
+        last = sch.get_loops(out)[-1]  # output columns of the tile (NCHW-contiguous)
+        if 1 < _loop_extent(sch, last) <= 8 * lanes and OW % ow_tile == 0:
             sch.vectorize(last)
-        # (measured slower: unrolling the epilogue's channel loop; vectorizing the
-        # epilogue over channels with strided NCHW stores)
-    except Exception:  # pragma: no cover - fall back to a separate epilogue pass
+        # (measured slower: unrolling the epilogue's channel loop; vectorizing the epilogue over channels
+        # with strided NCHW stores)
+    else:  # a separate parallel pass over the output
         en, eo, ey, ex = sch.get_loops(out)
         sch.parallel(sch.fuse(en, eo, ey))
         if OW >= lanes:
-            _, exi = sch.split(ex, [None, lanes])
-            sch.vectorize(exi)
+            sch.vectorize(sch.split(ex, [None, lanes])[1])
 
 
 # ----------------------------------------------------------------------------
 # the lowering contract (conv_spec.py)
 # ----------------------------------------------------------------------------
-NAME = "direct"
-
-
 def supports(spec) -> str | None:
     return None  # every conv: any kernel, stride, dilation and groups
 
 
-def workspace_bytes(spec) -> int:
+def workspace_bytes(spec, lanes: int) -> int:
     """The zero-padded input (the accumulator is one register tile per thread)."""
     ph, pw = spec.padding
     if not (ph or pw):
@@ -439,7 +368,7 @@ def workspace_bytes(spec) -> int:
 
 
 def prepare_weight(weight, spec, lanes):
-    return (pack_weight(weight, spec.groups, choose_oc_block(spec.out_per_group, lanes)),)
+    return (pack_weight(weight, spec.groups, tiling.channel_block(spec.out_per_group, lanes)),)
 
 
 def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
@@ -449,11 +378,4 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
                                  groups=spec.groups, oc_block=ob, activation=activation, residual=residual)
 
 
-def schedule_cpu(sch, func_name, target) -> None:
-    schedule_direct_conv2d(sch, func_name, target)
-
-
-def schedule_cuda(sch, func_name, target) -> None:
-    from .conv_spec import schedule_cuda_default
-
-    schedule_cuda_default(sch, func_name, target)
+LOWERING = Lowering("direct", supports, workspace_bytes, prepare_weight, compute, schedule_direct_conv2d)

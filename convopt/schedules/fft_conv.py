@@ -54,38 +54,48 @@ import math
 import numpy as np
 from tvm import te, tirx
 
-from .conv_spec import OUTPUT_BLOCK, output_compute, schedule_cuda_default
+from . import tiling
+from .conv_spec import OUTPUT_BLOCK, Lowering, output_compute
 
-NAME = "fft"
 ROWS_BLOCK = "fft_w"  # A
 SPEC_BLOCK = "fft_hw"  # P
 MUL_BLOCK = "fft_mul"  # T
 INV_H_BLOCK = "ifft_h"  # V
 INV_W_BLOCK = "ifft_w"  # the last GEMM, before the epilogue
-_LANES = 8
 
 
-def _axis(n, k, s, p, d, on, vector: bool):
-    """(used input length, L, K) of one axis; ``vector``: 2K a multiple of 8 with L = 2K - 1."""
+def _axis(n, k, s, p, d, on, width: int | None):
+    """(used input length, L, K) of one axis; with a vector ``width``: 2K a multiple of it, L = 2K - 1."""
     keff = d * (k - 1) + 1
     hi = (on - 1) * s + keff - 1 - p
     used = min(n, hi + 1)
     lmin = used + p
-    if not vector:
+    if width is None:
         return used, lmin, lmin // 2 + 1
-    vecs = -(-(lmin + 1) // _LANES)
+    vecs = column_vectors(lmin, width)
+    return used, vecs * width - 1, vecs * width // 2
+
+
+def vector_width(lanes: int) -> int:
+    """Columns per vector of the spectrum grid: the SIMD width, at least 8 (an even grid on CUDA too)."""
+    return max(8, lanes)
+
+
+def column_vectors(length: int, width: int) -> int:
+    """Vectors of ``width`` columns for a grid of at least ``length + 1`` columns (then L = 2K - 1)."""
+    vecs = -(-(length + 1) // width)
     if vecs >= 6 and vecs % 2 and vecs % 3:  # a vector more for a register tile of 2 or 3 vectors
         vecs += 1
-    return used, vecs * _LANES - 1, vecs * _LANES // 2
+    return vecs
 
 
-def geometry(spec):
-    """dict: He, We (input rows/cols used), Lh, Lw, Kh, Kw, J = 2Kw, OWp."""
+def geometry(spec, width: int):
+    """dict: He, We (input rows/cols used), Lh, Lw, Kh, Kw, J = 2Kw, OWp (columns in vectors of ``width``)."""
     he, lh, kh = _axis(spec.height, spec.kernel[0], spec.stride[0], spec.padding[0], spec.dilation[0],
-                       spec.out_height, False)
+                       spec.out_height, None)
     we, lw, kw = _axis(spec.width, spec.kernel[1], spec.stride[1], spec.padding[1], spec.dilation[1],
-                       spec.out_width, True)
-    owp = -(-spec.out_width // _LANES) * _LANES
+                       spec.out_width, width)
+    owp = -(-spec.out_width // width) * width
     return {"He": he, "We": we, "Lh": lh, "Lw": lw, "Kh": kh, "Kw": kw, "J": 2 * kw, "OWp": owp}
 
 
@@ -98,10 +108,10 @@ def per_channel(spec) -> bool:
     return spec.in_per_group == 1 and spec.out_per_group == 1
 
 
-def workspace_bytes(spec) -> int:
+def workspace_bytes(spec, lanes: int) -> int:
     """A and P for every channel (only the current channel's when per_channel), T and V per output
     channel; per-channel buffers live inside the parallel loop, one copy per running thread."""
-    g = geometry(spec)
+    g = geometry(spec, vector_width(lanes))
     j, kh2 = g["J"], 2 * g["Kh"]
     forward = (g["He"] + kh2) * j * (1 if per_channel(spec) else spec.batch * spec.in_channels)
     return 4 * (forward + (kh2 + spec.out_height) * j)
@@ -121,7 +131,7 @@ def _inverse(out, stride, pad, length, k):
 
 
 def prepare_weight(weight, spec, lanes):
-    g = geometry(spec)
+    g = geometry(spec, vector_width(lanes))
     lh, lw, kh, kw = g["Lh"], g["Lw"], g["Kh"], g["Kw"]
     w = np.asarray(weight, np.float64)
     fw = _forward(g["We"], lw, kw).transpose(2, 0, 1).reshape(g["We"], 2 * kw)
@@ -143,7 +153,7 @@ def prepare_weight(weight, spec, lanes):
 
 
 def compute(data, fw, fh, q, gh, gw, *, bias=None, residual=None, spec, activation="none", lanes=8):
-    g = geometry(spec)
+    g = geometry(spec, vector_width(lanes))
     he, we, kh, kw, owp = g["He"], g["We"], g["Kh"], g["Kw"], g["OWp"]
     n_, c_, o_, oh = spec.batch, spec.in_channels, spec.out_channels, spec.out_height
     ipg, opg = spec.in_per_group, spec.out_per_group
@@ -189,21 +199,6 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _tile(m: int, nvec: int, budget: int = 12, m_max: int = 8) -> tuple[int, int]:
-    """(mt, nv): rows (a divisor of m) x vectors (a divisor of nvec) of a register tile."""
-    best, best_score = (1, 1), -1.0
-    for mt in range(1, min(m, m_max) + 1):
-        if m % mt:
-            continue
-        for nv in range(1, nvec + 1):
-            if nvec % nv or mt * nv > budget:
-                continue
-            score = mt * nv / (mt + nv) + 0.01 * mt * nv
-            if score > best_score:
-                best, best_score = (mt, nv), score
-    return best
-
-
 def _gemm(sch, block, outer, m, n, reduce, lanes, *, consumer=None, consumer_cols=None, rows_parallel=False):
     """Register-tile a GEMM block: ``outer`` loops (fused, parallel, with the row tiles too when
     ``rows_parallel``; none when the block is computed inside a parallel loop already), m rows x n
@@ -211,8 +206,9 @@ def _gemm(sch, block, outer, m, n, reduce, lanes, *, consumer=None, consumer_col
 
     With ``consumer`` (an elementwise block reading ``consumer_cols`` of the n columns) that block is
     computed per tile instead of writing the tile back. Returns the parallel loop, if any."""
-    lanes = math.gcd(_extent(sch, n), lanes)  # J and OWp are whole 8-lane vectors
-    mt, nv = _tile(_extent(sch, m), _extent(sch, n) // lanes)
+    width = math.gcd(_extent(sch, n), vector_width(lanes))  # J and OWp are whole vectors
+    mt, nv = tiling.fft_gemm_tile(_extent(sch, m), _extent(sch, n) // width, lanes)
+    lanes = width
     mo, mi = sch.split(m, [None, mt])
     no, ni = sch.split(n, [None, nv * lanes])
     ni_o, ni_i = sch.split(ni, [None, lanes])
@@ -252,11 +248,9 @@ def _schedule_mul(sch, blk) -> None:
 
 
 def schedule_cpu(sch, func_name, target) -> None:
-    from .direct_conv2d import vector_lanes
-
     if func_name is not None:
         sch.work_on(func_name)
-    lanes = vector_lanes(target)
+    lanes = target.lanes
     get = lambda name: sch.get_sblock(name, func_name)
     out = get(OUTPUT_BLOCK)
     mul = get(MUL_BLOCK)
@@ -291,5 +285,4 @@ def schedule_cpu(sch, func_name, target) -> None:
     _gemm(sch, blk, [] if per_channel else [n, c], h, j, [w], lanes, rows_parallel=True)
 
 
-def schedule_cuda(sch, func_name, target) -> None:
-    schedule_cuda_default(sch, func_name, target)
+LOWERING = Lowering("fft", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)

@@ -38,16 +38,16 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
+from . import tiling
+
 from .conv_spec import (
     OUTPUT_BLOCK,
     optional_block,
     output_compute,
     pad_input,
-    schedule_cuda_default,
+    Lowering,
 )
-from .direct_conv2d import vector_lanes
 
-NAME = "im2col"
 PAD_BLOCK = "im2col_pad"
 COL_BLOCK = "im2col_col"
 GEMM_BLOCK = "im2col_gemm"
@@ -72,28 +72,14 @@ def plan(spec, lanes: int) -> tuple[str, int, int, int]:
     channels (m | Og) x tile_p pixels, a multiple of lanes dividing P (one vector and a guarded
     tail when P isn't a multiple of lanes). "o" (output channels vectorized): m = lanes channels
     per vector, tile_o vectors x tile_p pixels (a divisor of P)."""
-    return register_tile(spec.out_height * spec.out_width, spec.out_per_group, spec.out_channels, lanes)
-
-
-def register_tile(p: int, og: int, out_channels: int, lanes: int) -> tuple[str, int, int, int]:
-    """``plan`` from the numbers it depends on (pixels, output channels per group and in all); the cost
-    model's formulas call it too."""
-    acc = 8 if lanes <= 8 else 16
-    if p % lanes == 0 or og % lanes:
-        mr = next(m for m in (4, 2, 1) if og % m == 0)
-        if p % lanes:
-            return "p", mr, mr, lanes
-        v = max(v for v in range(1, acc // mr + 1) if p % (v * lanes) == 0)
-        return "p", mr, mr, v * lanes
-    ot = 2 if (out_channels // lanes) % 2 == 0 else 1
-    return "o", lanes, ot, max(d for d in range(1, acc // ot + 1) if p % d == 0)
+    return tiling.gemm_tile(spec.out_height * spec.out_width, spec.out_per_group, spec.out_channels, lanes)
 
 
 def supports(spec) -> str | None:
     return None  # any kernel, stride, padding, dilation and groups
 
 
-def workspace_bytes(spec) -> int:
+def workspace_bytes(spec, lanes: int) -> int:
     """The col matrix, and the zero-padded input when there is padding."""
     if skips_unroll(spec):
         return 0
@@ -156,7 +142,7 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
-    lanes = vector_lanes(target)
+    lanes = target.lanes
     gemm = sch.get_sblock(GEMM_BLOCK, func_name)
     out = sch.get_sblock(OUTPUT_BLOCK, func_name)
     mode, to, tp = sch.get(gemm).annotations["im2col_tile"]
@@ -207,15 +193,4 @@ def schedule_cpu(sch, func_name, target) -> None:
         sch.vectorize(last)
 
 
-def schedule_cuda(sch, func_name, target) -> None:
-    schedule_cuda_default(sch, func_name, target)
-
-
-def accumulators(p: int, og: int, out_channels: int, lanes: int) -> float:
-    """Vector accumulators of the GEMM's register tile (fractional when a pixel vector has a guarded tail)."""
-    mode, _, tile_o, tile_p = register_tile(p, og, out_channels, lanes)
-    if mode == "o":
-        return tile_o * tile_p
-    if p % lanes:
-        return tile_o * p / (-(-p // lanes) * lanes)
-    return tile_o * tile_p / lanes
+LOWERING = Lowering("im2col", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)

@@ -44,11 +44,10 @@ from .conv_spec import (
     OUTPUT_BLOCK,
     optional_block,
     output_compute,
-    schedule_cuda_default,
+    Lowering,
 )
-from .direct_conv2d import choose_oc_block, pick_tile, vector_lanes
+from . import tiling
 
-NAME = "im2win"
 WIN_BLOCK = "im2win_win"
 ACC_BLOCK = "im2win_acc"
 
@@ -65,7 +64,7 @@ def skips_repack(spec) -> bool:
 def channel_block(spec, lanes: int) -> int:
     """Output channels per vector: ``lanes`` (zero-padded in the last block) when there is one group; with
     several groups a divisor of Og, so that the epilogue can still be computed per register tile."""
-    ob = choose_oc_block(spec.out_per_group, lanes)
+    ob = tiling.channel_block(spec.out_per_group, lanes)
     if spec.groups > 1 and spec.out_per_group % ob:
         ob = max(d for d in range(1, ob + 1) if spec.out_per_group % d == 0)
     return ob
@@ -75,7 +74,7 @@ def supports(spec) -> str | None:
     return None  # any kernel, stride, padding, dilation and groups
 
 
-def workspace_bytes(spec) -> int:
+def workspace_bytes(spec, lanes: int) -> int:
     if skips_repack(spec):
         return 0
     wp = spec.width + 2 * spec.padding[1]
@@ -148,7 +147,7 @@ def _extent(sch, loop) -> int:
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
-    lanes = vector_lanes(target)
+    lanes = target.lanes
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUTPUT_BLOCK, func_name)
 
@@ -162,11 +161,10 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     n, b, y, x, lane, rc, rs, rr = sch.get_loops(acc)
     ocb, ow_, ob = _extent(sch, b), _extent(sch, x), _extent(sch, lane)
-    if ob >= max(4, lanes // 2):
-        # 2 vector blocks x 4 outputs: 8 accumulators (direct measured this best with AVX2)
-        vecs = _ceil_div(ob, lanes)
-        ot = 2 if ocb % 2 == 0 and vecs == 1 else 1
-        wt = pick_tile(ow_, max(1, (16 if lanes >= 16 else 8) // (ot * vecs)))
+    if tiling.vectorizes_channels(ob, lanes):
+        # the direct kernel's register tile: 2 vector blocks x 4 outputs with AVX2, x 8 with AVX-512
+        ot, _ = tiling.channel_tile(ocb, ob, lanes)
+        wt = tiling.column_tile(ow_, ocb, ob, lanes)
         bo, bi = sch.split(b, [None, ot])
         xo, xi = sch.split(x, [None, wt])
         if _extent(sch, rs) * _extent(sch, rr) == 1:
@@ -181,7 +179,7 @@ def schedule_cpu(sch, func_name, target) -> None:
         sch.vectorize(lane)
     else:
         # depthwise / small groups: a run of outputs per vector, the channel block unrolled
-        wt = ow_ if ow_ <= 4 * lanes else pick_tile(ow_, 4 * lanes)
+        wt = ow_ if ow_ <= 4 * lanes else tiling.pick_tile(ow_, 4 * lanes)
         xo, xi = sch.split(x, [None, wt])
         sch.reorder(n, b, y, xo, rc, rs, rr, lane, xi)
         sch.parallel(sch.fuse(n, b, y))
@@ -199,5 +197,4 @@ def schedule_cpu(sch, func_name, target) -> None:
         sch.vectorize(last)
 
 
-def schedule_cuda(sch, func_name, target) -> None:
-    schedule_cuda_default(sch, func_name, target)
+LOWERING = Lowering("im2win", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)

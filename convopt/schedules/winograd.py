@@ -12,7 +12,7 @@ output and input channel instead of 9 (4 for m = 2, 2.25 for m = 4).
 
 Stages (block names), with ob = lanes (the fp32 SIMD width; 1 for CUDA), Cp / Op = C / O rounded
 up to ob, nH = ceil(OH / m), nW = ceil(OW / m), T = N nH nW tiles and Tp = T rounded up to the
-GEMM's register-tile width tt in {4, 5, 6} (``_t_tile``; GEMM columns past T repeat the last tile
+GEMM's register-tile width tt in {4, 5, 6} (``tiling.winograd_tile_width``; GEMM columns past T repeat the last tile
 and are never read back):
 
 * build time (``prepare_weight``, numpy, float64): U = G g G^T as ``[alpha, alpha, Op/ob, Cp, ob]``;
@@ -46,14 +46,15 @@ faster than ``direct``; the GEMM is ~2/3 of the time, at ~85% of the FMA peak.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from tvm import te, tirx
 
-from .conv_spec import OUTPUT_BLOCK, ConvSpec, output_compute, schedule_cuda_default
+from . import tiling
+from .conv_spec import OUTPUT_BLOCK, ConvSpec, Lowering, output_compute
 
-NAME = "winograd"
 VARIANTS = ("winograd2", "winograd4")
 PAD_BLOCK, V_BLOCK, GEMM_BLOCK = "wino_pad", "wino_V", "wino_M"
 
@@ -83,12 +84,6 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b) * b
 
 
-def _t_tile(tiles: int) -> int:
-    """GEMM register-tile width over tiles (6, 5 or 4): the fewest padded tiles per unit of GEMM
-    efficiency (2 x tt accumulators: 12 keep both FMA pipes busy, 8 are latency-bound)."""
-    return min((6, 5, 4), key=lambda tt: _ceil(tiles, tt) / {6: 1.0, 5: 0.95, 4: 0.8}[tt])
-
-
 @dataclass(frozen=True)
 class _Geometry:
     m: int  # output tile
@@ -108,7 +103,7 @@ def _geometry(spec: ConvSpec, variant: str, lanes: int) -> _Geometry:
     m = _tile_size(variant)
     nh, nw = -(-spec.out_height // m), -(-spec.out_width // m)
     tiles = spec.batch * nh * nw
-    return _Geometry(m, m + 2, nh, nw, tiles, _ceil(tiles, _t_tile(tiles)), lanes, _ceil(spec.in_channels, lanes),
+    return _Geometry(m, m + 2, nh, nw, tiles, _ceil(tiles, tiling.winograd_tile_width(tiles)), lanes, _ceil(spec.in_channels, lanes),
                      _ceil(spec.out_channels, lanes), nh * m + 2, nw * m + 2)
 
 
@@ -126,7 +121,7 @@ def supports(spec: ConvSpec, variant: str) -> str | None:
     return None
 
 
-def workspace_bytes(spec: ConvSpec, variant: str, lanes: int = 8) -> int:
+def workspace_bytes(spec: ConvSpec, lanes: int, variant: str) -> int:
     """Bytes of P, V and M (see the module docstring) for a compute built with ``lanes``."""
     g = _geometry(spec, variant, lanes)
     a2 = g.alpha ** 2
@@ -272,5 +267,11 @@ def schedule_cpu(sch, func_name, target) -> None:
         sch.vectorize(oi)
 
 
-def schedule_cuda(sch, func_name, target) -> None:
-    schedule_cuda_default(sch, func_name, target)
+def _variant(name: str) -> Lowering:
+    bind = functools.partial
+    return Lowering(name, bind(supports, variant=name), bind(workspace_bytes, variant=name),
+                    bind(prepare_weight, variant=name), bind(compute, variant=name), schedule_cpu)
+
+
+WINOGRAD2 = _variant("winograd2")  # F(2x2, 3x3)
+WINOGRAD4 = _variant("winograd4")  # F(4x4, 3x3)

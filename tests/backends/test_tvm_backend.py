@@ -10,7 +10,8 @@ from torch import nn
 
 import convopt
 from convopt.backends.relax_emit import UnsupportedOpError
-from convopt.backends.tvm_backend import compile_graph, cuda_target
+from convopt.backends.tvm_backend import compile_graph
+from convopt.target import resolve_target
 from tests.conftest import rel_err
 from tests.passes.test_fold_conv_bn import randomize_bn
 
@@ -99,7 +100,7 @@ def test_cuda_code_is_generated(arch):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 4)).eval()
     graph = convopt.optimize(model, torch.randn(1, 3, 16, 16)).graph
-    executable = compile_graph(graph, cuda_target(arch))
+    executable, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": arch}))
 
     def modules(m):
         yield m

@@ -1,5 +1,6 @@
 """The sympy cost terms: they agree with the lowerings' own accounting and with the conv's arithmetic."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,12 +31,12 @@ def test_every_lowering_has_formulas():
 
 
 @settings(max_examples=60, deadline=None)
-@given(conv_specs())
-def test_workspace_formula_equals_the_lowerings_own_count(spec):
+@given(conv_specs(), st.sampled_from([8, 16]))
+def test_workspace_formula_equals_the_lowerings_own_count(spec, lanes):
     for name in LOWERINGS:
         low = lowering(name)
         if low.supports(spec) is None:
-            assert evaluate(name, spec)["workspace"] == low.workspace_bytes(spec), name
+            assert evaluate(name, spec, lanes)["workspace"] == low.workspace_bytes(spec, lanes), name
 
 
 @settings(max_examples=40, deadline=None)
@@ -44,18 +45,33 @@ def test_direct_flops_are_the_convs_multiply_adds(spec):
     terms = evaluate("direct", spec, lanes=8)
     executed = terms["flops"] + terms["narrow_flops"] + terms["slow_flops"]
     assert executed >= 2 * spec.macs  # channel blocks may be padded, never skipped
-    whole_column_tiles = spec.out_width <= 4 or spec.out_width % 4 == 0
-    if (spec.out_per_group % 8 == 0 and whole_column_tiles) or spec.out_per_group < 4:
+    from convopt.schedules.tiling import column_tile
+
+    tile = column_tile(spec.out_width, spec.out_channels // 8, 8, 8)
+    if (spec.out_per_group % 8 == 0 and spec.out_width % tile == 0) or spec.out_per_group < 4:
         assert executed == 2 * spec.macs
 
 
 def test_winograd_multiplies_less_than_direct():
     spec = ConvSpec(1, 64, 56, 56, 64, (3, 3), padding=(1, 1))
-    direct = evaluate("direct", spec)["flops"]
-    assert evaluate("winograd2", spec)["flops"] < 0.5 * direct
-    assert evaluate("winograd4", spec)["flops"] < 0.3 * direct
+    direct = evaluate("direct", spec, 8)["flops"]
+    assert evaluate("winograd2", spec, 8)["flops"] < 0.5 * direct
+    assert evaluate("winograd4", spec, 8)["flops"] < 0.3 * direct
 
 
 def test_im2win_workspace_is_smaller_than_im2col():
     spec = ConvSpec(1, 64, 56, 56, 64, (3, 3), padding=(1, 1))
-    assert evaluate("im2win", spec)["workspace"] < evaluate("im2col", spec)["workspace"]
+    assert evaluate("im2win", spec, 8)["workspace"] < evaluate("im2col", spec, 8)["workspace"]
+
+
+@pytest.mark.parametrize("lanes,columns", [(8, 4), (16, 8)])
+def test_direct_column_tile_is_the_schedules(lanes, columns):
+    """The formula's register tile is the one the schedule uses: 2 channel vectors x 4 columns with AVX2,
+    x 8 with AVX-512 (tiling.column_tile), so a 56-wide row runs 14 or 7 whole tiles and no padding."""
+    from convopt.cost.formulas import DirectColumnTile
+    from convopt.schedules.tiling import column_tile
+
+    assert column_tile(56, 8, lanes, lanes) == columns
+    assert int(DirectColumnTile(56, 8, lanes, lanes)) == columns
+    spec = ConvSpec(1, 64, 56, 56, 128, (3, 3), padding=(1, 1))
+    assert evaluate("direct", spec, lanes)["flops"] == 2 * spec.macs

@@ -28,23 +28,23 @@ def test_fit_never_gives_negative_coefficients():
 
 def test_predict_is_linear_in_the_coefficients():
     spec = ConvSpec(1, 64, 56, 56, 64, (3, 3), padding=(1, 1))
-    one = predict("direct", spec, fixed_profile(direct={"flops": 1.0}))
-    two = predict("direct", spec, fixed_profile(direct={"flops": 2.0}))
+    one = predict("direct", spec, fixed_profile(direct={"flops": 1.0}), 8)
+    two = predict("direct", spec, fixed_profile(direct={"flops": 2.0}), 8)
     assert two == pytest.approx(2 * one)
     assert one == pytest.approx(2 * spec.macs / 100e9)  # flops at peak
 
 
 def test_candidates_are_the_lowerings_that_run_the_conv():
     profile = fixed_profile()
-    dense3 = predict_all(ConvSpec(1, 16, 20, 20, 16, (3, 3), padding=(1, 1)), profile)
+    dense3 = predict_all(ConvSpec(1, 16, 20, 20, 16, (3, 3), padding=(1, 1)), profile, 8)
     assert {"direct", "im2col", "im2win", "winograd2", "winograd4", "fft"} <= set(dense3)
-    strided = predict_all(ConvSpec(1, 16, 20, 20, 16, (3, 3), stride=(2, 2), padding=(1, 1)), profile)
+    strided = predict_all(ConvSpec(1, 16, 20, 20, 16, (3, 3), stride=(2, 2), padding=(1, 1)), profile, 8)
     assert "winograd4" not in strided and "winograd2" not in strided and "direct" in strided
 
 
 def test_uncalibrated_lowering_is_not_a_candidate():
     profile = fixed_profile()
     del profile.coefficients["fft"]
-    assert "fft" not in predict_all(ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile)
+    assert "fft" not in predict_all(ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile, 8)
     with pytest.raises(KeyError, match="convopt calibrate"):
-        predict("fft", ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile)
+        predict("fft", ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile, 8)

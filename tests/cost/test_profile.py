@@ -1,17 +1,22 @@
-"""The machine profile: measurement, JSON round trip, cache, corrupt files rejected."""
+"""The machine profile: measurement, JSON round trip, cache by target key, shipped profiles, corrupt files
+rejected."""
 
 import json
+import warnings
 
 import pytest
 
 from convopt.cost import profile as prof
 from convopt.cost.profile import MachineProfile, load_profile, measure_machine
+from convopt.target import resolve_target
 
 from .profiles import fixed_profile
 
+HOST = resolve_target("cpu")
+
 
 def test_measure_machine_is_plausible():
-    p = measure_machine()
+    p = measure_machine(HOST)
     assert 1e9 < p.peak_flops < 1e14  # a GEMM runs between 1 GFLOP/s and 100 TFLOP/s
     assert 1e8 < p.bandwidth < 1e13
     assert p.cores >= 1 and p.cpu
@@ -44,19 +49,44 @@ def test_truncated_file_is_rejected():
 def test_load_profile_measures_once_then_reads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVOPT_CACHE_DIR", str(tmp_path))
     calls = []
-    real = prof.measure_machine
-    monkeypatch.setattr(prof, "measure_machine", lambda: calls.append(1) or real())
-    first = load_profile()
-    second = load_profile()
+    monkeypatch.setattr(prof, "measure_machine", lambda target: calls.append(1) or fixed_profile())
+    first = load_profile(HOST)
+    second = load_profile(HOST)
     assert len(calls) == 1 and first == second
-    assert prof.profile_path().is_file()
+    assert prof.profile_path(HOST).is_file() and HOST.key in prof.profile_path(HOST).name
     # the shipped coefficients cover every lowering until a local calibration replaces them
-    shipped, _ = prof.default_coefficients()
-    assert first.coefficients == shipped
+    assert first.coefficients == prof.nearest_shipped(HOST).coefficients
 
 
-def test_shipped_profile_is_valid_and_complete():
+def test_shipped_profiles_are_valid_complete_and_named_by_their_key():
     from convopt.schedules.lowerings import LOWERINGS
 
-    coefficients, machine = prof.default_coefficients()
-    assert set(coefficients) == set(LOWERINGS) and machine
+    shipped = prof.shipped_profiles()
+    assert shipped
+    for key, profile in shipped.items():
+        assert set(profile.coefficients) == set(LOWERINGS) and profile.calibrated_on
+        assert profile.target_key == key
+
+
+AVX2_ZEN3 = resolve_target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
+AVX512_OTHER = resolve_target({"kind": "llvm", "mcpu": "icelake-server", "num-cores": 2})
+
+
+def test_a_shipped_key_is_used_as_it_is():
+    assert prof.nearest_shipped(AVX2_ZEN3).target_key == AVX2_ZEN3.key == "llvm-znver3-avx2-2c"
+
+
+def test_a_target_without_a_shipped_profile_gets_the_nearest_with_a_warning_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(prof, "measure_machine", lambda target: fixed_profile())
+    monkeypatch.setattr(prof, "_warned", set())
+    nearest = prof.nearest_shipped(AVX512_OTHER)
+    same_isa = [p for p in prof.shipped_profiles().values() if "-avx512-" in p.target_key]
+    assert nearest.target_key != AVX512_OTHER.key and (not same_isa or "-avx512-" in nearest.target_key)
+    with pytest.warns(UserWarning, match=f"no profile for target {AVX512_OTHER.key}.*convopt calibrate"):
+        profile = load_profile(AVX512_OTHER, refresh=True)
+    assert profile.coefficients == nearest.coefficients
+    assert profile.peak_flops == fixed_profile().peak_flops  # this machine's measured peak scales them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_profile(AVX512_OTHER, refresh=True)  # said once

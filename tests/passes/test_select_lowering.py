@@ -31,7 +31,7 @@ def _lowerings(graph):
 
 def test_every_conv_gets_a_choice_and_the_predictions():
     before = _graph()
-    after = select_lowering(before, profile=fixed_profile())
+    after = select_lowering(before, lanes=8, profile=fixed_profile())
     assert all(n.attrs.lowering == "" for n in before.nodes if n.op is Op.CONV2D)  # input not mutated
     for n in after.nodes:
         if n.op is Op.CONV2D:
@@ -45,47 +45,47 @@ def test_every_conv_gets_a_choice_and_the_predictions():
 
 def test_choice_follows_the_profile():
     cheap_fft = fixed_profile(fft={"flops": 0.01, "aux_flops": 0.01})
-    assert _lowerings(select_lowering(_graph(), profile=cheap_fft))["cd"] == "fft"
+    assert _lowerings(select_lowering(_graph(), lanes=8, profile=cheap_fft))["cd"] == "fft"
     cheap_im2col = fixed_profile(im2col={"flops": 0.01, "bytes": 0.01})
-    assert set(_lowerings(select_lowering(_graph(), profile=cheap_im2col)).values()) == {"im2col"}
+    assert set(_lowerings(select_lowering(_graph(), lanes=8, profile=cheap_im2col)).values()) == {"im2col"}
 
 
 def test_dump_shows_the_choice_and_parses_back():
-    after = select_lowering(_graph(), profile=fixed_profile())
+    after = select_lowering(_graph(), lanes=8, profile=fixed_profile())
     text = str(after)
     assert "lowering=" in text and "predicted_us=(('direct'," in text
     assert parse(text, constants={c.name: c.data for c in after.constants}) == after
 
 
 def test_overrides_by_module_and_by_node_name():
-    after = select_lowering(_graph(), profile=fixed_profile(), overrides={"block.conv3": "im2win", "cd": "direct"})
+    after = select_lowering(_graph(), lanes=8, profile=fixed_profile(), overrides={"block.conv3": "im2win", "cd": "direct"})
     chosen = _lowerings(after)
     assert chosen["c3"] == "im2win" and chosen["cd"] == "direct"
 
 
 def test_global_override_applies_where_it_can():
-    chosen = _lowerings(select_lowering(_graph(), profile=fixed_profile(), default="winograd4"))
+    chosen = _lowerings(select_lowering(_graph(), lanes=8, profile=fixed_profile(), default="winograd4"))
     assert chosen["c3"] == "winograd4"
     assert chosen["c1"] != "winograd4" and chosen["cd"] != "winograd4"  # 1x1 stride 2, 13x13 depthwise
 
 
 def test_override_that_cannot_run_is_refused_with_the_reason():
     with pytest.raises(LoweringError, match=r"block.dw.*winograd2 can't run it: .*3x3"):
-        select_lowering(_graph(), profile=fixed_profile(), overrides={"block.dw": "winograd2"})
+        select_lowering(_graph(), lanes=8, profile=fixed_profile(), overrides={"block.dw": "winograd2"})
 
 
 def test_unknown_names_are_refused():
     with pytest.raises(LoweringError, match="no conv node or module"):
-        select_lowering(_graph(), profile=fixed_profile(), overrides={"block.conv9": "direct"})
+        select_lowering(_graph(), lanes=8, profile=fixed_profile(), overrides={"block.conv9": "direct"})
     with pytest.raises(LoweringError, match="unknown lowering 'gemm'"):
-        select_lowering(_graph(), profile=fixed_profile(), overrides={"block.conv3": "gemm"})
+        select_lowering(_graph(), lanes=8, profile=fixed_profile(), overrides={"block.conv3": "gemm"})
     with pytest.raises(LoweringError, match="unknown lowering"):
-        select_lowering(_graph(), profile=fixed_profile(), default="magic")
+        select_lowering(_graph(), lanes=8, profile=fixed_profile(), default="magic")
 
 
 def test_conv_with_a_runtime_weight_is_left_alone():
     graph = _graph(weight_is_constant=False)
     assert conv_spec_of(graph, graph.node_map["c3"]) is None
-    after = select_lowering(graph, profile=fixed_profile())
+    after = select_lowering(graph, lanes=8, profile=fixed_profile())
     assert after.node_map["c3"] == graph.node_map["c3"]
     assert after.node_map["c1"].attrs.lowering != ""

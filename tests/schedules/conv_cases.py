@@ -1,29 +1,41 @@
-"""Shared by the lowering tests: the check against torch, a hypothesis strategy of conv shapes, and the
-bytes a lowering's PrimFunc allocates."""
+"""Shared by the lowering tests: the targets they build for, the check against torch, a hypothesis strategy
+of conv shapes, and the bytes a lowering's PrimFunc allocates.
+
+Every schedule is tested for both SIMD widths on any host: ``host(lanes)`` is this machine's target
+scheduled for 8 (AVX2) or 16 (AVX-512) lanes; LLVM runs a 16-lane schedule as two 8-lane halves on an
+AVX2 host. ``OTHER_ISAS`` are targets compiled for but not run."""
 
 import numpy as np
 import torch
 import tvm
 from hypothesis import strategies as st
 
+from convopt.numerics import relative_error
 from convopt.schedules.conv_spec import ConvSpec
-from convopt.schedules.lowerings import (
-    build_kernel,
-    host_llvm_target,
-    lower_to_primfunc,
-    lowering,
-)
+from convopt.schedules.kernel import build_kernel, lower_to_primfunc, scheduled_module
+from convopt.target import resolve_target
+
+LANES = (8, 16)
+HOST = resolve_target("cpu")
+OTHER_ISAS = {"avx2": resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2}),
+              "avx512": resolve_target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})}
+CUDA = resolve_target({"kind": "cuda", "arch": "sm_80"})
+
+
+def host(lanes: int):
+    """This machine's target, scheduled for ``lanes`` fp32 lanes."""
+    return HOST.with_lanes(lanes)
 
 
 def error_against_torch(name: str, spec: ConvSpec, bias: bool, residual: bool, activation: str,
-                        seed: int = 0) -> float:
+                        seed: int = 0, *, lanes: int) -> float:
     """max|a - b| / max|b| of lowering ``name`` (bias, residual, activation fused) against float64 torch."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=g)
     w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=g)
     b = torch.randn(spec.out_channels, generator=g) if bias else None
     r = 3 * torch.randn(spec.output_shape, generator=g) if residual else None
-    y = build_kernel(name, spec, w, b, activation=activation, residual=residual)(x, r)
+    y = build_kernel(name, spec, w, b, activation=activation, residual=residual, target=host(lanes))(x, r)
     ref = torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(), spec.stride,
                                      spec.padding, spec.dilation, spec.groups)
     if r is not None:
@@ -33,7 +45,7 @@ def error_against_torch(name: str, spec: ConvSpec, bias: bool, residual: bool, a
     elif activation == "relu6":
         ref = ref.clamp(0, 6)
     assert tuple(y.shape) == spec.output_shape
-    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    return relative_error(y, ref)
 
 
 @st.composite
@@ -56,18 +68,17 @@ def conv_specs(draw):
     return ConvSpec(draw(st.integers(1, 2)), cin, height, width, cout, kernel, stride, padding, dilation, groups)
 
 
-def lowered_bytes(name: str, spec: ConvSpec, accumulator_block: str) -> tuple[int, int]:
+def lowered_bytes(name: str, spec: ConvSpec, accumulator_block: str, lanes: int) -> tuple[int, int]:
     """(bytes of the PrimFunc's intermediate buffers except the accumulator, bytes allocated once scheduled)."""
     w = np.zeros((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
-    func, _ = lower_to_primfunc(name, spec, w, bias=True, residual=False, activation="relu", lanes=8)
+    func, _ = lower_to_primfunc(name, spec, w, bias=True, residual=False, activation="relu", lanes=lanes)
     staged = sum(4 * int(np.prod([int(v) for v in b.shape]))
                  for b in func.body.block.alloc_buffers if b.name != accumulator_block)
-    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
-    lowering(name).schedule(sch, "main", host_llvm_target())
+    scheduled, _ = scheduled_module(name, spec, w, host(lanes), bias=True, activation="relu")
     S = tvm.s_tir.transform
     mod = tvm.ir.transform.Sequential([S.LowerInitBlock(), S.PlanAndUpdateBufferAllocationLocation(),
                                        S.ConvertBlocksToOpaque(), S.CompactBufferAllocation(),
-                                       S.LowerOpaqueBlock()])(sch.mod)
+                                       S.LowerOpaqueBlock()])(scheduled)
     allocated = tvm.s_tir.analysis.calculate_allocated_bytes(mod["main"])["main"]
     return staged, int(allocated.get("global", 0))
 
@@ -81,3 +92,11 @@ WORKSPACE_SPECS = [
     ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2)),
     ConvSpec(1, 3, 32, 32, 16, (7, 7), (2, 2), (3, 3)),
 ]
+
+
+def compiles_for(name: str, spec: ConvSpec, target) -> str:
+    """Schedule lowering ``name`` of ``spec`` for ``target`` and compile it (not run); the assembly or device code."""
+    w = np.zeros((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
+    mod, _ = scheduled_module(name, spec, w, target, bias=True, residual=True, activation="relu")
+    lib = tvm.compile(mod, target=target.tvm)
+    return lib.mod.imports[0].inspect_source("") if not target.is_cpu else lib.mod.inspect_source("asm")

@@ -7,18 +7,14 @@ import tvm
 from tvm import relax, te
 
 from convopt.schedules.direct_conv2d import (
-    choose_oc_block,
     direct_conv2d_compute,
     find_direct_conv2d_funcs,
     pack_weight,
     schedule_direct_conv2d,
-    vector_lanes,
 )
+from convopt.schedules.tiling import channel_block
 
-TARGET = tvm.target.Target(
-    {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
-)
-LANES = vector_lanes(TARGET)
+from .conv_cases import HOST, LANES, OTHER_ISAS, host
 
 
 def _rel(a, b):
@@ -40,7 +36,7 @@ def _torch_ref(x, w, b, r, stride, padding, dilation, groups, act):
     return y
 
 
-def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_block=None):
+def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_block=None, lanes=8):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
     w = rng.standard_normal((O, C // g, k, k), dtype=np.float32)
@@ -53,7 +49,7 @@ def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_bl
         None if r is None else torch.from_numpy(r), s, p, d, g, act,
     ).numpy()
 
-    ob = oc_block or choose_oc_block(O // g, LANES)
+    ob = oc_block or channel_block(O // g, lanes)
     pw = pack_weight(w, g, ob)
     X = te.placeholder(x.shape, name="x")
     Wp = te.placeholder(pw.shape, name="w")
@@ -67,8 +63,8 @@ def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_bl
     args = [X, Wp] + ([B] if bias else []) + ([R] if res else []) + [out]
     func = te.create_prim_func(args).with_attr("global_symbol", "conv")
     sch = tvm.s_tir.Schedule(tvm.IRModule({"conv": func}))
-    schedule_direct_conv2d(sch, "conv", TARGET, **(sched_kw or {}))
-    ex = tvm.compile(sch.mod, target=TARGET)
+    schedule_direct_conv2d(sch, "conv", host(lanes), **(sched_kw or {}))
+    ex = tvm.compile(sch.mod, target=HOST.tvm)
     dev = tvm.cpu()
     targs = [tvm.runtime.tensor(x, dev), tvm.runtime.tensor(pw, dev)]
     if bias:
@@ -100,9 +96,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("N,C,H,W,O,k,s,p,d,g,bias,res,act", CASES)
-def test_matches_torch(N, C, H, W, O, k, s, p, d, g, bias, res, act):
-    _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act)
+def test_matches_torch(N, C, H, W, O, k, s, p, d, g, bias, res, act, lanes):
+    _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, lanes=lanes)
 
 
 @pytest.mark.parametrize(
@@ -115,16 +112,17 @@ def test_non_divisible_tiles(sched_kw):
     _run_case(1, 16, 13, 13, 24, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=sched_kw)
 
 
-def test_wide_oc_block():
+@pytest.mark.parametrize("lanes", LANES)
+def test_wide_oc_block(lanes):
     # an oc_block wider than one vector also works
-    _run_case(1, 16, 10, 10, 40, 3, 1, 1, 1, 1, True, False, "relu", oc_block=2 * LANES)
+    _run_case(1, 16, 10, 10, 40, 3, 1, 1, 1, 1, True, False, "relu", oc_block=2 * lanes, lanes=lanes)
 
 
 def test_choose_and_pack():
-    assert choose_oc_block(64, 16) == 16
-    assert choose_oc_block(40, 8) == 8
-    assert choose_oc_block(1, 16) == 1
-    assert choose_oc_block(3, 8) == 3
+    assert channel_block(64, 16) == 16
+    assert channel_block(40, 8) == 8
+    assert channel_block(1, 16) == 1
+    assert channel_block(3, 8) == 3
     w = np.arange(2 * 5 * 3 * 1 * 1, dtype=np.float32).reshape(10, 3, 1, 1)  # groups=2, ocpg=5
     pw = pack_weight(w, 2, 4)
     assert pw.shape == (4, 3, 1, 1, 4)
@@ -132,14 +130,6 @@ def test_choose_and_pack():
     np.testing.assert_array_equal(pw[3, :, 0, 0, 0], w[9, :, 0, 0])
     assert not pw[3, :, :, :, 1:].any()
     np.testing.assert_array_equal(pw[2, :, 0, 0, :], w[5:9, :, 0, 0].T)
-
-
-def test_vector_lanes():
-    assert LANES in (4, 8, 16)
-    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
-    assert vector_lanes(avx512) == 16
-    assert vector_lanes(avx2) == 8
 
 
 def test_relax_emit_te():
@@ -150,7 +140,7 @@ def test_relax_emit_te():
     w1 = rng.standard_normal((O, C, 3, 3), dtype=np.float32)
     w2 = rng.standard_normal((O, O, 1, 1), dtype=np.float32)
     b = rng.standard_normal((O,), dtype=np.float32)
-    ob = choose_oc_block(O, LANES)
+    ob = channel_block(O, HOST.lanes)
     pw1, pw2 = pack_weight(w1, 1, ob), pack_weight(w2, 1, ob)
 
     bb = relax.BlockBuilder()
@@ -179,8 +169,8 @@ def test_relax_emit_te():
     assert sorted(names) == ["conv_a", "conv_b"]
     sch = tvm.s_tir.Schedule(mod)
     for name in names:
-        schedule_direct_conv2d(sch, name, TARGET)
-    ex = tvm.compile(sch.mod, target=TARGET)
+        schedule_direct_conv2d(sch, name, HOST)
+    ex = tvm.compile(sch.mod, target=HOST.tvm)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     res = vm["main"](
         tvm.runtime.tensor(x), tvm.runtime.tensor(pw1), tvm.runtime.tensor(pw2), tvm.runtime.tensor(b)
@@ -197,13 +187,12 @@ def test_forced_ow_mode_dense():
     _run_case(1, 8, 9, 11, 12, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=dict(mode="ow"), oc_block=4)
 
 
-@pytest.mark.parametrize("mcpu", ["skylake-avx512", "haswell"])
-def test_compiles_for_other_x86(mcpu):
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_compiles_for_other_x86(isa):
     """Schedule + codegen (no run) for AVX-512 and AVX2 targets."""
-    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    lanes = vector_lanes(target)
+    target = OTHER_ISAS[isa]
     for C, O, k, g in [(64, 64, 3, 1), (32, 32, 3, 32)]:
-        ob = choose_oc_block(O // g, lanes)
+        ob = channel_block(O // g, target.lanes)
         X = te.placeholder((1, C, 14, 14), name="x")
         Wp = te.placeholder(pack_weight(np.zeros((O, C // g, k, k), np.float32), g, ob).shape, name="w")
         out = direct_conv2d_compute(
@@ -212,6 +201,5 @@ def test_compiles_for_other_x86(mcpu):
         )
         sch = tvm.s_tir.Schedule(te.create_prim_func([X, Wp, out]))
         schedule_direct_conv2d(sch, None, target)
-        ex = tvm.compile(sch.mod, target=target)
-        if mcpu == "skylake-avx512" and g == 1:
-            assert "zmm" in ex.mod.inspect_source("asm")
+        ex = tvm.compile(sch.mod, target=target.tvm)
+        assert ("zmm" in ex.mod.inspect_source("asm")) == (isa == "avx512")

@@ -1,16 +1,13 @@
 """The im2col + GEMM lowering (convopt.schedules.im2col) against torch.nn.functional.conv2d."""
 
 import pytest
-import torch
-import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import im2col
+from convopt.schedules import im2col, tiling
 from convopt.schedules.conv_spec import ConvSpec
-from convopt.schedules.lowerings import build_kernel
 
-from .conv_cases import WORKSPACE_SPECS, conv_specs, error_against_torch, lowered_bytes
+from .conv_cases import CUDA, LANES, OTHER_ISAS, WORKSPACE_SPECS, compiles_for, conv_specs, error_against_torch, lowered_bytes
 
 NAME = "im2col"
 ACC_BLOCK = im2col.GEMM_BLOCK
@@ -18,9 +15,9 @@ ACC_BLOCK = im2col.GEMM_BLOCK
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=conv_specs(), bias=st.booleans(), residual=st.booleans(),
-       activation=st.sampled_from(["none", "relu", "relu6"]))
-def test_matches_torch(spec, bias, residual, activation):
-    assert _check(spec, bias, residual, activation) < 1e-5
+       activation=st.sampled_from(["none", "relu", "relu6"]), lanes=st.sampled_from(LANES))
+def test_matches_torch(spec, bias, residual, activation, lanes):
+    assert _check(spec, bias, residual, activation, lanes=lanes) < 1e-5
 
 
 # every register-tile mode of the GEMM, and the 1x1 path that reads the input in place
@@ -32,46 +29,51 @@ def test_matches_torch(spec, bias, residual, activation):
     ConvSpec(1, 8, 16, 12, 8, (3, 3), (1, 1), (1, 1), groups=8),   # depthwise
     ConvSpec(1, 16, 12, 12, 24, (3, 3), (2, 2), (2, 2), (2, 2), groups=2),
 ], ids=lambda s: s.describe())
-def test_tile_modes(spec):
-    assert _check(spec, True, True, "relu") < 1e-5
+@pytest.mark.parametrize("lanes", LANES)
+def test_tile_modes(spec, lanes):
+    assert _check(spec, True, True, "relu", lanes=lanes) < 1e-5
 
 
-def _check(spec, bias, residual, activation, seed=0):
-    return error_against_torch(NAME, spec, bias, residual, activation, seed)
+def _check(spec, bias, residual, activation, seed=0, *, lanes):
+    return error_against_torch(NAME, spec, bias, residual, activation, seed, lanes=lanes)
 
 
-def _lowered_bytes(spec):
-    return lowered_bytes(NAME, spec, ACC_BLOCK)
+def _lowered_bytes(spec, lanes=8):
+    return lowered_bytes(NAME, spec, ACC_BLOCK, lanes)
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())
-def test_workspace_is_what_is_allocated(spec):
-    staged, allocated = _lowered_bytes(spec)
-    assert staged == im2col.workspace_bytes(spec)
+def test_workspace_is_what_is_allocated(spec, lanes):
+    staged, allocated = _lowered_bytes(spec, lanes)
+    assert staged == im2col.workspace_bytes(spec, lanes)
     # once scheduled, all that is allocated besides the workspace is one register tile of accumulators
-    assert 0 < allocated - staged <= 4 * 16 * 16
+    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)
 
 
 def test_1x1_reads_the_input_in_place():
     for spec in (ConvSpec(1, 64, 56, 56, 256, (1, 1)), ConvSpec(2, 32, 7, 7, 64, (1, 1), groups=4)):
-        assert im2col.workspace_bytes(spec) == 0
+        assert im2col.workspace_bytes(spec, 8) == 0
         assert _lowered_bytes(spec)[0] == 0
     # a strided or padded 1x1 has to gather
-    assert im2col.workspace_bytes(ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2))) == 4 * 16 * 16
+    assert im2col.workspace_bytes(ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2)), 8) == 4 * 16 * 16
 
 
 def test_workspace_formula():
     spec = ConvSpec(2, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1))
     col = 2 * 64 * 9 * 56 * 56
-    assert im2col.workspace_bytes(spec) == 4 * (col + 2 * 64 * 58 * 58)
+    assert im2col.workspace_bytes(spec, 8) == 4 * (col + 2 * 64 * 58 * 58)
 
 
 def test_cuda_builds():
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     for spec in (ConvSpec(1, 8, 9, 11, 16, (3, 3), (1, 1), (1, 1)), ConvSpec(1, 16, 7, 6, 24, (1, 1)),
                  ConvSpec(1, 8, 10, 9, 8, (3, 3), (2, 2), (1, 1), groups=8)):
-        w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel)
-        kernel = build_kernel(NAME, spec, w, torch.randn(spec.out_channels), activation="relu", residual=True,
-                              target=target)
-        device_code = kernel.library.mod.imports[0].inspect_source("")
-        assert "__global__" in device_code
+        assert "__global__" in compiles_for(NAME, spec, CUDA)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_compiles_for_both_isas(isa):
+    """Scheduled and compiled (not run) for an AVX2 and an AVX-512 target, whatever the host."""
+    for spec in (ConvSpec(1, 32, 9, 11, 32, (3, 3), (1, 1), (1, 1)), ConvSpec(1, 8, 10, 9, 8, (3, 3), groups=8)):
+        asm = compiles_for(NAME, spec, OTHER_ISAS[isa])
+        assert ("zmm" in asm) == (isa == "avx512")

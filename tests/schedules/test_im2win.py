@@ -1,16 +1,13 @@
 """The Im2win lowering (convopt.schedules.im2win) against torch.nn.functional.conv2d."""
 
 import pytest
-import torch
-import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import im2col, im2win
+from convopt.schedules import im2col, im2win, tiling
 from convopt.schedules.conv_spec import ConvSpec
-from convopt.schedules.lowerings import build_kernel
 
-from .conv_cases import WORKSPACE_SPECS, conv_specs, error_against_torch, lowered_bytes
+from .conv_cases import CUDA, LANES, OTHER_ISAS, WORKSPACE_SPECS, compiles_for, conv_specs, error_against_torch, lowered_bytes
 
 NAME = "im2win"
 ACC_BLOCK = im2win.ACC_BLOCK
@@ -18,9 +15,9 @@ ACC_BLOCK = im2win.ACC_BLOCK
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=conv_specs(), bias=st.booleans(), residual=st.booleans(),
-       activation=st.sampled_from(["none", "relu", "relu6"]))
-def test_matches_torch(spec, bias, residual, activation):
-    assert _check(spec, bias, residual, activation) < 1e-5
+       activation=st.sampled_from(["none", "relu", "relu6"]), lanes=st.sampled_from(LANES))
+def test_matches_torch(spec, bias, residual, activation, lanes):
+    assert _check(spec, bias, residual, activation, lanes=lanes) < 1e-5
 
 
 # both schedule modes, guarded tails, the input read in place, channel blocks within groups
@@ -32,30 +29,32 @@ def test_matches_torch(spec, bias, residual, activation):
     ConvSpec(1, 8, 16, 12, 8, (3, 3), (1, 1), (1, 1), groups=8),    # depthwise: "ow" mode
     ConvSpec(1, 6, 40, 37, 12, (2, 3), (2, 2), (1, 2), (2, 1), groups=6),
 ], ids=lambda s: s.describe())
-def test_schedule_modes(spec):
-    assert _check(spec, True, True, "relu") < 1e-5
+@pytest.mark.parametrize("lanes", LANES)
+def test_schedule_modes(spec, lanes):
+    assert _check(spec, True, True, "relu", lanes=lanes) < 1e-5
 
 
-def _check(spec, bias, residual, activation, seed=0):
-    return error_against_torch(NAME, spec, bias, residual, activation, seed)
+def _check(spec, bias, residual, activation, seed=0, *, lanes):
+    return error_against_torch(NAME, spec, bias, residual, activation, seed, lanes=lanes)
 
 
-def _lowered_bytes(spec):
-    return lowered_bytes(NAME, spec, ACC_BLOCK)
+def _lowered_bytes(spec, lanes=8):
+    return lowered_bytes(NAME, spec, ACC_BLOCK, lanes)
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())
-def test_workspace_is_what_is_allocated(spec):
-    staged, allocated = _lowered_bytes(spec)
-    assert staged == im2win.workspace_bytes(spec)
+def test_workspace_is_what_is_allocated(spec, lanes):
+    staged, allocated = _lowered_bytes(spec, lanes)
+    assert staged == im2win.workspace_bytes(spec, lanes)
     # once scheduled, all that is allocated besides the workspace is one register tile of accumulators
-    assert 0 < allocated - staged <= 4 * 16 * 16
+    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)
 
 
 def test_workspace_formula():
     spec = ConvSpec(2, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1))
-    assert im2win.workspace_bytes(spec) == 4 * 2 * 64 * 56 * 58 * 3
-    assert im2win.workspace_bytes(ConvSpec(1, 64, 56, 56, 256, (1, 1))) == 0  # the input itself
+    assert im2win.workspace_bytes(spec, 8) == 4 * 2 * 64 * 56 * 58 * 3
+    assert im2win.workspace_bytes(ConvSpec(1, 64, 56, 56, 256, (1, 1)), 8) == 0  # the input itself
 
 
 @pytest.mark.parametrize("spec", [
@@ -65,7 +64,7 @@ def test_workspace_formula():
     ConvSpec(1, 16, 20, 20, 16, (3, 3)),
 ], ids=lambda s: s.describe())
 def test_workspace_below_im2col(spec):
-    win, col = im2win.workspace_bytes(spec), im2col.workspace_bytes(spec)
+    win, col = im2win.workspace_bytes(spec, 8), im2col.workspace_bytes(spec, 8)
     assert 0 < win < col
     # im2col's col matrix alone is about KW/SW times the window buffer
     col_matrix = 4 * spec.batch * spec.in_channels * 9 * spec.out_height * spec.out_width
@@ -73,11 +72,14 @@ def test_workspace_below_im2col(spec):
 
 
 def test_cuda_builds():
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     for spec in (ConvSpec(1, 8, 9, 11, 16, (3, 3), (1, 1), (1, 1)), ConvSpec(1, 16, 7, 6, 24, (1, 1)),
                  ConvSpec(1, 8, 10, 9, 8, (3, 3), (2, 2), (1, 1), groups=8)):
-        w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel)
-        kernel = build_kernel(NAME, spec, w, torch.randn(spec.out_channels), activation="relu", residual=True,
-                              target=target)
-        device_code = kernel.library.mod.imports[0].inspect_source("")
-        assert "__global__" in device_code
+        assert "__global__" in compiles_for(NAME, spec, CUDA)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_compiles_for_both_isas(isa):
+    """Scheduled and compiled (not run) for an AVX2 and an AVX-512 target, whatever the host."""
+    for spec in (ConvSpec(1, 32, 9, 11, 32, (3, 3), (1, 1), (1, 1)), ConvSpec(1, 8, 10, 9, 8, (3, 3), groups=8)):
+        asm = compiles_for(NAME, spec, OTHER_ISAS[isa])
+        assert ("zmm" in asm) == (isa == "avx512")

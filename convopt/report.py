@@ -1,0 +1,176 @@
+"""``convopt report``: where the time of a compiled model goes, kernel by kernel, against the machine's roofline.
+
+Every packed call the Relax VM makes is timed (``VirtualMachine.set_instrument``: a callback before and after
+each call, about 10% overhead in total) over several runs; per kernel (a conv with its fused epilogue, a fused
+chain of other ops, a VM builtin) the report gives
+
+    ms          median time per model run (all calls of the kernel in one run)
+    share       of the instrumented run's total
+    GFLOP/s     its FLOPs (a conv's direct 2 x multiply-adds, whatever its lowering; TVM's estimate for the
+                rest) per second
+    GB/s        the bytes of its arguments (each read or written at least once) per second
+    bound       the roofline time: max(FLOPs / peak, bytes / bandwidth) with the machine profile's measured
+                peak (a GEMM) and bandwidth (a large copy)
+    x bound     ms / bound: how far the kernel is from the roofline (1 is on it)
+
+and writes ``report.json`` and ``roofline.png`` (arithmetic intensity against achieved FLOP/s, a point per
+kernel coloured by lowering, the roofs from the profile).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .capture import as_args
+from .cost.profile import MachineProfile, load_profile
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    name: str  # the PrimFunc or builtin the VM calls
+    kind: str  # the lowering of a conv kernel, "op" for other kernels, "builtin" for the VM's own calls
+    calls: int  # per model run
+    seconds: float  # median per model run, all calls
+    flops: int  # per model run
+    bytes: int  # per model run
+    nodes: tuple[str, ...]  # IR nodes of a conv kernel
+
+    def bound(self, profile: MachineProfile) -> float:
+        return max(self.flops / profile.peak_flops, self.bytes / profile.bandwidth)
+
+
+def time_kernels(fast, example_inputs: Any, *, runs: int = 10) -> tuple[list[KernelTime], float]:
+    """(per-kernel times of ``fast`` on ``example_inputs``, median seconds of a plain run without the
+    instrument) for a module optimized for a TVM target."""
+    compiled = getattr(fast, "_compiled", None)
+    vm = getattr(compiled, "vm", None)
+    if vm is None:
+        raise ValueError("convopt report times modules compiled with TVM (target 'cpu' or 'cuda'), "
+                         f"not target {fast.target!r}")
+    args = as_args(example_inputs)
+    with torch.no_grad():
+        fast(*args)  # warm up
+        plain = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fast(*args)
+            plain.append(time.perf_counter() - start)
+        samples: list[dict[str, list[float]]] = []
+        started: dict[str, float] = {}
+
+        def instrument(func, name, before_run, ret_value, *call_args):
+            now = time.perf_counter()
+            if before_run:
+                started[name] = now
+            else:
+                samples[-1][name].append(now - started.pop(name))
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        vm.set_instrument(instrument)
+        try:
+            for _ in range(runs):
+                samples.append(defaultdict(list))
+                fast(*args)
+        finally:
+            vm.set_instrument(None)
+    return _aggregate(samples, compiled.kernels), statistics.median(plain)
+
+
+def _aggregate(samples: list[dict[str, list[float]]], table: dict[str, dict]) -> list[KernelTime]:
+    rows = []
+    for name in samples[0]:
+        info = table.get(name)
+        calls = len(samples[0][name])
+        per_run = statistics.median(sum(run[name]) for run in samples)
+        if info is None:
+            kind, flops, nbytes, nodes = "builtin", 0, 0, ()
+        else:
+            kind = info["lowering"] or "op"
+            flops, nbytes, nodes = info["flops"] * calls, info["bytes"] * calls, tuple(info["nodes"])
+        rows.append(KernelTime(name, kind, calls, per_run, flops, nbytes, nodes))
+    return sorted(rows, key=lambda r: -r.seconds)
+
+
+def build_report(rows: list[KernelTime], plain_seconds: float, profile: MachineProfile, target_key: str,
+                 model: str = "") -> dict:
+    total = sum(r.seconds for r in rows)
+    kernels = []
+    for r in rows:
+        bound = r.bound(profile)
+        kernels.append({**asdict(r), "ms": r.seconds * 1e3, "share": r.seconds / total if total else 0.0,
+                        "gflops": r.flops / r.seconds / 1e9 if r.seconds else 0.0,
+                        "gbytes_per_s": r.bytes / r.seconds / 1e9 if r.seconds else 0.0,
+                        "of_peak": r.flops / r.seconds / profile.peak_flops if r.seconds else 0.0,
+                        "bound_ms": bound * 1e3, "x_bound": r.seconds / bound if bound else None})
+    return {"model": model, "target": target_key, "cpu": profile.cpu,
+            "peak_gflops": profile.peak_flops / 1e9, "bandwidth_gb_s": profile.bandwidth / 1e9,
+            "run_ms": plain_seconds * 1e3, "instrumented_ms": total * 1e3, "kernels": kernels}
+
+
+def format_table(report: dict, top: int = 25) -> str:
+    lines = [f"{report['model']}: {report['run_ms']:.2f} ms a run ({report['instrumented_ms']:.2f} ms instrumented), "
+             f"target {report['target']}, {report['cpu']}, peak {report['peak_gflops']:.0f} GFLOP/s, "
+             f"bandwidth {report['bandwidth_gb_s']:.1f} GB/s",
+             f"{'kernel':44s} {'kind':9s} {'calls':>5s} {'ms':>8s} {'share':>6s} {'GFLOP/s':>8s} {'GB/s':>7s} "
+             f"{'of peak':>7s} {'x bound':>7s}"]
+    for k in report["kernels"][:top]:
+        x_bound = f"{k['x_bound']:7.1f}" if k["x_bound"] else "      -"
+        lines.append(f"{k['name'][:44]:44s} {k['kind']:9s} {k['calls']:5d} {k['ms']:8.3f} {k['share']:6.1%} "
+                     f"{k['gflops']:8.1f} {k['gbytes_per_s']:7.1f} {k['of_peak']:7.1%} {x_bound}")
+    rest = report["kernels"][top:]
+    if rest:
+        lines.append(f"... {len(rest)} more kernels, {sum(k['ms'] for k in rest):.3f} ms")
+    return "\n".join(lines)
+
+
+def plot_roofline(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peak, bandwidth = report["peak_gflops"], report["bandwidth_gb_s"]
+    points = [k for k in report["kernels"] if k["flops"] and k["bytes"] and k["ms"] > 0]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    intensities = [k["flops"] / k["bytes"] for k in points] or [1.0]
+    lo, hi = min(intensities + [peak / bandwidth]) / 4, max(intensities + [peak / bandwidth]) * 4
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    ax.plot(xs, [min(peak, bandwidth * x) for x in xs], color="black", linewidth=1.5,
+            label=f"roofline: {peak:.0f} GFLOP/s, {bandwidth:.1f} GB/s")
+    for kind in sorted({k["kind"] for k in points}):
+        chosen = [k for k in points if k["kind"] == kind]
+        ax.scatter([k["flops"] / k["bytes"] for k in chosen], [k["gflops"] for k in chosen],
+                   s=[20 + 400 * k["share"] for k in chosen], alpha=0.7, label=kind)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte of arguments)")
+    ax.set_ylabel("achieved GFLOP/s")
+    ax.set_title(f"{report['model']}, {report['run_ms']:.2f} ms, {report['target']}\n(point size: share of the time)",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(fast, example_inputs: Any, *, out: str | Path | None = None, runs: int = 10, model: str = "") -> dict:
+    """Time ``fast`` kernel by kernel; write ``out/report.json`` and ``out/roofline.png`` when ``out`` is given."""
+    target = fast._compiled.target
+    rows, plain = time_kernels(fast, example_inputs, runs=runs)
+    result = build_report(rows, plain, load_profile(target), target.key, model)
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "report.json").write_text(json.dumps(result, indent=1))
+        plot_roofline(result, folder / "roofline.png")
+    return result

@@ -1,0 +1,123 @@
+"""One conv lowering compiled on its own, for tests, calibration and per-layer benchmarks:
+
+    kernel = build_kernel("winograd4", spec, weight, bias, activation="relu", target=resolve_target("cpu"))
+    y = kernel(x)                       # torch in, torch out
+    seconds = kernel.time(x)            # median of timed runs
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tvm
+from tvm import te
+
+from ..dlpack import to_tvm
+from ..target import Target
+from .conv_spec import ConvSpec
+from .lowerings import LoweringError, lowering
+
+
+class Kernel:
+    """One compiled conv: call it with a torch NCHW tensor (and the residual, if built with one)."""
+
+    def __init__(self, name, spec, func, prepared, bias, has_residual, device):
+        self.name, self.spec, self._func, self._device = name, spec, func, device
+        self._constants = [tvm.runtime.tensor(a, device) for a in prepared]
+        self._bias = [tvm.runtime.tensor(bias, device)] if bias is not None else []
+        self._out = tvm.runtime.empty(spec.output_shape, "float32", device)
+        self.has_residual = has_residual
+
+    def _args(self, x: torch.Tensor, residual: torch.Tensor | None):
+        args = [to_tvm(x)] + self._constants + self._bias
+        if self.has_residual:
+            args.append(to_tvm(residual))
+        return args + [self._out]
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._func(*self._args(x, residual))
+        return torch.from_dlpack(self._out).clone()
+
+    def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing)."""
+        args = self._args(x, residual)
+        return lambda: self._func(*args)
+
+    def time(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, repeat: int = 7,
+             min_seconds: float = 0.02) -> float:
+        """Median seconds per call over ``repeat`` runs of back-to-back calls lasting ``min_seconds`` each."""
+        call = self.bound(x, residual)
+        call()
+        runs = []
+        for _ in range(repeat):
+            count, start = 0, time.perf_counter()
+            while True:
+                call()
+                count += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_seconds:
+                    break
+            runs.append(elapsed / count)
+        return statistics.median(runs)
+
+
+@dataclass
+class BuiltOnly:
+    """A kernel compiled for a device this machine doesn't have."""
+
+    name: str
+    spec: ConvSpec
+    library: object
+
+
+def lower_to_primfunc(name: str, spec: ConvSpec, weight: np.ndarray, *, bias: bool, residual: bool,
+                      activation: str, lanes: int):
+    """(PrimFunc, prepared weight arrays): data, prepared..., [bias], [residual], output."""
+    low = lowering(name)
+    reason = low.supports(spec)
+    if reason is not None:
+        raise LoweringError(f"{name} can't run {spec.describe()}: {reason}")
+    prepared = low.prepared(weight, spec, lanes)
+    data = te.placeholder((spec.batch, spec.in_channels, spec.height, spec.width), name="data")
+    consts = [te.placeholder(a.shape, name=f"w{i}") for i, a in enumerate(prepared)]
+    b = te.placeholder((spec.out_channels,), name="bias") if bias else None
+    r = te.placeholder(spec.output_shape, name="residual") if residual else None
+    out = low.compute(data, *consts, bias=b, residual=r, spec=spec, activation=activation, lanes=lanes)
+    args = [data, *consts] + ([b] if b is not None else []) + ([r] if r is not None else []) + [out]
+    return te.create_prim_func(args), prepared
+
+
+def scheduled_module(name: str, spec: ConvSpec, weight: np.ndarray, target: Target, *, bias: bool = False,
+                     residual: bool = False, activation: str = "none"):
+    """(IRModule with the scheduled PrimFunc "main", prepared weight arrays) for ``target``."""
+    func, prepared = lower_to_primfunc(name, spec, weight, bias=bias, residual=residual, activation=activation,
+                                       lanes=target.lanes)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    lowering(name).schedule(sch, "main", target)
+    return sch.mod, prepared
+
+
+def _numpy(t) -> np.ndarray | None:
+    if t is None:
+        return None
+    return np.asarray(t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t, np.float32)
+
+
+def build_kernel(name: str, spec: ConvSpec, weight, bias=None, *, target: Target, activation: str = "none",
+                 residual: bool = False) -> Kernel | BuiltOnly:
+    """Compile lowering ``name`` of ``spec`` with its default schedule for ``target``.
+
+    For a target this machine can't run (CUDA without a GPU, another CPU's ISA) this compiles and
+    returns ``BuiltOnly``."""
+    weight, bias = _numpy(weight), _numpy(bias)
+    mod, prepared = scheduled_module(name, spec, weight, target, bias=bias is not None, residual=residual,
+                                     activation=activation)
+    target.configure_runtime()
+    lib = tvm.compile(mod, target=target.tvm)
+    if not target.runs_here:
+        return BuiltOnly(name, spec, lib)
+    return Kernel(name, spec, lib["main"], prepared, bias, residual, target.device())

@@ -1,0 +1,117 @@
+"""The register-tile rules of the x86 schedules, in one place: each schedule calls them to split its loops
+and the cost formulas (cost/formulas.py) call the same functions, so a prediction describes the code
+that runs.
+
+Every rule takes the SIMD width ``lanes`` (Target.lanes); the register budget follows from it
+(``vector_registers``: 32 zmm with AVX-512, 16 ymm with AVX2). An FMA kernel keeps about half the
+registers as accumulators: the rest hold the broadcast inputs and the weight vectors it streams.
+"""
+
+from __future__ import annotations
+
+from ..target import vector_registers
+
+
+def accumulators(lanes: int) -> int:
+    """Vector accumulators of a register tile: half the vector registers (8 with AVX2, 16 with AVX-512)."""
+    return vector_registers(lanes) // 2
+
+
+def pick_tile(extent: int, target: int) -> int:
+    """Largest divisor of ``extent`` in [3/4 target, target]; else ``target`` (a guarded tail)."""
+    if extent <= target:
+        return extent
+    lo = max(1, (3 * target + 3) // 4)
+    for t in range(target, lo - 1, -1):
+        if extent % t == 0:
+            return t
+    return target
+
+
+def divisor_tile(n: int, candidates) -> int | None:
+    """The first candidate that divides ``n`` (and is at most n), or None."""
+    return next((c for c in candidates if c <= n and n % c == 0), None)
+
+
+def channel_block(out_per_group: int, lanes: int) -> int:
+    """Output channels per block: one vector when a group is at least that wide, else the group itself
+    (depthwise: 1; the kernels then vectorize over output columns)."""
+    return lanes if out_per_group >= lanes else max(out_per_group, 1)
+
+
+def vectorizes_channels(block: int, lanes: int) -> bool:
+    """The direct and im2win kernels vectorize over the channel block when it fills half a vector."""
+    return block >= max(4, lanes // 2)
+
+
+def channel_tile(blocks: int, block: int, lanes: int) -> tuple[int, int]:
+    """(channel blocks per register tile, vectors per block) of the channel-vectorized direct/im2win kernels:
+    two blocks of one vector each when the blocks pair up, else one."""
+    vectors = -(-block // lanes)
+    return (2 if blocks % 2 == 0 and vectors == 1 else 1), vectors
+
+
+def column_tile(out_width: int, blocks: int, block: int, lanes: int) -> int:
+    """Output columns per register tile of the channel-vectorized direct/im2win kernels: the accumulators
+    left after the channel tile (2 x 4 with AVX2, 2 x 8 with AVX-512), a divisor of the row when one is close."""
+    tile, vectors = channel_tile(blocks, block, lanes)
+    return pick_tile(out_width, max(1, accumulators(lanes) // (tile * vectors)))
+
+
+def row_tile(out_width: int, lanes: int) -> int:
+    """Output columns per tile of the column-vectorized (depthwise) direct kernel: the whole row when it
+    fits in 8 vectors (independent accumulators), else a divisor made of 8..3 vectors, else 4 vectors."""
+    if out_width <= 8 * lanes:
+        return out_width
+    return divisor_tile(out_width, [k * lanes for k in range(8, 2, -1)]) or 4 * lanes
+
+
+def gemm_tile(pixels: int, out_per_group: int, out_channels: int, lanes: int) -> tuple[str, int, int, int]:
+    """im2col's GEMM register tile (mode, m, tile_o, tile_p): see schedules/im2col.py."""
+    budget = accumulators(lanes)
+    if pixels % lanes == 0 or out_per_group % lanes:
+        mr = next(m for m in (4, 2, 1) if out_per_group % m == 0)
+        if pixels % lanes:
+            return "p", mr, mr, lanes
+        v = max(v for v in range(1, budget // mr + 1) if pixels % (v * lanes) == 0)
+        return "p", mr, mr, v * lanes
+    ot = 2 if (out_channels // lanes) % 2 == 0 else 1
+    return "o", lanes, ot, max(d for d in range(1, budget // ot + 1) if pixels % d == 0)
+
+
+def gemm_accumulators(pixels: int, out_per_group: int, out_channels: int, lanes: int) -> float:
+    """Vector accumulators of im2col's register tile (fractional when a pixel vector has a guarded tail)."""
+    mode, _, tile_o, tile_p = gemm_tile(pixels, out_per_group, out_channels, lanes)
+    if mode == "o":
+        return tile_o * tile_p
+    if pixels % lanes:
+        return tile_o * pixels / (-(-pixels // lanes) * lanes)
+    return tile_o * tile_p / lanes
+
+
+def winograd_tile_width(tiles: int) -> int:
+    """Winograd's batched-GEMM register-tile width over tiles (6, 5 or 4): the fewest padded tiles per unit of
+    GEMM efficiency (2 x tt accumulators: 12 keep both FMA pipes busy, 8 are latency-bound)."""
+    return min((6, 5, 4), key=lambda tt: -(-tiles // tt) * tt / {6: 1.0, 5: 0.95, 4: 0.8}[tt])
+
+
+def fft_vector_budget(lanes: int) -> int:
+    """Accumulator vectors of the FFT's GEMM tiles: 12 of 16 registers (its rows reuse one broadcast), 24 of 32."""
+    return vector_registers(lanes) * 3 // 4
+
+
+def fft_gemm_tile(rows: int, vectors: int, lanes: int, max_rows: int = 8) -> tuple[int, int]:
+    """(rows, vectors) of an FFT GEMM register tile: divisors of ``rows`` and ``vectors`` within the budget,
+    the most balanced (most reuse per load)."""
+    best, best_score = (1, 1), -1.0
+    budget = fft_vector_budget(lanes)
+    for mt in range(1, min(rows, max_rows) + 1):
+        if rows % mt:
+            continue
+        for nv in range(1, vectors + 1):
+            if vectors % nv or mt * nv > budget:
+                continue
+            score = mt * nv / (mt + nv) + 0.01 * mt * nv
+            if score > best_score:
+                best, best_score = (mt, nv), score
+    return best

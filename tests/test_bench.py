@@ -1,0 +1,91 @@
+"""The benchmark harness: worker protocol, errors, repeated contenders, ratios (never timing values).
+
+Each compare_model call starts one worker process per contender (about 2 s each), so the tiny models
+in tests/bench_models.py are timed for 0.2 s in one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from convopt.bench import (best_of, compare_model, entry_keys, geomean, self_check_warnings, time_ratios)
+from convopt.cli import main
+
+MODELS = Path(__file__).with_name("bench_models.py")
+TINY = f"{MODELS}:tiny_net"
+SHAPE = (1, 3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    return compare_model(TINY, ["convopt-torch", "eager"], seconds=0.2, processes=1, input_shape=SHAPE)
+
+
+def test_worker_reports_timing_and_output_check(tiny_results):
+    assert list(tiny_results) == ["convopt-torch", "eager"]
+    for result in tiny_results.values():
+        assert "error" not in result, result
+        assert result["runs"] >= 3 and result["min_ms"] <= result["median_ms"]
+        assert result["process_medians_ms"] == [result["median_ms"]]
+        assert result["relative_error"] < 1e-5 and result["prepare_s"] >= 0
+    assert tiny_results["eager"]["relative_error"] == 0
+
+
+def test_workers_build_the_same_weights_and_input(tiny_results):
+    assert len({r["reference_digest"] for r in tiny_results.values()}) == 1
+    assert self_check_warnings(tiny_results) == []
+
+
+def test_failing_contender_is_reported_not_fatal():
+    results = compare_model(f"{MODELS}:not_exportable_net", ["ort"], seconds=0.2, processes=2, input_shape=SHAPE)
+    assert results["ort"] == {"error": "RuntimeError: this model cannot be exported"}
+
+
+def test_crashed_worker_is_reported():
+    results = compare_model(f"{MODELS}:crashing_net", ["eager"], seconds=0.2, processes=1, input_shape=SHAPE)
+    assert results["eager"]["error"].startswith("worker exited with code 3")
+
+
+def test_unknown_contender_fails_before_any_process():
+    with pytest.raises(ValueError, match="unknown contender.*'ortt'"):
+        compare_model(TINY, ["eager", "ortt"], input_shape=SHAPE)
+
+
+def test_repeated_contender_runs_twice_from_the_cli(capsys):
+    assert main(["bench", TINY, "--input-shape", "1,3,8,8", "--convopt", "eager", "--vs", "eager",
+                 "--seconds", "0.2", "--processes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| eager |" in out and "| eager#2 |" in out and "each contender alone in its own process" in out
+
+
+def test_entry_keys_number_repeats():
+    assert entry_keys(["convopt", "ort", "ort", "eager", "ort"]) == ["convopt", "ort", "ort#2", "eager", "ort#3"]
+
+
+def test_self_check_warns_when_repeats_disagree_by_more_than_5_percent():
+    agree = {"ort": {"median_ms": 10.0}, "ort#2": {"median_ms": 10.4}, "eager": {"median_ms": 30.0}}
+    disagree = {"ort": {"median_ms": 10.0}, "ort#2": {"median_ms": 11.0}, "eager": {"error": "x"}}
+    assert self_check_warnings(agree) == []
+    [warning] = self_check_warnings(disagree)
+    assert warning.startswith("warning: ort and ort#2 differ by 10%")
+
+
+def test_self_check_warns_about_different_references():
+    results = {"a": {"median_ms": 1.0, "reference_digest": "x"}, "b": {"median_ms": 2.0, "reference_digest": "y"}}
+    assert any("different weights or inputs" in w for w in self_check_warnings(results))
+
+
+def test_best_of_keeps_the_lowest_median_and_all_medians():
+    best = best_of([{"median_ms": 12.0, "runs": 5}, {"median_ms": 10.0, "runs": 6}])
+    assert best == {"median_ms": 10.0, "runs": 6, "process_medians_ms": [12.0, 10.0]}
+    assert best_of([{"median_ms": 1.0}, {"error": "boom"}]) == {"error": "boom"}
+
+
+def test_time_ratios_and_geomean():
+    results = {"convopt": {"median_ms": 10.0}, "ort": {"median_ms": 20.0}, "eager": {"error": "x"}}
+    assert time_ratios(results, "convopt") == {"ort": 0.5}
+    assert time_ratios({"convopt": {"error": "x"}, "ort": {"median_ms": 1.0}}, "convopt") == {}
+    assert geomean([0.5, 2.0]) == pytest.approx(1.0)
+    assert geomean([1.0, 4.0]) == pytest.approx(2.0)

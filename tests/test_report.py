@@ -1,0 +1,60 @@
+"""convopt report: per-kernel times of a compiled model, its JSON and roofline picture, and the CLI."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import convopt
+from convopt.cli import main
+from convopt.report import format_table, report
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = self.conv2(y) + y
+        return self.fc(y.mean((2, 3)))
+
+
+def test_report_times_every_kernel_and_writes_json_and_plot(tmp_path):
+    x = torch.randn(1, 3, 20, 20)
+    fast = convopt.optimize(SmallNet().eval(), x, target="cpu")
+    result = report(fast, x, out=tmp_path, runs=3, model="small")
+    kernels = {k["name"]: k for k in result["kernels"]}
+    convs = [k for k in result["kernels"] if k["nodes"]]
+    assert sorted(n for k in convs for n in k["nodes"]) == sorted(
+        n.name for n in fast.graph.nodes if n.op.value == "conv2d")
+    dense = next(k for k in convs if k["flops"] == 2 * 16 * 3 * 9 * 20 * 20)  # conv1's direct FLOPs
+    assert dense["kind"] == next(n.attrs.lowering for n in fast.graph.nodes if n.name in dense["nodes"])
+    assert all(k["ms"] > 0 and k["calls"] >= 1 for k in kernels.values())
+    assert abs(sum(k["share"] for k in kernels.values()) - 1) < 1e-9
+    assert all(k["bound_ms"] > 0 and k["x_bound"] > 0 for k in convs)
+    assert result["target"] == fast.target and result["peak_gflops"] > 0
+    assert json.loads((tmp_path / "report.json").read_text())["kernels"][0]["name"] == result["kernels"][0]["name"]
+    assert (tmp_path / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = format_table(result, top=2)
+    assert "x bound" in table and result["kernels"][0]["name"][:40] in table and "more kernels" in table
+
+
+def test_report_needs_a_tvm_module():
+    x = torch.randn(1, 3, 8, 8)
+    fast = convopt.optimize(SmallNet().eval(), x, target="torch")
+    with pytest.raises(ValueError, match="compiled with TVM"):
+        report(fast, x)
+
+
+def test_cli_report(tmp_path, capsys):
+    path = tmp_path / "net.py"
+    path.write_text("from tests.test_report import SmallNet\n\ndef build():\n    return SmallNet()\n")
+    out = tmp_path / "rep"
+    assert main(["report", f"{path}:build", "--input-shape", "1,3,12,12", "--runs", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "GFLOP/s" in text and (out / "report.json").is_file() and (out / "roofline.png").is_file()
