@@ -78,9 +78,12 @@ def _direct():
     macs = N * padded_out * OH * OW * CG * KH * KW
     tiled = macs * _round_up(OW, DirectColumnTile(OW, blocks, block, VL)) / OW  # the last column tile runs whole
     strided = sp.Or(SH > 1, SW > 1)
+    # vectorized over columns with a column stride: the padded input is stored as SW column phases
+    phased = sp.And(SW > 1, block < sp.Max(4, VL / 2))
+    workspace = sp.Piecewise((F32 * N * C * HP * SW * sp.ceiling(WP / SW), phased), (_padded_input, True))
     return {"flops": _wide(sp.Piecewise((0, strided), (2 * tiled, True))), "narrow_flops": _narrow(2 * macs),
             "slow_flops": _wide(sp.Piecewise((2 * tiled, strided), (0, True))), "aux_flops": 0,
-            "bytes": _io_bytes + 2 * _padded_input, "workspace": _padded_input}
+            "bytes": _io_bytes + 2 * workspace, "workspace": workspace}
 
 
 class Im2colAccumulators(sp.Function):
@@ -216,7 +219,7 @@ _RULES = {
 @lru_cache(maxsize=None)  # lambdify once per (lowering, term)
 def _compiled(lowering: str, term: str):
     expr = sp.sympify(FORMULAS[lowering][term])
-    return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": math.ceil, "floor": math.floor, "Min": min, **_RULES},
+    return sp.lambdify(SYMBOLS, expr, modules=[{"ceiling": math.ceil, "floor": math.floor, "Min": min, "Max": max, **_RULES},
                                                "math"])
 
 

@@ -124,11 +124,15 @@ def direct_conv2d_compute(
     oc_block: int,
     activation: str = "none",
     residual: te.Tensor | None = None,
+    column_phases: bool = False,
 ) -> te.Tensor:
     """NCHW fp32 conv2d with packed weights; bias, residual and activation fused.
 
     ``padding`` is an int, (ph, pw) or (top, left, bottom, right).
     ``residual`` (N, O, OH, OW) is added before the activation.
+    ``column_phases`` (for a column stride S > 1): the padded input is stored as S column phases,
+    ``[N, C, HP, S, ceil(WP / S)]`` with column x at ``[.., x % S, x // S]``, so that a kernel vectorized
+    over output columns reads contiguous vectors instead of gathering every S-th value.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -153,16 +157,28 @@ def direct_conv2d_compute(
     OW = (W + PL + PR - (KW - 1) * DW - 1) // SW + 1
     assert OH > 0 and OW > 0
 
-    if PT or PL or PB or PR:
-        HP, WP = H + PT + PB, W + PL + PR
+    HP, WP = H + PT + PB, W + PL + PR
 
-        def _pad(n, c, y, x):
-            cond = tirx.all(y >= PT, y < PT + H, x >= PL, x < PL + W)
-            return tirx.if_then_else(cond, data[n, c, y - PT, x - PL], tirx.const(0.0, "float32"))
+    def _padded(n, c, y, x):
+        cond = tirx.all(y >= PT, y < PT + H, x >= PL, x < PL + W)
+        return tirx.if_then_else(cond, data[n, c, y - PT, x - PL], tirx.const(0.0, "float32"))
 
-        dp = te.compute((N, C, HP, WP), _pad, name=PAD_BLOCK)
+    phases = SW if column_phases else 1
+    if phases > 1:
+        split = te.compute((N, C, HP, phases, _ceil_div(WP, phases)),
+                           lambda n, c, y, p, x: _padded(n, c, y, x * phases + p), name=PAD_BLOCK)
+
+        def dp_at(n, c, y, x):
+            return split[n, c, y, x % phases, x // phases]
+    elif PT or PL or PB or PR:
+        padded = te.compute((N, C, HP, WP), _padded, name=PAD_BLOCK)
+
+        def dp_at(n, c, y, x):
+            return padded[n, c, y, x]
     else:
-        dp = data
+
+        def dp_at(n, c, y, x):
+            return data[n, c, y, x]
 
     rc = te.reduce_axis((0, icpg), name="rc")
     ry = te.reduce_axis((0, KH), name="ry")
@@ -181,7 +197,7 @@ def direct_conv2d_compute(
     acc = te.compute(
         (N, OCB, OH, OW, ob),
         lambda n, b, y, x, l: te.sum(
-            dp[n, _chan(b, rc), y * SH + ry * DH, x * SW + rx * DW] * packed_weight[b, rc, ry, rx, l],
+            dp_at(n, _chan(b, rc), y * SH + ry * DH, x * SW + rx * DW) * packed_weight[b, rc, ry, rx, l],
             axis=[rc, ry, rx],
         ),
         name=ACC_BLOCK,
@@ -288,7 +304,7 @@ def schedule_direct_conv2d(
     # --- padding: its own parallel pass (cheap; keeps the hot loop branch-free)
     pad = optional_block(sch, PAD_BLOCK, func_name)
     if pad is not None:
-        pn, pc, ph, pw = sch.get_loops(pad)
+        pn, pc, ph, *_, pw = sch.get_loops(pad)  # (phase,) column
         sch.parallel(sch.fuse(pn, pc, ph))
         if _loop_extent(sch, pw) >= lanes:
             _, pwi = sch.split(pw, [None, lanes])
@@ -359,12 +375,19 @@ def supports(spec) -> str | None:
     return None  # every conv: any kernel, stride, dilation and groups
 
 
+def splits_columns(spec, lanes: int) -> bool:
+    """Strided convs vectorized over output columns read their input as column phases (see the compute)."""
+    return spec.stride[1] > 1 and not tiling.vectorizes_channels(tiling.channel_block(spec.out_per_group, lanes),
+                                                                 lanes)
+
+
 def workspace_bytes(spec, lanes: int) -> int:
-    """The zero-padded input (the accumulator is one register tile per thread)."""
+    """The zero-padded input, in column phases when split (the accumulator is one register tile per thread)."""
     ph, pw = spec.padding
-    if not (ph or pw):
+    sw = spec.stride[1] if splits_columns(spec, lanes) else 1
+    if not (ph or pw or sw > 1):
         return 0
-    return 4 * spec.batch * spec.in_channels * (spec.height + 2 * ph) * (spec.width + 2 * pw)
+    return 4 * spec.batch * spec.in_channels * (spec.height + 2 * ph) * sw * _ceil_div(spec.width + 2 * pw, sw)
 
 
 def prepare_weight(weight, spec, lanes):
@@ -375,7 +398,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
     ob = int(packed.shape[-1])
     return direct_conv2d_compute(data, packed, bias, out_channels=spec.out_channels, kernel=spec.kernel,
                                  stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
-                                 groups=spec.groups, oc_block=ob, activation=activation, residual=residual)
+                                 groups=spec.groups, oc_block=ob, activation=activation, residual=residual,
+                                 column_phases=splits_columns(spec, lanes))
 
 
 LOWERING = Lowering("direct", supports, workspace_bytes, prepare_weight, compute, schedule_direct_conv2d)

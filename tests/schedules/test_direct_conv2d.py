@@ -36,7 +36,8 @@ def _torch_ref(x, w, b, r, stride, padding, dilation, groups, act):
     return y
 
 
-def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_block=None, lanes=8):
+def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_block=None, lanes=8,
+              column_phases=False):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
     w = rng.standard_normal((O, C // g, k, k), dtype=np.float32)
@@ -57,7 +58,7 @@ def _run_case(N, C, H, W, O, k, s, p, d, g, bias, res, act, sched_kw=None, oc_bl
     R = te.placeholder(r.shape, name="r") if res else None
     out = direct_conv2d_compute(
         X, Wp, B, out_channels=O, kernel=(k, k), stride=(s, s), padding=p,
-        dilation=(d, d), groups=g, oc_block=ob, activation=act, residual=R,
+        dilation=(d, d), groups=g, oc_block=ob, activation=act, residual=R, column_phases=column_phases,
     )
     assert tuple(int(v) for v in out.shape) == ref.shape
     args = [X, Wp] + ([B] if bias else []) + ([R] if res else []) + [out]
@@ -181,6 +182,17 @@ def test_relax_emit_te():
     )
     ref = torch.clamp(torch.nn.functional.conv2d(y_ref, torch.from_numpy(w2)) + y_ref, 0, 6).numpy()
     assert _rel(res, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("N,C,H,W,O,k,s,p,d,g", [
+    (1, 24, 15, 17, 24, 3, 2, 1, 1, 24),   # depthwise stride 2, odd width
+    (2, 8, 12, 20, 8, 5, 2, 2, 2, 8),      # dilated: column taps cross phases
+    (1, 6, 9, 13, 6, 3, 3, 0, 1, 6),       # stride 3, no padding
+])
+def test_column_phases(N, C, H, W, O, k, s, p, d, g, lanes):
+    """A strided conv vectorized over columns reads its input split into column phases: same result."""
+    _run_case(N, C, H, W, O, k, s, p, d, g, True, True, "relu", lanes=lanes, column_phases=True)
 
 
 def test_forced_ow_mode_dense():
