@@ -1,5 +1,5 @@
-"""convopt's own conv kernels in the Relax module: which convs use them, their fused epilogues, and
-the schedules applied after the module is built.
+"""convopt's own kernels in the Relax module (convs, and dense layers: schedules/dense.py): which nodes use
+them, the convs' fused epilogues, and the schedules applied after the module is built.
 
 A conv node with a constant weight is emitted as a call to its lowering's TE compute (the node's
 ``lowering`` attr, set by the select_lowering pass; ``direct`` when unset; see schedules/lowerings.py),
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import tvm
@@ -26,6 +27,7 @@ from tvm import relax
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
+from ..schedules import dense
 from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import lowering
 from ..target import Target
@@ -79,11 +81,41 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
 
 @dataclass
 class KernelUse:
-    """One conv PrimFunc: its lowering, the conv's direct FLOPs and the IR nodes that call it."""
+    """One PrimFunc of convopt's: its kind (a conv's lowering, or "dense"), its schedule, the FLOPs of one
+    call (a conv's direct FLOPs) and the IR nodes that call it."""
 
-    lowering: str
+    kind: str
+    schedule: Callable
     flops: int
     nodes: list[str]
+
+
+def dense_weight(graph: Graph, n: Node) -> np.ndarray | None:
+    """The [N, K] fp32 weight of a linear node convopt runs with its dense kernel (a constant weight), else None."""
+    if n.op is not Op.LINEAR or n.type.dtype != "f32" or n.inputs[1] not in graph.constant_map:
+        return None
+    if len(n.inputs) > 2 and n.inputs[2] is not None and n.inputs[2] not in graph.constant_map:
+        return None
+    return graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
+
+
+def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int,
+               kernels: dict[str, KernelUse]):
+    """Emit linear ``n`` (y = x W^T + b over the last axis) as the dense kernel on x viewed as [M, K]."""
+    weight = dense_weight(graph, n)
+    out_features, k = weight.shape
+    x_shape = graph.types[n.inputs[0]].shape
+    rows = int(np.prod(x_shape[:-1], dtype=np.int64))
+    bias = None
+    if len(n.inputs) > 2 and n.inputs[2] is not None:
+        bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
+    x2d = bb.emit(relax.op.reshape(env[n.inputs[0]], (rows, k)))
+    out = bb.emit_te(functools.partial(dense.compute, out_features=out_features), x2d,
+                     relax.const(dense.pack_weight(weight, lanes)), bias, primfunc_name_hint=f"convopt_dense_{n.name}")
+    name = bb.lookup_binding(out).args[0].name_hint
+    kernels.setdefault(name, KernelUse("dense", dense.schedule_cpu, 2 * rows * k * out_features, [])).nodes.append(
+        n.name)
+    return bb.emit(relax.op.reshape(out, n.type.shape))
 
 
 def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int,
@@ -105,21 +137,22 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
                      primfunc_name_hint=f"convopt_{low.name}_{n.name}")
     call = bb.lookup_binding(out)
     # emit_te shares one PrimFunc between equal convs
-    kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, 2 * spec.macs, [])).nodes.append(n.name)
+    kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, low.schedule, 2 * spec.macs, [])).nodes.append(
+        n.name)
     return out
 
 
 def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, KernelUse]) -> tvm.IRModule:
-    """Schedule each conv kernel's PrimFunc with its lowering's schedule; mark it opaque and scheduled."""
+    """Schedule each of convopt's PrimFuncs with its own schedule; mark it opaque and scheduled."""
     if not kernels:
         return mod
     sch = tvm.s_tir.Schedule(mod)
     for name, use in kernels.items():
-        lowering(use.lowering).schedule(sch, name, target)
+        use.schedule(sch, name, target)
     mod = sch.mod
     for name, use in kernels.items():
         gv = mod.get_global_var(name)
         mod[gv] = (mod[gv].with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
-                   .with_attr("convopt.lowering", use.lowering).with_attr("convopt.nodes", ",".join(use.nodes))
+                   .with_attr("convopt.lowering", use.kind).with_attr("convopt.nodes", ",".join(use.nodes))
                    .with_attr("convopt.flops", str(use.flops)))
     return mod

@@ -200,8 +200,8 @@ def to_relax(graph: Graph, target: Target | None = None):
     """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs.
 
     For a CPU ``target`` (a convopt Target), convs with constant weights call convopt's own kernels (the lowering in
-    each node's attrs) with fused epilogues (backends/conv_kernels.py), scheduled here; everything else is
-    Relax's generic ops.
+    each node's attrs) with fused epilogues, and linear layers with constant weights its dense kernel
+    (backends/conv_kernels.py), scheduled here; everything else is Relax's generic ops.
     """
     missing = unsupported_nodes(graph)
     if missing:
@@ -230,6 +230,8 @@ def to_relax(graph: Graph, target: Target | None = None):
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.name in plans:
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
+                elif own_kernels and conv_kernels.dense_weight(graph, n) is not None:
+                    env[n.name] = conv_kernels.emit_dense(bb, graph, n, env, lanes, kernels)
                 else:
                     args = [None if i is None else env[i] for i in n.inputs]
                     env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))

@@ -115,3 +115,16 @@ def fft_gemm_tile(rows: int, vectors: int, lanes: int, max_rows: int = 8) -> tup
             if score > best_score:
                 best, best_score = (mt, nv), score
     return best
+
+
+def dense_tile(rows: int, blocks: int, lanes: int) -> tuple[int, int]:
+    """(rows, vectors of output columns) of the dense kernel's register tile (schedules/dense.py).
+
+    One row (a batch-1 classifier) streams its weight: a few independent vectors per tile, and at least 16
+    tiles so both cores stay busy to the end. Several rows: a 6, 4, 3 or 2 row tile (a divisor of M) with the
+    rest of the accumulators across output vectors, like a GEMM micro-kernel."""
+    budget = accumulators(lanes)
+    if rows == 1:
+        return 1, max(d for d in range(1, budget + 1) if blocks % d == 0 and (d == 1 or blocks // d >= 16))
+    mt = divisor_tile(rows, (6, 4, 3, 2)) or 1
+    return mt, max(d for d in range(1, budget // mt + 1) if blocks % d == 0)
