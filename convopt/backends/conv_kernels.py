@@ -42,16 +42,26 @@ class Epilogue:
     absorbed: tuple[str, ...] = ()  # node names whose values are the kernel's output
 
 
+# IR op -> the epilogue activation (schedules/activations.py) it is, given the node; None: not one
+ACTIVATION_OPS = {
+    Op.RELU: lambda n: "relu",
+    Op.CLAMP: lambda n: "relu6" if (n.attrs.min, n.attrs.max) == (0.0, 6.0) else None,
+    Op.SIGMOID: lambda n: "sigmoid",
+    Op.SILU: lambda n: "silu",
+    Op.GELU: lambda n: {"none": "gelu", "tanh": "gelu_tanh"}.get(n.attrs.approximate),
+    Op.HARDSWISH: lambda n: "hardswish",
+    Op.HARDSIGMOID: lambda n: "hardsigmoid",
+}
+
+
 def _activation(node: Node) -> str | None:
-    if node.op is Op.RELU:
-        return "relu"
-    if node.op is Op.CLAMP and node.attrs.min == 0.0 and node.attrs.max == 6.0:
-        return "relu6"
-    return None
+    rule = ACTIVATION_OPS.get(node.op)
+    return rule(node) if rule is not None and node.type.dtype == "f32" else None
 
 
 def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
-    """For each conv node that gets convopt's kernel: what its epilogue absorbs."""
+    """For each conv and linear node that gets convopt's kernel: what its epilogue absorbs (a linear: only its
+    activation)."""
     position = {n.name: i for i, n in enumerate(graph.nodes)}
     position.update({name: -1 for name in graph.constant_map})
     position.update({v.name: -1 for v in graph.inputs})
@@ -62,11 +72,12 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
         return readers[0] if graph.num_uses(name) == 1 and len(readers) == 1 else None
 
     for n in graph.nodes:
-        if conv_spec_of(graph, n) is None:
+        is_conv = conv_spec_of(graph, n) is not None
+        if not is_conv and dense_weight(graph, n) is None:
             continue
         absorbed, residual, activation = [], None, "none"
         reader = only_reader(n.name)
-        if reader is not None and reader.op is Op.ADD and reader.attrs.scalar is None and reader.type == n.type:
+        if is_conv and reader is not None and reader.op is Op.ADD and reader.attrs.scalar is None and reader.type == n.type:
             other = reader.inputs[1] if reader.inputs[0] == n.name else reader.inputs[0]
             if position[other] < position[n.name] and graph.types[other] == n.type:
                 residual = other
@@ -99,7 +110,7 @@ def dense_weight(graph: Graph, n: Node) -> np.ndarray | None:
     return graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
 
 
-def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int,
+def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int,
                kernels: dict[str, KernelUse]):
     """Emit linear ``n`` (y = x W^T + b over the last axis) as the dense kernel on x viewed as [M, K]."""
     weight = dense_weight(graph, n)
@@ -110,7 +121,7 @@ def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: 
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
     x2d = bb.emit(relax.op.reshape(env[n.inputs[0]], (rows, k)))
-    out = bb.emit_te(functools.partial(dense.compute, out_features=out_features), x2d,
+    out = bb.emit_te(functools.partial(dense.compute, out_features=out_features, activation=plan.activation), x2d,
                      relax.const(dense.pack_weight(weight, lanes)), bias, primfunc_name_hint=f"convopt_dense_{n.name}")
     name = bb.lookup_binding(out).args[0].name_hint
     kernels.setdefault(name, KernelUse("dense", dense.schedule_cpu, 2 * rows * k * out_features, [])).nodes.append(

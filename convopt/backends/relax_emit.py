@@ -229,9 +229,8 @@ def to_relax(graph: Graph, target: Target | None = None):
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.name in plans:
-                    env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
-                elif own_kernels and conv_kernels.dense_weight(graph, n) is not None:
-                    env[n.name] = conv_kernels.emit_dense(bb, graph, n, env, lanes, kernels)
+                    emit = conv_kernels.emit_conv if n.op is Op.CONV2D else conv_kernels.emit_dense
+                    env[n.name] = emit(bb, graph, n, env, plans[n.name], lanes, kernels)
                 else:
                     args = [None if i is None else env[i] for i in n.inputs]
                     env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))

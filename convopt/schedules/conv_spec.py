@@ -29,8 +29,8 @@ from tvm import te, tirx
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
+from .activations import activate
 
-ACTIVATIONS = ("none", "relu", "relu6")
 OUTPUT_BLOCK = "conv_out"
 
 
@@ -129,19 +129,13 @@ def pad_input(data: te.Tensor, spec: ConvSpec, name: str, extra: tuple[int, int]
 
 
 def epilogue(value, o, n, y, x, *, bias=None, residual=None, activation: str = "none"):
-    """act(value + bias[o] + residual[n, o, y, x]): the ops a conv kernel absorbs (backends/conv_kernels.py)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    """act(value + bias[o] + residual[n, o, y, x]): the ops a conv kernel absorbs (backends/conv_kernels.py);
+    ``activation`` is a name of schedules/activations.py."""
     if bias is not None:
         value = value + bias[o]
     if residual is not None:
         value = value + residual[n, o, y, x]
-    zero = tirx.const(0.0, "float32")
-    if activation == "relu":
-        value = tirx.max(value, zero)
-    elif activation == "relu6":
-        value = tirx.min(tirx.max(value, zero), tirx.const(6.0, "float32"))
-    return value
+    return activate(value, activation)
 
 
 def output_compute(spec: ConvSpec, value_at, *, bias=None, residual=None, activation="none") -> te.Tensor:

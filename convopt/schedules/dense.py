@@ -19,6 +19,7 @@ import tvm
 from tvm import te
 
 from . import tiling
+from .activations import activate
 
 GEMM_BLOCK = "dense_gemm"
 OUTPUT_BLOCK = "dense_out"
@@ -33,8 +34,9 @@ def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, lanes, k).transpose(0, 2, 1))
 
 
-def compute(data: te.Tensor, packed: te.Tensor, bias: te.Tensor | None = None, *, out_features: int) -> te.Tensor:
-    """y [M, N] of x [M, K] with the packed weight; bias [N] fused."""
+def compute(data: te.Tensor, packed: te.Tensor, bias: te.Tensor | None = None, *, out_features: int,
+            activation: str = "none") -> te.Tensor:
+    """y [M, N] of x [M, K] with the packed weight; bias [N] and the activation (activations.py) fused."""
     m_, k_ = (int(v) for v in data.shape)
     blocks, _, lanes = (int(v) for v in packed.shape)
     k = te.reduce_axis((0, k_), name="k")
@@ -43,7 +45,7 @@ def compute(data: te.Tensor, packed: te.Tensor, bias: te.Tensor | None = None, *
 
     def value(m, n):
         v = acc[m, n // lanes, n % lanes]
-        return v + bias[n] if bias is not None else v
+        return activate(v + bias[n] if bias is not None else v, activation)
 
     return te.compute((m_, out_features), value, name=OUTPUT_BLOCK)
 

@@ -48,13 +48,12 @@ import tvm
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import Lowering, optional_block
+from .conv_spec import Lowering, epilogue, optional_block
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
 OUT_BLOCK = "dconv_out"
 
-ACTIVATIONS = ("none", "relu", "relu6")
 TILED_EPILOGUE = "dconv_tiled_epilogue"  # attr of the output block: computed per register tile
 
 
@@ -134,8 +133,6 @@ def direct_conv2d_compute(
     ``[N, C, HP, S, ceil(WP / S)]`` with column x at ``[.., x % S, x // S]``, so that a kernel vectorized
     over output columns reads contiguous vectors instead of gathering every S-th value.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     N, C, H, W = (int(x) for x in data.shape)
     O = int(out_channels)
     KH, KW = _pair(kernel)
@@ -215,16 +212,7 @@ def direct_conv2d_compute(
             return acc[n, (o // ocpg) * ocbg + (o % ocpg) // ob, y, x, (o % ocpg) % ob]
 
     def _epi(n, o, y, x):
-        v = _acc(n, o, y, x)
-        if bias is not None:
-            v = v + bias[o]
-        if residual is not None:
-            v = v + residual[n, o, y, x]
-        if activation == "relu":
-            v = tirx.max(v, tirx.const(0.0, "float32"))
-        elif activation == "relu6":
-            v = tirx.min(tirx.max(v, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
-        return v
+        return epilogue(_acc(n, o, y, x), o, n, y, x, bias=bias, residual=residual, activation=activation)
 
     # per register tile only when output channel o sits in block o // ob (no per-group zero padding): the
     # padded index map is not one TIR's compute-at can invert

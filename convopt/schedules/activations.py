@@ -1,0 +1,80 @@
+"""The activations a kernel's epilogue applies (conv and dense kernels), as scalar TIR expressions.
+
+The transcendental ones are written with polynomials that LLVM vectorizes (libm's expf / erff are scalar
+calls), accurate to a few float32 ulps in the range that matters:
+
+    exp(x)       Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-7 polynomial, 2^n by the
+                 exponent bits (inputs clamped to [-87.3, 88], where 2^n is a normal float32; NaN stays NaN)
+    erf(x)       Abramowitz & Stegun 7.1.26: 1 - t (a1 + t (a2 + ...)) e^(-x^2), t = 1 / (1 + p |x|),
+                 |error| <= 1.5e-7
+    sigmoid(x)   1 / (1 + exp(-x));  silu(x) = x sigmoid(x)
+    gelu(x)      x (1 + erf(x / sqrt 2)) / 2;  gelu_tanh(x) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
+    hardswish(x) x min(max(x + 3, 0), 6) / 6;  hardsigmoid(x) = min(max(x / 6 + 1/2, 0), 1)
+
+NaN stays NaN through the exp-based ones; relu, relu6 and the hard ones are max/min, whose NaN behaviour is
+LLVM's select on an ordered compare (NaN becomes the bound). The IR ops they stand for are in
+``ACTIVATION_OPS`` (backends/conv_kernels.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import tirx
+
+F32 = "float32"
+
+
+def _c(v: float):
+    return tirx.const(v, F32)
+
+
+def fast_exp(value):
+    x = tirx.max(tirx.min(value, _c(88.0)), _c(-87.33654))
+    n = tirx.floor(x * _c(1.4426950408889634) + _c(0.5))
+    r = x - n * _c(0.693359375) + n * _c(2.12194440e-4)  # ln 2 in two parts: r exact to float32
+    p = _c(1.9875691500e-4)
+    for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + _c(coefficient)
+    y = p * r * r + r + _c(1.0)
+    two_n = tirx.reinterpret(F32, tirx.shift_left(n.astype("int32") + 127, tirx.const(23, "int32")))
+    return tirx.if_then_else(tirx.isnan(value), value, y * two_n)
+
+
+def fast_erf(x):
+    a = tirx.abs(x)
+    t = _c(1.0) / (_c(1.0) + _c(0.3275911) * a)
+    poly = _c(1.061405429)
+    for coefficient in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly = poly * t + _c(coefficient)
+    magnitude = _c(1.0) - poly * t * fast_exp(-a * a)
+    return tirx.if_then_else(x < _c(0.0), -magnitude, magnitude)
+
+
+def sigmoid(x):
+    return _c(1.0) / (_c(1.0) + fast_exp(-x))
+
+
+def _clamp(x, lo: float, hi: float):
+    return tirx.min(tirx.max(x, _c(lo)), _c(hi))
+
+
+ACTIVATIONS = {
+    "none": lambda x: x,
+    "relu": lambda x: tirx.max(x, _c(0.0)),
+    "relu6": lambda x: _clamp(x, 0.0, 6.0),
+    "sigmoid": sigmoid,
+    "silu": lambda x: x * sigmoid(x),
+    "gelu": lambda x: _c(0.5) * x * (_c(1.0) + fast_erf(x * _c(1 / math.sqrt(2)))),
+    "gelu_tanh": lambda x: x * sigmoid(_c(2 * math.sqrt(2 / math.pi)) * (x + _c(0.044715) * x * x * x)),
+    "hardswish": lambda x: x * _clamp(x + _c(3.0), 0.0, 6.0) / _c(6.0),
+    "hardsigmoid": lambda x: _clamp(x / _c(6.0) + _c(0.5), 0.0, 1.0),
+}
+
+
+def activate(value, activation: str):
+    """``value`` through ``activation`` (a name of ``ACTIVATIONS``)."""
+    try:
+        return ACTIVATIONS[activation](value)
+    except KeyError:
+        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}") from None
