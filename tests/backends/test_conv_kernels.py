@@ -39,3 +39,33 @@ def test_fused_kernels_are_exact():
     with torch.no_grad():
         for got, want in zip(fast(x), model(x)):
             assert rel_err(got, want) <= 1e-5
+
+
+class Activations(nn.Module):
+    """Every activation a conv or dense epilogue absorbs, and one it does not (tanh)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(7))
+        self.leaky = nn.Conv2d(c, c, 1)
+        self.fc1, self.fc2 = nn.Linear(c, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        acts = [nn.functional.silu, torch.sigmoid, nn.functional.gelu, lambda v: nn.functional.gelu(v, approximate="tanh"),
+                nn.functional.hardswish, nn.functional.hardsigmoid, nn.functional.relu6]
+        for conv, act in zip(self.convs, acts):
+            x = act(conv(x))
+        x = torch.tanh(self.leaky(x))
+        return self.fc2(nn.functional.gelu(self.fc1(x.mean((2, 3)))))
+
+
+def test_activations_are_absorbed_and_exact():
+    model, x = Activations().eval(), 3 * torch.randn(2, 16, 9, 11)
+    fast = convopt.optimize(model, x, target="cpu")  # checked against eager (relative error <= 1e-4)
+    plans = plan_epilogues(fast.graph)
+    by_scope = {fast.graph.node_map[name].scope: plan.activation for name, plan in plans.items()}
+    assert [by_scope[f"convs.{i}"] for i in range(7)] == [
+        "silu", "sigmoid", "gelu", "gelu_tanh", "hardswish", "hardsigmoid", "relu6"]
+    assert by_scope["leaky"] == "none" and by_scope["fc1"] == "gelu" and by_scope["fc2"] == "none"
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) < 1e-5
