@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import convopt
-from convopt.bench import markdown_table, measure_interleaved, summarize, write_report
+from convopt.bench import markdown_table, summarize, write_report
+from convopt.cost.calibrate import measure_interleaved
 from convopt.optimize import relative_error
 
 

@@ -15,8 +15,8 @@ A contender may be listed twice (``ort-reparam,ort-reparam``): its entries are k
 and ``ort-reparam#2``, and ``self_check_warnings`` flags entries of one contender that disagree by more
 than 5%, i.e. the noise floor of the run.
 
-``measure_interleaved`` remains for in-process timing of small kernels (cost-model calibration), where
-a process per call would cost more than the call.
+In-process interleaved timing of small kernels (cost-model calibration, where a process per call would
+cost more than the call) is ``convopt.cost.calibrate.measure_interleaved``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -38,28 +37,6 @@ from .contenders import THREADS, check_names
 
 SELF_CHECK_TOLERANCE = 0.05
 WORKER_TIMEOUT_S = 1800  # building inductor or convopt on a large model takes minutes on 2 busy cores
-
-
-def measure_interleaved(contenders: dict[str, Callable[[], object]], *, rounds: int = 20,
-                        warmup: int = 3, pause: float = 0.05) -> dict[str, list[float]]:
-    """Seconds per call of each contender; every round calls all of them, rotating the start.
-
-    ``pause`` seconds pass before each timed call: thread pools (OpenMP, ONNX Runtime, TVM) spin for a
-    while after their work, and without the pause those spinning threads slow down the next contender.
-    """
-    names = list(contenders)
-    for _ in range(warmup):
-        for name in names:
-            contenders[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            time.sleep(pause)
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def summarize(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:

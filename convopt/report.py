@@ -165,8 +165,8 @@ def plot_roofline(report: dict, path: Path) -> None:
 
 def report(fast, example_inputs: Any, *, out: str | Path | None = None, runs: int = 10, model: str = "") -> dict:
     """Time ``fast`` kernel by kernel; write ``out/report.json`` and ``out/roofline.png`` when ``out`` is given."""
-    target = fast._compiled.target
     rows, plain = time_kernels(fast, example_inputs, runs=runs)
+    target = fast._compiled.target
     result = build_report(rows, plain, load_profile(target), target.key, model)
     if out is not None:
         folder = Path(out)

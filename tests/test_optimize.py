@@ -125,3 +125,21 @@ def test_train_mode_keeps_parameters_trainable_with_eager_gradients():
 def test_dump_ir_writes_files(tmp_path):
     convopt.optimize(Small(), torch.randn(1, 3, 8, 8), dump_ir=tmp_path)
     assert (tmp_path / "000_capture.ir").exists() and (tmp_path / "001_canonicalize.ir").exists()
+
+
+def test_environment_selects_passes_at_the_api_boundary(monkeypatch):
+    monkeypatch.setenv("CONVOPT_SKIP_PASSES", "fold_conv_bn")
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="torch")
+    assert "fold_conv_bn" not in [r.name for r in fast.pass_records] and fast.pass_records
+    monkeypatch.setenv("CONVOPT_SKIP_PASSES", "no_such_pass")
+    with pytest.raises(ValueError, match="unknown pass 'no_such_pass'"):
+        convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="torch")
+
+
+def test_target_key_is_reported_and_the_pipeline_knows_it():
+    from convopt.target import resolve_target
+
+    fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="cpu")
+    assert fast.target == resolve_target("cpu").key
+    assert [r.name for r in fast.pass_records][-1] == "select_lowering"
+    assert convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="torch").target == "torch"

@@ -29,12 +29,13 @@ def test_report_times_every_kernel_and_writes_json_and_plot(tmp_path):
     fast = convopt.optimize(SmallNet().eval(), x, target="cpu")
     result = report(fast, x, out=tmp_path, runs=3, model="small")
     kernels = {k["name"]: k for k in result["kernels"]}
-    convs = [k for k in result["kernels"] if k["nodes"]]
+    convs = [k for k in result["kernels"] if k["kind"] not in ("op", "builtin", "dense")]
     assert sorted(n for k in convs for n in k["nodes"]) == sorted(
         n.name for n in fast.graph.nodes if n.op.value == "conv2d")
     dense = next(k for k in convs if k["flops"] == 2 * 16 * 3 * 9 * 20 * 20)  # conv1's direct FLOPs
     assert dense["kind"] == next(n.attrs.lowering for n in fast.graph.nodes if n.name in dense["nodes"])
     assert all(k["ms"] > 0 and k["calls"] >= 1 for k in kernels.values())
+    assert [list(k["nodes"]) for k in result["kernels"] if k["kind"] == "dense"] == [["linear"]]
     assert abs(sum(k["share"] for k in kernels.values()) - 1) < 1e-9
     assert all(k["bound_ms"] > 0 and k["x_bound"] > 0 for k in convs)
     assert result["target"] == fast.target and result["peak_gflops"] > 0

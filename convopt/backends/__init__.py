@@ -1,1 +1,1 @@
-"""Backends: IR -> something that runs. ``torch_backend`` now; the TVM backend comes next."""
+"""Backends: IR -> something that runs: ``torch_backend`` (PyTorch kernels, training) and ``tvm_backend`` (TVM)."""

@@ -65,11 +65,31 @@ def repeated(fn: Callable[[], object], seconds: float = 0.005) -> tuple[Callable
     return run, count
 
 
+def measure_interleaved(contenders: dict[str, Callable[[], object]], *, rounds: int = 20,
+                        warmup: int = 3, pause: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call of each contender; every round calls all of them, rotating the start.
+
+    ``pause`` seconds pass before each timed call: thread pools (OpenMP, ONNX Runtime, TVM) spin for a
+    while after their work, and without the pause those spinning threads slow down the next contender.
+    """
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            time.sleep(pause)
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7) -> dict[str, float]:
     """Seconds per call of each entry: the fastest of ``rounds`` rounds that call every entry in rotating
     order (noise on a shared machine only adds time, and interleaving exposes all entries to the same)."""
-    from ..bench import measure_interleaved
-
     runs = {name: repeated(fn) for name, fn in calls.items()}
     times = measure_interleaved({name: run for name, (run, _) in runs.items()}, rounds=rounds, warmup=1,
                                 pause=0.01)

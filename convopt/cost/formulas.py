@@ -186,6 +186,14 @@ def _fft():
             "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * spectra, "workspace": workspace}
 
 
+def _depthwise():
+    # channels vectorized in blocks of VL (depthwise.py): every tap a full vector over the padded channel count
+    cp = _round_up(C, VL)
+    workspace = F32 * N * cp * HP * WP
+    return {"flops": 2 * N * cp * OH * OW * KH * KW, "narrow_flops": 0, "aux_flops": 0,
+            "bytes": _io_bytes + 2 * workspace, "workspace": workspace}
+
+
 FORMULAS: dict[str, dict[str, sp.Expr]] = {
     name: {"slow_flops": 0, **terms, "outputs": N * O * OH * OW, "copied": terms["workspace"] / F32}
     for name, terms in {
@@ -195,6 +203,7 @@ FORMULAS: dict[str, dict[str, sp.Expr]] = {
         "winograd2": _winograd(2),
         "winograd4": _winograd(4),
         "fft": _fft(),
+        "depthwise": _depthwise(),
     }.items()
 }
 

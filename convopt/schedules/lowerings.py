@@ -3,12 +3,12 @@ of reports. Compiling one lowering of one conv on its own is ``convopt.schedules
 
 from __future__ import annotations
 
-from . import direct_conv2d, fft_conv, im2col, im2win, winograd
+from . import depthwise, direct_conv2d, fft_conv, im2col, im2win, winograd
 from .conv_spec import ConvSpec, Lowering
 
 _TABLE: dict[str, Lowering] = {low.name: low for low in (
     direct_conv2d.LOWERING, im2col.LOWERING, im2win.LOWERING, winograd.WINOGRAD2, winograd.WINOGRAD4,
-    fft_conv.LOWERING)}
+    fft_conv.LOWERING, depthwise.LOWERING)}
 LOWERINGS = tuple(_TABLE)
 
 

@@ -64,8 +64,11 @@ def test_shipped_profiles_are_valid_complete_and_named_by_their_key():
     shipped = prof.shipped_profiles()
     assert shipped
     for key, profile in shipped.items():
-        assert set(profile.coefficients) == set(LOWERINGS) and profile.calibrated_on
-        assert profile.target_key == key
+        # a lowering added after a machine was calibrated has no coefficients there: it is no candidate on
+        # that target until `convopt calibrate` runs (test_model.py::test_uncalibrated_lowering_is_not_a_candidate)
+        assert set(profile.coefficients) <= set(LOWERINGS) and "direct" in profile.coefficients
+        assert profile.calibrated_on and profile.target_key == key
+    assert any(set(p.coefficients) == set(LOWERINGS) for p in shipped.values())
 
 
 AVX2_ZEN3 = resolve_target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})

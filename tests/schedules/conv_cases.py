@@ -22,6 +22,14 @@ OTHER_ISAS = {"avx2": resolve_target({"kind": "llvm", "mcpu": "haswell", "num-co
 CUDA = resolve_target({"kind": "cuda", "arch": "sm_80"})
 
 
+TORCH_ACTIVATIONS = {  # the reference of each epilogue activation (convopt.schedules.activations)
+    "none": lambda v: v, "relu": torch.relu, "relu6": lambda v: v.clamp(0, 6), "sigmoid": torch.sigmoid,
+    "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda v: torch.nn.functional.gelu(v, approximate="tanh"),
+    "hardswish": torch.nn.functional.hardswish, "hardsigmoid": torch.nn.functional.hardsigmoid,
+}
+
+
 def host(lanes: int):
     """This machine's target, scheduled for ``lanes`` fp32 lanes."""
     return HOST.with_lanes(lanes)
@@ -40,10 +48,7 @@ def error_against_torch(name: str, spec: ConvSpec, bias: bool, residual: bool, a
                                      spec.padding, spec.dilation, spec.groups)
     if r is not None:
         ref = ref + r.double()
-    if activation == "relu":
-        ref = ref.relu()
-    elif activation == "relu6":
-        ref = ref.clamp(0, 6)
+    ref = TORCH_ACTIVATIONS[activation](ref)
     assert tuple(y.shape) == spec.output_shape
     return relative_error(y, ref)
 

@@ -9,7 +9,7 @@ from tvm import te
 from convopt.numerics import relative_error
 from convopt.schedules import dense, tiling
 
-from .conv_cases import HOST, LANES, OTHER_ISAS, host
+from .conv_cases import LANES, OTHER_ISAS, host
 
 
 def _build(rows, k, n, bias, target):

@@ -1,0 +1,67 @@
+"""The channel-blocked depthwise lowering (convopt.schedules.depthwise) against torch.nn.functional.conv2d."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convopt.schedules import depthwise, tiling
+from convopt.schedules.conv_spec import ConvSpec
+from convopt.schedules.lowerings import lowering
+
+from .conv_cases import CUDA, LANES, OTHER_ISAS, compiles_for, error_against_torch, lowered_bytes
+
+NAME = "depthwise"
+
+
+@st.composite
+def depthwise_specs(draw):
+    c = draw(st.integers(1, 40))
+    k = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    reach = [d * (kk - 1) + 1 - 2 * p for d, kk, p in zip(dilation, k, padding)]
+    h = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 12))
+    w = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 12))
+    return ConvSpec(draw(st.integers(1, 2)), c, h, w, c, k, stride, padding, dilation, c)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=depthwise_specs(), bias=st.booleans(), residual=st.booleans(),
+       activation=st.sampled_from(["none", "relu6", "silu"]), lanes=st.sampled_from(LANES))
+def test_matches_torch(spec, bias, residual, activation, lanes):
+    assert error_against_torch(NAME, spec, bias, residual, activation, lanes=lanes) < 1e-5
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("spec", [
+    ConvSpec(1, 1152, 7, 7, 1152, (5, 5), padding=(2, 2), groups=1152),   # EfficientNet's last stage
+    ConvSpec(1, 96, 112, 112, 96, (3, 3), (2, 2), (1, 1), groups=96),     # MobileNetV2's stride-2 block
+    ConvSpec(2, 20, 9, 13, 20, (3, 3), padding=(1, 1), groups=20),        # channels not a multiple of the lanes
+], ids=lambda s: s.describe() if isinstance(s, ConvSpec) else str(s))
+def test_network_layers(spec, lanes):
+    assert error_against_torch(NAME, spec, True, True, "relu", lanes=lanes) < 1e-5
+
+
+def test_refuses_other_convs():
+    assert "one input and one output channel" in lowering(NAME).supports(ConvSpec(1, 8, 5, 5, 16, (3, 3), groups=8))
+    assert lowering(NAME).supports(ConvSpec(1, 8, 5, 5, 16, (3, 3))) is not None
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_workspace_is_what_is_allocated(lanes):
+    spec = ConvSpec(1, 20, 9, 13, 20, (3, 3), padding=(1, 1), groups=20)
+    staged, allocated = lowered_bytes(NAME, spec, depthwise.ACC_BLOCK, lanes)
+    blocked_channels = -(-20 // lanes) * lanes
+    assert staged == depthwise.workspace_bytes(spec, lanes) == 4 * blocked_channels * 11 * 15
+    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)
+
+
+def test_cuda_builds():
+    assert "__global__" in compiles_for(NAME, ConvSpec(1, 24, 9, 9, 24, (3, 3), padding=(1, 1), groups=24), CUDA)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_compiles_for_both_isas(isa):
+    asm = compiles_for(NAME, ConvSpec(1, 64, 7, 7, 64, (5, 5), padding=(2, 2), groups=64), OTHER_ISAS[isa])
+    assert ("zmm" in asm) == (isa == "avx512")
