@@ -30,44 +30,34 @@ def _c(v: float):
 
 
 def let(value, body):
-    """``body(v)`` with ``v`` bound to ``value`` once: expressions are trees, and without the binding an
-    activation that reads its input several times (x * sigmoid(x)) copies it, and the copies' copies, until
-    the expression is exponentially large (minutes of compile time)."""
+    """``body(v)`` with ``v`` bound to ``value`` once. An activation reads its input many times (GELU about
+    120: x * sigmoid(x), the exp polynomial's powers of r), and an epilogue's input is an expression (a
+    Winograd output transform sums 36 loads): without the binding the copies made compiling a model take
+    minutes. Only this outermost binding: nested Lets break TVM's vectorizer ("Let cannot bind the same
+    var to two different values") when it scalarizes a guarded tail."""
     var = tirx.Var("v", F32)  # every activation computes in float32
     return tirx.Let(var, value, body(var))
 
 
-def fast_exp(value):
-    def from_clamped(x):
-        return let(tirx.floor(x * _c(1.4426950408889634) + _c(0.5)), lambda n: let(
-            x - n * _c(0.693359375) + n * _c(2.12194440e-4),  # ln 2 in two parts: r exact to float32
-            lambda r: _exp_parts(n, r)))
-
-    return let(value, lambda v: tirx.if_then_else(
-        tirx.isnan(v), v, let(tirx.max(tirx.min(v, _c(88.0)), _c(-87.33654)), from_clamped)))
-
-
-def _exp_parts(n, r):
-    """e^r 2^n: e^r by Cephes' polynomial, 2^n by the exponent bits."""
+def fast_exp(x):
+    clamped = tirx.max(tirx.min(x, _c(88.0)), _c(-87.33654))
+    n = tirx.floor(clamped * _c(1.4426950408889634) + _c(0.5))
+    r = clamped - n * _c(0.693359375) + n * _c(2.12194440e-4)  # ln 2 in two parts: r exact to float32
     p = _c(1.9875691500e-4)
     for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = p * r + _c(coefficient)
     two_n = tirx.reinterpret(F32, tirx.shift_left(n.astype("int32") + 127, tirx.const(23, "int32")))
-    return (p * r * r + r + _c(1.0)) * two_n
+    return tirx.if_then_else(tirx.isnan(x), x, (p * r * r + r + _c(1.0)) * two_n)
 
 
-def fast_erf(value):
-    def magnitude(a):
-        return let(_c(1.0) / (_c(1.0) + _c(0.3275911) * a), lambda t: _erf_tail(t, a))
-
-    return let(value, lambda x: let(magnitude(tirx.abs(x)), lambda m: tirx.if_then_else(x < _c(0.0), -m, m)))
-
-
-def _erf_tail(t, a):
+def fast_erf(x):
+    a = tirx.abs(x)
+    t = _c(1.0) / (_c(1.0) + _c(0.3275911) * a)
     poly = _c(1.061405429)
     for coefficient in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
         poly = poly * t + _c(coefficient)
-    return _c(1.0) - poly * t * fast_exp(-a * a)
+    magnitude = _c(1.0) - poly * t * fast_exp(-a * a)
+    return tirx.if_then_else(x < _c(0.0), -magnitude, magnitude)
 
 
 def sigmoid(x):
