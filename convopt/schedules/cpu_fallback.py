@@ -3,11 +3,13 @@ norms, softmax, transposes): parallelize each block over its leading data-parall
 
 TVM's generic legalization leaves every loop nest serial, so on a 2-core machine an unscheduled
 GELU or layer norm runs on one core. This rule inlines chains of elementwise blocks (so a fused
-SiLU reads and writes memory once), fuses each remaining block's leading spatial loops into one,
-parallelizes it, and for purely elementwise blocks vectorizes an inner chunk of two vectors or one
-(``lanes``: the target's SIMD width; with relax's FastMathTransform, exp / erf / tanh are polynomials, so
-this vectorizes them too). It is a dlight ScheduleRule, applied after dlight's CPU GEMV and reduction
-rules had their turn.
+SiLU reads and writes memory once), fuses each remaining block's leading spatial loops into one and
+parallelizes it. A purely elementwise block is vectorized over its innermost loops: the shortest run of
+trailing loops spanning at least four vectors and a whole number of them (``lanes``: the target's SIMD
+width), so that an operand broadcast over those axes (squeeze-excite's per-channel scale) is one load
+per vector rather than a gather; failing that, over an inner chunk of two vectors or one of all its
+loops fused. With relax's FastMathTransform, exp / erf / tanh are polynomials, so this vectorizes them
+too. It is a dlight ScheduleRule, applied after dlight's CPU GEMV and reduction rules had their turn.
 """
 
 from __future__ import annotations
@@ -20,7 +22,21 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
 class ParallelFallback(dlight.ScheduleRule):
     def __init__(self, lanes: int):
+        self.lanes = lanes
         self.chunks = (2 * lanes, lanes)
+
+    def _vector_suffix(self, sch, loops) -> int | None:
+        """How many trailing loops to vectorize over: their extents' product is >= 4 vectors and a
+        multiple of the lanes, with the outer loops left for the threads; None if no such run."""
+        product = 1
+        for count, loop in enumerate(reversed(loops), start=1):
+            extent = sch.get(loop).extent
+            if not isinstance(extent, tvm.tirx.IntImm):
+                return None
+            product *= extent.value
+            if product >= 4 * self.lanes:
+                return count if product % self.lanes == 0 and count < len(loops) else None
+        return None
 
     def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -37,6 +53,15 @@ class ParallelFallback(dlight.ScheduleRule):
                     break
                 spatial.append(it.loop_rv)
             if not spatial:
+                continue
+            elementwise = len(spatial) == len(info.iters)
+            suffix = self._vector_suffix(sch, spatial) if elementwise else None
+            if suffix is not None:
+                outer, inner = spatial[:-suffix], spatial[-suffix:]
+                sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+                inner = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+                sch.vectorize(sch.split(inner, [None, self.lanes])[1])
+                changed = True
                 continue
             fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
             extent = sch.get(fused).extent
