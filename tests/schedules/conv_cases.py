@@ -11,7 +11,9 @@ import tvm
 from hypothesis import strategies as st
 
 from convopt.numerics import relative_error
+from convopt.schedules import tiling
 from convopt.schedules.conv_spec import ConvSpec
+from convopt.schedules.lowerings import lowering
 from convopt.schedules.kernel import build_kernel, lower_to_primfunc, scheduled_module
 from convopt.target import resolve_target
 
@@ -67,10 +69,14 @@ def conv_specs(draw):
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    reach = [d * (k - 1) + 1 - 2 * p for d, k, p in zip(dilation, kernel, padding)]
-    height = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 9))
-    width = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 9))
+    height, width = input_size(draw, kernel, padding, dilation, 9)
     return ConvSpec(draw(st.integers(1, 2)), cin, height, width, cout, kernel, stride, padding, dilation, groups)
+
+
+def input_size(draw, kernel, padding, dilation, extra: int) -> tuple[int, int]:
+    """(height, width) from at least the dilated kernel minus the padding (a non-empty output) to ``extra`` more."""
+    reach = [max(1, d * (k - 1) + 1 - 2 * p) for d, k, p in zip(dilation, kernel, padding)]
+    return draw(st.integers(reach[0], reach[0] + extra)), draw(st.integers(reach[1], reach[1] + extra))
 
 
 def lowered_bytes(name: str, spec: ConvSpec, accumulator_block: str, lanes: int) -> tuple[int, int]:
@@ -105,3 +111,11 @@ def compiles_for(name: str, spec: ConvSpec, target) -> str:
     mod, _ = scheduled_module(name, spec, w, target, bias=True, residual=True, activation="relu")
     lib = tvm.compile(mod, target=target.tvm)
     return lib.mod.imports[0].inspect_source("") if not target.is_cpu else lib.mod.inspect_source("asm")
+
+
+def assert_workspace_is_what_is_allocated(name: str, accumulator_block: str, spec: ConvSpec, lanes: int) -> None:
+    """The lowering's workspace_bytes is what its PrimFunc stages, and once scheduled it allocates only one
+    register tile of accumulators more."""
+    staged, allocated = lowered_bytes(name, spec, accumulator_block, lanes)
+    assert staged == lowering(name).workspace_bytes(spec, lanes)
+    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)

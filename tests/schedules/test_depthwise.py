@@ -4,11 +4,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import depthwise, tiling
+from convopt.schedules import depthwise
 from convopt.schedules.conv_spec import ConvSpec
 from convopt.schedules.lowerings import lowering
 
-from .conv_cases import CUDA, LANES, OTHER_ISAS, compiles_for, error_against_torch, lowered_bytes
+from .conv_cases import (CUDA, LANES, OTHER_ISAS, assert_workspace_is_what_is_allocated, compiles_for,
+                         error_against_torch, input_size)
 
 NAME = "depthwise"
 
@@ -20,9 +21,7 @@ def depthwise_specs(draw):
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
-    reach = [d * (kk - 1) + 1 - 2 * p for d, kk, p in zip(dilation, k, padding)]
-    h = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 12))
-    w = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 12))
+    h, w = input_size(draw, k, padding, dilation, 12)
     return ConvSpec(draw(st.integers(1, 2)), c, h, w, c, k, stride, padding, dilation, c)
 
 
@@ -51,10 +50,8 @@ def test_refuses_other_convs():
 @pytest.mark.parametrize("lanes", LANES)
 def test_workspace_is_what_is_allocated(lanes):
     spec = ConvSpec(1, 20, 9, 13, 20, (3, 3), padding=(1, 1), groups=20)
-    staged, allocated = lowered_bytes(NAME, spec, depthwise.ACC_BLOCK, lanes)
-    blocked_channels = -(-20 // lanes) * lanes
-    assert staged == depthwise.workspace_bytes(spec, lanes) == 4 * blocked_channels * 11 * 15
-    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)
+    assert_workspace_is_what_is_allocated(NAME, depthwise.ACC_BLOCK, spec, lanes)
+    assert depthwise.workspace_bytes(spec, lanes) == 4 * (-(-20 // lanes) * lanes) * 11 * 15  # channel blocks
 
 
 def test_cuda_builds():

@@ -4,10 +4,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import im2col, tiling
+from convopt.schedules import im2col
 from convopt.schedules.conv_spec import ConvSpec
 
-from .conv_cases import CUDA, LANES, OTHER_ISAS, WORKSPACE_SPECS, compiles_for, conv_specs, error_against_torch, lowered_bytes
+from .conv_cases import (CUDA, LANES, OTHER_ISAS, WORKSPACE_SPECS, assert_workspace_is_what_is_allocated, compiles_for,
+                         conv_specs, error_against_torch, lowered_bytes)
 
 NAME = "im2col"
 ACC_BLOCK = im2col.GEMM_BLOCK
@@ -38,23 +39,16 @@ def _check(spec, bias, residual, activation, seed=0, *, lanes):
     return error_against_torch(NAME, spec, bias, residual, activation, seed, lanes=lanes)
 
 
-def _lowered_bytes(spec, lanes=8):
-    return lowered_bytes(NAME, spec, ACC_BLOCK, lanes)
-
-
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())
 def test_workspace_is_what_is_allocated(spec, lanes):
-    staged, allocated = _lowered_bytes(spec, lanes)
-    assert staged == im2col.workspace_bytes(spec, lanes)
-    # once scheduled, all that is allocated besides the workspace is one register tile of accumulators
-    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)
+    assert_workspace_is_what_is_allocated(NAME, ACC_BLOCK, spec, lanes)
 
 
 def test_1x1_reads_the_input_in_place():
     for spec in (ConvSpec(1, 64, 56, 56, 256, (1, 1)), ConvSpec(2, 32, 7, 7, 64, (1, 1), groups=4)):
         assert im2col.workspace_bytes(spec, 8) == 0
-        assert _lowered_bytes(spec)[0] == 0
+        assert lowered_bytes(NAME, spec, ACC_BLOCK, 8)[0] == 0
     # a strided or padded 1x1 has to gather
     assert im2col.workspace_bytes(ConvSpec(1, 16, 8, 8, 32, (1, 1), (2, 2)), 8) == 4 * 16 * 16
 

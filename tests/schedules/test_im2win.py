@@ -4,10 +4,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import im2col, im2win, tiling
+from convopt.schedules import im2col, im2win
 from convopt.schedules.conv_spec import ConvSpec
 
-from .conv_cases import CUDA, LANES, OTHER_ISAS, WORKSPACE_SPECS, compiles_for, conv_specs, error_against_torch, lowered_bytes
+from .conv_cases import (CUDA, LANES, OTHER_ISAS, WORKSPACE_SPECS, assert_workspace_is_what_is_allocated, compiles_for,
+                         conv_specs, error_against_torch)
 
 NAME = "im2win"
 ACC_BLOCK = im2win.ACC_BLOCK
@@ -38,17 +39,10 @@ def _check(spec, bias, residual, activation, seed=0, *, lanes):
     return error_against_torch(NAME, spec, bias, residual, activation, seed, lanes=lanes)
 
 
-def _lowered_bytes(spec, lanes=8):
-    return lowered_bytes(NAME, spec, ACC_BLOCK, lanes)
-
-
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())
 def test_workspace_is_what_is_allocated(spec, lanes):
-    staged, allocated = _lowered_bytes(spec, lanes)
-    assert staged == im2win.workspace_bytes(spec, lanes)
-    # once scheduled, all that is allocated besides the workspace is one register tile of accumulators
-    assert 0 < allocated - staged <= 4 * lanes * tiling.accumulators(lanes)
+    assert_workspace_is_what_is_allocated(NAME, ACC_BLOCK, spec, lanes)
 
 
 def test_workspace_formula():

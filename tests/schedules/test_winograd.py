@@ -17,7 +17,8 @@ from .conv_cases import CUDA, HOST, LANES, OTHER_ISAS, compiles_for, error_again
 
 VARIANTS = ("winograd2", "winograd4")
 
-TOLERANCE = {"winograd2": 1e-5, "winograd4": 1e-4}
+# fp32 transforms: F(2x2) loses up to ~1.2e-5 of max|y| on tiny outputs (1x1 input, padding 2), F(4x4) more
+TOLERANCE = {"winograd2": 5e-5, "winograd4": 1e-4}
 
 
 def _check(variant, n, c, h, w, o, p, bias, residual, activation, seed=0, lanes=8):
