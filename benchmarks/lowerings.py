@@ -134,7 +134,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    markers = dict(zip(LOWERINGS, "os^vDP"))
+    markers = dict(zip(LOWERINGS, "os^vDPX*"))  # one marker per lowering
     for name in LOWERINGS:
         pairs = [(r["predicted_ms"][name], r["measured_ms"][name]) for r in rows
                  if name in r["predicted_ms"] and name in r["measured_ms"]]

@@ -174,7 +174,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     (relative error, 1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between
     passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
     model picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col",
-    "im2win", "winograd2", "winograd4", "fft") forces it wherever it applies, and a dict {layer: lowering}
+    "im2win", "winograd2", "winograd4", "fft", "depthwise") forces it wherever it applies, and a dict {layer: lowering}
     forces it per layer (keys: module names such as "layer1.0.conv1", or IR node names).
     """
     if mode not in MODES:
