@@ -15,7 +15,7 @@ from convopt.schedules.lowerings import LoweringError, lowering
 
 from .conv_cases import CUDA, HOST, LANES, OTHER_ISAS, compiles_for, error_against_torch
 
-VARIANTS = ("winograd2", "winograd4")
+VARIANTS = (winograd.WINOGRAD2.name, winograd.WINOGRAD4.name)
 
 # fp32 transforms: F(2x2) loses up to ~1.2e-5 of max|y| on tiny outputs (1x1 input, padding 2), F(4x4) more
 TOLERANCE = {"winograd2": 5e-5, "winograd4": 1e-4}
