@@ -108,15 +108,17 @@ def _lowering_arg(args):
 
 def _calibrate(args) -> int:
     from .cost.calibrate import CALIBRATION_SHAPES, calibrate
-    from .cost.profile import measure_machine, profile_path, save_profile
+    from .cost.profile import load_profile, measure_machine, profile_path, save_profile
     from .target import resolve_target
 
     target = resolve_target("cpu")
-    profile = measure_machine(target)
+    # a subset is fitted against the profile it joins (its peak and bandwidth are the other coefficients' units)
+    profile = load_profile(target) if args.lowerings else measure_machine(target)
     print(f"{profile.cpu}, target {target.key}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
-    profile, _ = calibrate(profile, target, shapes=shapes, progress=print)
+    lowerings = args.lowerings.split(",") if args.lowerings else None
+    profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, progress=print)
     for name, coefs in profile.coefficients.items():
         print(f"  {name:10s} " + "  ".join(f"{k}={v:.3g}" for k, v in coefs.items()))
     print(f"wrote {save_profile(profile, Path(args.output) if args.output else profile_path(target))}")
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="measure this machine and fit the cost model (minutes)")
     cal.add_argument("--quick", action="store_true", help="a third of the calibration shapes")
     cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
+    cal.add_argument("--lowerings", help="only these lowerings or '<lowering>@blocked' variants (comma-separated; "
+                                         "default: all); the profile keeps the others' coefficients")
     cal.set_defaults(run=_calibrate)
 
     bench = sub.add_parser("bench", help="time convopt against eager, inductor, ONNX Runtime and OpenVINO on one "
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--input-shape", default="1,3,224,224")
     bench.add_argument("--vs", default="eager,inductor,ort,ort-reparam,openvino-reparam",
                        help="peers (comma-separated; one listed twice runs twice, a check that the two agree): "
-                            "eager, inductor, ort, ort-reparam, openvino, openvino-reparam, convopt, convopt-torch")
+                            "eager, inductor, ort, ort-reparam, openvino, openvino-reparam, convopt, convopt-nchw, convopt-torch")
     bench.add_argument("--convopt", default="convopt",
                        help="convopt contender(s), the base of the ratios: convopt (TVM cpu), convopt-torch")
     bench.add_argument("--seconds", type=float, default=4.0, help="seconds of timed calls per process (default 4)")

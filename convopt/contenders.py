@@ -7,6 +7,7 @@
     openvino          OpenVINO (CPU, f32, latency hint) on the same ONNX export as ``ort``
     openvino-reparam  OpenVINO on timm's reparameterize_model(model)
     convopt           convopt.optimize(model, x, target="cpu") (TVM)
+    convopt-nchw      the same without the blocked activation layout (skip_passes=["block_layout"])
     convopt-torch     convopt.optimize(model, x, target="torch")
 
 Every contender uses ``THREADS`` threads. ONNX Runtime and OpenVINO read one shared export
@@ -85,11 +86,11 @@ def _on_reparameterized(prepare: Callable) -> Callable:
     return prepare_reparameterized
 
 
-def _convopt(target: str):
+def _convopt(target: str, skip_passes: tuple[str, ...] = ()):
     def prepare(model, x):
         import convopt
 
-        fast = convopt.optimize(model, x, target=target)
+        fast = convopt.optimize(model, x, target=target, skip_passes=skip_passes)
         return lambda: fast(x)
 
     return prepare
@@ -103,6 +104,7 @@ CONTENDERS: dict[str, Callable] = {
     "openvino": _openvino,
     "openvino-reparam": _on_reparameterized(_openvino),
     "convopt": _convopt("cpu"),
+    "convopt-nchw": _convopt("cpu", ("block_layout",)),
     "convopt-torch": _convopt("torch"),
 }
 

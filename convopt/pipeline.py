@@ -4,8 +4,8 @@ target, and ``run_passes`` runs it with the instruments around each pass.
 The pipelines, in order:
 
     inference  canonicalize, fold_constants, fold_conv_bn, merge_branches, eliminate_dead_code,
-               then select_lowering when the target is a TVM CPU target (it needs the target's SIMD
-               width and the cost-model profile of the target's machine)
+               then select_lowering and block_layout when the target is a TVM CPU target (they need the
+               target's SIMD width and the cost-model profile of the target's machine)
     train      canonicalize, tune_conv_bn, eliminate_dead_code
 
 Instruments (TVM's PassInstrument idea, without the plumbing):
@@ -61,7 +61,14 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
     passes = _GRAPH_PASSES[mode]
     chooses_lowering = mode == "inference" and isinstance(target, Target) and target.is_cpu
     if chooses_lowering:
-        passes = (*passes, _select_lowering(target, lowering))
+        from .passes.block_layout import block_layout
+
+        layout = Pass("block_layout", functools.partial(block_layout, lanes=target.lanes))
+        # select_lowering predicts blocked neighbours only when block_layout will make them
+        skip = set(skip)
+        only = None if only is None else list(only)
+        blocks = "block_layout" not in skip and (only is None or "block_layout" in only)
+        passes = (*passes, _select_lowering(target, lowering, blocks), layout)
     selected = select_passes(passes, only=only, skip=skip)
     if lowering is not None:
         _check_lowering_names(lowering)
@@ -79,12 +86,12 @@ def _check_lowering_names(lowering: str | dict[str, str]) -> None:
         lowering_named(name)  # raises LoweringError naming the lowerings there are
 
 
-def _select_lowering(target: Target, lowering: str | dict[str, str] | None) -> Pass:
+def _select_lowering(target: Target, lowering: str | dict[str, str] | None, blocked_layouts: bool) -> Pass:
     from .cost.profile import load_profile
     from .passes.select_lowering import select_lowering
 
     return Pass("select_lowering", functools.partial(
-        select_lowering, profile=load_profile(target), lanes=target.lanes,
+        select_lowering, profile=load_profile(target), lanes=target.lanes, blocked_layouts=blocked_layouts,
         overrides=lowering if isinstance(lowering, dict) else None,
         default=lowering if isinstance(lowering, str) else None))
 

@@ -107,10 +107,19 @@ def test_build_knows_the_target():
     names = lambda ps: [p.name for p in ps]  # noqa: E731
     graph_passes = ["canonicalize", "fold_constants", "fold_conv_bn", "merge_branches", "eliminate_dead_code"]
     assert names(build("inference")) == graph_passes  # torch: no conv lowerings to choose
-    assert names(build("inference", CPU_AVX2)) == [*graph_passes, "select_lowering"]
+    assert names(build("inference", CPU_AVX2)) == [*graph_passes, "select_lowering", "block_layout"]
     assert names(build("inference", resolve_target("cuda"))) == graph_passes
     assert names(build("train", CPU_AVX2)) == ["canonicalize", "tune_conv_bn", "eliminate_dead_code"]
-    assert names(build("inference", CPU_AVX2, skip=["select_lowering"])) == graph_passes
+    assert names(build("inference", CPU_AVX2, skip=["select_lowering", "block_layout"])) == graph_passes
+
+
+def test_select_lowering_predicts_blocked_neighbours_only_when_block_layout_runs():
+    def blocked_layouts(passes):
+        return next(p for p in passes if p.name == "select_lowering").run.keywords["blocked_layouts"]
+
+    assert blocked_layouts(build("inference", CPU_AVX2))
+    assert not blocked_layouts(build("inference", CPU_AVX2, skip=["block_layout"]))
+    assert not blocked_layouts(build("inference", CPU_AVX2, only=["select_lowering"]))
 
 
 def test_build_validates_lowering_before_any_pass_runs():

@@ -28,7 +28,8 @@ from tvm import relax
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 from ..schedules import dense
-from ..schedules.conv_spec import conv_spec_of
+from ..ir.layout import block_of
+from ..schedules.conv_spec import conv_spec_of, nchw
 from ..schedules.lowerings import lowering
 from ..target import Target
 
@@ -83,7 +84,7 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
                 residual = other
                 absorbed.append(reader.name)
                 reader = only_reader(reader.name)
-        if reader is not None and _activation(reader) is not None:
+        if reader is not None and _activation(reader) is not None and reader.type == n.type:
             activation = _activation(reader)
             absorbed.append(reader.name)
         plans[n.name] = Epilogue(activation, residual, tuple(absorbed))
@@ -110,7 +111,7 @@ def dense_weight(graph: Graph, n: Node) -> np.ndarray | None:
     return graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
 
 
-def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int,
+def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, x: relax.Expr, plan: Epilogue, lanes: int,
                kernels: dict[str, KernelUse]):
     """Emit linear ``n`` (y = x W^T + b over the last axis) as the dense kernel on x viewed as [M, K]."""
     weight = dense_weight(graph, n)
@@ -120,7 +121,7 @@ def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: E
     bias = None
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
-    x2d = bb.emit(relax.op.reshape(env[n.inputs[0]], (rows, k)))
+    x2d = bb.emit(relax.op.reshape(x, (rows, k)))
     out = bb.emit_te(functools.partial(dense.compute, out_features=out_features, activation=plan.activation), x2d,
                      relax.const(dense.pack_weight(weight, lanes)), bias, primfunc_name_hint=f"convopt_dense_{n.name}")
     name = bb.lookup_binding(out).args[0].name_hint
@@ -143,7 +144,13 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
     residual = env[plan.residual] if plan.residual is not None else None
-    compute = functools.partial(low.compute, spec=spec, activation=plan.activation, lanes=lanes)  # emit_te takes no ConvSpec
+    out_block = block_of(n.type.layout)
+    blocked = {"out_block": out_block} if out_block else {}
+
+    def compute(data, *prepared, bias=None, residual=None):  # data: NCHW or blocked, per the graph's layout
+        return low.compute(nchw(data), *prepared, bias=bias, residual=residual, spec=spec,
+                           activation=plan.activation, lanes=lanes, **blocked)
+
     out = bb.emit_te(compute, env[n.inputs[0]], *prepared, bias=bias, residual=residual,
                      primfunc_name_hint=f"convopt_{low.name}_{n.name}")
     call = bb.lookup_binding(out)

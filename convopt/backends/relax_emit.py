@@ -4,6 +4,12 @@ Per-op lowering lives in one table, ``EMITTERS`` (op -> function(ctx, node, inpu
 An op with no entry (opaque ``torch`` nodes, training-only dropout) is refused with an error naming
 the node and the op: the TVM backend runs inference graphs whose every op it can compile, and a user
 with such a model keeps ``target="torch"`` (the decision is documented in docs/backends.md).
+
+Values with a blocked layout (``TensorType.layout``, chosen by passes/block_layout.py) are Relax tensors
+of the stored shape [N, C/b, H, W, b]. ``operands`` hands each emitter its inputs in the layout it
+computes in: a layout-preserving op with a blocked output gets its constants re-blocked once and its
+one-channel operands broadcastable (a trailing 1); a 1x1 map is stored alike in both layouts and is
+reshaped for free where an NCHW reader needs it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 from tvm import relax
 
 from ..ir.graph import Graph, Node, op_label
+from ..ir.layout import aligned_4d, block_of, to_blocked
 from ..ir.ops import Op
 from ..ir.types import TensorType, full_dtype_name
 from ..target import Target
@@ -40,9 +47,50 @@ class EmitContext:
         return c.data if c is not None else None
 
 
-def _per_channel(ctx: EmitContext, values: torch.Tensor, rank: int, dtype: str) -> relax.Constant:
+def _layout_of(t) -> str:
+    return t.layout if isinstance(t, TensorType) else ""
+
+
+def _per_channel(ctx: EmitContext, values: torch.Tensor, rank: int, dtype: str, layout: str = "") -> relax.Constant:
     shape = (1, -1) + (1,) * (rank - 2)
-    return ctx.const(values.detach().double().reshape(shape).numpy(), dtype)
+    array = values.detach().double().reshape(shape).numpy()
+    block = block_of(layout)
+    return ctx.const(to_blocked(array, block) if block else array, dtype)
+
+
+def operands(ctx: EmitContext, n: Node, env: dict[str, relax.Expr]) -> list:
+    """The node's inputs as its emitter reads them (see the module docstring); None stays None."""
+    out_block = block_of(_layout_of(n.type))
+    args = []
+    for name in n.inputs:
+        if name is None:
+            args.append(None)
+            continue
+        expr, t = env[name], ctx.graph.types[name]
+        in_block = block_of(_layout_of(t))
+        if out_block and not in_block:  # a broadcast operand of a blocked elementwise op
+            shape = aligned_4d(t.shape)
+            data = ctx.constant_data(name)
+            if shape[1] > 1:  # C channels: a constant (block_layout keeps every other such operand blocked)
+                if data is None:
+                    raise UnsupportedOpError(f"node %{n.name} ({op_label(n)}) is blocked but reads %{name} in NCHW")
+                array = data.detach().cpu().numpy().reshape(shape)
+                expr = relax.const(to_blocked(array, out_block))
+            else:
+                expr = relax.op.reshape(expr, shape + (1,))
+        elif in_block and not out_block and not _reads_blocked(ctx.graph, n):
+            if t.shape[2:] != (1, 1):
+                raise UnsupportedOpError(f"node %{n.name} ({op_label(n)}) reads %{name} in layout {t.layout}")
+            expr = relax.op.reshape(expr, t.shape)  # a 1x1 map: the same bytes in both layouts
+        args.append(expr)
+    return args
+
+
+def _reads_blocked(graph: Graph, n: Node) -> bool:
+    """Ops that take a blocked input and write an NCHW output themselves."""
+    from ..passes.block_layout import is_spatial_mean
+
+    return is_spatial_mean(graph, n)
 
 
 def _conv2d(ctx, n: Node, x):
@@ -72,8 +120,9 @@ def _batch_norm(ctx, n: Node, x):
                                                        for t, i in zip(tensors, n.inputs[1:])):
         raise UnsupportedOpError(f"node %{n.name}: batch_norm with non-constant statistics")
     s, t = scale_shift_of_bn(*[None if v is None else v.double() for v in tensors], n.attrs.eps)
-    rank, dtype = n.type.rank, n.type.dtype
-    return relax.op.add(relax.op.multiply(x[0], _per_channel(ctx, s, rank, dtype)), _per_channel(ctx, t, rank, dtype))
+    rank, dtype, layout = n.type.rank, n.type.dtype, n.type.layout
+    return relax.op.add(relax.op.multiply(x[0], _per_channel(ctx, s, rank, dtype, layout)),
+                        _per_channel(ctx, t, rank, dtype, layout))
 
 
 def _norm_params(ctx, n: Node, x, shape):
@@ -155,7 +204,20 @@ def _avg_pool(ctx, n: Node, x):
     if a.divisor_override is not None:
         raise UnsupportedOpError(f"node %{n.name}: avg_pool2d with divisor_override")
     return relax.op.nn.avg_pool2d(x[0], a.kernel_size, a.stride, a.padding * 2, (1, 1), a.ceil_mode,
-                                  a.count_include_pad)
+                                  a.count_include_pad, layout=_pool_layout(n))
+
+
+def _pool_layout(n: Node) -> str:
+    return n.type.layout or "NCHW"
+
+
+def _mean(ctx, n: Node, x):
+    in_type = ctx.graph.types[n.inputs[0]]
+    if not in_type.layout:
+        return relax.op.mean(x[0], list(n.attrs.dims), n.attrs.keepdim)
+    # a spatial mean of a blocked tensor: [N, C/b, b] without keepdim is [N, C] in NCHW order
+    out = relax.op.mean(x[0], [2, 3], n.attrs.keepdim)
+    return out if n.attrs.keepdim else relax.op.reshape(out, n.type.shape)
 
 
 EMITTERS: dict[Op, Callable] = {
@@ -178,10 +240,12 @@ EMITTERS: dict[Op, Callable] = {
     Op.MUL: _binary(relax.op.multiply),
     Op.DIV: _binary(relax.op.divide),
     Op.MAX_POOL2D: lambda ctx, n, x: relax.op.nn.max_pool2d(
-        x[0], n.attrs.kernel_size, n.attrs.stride, n.attrs.padding * 2, n.attrs.dilation, n.attrs.ceil_mode),
+        x[0], n.attrs.kernel_size, n.attrs.stride, n.attrs.padding * 2, n.attrs.dilation, n.attrs.ceil_mode,
+        layout=_pool_layout(n)),
     Op.AVG_POOL2D: _avg_pool,
-    Op.ADAPTIVE_AVG_POOL2D: lambda ctx, n, x: relax.op.nn.adaptive_avg_pool2d(x[0], n.attrs.output_size),
-    Op.MEAN: lambda ctx, n, x: relax.op.mean(x[0], list(n.attrs.dims), n.attrs.keepdim),
+    Op.ADAPTIVE_AVG_POOL2D: lambda ctx, n, x: relax.op.nn.adaptive_avg_pool2d(x[0], n.attrs.output_size,
+                                                                              layout=_pool_layout(n)),
+    Op.MEAN: _mean,
     Op.SOFTMAX: lambda ctx, n, x: relax.op.nn.softmax(x[0], n.attrs.dim),
     Op.RESHAPE: lambda ctx, n, x: relax.op.reshape(x[0], n.attrs.shape),
     Op.PERMUTE: lambda ctx, n, x: relax.op.permute_dims(x[0], list(n.attrs.dims)),
@@ -228,12 +292,13 @@ def to_relax(graph: Graph, target: Target | None = None):
             for n in graph.nodes:
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
+                elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
+                    env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
                 elif own_kernels and n.name in plans:
-                    emit = conv_kernels.emit_conv if n.op is Op.CONV2D else conv_kernels.emit_dense
-                    env[n.name] = emit(bb, graph, n, env, plans[n.name], lanes, kernels)
+                    env[n.name] = conv_kernels.emit_dense(bb, graph, n, operands(ctx, n, env)[0], plans[n.name],
+                                                          lanes, kernels)
                 else:
-                    args = [None if i is None else env[i] for i in n.inputs]
-                    env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, args))
+                    env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, operands(ctx, n, env)))
             out = bb.emit_output(relax.Tuple([env[o] for o in graph.outputs]))
         bb.emit_func_output(out)
     mod = bb.get()

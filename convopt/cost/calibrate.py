@@ -4,6 +4,10 @@ coefficients to the measurements (``convopt calibrate``).
 The shapes are generic (dense, pointwise, strided, grouped, depthwise, large kernels, at the map
 sizes of ImageNet CNNs) and deliberately not the layers of the models the cost model is judged on
 (benchmarks/lowerings.py), so that judgement measures how the model generalizes.
+
+A variant "<lowering>@blocked" is the lowering with blocked input and output (NCHW[lanes]c), measured on
+the shapes where it runs blocked (``Lowering.blocked_io``, channels a multiple of the lanes); it gets its
+own coefficients (cost/model.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..schedules.conv_spec import ConvSpec
 from ..schedules.kernel import build_kernel
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
-from .model import feature_vector, fit_coefficients
+from .model import BLOCKED, feature_vector, fit_coefficients
 from .profile import MachineProfile
 
 
@@ -96,14 +100,40 @@ def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7) ->
     return {name: min(samples) / runs[name][1] for name, samples in times.items()}
 
 
+def variants(spec: ConvSpec, names: Iterable[str], lanes: int) -> list[str]:
+    """The lowerings and "@blocked" variants among ``names`` that run ``spec``."""
+    runs = []
+    for name in names:
+        base, blocked = name.removesuffix(BLOCKED), name.endswith(BLOCKED)
+        low = lowering(base)
+        if low.supports(spec) is not None:
+            continue
+        if blocked and not (low.writes_blocked and low.blocked_io(spec, lanes)
+                            and spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0):
+            continue
+        runs.append(name)
+    return runs
+
+
+def all_variants() -> list[str]:
+    """Every lowering, and the "@blocked" variant of each that can write blocked outputs."""
+    return list(LOWERINGS) + [name + BLOCKED for name in LOWERINGS if lowering(name).writes_blocked]
+
+
 def build_all(spec: ConvSpec, names: Iterable[str], target: Target, *, seed: int = 0):
-    """(input, weight, bias, {name: compiled Kernel with bias and ReLU}) for every lowering in ``names``."""
+    """(input, weight, bias, {name: compiled Kernel with bias and ReLU}) for every lowering or variant in
+    ``names``."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=gen)
     w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=gen)
     w /= (spec.in_per_group * spec.kernel[0] * spec.kernel[1]) ** 0.5
     b = torch.randn(spec.out_channels, generator=gen)
-    kernels = {name: build_kernel(name, spec, w, b, activation="relu", target=target) for name in names}
+    def build(name):
+        block = target.lanes if name.endswith(BLOCKED) else None
+        return build_kernel(name.removesuffix(BLOCKED), spec, w, b, activation="relu", target=target,
+                            in_block=block, out_block=block)
+
+    kernels = {name: build(name) for name in names}
     return x, w, b, kernels
 
 
@@ -114,18 +144,22 @@ def measure(spec: ConvSpec, names: Iterable[str], target: Target, *, rounds: int
 
 
 def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvSpec] = CALIBRATION_SHAPES,
-              lowerings: Iterable[str] = LOWERINGS,
+              lowerings: Iterable[str] | None = None,
               progress: Callable[[str], None] | None = None) -> tuple[MachineProfile, list[dict]]:
-    """(profile with fitted coefficients, one measurement record per (lowering, shape))."""
-    lowerings = list(lowerings)
+    """(profile with fitted coefficients, one measurement record per (lowering, shape)); ``lowerings``:
+    names and "@blocked" variants (default ``all_variants()``); the profile's other coefficients stay."""
+    lowerings = all_variants() if lowerings is None else list(lowerings)
     rows: dict[str, list] = {name: [] for name in lowerings}
     records = []
     for spec in shapes:
-        names = [name for name in lowerings if lowering(name).supports(spec) is None]
+        names = variants(spec, lowerings, target.lanes)
+        if not names:
+            continue
         for name, seconds in measure(spec, names, target).items():
             if progress:
-                progress(f"{name:10s} {spec.describe():32s} {seconds * 1e3:9.3f} ms")
-            rows[name].append((feature_vector(name, spec, profile, target.lanes), seconds))
+                progress(f"{name:18s} {spec.describe():32s} {seconds * 1e3:9.3f} ms")
+            base = name.removesuffix(BLOCKED)
+            rows[name].append((feature_vector(base, spec, profile, target.lanes), seconds))
             records.append({"lowering": name, "spec": spec.describe(), "seconds": seconds})
     coefficients = dict(profile.coefficients)
     for name, measured in rows.items():

@@ -9,6 +9,13 @@ which differs between lowerings that store from blocked accumulators and those t
 cost per element written to the workspace, and a per-call overhead) calibrated
 per lowering by non-negative least squares on measured times, weighted so relative errors count
 (``fit_coefficients``). Nothing is built to answer: it is arithmetic on formulas.
+
+Layouts: a lowering that runs on blocked tensors (``Lowering.blocked_io``) has a second set of coefficients,
+``"<lowering>@blocked"``, fitted on kernels whose input and output are NCHW[lanes]c (the same terms; the
+layout changes how fast the copies and stores run: the depthwise kernel's blocking pass becomes a copy).
+Between blocked neighbours (``blocked=True``) those predict it; a lowering that can't run blocked pays
+``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A profile without
+``@blocked`` coefficients predicts every layout with the NCHW ones.
 """
 
 from __future__ import annotations
@@ -18,10 +25,24 @@ import numpy as np
 from ..schedules.conv_spec import ConvSpec
 from ..schedules.lowerings import LOWERINGS, lowering
 from .formulas import evaluate
+from .formulas import F32
 from .profile import FEATURES, MachineProfile
 
 CALL_UNIT = 1e-6  # seconds: the "calls" feature is one microsecond per kernel call
 OUTPUT_UNIT = 1e-9  # seconds per output or copied element
+BLOCKED = "@blocked"  # suffix of the coefficients for blocked input and output
+
+
+def coefficients_key(name: str, blocked: bool, profile: MachineProfile) -> str:
+    """The profile's coefficients for lowering ``name`` in a layout (the NCHW ones when not calibrated)."""
+    return name + BLOCKED if blocked and name + BLOCKED in profile.coefficients else name
+
+
+def relayout_seconds(spec: ConvSpec, profile: MachineProfile) -> float:
+    """A pass over the conv's input and output (a layout change of both) at the measured bandwidth."""
+    elements = spec.batch * (spec.in_channels * spec.height * spec.width
+                             + spec.out_channels * spec.out_height * spec.out_width)
+    return 2 * F32 * elements / profile.bandwidth  # read and write
 
 
 def feature_vector(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> np.ndarray:
@@ -33,9 +54,9 @@ def feature_vector(name: str, spec: ConvSpec, profile: MachineProfile, lanes: in
                      terms["outputs"] * OUTPUT_UNIT, terms["copied"] * OUTPUT_UNIT, CALL_UNIT])
 
 
-def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> float:
-    """Predicted seconds of lowering ``name`` on ``spec``."""
-    coefficients = profile.coefficients.get(name)
+def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int, blocked: bool = False) -> float:
+    """Predicted seconds of lowering ``name`` on ``spec`` (``blocked``: with blocked input and output)."""
+    coefficients = profile.coefficients.get(coefficients_key(name, blocked, profile))
     if coefficients is None:
         raise KeyError(f"the machine profile has no coefficients for lowering {name!r}; run `convopt calibrate`")
     weights = np.array([coefficients.get(f, 0.0) for f in FEATURES])
@@ -43,10 +64,19 @@ def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> f
 
 
 def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
-                candidates=LOWERINGS) -> dict[str, float]:
-    """Predicted seconds of every lowering that supports ``spec`` and is calibrated."""
-    return {name: predict(name, spec, profile, lanes) for name in candidates
-            if name in profile.coefficients and lowering(name).supports(spec) is None}
+                candidates=LOWERINGS, blocked: bool = False) -> dict[str, float]:
+    """Predicted seconds of every lowering that supports ``spec`` and is calibrated; ``blocked``: for a conv
+    between blocked neighbours (see the module docstring)."""
+    predicted = {}
+    for name in candidates:
+        low = lowering(name)
+        if name not in profile.coefficients or low.supports(spec) is not None:
+            continue
+        runs_blocked = blocked and low.writes_blocked and low.blocked_io(spec, lanes)
+        predicted[name] = predict(name, spec, profile, lanes, runs_blocked)
+        if blocked and not runs_blocked:
+            predicted[name] += relayout_seconds(spec, profile)
+    return predicted
 
 
 def fit_coefficients(features: np.ndarray, seconds: np.ndarray) -> dict[str, float]:

@@ -138,9 +138,11 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
     """The profile of ``target``: from the cache, else measured now (and cached) with the coefficients of
     the shipped profile for its key or the nearest one (saying so once)."""
     path = profile_path(target)
-    if path.is_file() and not refresh:
-        return MachineProfile.from_json(path.read_text(), str(path))
     shipped = nearest_shipped(target)
+    if path.is_file() and not refresh:
+        cached = MachineProfile.from_json(path.read_text(), str(path))
+        # coefficients a newer convopt ships (e.g. a new lowering) join those cached before it existed
+        return replace(cached, coefficients={**shipped.coefficients, **cached.coefficients})
     if shipped.target_key != target.key and target.key not in _warned:
         _warned.add(target.key)
         warnings.warn(f"convopt's cost model has no profile for target {target.key}; using the coefficients "

@@ -18,7 +18,7 @@ from .ops import OPS, Op
 from .types import TensorType, TupleType, Type
 
 _NAME = r"[^\s,(){}:%@]+"
-_TENSOR_TYPE = re.compile(r"(\w+)\[([\d,]*)\]")
+_TENSOR_TYPE = re.compile(r"(\w+)\[([\d,]*)\](?:\{(\w+)\})?")
 _HEADER = re.compile(rf"graph ({_NAME})\((.*)\) \{{$")
 _CONSTANT = re.compile(rf"(param|const) %({_NAME}): (\S+) #([0-9a-f]+)$")
 _NODE = re.compile(
@@ -36,13 +36,13 @@ def _tensor_type(text: str) -> TensorType:
     if not m:
         raise ParseError(f"not a tensor type: {text!r}")
     dims = tuple(int(d) for d in m.group(2).split(",") if d)
-    return TensorType(dims, m.group(1))
+    return TensorType(dims, m.group(1), m.group(3) or "")
 
 
 def _type(text: str) -> Type:
     text = text.strip()
     if text.startswith("("):
-        parts = [p for p in re.findall(r"\w+\[[\d,]*\]", text)]
+        parts = [p for p in re.findall(r"\w+\[[\d,]*\](?:\{\w+\})?", text)]
         return TupleType(tuple(_tensor_type(p) for p in parts))
     return _tensor_type(text)
 

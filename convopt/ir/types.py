@@ -40,15 +40,25 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class TensorType:
-    """A dense tensor of a static shape; ``dtype`` is a short name from DTYPE_NAMES."""
+    """A dense tensor of a static shape; ``dtype`` is a short name from DTYPE_NAMES.
+
+    ``shape`` is always the logical (NCHW) shape. ``layout`` says how a backend stores it: "" is the
+    contiguous row-major order of ``shape``; "NCHW16c" (ir/layout.py) a 4-D tensor stored in channel blocks
+    of 16, as [N, C/16, H, W, 16]. The layout never changes what a value is, only where its elements live.
+    """
 
     shape: tuple[int, ...]
     dtype: str = "f32"
+    layout: str = ""
 
     def __post_init__(self) -> None:
         if self.dtype not in TORCH_DTYPES:
             raise TypeError(f"unknown dtype {self.dtype!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.layout:
+            from .layout import check_layout
+
+            check_layout(self.shape, self.layout)
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> TensorType:
@@ -69,8 +79,14 @@ class TensorType:
             n *= d
         return n
 
+    @property
+    def logical(self) -> TensorType:
+        """The same tensor in the default layout."""
+        return TensorType(self.shape, self.dtype) if self.layout else self
+
     def __str__(self) -> str:
-        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
+        text = f"{self.dtype}[{','.join(map(str, self.shape))}]"
+        return f"{text}{{{self.layout}}}" if self.layout else text
 
 
 @dataclass(frozen=True)

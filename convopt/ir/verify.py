@@ -6,6 +6,8 @@
 - getitem reads a tuple-typed value with an index in range;
 - every node's recorded type equals the type its op computes from its input types. This runs the
   node's ATen call (``OPS[op].to_aten``) on meta tensors, so shape rules are never written twice.
+  A layout (``TensorType.layout``) is storage, not type: the logical shapes are compared, and
+  TensorType itself refuses a layout its shape can't have.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _check_node(n: Node, types: dict[str, Type]) -> None:
     except Exception as e:  # the op's own shape checks (e.g. channels vs groups) speak for it
         raise VerifyError(f"{n.op.value} rejects its inputs {[str(t) for t in in_types]}: {e}") from e
     inferred = type_of(result)
-    if inferred != n.type:
+    if inferred != (n.type.logical if isinstance(n.type, TensorType) else n.type):
         raise VerifyError(f"type is {n.type} but {n.op.value} of {[str(t) for t in in_types]} gives {inferred}")
 
 

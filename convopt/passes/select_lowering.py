@@ -4,10 +4,15 @@ For every conv2d node n with fp32 data and a constant weight (the convs the back
 own kernels), with s = the conv's shape and L(s) the lowerings that can run s:
 
     lowering(n) = override(n)                          if the user forced one for n (by node or module name)
-                = argmin_{l in L(s)} t_hat(l, s)       otherwise, t_hat the cost model (convopt/cost)
+                = argmin_{l in L(s)} t_hat(l, s, b(n))  otherwise, t_hat the cost model (convopt/cost)
 
-and the node's attrs record the choice and t_hat of every candidate (``predicted_us``), so the IR dump
-shows why. The graph's semantics don't change: only the backend reads these attrs.
+where b(n) says whether n sits between blocked neighbours: its input and its output would be stored in
+channel blocks (NCHW[lanes]c, passes/block_layout.py) if every conv ran a lowering that works on blocked
+tensors. There the cost model predicts the lowerings that do with their blocked coefficients, and charges
+the others for the layout change they force (cost/model.py); ``blocked_layouts=False`` (when the
+block_layout pass doesn't run) predicts NCHW everywhere. The node's attrs record the choice and t_hat of
+every candidate (``predicted_us``; a name ends in "@blocked" where b(n) held), so the IR dump shows why.
+The graph's semantics don't change: only the backend reads these attrs.
 
 Preconditions: the graph's conv shapes are final (run after the folding and merging passes).
 Runs last in the inference pipeline when the target is a TVM CPU target (pipeline.build adds it with the
@@ -19,12 +24,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..cost.model import predict_all
+from ..cost.model import BLOCKED, predict_all
 from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import LOWERINGS, LoweringError, lowering
+from .block_layout import blocked_values
 
 
 def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
@@ -40,19 +46,33 @@ def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
                                 f"(conv layers include: {sample})")
 
 
+def _could_run_blocked(graph: Graph, lanes: int, profile: MachineProfile):
+    """Whether a conv has a calibrated lowering that runs on blocked tensors."""
+    def could(n) -> bool:
+        spec = conv_spec_of(graph, n)
+        return spec is not None and any(
+            low.supports(spec) is None and low.writes_blocked and low.blocked_io(spec, lanes)
+            for low in map(lowering, LOWERINGS) if low.name in profile.coefficients)
+
+    return could
+
+
 def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
-                    overrides: dict[str, str] | None = None, default: str | None = None) -> Graph:
+                    overrides: dict[str, str] | None = None, default: str | None = None,
+                    blocked_layouts: bool = True) -> Graph:
     overrides = dict(overrides or {})
     _check_names(graph, overrides)
     if default is not None and default not in LOWERINGS:
         raise LoweringError(f"unknown lowering {default!r}; convopt has: {', '.join(LOWERINGS)}")
+    context = blocked_values(graph, lanes, _could_run_blocked(graph, lanes, profile)) if blocked_layouts else set()
     nodes = []
     for n in graph.nodes:
         spec = conv_spec_of(graph, n)
         if spec is None:
             nodes.append(n)
             continue
-        predicted = predict_all(spec, profile, lanes)
+        blocked = n.name in context and n.inputs[0] in context
+        predicted = predict_all(spec, profile, lanes, blocked=blocked)
         forced = overrides.get(n.name) or overrides.get(n.scope or "")
         if forced is not None:
             reason = lowering(forced).supports(spec)
@@ -64,6 +84,7 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
             choice = default
         else:
             choice = min(predicted, key=predicted.get) if predicted else "direct"
-        times = tuple((name, float(f"{seconds * 1e6:.4g}")) for name, seconds in predicted.items())
+        suffix = BLOCKED if blocked else ""
+        times = tuple((name + suffix, float(f"{seconds * 1e6:.4g}")) for name, seconds in predicted.items())
         nodes.append(replace(n, attrs=replace(n.attrs, lowering=choice, predicted_us=times)))
     return graph.replace(nodes=tuple(nodes))

@@ -8,11 +8,17 @@ F(4,3) are two instances of one module's functions):
     supports(spec) -> str | None                                None, or why this lowering can't run spec
     workspace_bytes(spec, lanes) -> int                         bytes of intermediate buffers it allocates
     prepare_weight(weight, spec, lanes) -> tuple[np.ndarray, ...]   OIHW fp32 weight -> constants, once
-    compute(data, *prepared, bias=None, residual=None, spec, activation, lanes) -> te.Tensor
+    compute(data, *prepared, bias=None, residual=None, spec, activation, lanes, out_block=None) -> te.Tensor
     schedule_cpu(sch, func_name, target) / schedule_cuda(sch, func_name, target)
+    writes_blocked                                              whether compute takes an ``out_block``
+    blocked_io(spec, lanes) -> bool                             whether it reads and writes blocked tensors
+                                                                as whole vectors of channels (full speed)
 
-``compute`` returns the NCHW output after ``epilogue`` (bias, residual add, activation); its last
-block is named ``OUTPUT_BLOCK``. ``lanes`` is the fp32 SIMD width the data layout is blocked for
+``compute`` returns the output after ``epilogue`` (bias, residual add, activation); its last block is
+named ``OUTPUT_BLOCK``. The output is NCHW, or with ``out_block`` = b the blocked layout [N, O/b, OH, OW, b]
+(ir/layout.py), and then a residual comes in that layout too. ``data`` is anything indexed as NCHW
+``data[n, c, y, x]`` with ``.shape`` and ``.dtype``: a te.Tensor, or ``BlockedView`` of a blocked one, so
+every lowering reads either layout through the same compute. ``lanes`` is the fp32 SIMD width the data layout is blocked for
 (``Target.lanes``: 16 with AVX-512, 8 with AVX2, 1 on CUDA). Schedules work in place on a
 ``tvm.s_tir.Schedule`` over a module holding the PrimFunc ``func_name``, for a ``convopt.target.Target``.
 The table of lowerings is ``convopt.schedules.lowerings``.
@@ -128,9 +134,35 @@ def pad_input(data: te.Tensor, spec: ConvSpec, name: str, extra: tuple[int, int]
     return te.compute((n, c, h + 2 * ph + eh, w + 2 * pw + ew), value, name=name)
 
 
+class BlockedView:
+    """A blocked tensor [N, C/b, H, W, b] read as NCHW: ``view[n, c, y, x]`` is ``t[n, c // b, y, x, c % b]``."""
+
+    def __init__(self, tensor: te.Tensor):
+        self.tensor = tensor
+        n, cb, h, w, self.block = (int(v) for v in tensor.shape)
+        self.shape = (n, cb * self.block, h, w)
+        self.dtype = tensor.dtype
+
+    def __getitem__(self, index):
+        n, c, y, x = index
+        return self.tensor[n, c // self.block, y, x, c % self.block]
+
+
+def nchw(data: te.Tensor):
+    """``data`` (4-D NCHW, or 5-D blocked) indexed as NCHW."""
+    return BlockedView(data) if len(data.shape) == 5 else data
+
+
+def blocked_shape(shape: tuple[int, int, int, int], block: int) -> tuple[int, int, int, int, int]:
+    n, c, h, w = shape
+    if c % block:
+        raise ValueError(f"{c} channels don't make blocks of {block}")
+    return (n, c // block, h, w, block)
+
+
 def epilogue(value, o, n, y, x, *, bias=None, residual=None, activation: str = "none"):
     """act(value + bias[o] + residual[n, o, y, x]): the ops a conv kernel absorbs (backends/conv_kernels.py);
-    ``activation`` is a name of schedules/activations.py."""
+    ``activation`` is a name of schedules/activations.py; ``residual`` is indexed as NCHW (see ``nchw``)."""
     if bias is not None:
         value = value + bias[o]
     if residual is not None:
@@ -138,14 +170,18 @@ def epilogue(value, o, n, y, x, *, bias=None, residual=None, activation: str = "
     return activate(value, activation)
 
 
-def output_compute(spec: ConvSpec, value_at, *, bias=None, residual=None, activation="none") -> te.Tensor:
-    """The NCHW output block: ``value_at(n, o, y, x)`` (the conv's sum) through the epilogue."""
-    return te.compute(
-        spec.output_shape,
-        lambda n, o, y, x: epilogue(value_at(n, o, y, x), o, n, y, x, bias=bias, residual=residual,
-                                    activation=activation),
-        name=OUTPUT_BLOCK,
-    )
+def output_compute(output_shape: tuple[int, int, int, int], value_at, *, bias=None, residual=None, activation="none",
+                   out_block: int | None = None, attrs: dict | None = None, name: str = OUTPUT_BLOCK) -> te.Tensor:
+    """The output block of shape [N, O, OH, OW]: ``value_at(n, o, y, x)`` (the conv's sum) through the epilogue,
+    stored NCHW or, with ``out_block`` = b, as [N, O/b, OH, OW, b] (then ``residual`` is blocked too)."""
+    def value(n, o, y, x):
+        return epilogue(value_at(n, o, y, x), o, n, y, x, bias=bias, residual=residual, activation=activation)
+
+    if out_block is None:
+        return te.compute(output_shape, value, name=name, attrs=attrs)
+    residual = nchw(residual) if residual is not None else None
+    return te.compute(blocked_shape(output_shape, out_block),
+                      lambda n, cb, y, x, lane: value(n, cb * out_block + lane, y, x), name=name, attrs=attrs)
 
 
 def optional_block(sch: "tvm.s_tir.Schedule", name: str, func_name: str | None):
@@ -188,6 +224,11 @@ class Lowering:
     compute: Callable[..., te.Tensor]
     schedule_cpu: Callable[..., None]
     schedule_cuda: Callable[..., None] = schedule_cuda_default
+    writes_blocked: bool = True  # compute takes out_block
+    # Whether the kernel keeps its speed with blocked input and output (it vectorizes over channels): the
+    # convs passes/block_layout.py lets exchange blocked tensors. Any lowering reads a blocked input
+    # correctly (``nchw``), but one vectorized over pixels then gathers (measured 2-3x slower: im2col).
+    blocked_io: Callable[[ConvSpec, int], bool] = lambda spec, lanes: False
 
     def prepared(self, weight: np.ndarray, spec: ConvSpec, lanes: int) -> tuple[np.ndarray, ...]:
         """The weight's constants as contiguous fp32 arrays."""

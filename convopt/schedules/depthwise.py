@@ -52,7 +52,7 @@ def prepare_weight(weight, spec, lanes):
     return (np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw).transpose(0, 2, 3, 1)),)
 
 
-def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
+def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8, out_block=None):
     blocks, kh_, kw_, width = (int(v) for v in packed.shape)
     n_, c_, h_, w_ = spec.batch, spec.in_channels, spec.height, spec.width
     (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
@@ -69,8 +69,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
         lambda n, cb, y, x, lane: te.sum(blocked[n, cb, y * sh + ry * dh, x * sw + rx * dw, lane]
                                          * packed[cb, ry, rx, lane], axis=[ry, rx]),
         name=ACC_BLOCK)
-    return output_compute(spec, lambda n, o, y, x: acc[n, o // width, y, x, o % width], bias=bias,
-                          residual=residual, activation=activation)
+    return output_compute(spec.output_shape, lambda n, o, y, x: acc[n, o // width, y, x, o % width], bias=bias,
+                          residual=residual, activation=activation, out_block=out_block)
 
 
 def _extent(sch, loop) -> int:
@@ -96,6 +96,9 @@ def schedule_cpu(sch, func_name, target) -> None:
     sch.vectorize(lane)
     sch.decompose_reduction(acc, ry)
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    if len(sch.get(out).iter_vars) == 5:  # a blocked output: whole vectors of the channel block
+        sch.vectorize(sch.get_loops(out)[-1])
 
 
-LOWERING = Lowering("depthwise", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)
+LOWERING = Lowering("depthwise", supports, workspace_bytes, prepare_weight, compute, schedule_cpu,
+                    blocked_io=lambda spec, lanes: True)  # its padding stage and accumulators are blocked already

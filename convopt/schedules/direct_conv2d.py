@@ -48,7 +48,7 @@ import tvm
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import Lowering, epilogue, optional_block
+from .conv_spec import Lowering, optional_block, output_compute
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -124,11 +124,13 @@ def direct_conv2d_compute(
     activation: str = "none",
     residual: te.Tensor | None = None,
     column_phases: bool = False,
+    out_block: int | None = None,
 ) -> te.Tensor:
     """NCHW fp32 conv2d with packed weights; bias, residual and activation fused.
 
     ``padding`` is an int, (ph, pw) or (top, left, bottom, right).
     ``residual`` (N, O, OH, OW) is added before the activation.
+    ``out_block`` = b: the output (and the residual) in the blocked layout [N, O/b, OH, OW, b].
     ``column_phases`` (for a column stride S > 1): the padded input is stored as S column phases,
     ``[N, C, HP, S, ceil(WP / S)]`` with column x at ``[.., x % S, x // S]``, so that a kernel vectorized
     over output columns reads contiguous vectors instead of gathering every S-th value.
@@ -211,13 +213,11 @@ def direct_conv2d_compute(
         def _acc(n, o, y, x):
             return acc[n, (o // ocpg) * ocbg + (o % ocpg) // ob, y, x, (o % ocpg) % ob]
 
-    def _epi(n, o, y, x):
-        return epilogue(_acc(n, o, y, x), o, n, y, x, bias=bias, residual=residual, activation=activation)
-
-    # per register tile only when output channel o sits in block o // ob (no per-group zero padding): the
-    # padded index map is not one TIR's compute-at can invert
-    tiled = int(G == 1 or ocpg % ob == 0)
-    return te.compute((N, O, OH, OW), _epi, name=OUT_BLOCK, attrs={TILED_EPILOGUE: tiled})
+    # per register tile only when output channel o sits in block o // ob (no per-group zero padding) and a
+    # blocked output's blocks are the accumulator's: other index maps are not ones TIR's compute-at can invert
+    tiled = int((G == 1 or ocpg % ob == 0) and out_block in (None, ob))
+    return output_compute((N, O, OH, OW), _acc, bias=bias, residual=residual, activation=activation, out_block=out_block,
+                          attrs={TILED_EPILOGUE: tiled}, name=OUT_BLOCK)
 
 
 # ----------------------------------------------------------------------------
@@ -342,17 +342,20 @@ def schedule_direct_conv2d(
     # --- epilogue computed per register tile (the accumulator tile stays local).
     # The tile-sized accumulator keeps "global" scope: small global allocations become stack allocas,
     # whereas a "local" one turns into a TVMBackendAllocWorkspace call per tile (1.6x slower on depthwise).
+    blocked = len(sch.get(out).iter_vars) == 5
     if int(sch.get(out).annotations[TILED_EPILOGUE]):
         sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
-        last = sch.get_loops(out)[-1]  # output columns of the tile (NCHW-contiguous)
-        if 1 < _loop_extent(sch, last) <= 8 * lanes and OW % ow_tile == 0:
+        last = sch.get_loops(out)[-1]  # NCHW: output columns of the tile; blocked: the channel block
+        if blocked or (1 < _loop_extent(sch, last) <= 8 * lanes and OW % ow_tile == 0):
             sch.vectorize(last)
         # (measured slower: unrolling the epilogue's channel loop; vectorizing the epilogue over channels
         # with strided NCHW stores)
     else:  # a separate parallel pass over the output
-        en, eo, ey, ex = sch.get_loops(out)
+        en, eo, ey, ex, *lane = sch.get_loops(out)
         sch.parallel(sch.fuse(en, eo, ey))
-        if OW >= lanes:
+        if lane:
+            sch.vectorize(lane[0])
+        elif OW >= lanes:
             sch.vectorize(sch.split(ex, [None, lanes])[1])
 
 
@@ -382,12 +385,18 @@ def prepare_weight(weight, spec, lanes):
     return (pack_weight(weight, spec.groups, tiling.channel_block(spec.out_per_group, lanes)),)
 
 
-def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
+def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8, out_block=None):
     ob = int(packed.shape[-1])
     return direct_conv2d_compute(data, packed, bias, out_channels=spec.out_channels, kernel=spec.kernel,
                                  stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
                                  groups=spec.groups, oc_block=ob, activation=activation, residual=residual,
-                                 column_phases=splits_columns(spec, lanes))
+                                 column_phases=splits_columns(spec, lanes), out_block=out_block)
 
 
-LOWERING = Lowering("direct", supports, workspace_bytes, prepare_weight, compute, schedule_direct_conv2d)
+def blocked_io(spec, lanes: int) -> bool:
+    """In "oc" mode (vectorized over a block of output channels) blocked tensors are whole vectors."""
+    return tiling.vectorizes_channels(tiling.channel_block(spec.out_per_group, lanes), lanes)
+
+
+LOWERING = Lowering("direct", supports, workspace_bytes, prepare_weight, compute, schedule_direct_conv2d,
+                    blocked_io=blocked_io)

@@ -190,7 +190,7 @@ def compute(data, fw, fh, q, gh, gw, *, bias=None, residual=None, spec, activati
     rj = te.reduce_axis((0, jj), name="j")
     e_ = te.compute((n_, o_, oh, owp), lambda n, o, y, x: te.sum(v_[n, o, y, rj] * gw[rj, x], axis=rj),
                     name=INV_W_BLOCK)
-    return output_compute(spec, lambda n, o, y, x: e_[n, o, y, x], bias=bias, residual=residual,
+    return output_compute(spec.output_shape, lambda n, o, y, x: e_[n, o, y, x], bias=bias, residual=residual,
                           activation=activation)
 
 
@@ -285,4 +285,6 @@ def schedule_cpu(sch, func_name, target) -> None:
     _gemm(sch, blk, [] if per_channel else [n, c], h, j, [w], lanes, rows_parallel=True)
 
 
-LOWERING = Lowering("fft", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)
+# Its output stage is scheduled inside the inverse transform's GEMM over output columns: it writes NCHW only
+LOWERING = Lowering("fft", supports, workspace_bytes, prepare_weight, compute, schedule_cpu,
+                    writes_blocked=False)

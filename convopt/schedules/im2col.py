@@ -96,7 +96,7 @@ def prepare_weight(weight, spec, lanes):
     return (np.ascontiguousarray(w.transpose(0, 2, 1)),)
 
 
-def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
+def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8, out_block=None):
     n_ = int(data.shape[0])
     kh_, kw_ = spec.kernel
     sh, sw = spec.stride
@@ -136,7 +136,7 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
             lambda n, b, p, lane: te.sum(packed[b, k, lane] * col_at(n, b * m // og, k, p), axis=k),
             name=GEMM_BLOCK, attrs=attrs)
         value = lambda n, o, y, x: acc[n, o // m, y * ow_ + x, o % m]
-    return output_compute(spec, value, bias=bias, residual=residual, activation=activation)
+    return output_compute(spec.output_shape, value, bias=bias, residual=residual, activation=activation, out_block=out_block)
 
 
 def schedule_cpu(sch, func_name, target) -> None:
@@ -184,13 +184,20 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     # the epilogue per register tile: iterated over (n, o, p) the tile is a rectangle of it
     ow_ = int(sch.get(out).iter_vars[3].dom.extent)
-    sch.transform_block_layout(out, lambda n, o, y, x: (n, o, y * ow_ + x))
+    blocked = len(sch.get(out).iter_vars) == 5
+    if blocked:
+        sch.transform_block_layout(out, lambda n, cb, y, x, lane: (n, cb, y * ow_ + x, lane))
+    else:
+        sch.transform_block_layout(out, lambda n, o, y, x: (n, o, y * ow_ + x))
     sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
     last = sch.get_loops(out)[-1]
-    if mode == "p":
+    if blocked:  # the channel block: whole vectors
+        sch.vectorize(last)
+    elif mode == "p":
         sch.vectorize(sch.split(last, [None, min(lanes, tp)])[1])
     elif tp & (tp - 1) == 0:  # (odd-length vectors become shuffles: leave those to LLVM)
         sch.vectorize(last)
 
 
+# Not blocked_io: its column matrix and "p"-mode GEMM run over pixels, so blocked tensors become gathers
 LOWERING = Lowering("im2col", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)

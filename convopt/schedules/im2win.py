@@ -93,7 +93,7 @@ def prepare_weight(weight, spec, lanes):
     return (np.ascontiguousarray(w.reshape(g * ocbg, spec.in_per_group, spec.kernel[1], spec.kernel[0], ob)),)
 
 
-def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8):
+def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8, out_block=None):
     n_, c_, h, w = (int(v) for v in data.shape)
     kh_, kw_ = spec.kernel
     sh, sw = spec.stride
@@ -136,8 +136,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
     )
 
     # one group, or ob | Og (channel_block): block o // ob holds channel o
-    return output_compute(spec, lambda n, o, y, x: acc[n, o // ob, y, x, o % ob], bias=bias, residual=residual,
-                          activation=activation)
+    return output_compute(spec.output_shape, lambda n, o, y, x: acc[n, o // ob, y, x, o % ob], bias=bias, residual=residual,
+                          activation=activation, out_block=out_block)
 
 
 def _extent(sch, loop) -> int:
@@ -192,9 +192,14 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     # the epilogue per register tile; the tile-sized accumulator stays on the stack
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
-    last = sch.get_loops(out)[-1]
-    if 1 < _extent(sch, last) <= 8 * lanes and ow_ % wt == 0:
+    last = sch.get_loops(out)[-1]  # NCHW: output columns of the tile; blocked: the channel block
+    if len(sch.get(out).iter_vars) == 5 or (1 < _extent(sch, last) <= 8 * lanes and ow_ % wt == 0):
         sch.vectorize(last)
 
 
-LOWERING = Lowering("im2win", supports, workspace_bytes, prepare_weight, compute, schedule_cpu)
+def blocked_io(spec, lanes: int) -> bool:
+    """Vectorized over a block of output channels (the direct kernel's rule)."""
+    return tiling.vectorizes_channels(tiling.channel_block(spec.out_per_group, lanes), lanes)
+
+
+LOWERING = Lowering("im2win", supports, workspace_bytes, prepare_weight, compute, schedule_cpu, blocked_io=blocked_io)

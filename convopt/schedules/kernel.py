@@ -1,8 +1,12 @@
 """One conv lowering compiled on its own, for tests, calibration and per-layer benchmarks:
 
     kernel = build_kernel("winograd4", spec, weight, bias, activation="relu", target=resolve_target("cpu"))
-    y = kernel(x)                       # torch in, torch out
+    y = kernel(x)                       # torch in, torch out (NCHW)
     seconds = kernel.time(x)            # median of timed runs
+
+``in_block`` / ``out_block`` = b build the kernel for blocked input / output (and residual) tensors,
+[N, C/b, H, W, b] (ir/layout.py); the Kernel still takes and returns NCHW torch tensors, blocking them
+outside the kernel (and outside the timed calls).
 """
 
 from __future__ import annotations
@@ -17,35 +21,58 @@ import tvm
 from tvm import te
 
 from ..dlpack import to_tvm
+from ..ir.layout import blocked_layout, stored_shape
 from ..target import Target
-from .conv_spec import ConvSpec
+from .conv_spec import ConvSpec, nchw
 from .lowerings import LoweringError, lowering
+
+
+def _layout(block: int | None) -> str:
+    return blocked_layout(block) if block else ""
+
+
+def to_layout(t: torch.Tensor, block: int | None) -> torch.Tensor:
+    """An NCHW tensor stored as [N, C/b, H, W, b] (contiguous); ``t`` itself when ``block`` is None."""
+    if not block:
+        return t
+    n, c, h, w = t.shape
+    return t.reshape(n, c // block, block, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+def from_layout(t: torch.Tensor, block: int | None) -> torch.Tensor:
+    if not block:
+        return t
+    n, cb, h, w, b = t.shape
+    return t.permute(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
 
 
 class Kernel:
     """One compiled conv: call it with a torch NCHW tensor (and the residual, if built with one)."""
 
-    def __init__(self, name, spec, func, prepared, bias, has_residual, device):
+    def __init__(self, name, spec, func, prepared, bias, has_residual, device, in_block=None, out_block=None):
         self.name, self.spec, self._func, self._device = name, spec, func, device
+        self.in_block, self.out_block = in_block, out_block
         self._constants = [tvm.runtime.tensor(a, device) for a in prepared]
         self._bias = [tvm.runtime.tensor(bias, device)] if bias is not None else []
-        self._out = tvm.runtime.empty(spec.output_shape, "float32", device)
+        self._out = tvm.runtime.empty(stored_shape(spec.output_shape, _layout(out_block)), "float32", device)
         self.has_residual = has_residual
 
     def _args(self, x: torch.Tensor, residual: torch.Tensor | None):
+        x = to_layout(x, self.in_block)
         args = [to_tvm(x)] + self._constants + self._bias
         if self.has_residual:
-            args.append(to_tvm(residual))
-        return args + [self._out]
+            args.append(to_tvm(to_layout(residual, self.out_block)))
+        return args + [self._out], (x, residual)  # (the tensors must outlive the call)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        self._func(*self._args(x, residual))
-        return torch.from_dlpack(self._out).clone()
+        args, _keep = self._args(x, residual)
+        self._func(*args)
+        return from_layout(torch.from_dlpack(self._out), self.out_block).clone()
 
     def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing)."""
-        args = self._args(x, residual)
-        return lambda: self._func(*args)
+        args, keep = self._args(x, residual)
+        return lambda: self._func(*args) or keep
 
     def time(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, repeat: int = 7,
              min_seconds: float = 0.02) -> float:
@@ -75,27 +102,33 @@ class BuiltOnly:
 
 
 def lower_to_primfunc(name: str, spec: ConvSpec, weight: np.ndarray, *, bias: bool, residual: bool,
-                      activation: str, lanes: int):
+                      activation: str, lanes: int, in_block: int | None = None, out_block: int | None = None):
     """(PrimFunc, prepared weight arrays): data, prepared..., [bias], [residual], output."""
     low = lowering(name)
     reason = low.supports(spec)
     if reason is not None:
         raise LoweringError(f"{name} can't run {spec.describe()}: {reason}")
     prepared = low.prepared(weight, spec, lanes)
-    data = te.placeholder((spec.batch, spec.in_channels, spec.height, spec.width), name="data")
+    if out_block and not low.writes_blocked:
+        raise LoweringError(f"{name} writes NCHW outputs only")
+    in_shape = (spec.batch, spec.in_channels, spec.height, spec.width)
+    data = te.placeholder(stored_shape(in_shape, _layout(in_block)), name="data")
     consts = [te.placeholder(a.shape, name=f"w{i}") for i, a in enumerate(prepared)]
     b = te.placeholder((spec.out_channels,), name="bias") if bias else None
-    r = te.placeholder(spec.output_shape, name="residual") if residual else None
-    out = low.compute(data, *consts, bias=b, residual=r, spec=spec, activation=activation, lanes=lanes)
+    r = te.placeholder(stored_shape(spec.output_shape, _layout(out_block)), name="residual") if residual else None
+    blocked = {"out_block": out_block} if out_block else {}
+    out = low.compute(nchw(data), *consts, bias=b, residual=r, spec=spec, activation=activation, lanes=lanes,
+                      **blocked)
     args = [data, *consts] + ([b] if b is not None else []) + ([r] if r is not None else []) + [out]
     return te.create_prim_func(args), prepared
 
 
 def scheduled_module(name: str, spec: ConvSpec, weight: np.ndarray, target: Target, *, bias: bool = False,
-                     residual: bool = False, activation: str = "none"):
+                     residual: bool = False, activation: str = "none", in_block: int | None = None,
+                     out_block: int | None = None):
     """(IRModule with the scheduled PrimFunc "main", prepared weight arrays) for ``target``."""
     func, prepared = lower_to_primfunc(name, spec, weight, bias=bias, residual=residual, activation=activation,
-                                       lanes=target.lanes)
+                                       lanes=target.lanes, in_block=in_block, out_block=out_block)
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
     lowering(name).schedule(sch, "main", target)
     return sch.mod, prepared
@@ -108,16 +141,17 @@ def _numpy(t) -> np.ndarray | None:
 
 
 def build_kernel(name: str, spec: ConvSpec, weight, bias=None, *, target: Target, activation: str = "none",
-                 residual: bool = False) -> Kernel | BuiltOnly:
+                 residual: bool = False, in_block: int | None = None, out_block: int | None = None
+                 ) -> Kernel | BuiltOnly:
     """Compile lowering ``name`` of ``spec`` with its default schedule for ``target``.
 
     For a target this machine can't run (CUDA without a GPU, another CPU's ISA) this compiles and
     returns ``BuiltOnly``."""
     weight, bias = _numpy(weight), _numpy(bias)
     mod, prepared = scheduled_module(name, spec, weight, target, bias=bias is not None, residual=residual,
-                                     activation=activation)
+                                     activation=activation, in_block=in_block, out_block=out_block)
     target.configure_runtime()
     lib = tvm.compile(mod, target=target.tvm)
     if not target.runs_here:
         return BuiltOnly(name, spec, lib)
-    return Kernel(name, spec, lib["main"], prepared, bias, residual, target.device())
+    return Kernel(name, spec, lib["main"], prepared, bias, residual, target.device(), in_block, out_block)

@@ -167,7 +167,7 @@ def _transform2d(rows, i, j, load):
                                    for rj in rows]) for ri in rows])
 
 
-def compute(data, U, *, bias=None, residual=None, spec: ConvSpec, activation="none", lanes=8, variant):
+def compute(data, U, *, bias=None, residual=None, spec: ConvSpec, activation="none", lanes=8, out_block=None, variant):
     g = _geometry(spec, variant, lanes)
     m, a, ob, nh, nw, tiles = g.m, g.alpha, g.ob, g.nh, g.nw, g.tiles
     BT, _, AT = _MATRICES[m]
@@ -200,7 +200,7 @@ def compute(data, U, *, bias=None, residual=None, spec: ConvSpec, activation="no
         t = (n * nh + y // m) * nw + x // m
         return _transform2d(AT, y % m, x % m, lambda xi, nu: M[xi, nu, o // ob, t, o % ob])
 
-    return output_compute(spec, value_at, bias=bias, residual=residual, activation=activation)
+    return output_compute(spec.output_shape, value_at, bias=bias, residual=residual, activation=activation, out_block=out_block)
 
 
 # ---------------------------------------------------------------- schedules
@@ -254,9 +254,12 @@ def schedule_cpu(sch, func_name, target) -> None:
     sch.vectorize(aloops[-1])
 
     # output transform + epilogue: per tile, (r, s) unrolled, ob output channels a vector
-    n, o, y, x = sch.get_loops(out)
-    whole_blocks = _extent(sch, o) % ob == 0
-    oo, oi = sch.split(o, [None, ob])
+    n, o, y, x, *lane = sch.get_loops(out)
+    if lane:  # a blocked output: its channel block is the vector
+        oo, oi, whole_blocks = o, lane[0], True
+    else:
+        whole_blocks = _extent(sch, o) % ob == 0
+        oo, oi = sch.split(o, [None, ob])
     yo, yi = sch.split(y, [None, m])
     xo, xi_ = sch.split(x, [None, m])
     sch.reorder(n, oo, yo, xo, yi, xi_, oi)
@@ -270,7 +273,8 @@ def schedule_cpu(sch, func_name, target) -> None:
 def _variant(name: str) -> Lowering:
     bind = functools.partial
     return Lowering(name, bind(supports, variant=name), bind(workspace_bytes, variant=name),
-                    bind(prepare_weight, variant=name), bind(compute, variant=name), schedule_cpu)
+                    bind(prepare_weight, variant=name), bind(compute, variant=name), schedule_cpu,
+                    blocked_io=lambda spec, lanes: True)  # channel-blocked padding stage, GEMM and output stage
 
 
 WINOGRAD2 = _variant("winograd2")  # F(2x2, 3x3)

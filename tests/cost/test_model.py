@@ -48,3 +48,20 @@ def test_uncalibrated_lowering_is_not_a_candidate():
     assert "fft" not in predict_all(ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile, 8)
     with pytest.raises(KeyError, match="convopt calibrate"):
         predict("fft", ConvSpec(1, 8, 16, 16, 8, (7, 7), padding=(3, 3), groups=8), profile, 8)
+
+
+def test_blocked_neighbours_use_the_blocked_coefficients_and_charge_the_others_a_relayout():
+    from convopt.cost.model import relayout_seconds
+
+    spec = ConvSpec(1, 32, 28, 28, 32, (3, 3), padding=(1, 1), groups=32)  # depthwise
+    profile = fixed_profile()
+    plain = predict_all(spec, profile, 16)
+    assert predict_all(spec, profile, 16, blocked=True)["depthwise"] == plain["depthwise"]  # no @blocked fit yet
+    profile.coefficients["depthwise@blocked"] = {"flops": 0.5}
+    blocked = predict_all(spec, profile, 16, blocked=True)
+    assert blocked["depthwise"] == pytest.approx(predict("depthwise", spec, profile, 16, blocked=True))
+    assert blocked["depthwise"] < plain["depthwise"]
+    # direct and im2col vectorize a depthwise conv over pixels: between blocked neighbours they pay the relayout
+    for name in ("direct", "im2col"):
+        assert blocked[name] == pytest.approx(plain[name] + relayout_seconds(spec, profile))
+    assert relayout_seconds(spec, profile) == pytest.approx(2 * 4 * 2 * 32 * 28 * 28 / profile.bandwidth)

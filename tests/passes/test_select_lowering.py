@@ -36,7 +36,7 @@ def test_every_conv_gets_a_choice_and_the_predictions():
     for n in after.nodes:
         if n.op is Op.CONV2D:
             predicted = dict(n.attrs.predicted_us)
-            assert n.attrs.lowering == min(predicted, key=predicted.get)
+            assert n.attrs.lowering == min(predicted, key=predicted.get).removesuffix("@blocked")
             assert all(t > 0 for t in predicted.values())
     assert [n.op for n in after.nodes] == [n.op for n in before.nodes]
     assert "winograd4" in dict(after.node_map["c3"].attrs.predicted_us)
@@ -89,3 +89,27 @@ def test_conv_with_a_runtime_weight_is_left_alone():
     after = select_lowering(graph, lanes=8, profile=fixed_profile())
     assert after.node_map["c3"] == graph.node_map["c3"]
     assert after.node_map["c1"].attrs.lowering != ""
+
+
+def _depthwise_between_pointwise():
+    b = Builder()
+    x = b.input("x", (1, 16, 28, 28))
+    w1, wd, w2 = (b.const(n, torch.randn(*s)) for n, s in
+                  (("w1", (32, 16, 1, 1)), ("wd", (32, 1, 3, 3)), ("w2", (32, 32, 1, 1))))
+    c1 = b.node(Op.CONV2D, [x, w1, None], O.Conv2dAttrs((1, 1), (0, 0), (1, 1), 1), name="c1")
+    dw = b.node(Op.CONV2D, [c1, wd, None], O.Conv2dAttrs((1, 1), (1, 1), (1, 1), 32), name="dw")
+    c2 = b.node(Op.CONV2D, [dw, w2, None], O.Conv2dAttrs((1, 1), (0, 0), (1, 1), 1), name="c2")
+    return b.graph(b.node(Op.RELU, [c2], O.NoAttrs(), name="out"))
+
+
+def test_a_conv_between_blocked_neighbours_is_predicted_blocked():
+    profile = fixed_profile()
+    profile.coefficients["depthwise@blocked"] = {"flops": 0.01}
+    after = select_lowering(_depthwise_between_pointwise(), lanes=8, profile=profile)
+    predicted = dict(after.node_map["dw"].attrs.predicted_us)
+    assert set(predicted) >= {"direct@blocked", "depthwise@blocked"}
+    assert after.node_map["dw"].attrs.lowering == "depthwise"
+    assert all(not name.endswith("@blocked") for name in dict(after.node_map["c1"].attrs.predicted_us))  # input NCHW
+    # without the block_layout pass every conv is predicted NCHW
+    plain = select_lowering(_depthwise_between_pointwise(), lanes=8, profile=profile, blocked_layouts=False)
+    assert all(not name.endswith("@blocked") for name in dict(plain.node_map["dw"].attrs.predicted_us))

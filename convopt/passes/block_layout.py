@@ -1,0 +1,143 @@
+"""block_layout: keep the activations between convs in channel blocks, NCHW[b]c with b = the SIMD lanes.
+
+For a value v (4-D, fp32, channels C with C % b == 0) the rewrite is only a change of storage:
+
+    type(v) = f32[N,C,H,W]   =>   f32[N,C,H,W]{NCHWbc}        stored as [N, C/b, H, W, b] (ir/layout.py)
+
+and v is stored blocked when both hold:
+  - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
+    speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), or a layout-preserving
+    op (LAYOUT_PRESERVING: elementwise ops, batch_norm, pooling, a mean over H and W with keepdim) whose
+    non-constant operands with C channels are all blocked (constant operands are re-blocked once by the
+    backend; operands with one channel broadcast in either layout);
+  - each of its readers takes it blocked: such a conv (any lowering reads a blocked input correctly, but
+    one vectorized over pixels would gather it, so those read NCHW), a layout-preserving op whose own
+    output is blocked, a mean over H and W (writes [N, C]), or anything at all when H = W = 1 (both
+    layouts store such a tensor alike, so the backend reinterprets it for free). A graph output is never
+    blocked.
+It is the greatest fixpoint of those two rules: start from every value whose producer could write it
+blocked, drop those with a reader that can't take them, and the values of layout-preserving ops whose
+operands were dropped, until nothing changes. So no layout-transform node is ever needed: a conv reads
+an NCHW input and writes an NCHW output (for the ops that need it) inside its own kernel, as before; the
+transforms happen only at the graph's edges and next to NCHW-only ops, fused into the neighbouring convs.
+
+Preconditions: runs last in the CPU inference pipeline, after select_lowering (it asks each conv's
+lowering whether it runs on blocked tensors). The graph's semantics don't change: the torch backend and
+verify() read logical shapes; the TVM backend stores the blocked values as [N, C/b, H, W, b].
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from ..ir.graph import Graph, Node
+from ..ir.layout import aligned_4d, blocked_layout
+from ..ir.ops import Op
+from ..ir.types import TensorType
+from ..schedules.conv_spec import conv_spec_of
+from ..schedules.lowerings import lowering
+
+# ops that compute each element of a 4-D output from the same (n, c, y, x) of their inputs' channels, or
+# pool within one channel: they run on blocked tensors as they are
+LAYOUT_PRESERVING = frozenset({
+    Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH, Op.HARDSIGMOID,
+    Op.IDENTITY, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.BATCH_NORM,
+    Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D,
+})
+
+
+def is_spatial_mean(graph: Graph, n: Node) -> bool:
+    """A mean of a 4-D tensor over exactly its H and W dims."""
+    if n.op is not Op.MEAN:
+        return False
+    rank = graph.types[n.inputs[0]].rank
+    return rank == 4 and {d % rank for d in n.attrs.dims} == {2, 3}
+
+
+def preserves_layout(graph: Graph, n: Node) -> bool:
+    if n.op is Op.MEAN:
+        return is_spatial_mean(graph, n) and n.attrs.keepdim
+    if n.op is Op.AVG_POOL2D and n.attrs.divisor_override is not None:
+        return False
+    return n.op in LAYOUT_PRESERVING
+
+
+def channel_operands(graph: Graph, n: Node) -> list[str] | None:
+    """The inputs of a layout-preserving node that must share its output's layout (non-constant, C channels),
+    or None when one of its operands can't be broadcast against a blocked tensor."""
+    channels = n.type.shape[1]
+    inputs = n.inputs[:1] if n.op is Op.BATCH_NORM else [i for i in n.inputs if i is not None]
+    operands = []
+    for i in inputs:
+        t = graph.types[i]
+        shape = aligned_4d(t.shape) if isinstance(t, TensorType) else None
+        if shape is None or shape[1] not in (1, channels):
+            return None
+        if shape[1] == channels and channels > 1 and i not in graph.constant_map:
+            operands.append(i)
+    return operands
+
+
+def _blockable(t, block: int) -> bool:
+    return isinstance(t, TensorType) and t.dtype == "f32" and t.rank == 4 and t.shape[1] % block == 0
+
+
+def runs_blocked(graph: Graph, n: Node, lanes: int) -> bool:
+    """A conv whose lowering reads and writes blocked tensors at full speed (Lowering.blocked_io)."""
+    spec = conv_spec_of(graph, n)
+    low = lowering(n.attrs.lowering or "direct") if spec is not None else None
+    return low is not None and low.writes_blocked and low.blocked_io(spec, lanes)
+
+
+def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
+                   conv_runs_blocked: Callable[[Node], bool]) -> bool:
+    """Whether ``reader`` takes ``value`` blocked, given the values currently chosen to be blocked."""
+    if graph.types[value].shape[2:] == (1, 1):
+        return True
+    if reader.op is Op.CONV2D:
+        return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
+    if is_spatial_mean(graph, reader) and not reader.attrs.keepdim:
+        return True
+    return reader.name in blocked
+
+
+def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node], bool] | None = None) -> set[str]:
+    """The names of the values block_layout stores in blocks of ``block`` channels. ``conv_runs_blocked``
+    replaces the question asked of convs (default: whether the chosen lowering runs blocked; select_lowering
+    asks whether any lowering could, to know which convs may sit between blocked neighbours)."""
+    if conv_runs_blocked is None:
+        conv_runs_blocked = lambda n: runs_blocked(graph, n, block)  # noqa: E731
+    operands: dict[str, list[str]] = {}
+    candidates: set[str] = set()
+    for n in graph.nodes:  # topological order: an op's operands are decided before it
+        if not _blockable(n.type, block):
+            continue
+        if n.op is Op.CONV2D and conv_runs_blocked(n):
+            candidates.add(n.name)
+        elif preserves_layout(graph, n):
+            ops = channel_operands(graph, n)
+            if ops and all(i in candidates for i in ops):
+                operands[n.name] = ops
+                candidates.add(n.name)
+    candidates -= set(graph.outputs)
+    changed = True
+    while changed:
+        changed = False
+        for name in sorted(candidates):
+            readers = graph.users.get(name, ())
+            dropped_operand = any(i not in candidates for i in operands.get(name, ()))
+            if dropped_operand or not all(_reads_blocked(graph, r, name, candidates, conv_runs_blocked)
+                                          for r in readers):
+                candidates.discard(name)
+                changed = True
+    return candidates
+
+
+def block_layout(graph: Graph, *, lanes: int) -> Graph:
+    blocked = blocked_values(graph, lanes)
+    if not blocked:
+        return graph
+    layout = blocked_layout(lanes)
+    nodes = tuple(replace(n, type=replace(n.type, layout=layout)) if n.name in blocked else n for n in graph.nodes)
+    return graph.replace(nodes=nodes)

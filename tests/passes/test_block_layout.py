@@ -1,0 +1,177 @@
+"""block_layout: which values are stored in channel blocks, where it must not block, and that the TVM backend
+computes the same values with the blocked layout as without it."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import convopt
+from convopt.ir import Op, parse, verify
+from convopt.numerics import relative_error
+from convopt.target import resolve_target
+from convopt.ir import ops as O
+from convopt.passes.block_layout import block_layout
+
+from ..graphs import Builder
+
+LANES = 8
+
+
+def _conv(b, x, cin, cout, k=1, name=None, groups=1, stride=1):
+    w = b.const(f"{name}.w", torch.randn(cout, cin // groups, k, k))
+    return b.node(Op.CONV2D, [x, w, None], O.Conv2dAttrs((stride, stride), (k // 2, k // 2), (1, 1), groups),
+                  name=name)
+
+
+def _with_lowering(graph, lowering="direct", **per_node):
+    """Every conv with ``lowering`` (select_lowering's job), or the one named in per_node."""
+    nodes = [replace(n, attrs=replace(n.attrs, lowering=per_node.get(n.name, lowering))) if n.op is Op.CONV2D
+             else n for n in graph.nodes]
+    return graph.replace(nodes=tuple(nodes))
+
+
+def _layouts(graph):
+    return {n.name: n.type.layout for n in graph.nodes if hasattr(n.type, "layout")}
+
+
+def _chain():
+    """x -> c1 (1x1) -> relu -> c2 (3x3) -> add(., relu) -> c3 -> output, with a max pool and a BN in between."""
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    c1 = _conv(b, x, 16, 32, name="c1")
+    r = b.node(Op.RELU, [c1], O.NoAttrs(), name="r")
+    c2 = _conv(b, r, 32, 32, k=3, name="c2")
+    a = b.node(Op.ADD, [c2, r], O.BinaryAttrs(), name="a")
+    p = b.node(Op.MAX_POOL2D, [a], O.MaxPool2dAttrs((2, 2), (2, 2)), name="p")
+    stats = [b.const(f"bn.{k}", torch.rand(32) + 0.5) for k in ("w", "b", "m", "v")]
+    bn = b.node(Op.BATCH_NORM, [p, *stats], O.NormAttrs(), name="bn")
+    c3 = _conv(b, bn, 32, 16, name="c3")
+    return b.graph(c3)
+
+
+def test_values_between_convs_are_blocked_and_the_edges_are_not():
+    before = _with_lowering(_chain())
+    after = block_layout(before, lanes=LANES)
+    layouts = _layouts(after)
+    assert all(layouts[n] == "NCHW8c" for n in ("c1", "r", "c2", "a", "p", "bn")), layouts
+    assert layouts["c3"] == ""  # the graph's output
+    assert all(n.type.layout == "" for n in before.nodes)  # the input graph is not mutated
+    assert [(n.op, n.inputs, n.attrs) for n in after.nodes] == [(n.op, n.inputs, n.attrs) for n in before.nodes]
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_an_nchw_only_op_keeps_its_operand_and_the_layout_preserving_ops_before_it_nchw():
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    c1 = _conv(b, x, 16, 16, name="c1")
+    r = b.node(Op.RELU, [c1], O.NoAttrs(), name="r")
+    perm = b.node(Op.PERMUTE, [r], O.PermuteAttrs((0, 2, 3, 1)), name="perm")
+    back = b.node(Op.PERMUTE, [perm], O.PermuteAttrs((0, 3, 1, 2)), name="back")
+    c2 = _conv(b, back, 16, 16, name="c2")
+    c3 = _conv(b, c2, 16, 16, name="c3")
+    layouts = _layouts(block_layout(_with_lowering(b.graph(c3)), lanes=LANES))
+    assert layouts["c1"] == layouts["r"] == ""  # the permute needs NCHW: the conv stores NCHW itself
+    assert layouts["c2"] == "NCHW8c"  # a conv reads either layout: c2 reads NCHW and writes blocked
+
+
+def test_convs_whose_lowering_vectorizes_over_pixels_read_and_write_nchw():
+    g = _with_lowering(_chain(), c2="im2col")
+    layouts = _layouts(block_layout(g, lanes=LANES))
+    assert layouts["c1"] == layouts["r"] == layouts["c2"] == layouts["a"] == ""  # r feeds c2 and a
+    assert layouts["p"] == "" and layouts["bn"] == ""
+    g = _with_lowering(_chain(), c2="fft")  # writes NCHW only
+    assert _layouts(block_layout(g, lanes=LANES))["c2"] == ""
+
+
+def test_channels_not_a_multiple_of_the_block_stay_nchw():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    c1 = _conv(b, x, 16, 12, name="c1")
+    c2 = _conv(b, c1, 12, 16, name="c2")
+    c3 = _conv(b, c2, 16, 16, name="c3")
+    layouts = _layouts(block_layout(_with_lowering(b.graph(c3)), lanes=LANES))
+    assert layouts == {"c1": "", "c2": "NCHW8c", "c3": ""}
+
+
+def test_broadcast_operands_constant_scales_and_a_squeeze_excite():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    c1 = _conv(b, x, 16, 16, name="c1")
+    scale = b.const("scale", torch.rand(16, 1, 1))  # a layer scale: a constant with C channels
+    ls = b.node(Op.MUL, [c1, scale], O.BinaryAttrs(), name="ls")
+    m = b.node(Op.MEAN, [ls], O.ReduceAttrs((2, 3), True), name="m")
+    s1 = _conv(b, m, 16, 4, name="s1")  # 4 channels: NCHW, but a 1x1 map reads blocked for free
+    s2 = _conv(b, s1, 4, 16, name="s2")
+    gate = b.node(Op.SIGMOID, [s2], O.NoAttrs(), name="gate")
+    se = b.node(Op.MUL, [ls, gate], O.BinaryAttrs(), name="se")
+    c2 = _conv(b, se, 16, 16, name="c2")
+    pooled = b.node(Op.MEAN, [c2], O.ReduceAttrs((-2, -1), False), name="pooled")  # reads blocked, writes [N, C]
+    layouts = _layouts(block_layout(_with_lowering(b.graph(pooled)), lanes=LANES))
+    assert layouts == {"c1": "NCHW8c", "ls": "NCHW8c", "m": "NCHW8c", "s1": "", "s2": "NCHW8c", "gate": "NCHW8c",
+                       "se": "NCHW8c", "c2": "NCHW8c", "pooled": ""}
+
+
+def test_a_non_constant_nchw_operand_keeps_the_op_nchw():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    c1 = _conv(b, x, 16, 16, name="c1")
+    a = b.node(Op.ADD, [c1, x], O.BinaryAttrs(), name="a")  # x is a graph input: NCHW
+    c2 = _conv(b, a, 16, 16, name="c2")
+    c3 = _conv(b, c2, 16, 16, name="c3")
+    layouts = _layouts(block_layout(_with_lowering(b.graph(c3)), lanes=LANES))
+    assert layouts["c1"] == layouts["a"] == "" and layouts["c2"] == "NCHW8c"
+
+
+def test_nothing_to_block_returns_the_graph_itself():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    c1 = _conv(b, x, 16, 16, name="c1")
+    g = _with_lowering(b.graph(b.node(Op.RELU, [c1], O.NoAttrs())))
+    assert block_layout(g, lanes=LANES) is g
+
+
+class _Block(nn.Module):
+    """The ops block_layout lets through, between convs: BN, activations, pools, residual, SE, layer scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw = nn.Conv2d(32, 32, 1)
+        self.se_reduce, self.se_expand = nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)
+        self.gamma = nn.Parameter(torch.rand(32, 1, 1))
+        self.down = nn.Conv2d(32, 48, 3, stride=2, padding=1)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x):
+        y = torch.nn.functional.hardswish(self.stem(x))
+        y = self.bn(torch.max_pool2d(y, 3, 1, 1))
+        z = torch.relu(self.pw(torch.nn.functional.silu(self.dw(y))))
+        gate = torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(z.mean((2, 3), keepdim=True)))))
+        y = y + self.gamma * (z * gate)
+        y = torch.nn.functional.avg_pool2d(self.down(y), 2)
+        return self.head(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_equal_with_and_without_blocked_layouts(lanes):
+    torch.manual_seed(0)
+    model = _Block().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 20, 20)
+    target = resolve_target("cpu").with_lanes(lanes)
+    blocked = convopt.optimize(model, x, target=target)  # check=True: within 1e-4 of eager
+    assert {n.type.layout for n in blocked.graph.nodes if hasattr(n.type, "layout")} == {"", f"NCHW{lanes}c"}
+    plain = convopt.optimize(model, x, target=target, skip_passes=["block_layout"])
+    assert all(not getattr(n.type, "layout", "") for n in plain.graph.nodes)
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        expected = model(x2)
+    assert relative_error(blocked(x2), expected) <= 1e-5
+    assert relative_error(blocked(x2), plain(x2)) <= 1e-5
