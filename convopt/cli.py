@@ -72,6 +72,11 @@ def _optimize(args) -> int:
     chosen = Counter(n.attrs.lowering for n in result.graph.nodes if n.op is Op.CONV2D and n.attrs.lowering)
     if chosen:
         print("  conv lowerings: " + ", ".join(f"{name} {count}" for name, count in chosen.most_common()))
+    layouts = Counter(getattr(n.type, "layout", "") for n in result.graph.nodes)
+    blocked = {layout: count for layout, count in layouts.items() if layout}
+    if blocked:
+        print("  blocked values: " + ", ".join(f"{count} of {len(result.graph.nodes)} in {layout}"
+                                               for layout, count in blocked.items()))
     try:
         check_against_eager(model, result, x)
         print("check: matches eager PyTorch (relative error within tolerance)")
@@ -177,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft, depthwise) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")
     dump.add_argument("--target", choices=("none", "cpu"), default="none",
-                      help="cpu: also run select_lowering, showing each conv's lowering and predicted times")
+                      help="cpu: also run select_lowering and block_layout, showing each conv's lowering, "
+                           "predicted times and the blocked layouts ({NCHW16c} after a type)")
 
     cal = sub.add_parser("calibrate", help="measure this machine and fit the cost model (minutes)")
     cal.add_argument("--quick", action="store_true", help="a third of the calibration shapes")
