@@ -119,7 +119,10 @@ def _calibrate(args) -> int:
     target = resolve_target("cpu")
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
-    profile = (shipped_profiles().get(target.key) or load_profile(target)) if args.lowerings else measure_machine(target)
+    if args.lowerings:
+        profile = shipped_profiles().get(target.key) or load_profile(target)
+    else:
+        profile = measure_machine(target)
     print(f"{profile.cpu}, target {target.key}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES

@@ -44,6 +44,26 @@ def test_model_round_trips_and_matches_eager(name):
         assert not [n.attrs.target for n in g.nodes if n.op is Op.TORCH]
 
 
+def assert_layouts_change_only_at_edges(graph, lanes: int) -> int:
+    """Every blocked value is read blocked (by a conv that runs blocked, a layout-preserving op with a blocked
+    output, a spatial mean, or as a 1x1 map) and is no graph output; returns how many values are blocked."""
+    from convopt.passes.block_layout import channel_operands, is_spatial_mean, runs_blocked
+
+    layout = f"NCHW{lanes}c"
+    blocked = {n.name for n in graph.nodes if getattr(n.type, "layout", "") == layout}
+    assert not blocked & set(graph.outputs)
+    for name in blocked:
+        node = graph.node_map[name]
+        if node.op is Op.CONV2D:
+            assert runs_blocked(graph, node, lanes), name
+        else:
+            assert set(channel_operands(graph, node)) <= blocked, name
+        for reader in graph.users.get(name, ()):
+            assert (runs_blocked(graph, reader, lanes) or reader.name in blocked or is_spatial_mean(graph, reader)
+                    or graph.types[name].shape[2:] == (1, 1)), (name, reader.name)
+    return len(blocked)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DEV_MODELS)
 def test_dev_model_on_tvm_cpu_matches_eager(name):
@@ -52,3 +72,7 @@ def test_dev_model_on_tvm_cpu_matches_eager(name):
     with torch.no_grad():
         x2 = torch.randn_like(x)
         assert rel_err(fast(x2), model(x2)) <= 1e-4
+    lanes = fast._compiled.target.lanes
+    assert assert_layouts_change_only_at_edges(fast.graph, lanes) > 0  # every dev model has convs in a row
+    text = str(fast.graph)
+    assert f"{{NCHW{lanes}c}}" in text and str(parse(text)) == text

@@ -18,8 +18,8 @@ F(4,3) are two instances of one module's functions):
 named ``OUTPUT_BLOCK``. The output is NCHW, or with ``out_block`` = b the blocked layout [N, O/b, OH, OW, b]
 (ir/layout.py), and then a residual comes in that layout too. ``data`` is anything indexed as NCHW
 ``data[n, c, y, x]`` with ``.shape`` and ``.dtype``: a te.Tensor, or ``BlockedView`` of a blocked one, so
-every lowering reads either layout through the same compute. ``lanes`` is the fp32 SIMD width the data layout is blocked for
-(``Target.lanes``: 16 with AVX-512, 8 with AVX2, 1 on CUDA). Schedules work in place on a
+every lowering reads either layout through the same compute. ``lanes`` is the fp32 SIMD width the data
+layout is blocked for (``Target.lanes``: 16 with AVX-512, 8 with AVX2, 1 on CUDA). Schedules work in place on a
 ``tvm.s_tir.Schedule`` over a module holding the PrimFunc ``func_name``, for a ``convopt.target.Target``.
 The table of lowerings is ``convopt.schedules.lowerings``.
 """

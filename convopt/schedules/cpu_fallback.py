@@ -9,7 +9,10 @@ trailing loops spanning at least four vectors and a whole number of them (``lane
 width), so that an operand broadcast over those axes (squeeze-excite's per-channel scale) is one load
 per vector rather than a gather; failing that, over an inner chunk of two vectors or one of all its
 loops fused. With relax's FastMathTransform, exp / erf / tanh are polynomials, so this vectorizes them
-too. It is a dlight ScheduleRule, applied after dlight's CPU GEMV and reduction rules had their turn.
+too. A reduction whose innermost data-parallel loop is a whole number of vectors (pooling and spatial
+means of channel-blocked tensors, NCHW[lanes]c: that loop is the channel block) runs that loop
+vectorized inside the reduction loops. It is a dlight ScheduleRule, applied after dlight's CPU GEMV and
+reduction rules had their turn.
 """
 
 from __future__ import annotations
@@ -38,6 +41,21 @@ class ParallelFallback(dlight.ScheduleRule):
                 return count if product % self.lanes == 0 and count < len(loops) else None
         return None
 
+    def _vectorize_reduction(self, sch, info, spatial) -> bool:
+        """parallel(outer spatial) > reduction loops > vectorize(innermost spatial), when that loop is one to
+        four whole vectors (the channel block of a blocked layout) and every other loop is a reduction."""
+        reductions = info.iters[len(spatial):]
+        extent = sch.get(spatial[-1]).extent
+        if (len(spatial) < 2 or any(it.kind != "R" for it in reductions) or not isinstance(extent, tvm.tirx.IntImm)
+                or extent.value % self.lanes or extent.value > 4 * self.lanes):
+            return False
+        inner = spatial[-1]
+        sch.reorder(*[it.loop_rv for it in reductions], inner)
+        sch.parallel(sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0])
+        sch.vectorize(inner)
+        sch.decompose_reduction(info.block_rv, reductions[0].loop_rv)
+        return True
+
     def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
             return None
@@ -55,6 +73,9 @@ class ParallelFallback(dlight.ScheduleRule):
             if not spatial:
                 continue
             elementwise = len(spatial) == len(info.iters)
+            if not elementwise and self._vectorize_reduction(sch, info, spatial):
+                changed = True
+                continue
             suffix = self._vector_suffix(sch, spatial) if elementwise else None
             if suffix is not None:
                 outer, inner = spatial[:-suffix], spatial[-suffix:]

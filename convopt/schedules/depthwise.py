@@ -12,7 +12,9 @@ accumulator; here the lanes are channels, whatever the map size. With L = the SI
 Wp is the weight [C, 1, KH, KW] packed once as [CB, KH, KW, L]. Schedule (x86): the padding stage is one
 parallel pass over (n, cb, yp); the conv runs parallel(n, cb, y) > x tile > ry > rx > unroll(x in tile) >
 vectorize(l), a register tile of ``tiling.accumulators`` output columns, and the epilogue (bias, residual,
-activation, the NCHW store) per tile. Workspace: the blocked, padded input.
+activation, the store) per tile. Workspace: the blocked, padded input. Between blocked neighbours
+(passes/block_layout.py) the input arrives in the same blocks, so the padding stage is a copy of whole
+vectors, and the output is stored as [N, C/L, OH, OW, L] vectors too.
 """
 
 from __future__ import annotations

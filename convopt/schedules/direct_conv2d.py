@@ -1,6 +1,8 @@
 """Direct 2-D convolution: a TE compute plus a hand-written default x86 schedule.
 
-The graph stays NCHW.  Only the weight is re-laid out, once, at build time
+The input is NCHW or channel-blocked (read through ``conv_spec.nchw``), the
+output NCHW or, with ``out_block``, [N, O/b, OH, OW, b] (passes/block_layout.py).
+The weight is re-laid out once, at build time
 (:func:`pack_weight`), into ``[G*OCBg, I/groups, KH, KW, oc_block]`` where
 ``OCBg = ceil((O/groups) / oc_block)`` (each group's output channels are
 zero-padded to a multiple of ``oc_block``; an output-channel block never
@@ -11,7 +13,7 @@ become blocks of the PrimFunc with these names:
 
 * ``dconv_pad``  -- zero-padded input (only when padding is non-zero),
 * ``dconv_acc``  -- the convolution accumulated into ``[N, OCB, OH, OW, oc_block]``,
-* ``dconv_out``  -- epilogue: NCHW output = act(acc + bias + residual).
+* ``dconv_out``  -- epilogue: output = act(acc + bias + residual), NCHW or blocked.
 
 How to use it from Relax::
 
@@ -216,8 +218,8 @@ def direct_conv2d_compute(
     # per register tile only when output channel o sits in block o // ob (no per-group zero padding) and a
     # blocked output's blocks are the accumulator's: other index maps are not ones TIR's compute-at can invert
     tiled = int((G == 1 or ocpg % ob == 0) and out_block in (None, ob))
-    return output_compute((N, O, OH, OW), _acc, bias=bias, residual=residual, activation=activation, out_block=out_block,
-                          attrs={TILED_EPILOGUE: tiled}, name=OUT_BLOCK)
+    return output_compute((N, O, OH, OW), _acc, bias=bias, residual=residual, activation=activation,
+                          out_block=out_block, attrs={TILED_EPILOGUE: tiled}, name=OUT_BLOCK)
 
 
 # ----------------------------------------------------------------------------
@@ -274,7 +276,7 @@ def schedule_direct_conv2d(
     unroll(oc_tile) > unroll(ow_tile) > vectorize(oc_block)`` (2 x 4 tile of
     8-lane vectors with AVX2, 2 x 8 of 16-lane ones with AVX-512).  The
     accumulator tile becomes a small stack buffer; the epilogue (bias,
-    residual, activation, NCHW store) is computed per tile with
+    residual, activation, the store) is computed per tile with
     ``reverse_compute_at``.  "ow" mode: ``parallel(n, ocb, oh) > ow/ow_tile > rc >
     kh > kw > unroll(oc_block) > vectorize(ow_tile)`` with a whole output row
     per tile when it fits.  Padding is its own parallel, vectorized pass.

@@ -136,7 +136,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
             lambda n, b, p, lane: te.sum(packed[b, k, lane] * col_at(n, b * m // og, k, p), axis=k),
             name=GEMM_BLOCK, attrs=attrs)
         value = lambda n, o, y, x: acc[n, o // m, y * ow_ + x, o % m]
-    return output_compute(spec.output_shape, value, bias=bias, residual=residual, activation=activation, out_block=out_block)
+    return output_compute(spec.output_shape, value, bias=bias, residual=residual, activation=activation,
+                          out_block=out_block)
 
 
 def schedule_cpu(sch, func_name, target) -> None:

@@ -136,8 +136,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
     )
 
     # one group, or ob | Og (channel_block): block o // ob holds channel o
-    return output_compute(spec.output_shape, lambda n, o, y, x: acc[n, o // ob, y, x, o % ob], bias=bias, residual=residual,
-                          activation=activation, out_block=out_block)
+    return output_compute(spec.output_shape, lambda n, o, y, x: acc[n, o // ob, y, x, o % ob], bias=bias,
+                          residual=residual, activation=activation, out_block=out_block)
 
 
 def _extent(sch, loop) -> int:

@@ -200,7 +200,8 @@ def compute(data, U, *, bias=None, residual=None, spec: ConvSpec, activation="no
         t = (n * nh + y // m) * nw + x // m
         return _transform2d(AT, y % m, x % m, lambda xi, nu: M[xi, nu, o // ob, t, o % ob])
 
-    return output_compute(spec.output_shape, value_at, bias=bias, residual=residual, activation=activation, out_block=out_block)
+    return output_compute(spec.output_shape, value_at, bias=bias, residual=residual, activation=activation,
+                          out_block=out_block)
 
 
 # ---------------------------------------------------------------- schedules

@@ -65,3 +65,15 @@ def test_blocked_neighbours_use_the_blocked_coefficients_and_charge_the_others_a
     for name in ("direct", "im2col"):
         assert blocked[name] == pytest.approx(plain[name] + relayout_seconds(spec, profile))
     assert relayout_seconds(spec, profile) == pytest.approx(2 * 4 * 2 * 32 * 28 * 28 / profile.bandwidth)
+
+
+def test_calibration_measures_blocked_variants_where_they_run_blocked():
+    from convopt.cost.calibrate import all_variants, variants
+
+    names = all_variants()
+    assert "depthwise@blocked" in names and "direct@blocked" in names and "fft@blocked" not in names
+    depthwise = ConvSpec(1, 32, 28, 28, 32, (3, 3), padding=(1, 1), groups=32)
+    assert {"depthwise", "depthwise@blocked", "direct"} <= set(variants(depthwise, names, 16))
+    assert "direct@blocked" not in variants(depthwise, names, 16)  # direct vectorizes it over pixels
+    odd = ConvSpec(1, 24, 28, 28, 48, (1, 1))  # 24 channels don't make blocks of 16
+    assert "direct@blocked" in variants(odd, names, 8) and "direct@blocked" not in variants(odd, names, 16)

@@ -1,0 +1,61 @@
+"""The default CPU schedule of the ops convopt has no kernel for: parallel, and vectorized where the
+innermost loop allows, including reductions over channel-blocked tensors (pooling, spatial means)."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from convopt.schedules.cpu_fallback import ParallelFallback
+
+from .conv_cases import LANES, host
+
+
+def _run(op, shape, lanes):
+    """(the scheduled TIR as text, the op's result on random data) for one relax op built with ``op(x)``."""
+    target = host(lanes)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(op(x)))
+        bb.emit_func_output(out)
+    dlight = tvm.s_tir.dlight
+    with target.tvm:
+        mod = relax.get_pipeline("zero")(bb.get())
+        mod = dlight.ApplyDefaultSchedule(ParallelFallback(lanes))(mod)
+    text = "\n".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    data = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm), tvm.cpu())
+    return text, torch.from_dlpack(vm["main"](tvm.runtime.tensor(data))).clone(), torch.from_numpy(data)
+
+
+def _blocked(t: torch.Tensor, b: int) -> torch.Tensor:
+    n, c, h, w = t.shape
+    return t.reshape(n, c // b, b, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_blocked_max_pool_runs_the_channel_block_vectorized(lanes):
+    shape = (1, 2, 9, 9, lanes)
+    text, out, data = _run(lambda x: relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1),
+                                                            layout=f"NCHW{lanes}c"), shape, lanes)
+    assert "T.vectorized" in text and "T.parallel" in text
+    nchw = data.permute(0, 1, 4, 2, 3).reshape(1, 2 * lanes, 9, 9)
+    expected = _blocked(torch.nn.functional.max_pool2d(nchw, 3, 2, 1), lanes)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_blocked_spatial_mean_runs_the_channel_block_vectorized(lanes):
+    shape = (2, 3, 7, 5, lanes)
+    text, out, data = _run(lambda x: relax.op.mean(x, [2, 3], keepdims=True), shape, lanes)
+    assert "T.vectorized" in text
+    assert torch.allclose(out, data.mean((2, 3), keepdim=True), rtol=1e-5, atol=1e-6)
+
+
+def test_a_reduction_over_the_innermost_axis_stays_scalar_and_correct():
+    text, out, data = _run(lambda x: relax.op.sum(x, [3]), (2, 4, 6, 33), 8)
+    assert "T.parallel" in text
+    assert torch.allclose(out, data.sum(3), rtol=1e-5, atol=1e-5)
