@@ -6,8 +6,12 @@ sizes of ImageNet CNNs) and deliberately not the layers of the models the cost m
 (benchmarks/lowerings.py), so that judgement measures how the model generalizes.
 
 A variant "<lowering>@blocked" is the lowering with blocked input and output (NCHW[lanes]c), measured on
-the shapes where it runs blocked (``Lowering.blocked_io``, channels a multiple of the lanes); it gets its
-own coefficients (cost/model.py).
+the shapes where it runs blocked (``Lowering.blocked_io``, channels a multiple of the lanes). Its
+coefficients are the lowering's own scaled by one factor fitted to those measurements
+(``fit_scale``): the layout changes how fast a kernel's copies and stores run, not what limits its main
+loop, and one parameter can't overfit the few shapes each variant runs (eight free coefficients did: a
+bytes coefficient 2.4x below the NCHW one made F(4x4) Winograd look fastest on 7x7 maps, where its 38 MB
+of transformed weights make it 1.4x slower than F(2x2)).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from ..schedules.conv_spec import ConvSpec
 from ..schedules.kernel import build_kernel
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
-from .model import BLOCKED, feature_vector, fit_coefficients
-from .profile import MachineProfile
+from .model import BLOCKED, feature_vector, fit_coefficients, fit_scale
+from .profile import FEATURES, MachineProfile
 
 
 def _conv(c, o, k, hw, stride=1, groups=1, dilation=1) -> ConvSpec:
@@ -162,8 +166,16 @@ def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvS
             rows[name].append((feature_vector(base, spec, profile, target.lanes), seconds))
             records.append({"lowering": name, "spec": spec.describe(), "seconds": seconds})
     coefficients = dict(profile.coefficients)
-    for name, measured in rows.items():
-        if measured:
-            features, seconds = zip(*measured)
-            coefficients[name] = fit_coefficients(np.array(features), np.array(seconds))
+    for name, measured in sorted(rows.items(), key=lambda item: item[0].endswith(BLOCKED)):  # bases first
+        if not measured:
+            continue
+        features, seconds = (np.array(v) for v in zip(*measured))
+        base = coefficients.get(name.removesuffix(BLOCKED)) if name.endswith(BLOCKED) else None
+        if name.endswith(BLOCKED) and base is None:
+            raise ValueError(f"{name}: calibrate {name.removesuffix(BLOCKED)} (its NCHW coefficients) first")
+        if base is not None:
+            scale = fit_scale(features @ np.array([base.get(f, 0.0) for f in FEATURES]), seconds)
+            coefficients[name] = {f: scale * base.get(f, 0.0) for f in FEATURES}
+        else:
+            coefficients[name] = fit_coefficients(features, seconds)
     return replace(profile, coefficients=coefficients, calibrated_on=f"{profile.cpu} ({target.key})"), records

@@ -11,8 +11,8 @@ per lowering by non-negative least squares on measured times, weighted so relati
 (``fit_coefficients``). Nothing is built to answer: it is arithmetic on formulas.
 
 Layouts: a lowering that runs on blocked tensors (``Lowering.blocked_io``) has a second set of coefficients,
-``"<lowering>@blocked"``, fitted on kernels whose input and output are NCHW[lanes]c (the same terms; the
-layout changes how fast the copies and stores run: the depthwise kernel's blocking pass becomes a copy).
+``"<lowering>@blocked"``: its NCHW coefficients times one factor fitted on kernels whose input and output
+are NCHW[lanes]c (calibrate.py; the depthwise kernel's blocking pass becomes a copy, for instance).
 Between blocked neighbours (``blocked=True``) those predict it; a lowering that can't run blocked pays
 ``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A profile without
 ``@blocked`` coefficients predicts every layout with the NCHW ones.
@@ -77,6 +77,12 @@ def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
         if blocked and not runs_blocked:
             predicted[name] += relayout_seconds(spec, profile)
     return predicted
+
+
+def fit_scale(predicted: np.ndarray, seconds: np.ndarray) -> float:
+    """s minimizing sum(((s * predicted - seconds) / seconds)^2): the factor between two sets of times."""
+    ratio = np.asarray(predicted, float) / np.asarray(seconds, float)
+    return float(ratio.sum() / (ratio ** 2).sum())
 
 
 def fit_coefficients(features: np.ndarray, seconds: np.ndarray) -> dict[str, float]:

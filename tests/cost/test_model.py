@@ -77,3 +77,11 @@ def test_calibration_measures_blocked_variants_where_they_run_blocked():
     assert "direct@blocked" not in variants(depthwise, names, 16)  # direct vectorizes it over pixels
     odd = ConvSpec(1, 24, 28, 28, 48, (1, 1))  # 24 channels don't make blocks of 16
     assert "direct@blocked" in variants(odd, names, 8) and "direct@blocked" not in variants(odd, names, 16)
+
+
+def test_fit_scale_is_the_factor_between_two_sets_of_times():
+    from convopt.cost.model import fit_scale
+
+    seconds = np.array([1e-3, 2e-3, 5e-4])
+    assert fit_scale(0.5 * seconds, seconds) == pytest.approx(2.0)
+    assert 1.0 < fit_scale(np.array([0.5e-3, 1.2e-3, 0.2e-3]), seconds) < 2.5
