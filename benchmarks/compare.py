@@ -2,12 +2,17 @@
 
     python benchmarks/compare.py [--models resnet18,...] [--vs eager,inductor,ort,ort-reparam,openvino-reparam]
                                  [--seconds 4] [--processes 2] [--out benchmarks/results/compare]
+    python benchmarks/compare.py --merge RUN1.json,RUN2.json --out OUT   (runs pooled: more processes each)
     convopt bench timm:resnet50 --vs eager,ort          (the same for one model)
 
 For each model, each contender is built in a fresh process, its output checked against eager by
 relative error, then called back to back for ``--seconds`` with 2 threads; the reported time is the
 lowest of ``--processes`` per-process medians (see convopt/bench.py for why). Writes OUT.{json,md}: ms
 per contender, convopt / peer ratios per model and their geometric means over the models.
+
+On a shared machine a whole run can be slowed by a neighbour; ``--merge`` pools the per-process medians of
+earlier runs' JSON files (the same contenders) and reports the lowest per model and contender, as if each
+had run in all of those processes, listing the runs it read.
 """
 
 from __future__ import annotations
@@ -49,6 +54,21 @@ def geomean_line(results: dict[str, dict[str, dict]], keys: list[str]) -> str:
     return f"Geometric means of {base} / peer over the models: " + ", ".join(parts) + "."
 
 
+def merge_runs(paths: list[str]) -> tuple[dict[str, dict[str, dict]], int]:
+    """(results pooled over the runs: each entry's median is the lowest of all its process medians; the
+    fewest processes any pooled entry had)."""
+    pooled: dict[str, dict[str, dict]] = {}
+    for path in paths:
+        for spec, entries in json.loads(Path(path).read_text())["results"].items():
+            for key, entry in entries.items():
+                into = pooled.setdefault(spec, {}).setdefault(key, dict(entry, process_medians_ms=[]))
+                into["process_medians_ms"] = into["process_medians_ms"] + entry.get("process_medians_ms", [])
+                if "median_ms" in entry:
+                    into["median_ms"] = min(into.get("median_ms", float("inf")), entry["median_ms"])
+    fewest = min((len(e["process_medians_ms"]) for entries in pooled.values() for e in entries.values()), default=0)
+    return pooled, fewest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEV_MODELS, help="comma-separated timm names or model specs")
@@ -58,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="processes per contender (the fastest counts)")
     parser.add_argument("--input-shape", default="1,3,224,224", help="the example input of every model")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compare"))
+    parser.add_argument("--merge", help="comma-separated JSON files of earlier runs to pool instead of measuring")
     args = parser.parse_args(argv)
     contenders = [c for c in args.convopt.split(",") + args.vs.split(",") if c]
     keys = entry_keys(contenders)
     results, warnings = {}, []
-    for name in args.models.split(","):
+    if args.merge:
+        results, fewest = merge_runs(args.merge.split(","))
+        keys = [k for k in keys if all(k in entries for entries in results.values())]
+    for name in [] if args.merge else args.models.split(","):
         spec = name if ":" in name else f"timm:{name}"
         results[spec] = compare_model(spec, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
                                       progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -71,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["model"] + [f"{k} ms" for k in keys] + [f"{keys[0]} / {k}" for k in keys[1:]]
     table = "\n\n".join([markdown_table(table_rows(results, keys), columns), geomean_line(results, keys), *warnings])
     command = "python benchmarks/compare.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None)
+    processes = fewest if args.merge else args.processes
     meta = {"command": command, "machine": machine_description(), "batch": 1,
-            "torch": torch.__version__, "seconds": args.seconds, "processes": args.processes}
+            "torch": torch.__version__, "seconds": args.seconds, "processes": processes}
+    pooled = f" (runs pooled: {args.merge})" if args.merge else ""
     caption = (f"{machine_description()}; input {args.input_shape}; each contender alone in its own process, "
-               f"lowest of {args.processes} per-process medians over {args.seconds:g} s of calls; "
+               f"lowest of at least {processes} per-process medians over {args.seconds:g} s of calls{pooled}; "
                f"ratio < 1 means {keys[0]} is faster")
     write_report(args.out, command, caption, table, {"meta": meta, "results": results})
     print(table)

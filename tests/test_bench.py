@@ -89,3 +89,25 @@ def test_time_ratios_and_geomean():
     assert time_ratios({"convopt": {"error": "x"}, "ort": {"median_ms": 1.0}}, "convopt") == {}
     assert geomean([0.5, 2.0]) == pytest.approx(1.0)
     assert geomean([1.0, 4.0]) == pytest.approx(2.0)
+
+
+def test_compare_merge_pools_the_process_medians_of_runs(tmp_path):
+    import importlib.util
+    import json
+
+    path = Path(__file__).parents[1] / "benchmarks" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare_script", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    runs = []
+    for i, (a, b) in enumerate([((3.0, 2.5), (5.0,)), ((2.0, 4.0), (6.0, 4.5))]):
+        results = {"timm:m": {"convopt": {"median_ms": min(a), "process_medians_ms": list(a)},
+                              "ort": {"median_ms": min(b), "process_medians_ms": list(b)}}}
+        runs.append(tmp_path / f"run{i}.json")
+        runs[-1].write_text(json.dumps({"command": "x", "results": results}))
+    pooled, fewest = compare.merge_runs([str(p) for p in runs])
+    assert pooled["timm:m"]["convopt"]["median_ms"] == 2.0 and pooled["timm:m"]["ort"]["median_ms"] == 4.5
+    assert pooled["timm:m"]["convopt"]["process_medians_ms"] == [3.0, 2.5, 2.0, 4.0] and fewest == 3
+    out = tmp_path / "merged"
+    assert compare.main(["--merge", ",".join(map(str, runs)), "--vs", "ort", "--out", str(out)]) == 0
+    assert "runs pooled" in (tmp_path / "merged.md").read_text()
