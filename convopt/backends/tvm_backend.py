@@ -51,9 +51,10 @@ def compile_graph(graph: Graph, target: Target):
     mod = to_relax(graph, target)
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
-        from ..schedules.cpu_fallback import ParallelFallback
+        from ..schedules.cpu_fallback import BlockedReduction, ParallelFallback
 
-        rules = [dlight.cpu.GEMV(), dlight.cpu.Reduction(), ParallelFallback(target.lanes)]
+        rules = [dlight.cpu.GEMV(), BlockedReduction(target.lanes), dlight.cpu.Reduction(),
+                 ParallelFallback(target.lanes)]
     else:
         rules = [dlight.gpu.Fallback()]
     with target.tvm:  # fast math, legalize and fuse, then a default schedule for every PrimFunc without one

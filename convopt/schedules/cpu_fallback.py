@@ -12,7 +12,8 @@ loops fused. With relax's FastMathTransform, exp / erf / tanh are polynomials, s
 too. A reduction whose innermost data-parallel loop is a whole number of vectors (pooling and spatial
 means of channel-blocked tensors, NCHW[lanes]c: that loop is the channel block) runs that loop
 vectorized inside the reduction loops. It is a dlight ScheduleRule, applied after dlight's CPU GEMV and
-reduction rules had their turn.
+reduction rules had their turn; ``BlockedReduction`` is the same rule for the functions with such a
+reduction, applied before dlight's reduction rule.
 """
 
 from __future__ import annotations
@@ -96,3 +97,29 @@ class ParallelFallback(dlight.ScheduleRule):
                 sch.parallel(fused)
             changed = True
         return sch if changed else None
+
+
+class BlockedReduction(ParallelFallback):
+    """ParallelFallback for functions with a reduction over a blocked tensor's spatial axes (a spatial mean
+    or a pool of NCHW[lanes]c: the innermost data-parallel loop is the channel block), applied before
+    dlight's CPU reduction rule, which would reduce such a tensor one channel at a time with strided loads
+    (a squeeze-excite mean at 112x112: 1.0 ms, 8x its memory bound). Other functions: None."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not self._has_blocked_reduction(func):
+            return None
+        return super().apply(func, target, _tunable)
+
+    def _has_blocked_reduction(self, func) -> bool:
+        sch = tvm.s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        for info in infos or ():
+            kinds = [it.kind for it in info.iters]
+            if "R" not in kinds:
+                continue
+            spatial = kinds.index("R")
+            extent = sch.get(info.iters[spatial - 1].loop_rv).extent if spatial else None
+            if (spatial >= 2 and all(k == "R" for k in kinds[spatial:]) and isinstance(extent, tvm.tirx.IntImm)
+                    and extent.value % self.lanes == 0 and extent.value <= 4 * self.lanes):
+                return True
+        return False

@@ -59,3 +59,24 @@ def test_a_reduction_over_the_innermost_axis_stays_scalar_and_correct():
     text, out, data = _run(lambda x: relax.op.sum(x, [3]), (2, 4, 6, 33), 8)
     assert "T.parallel" in text
     assert torch.allclose(out, data.sum(3), rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_reduction_takes_blocked_reductions_before_dlights_reduction_rule():
+    from convopt.schedules.cpu_fallback import BlockedReduction
+
+    def primfunc(shape, axes):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(bb.emit(relax.op.mean(x, axes, keepdims=True)))
+            bb.emit_func_output(out)
+        mod = relax.get_pipeline("zero")(bb.get())
+        return next(f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+
+    target = host(16)
+    rule = BlockedReduction(16)
+    scheduled = rule.apply(primfunc((1, 2, 9, 9, 16), [2, 3]), target.tvm, False)
+    assert scheduled is not None and "T.vectorized" in scheduled.mod.script()
+    assert rule.apply(primfunc((1, 32, 9, 9), [2, 3]), target.tvm, False) is None  # NCHW: dlight's rule
+    assert rule.apply(primfunc((1, 32, 9, 9), [1]), target.tvm, False) is None
