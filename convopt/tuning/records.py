@@ -90,14 +90,21 @@ def check(folder: Path, target: Target) -> int:
             raise CorruptRecords(f"{folder / RECORDS}: line {i} names workload {record[0]}, but "
                                  f"{folder / WORKLOADS} has {len(workloads)}")
         made_for = record[1][2]
-        key = _key_of(made_for)
-        if key != target.key:
-            raise CorruptRecords(f"{folder / RECORDS}: line {i} was tuned for target {key}, not {target.key}; "
-                                 f"records of each target belong in their own folder <log dir>/<target key>/")
+        if _code_target(made_for) != _code_target(json.loads(str(target.tvm))):
+            raise CorruptRecords(f"{folder / RECORDS}: line {i} was tuned for target {_describe(made_for)}, not "
+                                 f"{target.key}; records of each target belong in their own folder "
+                                 "<log dir>/<target key>/")
     return len(records)
 
 
-def _key_of(target_json) -> str:
+_CODE_FIELDS = ("kind", "mcpu", "mattr", "num-cores", "arch")  # what the generated code depends on
+
+
+def _code_target(target_json) -> tuple:
+    return tuple(str(target_json.get(f, "")) for f in _CODE_FIELDS) if isinstance(target_json, dict) else ()
+
+
+def _describe(target_json) -> str:
     try:
         return resolve_target(dict(target_json)).key
     except Exception:  # noqa: BLE001 - whatever TVM makes of a damaged target, it isn't this one

@@ -215,3 +215,58 @@ def test_compiles_for_other_x86(isa):
         schedule_direct_conv2d(sch, None, target)
         ex = tvm.compile(sch.mod, target=target.tvm)
         assert ("zmm" in ex.mod.inspect_source("asm")) == (isa == "avx512")
+
+
+# ---------------------------------------------------------------- the design space (MetaSchedule tuning)
+
+
+def _space_cases():
+    from convopt.schedules.conv_spec import ConvSpec
+
+    return [ConvSpec(1, 32, 14, 14, 64, (3, 3), padding=(1, 1)), ConvSpec(1, 64, 9, 9, 32, (1, 1))]
+
+
+def _categoricals(trace):
+    return [(inst, trace.decisions[inst]) for inst in trace.insts if inst.kind.name == "SampleCategorical"]
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_the_default_decisions_are_the_heuristics_tiles(lanes):
+    from convopt.schedules import tiling
+    from convopt.schedules.kernel import lower_to_primfunc
+
+    for spec in _space_cases():
+        weight = np.random.default_rng(0).standard_normal((spec.out_channels, spec.in_channels, *spec.kernel))
+        ob = channel_block(spec.out_per_group, lanes)
+        blocks = spec.out_channels // ob
+        expected = [tiling.channel_tile(blocks, ob, lanes)[0], tiling.column_tile(spec.out_width, blocks, ob, lanes)]
+        prim, _ = lower_to_primfunc("direct", spec, weight.astype("float32"), bias=False, residual=False,
+                                    activation="none", lanes=lanes)
+        traced = tvm.s_tir.Schedule(tvm.IRModule({"main": prim}))
+        schedule_direct_conv2d(traced, "main", host(lanes))
+        chosen = [int(inst.attrs[0][int(decision)]) for inst, decision in _categoricals(traced.trace)]
+        assert chosen == expected
+
+
+def test_another_decision_is_another_correct_kernel():
+    from convopt.schedules.kernel import Kernel, lower_to_primfunc
+
+    spec = _space_cases()[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, spec.in_channels, spec.height, spec.width, generator=g)
+    w = torch.randn(spec.out_channels, spec.in_channels, 3, 3, generator=g)
+    prim, prepared = lower_to_primfunc("direct", spec, w.numpy(), bias=False, residual=False, activation="none",
+                                       lanes=8)
+    mod = tvm.IRModule({"main": prim})
+    default = tvm.s_tir.Schedule(mod)
+    schedule_direct_conv2d(default, "main", host(8))
+    trace = default.trace
+    inst, decision = _categoricals(trace)[-1]  # the column tile
+    other = next(i for i in range(len(inst.attrs[0])) if i != int(decision))
+    replayed = tvm.s_tir.Schedule(mod)
+    trace.with_decision(inst, other, remove_postproc=True).apply_to_schedule(replayed, remove_postproc=True)
+    assert replayed.mod.script() != default.mod.script()
+    lib = tvm.compile(replayed.mod, target=host(8).tvm)
+    kernel = Kernel("direct", spec, lib["main"], prepared, None, False, tvm.cpu())
+    expected = torch.nn.functional.conv2d(x, w, padding=1)
+    assert _rel(kernel(x).numpy(), expected.numpy()) <= 1e-5
