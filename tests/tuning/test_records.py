@@ -108,8 +108,12 @@ def test_a_metaschedule_job_on_the_direct_kernels_design_space_writes_records_th
     space = ms.space_generator.ScheduleFn(lambda sch: schedule_direct_conv2d(sch, "main", host), sch_rules=[],
                                           postprocs="llvm", mutator_probs="llvm")
     database = open_database(host, tmp_path, create=True)
+    # generous timeouts: a fresh worker process imports tvm (and torch) first, which took over 30 s in a
+    # fresh CI venv (every build timed out at TVM's default)
     ms.tune_tir(mod, host.tvm, work_dir=str(tmp_path / "work"), max_trials_global=4, num_trials_per_iter=4,
-                space=space, database=database, cost_model="random")
+                space=space, database=database, cost_model="random",
+                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
+                runner=ms.runner.LocalRunner(timeout_sec=120))
     done = trials_done(open_database(host, tmp_path), mod)
     assert 1 <= done <= 4
     best = database.query_schedule(mod, host.tvm, workload_name="main")
