@@ -15,9 +15,10 @@ every candidate (``predicted_us``; a name ends in "@blocked" where b(n) held), s
 The graph's semantics don't change: only the backend reads these attrs.
 
 Preconditions: the graph's conv shapes are final (run after the folding and merging passes).
-Runs after the graph passes, before block_layout, in the inference pipeline when the target is a TVM CPU target (pipeline.build adds it with the
-target's SIMD width and its machine profile); ``overrides`` maps node names or module scopes to a lowering
-name, ``default`` forces one lowering on every conv that it can run.
+Runs after the graph passes and before block_layout in the inference pipeline when the target is a TVM
+CPU target (pipeline.build adds it with the target's SIMD width and its machine profile); ``overrides``
+maps node names or module scopes to a lowering name, ``default`` forces one lowering on every conv that it
+can run.
 """
 
 from __future__ import annotations
