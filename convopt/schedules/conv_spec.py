@@ -184,6 +184,11 @@ def output_compute(output_shape: tuple[int, int, int, int], value_at, *, bias=No
                       lambda n, cb, y, x, lane: value(n, cb * out_block + lane, y, x), name=name, attrs=attrs)
 
 
+def loop_extent(sch: "tvm.s_tir.Schedule", loop) -> int:
+    """The static extent of a loop of the schedule (every conv here has static shapes)."""
+    return int(sch.get(loop).extent)
+
+
 def optional_block(sch: "tvm.s_tir.Schedule", name: str, func_name: str | None):
     """The block ``name`` of the function, or None when this conv's compute has no such stage (e.g. no padding)."""
     try:

@@ -23,7 +23,7 @@ import numpy as np
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import OUTPUT_BLOCK, Lowering, optional_block, output_compute
+from .conv_spec import OUTPUT_BLOCK, Lowering, loop_extent, optional_block, output_compute
 
 PAD_BLOCK = "dw_blocked"
 ACC_BLOCK = "dw_acc"
@@ -75,9 +75,6 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
                           residual=residual, activation=activation, out_block=out_block)
 
 
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
 
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
@@ -90,7 +87,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUTPUT_BLOCK, func_name)
     n, cb, y, x, lane, ry, rx = sch.get_loops(acc)
-    xt = tiling.pick_tile(_extent(sch, x), tiling.accumulators(target.lanes))
+    xt = tiling.pick_tile(loop_extent(sch, x), tiling.accumulators(target.lanes))
     xo, xi = sch.split(x, [None, xt])
     sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
     sch.parallel(sch.fuse(n, cb, y))

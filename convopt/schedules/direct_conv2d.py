@@ -50,7 +50,7 @@ import tvm
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import Lowering, optional_block, output_compute
+from .conv_spec import Lowering, loop_extent, optional_block, output_compute
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -239,10 +239,6 @@ def find_direct_conv2d_funcs(mod: tvm.IRModule) -> list[str]:
     return names
 
 
-def _loop_extent(sch, loop):
-    return int(sch.get(loop).extent)
-
-
 def channel_tiles(blocks: int, default: int) -> list[int]:
     """Channel blocks per register tile the design space may choose: 1, or 2 when the blocks pair up."""
     return sorted({default, 1} | ({2} if blocks % 2 == 0 else set()))
@@ -309,14 +305,14 @@ def schedule_direct_conv2d(
     out = sch.get_sblock(OUT_BLOCK, func_name)
 
     n, b, y, x, l, rc, ry, rx = sch.get_loops(acc)
-    OCB, OW, OB = (_loop_extent(sch, v) for v in (b, x, l))
+    OCB, OW, OB = (loop_extent(sch, v) for v in (b, x, l))
 
     # --- padding: its own parallel pass (cheap; keeps the hot loop branch-free)
     pad = optional_block(sch, PAD_BLOCK, func_name)
     if pad is not None:
         pn, pc, ph, *_, pw = sch.get_loops(pad)  # (phase,) column
         sch.parallel(sch.fuse(pn, pc, ph))
-        if _loop_extent(sch, pw) >= lanes:
+        if loop_extent(sch, pw) >= lanes:
             _, pwi = sch.split(pw, [None, lanes])
             sch.vectorize(pwi)
 
@@ -337,7 +333,7 @@ def schedule_direct_conv2d(
         ow_tile = default_ow  # the epilogue's choices below hold for every candidate (column_tiles)
         red = {"rc": rc, "ry": ry, "rx": rx}
         order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
-        if _loop_extent(sch, ry) * _loop_extent(sch, rx) == 1:
+        if loop_extent(sch, ry) * loop_extent(sch, rx) == 1:
             # 1x1: output rows outermost, so one input row serves every channel block
             # while it is in cache (weights are small); measured ~1.2x on 256->64.
             sch.reorder(n, y, bo, xo, *order, bi, xi, l)
@@ -370,7 +366,7 @@ def schedule_direct_conv2d(
     if int(sch.get(out).annotations[TILED_EPILOGUE]):
         sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
         last = sch.get_loops(out)[-1]  # NCHW: output columns of the tile; blocked: the channel block
-        if blocked or (1 < _loop_extent(sch, last) <= 8 * lanes and OW % ow_tile == 0):
+        if blocked or (1 < loop_extent(sch, last) <= 8 * lanes and OW % ow_tile == 0):
             sch.vectorize(last)
         # (measured slower: unrolling the epilogue's channel loop; vectorizing the epilogue over channels
         # with strided NCHW stores)

@@ -55,7 +55,7 @@ import numpy as np
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import OUTPUT_BLOCK, Lowering, output_compute
+from .conv_spec import OUTPUT_BLOCK, Lowering, loop_extent, output_compute
 
 ROWS_BLOCK = "fft_w"  # A
 SPEC_BLOCK = "fft_hw"  # P
@@ -195,8 +195,6 @@ def compute(data, fw, fh, q, gh, gw, *, bias=None, residual=None, spec, activati
 
 
 # ----------------------------------------------------------------------------- x86 schedule
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
 
 
 def _gemm(sch, block, outer, m, n, reduce, lanes, *, consumer=None, consumer_cols=None, rows_parallel=False):
@@ -206,8 +204,8 @@ def _gemm(sch, block, outer, m, n, reduce, lanes, *, consumer=None, consumer_col
 
     With ``consumer`` (an elementwise block reading ``consumer_cols`` of the n columns) that block is
     computed per tile instead of writing the tile back. Returns the parallel loop, if any."""
-    width = math.gcd(_extent(sch, n), vector_width(lanes))  # J and OWp are whole vectors
-    mt, nv = tiling.fft_gemm_tile(_extent(sch, m), _extent(sch, n) // width, lanes)
+    width = math.gcd(loop_extent(sch, n), vector_width(lanes))  # J and OWp are whole vectors
+    mt, nv = tiling.fft_gemm_tile(loop_extent(sch, m), loop_extent(sch, n) // width, lanes)
     lanes = width
     mo, mi = sch.split(m, [None, mt])
     no, ni = sch.split(n, [None, nv * lanes])
@@ -228,7 +226,7 @@ def _gemm(sch, block, outer, m, n, reduce, lanes, *, consumer=None, consumer_col
     sch.reverse_compute_at(store, no, preserve_unit_loops=True)
     sch.decompose_reduction(block, reduce[0])
     last = sch.get_loops(store)[-1]
-    if _extent(sch, last) % lanes == 0 and (consumer_cols or 0) % (nv * lanes) == 0:
+    if loop_extent(sch, last) % lanes == 0 and (consumer_cols or 0) % (nv * lanes) == 0:
         sch.vectorize(last)
     return par
 
@@ -262,7 +260,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     blk = get(INV_W_BLOCK)
     n, o, y, x, j = sch.get_loops(blk)
     par = _gemm(sch, blk, [n, o], y, x, [j], lanes, consumer=out,
-                consumer_cols=_extent(sch, sch.get_loops(out)[-1]))
+                consumer_cols=loop_extent(sch, sch.get_loops(out)[-1]))
 
     blk = get(INV_H_BLOCK)
     sch.compute_at(blk, par, preserve_unit_loops=True)

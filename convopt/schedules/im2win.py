@@ -42,6 +42,7 @@ from tvm import te, tirx
 
 from .conv_spec import (
     OUTPUT_BLOCK,
+    loop_extent,
     optional_block,
     output_compute,
     Lowering,
@@ -140,9 +141,6 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
                           residual=residual, activation=activation, out_block=out_block)
 
 
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
 
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
@@ -160,14 +158,14 @@ def schedule_cpu(sch, func_name, target) -> None:
             sch.unroll(sch.split(j, [None, kh_])[1])
 
     n, b, y, x, lane, rc, rs, rr = sch.get_loops(acc)
-    ocb, ow_, ob = _extent(sch, b), _extent(sch, x), _extent(sch, lane)
+    ocb, ow_, ob = loop_extent(sch, b), loop_extent(sch, x), loop_extent(sch, lane)
     if tiling.vectorizes_channels(ob, lanes):
         # the direct kernel's register tile: 2 vector blocks x 4 outputs with AVX2, x 8 with AVX-512
         ot, _ = tiling.channel_tile(ocb, ob, lanes)
         wt = tiling.column_tile(ow_, ocb, ob, lanes)
         bo, bi = sch.split(b, [None, ot])
         xo, xi = sch.split(x, [None, wt])
-        if _extent(sch, rs) * _extent(sch, rr) == 1:
+        if loop_extent(sch, rs) * loop_extent(sch, rr) == 1:
             # 1x1: output rows outermost, so an input row serves every channel block from cache
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
@@ -193,7 +191,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     # the epilogue per register tile; the tile-sized accumulator stays on the stack
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
     last = sch.get_loops(out)[-1]  # NCHW: output columns of the tile; blocked: the channel block
-    if len(sch.get(out).iter_vars) == 5 or (1 < _extent(sch, last) <= 8 * lanes and ow_ % wt == 0):
+    if len(sch.get(out).iter_vars) == 5 or (1 < loop_extent(sch, last) <= 8 * lanes and ow_ % wt == 0):
         sch.vectorize(last)
 
 

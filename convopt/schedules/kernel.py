@@ -62,17 +62,16 @@ class Kernel:
         args = [to_tvm(x)] + self._constants + self._bias
         if self.has_residual:
             args.append(to_tvm(to_layout(residual, self.out_block)))
-        return args + [self._out], (x, residual)  # (the tensors must outlive the call)
+        return args + [self._out]  # (a DLPack tensor keeps its torch tensor alive)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        args, _keep = self._args(x, residual)
-        self._func(*args)
+        self._func(*self._args(x, residual))
         return from_layout(torch.from_dlpack(self._out), self.out_block).clone()
 
     def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing)."""
-        args, keep = self._args(x, residual)
-        return lambda: self._func(*args) or keep
+        args = self._args(x, residual)
+        return lambda: self._func(*args)
 
     def time(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, repeat: int = 7,
              min_seconds: float = 0.02) -> float:

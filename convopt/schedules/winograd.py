@@ -53,7 +53,7 @@ import numpy as np
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import OUTPUT_BLOCK, ConvSpec, Lowering, output_compute
+from .conv_spec import OUTPUT_BLOCK, ConvSpec, Lowering, loop_extent, output_compute
 
 VARIANTS = ("winograd2", "winograd4")
 PAD_BLOCK, V_BLOCK, GEMM_BLOCK = "wino_pad", "wino_V", "wino_M"
@@ -205,9 +205,6 @@ def compute(data, U, *, bias=None, residual=None, spec: ConvSpec, activation="no
 
 
 # ---------------------------------------------------------------- schedules
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
 
 def _largest_divisor(n: int, candidates) -> int:
     return next(c for c in candidates if n % c == 0)
@@ -228,8 +225,8 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     # input transform: per (tile, channel block), all alpha^2 positions unrolled, ob channels a vector
     xi, nu, n, ty, tx, c = sch.get_loops(vblk)
-    ob = _extent(sch, sch.get_loops(pad)[-1])
-    m = _extent(sch, xi) - 2
+    ob = loop_extent(sch, sch.get_loops(pad)[-1])
+    m = loop_extent(sch, xi) - 2
     cb, cl = sch.split(c, [None, ob])
     sch.reorder(n, ty, tx, cb, xi, nu, cl)
     sch.parallel(sch.fuse(n, ty, tx, cb))
@@ -239,8 +236,8 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     # batched GEMM: register tile ot blocks of ob output channels x tt tiles, reduction over channels
     xi, nu, b, t, ol, rc = sch.get_loops(gemm)
-    ot = 2 if _extent(sch, b) % 2 == 0 else 1
-    tt = _largest_divisor(_extent(sch, t), (6, 5, 4, 3, 2, 1))
+    ot = 2 if loop_extent(sch, b) % 2 == 0 else 1
+    tt = _largest_divisor(loop_extent(sch, t), (6, 5, 4, 3, 2, 1))
     bo, bi = sch.split(b, [None, ot])
     to, ti = sch.split(t, [None, tt])
     sch.reorder(xi, nu, bo, to, rc, ti, bi, ol)
@@ -259,7 +256,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     if lane:  # a blocked output: its channel block is the vector
         oo, oi, whole_blocks = o, lane[0], True
     else:
-        whole_blocks = _extent(sch, o) % ob == 0
+        whole_blocks = loop_extent(sch, o) % ob == 0
         oo, oi = sch.split(o, [None, ob])
     yo, yi = sch.split(y, [None, m])
     xo, xi_ = sch.split(x, [None, m])
