@@ -94,6 +94,23 @@ class OptimizedModule(nn.Module):
         return pytree.tree_unflatten(list(outputs), self._out_spec)
 
     @property
+    def tuning(self) -> dict[str, dict]:
+        """IR node -> how its kernel was scheduled, for every node computed by a kernel of convopt's (convs
+        and linear layers on a TVM CPU target): {"kernel", "status": "tuned" | "default" | "untuned",
+        "default_us", "best_us", "speedup"} (tuning/apply.py). Empty for other targets."""
+        table = getattr(self._compiled, "kernels", None) or {}
+        out = {}
+        for kernel, row in table.items():
+            tuning = row.get("tuning")
+            if tuning is None:
+                continue
+            speedup = (tuning["default_us"] / tuning["best_us"]
+                       if tuning.get("default_us") and tuning.get("best_us") else None)
+            for node in row["nodes"]:
+                out[node] = {"kernel": kernel, **tuning, "speedup": speedup}
+        return out
+
+    @property
     def target(self) -> str:
         """Where it runs: "torch", or the key of the TVM target (convopt.target.Target.key)."""
         compiled_target = getattr(self._compiled, "target", None)
@@ -161,7 +178,7 @@ def _env_flag(name: str) -> bool:
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
              dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
              skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None,
-             lowering: str | dict[str, str] | None = None) -> OptimizedModule:
+             lowering: str | dict[str, str] | None = None, tuning_logs=None) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
     target: "cpu" / "cuda" (or a TVM target dict, a tvm.target.Target or a convopt Target) compile the
@@ -175,7 +192,11 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
     model picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col",
     "im2win", "winograd2", "winograd4", "fft", "depthwise") forces it wherever it applies, and a dict {layer: lowering}
-    forces it per layer (keys: module names such as "layer1.0.conv1", or IR node names).
+    forces it per layer (keys: module names such as "layer1.0.conv1", or IR node names). tuning_logs: on a
+    TVM CPU target each kernel runs the fastest schedule its tuning records hold for this machine (written by
+    ``convopt tune``), read from the shipped tuning_logs/, $CONVOPT_TUNING_LOGS, ./tuning_logs and this
+    folder (or list of folders); False runs every kernel's default schedule. ``.tuning`` says per conv which
+    ran tuned code.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
@@ -201,7 +222,10 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     else:
         from .backends.tvm_backend import TVMGraphModule, compile_graph
 
-        executable, kernels = compile_graph(graph, target)
+        from .tuning.apply import TunedSchedules
+
+        records = None if tuning_logs is False else TunedSchedules.for_target(target, tuning_logs)
+        executable, kernels = compile_graph(graph, target, records)
         compiled = TVMGraphModule(executable, target, kernels)
     frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
     result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)

@@ -160,17 +160,35 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     return out
 
 
-def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, KernelUse]) -> tvm.IRModule:
-    """Schedule each of convopt's PrimFuncs with its own schedule; mark it opaque and scheduled."""
-    if not kernels:
-        return mod
-    sch = tvm.s_tir.Schedule(mod)
+def workload(mod: tvm.IRModule, name: str) -> tvm.IRModule:
+    """PrimFunc ``name`` of ``mod``, unscheduled, as the one-function module ("main") that tuning tasks and
+    records are keyed by: equal convs of any model share it (weights are arguments, not part of it). It
+    carries the global symbol "main" that a module compiled on its own needs (schedule_kernels removes it)."""
+    return tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")})
+
+
+def default_schedule(use: KernelUse, target: Target) -> Callable[[tvm.s_tir.Schedule], None]:
+    """The kernel's hand-written schedule as a function of a Schedule over its workload (also its tuning
+    design space: its tunable choices are samples whose decisions default to the heuristic)."""
+    return lambda sch: use.schedule(sch, "main", target)
+
+
+def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, KernelUse], records=None) -> tvm.IRModule:
+    """Schedule each of convopt's PrimFuncs: with the best record of ``records`` (tuning/apply.py) for its
+    workload, else its default schedule; mark it opaque and scheduled, and say which ran
+    (``convopt.tuning``: "tuned", "default" or "untuned", with the measured microseconds). Updates ``mod``."""
     for name, use in kernels.items():
-        use.schedule(sch, name, target)
-    mod = sch.mod
-    for name, use in kernels.items():
-        gv = mod.get_global_var(name)
-        mod[gv] = (mod[gv].with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
-                   .with_attr("convopt.lowering", use.kind).with_attr("convopt.nodes", ",".join(use.nodes))
-                   .with_attr("convopt.flops", str(use.flops)))
+        task = workload(mod, name)
+        if records is not None:
+            func, tuning = records.schedule(task, default_schedule(use, target), name)
+        else:
+            sch = tvm.s_tir.Schedule(task)
+            default_schedule(use, target)(sch)
+            func, tuning = sch.mod["main"], None
+        func = (func.without_attr("global_symbol").with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
+                .with_attr("convopt.lowering", use.kind).with_attr("convopt.nodes", ",".join(use.nodes))
+                .with_attr("convopt.flops", str(use.flops)))
+        if tuning is not None:
+            func = func.with_attr("convopt.tuning", tuning.to_attr())
+        mod[mod.get_global_var(name)] = func
     return mod

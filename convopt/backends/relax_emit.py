@@ -260,13 +260,26 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op not in EMITTERS]
 
 
-def to_relax(graph: Graph, target: Target | None = None):
+def to_relax(graph: Graph, target: Target | None = None, records=None):
     """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs.
 
     For a CPU ``target`` (a convopt Target), convs with constant weights call convopt's own kernels (the lowering in
     each node's attrs) with fused epilogues, and linear layers with constant weights its dense kernel
-    (backends/conv_kernels.py), scheduled here; everything else is Relax's generic ops.
+    (backends/conv_kernels.py), scheduled here: with the best tuning record of ``records``
+    (tuning/apply.py ``TunedSchedules``) where it has one, else the kernel's default schedule. Everything
+    else is Relax's generic ops.
     """
+    mod, kernels = emit(graph, target)
+    if not kernels:
+        return mod
+    from .conv_kernels import schedule_kernels
+
+    return schedule_kernels(mod, target, kernels, records)
+
+
+def emit(graph: Graph, target: Target | None = None):
+    """(the Relax IRModule of ``to_relax`` with convopt's kernels still unscheduled, PrimFunc name ->
+    ``conv_kernels.KernelUse`` of those kernels): what tuning extracts its tasks from."""
     missing = unsupported_nodes(graph)
     if missing:
         n = missing[0]
@@ -278,11 +291,12 @@ def to_relax(graph: Graph, target: Target | None = None):
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     ctx = EmitContext(graph, bb)
+    kernels = {}
     own_kernels = target is not None and target.is_cpu
     if own_kernels:
         from . import conv_kernels
 
-        plans, lanes, kernels = conv_kernels.plan_epilogues(graph), target.lanes, {}
+        plans, lanes = conv_kernels.plan_epilogues(graph), target.lanes
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
     with bb.function("main", params):
         with bb.dataflow():
@@ -301,5 +315,4 @@ def to_relax(graph: Graph, target: Target | None = None):
                     env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, operands(ctx, n, env)))
             out = bb.emit_output(relax.Tuple([env[o] for o in graph.outputs]))
         bb.emit_func_output(out)
-    mod = bb.get()
-    return conv_kernels.schedule_kernels(mod, target, kernels) if own_kernels else mod
+    return bb.get(), kernels

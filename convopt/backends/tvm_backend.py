@@ -26,7 +26,8 @@ ARTIFACT_IR = "graph.ir"
 
 def kernel_table(mod: tvm.IRModule) -> dict[str, dict]:
     """PrimFunc name -> what one call of it computes: FLOPs (a conv's direct FLOPs; TVM's estimate for the
-    rest), bytes of its arguments (each read or written at least once), its lowering and IR nodes, if a conv."""
+    rest), bytes of its arguments (each read or written at least once), its lowering and IR nodes, if a conv,
+    and how it was scheduled ("tuning": see tuning/apply.py KernelTuning), if convopt's kernel."""
     table = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -43,12 +44,15 @@ def kernel_table(mod: tvm.IRModule) -> dict[str, dict]:
                      for buf in func.params if isinstance(buf, tvm.tirx.Buffer))
         table[gv.name_hint] = {"flops": flops, "bytes": nbytes, "lowering": str(attrs.get("convopt.lowering", "")),
                                "nodes": [n for n in str(attrs.get("convopt.nodes", "")).split(",") if n]}
+        if "convopt.tuning" in attrs:
+            table[gv.name_hint]["tuning"] = json.loads(str(attrs["convopt.tuning"]))
     return table
 
 
-def compile_graph(graph: Graph, target: Target):
-    """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``)."""
-    mod = to_relax(graph, target)
+def compile_graph(graph: Graph, target: Target, records=None):
+    """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``). ``records``
+    (tuning/apply.py ``TunedSchedules``): schedule convopt's kernels from tuning records where they have one."""
+    mod = to_relax(graph, target, records)
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
         from ..schedules.cpu_fallback import BlockedReduction, ParallelFallback

@@ -189,6 +189,14 @@ def loop_extent(sch: "tvm.s_tir.Schedule", loop) -> int:
     return int(sch.get(loop).extent)
 
 
+def sample(sch: "tvm.s_tir.Schedule", candidates: list[int], default: int):
+    """A tunable choice: a MetaSchedule categorical sample over ``candidates`` (uniform) whose decision is
+    ``default``, so the untuned schedule is the design space's default trace (tuning/tasks.py). Split a
+    loop by it; never branch on it in Python (the search replays traces, it doesn't rerun the schedule)."""
+    return sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates),
+                                  decision=candidates.index(default))
+
+
 def optional_block(sch: "tvm.s_tir.Schedule", name: str, func_name: str | None):
     """The block ``name`` of the function, or None when this conv's compute has no such stage (e.g. no padding)."""
     try:

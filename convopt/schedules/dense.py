@@ -19,6 +19,7 @@ import tvm
 from tvm import te
 
 from . import tiling
+from .conv_spec import sample
 from .activations import activate
 
 GEMM_BLOCK = "dense_gemm"
@@ -58,8 +59,9 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> None
     m, b, lane, k = sch.get_loops(gemm)
     rows, blocks = int(sch.get(m).extent), int(sch.get(b).extent)
     mt, nv = tiling.dense_tile(rows, blocks, target.lanes)
-    mo, mi = sch.split(m, [None, mt])
-    bo, bi = sch.split(b, [None, nv])
+    # tunable: both tiles are samples around the default (both split exactly)
+    mo, mi = sch.split(m, [None, sample(sch, tiling.divisor_tiles(rows, 6, mt), mt)])
+    bo, bi = sch.split(b, [None, sample(sch, tiling.divisor_tiles(blocks, tiling.accumulators(target.lanes), nv), nv)])
     sch.reorder(mo, bo, k, mi, bi, lane)
     sch.parallel(sch.fuse(mo, bo))
     sch.unroll(mi)

@@ -23,7 +23,7 @@ import numpy as np
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import OUTPUT_BLOCK, Lowering, loop_extent, optional_block, output_compute
+from .conv_spec import OUTPUT_BLOCK, Lowering, loop_extent, optional_block, output_compute, sample
 
 PAD_BLOCK = "dw_blocked"
 ACC_BLOCK = "dw_acc"
@@ -87,8 +87,9 @@ def schedule_cpu(sch, func_name, target) -> None:
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUTPUT_BLOCK, func_name)
     n, cb, y, x, lane, ry, rx = sch.get_loops(acc)
-    xt = tiling.pick_tile(loop_extent(sch, x), tiling.accumulators(target.lanes))
-    xo, xi = sch.split(x, [None, xt])
+    width = loop_extent(sch, x)
+    xt = tiling.pick_tile(width, tiling.accumulators(target.lanes))
+    xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(width, xt, target.lanes), xt)])  # tunable
     sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
     sch.parallel(sch.fuse(n, cb, y))
     sch.unroll(xi)

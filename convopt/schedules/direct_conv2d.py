@@ -50,7 +50,7 @@ import tvm
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import Lowering, loop_extent, optional_block, output_compute
+from .conv_spec import Lowering, loop_extent, optional_block, output_compute, sample
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -239,26 +239,6 @@ def find_direct_conv2d_funcs(mod: tvm.IRModule) -> list[str]:
     return names
 
 
-def channel_tiles(blocks: int, default: int) -> list[int]:
-    """Channel blocks per register tile the design space may choose: 1, or 2 when the blocks pair up."""
-    return sorted({default, 1} | ({2} if blocks % 2 == 0 else set()))
-
-
-def column_tiles(out_width: int, default: int, lanes: int) -> list[int]:
-    """Output columns per register tile the design space may choose: up to all the accumulators, each
-    dividing the row exactly when the default does (the epilogue's vectorization depends on that, and a
-    sampled value must not change a Python branch: the search replays traces, it doesn't rerun this)."""
-    divides = out_width % default == 0
-    limit = min(out_width, tiling.accumulators(lanes))
-    return sorted({default} | {t for t in range(2, limit + 1) if (out_width % t == 0) == divides})
-
-
-def _sample(sch, candidates: list[int], default: int):
-    """A MetaSchedule categorical sample over ``candidates`` whose decision is ``default``."""
-    return sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates),
-                                  decision=candidates.index(default))
-
-
 def schedule_direct_conv2d(
     sch: "tvm.s_tir.Schedule",
     func_name: str | None = None,
@@ -328,8 +308,8 @@ def schedule_direct_conv2d(
         default_oc, _ = tiling.channel_tile(OCB, OB, lanes)
         oc_tile = oc_tile or default_oc
         default_ow = ow_tile or tiling.column_tile(OW, OCB, OB, lanes)
-        bo, bi = sch.split(b, [None, _sample(sch, channel_tiles(OCB, oc_tile), oc_tile)])
-        xo, xi = sch.split(x, [None, _sample(sch, column_tiles(OW, default_ow, lanes), default_ow)])
+        bo, bi = sch.split(b, [None, sample(sch, tiling.channel_tiles(OCB, oc_tile), oc_tile)])
+        xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(OW, default_ow, lanes), default_ow)])
         ow_tile = default_ow  # the epilogue's choices below hold for every candidate (column_tiles)
         red = {"rc": rc, "ry": ry, "rx": rx}
         order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]

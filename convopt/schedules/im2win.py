@@ -46,6 +46,7 @@ from .conv_spec import (
     optional_block,
     output_compute,
     Lowering,
+    sample,
 )
 from . import tiling
 
@@ -163,8 +164,9 @@ def schedule_cpu(sch, func_name, target) -> None:
         # the direct kernel's register tile: 2 vector blocks x 4 outputs with AVX2, x 8 with AVX-512
         ot, _ = tiling.channel_tile(ocb, ob, lanes)
         wt = tiling.column_tile(ow_, ocb, ob, lanes)
-        bo, bi = sch.split(b, [None, ot])
-        xo, xi = sch.split(x, [None, wt])
+        # tunable like the direct kernel's tile (the epilogue's choices below hold for every candidate)
+        bo, bi = sch.split(b, [None, sample(sch, tiling.channel_tiles(ocb, ot), ot)])
+        xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(ow_, wt, lanes), wt)])
         if loop_extent(sch, rs) * loop_extent(sch, rr) == 1:
             # 1x1: output rows outermost, so an input row serves every channel block from cache
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)

@@ -58,6 +58,20 @@ def column_tile(out_width: int, blocks: int, block: int, lanes: int) -> int:
     return pick_tile(out_width, max(1, accumulators(lanes) // (tile * vectors)))
 
 
+def channel_tiles(blocks: int, default: int) -> list[int]:
+    """Channel blocks per register tile the design space may choose: 1, or 2 when the blocks pair up."""
+    return sorted({default, 1} | ({2} if blocks % 2 == 0 else set()))
+
+
+def column_tiles(out_width: int, default: int, lanes: int) -> list[int]:
+    """Output columns per register tile the design space may choose: up to all the accumulators, each
+    dividing the row exactly when the default does (the epilogue's vectorization depends on that, and a
+    sampled value must not change a Python branch: the search replays traces, it doesn't rerun this)."""
+    divides = out_width % default == 0
+    limit = min(out_width, accumulators(lanes))
+    return sorted({default} | {t for t in range(2, limit + 1) if (out_width % t == 0) == divides})
+
+
 def row_tile(out_width: int, lanes: int) -> int:
     """Output columns per tile of the column-vectorized (depthwise) direct kernel: the whole row when it
     fits in 8 vectors (independent accumulators), else a divisor made of 8..3 vectors, else 4 vectors."""
@@ -115,6 +129,12 @@ def fft_gemm_tile(rows: int, vectors: int, lanes: int, max_rows: int = 8) -> tup
             if score > best_score:
                 best, best_score = (mt, nv), score
     return best
+
+
+def divisor_tiles(extent: int, limit: int, default: int) -> list[int]:
+    """Tiles the design space may choose for a loop that must split exactly: the divisors of ``extent`` up
+    to ``limit``, and the default."""
+    return sorted({default} | {d for d in range(1, min(extent, limit) + 1) if extent % d == 0})
 
 
 def dense_tile(rows: int, blocks: int, lanes: int) -> tuple[int, int]:

@@ -53,7 +53,7 @@ import numpy as np
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import OUTPUT_BLOCK, ConvSpec, Lowering, loop_extent, output_compute
+from .conv_spec import OUTPUT_BLOCK, ConvSpec, Lowering, loop_extent, output_compute, sample
 
 VARIANTS = ("winograd2", "winograd4")
 PAD_BLOCK, V_BLOCK, GEMM_BLOCK = "wino_pad", "wino_V", "wino_M"
@@ -236,10 +236,12 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     # batched GEMM: register tile ot blocks of ob output channels x tt tiles, reduction over channels
     xi, nu, b, t, ol, rc = sch.get_loops(gemm)
-    ot = 2 if loop_extent(sch, b) % 2 == 0 else 1
-    tt = _largest_divisor(loop_extent(sch, t), (6, 5, 4, 3, 2, 1))
-    bo, bi = sch.split(b, [None, ot])
-    to, ti = sch.split(t, [None, tt])
+    # tunable: ot and tt are samples around the default (both split exactly)
+    blocks, tiles = loop_extent(sch, b), loop_extent(sch, t)
+    ot = 2 if blocks % 2 == 0 else 1
+    tt = _largest_divisor(tiles, (6, 5, 4, 3, 2, 1))
+    bo, bi = sch.split(b, [None, sample(sch, tiling.divisor_tiles(blocks, 2, ot), ot)])
+    to, ti = sch.split(t, [None, sample(sch, tiling.divisor_tiles(tiles, 8, tt), tt)])
     sch.reorder(xi, nu, bo, to, rc, ti, bi, ol)
     sch.parallel(sch.fuse(xi, nu, bo))
     acc = sch.cache_write(gemm, 0, "global")

@@ -129,8 +129,9 @@ def open_database(target: Target, log_dir: str | Path | None = None, *, create: 
 
 
 def trials_done(database, mod) -> int:
-    """How many records ``database`` has for the workload ``mod`` (an IRModule): the trials a resumed job
-    has already measured."""
+    """How many records ``database`` has for the workload ``mod`` (an IRModule), those of candidates that
+    failed to build or run included: the trials a resumed job has already measured."""
     if database is None or not database.has_workload(mod):
         return 0
-    return len(database.get_top_k(database.commit_workload(mod), 1 << 30))
+    token = database.commit_workload(mod)
+    return sum(1 for r in database.get_all_tuning_records() if r.workload.same_as(token))

@@ -1,0 +1,132 @@
+"""Applying tuning records when a model is compiled: each kernel runs the fastest schedule measured for its
+workload on this target, or its hand-written default.
+
+The records come from every folder of this target's key (records.py) under, in order: the repository's
+shipped ``tuning_logs/``, ``$CONVOPT_TUNING_LOGS``, ``./tuning_logs`` (where ``convopt tune`` writes by
+default) and the ``tuning_logs=`` argument of optimize(). Among all records of a workload the lowest mean
+run time wins; a record never changes results, only speed (it is a schedule of the same computation).
+
+The default schedule is recognised by its trace: a tuning job measures it first, so every tuned kernel
+knows how much faster its tuned code is (``KernelTuning``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import tvm
+
+from ..target import Target
+from .records import SHIPPED_LOGS, open_database, other_keys
+
+ENV_LOGS = "CONVOPT_TUNING_LOGS"
+LOCAL_LOGS = Path("tuning_logs")  # relative to the working directory: `convopt tune`'s default
+
+
+@dataclass(frozen=True)
+class KernelTuning:
+    """How a kernel was scheduled: "tuned" (a searched schedule measured faster than the default), "default"
+    (tuned, and the default stayed the fastest) or "untuned" (no record for its workload on this target)."""
+
+    status: str
+    default_us: float | None = None  # measured by the tuning job
+    best_us: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_us is None or self.best_us is None:
+            return None
+        return self.default_us / self.best_us
+
+    def to_attr(self) -> str:
+        return json.dumps({"status": self.status, "default_us": self.default_us, "best_us": self.best_us})
+
+    @classmethod
+    def from_attr(cls, text: str) -> "KernelTuning":
+        return cls(**json.loads(text))
+
+
+def trace_key(trace) -> str:
+    """A trace's instructions and decisions as text: equal for the same schedule however it was stored."""
+    return str(trace)
+
+
+def mean_seconds(record) -> float:
+    return statistics.fmean(float(s) for s in record.run_secs)
+
+
+def default_log_dirs(tuning_logs: str | os.PathLike | Iterable | None = None) -> list[Path]:
+    """The folders optimize() reads records from (see the module docstring), existing ones, each once."""
+    dirs = [SHIPPED_LOGS]
+    if os.environ.get(ENV_LOGS):
+        dirs += [Path(p) for p in os.environ[ENV_LOGS].split(os.pathsep) if p]
+    dirs.append(LOCAL_LOGS)
+    if tuning_logs is not None:
+        dirs += [Path(tuning_logs)] if isinstance(tuning_logs, (str, os.PathLike)) else [Path(p) for p in tuning_logs]
+    seen, unique = set(), []
+    for d in dirs:
+        resolved = d.resolve()
+        if resolved not in seen and resolved.is_dir():
+            seen.add(resolved)
+            unique.append(d)
+    return unique
+
+
+class TunedSchedules:
+    """The tuning records of one target, from several log folders; ``schedule`` picks a kernel's schedule."""
+
+    def __init__(self, target: Target, log_dirs: Iterable[str | os.PathLike]):
+        self.target = target
+        self.log_dirs = [Path(d) for d in log_dirs]
+        self.databases = [db for db in (open_database(target, d) for d in self.log_dirs) if db is not None]
+
+    @classmethod
+    def for_target(cls, target: Target, tuning_logs=None) -> "TunedSchedules":
+        """The records optimize() applies for ``target``. Records made for other target keys are not applied
+        (records.py says why); when only those exist, a warning names them."""
+        found = cls(target, default_log_dirs(tuning_logs))
+        if not found.databases:
+            others = sorted({key for d in found.log_dirs for key in other_keys(target, d)})
+            if others:
+                warnings.warn(f"tuning records exist for {', '.join(others)} but not for this target "
+                              f"({target.key}); kernels run their default schedules. Run `convopt tune` here "
+                              "to tune for this machine", stacklevel=3)
+        return found
+
+    def __bool__(self) -> bool:
+        return bool(self.databases)
+
+    def _records(self, workload: tvm.IRModule) -> list:
+        records = []
+        for db in self.databases:
+            if db.has_workload(workload):
+                records += db.get_top_k(db.commit_workload(workload), 1 << 30)  # valid records, fastest first
+        return records
+
+    def schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], name: str = "kernel"
+                 ) -> tuple[tvm.tirx.PrimFunc, KernelTuning]:
+        """(``workload``'s "main" scheduled by its fastest record, else by ``default``; how it was scheduled)."""
+        sch = tvm.s_tir.Schedule(workload)
+        default(sch)
+        records = self._records(workload)
+        if not records:
+            return sch.mod["main"], KernelTuning("untuned")
+        default_key = trace_key(sch.trace)
+        default_us = next((mean_seconds(r) * 1e6 for r in records if trace_key(r.trace) == default_key), None)
+        best = min(records, key=mean_seconds)
+        best_us = mean_seconds(best) * 1e6
+        if trace_key(best.trace) == default_key:
+            return sch.mod["main"], KernelTuning("default", default_us, best_us)
+        tuned = tvm.s_tir.Schedule(workload)
+        try:
+            best.trace.apply_to_schedule(tuned, remove_postproc=False)
+        except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
+            warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its default schedule", stacklevel=2)
+            return sch.mod["main"], KernelTuning("untuned")
+        return tuned.mod["main"], KernelTuning("tuned", default_us, best_us)

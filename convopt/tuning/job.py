@@ -1,0 +1,421 @@
+"""``convopt.tune``: a tuning job. Searches each kernel's design space with MetaSchedule's evolutionary search
+and keeps every measurement in the target's record folder (records.py), which optimize() applies (apply.py).
+
+    summary = convopt.tune(model, (x,), trials=200, time_budget="15m")
+
+1. The model goes through optimize()'s pipeline (no records applied); the untuned end-to-end latency is
+   measured, and the tasks are extracted (tasks.py).
+2. Each task's default schedule is measured and committed first (once per task, ever), so tuning can only
+   improve on it, and every record knows its default.
+3. The trial budget is shared in proportion to each task's weighted default time (calls per run x
+   seconds per call), at least ``MIN_TRIALS`` each. Tasks are searched in rounds of ``ROUND`` trials;
+   each round goes to the task furthest behind its share, so a time budget that ends the job early leaves
+   every task equally far along.
+4. Resume: the trials a task already has in the database count against its share; a killed job started
+   again runs only what each task still owes (losing the trials in flight). A task whose space yields no
+   new candidates is done early.
+
+Measurement: one builder and one runner for the whole job, so their worker processes (which import tvm once)
+live across all trials. ``rpc="HOST:PORT:KEY"`` measures on the devices registered with TVM's RPC tracker
+under KEY (builds stay local). TVM's own logs go to ``<log dir>/<target key>/logs/``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..target import Target, resolve_target
+from .apply import LOCAL_LOGS, mean_seconds, trace_key
+from .records import open_database, records_dir, trials_done
+from .tasks import Task, extract_tasks
+
+ROUND = 16  # trials per search round of one task (MetaSchedule's trials per iteration)
+MIN_TRIALS = 16  # each task's share of the budget, at least
+TRIALS_PER_TASK = 64  # the default budget: this many per task
+FAILED = 1e10  # MetaSchedule's run time of a candidate that failed to build or run
+
+
+@dataclass
+class TaskReport:
+    name: str
+    kind: str
+    nodes: list[str]
+    weight: int
+    trials: int  # records in the database (the default included)
+    default_us: float
+    best_us: float
+
+    @property
+    def speedup(self) -> float:
+        return self.default_us / self.best_us
+
+    @property
+    def saved_us(self) -> float:
+        """Per model run."""
+        return self.weight * (self.default_us - self.best_us)
+
+
+@dataclass
+class TuningSummary:
+    target: str  # the target key
+    log_dir: Path  # the folder of this target's records
+    tasks: list[TaskReport]
+    new_trials: int  # measured by this job
+    seconds: float
+    untuned_ms: float | None  # measured before tuning, all default schedules
+    tuned_ms: float | None = None  # measured after, with the records applied (None: not measured)
+    stopped: str = ""  # why the job ended before its budget ("time budget"), if it did
+    per_trial_s: float = 0.0
+
+    @property
+    def estimated_ms(self) -> float | None:
+        """The untuned latency less each task's measured saving (what the records should give)."""
+        if self.untuned_ms is None:
+            return None
+        return self.untuned_ms - sum(t.saved_us for t in self.tasks) / 1000
+
+    def table(self) -> str:
+        lines = [f"tuning records: {self.log_dir}",
+                 f"{'task':<40} {'kind':<10} {'calls':>5} {'trials':>6} {'default us':>10} {'best us':>9} "
+                 f"{'speedup':>7}"]
+        for t in sorted(self.tasks, key=lambda t: -t.weight * t.default_us):
+            lines.append(f"{t.name[:40]:<40} {t.kind:<10} {t.weight:>5} {t.trials:>6} {t.default_us:>10.1f} "
+                         f"{t.best_us:>9.1f} {t.speedup:>6.2f}x")
+        lines.append(f"{len(self.tasks)} tasks, {self.new_trials} new trials in {self.seconds:.0f} s"
+                     + (f" ({self.per_trial_s:.2f} s per trial)" if self.new_trials else "")
+                     + (f"; stopped: {self.stopped}" if self.stopped else ""))
+        if self.untuned_ms is not None:
+            line = f"end to end: untuned {self.untuned_ms:.2f} ms, estimated tuned {self.estimated_ms:.2f} ms"
+            if self.tuned_ms is not None:
+                line += f", measured tuned {self.tuned_ms:.2f} ms ({self.untuned_ms / self.tuned_ms:.2f}x)"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """Seconds from 90, "90s", "15m", "1.5h"; None stays None."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    text = value.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
+    try:
+        return float(text[:-1]) * scale if scale else float(text)
+    except ValueError:
+        raise ValueError(f"time budget {value!r}: give seconds, or a number with s, m or h (e.g. 15m)") from None
+
+
+def parse_rpc(value: str):
+    """A MetaSchedule RPCConfig from "HOST:PORT:KEY" (TVM's RPC tracker, and the key the servers registered)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    parts = value.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
+        raise ValueError(f"rpc {value!r}: expected HOST:PORT:KEY of a TVM RPC tracker (python -m tvm.exec.rpc_tracker)")
+    host, port, key = parts
+    return ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=120)
+
+
+class Measurer:
+    """One builder and one runner, kept for the whole job (their workers import tvm once)."""
+
+    def __init__(self, target: Target, rpc: str | None = None, workers: int | None = None):
+        from tvm.s_tir import meta_schedule as ms
+
+        from .builder import PersistentBuilder
+
+        workers = workers or max(1, min(target.cores, 4))
+        # generous timeouts: a fresh worker imports tvm (and torch) before its first build
+        self.builder = PersistentBuilder(max_workers=workers, timeout_sec=300)
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=30)
+        if rpc:
+            self.runner = ms.runner.RPCRunner(parse_rpc(rpc), evaluator_config=evaluator, max_workers=1)
+        else:
+            self.runner = ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator)
+        self.target = target
+
+    def run(self, mods: list) -> list:
+        """MetaSchedule RunnerResults of building and running each IRModule (its PrimFunc "main")."""
+        from tvm.s_tir import meta_schedule as ms
+
+        built = self.builder.build([ms.builder.BuilderInput(mod, self.target.tvm) for mod in mods])
+        device = "cpu" if self.target.is_cpu else "cuda"
+        inputs = [(i, ms.runner.RunnerInput(b.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(mods[i]["main"])))
+                  for i, b in enumerate(built) if b.error_msg is None]
+        futures = dict(zip((i for i, _ in inputs), self.runner.run([r for _, r in inputs])))
+        results = []
+        for i, b in enumerate(built):
+            result = futures[i].result() if i in futures else ms.runner.RunnerResult(None, b.error_msg)
+            if result.error_msg:
+                logging.getLogger(__name__).info("candidate failed: %s", result.error_msg)
+            results.append(result)
+        return results
+
+    def close(self) -> None:
+        self.builder.close()
+
+
+def _commit_default(database, task: Task, measurer: Measurer, target: Target) -> None:
+    """Measure the task's default schedule and commit it, unless the database has it already."""
+    sch = task.default()
+    token = database.commit_workload(task.workload)
+    key = trace_key(sch.trace)
+    if any(trace_key(r.trace) == key for r in database.get_top_k(token, 1 << 30)):
+        return
+    (result,) = measurer.run([sch.mod])
+    _commit(database, token, sch, result, target)
+
+
+def _commit(database, token, sch, result, target: Target) -> None:
+    """Commit one measurement (a failed one with MetaSchedule's FAILED time: it counts as a trial)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    seconds = [float(s) for s in result.run_secs] if result.error_msg is None and result.run_secs else [FAILED]
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, token, seconds, target.tvm, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
+
+
+def _times(database, task: Task) -> tuple[float, float]:
+    """(default, best) microseconds per call from the database."""
+    token = database.commit_workload(task.workload)
+    records = database.get_top_k(token, 1 << 30)
+    key = trace_key(task.default().trace)
+    default = next((mean_seconds(r) for r in records if trace_key(r.trace) == key), None)
+    best = mean_seconds(records[0]) if records else None
+    if default is None or best is None:
+        raise RuntimeError(f"task {task.name}: its default schedule failed to build or run; see the logs under "
+                           f"{database.path_tuning_record}")
+    return default * 1e6, min(best, default) * 1e6
+
+
+def allocate(budget: int, costs: list[float], caps: list[int], minimum: int = MIN_TRIALS) -> list[int]:
+    """Trials per task: ``budget`` in proportion to ``costs`` (weighted default seconds), at least ``minimum``
+    each (an equal share when the budget is smaller), never more than a task's ``caps`` (its untried points);
+    what a capped task can't use goes to the others."""
+    shares = [0] * len(costs)
+    open_tasks = [i for i in range(len(costs)) if caps[i] > 0]
+    while budget > 0 and open_tasks:
+        floor = min(minimum, budget // len(open_tasks))
+        spare = budget - floor * len(open_tasks)
+        total = sum(costs[i] for i in open_tasks) or 1.0
+        wish = {i: floor + int(spare * costs[i] / total) for i in open_tasks}
+        for i in sorted(open_tasks, key=lambda i: -costs[i])[: budget - sum(wish.values())]:
+            wish[i] += 1  # the rounding remainder to the costliest tasks
+        capped = [i for i in open_tasks if shares[i] + wish[i] >= caps[i]]
+        if not capped:
+            for i in open_tasks:
+                shares[i] += wish[i]
+            break
+        for i in capped:  # fill these to their cap, then share the rest again
+            budget -= caps[i] - shares[i]
+            shares[i] = caps[i]
+        open_tasks = [i for i in open_tasks if i not in capped]
+    return shares
+
+
+def _enumerate(task: Task, trials: int, target: Target, database, measurer: Measurer, on_batch) -> int:
+    """Measure up to ``trials`` points of the task's space not yet in ``database``, nearest the default first
+    (Task.points); each batch committed as soon as it is measured. Returns the trials measured."""
+    token = database.commit_workload(task.workload)
+    seen = {trace_key(r.trace) for r in database.get_all_tuning_records() if r.workload.same_as(token)}
+    fresh = (sch for sch in task.points() if trace_key(sch.trace) not in seen)
+    measured = 0
+    while measured < trials:
+        batch = list(itertools.islice(fresh, min(ROUND, trials - measured)))
+        if not batch:
+            break
+        for sch, result in zip(batch, measurer.run([sch.mod for sch in batch])):
+            _commit(database, token, sch, result, target)
+        measured += len(batch)
+        on_batch(len(batch))
+    return measured
+
+
+def _search(task: Task, trials: int, target: Target, database, measurer: Measurer, cost_model, logger,
+            on_batch, seed: int) -> int:
+    """Up to ``trials`` more trials of MetaSchedule's evolutionary search in the task's design space,
+    guided by ``cost_model``; each batch is committed to ``database`` as soon as it is measured. Returns
+    the trials measured (fewer when the space has no unmeasured candidates left).
+
+    The loop is MetaSchedule's task scheduler's, for one task: TVM's own estimates every task's FLOPs
+    first, which fails on the Let that binds a fused activation's input (schedules/activations.py)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    context = ms.TuneContext(
+        mod=task.workload, target=target.tvm, space_generator=task.space(target),
+        search_strategy=ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16,
+                                                              genetic_num_iters=3),
+        task_name=task.name, rand_state=seed, num_threads=max(1, target.cores), logger=logger)
+    token = database.commit_workload(task.workload)
+    context.pre_tuning(max_trials=trials, num_trials_per_iter=min(trials, ROUND),
+                       design_spaces=context.generate_design_space(), database=database, cost_model=cost_model)
+    measured = 0
+    try:
+        while measured < trials:
+            candidates = context.generate_measure_candidates()
+            if not candidates:
+                break
+            candidates = candidates[: trials - measured]
+            results = measurer.run([c.sch.mod for c in candidates])
+            for candidate, result in zip(candidates, results):
+                _commit(database, token, candidate.sch, result, target)
+            cost_model.update(context, candidates, results)
+            context.notify_runner_results(candidates, results)
+            measured += len(candidates)
+            on_batch(len(candidates))
+    finally:
+        context.post_tuning()
+    return measured
+
+
+def _loggers(folder: Path, names: list[str]) -> list[logging.Logger]:
+    """MetaSchedule's per-task loggers, writing to ``folder``/logs/ only (not the terminal)."""
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    loggers = get_loggers_from_work_dir(str(folder), names)
+    for lg in loggers + [logging.getLogger("tvm.s_tir.meta_schedule")]:
+        for handler in list(lg.handlers):
+            if type(handler) is logging.StreamHandler:
+                lg.removeHandler(handler)
+        lg.propagate = False
+    return loggers
+
+
+def _time_module(fast, args, seconds: float = 1.0) -> float:
+    """Median milliseconds per call over about ``seconds`` of calls."""
+    with torch.no_grad():
+        fast(*args)
+        times, deadline = [], time.perf_counter() + seconds
+        while len(times) < 5 or time.perf_counter() < deadline:
+            start = time.perf_counter()
+            fast(*args)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _run(tasks: list[Task], database, measurer: Measurer, folder: Path, target: Target, *, trials: int | None,
+         deadline: float | None, untuned_ms: float | None, progress: bool, seed: int):
+    """Steps 2-4 of the module docstring: (a TaskReport per task, new trials, why it stopped early or "")."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="measuring defaults", unit="task", disable=not progress, leave=False)
+    for task in tasks:
+        _commit_default(database, task, measurer, target)
+        bar.update()
+    bar.close()
+    times = {t.name: _times(database, t) for t in tasks}
+    sizes = {t.name: t.size() for t in tasks}
+    tunable = [t for t in tasks if sizes[t.name] > 1]  # a space of one point is its default: done
+    costs = [t.weight * times[t.name][0] for t in tunable]
+    budget = trials if trials is not None else TRIALS_PER_TASK * len(tunable)
+    shares = {t.name: 0 for t in tasks}
+    shares.update(zip((t.name for t in tunable), allocate(budget, costs, [sizes[t.name] - 1 for t in tunable])))
+    done = {t.name: trials_done(database, t.workload) - 1 for t in tasks}  # the default is not a tuned trial
+    owed_total = sum(max(0, shares[n] - done[n]) for n in shares)
+
+    cost_models, exhausted, new_trials, stopped = {}, set(), 0, ""
+    bar = tqdm(total=owed_total, desc="tuning", unit="trial", disable=not progress)
+
+    def postfix(task: Task) -> None:
+        default_us, best_us = times[task.name]
+        saved = sum(t.weight * (times[t.name][0] - times[t.name][1]) for t in tasks) / 1000
+        bar.set_postfix_str(f"{task.name[:28]} best {best_us:.0f}/{default_us:.0f} us"
+                            + (f", model ~{untuned_ms - saved:.2f} ms" if untuned_ms is not None else ""))
+
+    loggers = dict(zip((t.name for t in tasks), _loggers(folder, [t.name for t in tasks])))
+    while True:
+        if deadline is not None and time.perf_counter() >= deadline:
+            stopped = "time budget"
+            break
+        owing = [t for t in tasks if t.name not in exhausted and done[t.name] < shares[t.name]]
+        if not owing:
+            break
+        task = min(owing, key=lambda t: (done[t.name] / shares[t.name], -t.weight * times[t.name][0]))
+        chunk = min(ROUND, shares[task.name] - done[task.name])
+        postfix(task)
+        if shares[task.name] >= sizes[task.name] - 1:  # the whole space fits in the task's share
+            added = _enumerate(task, chunk, target, database, measurer, bar.update)
+        else:
+            if task.name not in cost_models:
+                cost_models[task.name] = _cost_model(target)
+            added = _search(task, chunk, target, database, measurer, cost_models[task.name], loggers[task.name],
+                            bar.update, seed + done[task.name])
+        if added == 0:
+            exhausted.add(task.name)  # the space has no unmeasured candidates left
+        done[task.name] += added
+        new_trials += added
+        times[task.name] = _times(database, task)
+    bar.close()
+
+    reports = [TaskReport(t.name, t.kind, t.nodes, t.weight, done[t.name] + 1, *times[t.name]) for t in tasks]
+    return reports, new_trials, stopped
+
+
+def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, trials: int | None = None,
+         time_budget: str | float | None = None, log_dir: str | Path | None = None, rpc: str | None = None,
+         lowering: str | dict[str, str] | None = None, progress: bool = True, measure_end_to_end: bool = True,
+         seed: int = 0) -> TuningSummary:
+    """Tune the kernels of ``model`` on ``target`` (default "cpu") and keep the records under
+    ``log_dir/<target key>/`` (default ./tuning_logs); optimize() applies them afterwards (give it
+    ``tuning_logs=log_dir`` when that is not ./tuning_logs or $CONVOPT_TUNING_LOGS).
+
+    trials: the tuned trials of the whole job (default 64 per task), shared by the tasks in proportion
+    to their time; time_budget: stop after this long (seconds, or "15m", "1h"); rpc: "HOST:PORT:KEY" of a
+    TVM RPC tracker to measure on; lowering: as in optimize() (a record applies to the graph it was tuned
+    for: optimize with the same lowering). A job started again on the same model resumes.
+    """
+    from ..capture import as_args
+    from ..optimize import optimize
+
+    target = resolve_target(target if target is not None else "cpu")
+    if not target.is_cpu:
+        raise NotImplementedError(f"tuning target {target.key}: convopt's kernels and their design spaces are "
+                                  "CPU schedules; CUDA kernels come from TVM's default GPU schedules for now")
+    budget_s = parse_duration(time_budget)
+    start = time.perf_counter()
+    args = as_args(example_inputs)
+    fast = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=False)
+    untuned_ms = _time_module(fast, args) if measure_end_to_end and target.runs_here else None
+    tasks = extract_tasks(fast.graph, target)
+    log_root = Path(log_dir) if log_dir is not None else LOCAL_LOGS
+    database = open_database(target, log_root, create=True)
+    if database is None:
+        raise RuntimeError(f"the tuning records under {records_dir(target, log_root)} are unusable (see the "
+                           "warning); move them away to tune again")
+    folder = records_dir(target, log_root)
+    measurer = Measurer(target, rpc)
+    try:
+        reports, new_trials, stopped = _run(tasks, database, measurer, folder, target, trials=trials,
+                                            deadline=None if budget_s is None else start + budget_s,
+                                            untuned_ms=untuned_ms, progress=progress, seed=seed)
+    finally:
+        measurer.close()
+    seconds = time.perf_counter() - start
+    summary = TuningSummary(target.key, folder, reports, new_trials, seconds, untuned_ms, stopped=stopped,
+                            per_trial_s=seconds / new_trials if new_trials else 0.0)
+    if measure_end_to_end and target.runs_here:
+        tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root)
+        summary.tuned_ms = _time_module(tuned, args)
+    return summary
+
+
+def _cost_model(target: Target):
+    """MetaSchedule's XGBoost cost model, one per task for the whole job (it learns across rounds); a random
+    one where xgboost is missing."""
+    from tvm.s_tir import meta_schedule as ms
+
+    import importlib.util
+
+    if importlib.util.find_spec("xgboost") is None:
+        return ms.cost_model.RandomModel()
+    return ms.cost_model.XGBModel(num_tuning_cores=max(1, target.cores), num_warmup_samples=ROUND)
