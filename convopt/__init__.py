@@ -2,10 +2,12 @@
 
     import convopt
     fast = convopt.optimize(model, example_inputs)   # a drop-in callable; fast.graph is the IR
+    convopt.tune(model, example_inputs, time_budget="15m")  # records that optimize() applies afterwards
 """
 
 from .capture import CaptureError, capture
 from .optimize import CheckError, OptimizedModule, load, optimize
+from .tuning.job import TuningSummary, tune
 
 __version__ = "0.1.0"
-__all__ = ["optimize", "load", "capture", "OptimizedModule", "CaptureError", "CheckError", "__version__"]
+__all__ = ["optimize", "tune", "load", "capture", "TuningSummary", "OptimizedModule", "CaptureError", "CheckError", "__version__"]

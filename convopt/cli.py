@@ -1,4 +1,4 @@
-"""The ``convopt`` command: ``convopt dump|optimize|report|bench MODEL ...`` and ``convopt calibrate``."""
+"""The ``convopt`` command: ``convopt dump|optimize|tune|report|bench MODEL ...`` and ``convopt calibrate``."""
 
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def _optimize(args) -> int:
 
     model, x = _prepare(args)
     start = time.perf_counter()
-    result = optimize(model, x, target=args.target, mode=args.mode, dump_ir=args.dump_ir,
-                      skip_passes=args.skip_pass, check=False, lowering=_lowering_arg(args))
+    result = optimize(model, x, target=_target_arg(args.target), mode=args.mode, dump_ir=args.dump_ir,
+                      skip_passes=args.skip_pass, check=False, lowering=_lowering_arg(args),
+                      tuning_logs=args.tuning_logs)
     seconds = time.perf_counter() - start
     before, after = result.captured_op_counts, result.graph.op_counts()
     print(f"{args.model}: {sum(before.values())} ops -> {sum(after.values())} ops in {seconds:.1f} s, "
@@ -77,12 +78,37 @@ def _optimize(args) -> int:
     if blocked:
         print("  blocked values: " + ", ".join(f"{count} of {len(result.graph.nodes)} in {layout}"
                                                for layout, count in blocked.items()))
+    tuning = Counter(row["status"] for row in result.tuning.values())
+    if tuning:
+        gains = [row["speedup"] for row in result.tuning.values() if row["status"] == "tuned" and row["speedup"]]
+        print("  tuning: " + ", ".join(f"{tuning[s]} {s}" for s in ("tuned", "default", "untuned") if tuning[s])
+              + " (of the convs and linear layers)"
+              + (f"; tuned kernels {min(gains):.2f}-{max(gains):.2f}x their default" if gains else ""))
     try:
         check_against_eager(model, result, x)
         print("check: matches eager PyTorch (relative error within tolerance)")
     except CheckError as e:
         print(f"check FAILED: {e}")
         return 1
+    return 0
+
+
+def _target_arg(value):
+    """--target: a name (cpu, cuda, torch) or a TVM target as JSON."""
+    if value is not None and value.lstrip().startswith("{"):
+        import json
+
+        return json.loads(value)
+    return value
+
+
+def _tune(args) -> int:
+    from . import tune
+
+    model, x = _prepare(args)
+    summary = tune(model, x, target=_target_arg(args.target), trials=args.trials, time_budget=args.time_budget,
+                   log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args))
+    print(summary.table())
     return 0
 
 
@@ -173,7 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("--target", default=None,
                      help="cpu, cuda or torch (default: cpu, or torch where TVM cannot compile the graph)")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass that changed it")
+    opt.add_argument("--tuning-logs", metavar="DIR",
+                     help="also apply the tuning records here (always read: the shipped tuning_logs/, "
+                          "$CONVOPT_TUNING_LOGS, ./tuning_logs)")
     opt.set_defaults(run=_optimize)
+    tun = sub.add_parser("tune", help="autotune the model's kernels on this machine (or through an RPC tracker); "
+                                      "optimize() applies the records")
+    _common(tun)
+    tun.add_argument("--target", default="cpu", help="cpu (default), or a TVM target as JSON (e.g. another x86 CPU "
+                                                     "measured through --rpc)")
+    tun.add_argument("--trials", type=int, help="tuned trials in all (default 64 per tunable kernel)")
+    tun.add_argument("--time-budget", help="stop after this long: seconds, or e.g. 15m, 1h")
+    tun.add_argument("--log-dir", default="tuning_logs",
+                     help="records go to DIR/<target key>/ (default tuning_logs; a job started again resumes)")
+    tun.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on the devices registered under KEY with the "
+                                                            "TVM RPC tracker at HOST:PORT (builds stay local)")
+    tun.set_defaults(run=_tune)
     rep = sub.add_parser("report", help="time a compiled model kernel by kernel against the machine's roofline")
     _common(rep)
     rep.add_argument("--target", default="cpu", help="a TVM target: cpu (default) or cuda")
@@ -181,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
     rep.add_argument("--top", type=int, default=25, help="kernels in the table (default 25)")
     rep.set_defaults(run=_report)
-    for p in (dump, opt, rep):
+    for p in (dump, opt, tun, rep):
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
                        help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft, depthwise) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")

@@ -224,8 +224,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
 
         from .tuning.apply import TunedSchedules
 
-        records = None if tuning_logs is False else TunedSchedules.for_target(target, tuning_logs)
-        executable, kernels = compile_graph(graph, target, records)
+        tuned = None if tuning_logs is False else TunedSchedules.for_target(target, tuning_logs)
+        executable, kernels = compile_graph(graph, target, tuned)
         compiled = TVMGraphModule(executable, target, kernels)
     frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
     result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)

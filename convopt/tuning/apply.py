@@ -1,6 +1,11 @@
 """Applying tuning records when a model is compiled: each kernel runs the fastest schedule measured for its
 workload on this target, or its hand-written default.
 
+A schedule's time is the median over its records (a tuning job measures the best few again beside the
+default, so one lucky measurement doesn't make a winner), and a tuned schedule replaces the default only
+when it is at least ``MIN_GAIN`` faster: below that, the difference is within the noise of a shared machine
+and the measured default is the safer choice.
+
 The records come from every folder of this target's key (records.py) under, in order: the repository's
 shipped ``tuning_logs/``, ``$CONVOPT_TUNING_LOGS``, ``./tuning_logs`` (where ``convopt tune`` writes by
 default) and the ``tuning_logs=`` argument of optimize(). Among all records of a workload the lowest mean
@@ -25,6 +30,7 @@ import tvm
 from ..target import Target
 from .records import SHIPPED_LOGS, open_database, other_keys
 
+MIN_GAIN = 1.03
 ENV_LOGS = "CONVOPT_TUNING_LOGS"
 LOCAL_LOGS = Path("tuning_logs")  # relative to the working directory: `convopt tune`'s default
 
@@ -59,6 +65,32 @@ def trace_key(trace) -> str:
 
 def mean_seconds(record) -> float:
     return statistics.fmean(float(s) for s in record.run_secs)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the records of one workload say: the schedule to run (its trace, None for the default) and the
+    measured times (seconds; None where not measured)."""
+
+    trace: object | None
+    default_s: float | None
+    best_s: float | None
+
+
+def choose(records: list, default_key: str) -> Choice:
+    """The schedule the records of one workload pick (see the module docstring), given its default trace's key."""
+    groups: dict[str, list] = {}
+    for record in records:
+        groups.setdefault(trace_key(record.trace), []).append(record)
+    timed = {key: statistics.median(mean_seconds(r) for r in group) for key, group in groups.items()}
+    default_s = timed.get(default_key)
+    if not timed:
+        return Choice(None, None, None)
+    best_key = min(timed, key=timed.get)
+    best_s = timed[best_key]
+    if best_key == default_key or (default_s is not None and best_s * MIN_GAIN > default_s):
+        return Choice(None, default_s, default_s if default_s is not None else best_s)
+    return Choice(groups[best_key][0].trace, default_s, best_s)
 
 
 def default_log_dirs(tuning_logs: str | os.PathLike | Iterable | None = None) -> list[Path]:
@@ -117,15 +149,13 @@ class TunedSchedules:
         records = self._records(workload)
         if not records:
             return sch.mod["main"], KernelTuning("untuned")
-        default_key = trace_key(sch.trace)
-        default_us = next((mean_seconds(r) * 1e6 for r in records if trace_key(r.trace) == default_key), None)
-        best = min(records, key=mean_seconds)
-        best_us = mean_seconds(best) * 1e6
-        if trace_key(best.trace) == default_key:
+        choice = choose(records, trace_key(sch.trace))
+        default_us, best_us = (None if s is None else s * 1e6 for s in (choice.default_s, choice.best_s))
+        if choice.trace is None:
             return sch.mod["main"], KernelTuning("default", default_us, best_us)
         tuned = tvm.s_tir.Schedule(workload)
         try:
-            best.trace.apply_to_schedule(tuned, remove_postproc=False)
+            choice.trace.apply_to_schedule(tuned, remove_postproc=False)
         except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
             warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its default schedule", stacklevel=2)
             return sch.mod["main"], KernelTuning("untuned")

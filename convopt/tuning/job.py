@@ -1,5 +1,5 @@
-"""``convopt.tune``: a tuning job. Searches each kernel's design space with MetaSchedule's evolutionary search
-and keeps every measurement in the target's record folder (records.py), which optimize() applies (apply.py).
+"""``convopt.tune``: a tuning job. Measures the points of each kernel's design space (tasks.py) on the target and
+keeps every measurement in the target's record folder (records.py), which optimize() applies (apply.py).
 
     summary = convopt.tune(model, (x,), trials=200, time_budget="15m")
 
@@ -8,16 +8,24 @@ and keeps every measurement in the target's record folder (records.py), which op
 2. Each task's default schedule is measured and committed first (once per task, ever), so tuning can only
    improve on it, and every record knows its default.
 3. The trial budget is shared in proportion to each task's weighted default time (calls per run x
-   seconds per call), at least ``MIN_TRIALS`` each. Tasks are searched in rounds of ``ROUND`` trials;
-   each round goes to the task furthest behind its share, so a time budget that ends the job early leaves
+   seconds per call), at least ``MIN_TRIALS`` each, never more than a task's space has points; what a
+   small space can't use goes to the others. Tasks are measured in rounds of up to ``ROUND`` trials; each
+   round goes to the task furthest behind its share, so a time budget that ends the job early leaves
    every task equally far along.
-4. Resume: the trials a task already has in the database count against its share; a killed job started
-   again runs only what each task still owes (losing the trials in flight). A task whose space yields no
-   new candidates is done early.
+4. A task's points are measured nearest the default first (Task.points: fewest changed decisions, then
+   the smallest moves), each once. The spaces are the schedules' register tiles, tens of points (at most
+   a few hundred), so they are enumerated rather than searched: MetaSchedule's evolutionary search with
+   its XGBoost model needs a TuneContext, whose construction imports TVM's tensor intrinsics, measured at
+   70-160 s on 2 cores with torch loaded, more than enumerating a whole space costs.
+5. Each task tuned in this job has its default and its fastest few schedules measured again side by side
+   (``_confirm``): optimize() picks by the median over a schedule's records (apply.choose).
+6. Resume: the trials a task already has in the database count against its share and its measured
+   points are skipped; a killed job started again runs only what each task still owes (losing the
+   trials in flight).
 
-Measurement: one builder and one runner for the whole job, so their worker processes (which import tvm once)
-live across all trials. ``rpc="HOST:PORT:KEY"`` measures on the devices registered with TVM's RPC tracker
-under KEY (builds stay local). TVM's own logs go to ``<log dir>/<target key>/logs/``.
+Measurement is MetaSchedule's: one builder (builder.py; workers that live for the whole job) and one
+runner. ``rpc="HOST:PORT:KEY"`` measures on the devices registered with TVM's RPC tracker under KEY
+(builds stay local).
 """
 
 from __future__ import annotations
@@ -31,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import tvm
 
 from ..target import Target, resolve_target
-from .apply import LOCAL_LOGS, mean_seconds, trace_key
+from .apply import LOCAL_LOGS, choose, trace_key
 from .records import open_database, records_dir, trials_done
 from .tasks import Task, extract_tasks
 
-ROUND = 16  # trials per search round of one task (MetaSchedule's trials per iteration)
+ROUND = 16  # trials per round of one task
 MIN_TRIALS = 16  # each task's share of the budget, at least
 TRIALS_PER_TASK = 64  # the default budget: this many per task
+CONFIRM_TOP, CONFIRM_ROUNDS = 3, 2  # each tuned task's fastest schedules measured again beside the default
 FAILED = 1e10  # MetaSchedule's run time of a candidate that failed to build or run
 
 
@@ -70,8 +80,8 @@ class TuningSummary:
     tasks: list[TaskReport]
     new_trials: int  # measured by this job
     seconds: float
-    untuned_ms: float | None  # measured before tuning, all default schedules
-    tuned_ms: float | None = None  # measured after, with the records applied (None: not measured)
+    untuned_ms: float | None  # all default schedules (measured again after tuning, alternating with tuned_ms)
+    tuned_ms: float | None = None  # with the records applied, measured after tuning (None: not measured)
     stopped: str = ""  # why the job ended before its budget ("time budget"), if it did
     per_trial_s: float = 0.0
 
@@ -162,7 +172,12 @@ class Measurer:
         return results
 
     def close(self) -> None:
+        """Stop the workers (an idle runner worker's threads would compete with the end-to-end timing)."""
+        import gc
+
         self.builder.close()
+        self.runner = None
+        gc.collect()
 
 
 def _commit_default(database, task: Task, measurer: Measurer, target: Target) -> None:
@@ -186,16 +201,42 @@ def _commit(database, token, sch, result, target: Target) -> None:
 
 
 def _times(database, task: Task) -> tuple[float, float]:
-    """(default, best) microseconds per call from the database."""
-    token = database.commit_workload(task.workload)
-    records = database.get_top_k(token, 1 << 30)
-    key = trace_key(task.default().trace)
-    default = next((mean_seconds(r) for r in records if trace_key(r.trace) == key), None)
-    best = mean_seconds(records[0]) if records else None
-    if default is None or best is None:
+    """(default, chosen) microseconds per call, as optimize() will choose from the database (apply.choose)."""
+    choice = choose(database.get_top_k(database.commit_workload(task.workload), 1 << 30),
+                    trace_key(task.default().trace))
+    if choice.default_s is None:
         raise RuntimeError(f"task {task.name}: its default schedule failed to build or run; see the logs under "
                            f"{database.path_tuning_record}")
-    return default * 1e6, min(best, default) * 1e6
+    return choice.default_s * 1e6, choice.best_s * 1e6
+
+
+def _confirm(task: Task, database, measurer: Measurer, target: Target, on_batch, top: int = CONFIRM_TOP,
+             rounds: int = CONFIRM_ROUNDS) -> int:
+    """Measure the default and the ``top`` fastest schedules of the task again, side by side, ``rounds``
+    times: a schedule wins on its median (apply.choose), not on one lucky run measured at a quieter moment
+    than the default. Returns the trials measured."""
+    token = database.commit_workload(task.workload)
+    default = task.default()
+    default_key = trace_key(default.trace)
+    fastest = {}
+    for record in database.get_top_k(token, 1 << 30):  # fastest first
+        key = trace_key(record.trace)
+        if key != default_key and key not in fastest:
+            fastest[key] = record.trace
+        if len(fastest) == top:
+            break
+    if not fastest:
+        return 0
+    schedules = [default]
+    for trace in fastest.values():
+        sch = tvm.s_tir.Schedule(task.workload)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        schedules.append(sch)
+    for _ in range(rounds):
+        for sch, result in zip(schedules, measurer.run([sch.mod for sch in schedules])):
+            _commit(database, token, sch, result, target)
+        on_batch(len(schedules))
+    return rounds * len(schedules)
 
 
 def allocate(budget: int, costs: list[float], caps: list[int], minimum: int = MIN_TRIALS) -> list[int]:
@@ -241,56 +282,6 @@ def _enumerate(task: Task, trials: int, target: Target, database, measurer: Meas
     return measured
 
 
-def _search(task: Task, trials: int, target: Target, database, measurer: Measurer, cost_model, logger,
-            on_batch, seed: int) -> int:
-    """Up to ``trials`` more trials of MetaSchedule's evolutionary search in the task's design space,
-    guided by ``cost_model``; each batch is committed to ``database`` as soon as it is measured. Returns
-    the trials measured (fewer when the space has no unmeasured candidates left).
-
-    The loop is MetaSchedule's task scheduler's, for one task: TVM's own estimates every task's FLOPs
-    first, which fails on the Let that binds a fused activation's input (schedules/activations.py)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    context = ms.TuneContext(
-        mod=task.workload, target=target.tvm, space_generator=task.space(target),
-        search_strategy=ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16,
-                                                              genetic_num_iters=3),
-        task_name=task.name, rand_state=seed, num_threads=max(1, target.cores), logger=logger)
-    token = database.commit_workload(task.workload)
-    context.pre_tuning(max_trials=trials, num_trials_per_iter=min(trials, ROUND),
-                       design_spaces=context.generate_design_space(), database=database, cost_model=cost_model)
-    measured = 0
-    try:
-        while measured < trials:
-            candidates = context.generate_measure_candidates()
-            if not candidates:
-                break
-            candidates = candidates[: trials - measured]
-            results = measurer.run([c.sch.mod for c in candidates])
-            for candidate, result in zip(candidates, results):
-                _commit(database, token, candidate.sch, result, target)
-            cost_model.update(context, candidates, results)
-            context.notify_runner_results(candidates, results)
-            measured += len(candidates)
-            on_batch(len(candidates))
-    finally:
-        context.post_tuning()
-    return measured
-
-
-def _loggers(folder: Path, names: list[str]) -> list[logging.Logger]:
-    """MetaSchedule's per-task loggers, writing to ``folder``/logs/ only (not the terminal)."""
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
-
-    loggers = get_loggers_from_work_dir(str(folder), names)
-    for lg in loggers + [logging.getLogger("tvm.s_tir.meta_schedule")]:
-        for handler in list(lg.handlers):
-            if type(handler) is logging.StreamHandler:
-                lg.removeHandler(handler)
-        lg.propagate = False
-    return loggers
-
-
 def _time_module(fast, args, seconds: float = 1.0) -> float:
     """Median milliseconds per call over about ``seconds`` of calls."""
     with torch.no_grad():
@@ -303,9 +294,9 @@ def _time_module(fast, args, seconds: float = 1.0) -> float:
     return statistics.median(times) * 1000
 
 
-def _run(tasks: list[Task], database, measurer: Measurer, folder: Path, target: Target, *, trials: int | None,
-         deadline: float | None, untuned_ms: float | None, progress: bool, seed: int):
-    """Steps 2-4 of the module docstring: (a TaskReport per task, new trials, why it stopped early or "")."""
+def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, trials: int | None,
+         deadline: float | None, untuned_ms: float | None, progress: bool):
+    """Steps 2-6 of the module docstring: (a TaskReport per task, new trials, why it stopped early or "")."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="measuring defaults", unit="task", disable=not progress, leave=False)
@@ -323,7 +314,7 @@ def _run(tasks: list[Task], database, measurer: Measurer, folder: Path, target: 
     done = {t.name: trials_done(database, t.workload) - 1 for t in tasks}  # the default is not a tuned trial
     owed_total = sum(max(0, shares[n] - done[n]) for n in shares)
 
-    cost_models, exhausted, new_trials, stopped = {}, set(), 0, ""
+    exhausted, touched, new_trials, stopped = set(), [], 0, ""
     bar = tqdm(total=owed_total, desc="tuning", unit="trial", disable=not progress)
 
     def postfix(task: Task) -> None:
@@ -332,7 +323,6 @@ def _run(tasks: list[Task], database, measurer: Measurer, folder: Path, target: 
         bar.set_postfix_str(f"{task.name[:28]} best {best_us:.0f}/{default_us:.0f} us"
                             + (f", model ~{untuned_ms - saved:.2f} ms" if untuned_ms is not None else ""))
 
-    loggers = dict(zip((t.name for t in tasks), _loggers(folder, [t.name for t in tasks])))
     while True:
         if deadline is not None and time.perf_counter() >= deadline:
             stopped = "time budget"
@@ -343,15 +333,19 @@ def _run(tasks: list[Task], database, measurer: Measurer, folder: Path, target: 
         task = min(owing, key=lambda t: (done[t.name] / shares[t.name], -t.weight * times[t.name][0]))
         chunk = min(ROUND, shares[task.name] - done[task.name])
         postfix(task)
-        if shares[task.name] >= sizes[task.name] - 1:  # the whole space fits in the task's share
-            added = _enumerate(task, chunk, target, database, measurer, bar.update)
-        else:
-            if task.name not in cost_models:
-                cost_models[task.name] = _cost_model(target)
-            added = _search(task, chunk, target, database, measurer, cost_models[task.name], loggers[task.name],
-                            bar.update, seed + done[task.name])
+        added = _enumerate(task, chunk, target, database, measurer, bar.update)
         if added == 0:
             exhausted.add(task.name)  # the space has no unmeasured candidates left
+        else:
+            touched.append(task)
+        done[task.name] += added
+        new_trials += added
+        times[task.name] = _times(database, task)
+    # even past the time budget: seconds per task, and without it a record may win by one lucky run
+    bar.set_description("confirming")
+    bar.total = bar.n + len(set(t.name for t in touched)) * (CONFIRM_TOP + 1) * CONFIRM_ROUNDS
+    for task in {t.name: t for t in touched}.values():
+        added = _confirm(task, database, measurer, target, bar.update)
         done[task.name] += added
         new_trials += added
         times[task.name] = _times(database, task)
@@ -363,8 +357,8 @@ def _run(tasks: list[Task], database, measurer: Measurer, folder: Path, target: 
 
 def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, trials: int | None = None,
          time_budget: str | float | None = None, log_dir: str | Path | None = None, rpc: str | None = None,
-         lowering: str | dict[str, str] | None = None, progress: bool = True, measure_end_to_end: bool = True,
-         seed: int = 0) -> TuningSummary:
+         lowering: str | dict[str, str] | None = None, progress: bool = True,
+         measure_end_to_end: bool = True) -> TuningSummary:
     """Tune the kernels of ``model`` on ``target`` (default "cpu") and keep the records under
     ``log_dir/<target key>/`` (default ./tuning_logs); optimize() applies them afterwards (give it
     ``tuning_logs=log_dir`` when that is not ./tuning_logs or $CONVOPT_TUNING_LOGS).
@@ -395,27 +389,18 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     folder = records_dir(target, log_root)
     measurer = Measurer(target, rpc)
     try:
-        reports, new_trials, stopped = _run(tasks, database, measurer, folder, target, trials=trials,
+        reports, new_trials, stopped = _run(tasks, database, measurer, target, trials=trials,
                                             deadline=None if budget_s is None else start + budget_s,
-                                            untuned_ms=untuned_ms, progress=progress, seed=seed)
+                                            untuned_ms=untuned_ms, progress=progress)
     finally:
         measurer.close()
     seconds = time.perf_counter() - start
     summary = TuningSummary(target.key, folder, reports, new_trials, seconds, untuned_ms, stopped=stopped,
                             per_trial_s=seconds / new_trials if new_trials else 0.0)
     if measure_end_to_end and target.runs_here:
+        # both again, alternately (the machine's load drifts during a job), best round of each
         tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root)
-        summary.tuned_ms = _time_module(tuned, args)
+        rounds = [(_time_module(fast, args), _time_module(tuned, args)) for _ in range(3)]
+        summary.untuned_ms = min(r[0] for r in rounds)
+        summary.tuned_ms = min(r[1] for r in rounds)
     return summary
-
-
-def _cost_model(target: Target):
-    """MetaSchedule's XGBoost cost model, one per task for the whole job (it learns across rounds); a random
-    one where xgboost is missing."""
-    from tvm.s_tir import meta_schedule as ms
-
-    import importlib.util
-
-    if importlib.util.find_spec("xgboost") is None:
-        return ms.cost_model.RandomModel()
-    return ms.cost_model.XGBModel(num_tuning_cores=max(1, target.cores), num_warmup_samples=ROUND)

@@ -89,32 +89,3 @@ def test_records_of_another_target_in_a_folder_are_refused(tmp_path):
         check(folder, AVX512)
     with pytest.warns(UserWarning, match="tuning records skipped"):
         assert open_database(AVX512, tmp_path) is None
-
-
-def test_a_metaschedule_job_on_the_direct_kernels_design_space_writes_records_that_count(tmp_path):
-    """A few trials of MetaSchedule's evolutionary search on convopt's direct schedule (its tiles are samples):
-    every record lands in the target's folder, is correct code, and counts for a resumed job."""
-    from convopt.schedules.conv_spec import ConvSpec
-    from convopt.schedules.direct_conv2d import schedule_direct_conv2d
-    from convopt.schedules.kernel import lower_to_primfunc
-
-    host = resolve_target("cpu").with_lanes(8)
-    spec = ConvSpec(1, 16, 8, 8, 16, (3, 3), padding=(1, 1))
-    import numpy as np
-
-    prim, _ = lower_to_primfunc("direct", spec, np.ones((16, 16, 3, 3), "float32"), bias=False, residual=False,
-                                activation="none", lanes=8)
-    mod = tvm.IRModule({"main": prim})
-    space = ms.space_generator.ScheduleFn(lambda sch: schedule_direct_conv2d(sch, "main", host), sch_rules=[],
-                                          postprocs="llvm", mutator_probs="llvm")
-    database = open_database(host, tmp_path, create=True)
-    # generous timeouts: a fresh worker process imports tvm (and torch) first, which took over 30 s in a
-    # fresh CI venv (every build timed out at TVM's default)
-    ms.tune_tir(mod, host.tvm, work_dir=str(tmp_path / "work"), max_trials_global=4, num_trials_per_iter=4,
-                space=space, database=database, cost_model="random",
-                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
-                runner=ms.runner.LocalRunner(timeout_sec=120))
-    done = trials_done(open_database(host, tmp_path), mod)
-    assert 1 <= done <= 4
-    best = database.query_schedule(mod, host.tvm, workload_name="main")
-    assert best is not None and "sample_categorical" in str(best.trace)  # a trace of our design space

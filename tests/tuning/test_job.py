@@ -1,0 +1,123 @@
+"""The tuning job: trial shares, a tiny model tuned for a few trials whose records optimize() applies, a job
+killed with SIGKILL that resumes without losing or repeating trials, and the CLI."""
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import convopt
+from convopt.cli import main
+from convopt.target import resolve_target
+from convopt.tuning.apply import trace_key
+from convopt.tuning.job import CONFIRM_ROUNDS, allocate, parse_duration, parse_rpc, tune
+from convopt.tuning.records import RECORDS, open_database, records_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_trial_shares_follow_cost_within_each_space():
+    assert allocate(100, [5, 3, 1, 1], [5, 200, 200, 2]) == [5, 62, 31, 2]  # capped tasks give the rest away
+    assert allocate(10, [5, 3, 1, 1], [50, 50, 50, 50]) == [4, 2, 2, 2]  # below the minimum: equal, remainder by cost
+    assert allocate(1000, [1, 1], [3, 4]) == [3, 4]
+    assert allocate(0, [1.0], [9]) == [0] and allocate(5, [], []) == []
+
+
+def test_durations_and_rpc_addresses():
+    assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration(30) == 30
+    assert parse_duration("90s") == 90 and parse_duration(None) is None
+    with pytest.raises(ValueError, match="15m"):
+        parse_duration("soon")
+    config = parse_rpc("10.0.0.2:9190:rasp4")
+    assert (config.tracker_host, config.tracker_port, config.tracker_key) == ("10.0.0.2", 9190, "rasp4")
+    with pytest.raises(ValueError, match="HOST:PORT:KEY"):
+        parse_rpc("10.0.0.2:rasp4")
+
+
+def test_a_tiny_model_tunes_and_optimize_applies_its_records(tiny, tmp_path):
+    model, x = tiny
+    summary = tune(model, x, trials=6, log_dir=tmp_path, lowering="direct", progress=False)
+    assert len(summary.tasks) == 3 and summary.new_trials >= 6
+    assert all(t.trials >= 1 and t.best_us <= t.default_us for t in summary.tasks)
+    assert summary.untuned_ms > 0 and summary.tuned_ms > 0 and "end to end" in summary.table()
+    folder = records_dir(resolve_target("cpu"), tmp_path)
+    assert (folder / RECORDS).is_file()
+
+    fast = convopt.optimize(model, x, lowering="direct", tuning_logs=tmp_path)  # checks against eager
+    assert set(fast.tuning) == {"conv2d", "conv2d_1", "conv2d_2", "linear"}
+    assert {row["status"] for row in fast.tuning.values()} <= {"tuned", "default"}
+    assert all(row["default_us"] > 0 and row["speedup"] >= 1 for row in fast.tuning.values())
+    assert fast.tuning["conv2d_1"]["kernel"] == fast.tuning["conv2d_2"]["kernel"]
+    untuned = convopt.optimize(model, x, lowering="direct", tuning_logs=False)
+    assert untuned.tuning == {}
+    with torch.no_grad():
+        assert torch.allclose(fast(x), untuned(x), rtol=1e-4, atol=1e-5)
+
+
+JOB = """
+import sys
+sys.path.insert(0, {repo!r})
+import torch
+from convopt.tuning.job import tune
+from tests.tuning.conftest import TinyNet
+torch.manual_seed(0)
+tune(TinyNet().eval(), torch.randn(1, 8, 12, 12), trials=40, log_dir={logs!r}, lowering="direct", progress=False,
+     measure_end_to_end=False)
+"""
+
+
+def test_a_job_killed_with_sigkill_resumes_without_losing_or_repeating_trials(tiny, tmp_path):
+    target = resolve_target("cpu")
+    path = records_dir(target, tmp_path) / RECORDS
+    job = subprocess.Popen([sys.executable, "-c", JOB.format(repo=str(REPO), logs=str(tmp_path))],
+                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.err", "w"))
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None:
+        if path.is_file() and len(path.read_text().splitlines()) >= 5:  # the 3 defaults and some trials
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, f"the job ended before it could be killed: {(tmp_path / 'job.err').read_text()[-2000:]}"
+    job.kill()
+    job.wait()
+    before = path.read_text().splitlines()
+    assert len(before) >= 5
+
+    model, x = tiny
+    summary = tune(model, x, trials=40, log_dir=tmp_path, lowering="direct", progress=False,
+                   measure_end_to_end=False)
+    after = path.read_text().splitlines()
+    assert after[: len(before) - 1] == before[:-1]  # nothing measured before the kill is lost
+    database = open_database(target, tmp_path)
+    for task in summary.tasks:
+        token = database.commit_workload(next(t for t in _tasks(model, x, target) if t.name == task.name).workload)
+        counts = Counter(trace_key(r.trace) for r in database.get_all_tuning_records() if r.workload.same_as(token))
+        # each point measured once by the search, plus the side-by-side confirmations of the fastest
+        assert max(counts.values()) <= 1 + 2 * CONFIRM_ROUNDS, task.name
+    again = tune(model, x, trials=40, log_dir=tmp_path, lowering="direct", progress=False, measure_end_to_end=False)
+    assert again.new_trials == 0  # a finished job started again has nothing left to do
+
+
+def _tasks(model, x, target):
+    from convopt.tuning.tasks import extract_tasks
+
+    return extract_tasks(convopt.optimize(model, x, lowering="direct", tuning_logs=False, check=False).graph, target)
+
+
+def test_cli_tune_then_optimize_reports_the_tuned_kernels(tmp_path, capsys, monkeypatch):
+    model_file = tmp_path / "net.py"
+    model_file.write_text("from torch import nn\n\ndef build():\n"
+                          "    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1))\n")
+    spec = f"{model_file}:build"
+    monkeypatch.chdir(tmp_path)  # the default log dir is ./tuning_logs, which optimize() reads too
+    assert main(["tune", spec, "--input-shape", "1,3,10,10", "--trials", "4", "--lowering", "direct"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning records: tuning_logs" in out and "new trials" in out
+    assert main(["optimize", spec, "--input-shape", "1,3,10,10", "--lowering", "direct"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning: " in out and "untuned" not in out.split("tuning: ")[1].splitlines()[0]
+    assert os.path.isdir(tmp_path / "tuning_logs")
