@@ -6,7 +6,8 @@
     ort-reparam       ONNX Runtime on timm's reparameterize_model(model)
     openvino          OpenVINO (CPU, f32, latency hint) on the same ONNX export as ``ort``
     openvino-reparam  OpenVINO on timm's reparameterize_model(model)
-    convopt           convopt.optimize(model, x, target="cpu") (TVM)
+    convopt           convopt.optimize(model, x, target="cpu") (TVM; with the tuning records it finds)
+    convopt-untuned   the same with every kernel's default schedule (tuning_logs=False)
     convopt-nchw      the same without the blocked activation layout (skip_passes=["block_layout"])
     convopt-torch     convopt.optimize(model, x, target="torch")
 
@@ -86,11 +87,11 @@ def _on_reparameterized(prepare: Callable) -> Callable:
     return prepare_reparameterized
 
 
-def _convopt(target: str, skip_passes: tuple[str, ...] = ()):
+def _convopt(target: str, skip_passes: tuple[str, ...] = (), tuning_logs=None):
     def prepare(model, x):
         import convopt
 
-        fast = convopt.optimize(model, x, target=target, skip_passes=skip_passes)
+        fast = convopt.optimize(model, x, target=target, skip_passes=skip_passes, tuning_logs=tuning_logs)
         return lambda: fast(x)
 
     return prepare
@@ -105,6 +106,7 @@ CONTENDERS: dict[str, Callable] = {
     "openvino-reparam": _on_reparameterized(_openvino),
     "convopt": _convopt("cpu"),
     "convopt-nchw": _convopt("cpu", ("block_layout",)),
+    "convopt-untuned": _convopt("cpu", tuning_logs=False),
     "convopt-torch": _convopt("torch"),
 }
 

@@ -379,7 +379,9 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     start = time.perf_counter()
     args = as_args(example_inputs)
     fast = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=False)
-    untuned_ms = _time_module(fast, args) if measure_end_to_end and target.runs_here else None
+    # through RPC the kernels run elsewhere: this machine's end-to-end time would say nothing about them
+    measure_end_to_end = measure_end_to_end and target.runs_here and rpc is None
+    untuned_ms = _time_module(fast, args) if measure_end_to_end else None
     tasks = extract_tasks(fast.graph, target)
     log_root = Path(log_dir) if log_dir is not None else LOCAL_LOGS
     database = open_database(target, log_root, create=True)
@@ -397,7 +399,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     seconds = time.perf_counter() - start
     summary = TuningSummary(target.key, folder, reports, new_trials, seconds, untuned_ms, stopped=stopped,
                             per_trial_s=seconds / new_trials if new_trials else 0.0)
-    if measure_end_to_end and target.runs_here:
+    if measure_end_to_end:
         # both again, alternately (the machine's load drifts during a job), best round of each
         tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root)
         rounds = [(_time_module(fast, args), _time_module(tuned, args)) for _ in range(3)]
