@@ -17,6 +17,7 @@ knows how much faster its tuned code is (``KernelTuning``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ from typing import Callable, Iterable
 import tvm
 
 from ..target import Target
-from .records import SHIPPED_LOGS, open_database, other_keys
+from .records import RECORDS, SHIPPED_LOGS, WORKLOADS, open_database, other_keys, records_dir
 
 MIN_GAIN = 1.03
 ENV_LOGS = "CONVOPT_TUNING_LOGS"
@@ -110,22 +111,41 @@ def default_log_dirs(tuning_logs: str | os.PathLike | Iterable | None = None) ->
     return unique
 
 
+_WARNED: set = set()  # (target key, other keys) already warned about
+
+
+def _stamp(folder: Path) -> tuple:
+    return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+                 for p in (folder / RECORDS, folder / WORKLOADS))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_database(log_dir: str, target: Target, stamp: tuple):
+    """A log folder's database, read once per process while its files don't change (parsing the workloads
+    takes seconds: each is a whole PrimFunc)."""
+    return open_database(target, log_dir)
+
+
 class TunedSchedules:
     """The tuning records of one target, from several log folders; ``schedule`` picks a kernel's schedule."""
 
     def __init__(self, target: Target, log_dirs: Iterable[str | os.PathLike]):
         self.target = target
         self.log_dirs = [Path(d) for d in log_dirs]
-        self.databases = [db for db in (open_database(target, d) for d in self.log_dirs) if db is not None]
+        databases = (_cached_database(str(d.resolve()), target, _stamp(records_dir(target, d))) for d in self.log_dirs)
+        self.databases = [db for db in databases if db is not None]
 
     @classmethod
     def for_target(cls, target: Target, tuning_logs=None) -> "TunedSchedules":
         """The records optimize() applies for ``target``. Records made for other target keys are not applied
-        (records.py says why); when only those exist, a warning names them."""
+        (records.py says why); when only those exist in the user's folders, a warning names them (once per
+        process; the shipped records of other machines are no news)."""
         found = cls(target, default_log_dirs(tuning_logs))
         if not found.databases:
-            others = sorted({key for d in found.log_dirs for key in other_keys(target, d)})
-            if others:
+            users = [d for d in found.log_dirs if d.resolve() != SHIPPED_LOGS.resolve()]
+            others = tuple(sorted({key for d in users for key in other_keys(target, d)}))
+            if others and (target.key, others) not in _WARNED:
+                _WARNED.add((target.key, others))
                 warnings.warn(f"tuning records exist for {', '.join(others)} but not for this target "
                               f"({target.key}); kernels run their default schedules. Run `convopt tune` here "
                               "to tune for this machine", stacklevel=3)
@@ -157,6 +177,7 @@ class TunedSchedules:
         try:
             choice.trace.apply_to_schedule(tuned, remove_postproc=False)
         except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
-            warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its default schedule", stacklevel=2)
+            warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its "
+                          "default schedule", stacklevel=2)
             return sch.mod["main"], KernelTuning("untuned")
         return tuned.mod["main"], KernelTuning("tuned", default_us, best_us)

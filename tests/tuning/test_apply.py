@@ -1,6 +1,7 @@
 """Choosing a kernel's schedule from its records: by median, with a margin over the default; which folders."""
 
 import types
+import warnings
 
 import pytest
 
@@ -49,6 +50,7 @@ def test_only_other_targets_records_give_a_warning_naming_them(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(apply, "SHIPPED_LOGS", tmp_path / "missing")
     monkeypatch.delenv(apply.ENV_LOGS, raising=False)
+    monkeypatch.setattr(apply, "_WARNED", set())
     other = resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
     here = resolve_target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
     (tmp_path / "logs" / other.key).mkdir(parents=True)
@@ -56,3 +58,7 @@ def test_only_other_targets_records_give_a_warning_naming_them(tmp_path, monkeyp
     with pytest.warns(UserWarning, match=f"tuning records exist for {other.key} but not for this target"):
         found = apply.TunedSchedules.for_target(here, tmp_path / "logs")
     assert not found
+    monkeypatch.setattr(apply, "SHIPPED_LOGS", tmp_path / "logs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shipped records of another machine are no news
+        apply.TunedSchedules.for_target(here, tmp_path / "logs")
