@@ -25,6 +25,7 @@ from ..ir.layout import aligned_4d, block_of, to_blocked
 from ..ir.ops import Op
 from ..ir.types import TensorType, full_dtype_name
 from ..target import Target
+from .aten_emit import AtenEmitError, emit_aten, emits
 
 
 class UnsupportedOpError(NotImplementedError):
@@ -256,8 +257,18 @@ EMITTERS: dict[Op, Callable] = {
 }
 
 
+def _torch(ctx, n: Node, x):
+    try:
+        return emit_aten(n, x)
+    except AtenEmitError as e:
+        raise UnsupportedOpError(f"{e}; run this model with target='torch'") from None
+
+
+EMITTERS[Op.TORCH] = _torch  # the ATen ops in aten_emit.ATEN_EMITTERS
+
+
 def unsupported_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if n.op not in EMITTERS]
+    return [n for n in graph.nodes if n.op not in EMITTERS or (n.op is Op.TORCH and not emits(n))]
 
 
 def to_relax(graph: Graph, target: Target | None = None, records=None):

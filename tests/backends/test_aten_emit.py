@@ -1,0 +1,87 @@
+"""The opaque ATen ops with a TVM lowering: each in a small conv net on the CPU target, against eager; the
+ones it doesn't cover are refused naming the node, or fall back whole with the default target."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import convopt
+from convopt.backends.relax_emit import unsupported_nodes
+from convopt.capture import capture_program
+from convopt.ir.ops import Op
+from tests.conftest import rel_err
+
+
+class Between(nn.Module):
+    """conv -> the op under test -> conv, so the op sits between kernels (and layouts) like in a real CNN."""
+
+    def __init__(self, fn, out_channels=8):
+        super().__init__()
+        self.a, self.fn, self.b = nn.Conv2d(3, 8, 3, padding=1), fn, nn.Conv2d(out_channels, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.fn(self.a(x)))
+
+
+def _shuffle(x, groups=2):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+CASES = {
+    "nearest_x2": lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
+    "nearest_to_size": lambda x: F.interpolate(x, size=(13, 7), mode="nearest"),
+    "bilinear_half_pixel": lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+    "bilinear_align_corners": lambda x: F.interpolate(x, size=(15, 9), mode="bilinear", align_corners=True),
+    "bilinear_down": lambda x: F.interpolate(x, size=(5, 4), mode="bilinear", align_corners=False),
+    "pad_constant": lambda x: F.pad(x, (1, 2, 0, 3)),
+    "pad_value": lambda x: F.pad(x, (1, 1, 1, 1), value=0.5),
+    "pad_reflect": lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"),
+    "slice_h": lambda x: x[:, :, 1:7],
+    "slice_w_step": lambda x: x[:, :, :, ::2],
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
+    "channel_shuffle": _shuffle,
+    "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
+}
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_compiles_on_the_cpu_target_and_matches_eager(case):
+    torch.manual_seed(0)
+    model = Between(Fn(CASES[case])).eval()
+    x = torch.randn(1, 3, 10, 11)
+    fast = convopt.optimize(model, x, target="cpu")  # checks against eager too
+    assert fast.target != "torch"
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) < 1e-5
+
+
+def test_ops_outside_the_table_stay_unsupported_and_the_default_target_falls_back():
+    model = Between(Fn(lambda x: F.pixel_shuffle(x, 2)), out_channels=2).eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = capture_program(model, x, mode="inference").graph
+    missing = unsupported_nodes(graph)
+    assert [n.attrs.target for n in missing] == ["aten.pixel_shuffle.default"]
+    with pytest.warns(UserWarning, match="pixel_shuffle"):
+        assert convopt.optimize(model, x).target == "torch"
+
+
+@pytest.mark.parametrize("fn,reason", [(lambda x: F.pad(x, (-1, -1, 0, 0)), "negative padding"),
+                                       (lambda x: F.pad(x, (1, 0, 2, 1), mode="replicate"), "padding mode")])
+def test_arguments_it_does_not_cover_are_refused_naming_the_node(fn, reason):
+    model = Between(Fn(fn)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    torch_nodes = [n for n in capture_program(model, x, mode="inference").graph.nodes if n.op is Op.TORCH]
+    assert torch_nodes
+    with pytest.raises(NotImplementedError, match=f"node %.*{reason}"):
+        convopt.optimize(model, x, target="cpu")
