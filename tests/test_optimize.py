@@ -68,13 +68,18 @@ def test_a_wrong_pass_is_caught_by_check(monkeypatch):
     fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), skip_passes=["negate_output"])
 
 
+class Roll(nn.Module):
+    def forward(self, x):
+        return torch.roll(x, 1, 2)  # aten.roll: no TVM lowering
+
+
 def test_default_target_is_tvm_cpu_falling_back_to_torch_with_a_warning():
     from convopt.backends.tvm_backend import TVMGraphModule
 
     fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
     assert isinstance(fast._compiled, TVMGraphModule) and "llvm" in str(fast._compiled.target)
-    model = nn.Sequential(nn.Conv2d(3, 12, 1), nn.PixelShuffle(2))
-    with pytest.warns(UserWarning, match="pixel_shuffle.*target='torch'"):
+    model = nn.Sequential(nn.Conv2d(3, 12, 1), nn.Flatten(2), nn.Unflatten(2, (4, 4)), Roll())
+    with pytest.warns(UserWarning, match="roll.*target='torch'"):
         fast = convopt.optimize(model, torch.randn(1, 3, 4, 4))
     assert isinstance(fast._compiled, torch.fx.GraphModule)
     trainable = Small()

@@ -14,7 +14,13 @@ an opaque op's operands). Output shapes come from the node's type (captured from
                              "replicate" are refused)
     slice.Tensor             strided_slice (end clamped to the dimension)
     chunk                    split where the captured pieces end, a tuple (read by getitem nodes)
-    leaky_relu               nn.leakyrelu
+    select / narrow          strided_slice (select then drops the axis)
+    expand                   broadcast_to the captured shape
+    pixel_(un)shuffle        reshape, permute, reshape
+    leaky_relu, elu, selu, softplus, mish, prelu   elementwise formulas (softplus linear above its
+                             threshold, like PyTorch's)
+    gt/lt/ge/le.Scalar, where.self   comparisons to a bool mask and the select
+    sum.dim_IntList          sum over the dims
     contiguous / clone       the value itself (Relax values have no strides)
 """
 
@@ -92,6 +98,73 @@ def _slice(n: Node, args):
                                   2**31 - 1)], strides=[int(arg(4, 1))])
 
 
+def _index(value, size: int) -> int:
+    return int(value) % size if int(value) < 0 else int(value)
+
+
+def _select(n: Node, args, types):
+    dim = int(args[1]) % len(types[0].shape)
+    index = _index(args[2], types[0].shape[dim])
+    picked = relax.op.strided_slice(args[0], axes=[dim], begin=[index], end=[index + 1])
+    return relax.op.squeeze(picked, axis=[dim])
+
+
+def _narrow(n: Node, args, types):
+    dim = int(args[1]) % len(types[0].shape)
+    start = _index(args[2], types[0].shape[dim])
+    return relax.op.strided_slice(args[0], axes=[dim], begin=[start], end=[start + int(args[3])])
+
+
+def _pixel_shuffle(n: Node, args, types):
+    r = int(args[1])
+    b, c, h, w = types[0].shape
+    x = relax.op.reshape(args[0], (b, c // (r * r), r, r, h, w))
+    return relax.op.reshape(relax.op.permute_dims(x, [0, 1, 4, 2, 5, 3]), n.type.shape)
+
+
+def _pixel_unshuffle(n: Node, args, types):
+    r = int(args[1])
+    b, c, h, w = types[0].shape
+    x = relax.op.reshape(args[0], (b, c, h // r, r, w // r, r))
+    return relax.op.reshape(relax.op.permute_dims(x, [0, 1, 3, 5, 2, 4]), n.type.shape)
+
+
+def _const(value: float, dtype: str = "float32"):
+    return relax.const(float(value), dtype)
+
+
+def _softplus_of(x, beta: float = 1.0, threshold: float = 20.0):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (PyTorch's rule: no overflow)."""
+    bx = relax.op.multiply(x, _const(beta)) if beta != 1.0 else x
+    soft = relax.op.log(relax.op.add(relax.op.exp(bx), _const(1.0)))
+    soft = relax.op.divide(soft, _const(beta)) if beta != 1.0 else soft
+    return relax.op.where(relax.op.greater(bx, _const(threshold)), x, soft)
+
+
+def _elu_of(x, alpha: float, scale: float = 1.0, input_scale: float = 1.0):
+    negative = relax.op.multiply(_const(alpha), relax.op.subtract(
+        relax.op.exp(relax.op.multiply(x, _const(input_scale))), _const(1.0)))
+    out = relax.op.where(relax.op.greater(x, _const(0.0)), x, negative)
+    return relax.op.multiply(out, _const(scale)) if scale != 1.0 else out
+
+
+def _arg(args, i: int, default):
+    return args[i] if len(args) > i and args[i] is not None else default
+
+
+def _prelu(n: Node, args, types):
+    rank = len(types[0].shape)
+    weight = relax.op.reshape(args[1], (1, -1) + (1,) * (rank - 2)) if rank > 1 else args[1]
+    return relax.op.where(relax.op.greater(args[0], _const(0.0)), args[0], relax.op.multiply(weight, args[0]))
+
+
+def _compare(fn):
+    return lambda n, args, types: fn(args[0], _const(args[1], _DTYPES.get(types[0].dtype, "float32")))
+
+
+_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32"}
+
+
 def _chunk(n: Node, args):
     # chunk.default(input, chunks, dim=0)
     dim = int(args[2]) if len(args) > 2 else 0
@@ -108,19 +181,42 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.constant_pad_nd.default": _pad,
     "aten.pad.default": _pad,
     "aten.slice.Tensor": _slice,
-    "aten.leaky_relu.default": lambda n, args: relax.op.nn.leakyrelu(args[0], float(args[1] if len(args) > 1
-                                                                                    else 0.01)),
+    "aten.leaky_relu.default": lambda n, args: relax.op.nn.leakyrelu(args[0], float(_arg(args, 1, 0.01))),
+    "aten.elu.default": lambda n, args: _elu_of(args[0], float(_arg(args, 1, 1.0)), float(_arg(args, 2, 1.0)),
+                                                float(_arg(args, 3, 1.0))),
+    "aten.selu.default": lambda n, args: _elu_of(args[0], 1.6732632423543772, 1.0507009873554805),
+    "aten.softplus.default": lambda n, args: _softplus_of(args[0], float(_arg(args, 1, 1.0)),
+                                                          float(_arg(args, 2, 20.0))),
+    "aten.mish.default": lambda n, args: relax.op.multiply(args[0], relax.op.tanh(_softplus_of(args[0]))),
+    "aten.expand.default": lambda n, args: relax.op.broadcast_to(args[0], n.type.shape),
+    "aten.where.self": lambda n, args: relax.op.where(args[0], args[1], args[2]),
+    "aten.sum.dim_IntList": lambda n, args: relax.op.sum(args[0], [int(d) for d in args[1]],
+                                                         bool(_arg(args, 2, False))),
     "aten.contiguous.default": lambda n, args: args[0],
     "aten.clone.default": lambda n, args: args[0],
 }
 
 
+# emitters that also read their inputs' types (shapes the output type doesn't give)
+TYPED_EMITTERS: dict[str, Callable] = {
+    "aten.select.int": _select,
+    "aten.narrow.default": _narrow,
+    "aten.pixel_shuffle.default": _pixel_shuffle,
+    "aten.pixel_unshuffle.default": _pixel_unshuffle,
+    "aten.prelu.default": _prelu,
+    "aten.gt.Scalar": _compare(relax.op.greater),
+    "aten.lt.Scalar": _compare(relax.op.less),
+    "aten.ge.Scalar": _compare(relax.op.greater_equal),
+    "aten.le.Scalar": _compare(relax.op.less_equal),
+}
+
+
 def emits(n: Node) -> bool:
-    return n.attrs.target in ATEN_EMITTERS
+    return n.attrs.target in ATEN_EMITTERS or n.attrs.target in TYPED_EMITTERS
 
 
-def emit_aten(n: Node, inputs: list):
-    """The Relax expression of opaque node ``n`` whose tensor inputs are ``inputs``."""
+def emit_aten(n: Node, inputs: list, input_types: list):
+    """The Relax expression of opaque node ``n`` whose tensor inputs are ``inputs`` (of ``input_types``)."""
 
     def subst(v):
         if isinstance(v, Ref):
@@ -129,4 +225,7 @@ def emit_aten(n: Node, inputs: list):
             return tuple(subst(e) for e in v)
         return v
 
-    return ATEN_EMITTERS[n.attrs.target](n, [subst(a) for a in n.attrs.args])
+    args = [subst(a) for a in n.attrs.args]
+    if n.attrs.target in TYPED_EMITTERS:
+        return TYPED_EMITTERS[n.attrs.target](n, args, input_types)
+    return ATEN_EMITTERS[n.attrs.target](n, args)

@@ -259,7 +259,7 @@ EMITTERS: dict[Op, Callable] = {
 
 def _torch(ctx, n: Node, x):
     try:
-        return emit_aten(n, x)
+        return emit_aten(n, x, [ctx.graph.types[i] for i in n.inputs])
     except AtenEmitError as e:
         raise UnsupportedOpError(f"{e}; run this model with target='torch'") from None
 

@@ -42,6 +42,15 @@ CASES = {
     "slice_w_step": lambda x: x[:, :, :, ::2],
     "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
     "channel_shuffle": _shuffle,
+    "pixel_shuffle_round_trip": lambda x: F.pixel_shuffle(F.pixel_unshuffle(x[:, :, :, :10], 2) * 2.0, 2),
+    "elu": lambda x: F.elu(x, 0.7),
+    "selu": F.selu,
+    "softplus": lambda x: F.softplus(x * 10.0, beta=2.0, threshold=15.0),
+    "mish": lambda x: F.mish(x * 30.0),
+    "prelu": nn.PReLU(8),
+    "select_narrow": lambda x: x[:, 1:2] * x[:, :, -2].unsqueeze(2) + x.narrow(3, 1, 6).sum(dim=3, keepdim=True),
+    "expand": lambda x: x.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 10, 11) * x,
+    "where_gt": lambda x: torch.where(x > 0.1, x, x * 0.1) + torch.where(x <= -0.2, x, x * 2),
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
 
@@ -67,12 +76,12 @@ def test_op_compiles_on_the_cpu_target_and_matches_eager(case):
 
 
 def test_ops_outside_the_table_stay_unsupported_and_the_default_target_falls_back():
-    model = Between(Fn(lambda x: F.pixel_shuffle(x, 2)), out_channels=2).eval()
+    model = Between(Fn(lambda x: torch.roll(x, 1, 2))).eval()
     x = torch.randn(1, 3, 8, 8)
     graph = capture_program(model, x, mode="inference").graph
     missing = unsupported_nodes(graph)
-    assert [n.attrs.target for n in missing] == ["aten.pixel_shuffle.default"]
-    with pytest.warns(UserWarning, match="pixel_shuffle"):
+    assert [n.attrs.target for n in missing] == ["aten.roll.default"]
+    with pytest.warns(UserWarning, match="roll"):
         assert convopt.optimize(model, x).target == "torch"
 
 
