@@ -21,6 +21,9 @@ an opaque op's operands). Output shapes come from the node's type (captured from
                              threshold, like PyTorch's)
     gt/lt/ge/le.Scalar, where.self   comparisons to a bool mask and the select
     sum.dim_IntList          sum over the dims
+    expand_as, reshape_as    broadcast_to / reshape to the captured shape
+    matmul, stack, unbind    Relax's matmul, stack, and split + squeeze (a tuple)
+    clamp_min, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
     contiguous / clone       the value itself (Relax values have no strides)
 """
 
@@ -165,6 +168,25 @@ def _compare(fn):
 _DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32"}
 
 
+def _unbind(n: Node, args, types):
+    dim = int(_arg(args, 1, 0)) % len(types[0].shape)
+    size = types[0].shape[dim]
+    pieces = relax.op.split(args[0], list(range(1, size)), axis=dim) if size > 1 else relax.Tuple([args[0]])
+    return relax.Tuple([relax.op.squeeze(relax.TupleGetItem(pieces, i), axis=[dim]) for i in range(size)])
+
+
+def _conv1d(n: Node, args, types):
+    # conv1d.default(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+    def one(v, default):
+        v = _arg(args, v, default)
+        return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+    out = relax.op.nn.conv1d(args[0], args[1], strides=one(3, 1), padding=one(4, 0), dilation=one(5, 1),
+                             groups=int(_arg(args, 6, 1)))
+    bias = _arg(args, 2, None)
+    return relax.op.add(out, relax.op.reshape(bias, (1, -1, 1))) if bias is not None else out
+
+
 def _chunk(n: Node, args):
     # chunk.default(input, chunks, dim=0)
     dim = int(args[2]) if len(args) > 2 else 0
@@ -190,6 +212,13 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.mish.default": lambda n, args: relax.op.multiply(args[0], relax.op.tanh(_softplus_of(args[0]))),
     "aten.expand.default": lambda n, args: relax.op.broadcast_to(args[0], n.type.shape),
     "aten.where.self": lambda n, args: relax.op.where(args[0], args[1], args[2]),
+    "aten.expand_as.default": lambda n, args: relax.op.broadcast_to(args[0], n.type.shape),
+    "aten.reshape_as.default": lambda n, args: relax.op.reshape(args[0], n.type.shape),
+    "aten.matmul.default": lambda n, args: relax.op.matmul(args[0], args[1]),
+    "aten.stack.default": lambda n, args: relax.op.stack(list(args[0]), int(_arg(args, 1, 0))),
+    "aten.clamp_min.default": lambda n, args: relax.op.maximum(args[0], _const(args[1])),
+    "aten.square.default": lambda n, args: relax.op.multiply(args[0], args[0]),
+    "aten.pow.Tensor_Scalar": lambda n, args: relax.op.power(args[0], _const(args[1])),
     "aten.sum.dim_IntList": lambda n, args: relax.op.sum(args[0], [int(d) for d in args[1]],
                                                          bool(_arg(args, 2, False))),
     "aten.contiguous.default": lambda n, args: args[0],
@@ -204,6 +233,8 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.pixel_shuffle.default": _pixel_shuffle,
     "aten.pixel_unshuffle.default": _pixel_unshuffle,
     "aten.prelu.default": _prelu,
+    "aten.unbind.int": _unbind,
+    "aten.conv1d.default": _conv1d,
     "aten.gt.Scalar": _compare(relax.op.greater),
     "aten.lt.Scalar": _compare(relax.op.less),
     "aten.ge.Scalar": _compare(relax.op.greater_equal),

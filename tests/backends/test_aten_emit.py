@@ -29,6 +29,18 @@ def _shuffle(x, groups=2):
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
+class Eca(nn.Module):
+    """timm's efficient channel attention: a conv1d across the pooled channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x.mean(dim=(2, 3)).unsqueeze(1)).squeeze(1)
+        return x * torch.sigmoid(y)[..., None, None]
+
+
 CASES = {
     "nearest_x2": lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
     "nearest_to_size": lambda x: F.interpolate(x, size=(13, 7), mode="nearest"),
@@ -51,6 +63,11 @@ CASES = {
     "select_narrow": lambda x: x[:, 1:2] * x[:, :, -2].unsqueeze(2) + x.narrow(3, 1, 6).sum(dim=3, keepdim=True),
     "expand": lambda x: x.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 10, 11) * x,
     "where_gt": lambda x: torch.where(x > 0.1, x, x * 0.1) + torch.where(x <= -0.2, x, x * 2),
+    "expand_as_reshape_as": lambda x: x.mean(dim=(2, 3), keepdim=True).expand_as(x) * x.reshape_as(x),
+    "matmul": lambda x: torch.matmul(x, x.transpose(2, 3)[..., :11]).relu(),
+    "stack_unbind": lambda x: torch.stack([a * (i + 1) for i, a in enumerate(x.unbind(1))], dim=1),
+    "clamp_min_square_pow": lambda x: x.clamp_min(0.1).square() + x.pow(3.0),
+    "eca_conv1d": Eca(),
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
 

@@ -1,0 +1,103 @@
+"""Which ATen ops of real CNNs have no TVM lowering: captures one model of every timm CNN family and every
+torchvision classification CNN that builds offline (random weights), runs the inference passes, and lists
+the ops that would make the TVM target refuse the model (relax_emit.unsupported_nodes), with the models
+that use them.
+
+    python benchmarks/op_coverage.py [--out benchmarks/results/op_coverage]
+
+Capture only (no compile), so the whole scan takes minutes; a model that captures with no unsupported op
+may still fail to compile or to match eager (``convopt optimize`` checks that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from convopt.backends.relax_emit import unsupported_nodes
+from convopt.capture import capture_program
+from convopt.ir.graph import op_label
+from convopt.models import load_model
+from convopt.pipeline import build, run_passes
+
+# timm modules whose models are convolutional (hybrids with attention stages included when their stem and
+# most stages are convs); the pure transformers and MLP mixers are left out
+TIMM_CNN_MODULES = [
+    "byoanet", "byobnet", "convmixer", "convnext", "cspnet", "densenet", "dla", "dpn", "edgenext", "efficientnet",
+    "efficientvit_mit", "fasternet", "ghostnet", "hardcorenas", "hgnet", "hrnet", "inception_next",
+    "inception_resnet_v2", "inception_v3", "inception_v4", "lcnetv2", "mambaout", "metaformer", "mobilenetv3",
+    "mobilevit", "nasnet", "nfnet", "pnasnet", "rdnet", "regnet", "repghost", "repvit", "res2net", "resnest",
+    "resnet", "resnetv2", "rexnet", "selecsls", "senet", "sknet", "starnet", "tresnet", "vgg", "vovnet",
+    "xception", "xception_aligned", "fastvit", "efficientformer", "shvit", "cspnext",
+]
+TORCHVISION_CNNS = [
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet", "inception_v3",
+    "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18",
+    "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_0", "vgg11_bn", "wide_resnet50_2",
+]
+
+
+def specs() -> list[str]:
+    import timm
+
+    out = []
+    for module in TIMM_CNN_MODULES:
+        names = timm.list_models(module=module)
+        if names:
+            out.append(f"timm:{names[0]}")
+    return out + [f"torchvision:{name}" for name in TORCHVISION_CNNS]
+
+
+def scan(spec: str) -> tuple[str, list[str]]:
+    """("ok" | "unsupported" | "failed: why", the unsupported ops)."""
+    torch.manual_seed(0)
+    try:
+        model = load_model(spec).eval()
+    except Exception as e:  # noqa: BLE001 - a model that needs a download or more arguments: skipped
+        return f"not built: {type(e).__name__}", []
+    last = None
+    for size in (128, 224, 299):
+        try:
+            captured = capture_program(model, torch.randn(1, 3, size, size), mode="inference")
+            graph, _ = run_passes(captured.graph, build("inference"))
+            break
+        except Exception as e:  # noqa: BLE001 - some models need a larger input
+            last = e
+    else:
+        return f"not captured: {type(last).__name__}: {str(last)[:80]}", []
+    missing = sorted({op_label(n) for n in unsupported_nodes(graph)})
+    return ("unsupported" if missing else "ok"), missing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/op_coverage")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rows, users = [], defaultdict(list)
+    for spec in specs():
+        status, missing = scan(spec)
+        rows.append((spec, status, missing))
+        for op in missing:
+            users[op].append(spec)
+        print(f"{spec:45s} {status:12s} {', '.join(missing)}", flush=True)
+    built = [r for r in rows if r[1] in ("ok", "unsupported")]
+    ok = [r for r in built if r[1] == "ok"]
+    lines = [f"# ATen ops without a TVM lowering ({time.strftime('%Y-%m-%d')})", "",
+             f"`python {' '.join(['benchmarks/op_coverage.py'])}`: {len(ok)} of {len(built)} captured models have "
+             f"every op lowered ({len(rows) - len(built)} not built or captured), {time.perf_counter() - start:.0f} s.",
+             "", "| op | models |", "|---|---|"]
+    lines += [f"| `{op}` | {len(models)}: {', '.join(models)} |" for op, models in
+              sorted(users.items(), key=lambda kv: -len(kv[1]))]
+    lines += ["", "| model | status | ops without a lowering |", "|---|---|---|"]
+    lines += [f"| {spec} | {status} | {', '.join(missing)} |" for spec, status, missing in rows]
+    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()
