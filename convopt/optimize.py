@@ -98,17 +98,11 @@ class OptimizedModule(nn.Module):
         """IR node -> how its kernel was scheduled, for every node computed by a kernel of convopt's (convs
         and linear layers on a TVM CPU target): {"kernel", "status": "tuned" | "default" | "untuned",
         "default_us", "best_us", "speedup"} (tuning/apply.py). Empty for other targets."""
+        from .tuning.apply import KernelTuning
+
         table = getattr(self._compiled, "kernels", None) or {}
-        out = {}
-        for kernel, row in table.items():
-            tuning = row.get("tuning")
-            if tuning is None:
-                continue
-            speedup = (tuning["default_us"] / tuning["best_us"]
-                       if tuning.get("default_us") and tuning.get("best_us") else None)
-            for node in row["nodes"]:
-                out[node] = {"kernel": kernel, **tuning, "speedup": speedup}
-        return out
+        return {node: {"kernel": kernel, **row["tuning"], "speedup": KernelTuning(**row["tuning"]).speedup}
+                for kernel, row in table.items() if "tuning" in row for node in row["nodes"]}
 
     @property
     def target(self) -> str:

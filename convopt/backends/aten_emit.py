@@ -36,6 +36,7 @@ from tvm import relax
 
 from ..ir.graph import Node
 from ..ir.ops import Ref
+from ..ir.types import full_dtype_name
 
 
 class AtenEmitError(NotImplementedError):
@@ -93,12 +94,10 @@ def _pad(n: Node, args):
 
 def _slice(n: Node, args):
     # slice.Tensor(input, dim=0, start=None, end=None, step=1)
-    def arg(i, default):
-        return args[i] if len(args) > i and args[i] is not None else default
-
-    dim = int(arg(1, 0)) % len(n.type.shape)
-    return relax.op.strided_slice(args[0], axes=[dim], begin=[int(arg(2, 0))], end=[min(int(arg(3, 2**31 - 1)),
-                                  2**31 - 1)], strides=[int(arg(4, 1))])
+    dim = int(_arg(args, 1, 0)) % len(n.type.shape)
+    end = min(int(_arg(args, 3, 2**31 - 1)), 2**31 - 1)
+    return relax.op.strided_slice(args[0], axes=[dim], begin=[int(_arg(args, 2, 0))], end=[end],
+                                  strides=[int(_arg(args, 4, 1))])
 
 
 def _index(value, size: int) -> int:
@@ -162,10 +161,7 @@ def _prelu(n: Node, args, types):
 
 
 def _compare(fn):
-    return lambda n, args, types: fn(args[0], _const(args[1], _DTYPES.get(types[0].dtype, "float32")))
-
-
-_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32"}
+    return lambda n, args, types: fn(args[0], _const(args[1], full_dtype_name(types[0].dtype)))
 
 
 def _unbind(n: Node, args, types):

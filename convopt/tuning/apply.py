@@ -54,10 +54,6 @@ class KernelTuning:
     def to_attr(self) -> str:
         return json.dumps({"status": self.status, "default_us": self.default_us, "best_us": self.best_us})
 
-    @classmethod
-    def from_attr(cls, text: str) -> "KernelTuning":
-        return cls(**json.loads(text))
-
 
 def trace_key(trace) -> str:
     """A trace's instructions and decisions as text: equal for the same schedule however it was stored."""
