@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -13,6 +14,7 @@ from torch.utils import _pytree as pytree
 from .backends.torch_backend import to_torch
 from .capture import as_args, capture_program, modes_set
 from .ir.graph import Graph, op_label
+from .ir.printer import print_graph
 from .ir.ops import Op
 from .ir.types import TensorType
 from .numerics import relative_error
@@ -105,6 +107,68 @@ class OptimizedModule(nn.Module):
                 for kernel, row in table.items() if "tuning" in row for node in row["nodes"]}
 
     @property
+    def fallbacks(self) -> dict[str, str]:
+        """IR node -> its ATen op, for every node that runs in PyTorch inside the compiled TVM module
+        (no TVM lowering; see backends/torch_fallback.py). Empty for target "torch"."""
+        nodes = {n.name: n for n in self.graph.nodes}
+        groups = getattr(self._compiled, "fallbacks", None) or {}
+        return {name: op_label(nodes[name]) for group in groups.values() for name in group}
+
+    def placement(self) -> dict[str, str]:
+        """IR node -> where it runs: "kernel NAME (lowering, tuning status)" for convopt's conv and dense
+        kernels, "PyTorch fallback" for nodes TVM can't compile, "TVM" for Relax's generic ops, "PyTorch"
+        everywhere for target "torch". The backend IR dump shows this above each node."""
+        if self.target == "torch":
+            return {n.name: "PyTorch" for n in self.graph.nodes}
+        where = {n.name: "TVM" for n in self.graph.nodes}
+        for kernel, row in (getattr(self._compiled, "kernels", None) or {}).items():
+            tuning = row.get("tuning", {})
+            status = tuning.get("status", "")
+            if status == "tuned":
+                speedup = self.tuning.get(row["nodes"][0], {}).get("speedup")
+                status += f" {speedup:.2f}x" if speedup else ""
+            detail = ", ".join(d for d in (row.get("lowering"), status) if d)
+            for node in row["nodes"]:
+                where[node] = f"kernel {kernel}" + (f" ({detail})" if detail else "")
+        if where and getattr(self._compiled, "kernels", None):
+            from .backends.conv_kernels import plan_epilogues
+
+            for conv, plan in plan_epilogues(self.graph).items():
+                for node in plan.absorbed:
+                    where[node] = f"kernel: epilogue of %{conv}"
+        for node in self.fallbacks:
+            where[node] = "PyTorch fallback (no TVM lowering)"
+        return where
+
+    def summary(self) -> str:
+        """A few lines: the target, the nodes and where they run, how convopt's kernels were scheduled, and
+        the PyTorch fallbacks with their calls and share of the time over this module's calls so far."""
+        where = self.placement()
+        kinds = {"kernel": 0, "TVM": 0, "PyTorch fallback": 0, "PyTorch": 0}
+        for text in where.values():
+            kinds[next(k for k in kinds if text.startswith(k))] += 1
+        lines = [f"target {self.target}, mode {self.mode}, {len(self.graph.nodes)} nodes: "
+                 + ", ".join(f"{count} {label}" for label, count in
+                             (("in convopt kernels", kinds["kernel"]), ("Relax ops", kinds["TVM"]),
+                              ("PyTorch fallback", kinds["PyTorch fallback"]), ("PyTorch", kinds["PyTorch"]))
+                             if count)]
+        statuses = [row["status"] for row in self.tuning.values()]
+        if statuses:
+            lines.append("kernels: " + ", ".join(f"{statuses.count(s)} {s}" for s in ("tuned", "default", "untuned")
+                                                 if s in statuses))
+        groups = getattr(self._compiled, "fallbacks", None) or {}
+        if groups:
+            times = self._compiled.time
+            total = times["forward"][1]
+            lines.append(f"PyTorch fallback (over {times['forward'][0]} calls):")
+            fallbacks = self.fallbacks
+            for name, nodes in groups.items():
+                calls, seconds = times[name]
+                share = f"{100 * seconds / total:.1f}% of the time" if total else "not run yet"
+                lines.append(f"  {', '.join('%' + n for n in nodes)} ({fallbacks[nodes[0]]}): {calls} calls, {share}")
+        return "\n".join(lines)
+
+    @property
     def target(self) -> str:
         """Where it runs: "torch", or the key of the TVM target (convopt.target.Target.key)."""
         compiled_target = getattr(self._compiled, "target", None)
@@ -118,6 +182,7 @@ class OptimizedModule(nn.Module):
             raise TypeError("save() writes TVM artifacts (target 'cpu' / 'cuda'); for target='torch' save the "
                             "state_dict with torch.save and optimize the model again when loading")
         meta = {"format": "convopt-artifact-1", "mode": self.mode,
+                "needs_torch_for": sorted(set(self.fallbacks.values())),
                 "inputs": [{"name": v.name, "type": str(v.type)} for v in self.graph.inputs],
                 "in_spec": pytree.treespec_dumps(self._in_spec), "out_spec": pytree.treespec_dumps(self._out_spec)}
         return save_artifact(path, self._compiled, self.graph, meta)
@@ -154,15 +219,14 @@ def _on_cuda(model: nn.Module) -> bool:
     return any(p.is_cuda for p in model.parameters())
 
 
-def _tvm_fallback(graph: Graph) -> str | None:
-    """Why the default target can't compile ``graph`` with TVM (the first op without a lowering), or None."""
-    from .backends.relax_emit import unsupported_nodes
-
-    missing = unsupported_nodes(graph)
-    if not missing:
-        return None
-    n = missing[0]
-    return f"node %{n.name} ({op_label(n)}) has no TVM lowering"
+def _warn_fallbacks(graph: Graph, fallbacks: dict[str, list[str]]) -> None:
+    nodes = {n.name: n for n in graph.nodes}
+    names = [name for group in fallbacks.values() for name in group]
+    listed = ", ".join(f"%{name} ({op_label(nodes[name])})" for name in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    warnings.warn(f"{len(names)} node(s) have no TVM lowering and run in PyTorch inside the TVM module: "
+                  f"{listed}{more}. The rest of the graph runs on TVM; strict=True refuses such models.",
+                  stacklevel=3)
 
 
 def _env_flag(name: str) -> bool:
@@ -172,13 +236,14 @@ def _env_flag(name: str) -> bool:
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
              dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
              skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None,
-             lowering: str | dict[str, str] | None = None, tuning_logs=None) -> OptimizedModule:
+             lowering: str | dict[str, str] | None = None, tuning_logs=None, strict: bool = False) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
     target: "cpu" / "cuda" (or a TVM target dict, a tvm.target.Target or a convopt Target) compile the
-    graph with TVM (inference only; every op must have a TVM lowering); "torch" runs it with PyTorch
-    kernels. The default (None) is "cpu", or "cuda" for a model on a GPU, and "torch" for mode="train"
-    or a graph with an op TVM cannot compile (with a warning). mode: "inference" (eval-mode semantics,
+    graph with TVM (inference only); a node with no TVM lowering runs its ATen op in PyTorch inside the
+    compiled module (with a warning naming it; ``strict=True`` refuses instead); "torch" runs the whole
+    graph with PyTorch kernels. The default (None) is "cpu", or "cuda" for a model on a GPU, and "torch"
+    for mode="train". mode: "inference" (eval-mode semantics,
     frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for the IR after
     capture and after each pass that changed it. passes / skip_passes: select or leave out passes by
     name (also CONVOPT_SKIP_PASSES=a,b). check: compare against the eager model on ``example_inputs``
@@ -190,7 +255,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     TVM CPU target each kernel runs the fastest schedule its tuning records hold for this machine (written by
     ``convopt tune``), read from the shipped tuning_logs/, $CONVOPT_TUNING_LOGS, ./tuning_logs and this
     folder (or list of folders); False runs every kernel's default schedule. ``.tuning`` says per conv which
-    ran tuned code.
+    ran tuned code. strict: on a TVM target, refuse (UnsupportedOpError naming the node) a graph with an
+    op TVM can't compile instead of running that op in PyTorch.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
@@ -206,11 +272,6 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     captured = capture_program(model, example_inputs, mode=mode)
     verify = _env_flag("CONVOPT_VERIFY") if verify is None else verify
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
-    if defaulted and target != "torch":
-        reason = _tvm_fallback(graph)
-        if reason is not None:
-            warnings.warn(f"{reason}; running this model with target='torch'", stacklevel=2)
-            target = "torch"
     if target == "torch":
         compiled = to_torch(graph, trainable=(mode == "train"))
     else:
@@ -219,11 +280,15 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
         from .tuning.apply import TunedSchedules
 
         tuned = None if tuning_logs is False else TunedSchedules.for_target(target, tuning_logs)
-        executable, kernels = compile_graph(graph, target, tuned)
-        compiled = TVMGraphModule(executable, target, kernels)
+        executable, kernels, fallbacks = compile_graph(graph, target, tuned, fallback=not strict)
+        compiled = TVMGraphModule(executable, target, kernels, fallbacks)
+        if fallbacks:
+            _warn_fallbacks(graph, fallbacks)
     frozen_norms = {n.scope for n in captured.graph.nodes if n.op is Op.BATCH_NORM and n.scope}
     result = OptimizedModule(graph, compiled, captured.in_spec, captured.out_spec, mode, records, frozen_norms)
     result.captured_op_counts = captured.graph.op_counts()
+    if dump_ir is not None:  # where each node runs, after the backend
+        (Path(dump_ir) / f"{len(records) + 1:03d}_backend.ir").write_text(print_graph(graph, result.placement()))
     if check:
         check_against_eager(model, result, example_inputs)
     return result

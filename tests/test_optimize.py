@@ -73,15 +73,15 @@ class Roll(nn.Module):
         return torch.roll(x, 1, 2)  # aten.roll: no TVM lowering
 
 
-def test_default_target_is_tvm_cpu_falling_back_to_torch_with_a_warning():
+def test_default_target_is_tvm_cpu_with_a_per_op_fallback_and_a_warning():
     from convopt.backends.tvm_backend import TVMGraphModule
 
     fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8))
     assert isinstance(fast._compiled, TVMGraphModule) and "llvm" in str(fast._compiled.target)
     model = nn.Sequential(nn.Conv2d(3, 12, 1), nn.Flatten(2), nn.Unflatten(2, (4, 4)), Roll())
-    with pytest.warns(UserWarning, match="roll.*target='torch'"):
+    with pytest.warns(UserWarning, match=r"%roll \(aten.roll.default\).*strict=True"):
         fast = convopt.optimize(model, torch.randn(1, 3, 4, 4))
-    assert isinstance(fast._compiled, torch.fx.GraphModule)
+    assert isinstance(fast._compiled, TVMGraphModule) and fast.fallbacks == {"roll": "aten.roll.default"}
     trainable = Small()
     trainable.bn.eval()
     assert isinstance(convopt.optimize(trainable, torch.randn(2, 3, 8, 8), mode="train")._compiled,

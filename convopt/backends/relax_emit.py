@@ -1,9 +1,10 @@
 """IR -> Relax: one BlockBuilder function ``main`` computing the graph, with weights as constants.
 
 Per-op lowering lives in one table, ``EMITTERS`` (op -> function(ctx, node, inputs) -> relax.Expr).
-An op with no entry (opaque ``torch`` nodes, training-only dropout) is refused with an error naming
-the node and the op: the TVM backend runs inference graphs whose every op it can compile, and a user
-with such a model keeps ``target="torch"`` (the decision is documented in docs/backends.md).
+A node whose op has no entry (an opaque ``torch`` node outside aten_emit's tables, or whose arguments
+its emitter doesn't cover) runs its ATen op in PyTorch inside the module when ``fallback=True``
+(torch_fallback.py: a ``call_dps_packed`` to a function convopt registers); otherwise it is refused with
+an error naming the node and the op.
 
 Values with a blocked layout (``TensorType.layout``, chosen by passes/block_layout.py) are Relax tensors
 of the stored shape [N, C/b, H, W, b]. ``operands`` hands each emitter its inputs in the layout it
@@ -14,6 +15,7 @@ reshaped for free where an NCHW reader needs it.
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import numpy as np
@@ -25,7 +27,10 @@ from ..ir.layout import aligned_4d, block_of, to_blocked
 from ..ir.ops import Op
 from ..ir.types import TensorType, full_dtype_name
 from ..target import Target
+from . import torch_fallback
 from .aten_emit import AtenEmitError, emit_aten, emits
+
+FALLBACK_ATTR = "convopt.torch_fallback"  # main's attr: JSON {fallback function: [IR nodes]}
 
 
 class UnsupportedOpError(NotImplementedError):
@@ -261,7 +266,7 @@ def _torch(ctx, n: Node, x):
     try:
         return emit_aten(n, x, [ctx.graph.types[i] for i in n.inputs])
     except AtenEmitError as e:
-        raise UnsupportedOpError(f"{e}; run this model with target='torch'") from None
+        raise UnsupportedOpError(str(e)) from None
 
 
 EMITTERS[Op.TORCH] = _torch  # the ATen ops in aten_emit.ATEN_EMITTERS
@@ -271,16 +276,17 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op not in EMITTERS or (n.op is Op.TORCH and not emits(n))]
 
 
-def to_relax(graph: Graph, target: Target | None = None, records=None):
+def to_relax(graph: Graph, target: Target | None = None, records=None, *, fallback: bool = False):
     """The graph as a Relax IRModule whose ``main`` takes the graph inputs and returns a tuple of outputs.
 
     For a CPU ``target`` (a convopt Target), convs with constant weights call convopt's own kernels (the lowering in
     each node's attrs) with fused epilogues, and linear layers with constant weights its dense kernel
     (backends/conv_kernels.py), scheduled here: with the best tuning record of ``records``
     (tuning/apply.py ``TunedSchedules``) where it has one, else the kernel's default schedule. Everything
-    else is Relax's generic ops.
+    else is Relax's generic ops, and with ``fallback`` the nodes TVM can't compile call PyTorch
+    (``fallback_nodes`` reads which).
     """
-    mod, kernels = emit(graph, target)
+    mod, kernels = emit(graph, target, fallback=fallback)
     if not kernels:
         return mod
     from .conv_kernels import schedule_kernels
@@ -288,27 +294,56 @@ def to_relax(graph: Graph, target: Target | None = None, records=None):
     return schedule_kernels(mod, target, kernels, records)
 
 
-def emit(graph: Graph, target: Target | None = None):
+def fallback_nodes(mod) -> dict[str, list[str]]:
+    """Fallback function -> the IR nodes it computes, in a module made by ``to_relax`` / ``emit``."""
+    attrs = mod["main"].attrs or {}
+    return json.loads(str(attrs[FALLBACK_ATTR])) if FALLBACK_ATTR in attrs else {}
+
+
+def _refuse(missing: list[Node]) -> UnsupportedOpError:
+    n = missing[0]
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    return UnsupportedOpError(
+        f"node %{n.name} ({op_label(n)}{', module ' + n.scope if n.scope else ''}) has no TVM lowering{more}; "
+        "allow the per-op PyTorch fallback (optimize(..., strict=False)) or run this model with target='torch'")
+
+
+def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     """(the Relax IRModule of ``to_relax`` with convopt's kernels still unscheduled, PrimFunc name ->
     ``conv_kernels.KernelUse`` of those kernels): what tuning extracts its tasks from."""
     missing = unsupported_nodes(graph)
-    if missing:
-        n = missing[0]
-        what = op_label(n)
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UnsupportedOpError(
-            f"node %{n.name} ({what}{', module ' + n.scope if n.scope else ''}) has no TVM lowering{more}; "
-            "run this model with target='torch'")
+    if missing and not fallback:
+        raise _refuse(missing)
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     ctx = EmitContext(graph, bb)
     kernels = {}
+    fallbacks: dict[str, list[str]] = {}
     own_kernels = target is not None and target.is_cpu
     if own_kernels:
         from . import conv_kernels
 
         plans, lanes = conv_kernels.plan_epilogues(graph), target.lanes
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
+
+    def emit_node(n: Node) -> relax.Expr:
+        inputs = operands(ctx, n, env)
+        if n.name in missing_names:
+            return _fallback(n, inputs)
+        try:
+            return EMITTERS[n.op](ctx, n, inputs)
+        except UnsupportedOpError as e:
+            if not fallback:
+                raise UnsupportedOpError(f"{e}; allow the per-op PyTorch fallback (strict=False) or run this "
+                                         "model with target='torch'") from None
+            return _fallback(n, inputs)
+
+    def _fallback(n: Node, inputs) -> relax.Expr:
+        call = torch_fallback.emit_call(graph, n, inputs)
+        fallbacks.setdefault(torch_fallback.function_name(graph, n), []).append(n.name)
+        return call
+
+    missing_names = {m.name for m in missing}
     with bb.function("main", params):
         with bb.dataflow():
             env: dict[str, relax.Expr] = {v.name: p for v, p in zip(graph.inputs, params)}
@@ -323,7 +358,10 @@ def emit(graph: Graph, target: Target | None = None):
                     env[n.name] = conv_kernels.emit_dense(bb, graph, n, operands(ctx, n, env)[0], plans[n.name],
                                                           lanes, kernels)
                 else:
-                    env[n.name] = bb.emit(EMITTERS[n.op](ctx, n, operands(ctx, n, env)))
+                    env[n.name] = bb.emit(emit_node(n))
             out = bb.emit_output(relax.Tuple([env[o] for o in graph.outputs]))
         bb.emit_func_output(out)
-    return bb.get(), kernels
+    mod = bb.get()
+    if fallbacks:
+        mod["main"] = mod["main"].with_attr(FALLBACK_ATTR, json.dumps(fallbacks))
+    return mod, kernels

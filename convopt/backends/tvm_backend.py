@@ -7,6 +7,7 @@ Every function here takes a resolved ``convopt.target.Target`` (resolve_target r
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from torch import nn
 from ..dlpack import to_tvm
 from ..ir.graph import Graph
 from ..target import Target, resolve_target
-from .relax_emit import to_relax
+from . import torch_fallback
+from .relax_emit import fallback_nodes, to_relax
 
 ARTIFACT_LIBRARY = "model.so"
 ARTIFACT_META = "meta.json"
@@ -49,10 +51,13 @@ def kernel_table(mod: tvm.IRModule) -> dict[str, dict]:
     return table
 
 
-def compile_graph(graph: Graph, target: Target, records=None):
-    """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``). ``records``
-    (tuning/apply.py ``TunedSchedules``): schedule convopt's kernels from tuning records where they have one."""
-    mod = to_relax(graph, target, records)
+def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool = False):
+    """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``, its PyTorch
+    fallbacks: function -> IR nodes). ``records`` (tuning/apply.py ``TunedSchedules``): schedule convopt's
+    kernels from tuning records where they have one. ``fallback``: nodes TVM can't compile run in PyTorch
+    (torch_fallback.py) instead of being refused."""
+    mod = to_relax(graph, target, records, fallback=fallback)
+    fallbacks = fallback_nodes(mod)
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
         from ..schedules.cpu_fallback import BlockedReduction, ParallelFallback
@@ -66,24 +71,39 @@ def compile_graph(graph: Graph, target: Target, records=None):
         mod = tvm.relax.get_pipeline("zero")(mod)
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
     target.configure_runtime()
-    return tvm.compile(mod, target=target.tvm), kernel_table(mod)
+    return tvm.compile(mod, target=target.tvm), kernel_table(mod), fallbacks
 
 
 class TVMGraphModule(nn.Module):
     """Runs a compiled executable: flat torch tensors in, a tuple of torch tensors out (DLPack, no copies)."""
 
-    def __init__(self, executable, target: Target, kernels: dict[str, dict] | None = None):
+    def __init__(self, executable, target: Target, kernels: dict[str, dict] | None = None,
+                 fallbacks: dict[str, list[str]] | None = None):
         super().__init__()
         self.executable = executable
         self.target = target
         self.kernels = kernels or {}  # PrimFunc name -> flops, bytes, lowering, nodes (kernel_table)
+        self.fallbacks = fallbacks or {}  # PyTorch fallback function -> IR nodes (torch_fallback.py)
+        # calls and seconds of forward, and of each fallback function during this module's forwards
+        self.time = {"forward": [0, 0.0], **{name: [0, 0.0] for name in self.fallbacks}}
         self.vm = tvm.relax.VirtualMachine(executable, target.device())
         self._main = self.vm["main"]
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        before = {name: list(torch_fallback.FALLBACK_TIME[name]) for name in self.fallbacks}
+        start = time.perf_counter()
         args = [to_tvm(t) for t in inputs]
         outputs = self._main(*args)
-        return tuple(torch.from_dlpack(o) for o in outputs)
+        result = tuple(torch.from_dlpack(o) for o in outputs)
+        self._count("forward", 1, time.perf_counter() - start)
+        for name, (calls, seconds) in before.items():
+            now = torch_fallback.FALLBACK_TIME[name]
+            self._count(name, now[0] - calls, now[1] - seconds)
+        return result
+
+    def _count(self, name: str, calls: int, seconds: float) -> None:
+        self.time[name][0] += calls
+        self.time[name][1] += seconds
 
 
 def save_artifact(path: str | Path, compiled: TVMGraphModule, graph: Graph, meta: dict) -> Path:
@@ -93,7 +113,8 @@ def save_artifact(path: str | Path, compiled: TVMGraphModule, graph: Graph, meta
     compiled.executable.export_library(str(out / ARTIFACT_LIBRARY))
     target = compiled.target
     (out / ARTIFACT_META).write_text(json.dumps({**meta, "target": json.loads(str(target.tvm)),
-                                                 "target_key": target.key, "kernels": compiled.kernels}, indent=2))
+                                                 "target_key": target.key, "kernels": compiled.kernels,
+                                                 "torch_fallback": compiled.fallbacks}, indent=2))
     (out / ARTIFACT_IR).write_text(str(graph))
     return out
 
@@ -106,5 +127,11 @@ def load_artifact(path: str | Path) -> tuple[TVMGraphModule, dict, str]:
     meta = json.loads((folder / ARTIFACT_META).read_text())
     target = resolve_target(tvm.target.Target(meta["target"]))
     target.configure_runtime()
+    ir_text = (folder / ARTIFACT_IR).read_text()
+    fallbacks = meta.get("torch_fallback") or {}
+    if fallbacks:  # the artifact calls PyTorch for these nodes: register their functions in this process
+        from ..ir.parser import parse
+
+        torch_fallback.register_all(parse(ir_text), list(fallbacks))
     executable = tvm.runtime.load_module(str(folder / ARTIFACT_LIBRARY))
-    return TVMGraphModule(executable, target, meta.get("kernels")), meta, (folder / ARTIFACT_IR).read_text()
+    return TVMGraphModule(executable, target, meta.get("kernels"), fallbacks), meta, ir_text

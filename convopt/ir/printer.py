@@ -14,6 +14,8 @@ nn.Module the node came from; ``<- pass(%a, %b)`` says which pass made the node 
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from .graph import Graph, Node
 from .literals import format_attrs
 from .ops import attr_items
@@ -34,13 +36,18 @@ def format_node(n: Node) -> str:
     return text
 
 
-def print_graph(g: Graph) -> str:
+def print_graph(g: Graph, notes: Mapping[str, str] | None = None) -> str:
+    """The dump of ``g``; ``notes`` (node name -> text) adds a ``# text`` line above those nodes (the parser
+    skips comment lines)."""
     params = ", ".join(f"%{v.name}: {v.type}" for v in g.inputs)
     lines = [f"graph {g.name}({params}) {{"]
     for c in g.constants:
         kind = "param" if c.is_parameter else "const"
         lines.append(f"  {kind} %{c.name}: {c.type} #{c.checksum}")
-    lines.extend(f"  {format_node(n)}" for n in g.nodes)
+    for n in g.nodes:
+        if notes and n.name in notes:
+            lines.append(f"  # {notes[n.name]}")
+        lines.append(f"  {format_node(n)}")
     lines.append("  return " + ", ".join(f"%{o}" for o in g.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

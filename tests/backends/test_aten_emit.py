@@ -92,22 +92,26 @@ def test_op_compiles_on_the_cpu_target_and_matches_eager(case):
         assert rel_err(fast(x), model(x)) < 1e-5
 
 
-def test_ops_outside_the_table_stay_unsupported_and_the_default_target_falls_back():
+def test_ops_outside_the_table_stay_unsupported_and_fall_back_to_torch_alone():
     model = Between(Fn(lambda x: torch.roll(x, 1, 2))).eval()
     x = torch.randn(1, 3, 8, 8)
     graph = capture_program(model, x, mode="inference").graph
     missing = unsupported_nodes(graph)
     assert [n.attrs.target for n in missing] == ["aten.roll.default"]
     with pytest.warns(UserWarning, match="roll"):
-        assert convopt.optimize(model, x).target == "torch"
+        fast = convopt.optimize(model, x)
+    assert fast.target != "torch" and list(fast.fallbacks.values()) == ["aten.roll.default"]
 
 
 @pytest.mark.parametrize("fn,reason", [(lambda x: F.pad(x, (-1, -1, 0, 0)), "negative padding"),
                                        (lambda x: F.pad(x, (1, 0, 2, 1), mode="replicate"), "padding mode")])
-def test_arguments_it_does_not_cover_are_refused_naming_the_node(fn, reason):
+def test_arguments_it_does_not_cover_fall_back_or_are_refused_naming_the_node(fn, reason):
     model = Between(Fn(fn)).eval()
     x = torch.randn(1, 3, 8, 8)
     torch_nodes = [n for n in capture_program(model, x, mode="inference").graph.nodes if n.op is Op.TORCH]
     assert torch_nodes
-    with pytest.raises(NotImplementedError, match=f"node %.*{reason}"):
-        convopt.optimize(model, x, target="cpu")
+    with pytest.raises(NotImplementedError, match=f"node %.*{reason}.*strict=False"):
+        convopt.optimize(model, x, target="cpu", strict=True)
+    with pytest.warns(UserWarning, match="run in PyTorch"):
+        fast = convopt.optimize(model, x, target="cpu")  # checks against eager
+    assert [fast.fallbacks[n.name] for n in torch_nodes] == [n.attrs.target for n in torch_nodes]
