@@ -20,7 +20,7 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     leaky_relu, elu, selu, softplus, mish, prelu   elementwise formulas (softplus linear above its
                              threshold, like PyTorch's)
     gt/lt/ge/le.Scalar, where.self   comparisons to a bool mask and the select
-    sum.dim_IntList          sum over the dims
+    sum.dim_IntList, .default   sum over the dims, or over everything
     expand_as, reshape_as    broadcast_to / reshape to the captured shape
     matmul, stack, unbind    Relax's matmul, stack, and split + squeeze (a tuple)
     clamp_min, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
@@ -215,6 +215,7 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.clamp_min.default": lambda n, args: relax.op.maximum(args[0], _const(args[1])),
     "aten.square.default": lambda n, args: relax.op.multiply(args[0], args[0]),
     "aten.pow.Tensor_Scalar": lambda n, args: relax.op.power(args[0], _const(args[1])),
+    "aten.sum.default": lambda n, args: relax.op.sum(args[0]),
     "aten.sum.dim_IntList": lambda n, args: relax.op.sum(args[0], [int(d) for d in args[1]],
                                                          bool(_arg(args, 2, False))),
     "aten.contiguous.default": lambda n, args: args[0],

@@ -14,7 +14,7 @@ from ..ir.graph import Graph
 from ..ir.ops import aten_call
 
 
-def _owner(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+def owner_module(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     """The submodule that holds attribute ``dotted`` (creating empty modules on the way) and its leaf name."""
     *path, leaf = dotted.split(".")
     module = root
@@ -33,7 +33,7 @@ def to_torch(graph: Graph, *, trainable: bool = False) -> fx.GraphModule:
         if c.data is None:
             raise ValueError(f"constant %{c.name} has no value (a graph parsed from text); "
                              "pass the tensors to convopt.ir.parse(text, constants=...)")
-        owner, leaf = _owner(root, c.name)
+        owner, leaf = owner_module(root, c.name)
         if c.is_parameter and c.data.is_floating_point():
             owner.register_parameter(leaf, nn.Parameter(c.data.clone(), requires_grad=trainable))
         else:

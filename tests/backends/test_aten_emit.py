@@ -68,6 +68,7 @@ CASES = {
     "stack_unbind": lambda x: torch.stack([a * (i + 1) for i, a in enumerate(x.unbind(1))], dim=1),
     "clamp_min_square_pow": lambda x: x.clamp_min(0.1).square() + x.pow(3.0),
     "eca_conv1d": Eca(),
+    "sum_all": lambda x: x / x.abs().sum(),
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
 
