@@ -6,8 +6,11 @@ A conv node with a constant weight is emitted as a call to its lowering's TE com
 with the weight transformed once here, instead of Relax's generic conv2d. Its epilogue absorbs, when
 each value on the way has a single reader:
 
-    conv -> relu | clamp(0, 6)                      activation
-    conv -> add(., r) [-> relu | clamp(0, 6)]      residual r (defined before the conv), then activation
+    conv -> act                                     activation
+    conv -> add(., r) [-> act]                      residual r (defined before the conv), then activation
+
+where act is any op of ``ACTIVATION_OPS`` (relu, relu6, sigmoid, SiLU, GELU both ways, hardswish,
+hardsigmoid, and the opaque ``aten.leaky_relu``) on float32.
 
 The absorbed nodes are not emitted: their values are the kernel's output. Each kernel's PrimFunc is
 scheduled by its lowering and marked opaque so Relax's FuseOps leaves it (and its schedule) alone; its
@@ -52,7 +55,13 @@ ACTIVATION_OPS = {
     Op.GELU: lambda n: {"none": "gelu", "tanh": "gelu_tanh"}.get(n.attrs.approximate),
     Op.HARDSWISH: lambda n: "hardswish",
     Op.HARDSIGMOID: lambda n: "hardsigmoid",
+    Op.TORCH: lambda n: _leaky_relu(n) if n.attrs.target == "aten.leaky_relu.default" else None,
 }
+
+
+def _leaky_relu(n: Node) -> str:
+    slope = n.attrs.args[1] if len(n.attrs.args) > 1 else 0.01  # leaky_relu(input, negative_slope=0.01)
+    return f"leaky_relu:{float(slope)!r}"
 
 
 def _activation(node: Node) -> str | None:

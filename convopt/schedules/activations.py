@@ -10,6 +10,7 @@ calls), accurate to a few float32 ulps in the range that matters:
     sigmoid(x)   1 / (1 + exp(-x));  silu(x) = x sigmoid(x)
     gelu(x)      x (1 + erf(x / sqrt 2)) / 2;  gelu_tanh(x) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
     hardswish(x) x min(max(x + 3, 0), 6) / 6;  hardsigmoid(x) = min(max(x / 6 + 1/2, 0), 1)
+    leaky_relu:a x if x > 0 else a x (a parameter in the name, e.g. "leaky_relu:0.1"; NaN stays NaN)
 
 NaN stays NaN through the exp-based ones; relu, relu6 and the hard ones are max/min, whose NaN behaviour is
 LLVM's select on an ordered compare (NaN becomes the bound). The IR ops they stand for are in
@@ -81,10 +82,21 @@ ACTIVATIONS = {
 }
 
 
+# activations with one float parameter, written "name:value"
+PARAMETRIC_ACTIVATIONS = {
+    "leaky_relu": lambda x, slope: tirx.if_then_else(x > _c(0.0), x, x * _c(slope)),
+}
+
+
 def activate(value, activation: str):
-    """``value`` through ``activation`` (a name of ``ACTIVATIONS``), ``value`` evaluated once."""
+    """``value`` through ``activation`` (a name of ``ACTIVATIONS``, or "name:parameter" of
+    ``PARAMETRIC_ACTIVATIONS``), ``value`` evaluated once."""
+    name, _, parameter = activation.partition(":")
+    if name in PARAMETRIC_ACTIVATIONS and parameter:
+        return let(value, lambda x: PARAMETRIC_ACTIVATIONS[name](x, float(parameter)))
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        known = list(ACTIVATIONS) + [f"{k}:<value>" for k in PARAMETRIC_ACTIVATIONS]
+        raise ValueError(f"activation must be one of {known}, got {activation!r}")
     if activation == "none":
         return value
     return let(value, ACTIVATIONS[activation])

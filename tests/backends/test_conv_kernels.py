@@ -46,13 +46,14 @@ class Activations(nn.Module):
 
     def __init__(self, c=16):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(7))
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(9))
         self.leaky = nn.Conv2d(c, c, 1)
         self.fc1, self.fc2 = nn.Linear(c, 32), nn.Linear(32, 10)
 
     def forward(self, x):
         acts = [nn.functional.silu, torch.sigmoid, nn.functional.gelu, lambda v: nn.functional.gelu(v, approximate="tanh"),
-                nn.functional.hardswish, nn.functional.hardsigmoid, nn.functional.relu6]
+                nn.functional.hardswish, nn.functional.hardsigmoid, nn.functional.relu6,
+                lambda v: nn.functional.leaky_relu(v, 0.2), nn.functional.leaky_relu]
         for conv, act in zip(self.convs, acts):
             x = act(conv(x))
         x = torch.tanh(self.leaky(x))
@@ -64,8 +65,9 @@ def test_activations_are_absorbed_and_exact():
     fast = convopt.optimize(model, x, target="cpu")  # checked against eager (relative error <= 1e-4)
     plans = plan_epilogues(fast.graph)
     by_scope = {fast.graph.node_map[name].scope: plan.activation for name, plan in plans.items()}
-    assert [by_scope[f"convs.{i}"] for i in range(7)] == [
-        "silu", "sigmoid", "gelu", "gelu_tanh", "hardswish", "hardsigmoid", "relu6"]
+    assert [by_scope[f"convs.{i}"] for i in range(9)] == [
+        "silu", "sigmoid", "gelu", "gelu_tanh", "hardswish", "hardsigmoid", "relu6", "leaky_relu:0.2",
+        "leaky_relu:0.01"]
     assert by_scope["leaky"] == "none" and by_scope["fc1"] == "gelu" and by_scope["fc2"] == "none"
     with torch.no_grad():
         assert rel_err(fast(x), model(x)) < 1e-5
