@@ -113,14 +113,31 @@ def test_a_new_input_shape_compiles_again():
     assert counts["graphs"] >= 2 and counts["convopt"] == counts["graphs"]
 
 
-def test_options_reach_optimize_and_unknown_ones_are_refused():
+def test_options_reach_optimize_and_unknown_ones_are_refused(monkeypatch):
+    seen = []
+    original = dynamo.ConvoptCompiled._compile
+
+    def spy(self, args):
+        fast = original(self, args)
+        seen.append(fast)
+        return fast
+
+    monkeypatch.setattr(dynamo.ConvoptCompiled, "_compile", spy)
     model, x = Block().eval(), torch.randn(1, 3, 8, 8)
-    with torch.no_grad():
-        fast = torch.compile(model, backend="convopt", options={"target": "torch", "lowering": "im2col"})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "running it as captured"
+        fast = torch.compile(model, backend="convopt", options={"lowering": "im2col", "tuning_logs": False})
         assert rel_err(fast(x), model(x)) < 1e-5
-        torch._dynamo.reset()
-        with pytest.raises(Exception, match=r"unknown convopt option\(s\) \['bogus'\]"):
+    (compiled,) = seen
+    assert {n.attrs.lowering for n in compiled.graph.nodes if n.op.value == "conv2d"} == {"im2col"}
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"unknown convopt option\(s\) \['bogus'\]"):
+        with torch.no_grad():
             torch.compile(model, backend="convopt", options={"bogus": 1})(x)
+    torch._dynamo.reset()
+    with pytest.warns(UserWarning, match="running it as captured"), torch.no_grad():
+        out = torch.compile(model, backend="convopt", options={"target": "torch", "lowering": "im2col"})(x)
+    assert rel_err(out, model(x)) < 1e-6  # optimize refused the options: the graph ran as captured
 
 
 def test_a_model_in_training_mode_runs_as_captured_with_a_warning():

@@ -23,15 +23,22 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     sum.dim_IntList, .default   sum over the dims, or over everything
     expand_as, reshape_as    broadcast_to / reshape to the captured shape
     matmul, stack, unbind    Relax's matmul, stack, and split + squeeze (a tuple)
-    clamp_min, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
+    clamp_min/max, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
+    scaled_dot_product_attention   softmax(q k^T * scale [+ mask | causal]) v (hybrid CNNs' attention
+                             blocks; dropout and grouped heads are refused)
+    flip                     Relax's flip, one axis at a time
+    to.dtype / to.device / _to_copy   astype to the node's dtype (one device: the module's)
+    abs, neg, exp, log, sqrt, sin, cos, floor, ceil, round, sign, erf, reciprocal   elementwise
     contiguous / clone       the value itself (Relax values have no strides)
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Callable
 
+import numpy as np
 from tvm import relax
 
 from ..ir.graph import Node
@@ -183,6 +190,29 @@ def _conv1d(n: Node, args, types):
     return relax.op.add(out, relax.op.reshape(bias, (1, -1, 1))) if bias is not None else out
 
 
+def _attention(n: Node, args, types):
+    """scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0, is_causal=False, scale=None,
+    enable_gqa=False) as softmax(q k^T * scale [+ mask]) v with Relax's matmul and softmax."""
+    mask, dropout, causal = _arg(args, 3, None), float(_arg(args, 4, 0.0)), bool(_arg(args, 5, False))
+    if dropout or bool(_arg(args, 7, False)) or types[0].shape[:-2] != types[1].shape[:-2]:
+        raise AtenEmitError(f"node %{n.name}: attention with dropout or grouped (GQA) heads")
+    rank = len(types[0].shape)
+    scale = _arg(args, 6, None)
+    scale = float(scale) if scale is not None else types[0].shape[-1] ** -0.5
+    key_t = relax.op.permute_dims(args[1], list(range(rank - 2)) + [rank - 1, rank - 2])
+    scores = relax.op.multiply(relax.op.matmul(args[0], key_t), _const(scale))
+    if causal:
+        lq, lk = types[0].shape[-2], types[1].shape[-2]
+        keep = np.tril(np.ones((lq, lk), dtype=bool))  # PyTorch's is_causal: the top-left triangle
+        scores = relax.op.where(relax.const(keep), scores, _const(float("-inf")))
+    if mask is not None:
+        if types[3].dtype == "bool":
+            scores = relax.op.where(mask, scores, _const(float("-inf")))
+        else:
+            scores = relax.op.add(scores, mask)
+    return relax.op.matmul(relax.op.nn.softmax(scores, axis=-1), args[2])
+
+
 def _chunk(n: Node, args):
     # chunk.default(input, chunks, dim=0)
     dim = int(args[2]) if len(args) > 2 else 0
@@ -213,14 +243,34 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.matmul.default": lambda n, args: relax.op.matmul(args[0], args[1]),
     "aten.stack.default": lambda n, args: relax.op.stack(list(args[0]), int(_arg(args, 1, 0))),
     "aten.clamp_min.default": lambda n, args: relax.op.maximum(args[0], _const(args[1])),
+    "aten.clamp_max.default": lambda n, args: relax.op.minimum(args[0], _const(args[1])),
     "aten.square.default": lambda n, args: relax.op.multiply(args[0], args[0]),
     "aten.pow.Tensor_Scalar": lambda n, args: relax.op.power(args[0], _const(args[1])),
     "aten.sum.default": lambda n, args: relax.op.sum(args[0]),
     "aten.sum.dim_IntList": lambda n, args: relax.op.sum(args[0], [int(d) for d in args[1]],
                                                          bool(_arg(args, 2, False))),
+    "aten.flip.default": lambda n, args: functools.reduce(lambda x, d: relax.op.flip(x, int(d)), args[1], args[0]),
     "aten.contiguous.default": lambda n, args: args[0],
     "aten.clone.default": lambda n, args: args[0],
 }
+
+
+def _cast(n: Node, args):
+    """A dtype cast (to.dtype, to.device, _to_copy): the output dtype is the node's, a device is the module's."""
+    return relax.op.astype(args[0], full_dtype_name(n.type.dtype))
+
+
+ATEN_EMITTERS.update({target: _cast for target in
+                      ("aten.to.dtype", "aten.to.device", "aten.to.dtype_layout", "aten._to_copy.default")})
+
+
+# elementwise ATen ops with a Relax op of the same meaning
+_UNARY = {"abs": relax.op.abs, "neg": relax.op.negative, "exp": relax.op.exp, "log": relax.op.log,
+          "sqrt": relax.op.sqrt, "sin": relax.op.sin, "cos": relax.op.cos, "floor": relax.op.floor,
+          "ceil": relax.op.ceil, "round": relax.op.round, "sign": relax.op.sign, "erf": relax.op.erf}
+ATEN_EMITTERS.update({f"aten.{name}.default": (lambda fn: lambda n, args: fn(args[0]))(fn)
+                      for name, fn in _UNARY.items()})
+ATEN_EMITTERS["aten.reciprocal.default"] = lambda n, args: relax.op.divide(_const(1.0), args[0])
 
 
 # emitters that also read their inputs' types (shapes the output type doesn't give)
@@ -232,6 +282,7 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.prelu.default": _prelu,
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,
+    "aten.scaled_dot_product_attention.default": _attention,
     "aten.gt.Scalar": _compare(relax.op.greater),
     "aten.lt.Scalar": _compare(relax.op.less),
     "aten.ge.Scalar": _compare(relax.op.greater_equal),

@@ -66,7 +66,9 @@ def _leaky_relu(n: Node) -> str:
 
 def _activation(node: Node) -> str | None:
     rule = ACTIVATION_OPS.get(node.op)
-    return rule(node) if rule is not None and node.type.dtype == "f32" else None
+    if rule is None or getattr(node.type, "dtype", None) != "f32":  # a tuple-valued opaque op has no dtype
+        return None
+    return rule(node)
 
 
 def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:

@@ -41,6 +41,25 @@ class Eca(nn.Module):
         return x * torch.sigmoid(y)[..., None, None]
 
 
+def _attention(causal: bool = False, mask: str = "", tokens: int = 10 * 11):
+    """Self-attention over the pixels of the 10x11 map with 2 heads of 4 channels (MobileViT / FastViT style)."""
+    generator = torch.Generator().manual_seed(0)
+    attn_mask = None
+    if mask == "bool":
+        attn_mask = (torch.rand(tokens, tokens, generator=generator) > 0.3) | torch.eye(tokens, dtype=torch.bool)
+    elif mask == "float":
+        attn_mask = torch.randn(tokens, tokens, generator=generator)
+
+    def fn(x):
+        n, c, h, w = x.shape
+        tokens = x.reshape(n, 2, c // 2, h * w).transpose(2, 3)  # [n, heads, h*w, c/heads]
+        out = F.scaled_dot_product_attention(tokens, tokens * 0.5, tokens.flip(2), attn_mask=attn_mask,
+                                             is_causal=causal, scale=0.3 if mask else None)
+        return out.transpose(2, 3).reshape(n, c, h, w)
+
+    return fn
+
+
 CASES = {
     "nearest_x2": lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
     "nearest_to_size": lambda x: F.interpolate(x, size=(13, 7), mode="nearest"),
@@ -69,6 +88,14 @@ CASES = {
     "clamp_min_square_pow": lambda x: x.clamp_min(0.1).square() + x.pow(3.0),
     "eca_conv1d": Eca(),
     "sum_all": lambda x: x / x.abs().sum(),
+    "casts": lambda x: x.half().float() + x.to(torch.float64).abs().sqrt().to(torch.float32),
+    "unary": lambda x: (x.abs().sqrt() + x.sin() * x.cos() - x.neg().exp().clamp_max(5.0)
+                        + (x.abs() + 1).log() + torch.erf(x) + x.floor() + x.ceil() + x.round() + x.sign()
+                        + (x.abs() + 1).reciprocal()),
+    "attention": _attention(),
+    "attention_causal": _attention(causal=True),
+    "attention_bool_mask": _attention(mask="bool"),
+    "attention_float_mask": _attention(mask="float"),
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
 
@@ -87,8 +114,8 @@ def test_op_compiles_on_the_cpu_target_and_matches_eager(case):
     torch.manual_seed(0)
     model = Between(Fn(CASES[case])).eval()
     x = torch.randn(1, 3, 10, 11)
-    fast = convopt.optimize(model, x, target="cpu")  # checks against eager too
-    assert fast.target != "torch"
+    fast = convopt.optimize(model, x, target="cpu", strict=True)  # checks against eager too; no fallback
+    assert fast.target != "torch" and not fast.fallbacks
     with torch.no_grad():
         assert rel_err(fast(x), model(x)) < 1e-5
 
