@@ -6,8 +6,10 @@
 """
 
 from .capture import CaptureError, capture
+from .backends.tvm_backend import ArtifactError
 from .optimize import CheckError, OptimizedModule, load, optimize
 from .tuning.job import TuningSummary, tune
 
 __version__ = "0.1.0"
-__all__ = ["optimize", "tune", "load", "capture", "TuningSummary", "OptimizedModule", "CaptureError", "CheckError", "__version__"]
+__all__ = ["optimize", "tune", "load", "capture", "TuningSummary", "OptimizedModule", "CaptureError", "CheckError",
+           "ArtifactError", "__version__"]

@@ -26,6 +26,8 @@ def _prepare(args):
 
     torch.manual_seed(args.seed)
     model = load_model(args.model)
+    if getattr(args, "mode", "inference") != "train":
+        model.eval()  # the inference semantics optimize() computes: BatchNorm statistics, no dropout
     return model, torch.randn(parse_shape(args.input_shape))
 
 

@@ -82,11 +82,21 @@ class OptimizedModule(nn.Module):
                                "behaviour; it is now in eval(). Call optimize() again with mode='inference' "
                                "for evaluation.")
 
-    def forward(self, *args: Any) -> Any:
+    def signature(self) -> str:
+        """The inputs this module takes, e.g. "(x: f32[1,3,224,224])"."""
+        return "(" + ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs) + ")"
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._check_mode()
+        if kwargs:
+            raise TypeError(f"this module takes its inputs positionally, {self.signature()}; got keyword "
+                            f"argument(s) {', '.join(sorted(kwargs))}")
         flat, spec = pytree.tree_flatten((args, {}))
         if spec != self._in_spec or len(flat) != len(self.graph.inputs):
-            raise TypeError(f"expected inputs structured as {self._in_spec}, got {spec}")
+            got = ", ".join(str(TensorType.of(a)) if isinstance(a, torch.Tensor) else type(a).__name__ for a in flat)
+            structure = "" if len(flat) != len(self.graph.inputs) else f" structured as {self._in_spec}"
+            raise TypeError(f"expected {len(self.graph.inputs)} tensor(s) {self.signature()}{structure}; got "
+                            f"{len(flat)}: ({got})")
         for value, tensor in zip(self.graph.inputs, flat):
             if not isinstance(tensor, torch.Tensor) or TensorType.of(tensor) != value.type:
                 got = TensorType.of(tensor) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -181,7 +191,7 @@ class OptimizedModule(nn.Module):
         if not isinstance(self._compiled, TVMGraphModule):
             raise TypeError("save() writes TVM artifacts (target 'cpu' / 'cuda'); for target='torch' save the "
                             "state_dict with torch.save and optimize the model again when loading")
-        meta = {"format": "convopt-artifact-1", "mode": self.mode,
+        meta = {"mode": self.mode,
                 "needs_torch_for": sorted(set(self.fallbacks.values())),
                 "inputs": [{"name": v.name, "type": str(v.type)} for v in self.graph.inputs],
                 "in_spec": pytree.treespec_dumps(self._in_spec), "out_spec": pytree.treespec_dumps(self._out_spec)}
@@ -269,7 +279,17 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
             raise ValueError(f"target={target} compiles inference graphs; train with target='torch'")
     skip = set(skip_passes) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
     pipeline = build(mode, target, lowering=lowering, only=passes, skip=skip)
+    if mode == "inference" and any(m.training for m in model.modules()):
+        warnings.warn("the model is in training mode; optimize(mode='inference') computes eval-mode semantics "
+                      "(BatchNorm running statistics, dropout off). Call model.eval() first to say so, or "
+                      "optimize with mode='train'.", stacklevel=2)
     captured = capture_program(model, example_inputs, mode=mode)
+    if target != "torch":
+        empty = [v for v in captured.graph.inputs if 0 in v.type.shape]
+        if empty:
+            raise ValueError(f"input %{empty[0].name} is {empty[0].type}: a TVM target compiles for the example's "
+                             "shape, and a zero-size dimension leaves nothing to compute. Optimize with a "
+                             "non-empty example (e.g. batch 1), or use target='torch'")
     verify = _env_flag("CONVOPT_VERIFY") if verify is None else verify
     graph, records = run_passes(captured.graph, pipeline, dump_dir=dump_ir, verify=verify)
     if target == "torch":
@@ -300,5 +320,11 @@ def load(path) -> OptimizedModule:
     from .ir.parser import parse
 
     compiled, meta, ir_text = load_artifact(path)
-    return OptimizedModule(parse(ir_text), compiled, pytree.treespec_loads(meta["in_spec"]),
+    try:
+        graph = parse(ir_text)
+    except ValueError as e:
+        from .backends.tvm_backend import ArtifactError
+
+        raise ArtifactError(f"{path}: graph.ir does not parse ({e}); save the model again") from None
+    return OptimizedModule(graph, compiled, pytree.treespec_loads(meta["in_spec"]),
                            pytree.treespec_loads(meta["out_spec"]), meta["mode"], [])

@@ -148,3 +148,32 @@ def test_target_key_is_reported_and_the_pipeline_knows_it():
     assert fast.target == resolve_target("cpu").key
     assert [r.name for r in fast.pass_records][-2:] == ["select_lowering", "block_layout"]
     assert convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="torch").target == "torch"
+
+
+def test_wrong_call_signatures_say_what_was_expected():
+    fast = convopt.optimize(Small().eval(), torch.randn(1, 3, 8, 8))
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"takes its inputs positionally, \(x: f32\[1,3,8,8\]\); got keyword argument\(s\) x"):
+        fast(x=x)
+    with pytest.raises(TypeError, match=r"expected 1 tensor\(s\) \(x: f32\[1,3,8,8\]\); got 2: \(f32\[1,3,8,8\], f32\[2\]\)"):
+        fast(x, torch.randn(2))
+    with pytest.raises(TypeError, match=r"got 0: \(\)"):
+        fast()
+
+
+def test_a_model_in_training_mode_warns_for_inference():
+    with pytest.warns(UserWarning, match=r"training mode; optimize\(mode='inference'\) computes eval-mode"):
+        convopt.optimize(Small().train(), torch.randn(1, 3, 8, 8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convopt.optimize(Small().eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_an_empty_batch_is_refused_for_tvm_and_runs_on_torch():
+    model = Small().eval()
+    with pytest.raises(ValueError, match=r"input %x is f32\[0,3,8,8\].*zero-size dimension.*target='torch'"):
+        convopt.optimize(model, torch.randn(0, 3, 8, 8))
+    fast = convopt.optimize(model, torch.randn(0, 3, 8, 8), target="torch")
+    assert fast(torch.randn(0, 3, 8, 8)).shape[0] == 0

@@ -23,10 +23,11 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     sum.dim_IntList, .default   sum over the dims, or over everything
     expand_as, reshape_as    broadcast_to / reshape to the captured shape
     matmul, stack, unbind    Relax's matmul, stack, and split + squeeze (a tuple)
-    clamp_min/max, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
+    clamp_min/max, maximum/minimum, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
     scaled_dot_product_attention   softmax(q k^T * scale [+ mask | causal]) v (hybrid CNNs' attention
                              blocks; dropout and grouped heads are refused)
     flip                     Relax's flip, one axis at a time
+    linalg_vector_norm       ord 1, 2 and inf over the dims (F.normalize in XCA attention)
     to.dtype / to.device / _to_copy   astype to the node's dtype (one device: the module's)
     abs, neg, exp, log, sqrt, sin, cos, floor, ceil, round, sign, erf, reciprocal   elementwise
     contiguous / clone       the value itself (Relax values have no strides)
@@ -213,6 +214,21 @@ def _attention(n: Node, args, types):
     return relax.op.matmul(relax.op.nn.softmax(scores, axis=-1), args[2])
 
 
+def _vector_norm(n: Node, args, types):
+    """linalg_vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None) for ord 1, 2 and inf."""
+    order, dims, keepdim = float(_arg(args, 1, 2.0)), _arg(args, 2, None), bool(_arg(args, 3, False))
+    axes = None if dims is None else [int(d) for d in dims]
+    if _arg(args, 4, None) is not None:
+        raise AtenEmitError(f"node %{n.name}: vector norm with a dtype")
+    if order == 2.0:
+        return relax.op.sqrt(relax.op.sum(relax.op.multiply(args[0], args[0]), axes, keepdim))
+    if order == 1.0:
+        return relax.op.sum(relax.op.abs(args[0]), axes, keepdim)
+    if order == float("inf"):
+        return relax.op.max(relax.op.abs(args[0]), axes, keepdim)
+    raise AtenEmitError(f"node %{n.name}: vector norm of order {order}")
+
+
 def _chunk(n: Node, args):
     # chunk.default(input, chunks, dim=0)
     dim = int(args[2]) if len(args) > 2 else 0
@@ -244,6 +260,8 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.stack.default": lambda n, args: relax.op.stack(list(args[0]), int(_arg(args, 1, 0))),
     "aten.clamp_min.default": lambda n, args: relax.op.maximum(args[0], _const(args[1])),
     "aten.clamp_max.default": lambda n, args: relax.op.minimum(args[0], _const(args[1])),
+    "aten.maximum.default": lambda n, args: relax.op.maximum(args[0], args[1]),
+    "aten.minimum.default": lambda n, args: relax.op.minimum(args[0], args[1]),
     "aten.square.default": lambda n, args: relax.op.multiply(args[0], args[0]),
     "aten.pow.Tensor_Scalar": lambda n, args: relax.op.power(args[0], _const(args[1])),
     "aten.sum.default": lambda n, args: relax.op.sum(args[0]),
@@ -283,6 +301,7 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,
     "aten.scaled_dot_product_attention.default": _attention,
+    "aten.linalg_vector_norm.default": _vector_norm,
     "aten.gt.Scalar": _compare(relax.op.greater),
     "aten.lt.Scalar": _compare(relax.op.less),
     "aten.ge.Scalar": _compare(relax.op.greater_equal),

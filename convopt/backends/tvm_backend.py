@@ -6,6 +6,7 @@ Every function here takes a resolved ``convopt.target.Target`` (resolve_target r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..dlpack import to_tvm
 from ..ir.graph import Graph
 from ..target import Target, resolve_target
 from . import torch_fallback
+from .nan_semantics import PropagateNaN
 from .relax_emit import fallback_nodes, to_relax
 
 ARTIFACT_LIBRARY = "model.so"
@@ -70,6 +72,7 @@ def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool 
         mod = tvm.relax.transform.FastMathTransform()(mod)
         mod = tvm.relax.get_pipeline("zero")(mod)
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
+        mod = PropagateNaN(mod)  # max/min keep NaN like PyTorch (nan_semantics.py)
     target.configure_runtime()
     return tvm.compile(mod, target=target.tvm), kernel_table(mod), fallbacks
 
@@ -106,17 +109,65 @@ class TVMGraphModule(nn.Module):
         self.time[name][1] += seconds
 
 
+ARTIFACT_FORMAT = "convopt-artifact-2"  # 2: meta.json holds the sha256 of the library and the IR
+
+
+class ArtifactError(RuntimeError):
+    """A saved artifact that can't be loaded here: damaged, mismatched, from another format or machine."""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def save_artifact(path: str | Path, compiled: TVMGraphModule, graph: Graph, meta: dict) -> Path:
     """A folder that runs without the model's Python code: the library, the signature, the IR."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     compiled.executable.export_library(str(out / ARTIFACT_LIBRARY))
     target = compiled.target
-    (out / ARTIFACT_META).write_text(json.dumps({**meta, "target": json.loads(str(target.tvm)),
-                                                 "target_key": target.key, "kernels": compiled.kernels,
-                                                 "torch_fallback": compiled.fallbacks}, indent=2))
     (out / ARTIFACT_IR).write_text(str(graph))
+    (out / ARTIFACT_META).write_text(json.dumps({
+        "format": ARTIFACT_FORMAT, **meta, "target": json.loads(str(target.tvm)), "target_key": target.key,
+        "kernels": compiled.kernels, "torch_fallback": compiled.fallbacks,
+        # the library and the IR this meta.json belongs to: load refuses a damaged or swapped file
+        "sha256": {name: _digest(out / name) for name in (ARTIFACT_LIBRARY, ARTIFACT_IR)}}, indent=2))
     return out
+
+
+def _read_meta(folder: Path) -> dict:
+    try:
+        meta = json.loads((folder / ARTIFACT_META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{folder / ARTIFACT_META} is not valid JSON ({e}); the artifact is damaged: "
+                            "save the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{folder} holds artifact format {found!r}; this convopt reads {ARTIFACT_FORMAT!r}: "
+                            "optimize() and save() the model again with this version")
+    missing = [k for k in ("target", "mode", "inputs", "in_spec", "out_spec", "sha256") if k not in meta]
+    if missing:
+        raise ArtifactError(f"{folder / ARTIFACT_META} lacks {', '.join(missing)}; the artifact is damaged: "
+                            "save the model again")
+    # before TVM opens the library: a damaged shared object can crash the process inside dlopen
+    for name in (ARTIFACT_LIBRARY, ARTIFACT_IR):
+        if _digest(folder / name) != meta["sha256"].get(name):
+            raise ArtifactError(f"{folder / name} is not the file this artifact was saved with (its checksum "
+                                "differs: damaged, truncated or copied from another artifact); save the model again")
+    return meta
+
+
+def _artifact_target(folder: Path, meta: dict) -> Target:
+    try:
+        target = resolve_target(tvm.target.Target(meta["target"]))
+    except Exception as e:  # noqa: BLE001 - any malformed target is the artifact's fault
+        raise ArtifactError(f"{folder / ARTIFACT_META}: unreadable target {meta['target']!r} ({e})") from None
+    if not target.runs_here:
+        needs = sorted(target.features) if target.is_cpu else [target.name]
+        raise ArtifactError(f"{folder} was built for {target.key} (needs {', '.join(needs)}), which this machine "
+                            f"can't run{'' if target.is_cpu else ' (no GPU)'}: optimize() and save() the model "
+                            "on this machine, or for a target it supports")
+    return target
 
 
 def load_artifact(path: str | Path) -> tuple[TVMGraphModule, dict, str]:
@@ -124,8 +175,8 @@ def load_artifact(path: str | Path) -> tuple[TVMGraphModule, dict, str]:
     missing = [f for f in (ARTIFACT_LIBRARY, ARTIFACT_META, ARTIFACT_IR) if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a convopt artifact: missing {', '.join(missing)}")
-    meta = json.loads((folder / ARTIFACT_META).read_text())
-    target = resolve_target(tvm.target.Target(meta["target"]))
+    meta = _read_meta(folder)
+    target = _artifact_target(folder, meta)
     target.configure_runtime()
     ir_text = (folder / ARTIFACT_IR).read_text()
     fallbacks = meta.get("torch_fallback") or {}
@@ -133,5 +184,11 @@ def load_artifact(path: str | Path) -> tuple[TVMGraphModule, dict, str]:
         from ..ir.parser import parse
 
         torch_fallback.register_all(parse(ir_text), list(fallbacks))
-    executable = tvm.runtime.load_module(str(folder / ARTIFACT_LIBRARY))
-    return TVMGraphModule(executable, target, meta.get("kernels"), fallbacks), meta, ir_text
+    try:
+        executable = tvm.runtime.load_module(str(folder / ARTIFACT_LIBRARY))
+        module = TVMGraphModule(executable, target, meta.get("kernels"), fallbacks)
+    except Exception as e:  # noqa: BLE001 - TVM raises InternalError and others for a library it can't load
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{folder / ARTIFACT_LIBRARY} cannot be loaded ({first}); the file is damaged or was "
+                            "built for another platform: save the model again") from None
+    return module, meta, ir_text

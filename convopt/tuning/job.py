@@ -158,7 +158,10 @@ class Measurer:
         """MetaSchedule RunnerResults of building and running each IRModule (its PrimFunc "main")."""
         from tvm.s_tir import meta_schedule as ms
 
-        built = self.builder.build([ms.builder.BuilderInput(mod, self.target.tvm) for mod in mods])
+        from ..backends.nan_semantics import PropagateNaN
+
+        # measure the kernels as they are deployed: NaN-propagating max/min (tvm_backend.compile_graph)
+        built = self.builder.build([ms.builder.BuilderInput(PropagateNaN(mod), self.target.tvm) for mod in mods])
         device = "cpu" if self.target.is_cpu else "cuda"
         inputs = [(i, ms.runner.RunnerInput(b.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(mods[i]["main"])))
                   for i, b in enumerate(built) if b.error_msg is None]

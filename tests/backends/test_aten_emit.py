@@ -88,6 +88,8 @@ CASES = {
     "clamp_min_square_pow": lambda x: x.clamp_min(0.1).square() + x.pow(3.0),
     "eca_conv1d": Eca(),
     "sum_all": lambda x: x / x.abs().sum(),
+    "normalize": lambda x: F.normalize(x, dim=1) + F.normalize(x, p=1.0, dim=3)
+                          + x / torch.linalg.vector_norm(x, ord=float("inf"), dim=(2, 3), keepdim=True),
     "casts": lambda x: x.half().float() + x.to(torch.float64).abs().sqrt().to(torch.float32),
     "unary": lambda x: (x.abs().sqrt() + x.sin() * x.cos() - x.neg().exp().clamp_max(5.0)
                         + (x.abs() + 1).log() + torch.erf(x) + x.floor() + x.ceil() + x.round() + x.sign()
