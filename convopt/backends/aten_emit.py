@@ -10,8 +10,8 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     upsample_nearest2d       resize2d, nearest, "asymmetric" + floor: src = floor(dst * in / out)
     upsample_bilinear2d      resize2d, linear, "align_corners" or "half_pixel" (clamped at the edges
                              like PyTorch's); the antialiased variant has no row
-    constant_pad_nd / pad    nn.pad, "constant" and "reflect" modes (negative pads, which crop, and
-                             "replicate" are refused)
+    constant_pad_nd / pad    nn.pad, "constant" and "reflect" modes; negative pads crop (strided_slice)
+                             in constant mode ("replicate" is refused)
     slice.Tensor             strided_slice (end clamped to the dimension)
     chunk                    split where the captured pieces end, a tuple (read by getitem nodes)
     select / narrow          strided_slice (select then drops the axis)
@@ -72,11 +72,10 @@ def _upsample_bilinear(n: Node, args):
 
 
 def _pad_widths(n: Node, pad) -> list[int]:
-    """ATen's pad list (last dimension first, (before, after) pairs) as Relax's pad_width (every axis)."""
+    """ATen's pad list (last dimension first, (before, after) pairs) as Relax's pad_width (every axis);
+    negative entries (crops) stay negative."""
     rank = len(n.type.shape)
     pad = [int(p) for p in pad]
-    if any(p < 0 for p in pad):
-        raise AtenEmitError(f"node %{n.name}: negative padding (a crop)")
     widths = [0] * (2 * rank)
     for i in range(len(pad) // 2):
         axis = rank - 1 - i
@@ -84,11 +83,21 @@ def _pad_widths(n: Node, pad) -> list[int]:
     return widths
 
 
+def _crop(x, widths: list[int], shape: tuple[int, ...]):
+    """``x`` (of ``shape``) with the negative entries of ``widths`` cut off its edges."""
+    axes = [a for a in range(len(shape)) if widths[2 * a] < 0 or widths[2 * a + 1] < 0]
+    if not axes:
+        return x
+    begin = [max(-widths[2 * a], 0) for a in axes]
+    end = [shape[a] - max(-widths[2 * a + 1], 0) for a in axes]
+    return relax.op.strided_slice(x, axes=axes, begin=begin, end=end)
+
+
 # (Relax's "edge" mode gave wrong values for "replicate": relative error 0.46 against eager; refused)
 _PAD_MODES = {"constant": "constant", "reflect": "reflect"}
 
 
-def _pad(n: Node, args):
+def _pad(n: Node, args, types):
     # pad.default(input, pad, mode="constant", value=None); constant_pad_nd.default(input, pad, value=0)
     if n.attrs.target.startswith("aten.constant_pad_nd"):
         mode, value = "constant", args[2] if len(args) > 2 else 0.0
@@ -96,8 +105,13 @@ def _pad(n: Node, args):
         mode, value = (args[2] if len(args) > 2 else "constant"), (args[3] if len(args) > 3 else None)
     if mode not in _PAD_MODES:
         raise AtenEmitError(f"node %{n.name}: padding mode {mode!r}")
-    return relax.op.nn.pad(args[0], _pad_widths(n, args[1]), pad_mode=_PAD_MODES[mode],
-                           pad_value=float(value or 0.0))
+    widths = _pad_widths(n, args[1])
+    if any(w < 0 for w in widths) and mode != "constant":
+        raise AtenEmitError(f"node %{n.name}: negative padding (a crop) in mode {mode!r}")
+    x = _crop(args[0], widths, types[0].shape)  # a negative pad crops first, as in PyTorch
+    if all(w <= 0 for w in widths):
+        return x
+    return relax.op.nn.pad(x, [max(w, 0) for w in widths], pad_mode=_PAD_MODES[mode], pad_value=float(value or 0.0))
 
 
 def _slice(n: Node, args):
@@ -242,8 +256,6 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.upsample_nearest2d.default": _upsample_nearest,
     "aten.upsample_bilinear2d.vec": _upsample_bilinear,
     "aten.upsample_bilinear2d.default": _upsample_bilinear,
-    "aten.constant_pad_nd.default": _pad,
-    "aten.pad.default": _pad,
     "aten.slice.Tensor": _slice,
     "aten.leaky_relu.default": lambda n, args: relax.op.nn.leakyrelu(args[0], float(_arg(args, 1, 0.01))),
     "aten.elu.default": lambda n, args: _elu_of(args[0], float(_arg(args, 1, 1.0)), float(_arg(args, 2, 1.0)),
@@ -301,6 +313,8 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,
     "aten.scaled_dot_product_attention.default": _attention,
+    "aten.constant_pad_nd.default": _pad,
+    "aten.pad.default": _pad,
     "aten.linalg_vector_norm.default": _vector_norm,
     "aten.gt.Scalar": _compare(relax.op.greater),
     "aten.lt.Scalar": _compare(relax.op.less),

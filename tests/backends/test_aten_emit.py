@@ -69,6 +69,7 @@ CASES = {
     "pad_constant": lambda x: F.pad(x, (1, 2, 0, 3)),
     "pad_value": lambda x: F.pad(x, (1, 1, 1, 1), value=0.5),
     "pad_reflect": lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect"),
+    "pad_negative_crops": lambda x: F.pad(x, (-1, 2, 1, -2)) + F.pad(x, (0, 1, -2, 1), value=0.5),
     "slice_h": lambda x: x[:, :, 1:7],
     "slice_w_step": lambda x: x[:, :, :, ::2],
     "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
@@ -133,7 +134,7 @@ def test_ops_outside_the_table_stay_unsupported_and_fall_back_to_torch_alone():
     assert fast.target != "torch" and list(fast.fallbacks.values()) == ["aten.roll.default"]
 
 
-@pytest.mark.parametrize("fn,reason", [(lambda x: F.pad(x, (-1, -1, 0, 0)), "negative padding"),
+@pytest.mark.parametrize("fn,reason", [(lambda x: F.pad(x, (-1, -1, 1, 1), mode="reflect"), "negative padding"),
                                        (lambda x: F.pad(x, (1, 0, 2, 1), mode="replicate"), "padding mode")])
 def test_arguments_it_does_not_cover_fall_back_or_are_refused_naming_the_node(fn, reason):
     model = Between(Fn(fn)).eval()
