@@ -17,7 +17,7 @@ import convopt
 from tests.conftest import rel_err
 from tests.fuzz_models import build, model_specs
 
-settings.register_profile("ci", max_examples=20, deadline=None, derandomize=False,
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=False,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("long", max_examples=100_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -27,6 +27,9 @@ settings.load_profile("ci")
 REGRESSIONS = [
     ((1, 1, 5, 5), (("conv", 1, (7, 7), 1, 1, 1, 6, False, "none"),)),  # kernel larger than the map
     ((2, 6, 9, 7), (("conv", 6, (3, 3), 2, 2, 6, 2, True, "relu"), ("se", 4))),  # depthwise, dilated, SE
+    # found: the first NaN-propagating max/min copied operands, and mish (a clamp in a fast tanh of a
+    # softplus with its own clamped exp) grew until compiling it never finished
+    ((1, 2, 8, 17), (("residual", 3, "mish"), ("se", 4), ("depthwise", 7, 1, "relu"))),
 ]
 
 
@@ -51,5 +54,6 @@ def _check(spec, lowering=None):
 @given(spec=model_specs(), lowering=st.sampled_from(LOWERINGS))
 @example(spec=REGRESSIONS[0], lowering=None)
 @example(spec=REGRESSIONS[1], lowering="winograd4")
+@example(spec=REGRESSIONS[2], lowering="direct")
 def test_random_cnns_match_eager(spec, lowering):
     _check(spec, lowering)
