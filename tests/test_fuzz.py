@@ -2,26 +2,27 @@
 (with the cost model's lowerings) and on the torch target, compared with eager by relative error.
 
 CI runs the "ci" profile (a few dozen models, every run new ones and the shrunk failures of earlier runs
-from hypothesis' database); ``pytest -m fuzz --hypothesis-profile=long tests/test_fuzz.py`` runs for hours.
+from hypothesis' database); ``pytest -m fuzz --hypothesis-profile=long tests/test_fuzz.py`` runs for hours
+(``CONVOPT_FUZZ_LOG=FILE`` appends a line per model that passed: seconds, lowering, spec).
 Every failure found becomes an entry of ``REGRESSIONS``, which run first, every time.
 """
 
+import os
+import time
 import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import convopt
 from tests.conftest import rel_err
 from tests.fuzz_models import build, model_specs
 
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=False,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=100_000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
+# the "ci" and "long" profiles are registered in tests/conftest.py; without --hypothesis-profile=long the
+# fuzzer runs the ci one (other hypothesis tests keep their own settings)
+FUZZ_SETTINGS = settings.default if settings.default.max_examples > 1000 else settings.get_profile("ci")
 
 # specs the fuzzer once failed on (fixed since), and edge cases kept on purpose
 REGRESSIONS = [
@@ -37,6 +38,7 @@ LOWERINGS = [None, None, "direct", "im2col", "im2win", "winograd2", "winograd4",
 
 
 def _check(spec, lowering=None):
+    start = time.perf_counter()
     model, x = build(spec)
     with torch.no_grad():
         expected = model(x)
@@ -48,9 +50,13 @@ def _check(spec, lowering=None):
             with torch.no_grad():
                 err = rel_err(fast(x), expected)
             assert err <= 1e-4, f"target {target} (lowering {forced}): relative error {err:.3g} on {spec}"
+    if os.environ.get("CONVOPT_FUZZ_LOG"):  # one line per model, for the long profile's report
+        with open(os.environ["CONVOPT_FUZZ_LOG"], "a") as log:
+            log.write(f"{time.perf_counter() - start:.2f}s {lowering} {spec}\n")
 
 
 @pytest.mark.fuzz
+@FUZZ_SETTINGS
 @given(spec=model_specs(), lowering=st.sampled_from(LOWERINGS))
 @example(spec=REGRESSIONS[0], lowering=None)
 @example(spec=REGRESSIONS[1], lowering="winograd4")

@@ -151,3 +151,22 @@ def test_the_torch_target_and_fallback_free_graphs_warn_nothing():
 
 def test_fallback_error_is_a_runtime_error():
     assert issubclass(FallbackError, RuntimeError)
+
+
+def test_a_cuda_module_with_a_fallback_builds():
+    """Without a GPU the CUDA build is what can be tested: the fallback call and the CUDA kernels around it."""
+    from convopt.backends.tvm_backend import compile_graph
+    from convopt.target import resolve_target
+
+    model, x = WithCustomOp().eval(), torch.randn(1, 3, 8, 8)
+    graph = convopt.optimize(model, x, target="torch").graph
+    executable, _, fallbacks = compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}), fallback=True)
+    assert sorted(n for nodes in fallbacks.values() for n in nodes) == ["mirror", "mirror_1"]
+
+    def modules(m):
+        yield m
+        for child in m.imports:
+            yield from modules(child)
+
+    cuda = [m for m in modules(executable.mod) if m.kind == "cuda"]
+    assert cuda and "__global__" in cuda[0].inspect_source()
