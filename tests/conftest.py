@@ -17,6 +17,27 @@ settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_
 settings.register_profile("long", max_examples=1_000_000, deadline=None, suppress_health_check=_SLOW_OK)
 
 
+class Fn(torch.nn.Module):
+    """A function as a module (the op under test)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def cuda_sources(executable) -> list[str]:
+    """The CUDA source of every CUDA module a compiled Relax executable imports."""
+    def modules(m):
+        yield m
+        for child in m.imports:
+            yield from modules(child)
+
+    return [m.inspect_source() for m in modules(executable.mod) if m.kind == "cuda"]
+
+
 def rel_err(actual, expected) -> float:
     from convopt.optimize import relative_error
 

@@ -40,6 +40,21 @@ class WithGraphBreak(Block):
         return self.head(y)
 
 
+@pytest.fixture
+def compiled_modules(monkeypatch):
+    """The OptimizedModules convopt compiles for Dynamo's graphs during a test, in order."""
+    made = []
+    original = dynamo.ConvoptCompiled._compile
+
+    def spy(self, args):
+        fast = original(self, args)
+        made.append(fast)
+        return fast
+
+    monkeypatch.setattr(dynamo.ConvoptCompiled, "_compile", spy)
+    return made
+
+
 def counting_backend(counts: Counter):
     def backend(gm, example_inputs, **kwargs):
         compiled = dynamo.convopt_backend(gm, example_inputs, **kwargs)
@@ -70,20 +85,11 @@ def test_a_small_model_compiles_with_frozen_weights_and_matches_eager():
     assert counts == {"graphs": 1, "convopt": 1}
 
 
-def test_the_compiled_graph_is_convopts_with_weights_as_constants(monkeypatch):
-    made = []
-    original = dynamo.ConvoptCompiled._compile
-
-    def spy(self, args):
-        fast = original(self, args)
-        made.append(fast)
-        return fast
-
-    monkeypatch.setattr(dynamo.ConvoptCompiled, "_compile", spy)
+def test_the_compiled_graph_is_convopts_with_weights_as_constants(compiled_modules):
     model, x = Block().eval(), torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.compile(model, backend="convopt")(x)
-    (fast,) = made
+    (fast,) = compiled_modules
     assert isinstance(fast, OptimizedModule) and fast.target != "torch"
     assert [v.type.shape for v in fast.graph.inputs] == [(1, 3, 8, 8)]  # only the real input
     assert "batch_norm" not in fast.graph.op_counts()  # folded: the weights were constants
@@ -113,22 +119,13 @@ def test_a_new_input_shape_compiles_again():
     assert counts["graphs"] >= 2 and counts["convopt"] == counts["graphs"]
 
 
-def test_options_reach_optimize_and_unknown_ones_are_refused(monkeypatch):
-    seen = []
-    original = dynamo.ConvoptCompiled._compile
-
-    def spy(self, args):
-        fast = original(self, args)
-        seen.append(fast)
-        return fast
-
-    monkeypatch.setattr(dynamo.ConvoptCompiled, "_compile", spy)
+def test_options_reach_optimize_and_unknown_ones_are_refused(compiled_modules):
     model, x = Block().eval(), torch.randn(1, 3, 8, 8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")  # no "running it as captured"
         fast = torch.compile(model, backend="convopt", options={"lowering": "im2col", "tuning_logs": False})
         assert rel_err(fast(x), model(x)) < 1e-5
-    (compiled,) = seen
+    (compiled,) = compiled_modules
     assert {n.attrs.lowering for n in compiled.graph.nodes if n.op.value == "conv2d"} == {"im2col"}
     torch._dynamo.reset()
     with pytest.raises(Exception, match=r"unknown convopt option\(s\) \['bogus'\]"):

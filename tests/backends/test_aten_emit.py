@@ -10,7 +10,7 @@ import convopt
 from convopt.backends.relax_emit import unsupported_nodes
 from convopt.capture import capture_program
 from convopt.ir.ops import Op
-from tests.conftest import rel_err
+from tests.conftest import Fn, rel_err
 
 
 class Between(nn.Module):
@@ -101,15 +101,6 @@ CASES = {
     "attention_float_mask": _attention(mask="float"),
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

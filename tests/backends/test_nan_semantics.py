@@ -10,7 +10,7 @@ from torch import nn
 
 import convopt
 from convopt.backends.nan_semantics import propagate_nan_func
-from tests.conftest import rel_err
+from tests.conftest import Fn, rel_err
 
 SPECIAL = (float("nan"), float("inf"), float("-inf"), 1e-40, -3e-39)  # and two denormals
 
@@ -32,15 +32,6 @@ def assert_same_specials(got, want):
     assert torch.equal(got == float("-inf"), want == float("-inf"))
     finite = torch.isfinite(want)
     assert rel_err(got[finite], want[finite]) < 1e-5
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 OPS = {

@@ -12,7 +12,7 @@ import convopt
 from convopt.backends.relax_emit import UnsupportedOpError
 from convopt.backends.tvm_backend import compile_graph
 from convopt.target import resolve_target
-from tests.conftest import rel_err
+from tests.conftest import cuda_sources, rel_err
 from tests.passes.test_fold_conv_bn import randomize_bn
 
 
@@ -101,14 +101,8 @@ def test_cuda_code_is_generated(arch):
                           nn.Flatten(), nn.Linear(8, 4)).eval()
     graph = convopt.optimize(model, torch.randn(1, 3, 16, 16)).graph
     executable, _, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": arch}))
-
-    def modules(m):
-        yield m
-        for child in m.imports:
-            yield from modules(child)
-
-    cuda = [m for m in modules(executable.mod) if m.kind == "cuda"]
-    assert cuda and "__global__" in cuda[0].inspect_source()
+    sources = cuda_sources(executable)
+    assert sources and "__global__" in sources[0]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="running CUDA code needs a GPU")
