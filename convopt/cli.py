@@ -109,7 +109,8 @@ def _tune(args) -> int:
 
     model, x = _prepare(args)
     summary = tune(model, x, target=_target_arg(args.target), trials=args.trials, time_budget=args.time_budget,
-                   log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args))
+                   log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args),
+                   **({} if args.lowering_margin is None else {"lowering_margin": args.lowering_margin}))
     print(summary.table())
     return 0
 
@@ -145,6 +146,8 @@ def _calibrate(args) -> int:
     from .target import resolve_target
 
     target = resolve_target("cpu")
+    if args.from_logs is not None:
+        return _calibrate_from_logs(target, args.from_logs, args.output)
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
     if args.lowerings:
@@ -159,6 +162,27 @@ def _calibrate(args) -> int:
     for name, coefs in profile.coefficients.items():
         print(f"  {name:10s} " + "  ".join(f"{k}={v:.3g}" for k, v in coefs.items()))
     print(f"wrote {save_profile(profile, Path(args.output) if args.output else profile_path(target))}")
+    return 0
+
+
+def _calibrate_from_logs(target, folders: list[str], output: str | None) -> int:
+    """Refit the cost model to the default schedules' times that tuning jobs measured (lowering_times.json)."""
+    from .cost.calibrate import refit_from_measurements
+    from .cost.profile import load_profile, profile_path, save_profile
+    from .tuning.apply import default_log_dirs
+    from .tuning.lowering_times import default_times
+
+    dirs = [Path(f) for f in folders] if folders else default_log_dirs()
+    points = default_times(target, dirs)
+    if not points:
+        where = ", ".join(str(d) for d in dirs) or "no tuning_logs folder"
+        print(f"no lowering measurements for target {target.key} under {where}: run `convopt tune` first",
+              file=sys.stderr)
+        return 1
+    profile, report = refit_from_measurements(load_profile(target), target.lanes, points)
+    print(f"{len(points)} measurements of default schedules for {target.key} from {', '.join(map(str, dirs))}")
+    print(report.table())
+    print(f"wrote {save_profile(profile, Path(output) if output else profile_path(target))}")
     return 0
 
 
@@ -212,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                                                      "measured through --rpc)")
     tun.add_argument("--trials", type=int, help="tuned trials in all (default 64 per tunable kernel)")
     tun.add_argument("--time-budget", help="stop after this long: seconds, or e.g. 15m, 1h")
+    tun.add_argument("--lowering-margin", type=float, metavar="FACTOR",
+                     help="also tune each conv's other lowerings predicted within FACTOR of its best; optimize() "
+                          "runs the fastest measured (default: convopt.cost.model.MEASURE_MARGIN, 1.25; 1: the cost "
+                          "model's choice only)")
     tun.add_argument("--log-dir", default="tuning_logs",
                      help="records go to DIR/<target key>/ (default tuning_logs; a job started again resumes)")
     tun.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on the devices registered under KEY with the "
@@ -237,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
     cal.add_argument("--lowerings", help="only these lowerings or '<lowering>@blocked' variants (comma-separated; "
                                          "default: all); the profile keeps the others' coefficients")
+    cal.add_argument("--from-logs", nargs="*", metavar="DIR",
+                     help="measure nothing: refit the coefficients to the times tuning jobs measured (their "
+                          "lowering_times.json) under these tuning_logs folders (default: the shipped ones, "
+                          "$CONVOPT_TUNING_LOGS and ./tuning_logs)")
     cal.set_defaults(run=_calibrate)
 
     bench = sub.add_parser("bench", help="time convopt against eager, inductor, ONNX Runtime and OpenVINO on one "

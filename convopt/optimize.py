@@ -19,7 +19,7 @@ from .ir.ops import Op
 from .ir.types import TensorType
 from .numerics import relative_error
 from .pipeline import MODES, PassRecord, build, run_passes
-from .target import resolve_target
+from .target import Target, resolve_target
 
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
@@ -243,6 +243,16 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _measured_lowerings(target, tuning_logs) -> dict | None:
+    """The lowerings' measured times from the tuning records of a TVM CPU target (None: none to read)."""
+    if tuning_logs is False or not (isinstance(target, Target) and target.is_cpu):
+        return None
+    from .tuning.apply import default_log_dirs
+    from .tuning.lowering_times import measured_lowerings
+
+    return measured_lowerings(target, default_log_dirs(tuning_logs))
+
+
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
              dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
              skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None,
@@ -278,7 +288,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
         if mode != "inference":
             raise ValueError(f"target={target} compiles inference graphs; train with target='torch'")
     skip = set(skip_passes) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
-    pipeline = build(mode, target, lowering=lowering, only=passes, skip=skip)
+    pipeline = build(mode, target, lowering=lowering, only=passes, skip=skip,
+                     measured=_measured_lowerings(target, tuning_logs))
     if mode == "inference" and any(m.training for m in model.modules()):
         warnings.warn("the model is in training mode; optimize(mode='inference') computes eval-mode semantics "
                       "(BatchNorm running statistics, dropout off). Call model.eval() first to say so, or "

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .ir.graph import Graph
 from .ir.verify import verify as verify_graph
@@ -51,11 +51,13 @@ _GRAPH_PASSES: dict[str, tuple[Pass, ...]] = {
 
 
 def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, str] | None = None,
-          only: Iterable[str] | None = None, skip: Iterable[str] = ()) -> tuple[Pass, ...]:
+          only: Iterable[str] | None = None, skip: Iterable[str] = (),
+          measured: Mapping[str, Mapping[str, float]] | None = None) -> tuple[Pass, ...]:
     """The passes to run for ``mode`` and ``target`` (None or "torch": no target-specific passes).
 
     ``lowering`` (a lowering name, or {layer: name}) configures select_lowering and is validated here,
-    before any pass runs; ``only`` / ``skip`` select passes by name."""
+    before any pass runs; ``measured`` gives it the lowerings' measured times by conv shape (from tuning
+    records: tuning/lowering_times.py); ``only`` / ``skip`` select passes by name."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
     passes = _GRAPH_PASSES[mode]
@@ -68,7 +70,7 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         skip = set(skip)
         only = None if only is None else list(only)
         blocks = "block_layout" not in skip and (only is None or "block_layout" in only)
-        passes = (*passes, _select_lowering(target, lowering, blocks), layout)
+        passes = (*passes, _select_lowering(target, lowering, blocks, measured), layout)
     selected = select_passes(passes, only=only, skip=skip)
     if lowering is not None:
         _check_lowering_names(lowering)
@@ -86,12 +88,14 @@ def _check_lowering_names(lowering: str | dict[str, str]) -> None:
         lowering_named(name)  # raises LoweringError naming the lowerings there are
 
 
-def _select_lowering(target: Target, lowering: str | dict[str, str] | None, blocked_layouts: bool) -> Pass:
+def _select_lowering(target: Target, lowering: str | dict[str, str] | None, blocked_layouts: bool,
+                     measured: Mapping[str, Mapping[str, float]] | None) -> Pass:
     from .cost.profile import load_profile
     from .passes.select_lowering import select_lowering
 
     return Pass("select_lowering", functools.partial(
         select_lowering, profile=load_profile(target), lanes=target.lanes, blocked_layouts=blocked_layouts,
+        measured=measured,
         overrides=lowering if isinstance(lowering, dict) else None,
         default=lowering if isinstance(lowering, str) else None))
 

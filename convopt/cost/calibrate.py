@@ -17,7 +17,7 @@ of transformed weights make it 1.4x slower than F(2x2)).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -27,7 +27,7 @@ from ..schedules.conv_spec import ConvSpec
 from ..schedules.kernel import build_kernel
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
-from .model import BLOCKED, feature_vector, fit_coefficients, fit_scale
+from .model import BLOCKED, coefficients_key, feature_vector, fit_coefficients, fit_scale, predict
 from .profile import FEATURES, MachineProfile
 
 
@@ -179,3 +179,90 @@ def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvS
         else:
             coefficients[name] = fit_coefficients(features, seconds)
     return replace(profile, coefficients=coefficients, calibrated_on=f"{profile.cpu} ({target.key})"), records
+
+
+MIN_POINTS = 3  # measurements a variant needs before its coefficients are refitted
+
+
+@dataclass(frozen=True)
+class Refit:
+    """One variant's refit from measurements: its scale and the median relative error before and after."""
+
+    variant: str
+    points: int
+    scale: float  # 1.0: left as it was (fewer than MIN_POINTS measurements)
+    error_before: float
+    error_after: float
+
+
+@dataclass(frozen=True)
+class RefitReport:
+    refits: list[Refit]
+    hit_rate_before: float | None  # shapes whose predicted-fastest measured lowering is within 10% of the
+    hit_rate_after: float | None   # measured fastest, over shapes with two or more measured in one layout
+    shapes: int
+
+    def table(self) -> str:
+        lines = [f"{'variant':<20} {'points':>6} {'scale':>6} {'median error before':>20} {'after':>7}"]
+        lines += [f"{r.variant:<20} {r.points:>6} {r.scale:>6.2f} {r.error_before:>19.0%} {r.error_after:>7.0%}"
+                  for r in self.refits]
+        if self.shapes:
+            lines.append(f"hit rate (predicted fastest within 10% of the measured fastest) on {self.shapes} shapes: "
+                         f"{self.hit_rate_before:.0%} before, {self.hit_rate_after:.0%} after")
+        return "\n".join(lines)
+
+
+def _hit_rate(groups: dict, predicted: Callable[[ConvSpec, str], float]) -> tuple[float | None, int]:
+    compared = [(spec, times) for spec, times in groups.values() if len(times) > 1]
+    if not compared:
+        return None, 0
+    hits = 0
+    for spec, times in compared:
+        pick = min(times, key=lambda name: predicted(spec, name))
+        hits += times[pick] <= 1.1 * min(times.values())
+    return hits / len(compared), len(compared)
+
+
+def refit_from_measurements(profile: MachineProfile, lanes: int, measurements: Iterable[tuple[ConvSpec, str, float]],
+                            *, min_points: int = MIN_POINTS) -> tuple[MachineProfile, RefitReport]:
+    """The profile with each variant's coefficients scaled to fit ``measurements`` ((spec, lowering or
+    "<lowering>@blocked", seconds of its default schedule), e.g. from tuning jobs: tuning/lowering_times.py).
+
+    One factor per variant (``fit_scale``), as for the "@blocked" variants: the measurements come from the
+    layers of the models tuned, often a few shapes per lowering, and a full refit of eight coefficients on
+    them would fit those layers and lose the generic calibration shapes. A variant without coefficients of
+    its own (an "@blocked" one the profile predicts with the NCHW ones) gets the scaled NCHW ones."""
+    measurements = list(measurements)
+
+    def predictor(prof: MachineProfile):
+        def predicted(spec: ConvSpec, name: str) -> float:
+            return predict(name.removesuffix(BLOCKED), spec, prof, lanes, blocked=name.endswith(BLOCKED))
+        return predicted
+
+    def median_error(prof: MachineProfile, points) -> float:
+        return float(np.median([abs(predictor(prof)(spec, name) / s - 1) for spec, name, s in points]))
+
+    by_variant: dict[str, list] = {}
+    for point in measurements:
+        by_variant.setdefault(point[1], []).append(point)
+    coefficients = dict(profile.coefficients)
+    scales = {}
+    for name, points in sorted(by_variant.items()):
+        base = name.removesuffix(BLOCKED)
+        if base not in profile.coefficients or len(points) < min_points:
+            continue
+        own = coefficients_key(base, name.endswith(BLOCKED), profile)
+        old = np.array([predictor(profile)(spec, name) for spec, _, _ in points])
+        scales[name] = fit_scale(old, np.array([s for _, _, s in points]))
+        coefficients[name] = {f: scales[name] * v for f, v in profile.coefficients[own].items()}
+    refitted = replace(profile, coefficients=coefficients)
+    refits = [Refit(name, len(points), scales.get(name, 1.0), median_error(profile, points),
+                    median_error(refitted, points)) for name, points in sorted(by_variant.items())
+              if name.removesuffix(BLOCKED) in profile.coefficients]
+    groups: dict = {}  # (shape, layout) -> (spec, {variant: seconds})
+    for spec, name, seconds in measurements:
+        if name.removesuffix(BLOCKED) in profile.coefficients:
+            groups.setdefault((spec, name.endswith(BLOCKED)), (spec, {}))[1][name] = seconds
+    before, shapes = _hit_rate(groups, predictor(profile))
+    after, _ = _hit_rate(groups, predictor(refitted))
+    return refitted, RefitReport(refits, before, after, shapes)

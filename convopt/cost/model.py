@@ -16,9 +16,15 @@ are NCHW[lanes]c (calibrate.py; the depthwise kernel's blocking pass becomes a c
 Between blocked neighbours (``blocked=True``) those predict it; a lowering that can't run blocked pays
 ``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A profile without
 ``@blocked`` coefficients predicts every layout with the NCHW ones.
+
+Measurements: a tuning job measures every lowering predicted within ``MEASURE_MARGIN`` of the best
+(``near_best``); where all of them were measured for a conv's shape, ``measured_all`` gives their measured
+times, which select_lowering prefers to the predictions.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 
@@ -31,6 +37,7 @@ from .profile import FEATURES, MachineProfile
 CALL_UNIT = 1e-6  # seconds: the "calls" feature is one microsecond per kernel call
 OUTPUT_UNIT = 1e-9  # seconds per output or copied element
 BLOCKED = "@blocked"  # suffix of the coefficients for blocked input and output
+MEASURE_MARGIN = 1.25  # lowerings predicted within this factor of the best are all measured when tuning
 
 
 def coefficients_key(name: str, blocked: bool, profile: MachineProfile) -> str:
@@ -63,20 +70,56 @@ def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int, bloc
     return float(feature_vector(name, spec, profile, lanes) @ weights)
 
 
+def runs_blocked(name: str, spec: ConvSpec, lanes: int, blocked: bool) -> bool:
+    """Whether lowering ``name`` reads and writes blocked tensors for a conv between blocked neighbours
+    (``blocked``); otherwise it runs on NCHW and its neighbours change layout around it."""
+    low = lowering(name)
+    return blocked and low.writes_blocked and low.blocked_io(spec, lanes)
+
+
+def variant(name: str, spec: ConvSpec, lanes: int, blocked: bool) -> str:
+    """The name of what runs: the lowering, with "@blocked" when it runs on blocked tensors."""
+    return name + BLOCKED if runs_blocked(name, spec, lanes, blocked) else name
+
+
 def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
                 candidates=LOWERINGS, blocked: bool = False) -> dict[str, float]:
     """Predicted seconds of every lowering that supports ``spec`` and is calibrated; ``blocked``: for a conv
     between blocked neighbours (see the module docstring)."""
     predicted = {}
     for name in candidates:
-        low = lowering(name)
-        if name not in profile.coefficients or low.supports(spec) is not None:
+        if name not in profile.coefficients or lowering(name).supports(spec) is not None:
             continue
-        runs_blocked = blocked and low.writes_blocked and low.blocked_io(spec, lanes)
-        predicted[name] = predict(name, spec, profile, lanes, runs_blocked)
-        if blocked and not runs_blocked:
+        in_blocks = runs_blocked(name, spec, lanes, blocked)
+        predicted[name] = predict(name, spec, profile, lanes, in_blocks)
+        if blocked and not in_blocks:
             predicted[name] += relayout_seconds(spec, profile)
     return predicted
+
+
+def near_best(predicted: dict[str, float], margin: float = MEASURE_MARGIN) -> list[str]:
+    """The lowerings predicted within ``margin`` of the fastest prediction, fastest first: those a tuning job
+    measures, because the cost model can't tell them apart reliably (its hit rate is not 100%)."""
+    if not predicted:
+        return []
+    best = min(predicted.values())
+    return sorted((name for name, t in predicted.items() if t <= margin * best), key=predicted.get)
+
+
+def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, float], profile: MachineProfile,
+                 lanes: int, blocked: bool = False) -> dict[str, float]:
+    """Measured seconds of each lowering in ``names`` as it would run here (``measured``: variant ->
+    seconds of its best tuned kernel on this shape), plus the relayout a lowering that can't run blocked
+    forces between blocked neighbours (predicted, as in predict_all: it is not part of the kernel). Empty
+    unless every name was measured: a partial comparison would favour whichever was measured."""
+    times = {}
+    for name in names:
+        seconds = measured.get(variant(name, spec, lanes, blocked))
+        if seconds is None:
+            return {}
+        times[name] = seconds + (relayout_seconds(spec, profile)
+                                 if blocked and not runs_blocked(name, spec, lanes, blocked) else 0.0)
+    return times
 
 
 def fit_scale(predicted: np.ndarray, seconds: np.ndarray) -> float:

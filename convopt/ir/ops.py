@@ -69,9 +69,11 @@ class Conv2dAttrs:
     dilation: tuple[int, int]
     groups: int
     # Set by the select_lowering pass (the TVM backend's algorithm for this conv; "" = its default) and the
-    # cost model's predicted microseconds per candidate lowering, shown in IR dumps. Semantics don't change.
+    # cost model's predicted microseconds per candidate lowering, and the measured ones where tuning records
+    # decided (tuning/lowering_times.py), shown in IR dumps. Semantics don't change.
     lowering: str = ""
     predicted_us: tuple[tuple[str, float], ...] = ()
+    measured_us: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

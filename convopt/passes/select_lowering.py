@@ -4,28 +4,37 @@ For every conv2d node n with fp32 data and a constant weight (the convs the back
 own kernels), with s = the conv's shape and L(s) the lowerings that can run s:
 
     lowering(n) = override(n)                          if the user forced one for n (by node or module name)
+                = argmin_{l in N(s)} t(l, s, b(n))      if every l in N(s) was measured on s (tuning records)
                 = argmin_{l in L(s)} t_hat(l, s, b(n))  otherwise, t_hat the cost model (convopt/cost)
+
+with N(s) = {l in L(s) : t_hat(l, s, b(n)) <= MEASURE_MARGIN * min t_hat}, the lowerings a tuning job
+measures (cost/model.near_best), joined by any other lowering of L(s) that was measured too (a job given a
+wider margin), and t the measured time of l's fastest tuned kernel on s in the layout it would run in, plus
+the predicted relayout where it can't run blocked (cost/model.measured_all)
 
 where b(n) says whether n sits between blocked neighbours: its input and its output would be stored in
 channel blocks (NCHW[lanes]c, passes/block_layout.py) if every conv ran a lowering that works on blocked
 tensors. There the cost model predicts the lowerings that do with their blocked coefficients, and charges
 the others for the layout change they force (cost/model.py); ``blocked_layouts=False`` (when the
 block_layout pass doesn't run) predicts NCHW everywhere. The node's attrs record the choice and t_hat of
-every candidate (``predicted_us``; a name ends in "@blocked" where b(n) held), so the IR dump shows why.
+every candidate (``predicted_us``; a name ends in "@blocked" where b(n) held) and, where measurements decided,
+the measured ones (``measured_us``), so the IR dump shows why.
 The graph's semantics don't change: only the backend reads these attrs.
 
 Preconditions: the graph's conv shapes are final (run after the folding and merging passes).
 Runs after the graph passes and before block_layout in the inference pipeline when the target is a TVM
 CPU target (pipeline.build adds it with the target's SIMD width and its machine profile); ``overrides``
 maps node names or module scopes to a lowering name, ``default`` forces one lowering on every conv that it
-can run.
+can run. ``measured`` maps ConvSpec.key() to {variant: seconds} (tuning/lowering_times.py reads it from the
+tuning records); None or empty: predictions alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Mapping
 
-from ..cost.model import BLOCKED, predict_all
+from ..cost.model import BLOCKED, measured_all, near_best, predict_all
 from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
 from ..ir.ops import Op
@@ -60,7 +69,7 @@ def _could_run_blocked(graph: Graph, lanes: int, profile: MachineProfile):
 
 def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
                     overrides: dict[str, str] | None = None, default: str | None = None,
-                    blocked_layouts: bool = True) -> Graph:
+                    blocked_layouts: bool = True, measured: Mapping[str, Mapping[str, float]] | None = None) -> Graph:
     overrides = dict(overrides or {})
     _check_names(graph, overrides)
     if default is not None and default not in LOWERINGS:
@@ -85,7 +94,24 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
             choice = default
         else:
             choice = min(predicted, key=predicted.get) if predicted else "direct"
+        timed = _measured(spec, predicted, (measured or {}).get(spec.key(), {}), profile, lanes, blocked)
+        if len(timed) > 1 and choice not in (forced, default):
+            choice = min(timed, key=timed.get)
         suffix = BLOCKED if blocked else ""
-        times = tuple((name + suffix, float(f"{seconds * 1e6:.4g}")) for name, seconds in predicted.items())
-        nodes.append(replace(n, attrs=replace(n.attrs, lowering=choice, predicted_us=times)))
+        nodes.append(replace(n, attrs=replace(n.attrs, lowering=choice, predicted_us=_microseconds(predicted, suffix),
+                                              measured_us=_microseconds(timed, suffix))))
     return graph.replace(nodes=tuple(nodes))
+
+
+def _measured(spec, predicted: dict[str, float], measured: Mapping[str, float], profile: MachineProfile, lanes: int,
+              blocked: bool) -> dict[str, float]:
+    """Measured seconds of N(s) and of every other candidate measured on s (a job may measure beyond the
+    margin: those are as real), or {} when a lowering of N(s) wasn't measured."""
+    near = near_best(predicted)
+    others = [name for name in predicted if name not in near
+              and measured_all(spec, [name], measured, profile, lanes, blocked)]
+    return measured_all(spec, near + others, measured, profile, lanes, blocked)
+
+
+def _microseconds(seconds: dict[str, float], suffix: str) -> tuple[tuple[str, float], ...]:
+    return tuple((name + suffix, float(f"{s * 1e6:.4g}")) for name, s in seconds.items())

@@ -26,6 +26,7 @@ The table of lowerings is ``convopt.schedules.lowerings``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,7 @@ from ..ir.ops import Op
 from .activations import activate
 
 OUTPUT_BLOCK = "conv_out"
+_KEY = re.compile(r"n(\d+) c(\d+) (\d+)x(\d+) o(\d+) k(\d+)x(\d+) s(\d+)x(\d+) p(\d+)x(\d+) d(\d+)x(\d+) g(\d+)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,21 @@ class ConvSpec:
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    def key(self) -> str:
+        """Every field as text: the key of tables of measurements by conv shape (describe() is shorter)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return (f"n{self.batch} c{self.in_channels} {self.height}x{self.width} o{self.out_channels} k{kh}x{kw} "
+                f"s{sh}x{sw} p{ph}x{pw} d{dh}x{dw} g{self.groups}")
+
+    @classmethod
+    def from_key(cls, key: str) -> "ConvSpec":
+        """The spec whose ``key()`` is ``key``."""
+        match = _KEY.fullmatch(key)
+        if match is None:
+            raise ValueError(f"not a conv spec key: {key!r}")
+        v = [int(g) for g in match.groups()]
+        return cls(v[0], v[1], v[2], v[3], v[4], (v[5], v[6]), (v[7], v[8]), (v[9], v[10]), (v[11], v[12]), v[13])
 
     def describe(self) -> str:
         kh, kw = self.kernel

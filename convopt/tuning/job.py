@@ -4,7 +4,10 @@ keeps every measurement in the target's record folder (records.py), which optimi
     summary = convopt.tune(model, (x,), trials=200, time_budget="15m")
 
 1. The model goes through optimize()'s pipeline (no records applied); the untuned end-to-end latency is
-   measured, and the tasks are extracted (tasks.py).
+   measured, and the tasks are extracted (tasks.py). The lowering choice is tuned too: for each conv, every
+   other lowering the cost model predicts within ``MEASURE_MARGIN`` of its best (cost/model.near_best) is
+   forced on it in another run of the pipeline, and that graph's kernels of the lowering join the tasks
+   (``_alternatives``; a kernel equal to one already there is not added twice).
 2. Each task's default schedule is measured and committed first (once per task, ever), so tuning can only
    improve on it, and every record knows its default.
 3. The trial budget is shared in proportion to each task's weighted default time (calls per run x
@@ -22,6 +25,9 @@ keeps every measurement in the target's record folder (records.py), which optimi
 6. Resume: the trials a task already has in the database count against its share and its measured
    points are skipped; a killed job started again runs only what each task still owes (losing the
    trials in flight).
+7. Each conv kernel's default and best time go into the folder's lowering_times.json (by conv shape and
+   lowering); optimize() picks, among the lowerings measured for a conv, the fastest
+   (passes/select_lowering.py), and ``convopt calibrate --from-logs`` refits the cost model to them.
 
 Measurement is MetaSchedule's: one builder (builder.py; workers that live for the whole job) and one
 runner. ``rpc="HOST:PORT:KEY"`` measures on the devices registered with TVM's RPC tracker under KEY
@@ -34,15 +40,18 @@ import itertools
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import tvm
+import tvm_ffi
 
 from ..target import Target, resolve_target
+from ..cost.model import MEASURE_MARGIN
 from .apply import LOCAL_LOGS, choose, trace_key
+from .lowering_times import kernel_variants, write_times
 from .records import open_database, records_dir, trials_done
 from .tasks import Task, extract_tasks
 
@@ -84,6 +93,9 @@ class TuningSummary:
     tuned_ms: float | None = None  # with the records applied, measured after tuning (None: not measured)
     stopped: str = ""  # why the job ended before its budget ("time budget"), if it did
     per_trial_s: float = 0.0
+    # (conv node, lowering the cost model chose, lowering the measurements choose) where they differ
+    lowering_changes: list[tuple[str, str, str]] = field(default_factory=list)
+    alternatives: int = 0  # tasks added to measure other lowerings
 
     @property
     def estimated_ms(self) -> float | None:
@@ -99,6 +111,12 @@ class TuningSummary:
         for t in sorted(self.tasks, key=lambda t: -t.weight * t.default_us):
             lines.append(f"{t.name[:40]:<40} {t.kind:<10} {t.weight:>5} {t.trials:>6} {t.default_us:>10.1f} "
                          f"{t.best_us:>9.1f} {t.speedup:>6.2f}x")
+        if self.alternatives:
+            changes = ", ".join(f"{node} {old} -> {new}" for node, old, new in self.lowering_changes[:6])
+            more = f" and {len(self.lowering_changes) - 6} more" if len(self.lowering_changes) > 6 else ""
+            lines.append(f"lowerings: {self.alternatives} tasks measured other lowerings; "
+                         + (f"the measurements change {len(self.lowering_changes)} convs: {changes}{more}"
+                            if self.lowering_changes else "the cost model's choices stay fastest"))
         lines.append(f"{len(self.tasks)} tasks, {self.new_trials} new trials in {self.seconds:.0f} s"
                      + (f" ({self.per_trial_s:.2f} s per trial)" if self.new_trials else "")
                      + (f"; stopped: {self.stopped}" if self.stopped else ""))
@@ -358,10 +376,59 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
     return reports, new_trials, stopped
 
 
+def _alternatives(graph, captured, target: Target, lowering: dict[str, str] | None, tasks: list[Task],
+                  margin: float) -> list[tuple[Task, Any]]:
+    """(task, its graph) for the kernels of the lowerings each conv of ``graph`` could also run: those the cost
+    model predicts within ``margin`` of its best, each forced on the convs it is near the best for in one
+    more run of the pipeline over ``captured``. Convs the user forced a lowering on are left alone; kernels
+    equal to one in ``tasks`` are not repeated."""
+    from ..cost.model import BLOCKED, near_best
+    from ..ir.ops import Op
+    from ..pipeline import build, run_passes
+
+    forced = dict(lowering or {})
+    overrides: dict[str, dict[str, str]] = {}  # other lowering -> {node: lowering}
+    for n in graph.nodes:
+        if n.op is not Op.CONV2D or not n.attrs.predicted_us or n.name in forced or (n.scope or "") in forced:
+            continue
+        predicted = {name.removesuffix(BLOCKED): us for name, us in n.attrs.predicted_us}
+        for other in near_best(predicted, margin):
+            if other != n.attrs.lowering:
+                overrides.setdefault(other, {})[n.name] = other
+    seen = {tvm_ffi.structural_hash(t.workload) for t in tasks}
+    names = {t.name for t in tasks}
+    found = []
+    for other, nodes in sorted(overrides.items()):
+        alternative, _ = run_passes(captured, build("inference", target, lowering={**forced, **nodes}))
+        for task in extract_tasks(alternative, target):
+            digest = tvm_ffi.structural_hash(task.workload)
+            if task.kind != other or not set(task.nodes) <= set(nodes) or digest in seen:
+                continue
+            seen.add(digest)
+            name = task.name
+            while name in names:
+                name += "'"
+            names.add(name)
+            found.append((replace(task, name=name), alternative))
+    return found
+
+
+def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict:
+    """lowering_times.json entries of the tuned conv kernels (lowering_times.py)."""
+    entries: dict[str, dict] = {}
+    for r in reports:
+        if r.kind == "dense":
+            continue
+        for key, variant in kernel_variants(graphs[r.name], r.kind, r.nodes).items():
+            entries.setdefault(key, {})[variant] = {"default_us": round(r.default_us, 3),
+                                                    "best_us": round(r.best_us, 3), "trials": r.trials}
+    return entries
+
+
 def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, trials: int | None = None,
          time_budget: str | float | None = None, log_dir: str | Path | None = None, rpc: str | None = None,
-         lowering: str | dict[str, str] | None = None, progress: bool = True,
-         measure_end_to_end: bool = True) -> TuningSummary:
+         lowering: str | dict[str, str] | None = None, lowering_margin: float = MEASURE_MARGIN,
+         progress: bool = True, measure_end_to_end: bool = True) -> TuningSummary:
     """Tune the kernels of ``model`` on ``target`` (default "cpu") and keep the records under
     ``log_dir/<target key>/`` (default ./tuning_logs); optimize() applies them afterwards (give it
     ``tuning_logs=log_dir`` when that is not ./tuning_logs or $CONVOPT_TUNING_LOGS).
@@ -369,7 +436,9 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     trials: the tuned trials of the whole job (default 64 per task), shared by the tasks in proportion
     to their time; time_budget: stop after this long (seconds, or "15m", "1h"); rpc: "HOST:PORT:KEY" of a
     TVM RPC tracker to measure on; lowering: as in optimize() (a record applies to the graph it was tuned
-    for: optimize with the same lowering). A job started again on the same model resumes.
+    for: optimize with the same lowering); lowering_margin: the lowerings predicted within this factor of
+    each conv's best are tuned too, and optimize() runs the fastest measured (1: none; a large factor: every
+    lowering that can run the conv). A job started again on the same model resumes.
     """
     from ..capture import as_args
     from ..optimize import optimize
@@ -386,6 +455,16 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     measure_end_to_end = measure_end_to_end and target.runs_here and rpc is None
     untuned_ms = _time_module(fast, args) if measure_end_to_end else None
     tasks = extract_tasks(fast.graph, target)
+    graphs = {t.name: fast.graph for t in tasks}
+    alternatives = []
+    if not isinstance(lowering, str):  # one lowering forced everywhere: no choice to tune
+        from ..capture import capture_program
+
+        captured = capture_program(model, example_inputs, mode="inference").graph
+        alternatives = _alternatives(fast.graph, captured, target, lowering, tasks, lowering_margin)
+        for task, graph in alternatives:
+            tasks.append(task)
+            graphs[task.name] = graph
     log_root = Path(log_dir) if log_dir is not None else LOCAL_LOGS
     database = open_database(target, log_root, create=True)
     if database is None:
@@ -399,13 +478,28 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
                                             untuned_ms=untuned_ms, progress=progress)
     finally:
         measurer.close()
+    write_times(folder, target, _lowering_entries(reports, graphs))
     seconds = time.perf_counter() - start
     summary = TuningSummary(target.key, folder, reports, new_trials, seconds, untuned_ms, stopped=stopped,
-                            per_trial_s=seconds / new_trials if new_trials else 0.0)
+                            per_trial_s=seconds / new_trials if new_trials else 0.0,
+                            alternatives=len(alternatives))
     if measure_end_to_end:
         # both again, alternately (the machine's load drifts during a job), best round of each
         tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root)
         rounds = [(_time_module(fast, args), _time_module(tuned, args)) for _ in range(3)]
         summary.untuned_ms = min(r[0] for r in rounds)
         summary.tuned_ms = min(r[1] for r in rounds)
+        chosen = tuned.graph
+    else:
+        chosen = fast.graph
+        if alternatives:  # what optimize() will choose, without compiling the model
+            from ..optimize import _measured_lowerings
+            from ..pipeline import build, run_passes
+
+            chosen, _ = run_passes(captured, build("inference", target, lowering=lowering,
+                                                   measured=_measured_lowerings(target, log_root)))
+    before = fast.graph.node_map
+    summary.lowering_changes = [(n.name, before[n.name].attrs.lowering, n.attrs.lowering) for n in chosen.nodes
+                                if n.name in before and n.op is before[n.name].op and hasattr(n.attrs, "lowering")
+                                and n.attrs.lowering != before[n.name].attrs.lowering]
     return summary

@@ -27,3 +27,39 @@ def test_a_blocked_variant_needs_its_lowering_calibrated():
     del profile.coefficients["direct"]
     with pytest.raises(ValueError, match="calibrate direct"):
         calibrate(profile, resolve_target("cpu").with_lanes(8), shapes=SHAPES[:1], lowerings=["direct@blocked"])
+
+
+def test_refit_from_measurements_scales_each_variant_to_its_points():
+    from convopt.cost.calibrate import refit_from_measurements
+    from convopt.cost.model import predict
+
+    profile = fixed_profile()
+    specs = [ConvSpec(1, c, 28, 28, c, (3, 3), padding=(1, 1)) for c in (16, 32, 48, 64)]
+    # direct measured 2x slower than predicted, im2win as predicted, im2col only twice (too few to refit)
+    points = [(s, "direct", 2 * predict("direct", s, profile, 16)) for s in specs]
+    points += [(s, "im2win", predict("im2win", s, profile, 16)) for s in specs]
+    points += [(s, "im2col", 0.1 * predict("im2col", s, profile, 16)) for s in specs[:2]]
+    refitted, report = refit_from_measurements(profile, 16, points)
+    scales = {r.variant: r.scale for r in report.refits}
+    assert scales["direct"] == pytest.approx(2.0) and scales["im2win"] == pytest.approx(1.0)
+    assert scales["im2col"] == 1.0 and refitted.coefficients["im2col"] == profile.coefficients["im2col"]
+    direct = {r.variant: r for r in report.refits}["direct"]
+    assert direct.error_before == pytest.approx(0.5) and direct.error_after == pytest.approx(0.0, abs=1e-9)
+    for s in specs:
+        assert predict("direct", s, refitted, 16) == pytest.approx(2 * predict("direct", s, profile, 16))
+    assert profile.coefficients["direct"] == fixed_profile().coefficients["direct"]  # input not mutated
+    assert report.shapes == 4 and "hit rate" in report.table()
+    assert report.hit_rate_after >= report.hit_rate_before
+
+
+def test_refit_of_a_blocked_variant_without_coefficients_starts_from_the_nchw_ones():
+    from convopt.cost.calibrate import refit_from_measurements
+    from convopt.cost.model import predict
+
+    profile = fixed_profile()
+    specs = [ConvSpec(1, c, 14, 14, c, (3, 3), padding=(1, 1)) for c in (16, 32, 64)]
+    points = [(s, "direct@blocked", 0.5 * predict("direct", s, profile, 16)) for s in specs]
+    refitted, _ = refit_from_measurements(profile, 16, points)
+    assert "direct@blocked" not in profile.coefficients
+    assert refitted.coefficients["direct@blocked"]["flops"] == pytest.approx(0.5 * profile.coefficients["direct"]["flops"])
+    assert refitted.coefficients["direct"] == profile.coefficients["direct"]

@@ -85,3 +85,23 @@ def test_fit_scale_is_the_factor_between_two_sets_of_times():
     seconds = np.array([1e-3, 2e-3, 5e-4])
     assert fit_scale(0.5 * seconds, seconds) == pytest.approx(2.0)
     assert 1.0 < fit_scale(np.array([0.5e-3, 1.2e-3, 0.2e-3]), seconds) < 2.5
+
+
+def test_near_best_is_within_the_margin_fastest_first():
+    from convopt.cost.model import near_best
+
+    assert near_best({"a": 1.0, "b": 1.2, "c": 1.3, "d": 0.9}, margin=1.25) == ["d", "a"]
+    assert near_best({"a": 1.0, "b": 1.2}, margin=1.25) == ["a", "b"]
+    assert near_best({}) == []
+
+
+def test_measured_times_are_looked_up_by_the_variant_that_would_run_and_need_every_name():
+    from convopt.cost.model import measured_all, relayout_seconds
+
+    spec = ConvSpec(1, 32, 28, 28, 32, (3, 3), padding=(1, 1), groups=32)  # depthwise: direct can't run blocked
+    profile = fixed_profile()
+    table = {"depthwise@blocked": 1e-4, "depthwise": 2e-4, "direct": 3e-4}
+    assert measured_all(spec, ["depthwise", "direct"], table, profile, 16) == {"depthwise": 2e-4, "direct": 3e-4}
+    blocked = measured_all(spec, ["depthwise", "direct"], table, profile, 16, blocked=True)
+    assert blocked == {"depthwise": 1e-4, "direct": pytest.approx(3e-4 + relayout_seconds(spec, profile))}
+    assert measured_all(spec, ["depthwise", "im2col"], table, profile, 16) == {}  # im2col never measured

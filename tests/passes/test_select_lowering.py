@@ -113,3 +113,58 @@ def test_a_conv_between_blocked_neighbours_is_predicted_blocked():
     # without the block_layout pass every conv is predicted NCHW
     plain = select_lowering(_depthwise_between_pointwise(), lanes=8, profile=profile, blocked_layouts=False)
     assert all(not name.endswith("@blocked") for name in dict(plain.node_map["dw"].attrs.predicted_us))
+
+
+# ---------------------------------------------------------------- measured lowerings (tuning records)
+
+def _near(graph, name):
+    """The lowerings select_lowering treats as near the best for node ``name`` (its predictions)."""
+    from convopt.cost.model import near_best
+
+    predicted = {k.removesuffix("@blocked"): v for k, v in dict(graph.node_map[name].attrs.predicted_us).items()}
+    return near_best(predicted)
+
+
+def _measure(graph, name, times):
+    """A measured table entry for node ``name``'s shape: {variant: seconds}, NCHW variants (blocked_layouts=False)."""
+    return {conv_spec_of(graph, graph.node_map[name]).key(): dict(times)}
+
+
+def test_measurements_of_every_near_lowering_decide():
+    predicted_only = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False)
+    near = _near(predicted_only, "c3")
+    assert len(near) > 1, "the fixed profile must leave c3 more than one lowering near the best"
+    slowest_predicted = near[-1]
+    times = {name: 1e-3 for name in near} | {slowest_predicted: 1e-4}
+    measured = _measure(predicted_only, "c3", times)
+    after = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False, measured=measured)
+    node = after.node_map["c3"]
+    assert node.attrs.lowering == slowest_predicted != predicted_only.node_map["c3"].attrs.lowering
+    assert dict(node.attrs.measured_us) == {name: t * 1e6 for name, t in times.items()}
+    assert _lowerings(after) | {"c3": None} == _lowerings(predicted_only) | {"c3": None}  # other shapes untouched
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after  # dump round trip
+
+
+def test_partial_measurements_and_forced_lowerings_leave_the_choice_alone():
+    predicted_only = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False)
+    near = _near(predicted_only, "c3")
+    chosen = predicted_only.node_map["c3"].attrs.lowering
+    # one near lowering unmeasured: comparing the others would favour whichever were measured
+    partial = _measure(predicted_only, "c3", {near[-1]: 1e-6})
+    after = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False, measured=partial)
+    assert after.node_map["c3"].attrs.lowering == chosen and after.node_map["c3"].attrs.measured_us == ()
+    # a lowering predicted far off competes only with every near one measured too
+    far_only = _measure(predicted_only, "c3", {"fft": 1e-9})
+    after = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False, measured=far_only)
+    assert "fft" not in near and after.node_map["c3"].attrs.lowering == chosen
+    far = _measure(predicted_only, "c3", {name: 1e-3 for name in near} | {"fft": 1e-9})
+    after = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False, measured=far)
+    assert after.node_map["c3"].attrs.lowering == "fft" and "fft" in dict(after.node_map["c3"].attrs.measured_us)
+    # the user's choice wins over measurements
+    fast_other = _measure(predicted_only, "c3", {name: 1e-3 for name in near} | {near[-1]: 1e-6})
+    forced = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False, measured=fast_other,
+                             overrides={"c3": "direct"})
+    assert forced.node_map["c3"].attrs.lowering == "direct"
+    everywhere = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False,
+                                 measured=fast_other, default="im2col")
+    assert everywhere.node_map["c3"].attrs.lowering == "im2col"

@@ -121,3 +121,33 @@ def test_cli_tune_then_optimize_reports_the_tuned_kernels(tmp_path, capsys, monk
     out = capsys.readouterr().out
     assert "tuning: " in out and "untuned" not in out.split("tuning: ")[1].splitlines()[0]
     assert os.path.isdir(tmp_path / "tuning_logs")
+
+
+def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny, tmp_path):
+    from convopt.ir import Op
+    from convopt.schedules.conv_spec import conv_spec_of
+    from convopt.tuning.lowering_times import TIMES, read_times
+
+    model, x = tiny
+    # a wide margin: every lowering that runs the convs, whatever this machine's profile predicts
+    summary = tune(model, x, trials=8, log_dir=tmp_path, progress=False, measure_end_to_end=False,
+                   lowering_margin=100)
+    assert summary.alternatives >= 1 and len(summary.tasks) > 3  # other lowerings of the 3x3 convs joined
+    target = resolve_target("cpu")
+    table = read_times(records_dir(target, tmp_path), target)
+    assert (records_dir(target, tmp_path) / TIMES).is_file() and table
+    fast = convopt.optimize(model, x, tuning_logs=tmp_path)  # checks against eager
+    untuned = convopt.optimize(model, x, tuning_logs=False, check=False)
+    decided = 0
+    for n in fast.graph.nodes:
+        if n.op is not Op.CONV2D or not n.attrs.measured_us:
+            continue
+        decided += 1
+        measured = dict(n.attrs.measured_us)
+        assert n.attrs.lowering == min(measured, key=measured.get).removesuffix("@blocked")
+        variants = table[conv_spec_of(fast.graph, n).key()]
+        assert {name.removesuffix("@blocked") for name in measured} <= {v.removesuffix("@blocked") for v in variants}
+    assert decided >= 2  # the two equal 16->16 convs
+    changes = {(node, new) for node, _, new in summary.lowering_changes}
+    assert changes == {(n.name, n.attrs.lowering) for n in fast.graph.nodes if n.op is Op.CONV2D
+                       and n.attrs.lowering != untuned.graph.node_map[n.name].attrs.lowering}

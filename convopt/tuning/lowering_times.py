@@ -1,0 +1,117 @@
+"""Measured times of conv lowerings by conv shape: what a tuning job learned about which lowering is fastest,
+kept beside its records and read by optimize() to choose lowerings (passes/select_lowering.py) and by
+``convopt calibrate --from-logs`` to refit the cost model (cost/calibrate.py).
+
+    tuning_logs/<target key>/lowering_times.json
+    {"format": "convopt-lowering-times-1", "target": "<target key>",
+     "convs": {"<ConvSpec.key()>": {"<lowering>[@blocked]": {"default_us": 812.0, "best_us": 745.1,
+                                                             "trials": 40}}}}
+
+An entry is one kernel as it ran in the tuned model: its lowering, "@blocked" when it read and wrote blocked
+tensors (NCHW[lanes]c; a kernel with one blocked side and one NCHW side is not entered: nothing predicts
+that mix), its default schedule's time and its fastest schedule's time, both as apply.choose picks them
+from the records (medians over repeated measurements), so the entry says what optimize() will run. The
+file is a summary of the records, rewritten after each job; a corrupt or foreign one is ignored with a
+warning naming it (the records themselves stay usable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+from ..cost.model import BLOCKED
+from ..ir.graph import Graph
+from ..ir.layout import block_of
+from ..schedules.conv_spec import ConvSpec, conv_spec_of
+from ..target import Target
+from .records import records_dir
+
+TIMES = "lowering_times.json"
+FORMAT = "convopt-lowering-times-1"
+
+Table = dict[str, dict[str, dict[str, float]]]  # spec key -> variant -> {"default_us", "best_us", "trials"}
+
+
+def read_times(folder: Path, target: Target) -> Table:
+    """The table in ``folder`` (a target's records folder); {} when there is none or it is unusable."""
+    path = Path(folder) / TIMES
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        if data.get("target") != target.key:
+            raise ValueError(f"made for target {data.get('target')!r}, not {target.key}")
+        convs = data["convs"]
+        for variants in convs.values():
+            for entry in variants.values():
+                if not (float(entry["best_us"]) > 0 and float(entry["default_us"]) > 0):
+                    raise ValueError(f"an entry with non-positive times: {entry}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        warnings.warn(f"ignoring {path}: {e}. Lowerings are chosen by the cost model; the next `convopt tune` "
+                      "rewrites it", stacklevel=3)
+        return {}
+    return convs
+
+
+def write_times(folder: Path, target: Target, entries: Table) -> Path:
+    """Merge ``entries`` into the folder's table (a new entry replaces the old one of its shape and variant)
+    and write it atomically: a job killed while writing leaves the old file whole."""
+    folder = Path(folder)
+    table = read_times(folder, target)
+    for key, variants in entries.items():
+        table.setdefault(key, {}).update(variants)
+    path = folder / TIMES
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"format": FORMAT, "target": target.key, "convs": table}, indent=1, sort_keys=True))
+    os.replace(partial, path)
+    return path
+
+
+def kernel_variants(graph: Graph, lowering: str, nodes: Iterable[str]) -> dict[str, str]:
+    """{ConvSpec.key(): variant} of the conv nodes among ``nodes`` (one kernel's callers in ``graph``) running
+    ``lowering``: the variant ends in "@blocked" when the kernel reads and writes blocked tensors."""
+    types = graph.types
+    found = {}
+    for name in nodes:
+        node = graph.node_map.get(name)
+        spec = None if node is None else conv_spec_of(graph, node)
+        if spec is None:
+            continue
+        blocks = block_of(types[node.inputs[0]].layout), block_of(node.type.layout)
+        if blocks[0] is None and blocks[1] is None:
+            found[spec.key()] = lowering
+        elif blocks[0] is not None and blocks[1] is not None:
+            found[spec.key()] = lowering + BLOCKED
+    return found
+
+
+def measured_lowerings(target: Target, log_dirs: Iterable[Path]) -> dict[str, dict[str, float]]:
+    """{ConvSpec.key(): {variant: seconds}} over the target's tables in ``log_dirs``: the fastest tuned
+    kernel of each (select_lowering's ``measured``)."""
+    measured: dict[str, dict[str, float]] = {}
+    for folder in log_dirs:
+        for key, variants in read_times(records_dir(target, folder), target).items():
+            row = measured.setdefault(key, {})
+            for name, entry in variants.items():
+                seconds = float(entry["best_us"]) * 1e-6
+                row[name] = min(seconds, row.get(name, seconds))
+    return measured
+
+
+def default_times(target: Target, log_dirs: Iterable[Path]) -> list[tuple[ConvSpec, str, float]]:
+    """(spec, variant, seconds) of every default schedule in the target's tables under ``log_dirs``: what the
+    cost model predicts, for ``convopt calibrate --from-logs`` (cost/calibrate.refit_from_measurements). A
+    shape and variant in several folders counts once, with its fastest time."""
+    fastest: dict[tuple[str, str], float] = {}
+    for folder in log_dirs:
+        for key, variants in read_times(records_dir(target, folder), target).items():
+            for name, entry in variants.items():
+                seconds = float(entry["default_us"]) * 1e-6
+                fastest[key, name] = min(seconds, fastest.get((key, name), seconds))
+    return [(ConvSpec.from_key(key), name, seconds) for (key, name), seconds in sorted(fastest.items())]
