@@ -106,20 +106,23 @@ def near_best(predicted: dict[str, float], margin: float = MEASURE_MARGIN) -> li
     return sorted((name for name, t in predicted.items() if t <= margin * best), key=predicted.get)
 
 
-def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, float], profile: MachineProfile,
-                 lanes: int, blocked: bool = False) -> dict[str, float]:
-    """Measured seconds of each lowering in ``names`` as it would run here (``measured``: variant ->
-    seconds of its best tuned kernel on this shape), plus the relayout a lowering that can't run blocked
-    forces between blocked neighbours (predicted, as in predict_all: it is not part of the kernel). Empty
-    unless every name was measured: a partial comparison would favour whichever was measured."""
-    times = {}
-    for name in names:
-        seconds = measured.get(variant(name, spec, lanes, blocked))
-        if seconds is None:
-            return {}
-        times[name] = seconds + (relayout_seconds(spec, profile)
-                                 if blocked and not runs_blocked(name, spec, lanes, blocked) else 0.0)
-    return times
+def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, Mapping[str, float]],
+                 profile: MachineProfile, lanes: int, blocked: bool = False) -> dict[str, float]:
+    """Measured seconds of each lowering in ``names`` as it would run here, plus the relayout a lowering that
+    can't run blocked forces between blocked neighbours (predicted, as in predict_all: it is not part of the
+    kernel). ``measured``: variant -> {epilogue: seconds of its best tuned kernel on this shape}; lowerings
+    are compared on the epilogues measured for all of them (the mean over those), since a fused residual add
+    costs time of its own. Empty unless every name was measured with a common epilogue: a partial comparison
+    would favour whichever was measured."""
+    rows = [measured.get(variant(name, spec, lanes, blocked)) for name in names]
+    if not names or any(not row for row in rows):
+        return {}
+    common = set.intersection(*(set(row) for row in rows))
+    if not common:
+        return {}
+    return {name: sum(row[e] for e in common) / len(common)
+            + (relayout_seconds(spec, profile) if blocked and not runs_blocked(name, spec, lanes, blocked) else 0.0)
+            for name, row in zip(names, rows)}
 
 
 def fit_scale(predicted: np.ndarray, seconds: np.ndarray) -> float:

@@ -25,8 +25,8 @@ Preconditions: the graph's conv shapes are final (run after the folding and merg
 Runs after the graph passes and before block_layout in the inference pipeline when the target is a TVM
 CPU target (pipeline.build adds it with the target's SIMD width and its machine profile); ``overrides``
 maps node names or module scopes to a lowering name, ``default`` forces one lowering on every conv that it
-can run. ``measured`` maps ConvSpec.key() to {variant: seconds} (tuning/lowering_times.py reads it from the
-tuning records); None or empty: predictions alone.
+can run. ``measured`` maps ConvSpec.key() to {variant: {epilogue: seconds}} (tuning/lowering_times.py reads it
+from the tuning records); None or empty: predictions alone.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
     return graph.replace(nodes=tuple(nodes))
 
 
-def _measured(spec, predicted: dict[str, float], measured: Mapping[str, float], profile: MachineProfile, lanes: int,
+def _measured(spec, predicted: dict[str, float], measured: Mapping[str, Mapping[str, float]], profile: MachineProfile, lanes: int,
               blocked: bool) -> dict[str, float]:
     """Measured seconds of N(s) and of every other candidate measured on s (a job may measure beyond the
     margin: those are as real), or {} when a lowering of N(s) wasn't measured."""

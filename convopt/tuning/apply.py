@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 import tvm
 
 from ..target import Target
-from .records import RECORDS, SHIPPED_LOGS, WORKLOADS, open_database, other_keys, records_dir
+from .records import PACKED, RECORDS, SHIPPED_LOGS, WORKLOADS, other_keys, read_index, records_dir
 
 MIN_GAIN = 1.03
 ENV_LOGS = "CONVOPT_TUNING_LOGS"
@@ -79,15 +79,24 @@ def choose(records: list, default_key: str) -> Choice:
     groups: dict[str, list] = {}
     for record in records:
         groups.setdefault(trace_key(record.trace), []).append(record)
-    timed = {key: statistics.median(mean_seconds(r) for r in group) for key, group in groups.items()}
+    times = {key: [mean_seconds(r) for r in group] for key, group in groups.items()}
+    best_key, default_s, best_s = choose_key(times, default_key)
+    return Choice(None if best_key is None else groups[best_key][0].trace, default_s, best_s)
+
+
+def choose_key(times: dict[str, list[float]], default_key: str | None
+               ) -> tuple[str | None, float | None, float | None]:
+    """(the key of the schedule to run, None for the default; the default's seconds; the chosen one's) from
+    the mean seconds of each schedule's records, by key (see the module docstring)."""
+    timed = {key: statistics.median(seconds) for key, seconds in times.items()}
     default_s = timed.get(default_key)
     if not timed:
-        return Choice(None, None, None)
+        return None, None, None
     best_key = min(timed, key=timed.get)
     best_s = timed[best_key]
     if best_key == default_key or (default_s is not None and best_s * MIN_GAIN > default_s):
-        return Choice(None, default_s, default_s if default_s is not None else best_s)
-    return Choice(groups[best_key][0].trace, default_s, best_s)
+        return None, default_s, default_s if default_s is not None else best_s
+    return best_key, default_s, best_s
 
 
 def default_log_dirs(tuning_logs: str | os.PathLike | Iterable | None = None) -> list[Path]:
@@ -112,14 +121,13 @@ _WARNED: set = set()  # (target key, other keys) already warned about
 
 def _stamp(folder: Path) -> tuple:
     return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
-                 for p in (folder / RECORDS, folder / WORKLOADS))
+                 for p in (folder / RECORDS, folder / WORKLOADS, folder / PACKED))
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_database(log_dir: str, target: Target, stamp: tuple):
-    """A log folder's database, read once per process while its files don't change (parsing the workloads
-    takes seconds: each is a whole PrimFunc)."""
-    return open_database(target, log_dir)
+def _cached_index(log_dir: str, target: Target, stamp: tuple):
+    """A log folder's RecordIndex, read once per process while its files don't change."""
+    return read_index(target, log_dir)
 
 
 class TunedSchedules:
@@ -128,8 +136,8 @@ class TunedSchedules:
     def __init__(self, target: Target, log_dirs: Iterable[str | os.PathLike]):
         self.target = target
         self.log_dirs = [Path(d) for d in log_dirs]
-        databases = (_cached_database(str(d.resolve()), target, _stamp(records_dir(target, d))) for d in self.log_dirs)
-        self.databases = [db for db in databases if db is not None]
+        indexes = (_cached_index(str(d.resolve()), target, _stamp(records_dir(target, d))) for d in self.log_dirs)
+        self.indexes = [index for index in indexes if index is not None]
 
     @classmethod
     def for_target(cls, target: Target, tuning_logs=None) -> "TunedSchedules":
@@ -137,7 +145,7 @@ class TunedSchedules:
         (records.py says why); when only those exist in the user's folders, a warning names them (once per
         process; the shipped records of other machines are no news)."""
         found = cls(target, default_log_dirs(tuning_logs))
-        if not found.databases:
+        if not found.indexes:
             users = [d for d in found.log_dirs if d.resolve() != SHIPPED_LOGS.resolve()]
             others = tuple(sorted({key for d in users for key in other_keys(target, d)}))
             if others and (target.key, others) not in _WARNED:
@@ -148,30 +156,29 @@ class TunedSchedules:
         return found
 
     def __bool__(self) -> bool:
-        return bool(self.databases)
-
-    def _records(self, workload: tvm.IRModule) -> list:
-        records = []
-        for db in self.databases:
-            if db.has_workload(workload):
-                records += db.get_top_k(db.commit_workload(workload), 1 << 30)  # valid records, fastest first
-        return records
+        return bool(self.indexes)
 
     def schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], name: str = "kernel"
                  ) -> tuple[tvm.tirx.PrimFunc, KernelTuning]:
         """(``workload``'s "main" scheduled by its fastest record, else by ``default``; how it was scheduled)."""
         sch = tvm.s_tir.Schedule(workload)
         default(sch)
-        records = self._records(workload)
-        if not records:
+        groups: dict[str, list] = {}  # stored trace -> its records, from every folder
+        for index in self.indexes:
+            for record in index.records(workload):
+                groups.setdefault(record.key, []).append(record)
+        if not groups:
             return sch.mod["main"], KernelTuning("untuned")
-        choice = choose(records, trace_key(sch.trace))
-        default_us, best_us = (None if s is None else s * 1e6 for s in (choice.default_s, choice.best_s))
-        if choice.trace is None:
+        default_trace = trace_key(sch.trace)
+        # the default is usually the first schedule stored (a job measures it first): parse until found
+        default_key = next((key for key, group in groups.items() if trace_key(group[0].trace()) == default_trace), None)
+        best_key, default_s, best_s = choose_key({k: [r.seconds for r in g] for k, g in groups.items()}, default_key)
+        default_us, best_us = (None if s is None else s * 1e6 for s in (default_s, best_s))
+        if best_key is None:
             return sch.mod["main"], KernelTuning("default", default_us, best_us)
         tuned = tvm.s_tir.Schedule(workload)
         try:
-            choice.trace.apply_to_schedule(tuned, remove_postproc=False)
+            groups[best_key][0].trace().apply_to_schedule(tuned, remove_postproc=False)
         except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
             warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its "
                           "default schedule", stacklevel=2)

@@ -52,14 +52,13 @@ from ..target import Target, resolve_target
 from ..cost.model import MEASURE_MARGIN
 from .apply import LOCAL_LOGS, choose, trace_key
 from .lowering_times import kernel_variants, write_times
-from .records import open_database, records_dir, trials_done
+from .records import FAILED, open_database, pack, records_dir, trials_done
 from .tasks import Task, extract_tasks
 
 ROUND = 16  # trials per round of one task
 MIN_TRIALS = 16  # each task's share of the budget, at least
 TRIALS_PER_TASK = 64  # the default budget: this many per task
 CONFIRM_TOP, CONFIRM_ROUNDS = 3, 2  # each tuned task's fastest schedules measured again beside the default
-FAILED = 1e10  # MetaSchedule's run time of a candidate that failed to build or run
 
 
 @dataclass
@@ -419,9 +418,9 @@ def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict
     for r in reports:
         if r.kind == "dense":
             continue
-        for key, variant in kernel_variants(graphs[r.name], r.kind, r.nodes).items():
-            entries.setdefault(key, {})[variant] = {"default_us": round(r.default_us, 3),
-                                                    "best_us": round(r.best_us, 3), "trials": r.trials}
+        for key, variant, epilogue in kernel_variants(graphs[r.name], r.kind, r.nodes):
+            entries.setdefault(key, {}).setdefault(variant, {})[epilogue] = {
+                "default_us": round(r.default_us, 3), "best_us": round(r.best_us, 3), "trials": r.trials}
     return entries
 
 
@@ -498,6 +497,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
 
             chosen, _ = run_passes(captured, build("inference", target, lowering=lowering,
                                                    measured=_measured_lowerings(target, log_root)))
+    pack(folder)
     before = fast.graph.node_map
     summary.lowering_changes = [(n.name, before[n.name].attrs.lowering, n.attrs.lowering) for n in chosen.nodes
                                 if n.name in before and n.op is before[n.name].op and hasattr(n.attrs, "lowering")

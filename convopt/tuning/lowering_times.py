@@ -4,15 +4,16 @@ kept beside its records and read by optimize() to choose lowerings (passes/selec
 
     tuning_logs/<target key>/lowering_times.json
     {"format": "convopt-lowering-times-1", "target": "<target key>",
-     "convs": {"<ConvSpec.key()>": {"<lowering>[@blocked]": {"default_us": 812.0, "best_us": 745.1,
-                                                             "trials": 40}}}}
+     "convs": {"<ConvSpec.key()>": {"<lowering>[@blocked]": {"relu+residual": {"default_us": 812.0,
+                                                                              "best_us": 745.1, "trials": 40}}}}}
 
 An entry is one kernel as it ran in the tuned model: its lowering, "@blocked" when it read and wrote blocked
 tensors (NCHW[lanes]c; a kernel with one blocked side and one NCHW side is not entered: nothing predicts
-that mix), its default schedule's time and its fastest schedule's time, both as apply.choose picks them
-from the records (medians over repeated measurements), so the entry says what optimize() will run. The
-file is a summary of the records, rewritten after each job; a corrupt or foreign one is ignored with a
-warning naming it (the records themselves stay usable).
+that mix), its fused epilogue (the activation, "+residual" when it adds one), its default schedule's time
+and its fastest schedule's time, both as apply.choose picks them from the records (medians over repeated
+measurements), so the entry says what optimize() will run. Lowerings are compared on equal epilogues
+(cost/model.measured_all). The file is a summary of the records, rewritten after each job; a corrupt or
+foreign one is ignored with a warning naming it (the records themselves stay usable).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .records import records_dir
 TIMES = "lowering_times.json"
 FORMAT = "convopt-lowering-times-1"
 
-Table = dict[str, dict[str, dict[str, float]]]  # spec key -> variant -> {"default_us", "best_us", "trials"}
+Table = dict[str, dict[str, dict[str, dict[str, float]]]]  # spec -> variant -> epilogue -> {"default_us", ...}
 
 
 def read_times(folder: Path, target: Target) -> Table:
@@ -48,10 +49,9 @@ def read_times(folder: Path, target: Target) -> Table:
         if data.get("target") != target.key:
             raise ValueError(f"made for target {data.get('target')!r}, not {target.key}")
         convs = data["convs"]
-        for variants in convs.values():
-            for entry in variants.values():
-                if not (float(entry["best_us"]) > 0 and float(entry["default_us"]) > 0):
-                    raise ValueError(f"an entry with non-positive times: {entry}")
+        for entry in _entries(convs):
+            if not (float(entry[3]["best_us"]) > 0 and float(entry[3]["default_us"]) > 0):
+                raise ValueError(f"an entry with non-positive times: {entry}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         warnings.warn(f"ignoring {path}: {e}. Lowerings are chosen by the cost model; the next `convopt tune` "
                       "rewrites it", stacklevel=3)
@@ -64,8 +64,8 @@ def write_times(folder: Path, target: Target, entries: Table) -> Path:
     and write it atomically: a job killed while writing leaves the old file whole."""
     folder = Path(folder)
     table = read_times(folder, target)
-    for key, variants in entries.items():
-        table.setdefault(key, {}).update(variants)
+    for key, variant, epilogue, entry in _entries(entries):
+        table.setdefault(key, {}).setdefault(variant, {})[epilogue] = entry
     path = folder / TIMES
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps({"format": FORMAT, "target": target.key, "convs": table}, indent=1, sort_keys=True))
@@ -73,45 +73,54 @@ def write_times(folder: Path, target: Target, entries: Table) -> Path:
     return path
 
 
-def kernel_variants(graph: Graph, lowering: str, nodes: Iterable[str]) -> dict[str, str]:
-    """{ConvSpec.key(): variant} of the conv nodes among ``nodes`` (one kernel's callers in ``graph``) running
-    ``lowering``: the variant ends in "@blocked" when the kernel reads and writes blocked tensors."""
-    types = graph.types
-    found = {}
+def _entries(table: Table):
+    """(spec key, variant, epilogue, entry) of every entry of ``table``."""
+    for key, variants in table.items():
+        for variant, epilogues in variants.items():
+            for epilogue, entry in epilogues.items():
+                yield key, variant, epilogue, entry
+
+
+def kernel_variants(graph: Graph, lowering: str, nodes: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(ConvSpec.key(), variant, epilogue) of the conv nodes among ``nodes`` (one kernel's callers in ``graph``)
+    running ``lowering``: the variant ends in "@blocked" when the kernel reads and writes blocked tensors."""
+    from ..backends.conv_kernels import plan_epilogues
+
+    types, plans = graph.types, plan_epilogues(graph)
+    found = []
     for name in nodes:
         node = graph.node_map.get(name)
         spec = None if node is None else conv_spec_of(graph, node)
         if spec is None:
             continue
         blocks = block_of(types[node.inputs[0]].layout), block_of(node.type.layout)
-        if blocks[0] is None and blocks[1] is None:
-            found[spec.key()] = lowering
-        elif blocks[0] is not None and blocks[1] is not None:
-            found[spec.key()] = lowering + BLOCKED
+        if (blocks[0] is None) != (blocks[1] is None):
+            continue
+        plan = plans.get(name)
+        epilogue = "none" if plan is None else plan.activation + ("+residual" if plan.residual else "")
+        found.append((spec.key(), lowering if blocks[0] is None else lowering + BLOCKED, epilogue))
     return found
 
 
-def measured_lowerings(target: Target, log_dirs: Iterable[Path]) -> dict[str, dict[str, float]]:
-    """{ConvSpec.key(): {variant: seconds}} over the target's tables in ``log_dirs``: the fastest tuned
-    kernel of each (select_lowering's ``measured``)."""
-    measured: dict[str, dict[str, float]] = {}
+def measured_lowerings(target: Target, log_dirs: Iterable[Path]) -> dict[str, dict[str, dict[str, float]]]:
+    """{ConvSpec.key(): {variant: {epilogue: seconds}}} over the target's tables in ``log_dirs``: the fastest
+    tuned kernel of each (select_lowering's ``measured``)."""
+    measured: dict = {}
     for folder in log_dirs:
-        for key, variants in read_times(records_dir(target, folder), target).items():
-            row = measured.setdefault(key, {})
-            for name, entry in variants.items():
-                seconds = float(entry["best_us"]) * 1e-6
-                row[name] = min(seconds, row.get(name, seconds))
+        for key, variant, epilogue, entry in _entries(read_times(records_dir(target, folder), target)):
+            row = measured.setdefault(key, {}).setdefault(variant, {})
+            seconds = float(entry["best_us"]) * 1e-6
+            row[epilogue] = min(seconds, row.get(epilogue, seconds))
     return measured
 
 
 def default_times(target: Target, log_dirs: Iterable[Path]) -> list[tuple[ConvSpec, str, float]]:
     """(spec, variant, seconds) of every default schedule in the target's tables under ``log_dirs``: what the
     cost model predicts, for ``convopt calibrate --from-logs`` (cost/calibrate.refit_from_measurements). A
-    shape and variant in several folders counts once, with its fastest time."""
-    fastest: dict[tuple[str, str], float] = {}
+    shape, variant and epilogue in several folders counts once, with its fastest time."""
+    fastest: dict[tuple[str, str, str], float] = {}
     for folder in log_dirs:
-        for key, variants in read_times(records_dir(target, folder), target).items():
-            for name, entry in variants.items():
-                seconds = float(entry["default_us"]) * 1e-6
-                fastest[key, name] = min(seconds, fastest.get((key, name), seconds))
-    return [(ConvSpec.from_key(key), name, seconds) for (key, name), seconds in sorted(fastest.items())]
+        for key, variant, epilogue, entry in _entries(read_times(records_dir(target, folder), target)):
+            seconds = float(entry["default_us"]) * 1e-6
+            fastest[key, variant, epilogue] = min(seconds, fastest.get((key, variant, epilogue), seconds))
+    return [(ConvSpec.from_key(key), variant, seconds) for (key, variant, _), seconds in sorted(fastest.items())]

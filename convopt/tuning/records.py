@@ -1,8 +1,13 @@
 """Tuning records: one MetaSchedule ``JSONDatabase`` per target, in ``<log dir>/<target key>/``.
 
-    tuning_logs/llvm-znver4-avx512-bf16-vnni-2c/database_workload.json       one workload (PrimFunc) a line
+    tuning_logs/llvm-znver4-avx512-bf16-vnni-2c/database_workload.json.gz    one workload (PrimFunc) a line
     tuning_logs/llvm-znver4-avx512-bf16-vnni-2c/database_tuning_record.json  [workload index, [trace,
                                                                              run seconds, target, args]]
+
+The workload file is packed with gzip between jobs (``pack``; a Winograd PrimFunc is megabytes of JSON) and
+unpacked when a job opens the folder (``open_database``: TVM's JSONDatabase appends to plain files).
+optimize() reads either form without TVM's database (``RecordIndex``: it parses only the workloads the
+model's kernels ask for).
 
 The key is ``Target.key`` (kind, CPU, the ISA features that change code, cores). TVM's database ignores the
 target when it is queried (TVM issue 15549), so each target gets its own folder, and records are applied
@@ -21,14 +26,20 @@ Reading is defensive, because a tuning job may be killed at any moment:
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import statistics
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..target import Target, resolve_target
 
 WORKLOADS = "database_workload.json"
+PACKED = WORKLOADS + ".gz"
 RECORDS = "database_tuning_record.json"
+FAILED = 1e10  # MetaSchedule's run time of a candidate that failed to build or run
 SHIPPED_LOGS = Path(__file__).resolve().parents[2] / "tuning_logs"  # the repository's tuning_logs/
 
 
@@ -48,8 +59,43 @@ def other_keys(target: Target, log_dir: str | Path | None = None) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name != target.key and (p / RECORDS).is_file())
 
 
+def workloads_file(folder: Path) -> Path:
+    """The folder's workload file: plain while a job writes it, gzip-packed after (``pack``)."""
+    plain = Path(folder) / WORKLOADS
+    return plain if plain.is_file() or not (folder / PACKED).is_file() else Path(folder) / PACKED
+
+
+def pack(folder: Path) -> None:
+    """Compress the folder's workload file (each workload is a whole PrimFunc as base64 JSON: megabytes for a
+    Winograd kernel, 20x smaller packed). Atomic: a kill at any point leaves one whole copy, plain or packed."""
+    plain, packed = Path(folder) / WORKLOADS, Path(folder) / PACKED
+    if not plain.is_file():
+        return
+    partial = packed.with_suffix(".partial")
+    with gzip.open(partial, "wb", compresslevel=6) as out:
+        out.write(plain.read_bytes())
+    os.replace(partial, packed)
+    plain.unlink()
+
+
+def unpack(folder: Path) -> None:
+    """The inverse of ``pack``, before a job appends to the folder (TVM's JSONDatabase writes plain files)."""
+    plain, packed = Path(folder) / WORKLOADS, Path(folder) / PACKED
+    if plain.is_file() or not packed.is_file():
+        return
+    partial = plain.with_suffix(".partial")
+    partial.write_bytes(gzip.decompress(packed.read_bytes()))
+    os.replace(partial, plain)
+    packed.unlink()
+
+
 def _lines(path: Path) -> list[str]:
     """The file's lines, a torn last line dropped (and the file rewritten without it, with a warning)."""
+    if path.suffix == ".gz":  # written whole by pack(): no torn line
+        try:
+            return [line for line in gzip.decompress(path.read_bytes()).decode().splitlines() if line.strip()]
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise CorruptRecords(f"{path}: not a readable gzip file ({e}); move it away to tune again") from None
     if not path.is_file():
         return []
     text = path.read_text()
@@ -73,28 +119,44 @@ def _parse(path: Path, line: str, number: int):
                              "again") from None
 
 
+def _workload(path: Path, line: str, number: int):
+    """A workload line, ["<structural hash>","<base64 of the PrimFunc's JSON>"] as TVM writes it, split without
+    a JSON parse (lines are up to megabytes); any other form goes through the JSON parser."""
+    head, sep, tail = line.partition('","')
+    if sep and head.startswith('["') and tail.endswith('"]') and line.count('"') == 4 and "\\" not in line:
+        return [head[2:], tail[:-2]]
+    return _parse(path, line, number)
+
+
 def check(folder: Path, target: Target) -> int:
     """Repair torn last lines of ``folder``'s record files and check the rest; the number of records.
     Raises CorruptRecords naming the file."""
-    workloads = [_parse(folder / WORKLOADS, line, i) for i, line in enumerate(_lines(folder / WORKLOADS), 1)]
+    return len(_read(folder, target)[1])
+
+
+def _read(folder: Path, target: Target) -> tuple[list, list]:
+    """(workloads, records) of ``folder`` as parsed JSON, torn last lines repaired, checked (see check)."""
+    source = workloads_file(folder)
+    workloads = [_workload(source, line, i) for i, line in enumerate(_lines(source), 1)]
     for i, workload in enumerate(workloads, 1):
         if not (isinstance(workload, list) and len(workload) == 2 and all(isinstance(v, str) for v in workload)):
-            raise CorruptRecords(f"{folder / WORKLOADS}: line {i} is not a MetaSchedule workload")
-    records = _lines(folder / RECORDS)
-    for i, line in enumerate(records, 1):
+            raise CorruptRecords(f"{source}: line {i} is not a MetaSchedule workload")
+    records = []
+    for i, line in enumerate(_lines(folder / RECORDS), 1):
         record = _parse(folder / RECORDS, line, i)
+        records.append(record)
         if not (isinstance(record, list) and len(record) == 2 and isinstance(record[0], int)
                 and isinstance(record[1], list) and len(record[1]) >= 3):
             raise CorruptRecords(f"{folder / RECORDS}: line {i} is not a MetaSchedule tuning record")
         if not 0 <= record[0] < len(workloads):
             raise CorruptRecords(f"{folder / RECORDS}: line {i} names workload {record[0]}, but "
-                                 f"{folder / WORKLOADS} has {len(workloads)}")
+                                 f"{source} has {len(workloads)}")
         made_for = record[1][2]
         if _code_target(made_for) != _code_target(json.loads(str(target.tvm))):
             raise CorruptRecords(f"{folder / RECORDS}: line {i} was tuned for target {_describe(made_for)}, not "
                                  f"{target.key}; records of each target belong in their own folder "
                                  "<log dir>/<target key>/")
-    return len(records)
+    return workloads, records
 
 
 _CODE_FIELDS = ("kind", "mcpu", "mattr", "num-cores", "arch")  # what the generated code depends on
@@ -125,7 +187,69 @@ def open_database(target: Target, log_dir: str | Path | None = None, *, create: 
         warnings.warn(f"tuning records skipped: {e}", stacklevel=2)
         return None
     folder.mkdir(parents=True, exist_ok=True)
+    unpack(folder)
     return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=True)
+
+
+@dataclass
+class StoredRecord:
+    """One measurement of a schedule as stored: ``key`` (its trace as stored JSON: equal for equal schedules
+    in files TVM wrote) and mean seconds; ``trace()`` parses it (milliseconds: done only when needed)."""
+
+    key: str
+    seconds: float
+    _body: list
+    _workload: object
+
+    def trace(self):
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.database.TuningRecord.from_json(self._body, self._workload).trace
+
+
+class RecordIndex:
+    """A target's record folder read for lookups (optimize()), not for writing (a tuning job's
+    JSONDatabase): the files are checked as open_database does, but a workload is parsed only when a kernel
+    with its structural hash asks for it, and its records stay JSON until chosen. Opening TVM's
+    JSONDatabase parses every workload and record in the folder (seconds for three models' records)."""
+
+    def __init__(self, folder: Path, target: Target):
+        self.folder = Path(folder)
+        self._workloads, records = _read(self.folder, target)
+        self._by_hash: dict[str, list[int]] = {}
+        for i, (shash, _) in enumerate(self._workloads):
+            self._by_hash.setdefault(shash, []).append(i)
+        self._records: dict[int, list[list]] = {}
+        for index, body in records:
+            self._records.setdefault(index, []).append(body)
+        self._parsed: dict[int, object] = {}
+
+    def records(self, mod) -> list[StoredRecord]:
+        """The measured (not failed) records of workload ``mod`` (an IRModule), in file order."""
+        import tvm_ffi
+        from tvm.s_tir import meta_schedule as ms
+
+        for i in self._by_hash.get(str(tvm_ffi.structural_hash(mod)), []):
+            if i not in self._parsed:
+                self._parsed[i] = ms.database.Workload.from_json(self._workloads[i])
+            workload = self._parsed[i]
+            if tvm_ffi.structural_equal(workload.mod, mod):
+                return [StoredRecord(json.dumps(body[0]), statistics.fmean(body[1]), body, workload)
+                        for body in self._records.get(i, []) if body[1] and max(body[1]) < FAILED]
+        return []
+
+
+def read_index(target: Target, log_dir: str | Path | None = None) -> RecordIndex | None:
+    """The RecordIndex of ``target``'s folder under ``log_dir``; None when there is none or it is unusable
+    (with a warning naming the file)."""
+    folder = records_dir(target, log_dir)
+    if not (folder / RECORDS).is_file():
+        return None
+    try:
+        return RecordIndex(folder, target)
+    except CorruptRecords as e:
+        warnings.warn(f"tuning records skipped: {e}", stacklevel=2)
+        return None
 
 
 def trials_done(database, mod) -> int:

@@ -100,8 +100,13 @@ def test_measured_times_are_looked_up_by_the_variant_that_would_run_and_need_eve
 
     spec = ConvSpec(1, 32, 28, 28, 32, (3, 3), padding=(1, 1), groups=32)  # depthwise: direct can't run blocked
     profile = fixed_profile()
-    table = {"depthwise@blocked": 1e-4, "depthwise": 2e-4, "direct": 3e-4}
+    table = {"depthwise@blocked": {"relu": 1e-4}, "depthwise": {"relu": 2e-4}, "direct": {"relu": 3e-4}}
     assert measured_all(spec, ["depthwise", "direct"], table, profile, 16) == {"depthwise": 2e-4, "direct": 3e-4}
     blocked = measured_all(spec, ["depthwise", "direct"], table, profile, 16, blocked=True)
     assert blocked == {"depthwise": 1e-4, "direct": pytest.approx(3e-4 + relayout_seconds(spec, profile))}
     assert measured_all(spec, ["depthwise", "im2col"], table, profile, 16) == {}  # im2col never measured
+    # compared on the epilogues measured for both: a fused residual add is not charged to one side only
+    epilogues = {"depthwise": {"relu": 2e-4, "relu+residual": 9e-4}, "direct": {"relu": 3e-4, "none": 1e-5}}
+    assert measured_all(spec, ["depthwise", "direct"], epilogues, profile, 16) == {"depthwise": 2e-4, "direct": 3e-4}
+    disjoint = {"depthwise": {"relu+residual": 2e-4}, "direct": {"relu": 3e-4}}
+    assert measured_all(spec, ["depthwise", "direct"], disjoint, profile, 16) == {}

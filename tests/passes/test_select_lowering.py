@@ -127,7 +127,7 @@ def _near(graph, name):
 
 def _measure(graph, name, times):
     """A measured table entry for node ``name``'s shape: {variant: seconds}, NCHW variants (blocked_layouts=False)."""
-    return {conv_spec_of(graph, graph.node_map[name]).key(): dict(times)}
+    return {conv_spec_of(graph, graph.node_map[name]).key(): {v: {"relu": t} for v, t in times.items()}}
 
 
 def test_measurements_of_every_near_lowering_decide():

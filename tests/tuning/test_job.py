@@ -53,6 +53,14 @@ def test_a_tiny_model_tunes_and_optimize_applies_its_records(tiny, tmp_path):
     assert {row["status"] for row in fast.tuning.values()} <= {"tuned", "default"}
     assert all(row["default_us"] > 0 and row["speedup"] >= 1 for row in fast.tuning.values())
     assert fast.tuning["conv2d_1"]["kernel"] == fast.tuning["conv2d_2"]["kernel"]
+    # optimize() reads the folder lazily (RecordIndex); it must choose as the job's JSONDatabase does
+    from convopt.tuning.apply import TunedSchedules
+    from convopt.tuning.job import _times
+
+    database, schedules = open_database(resolve_target("cpu"), tmp_path), TunedSchedules(resolve_target("cpu"), [tmp_path])
+    for task in _tasks(model, x, resolve_target("cpu")):
+        _, tuning = schedules.schedule(task.workload, task.schedule, task.name)
+        assert (tuning.default_us, tuning.best_us) == pytest.approx(_times(database, task)), task.name
     untuned = convopt.optimize(model, x, lowering="direct", tuning_logs=False)
     assert untuned.tuning == {}
     with torch.no_grad():

@@ -16,8 +16,8 @@ from convopt.tuning.records import records_dir
 TARGET = resolve_target("cpu")
 
 
-def _entry(default_us, best_us):
-    return {"default_us": default_us, "best_us": best_us, "trials": 5}
+def _entry(default_us, best_us, epilogue="relu"):
+    return {epilogue: {"default_us": default_us, "best_us": best_us, "trials": 5}}
 
 
 def test_spec_keys_round_trip():
@@ -34,19 +34,24 @@ def test_written_entries_merge_and_the_fastest_folder_wins(tmp_path):
     key = ConvSpec(1, 16, 12, 12, 16, (3, 3), padding=(1, 1)).key()
     write_times(a, TARGET, {key: {"direct": _entry(20.0, 18.0)}})
     write_times(a, TARGET, {key: {"im2win": _entry(15.0, 15.0)}})  # merged, not replaced
-    assert set(read_times(a, TARGET)[key]) == {"direct", "im2win"}
+    write_times(a, TARGET, {key: {"im2win": _entry(25.0, 25.0, "relu+residual")}})
+    assert read_times(a, TARGET)[key].keys() == {"direct", "im2win"}
+    assert read_times(a, TARGET)[key]["im2win"].keys() == {"relu", "relu+residual"}
     write_times(b, TARGET, {key: {"direct": _entry(30.0, 12.0)}})
     measured = measured_lowerings(TARGET, [tmp_path / "a", tmp_path / "b"])
-    assert measured[key] == {"direct": pytest.approx(12e-6), "im2win": pytest.approx(15e-6)}
-    defaults = {(s.key(), name): t for s, name, t in default_times(TARGET, [tmp_path / "a", tmp_path / "b"])}
-    assert defaults == {(key, "direct"): pytest.approx(20e-6), (key, "im2win"): pytest.approx(15e-6)}
+    assert measured[key] == {"direct": {"relu": pytest.approx(12e-6)},
+                             "im2win": {"relu": pytest.approx(15e-6), "relu+residual": pytest.approx(25e-6)}}
+    defaults = sorted((s.key(), name, t) for s, name, t in default_times(TARGET, [tmp_path / "a", tmp_path / "b"]))
+    assert defaults == [(key, "direct", pytest.approx(20e-6)), (key, "im2win", pytest.approx(15e-6)),
+                        (key, "im2win", pytest.approx(25e-6))]
 
 
 @pytest.mark.parametrize("content, reason", [
     ("{not json", "Expecting"),
     (json.dumps({"format": "something else", "convs": {}}), "not a convopt-lowering-times-1 file"),
     (json.dumps({"format": FORMAT, "target": "llvm-other-2c", "convs": {}}), "made for target 'llvm-other-2c'"),
-    (json.dumps({"format": FORMAT, "target": TARGET.key, "convs": {"k": {"direct": {"best_us": -1, "default_us": 1}}}}),
+    (json.dumps({"format": FORMAT, "target": TARGET.key,
+                "convs": {"k": {"direct": {"relu": {"best_us": -1, "default_us": 1}}}}}),
      "non-positive"),
 ])
 def test_a_corrupt_or_foreign_file_is_ignored_with_a_warning_naming_it(tmp_path, content, reason):
@@ -63,7 +68,7 @@ def test_kernel_variants_name_the_layout_each_kernel_ran_in(tiny):
     graph = convopt.optimize(model, x, lowering="direct", tuning_logs=False, check=False).graph
     convs = [n for n in graph.nodes if n.op is Op.CONV2D]
     found = kernel_variants(graph, "direct", [n.name for n in convs])
-    # the 16-channel convs between convs are blocked for 8 and 16 lanes alike
-    assert found[conv_spec_of(graph, convs[1]).key()] == "direct@blocked"
-    # the stem reads the NCHW input and writes a blocked output: a mix nothing predicts, so not entered
-    assert conv_spec_of(graph, convs[0]).key() not in found
+    # the 16-channel convs between convs are blocked for 8 and 16 lanes alike, with their ReLU fused; the stem
+    # reads the NCHW input and writes a blocked output: a mix nothing predicts, so not entered
+    inner = conv_spec_of(graph, convs[1]).key()
+    assert found == [(inner, "direct@blocked", "relu")] * 2

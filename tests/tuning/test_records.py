@@ -89,3 +89,26 @@ def test_records_of_another_target_in_a_folder_are_refused(tmp_path):
         check(folder, AVX512)
     with pytest.warns(UserWarning, match="tuning records skipped"):
         assert open_database(AVX512, tmp_path) is None
+
+
+def test_packed_workloads_read_like_plain_ones_and_unpack_for_a_job(tmp_path):
+    from convopt.tuning.records import PACKED, pack, read_index
+
+    db = open_database(AVX512, tmp_path, create=True)
+    mod = _workload()
+    for seconds in (3e-6, 2e-6):
+        _commit(db, mod, AVX512, seconds)
+    folder = records_dir(AVX512, tmp_path)
+    plain = (folder / WORKLOADS).read_bytes()
+    before = sorted(r.seconds for r in read_index(AVX512, tmp_path).records(mod))
+    pack(folder)
+    assert not (folder / WORKLOADS).exists() and (folder / PACKED).is_file()
+    assert sorted(r.seconds for r in read_index(AVX512, tmp_path).records(mod)) == before == [2e-6, 3e-6]
+    assert read_index(AVX512, tmp_path).records(_workload(32)) == []  # another workload: no records
+    db = open_database(AVX512, tmp_path)  # a job resumes: plain again, nothing lost
+    assert (folder / WORKLOADS).read_bytes() == plain and not (folder / PACKED).exists()
+    assert trials_done(db, mod) == 2
+    pack(folder)
+    (folder / PACKED).write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.warns(UserWarning, match="not a readable gzip file"):
+        assert read_index(AVX512, tmp_path) is None
