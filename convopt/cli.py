@@ -158,7 +158,15 @@ def _calibrate(args) -> int:
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
     lowerings = args.lowerings.split(",") if args.lowerings else None
-    profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, progress=print)
+    from .cost.calibrate import calibrate_fused
+    from .cost.fused import KEY as FUSED
+
+    fused = lowerings is None or FUSED in lowerings
+    lowerings = None if lowerings is None else [name for name in lowerings if name != FUSED]
+    if lowerings is None or lowerings:
+        profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, progress=print)
+    if fused:
+        profile = calibrate_fused(profile, target, progress=print)
     for name, coefs in profile.coefficients.items():
         print(f"  {name:10s} " + "  ".join(f"{k}={v:.3g}" for k, v in coefs.items()))
     print(f"wrote {save_profile(profile, Path(args.output) if args.output else profile_path(target))}")
@@ -263,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="measure this machine and fit the cost model (minutes)")
     cal.add_argument("--quick", action="store_true", help="a third of the calibration shapes")
     cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
-    cal.add_argument("--lowerings", help="only these lowerings or '<lowering>@blocked' variants (comma-separated; "
+    cal.add_argument("--lowerings", help="only these lowerings, '<lowering>@blocked' variants or "
+                                         "fused_inverted_residual (the fused block kernel) (comma-separated; "
                                          "default: all); the profile keeps the others' coefficients")
     cal.add_argument("--from-logs", nargs="*", metavar="DIR",
                      help="measure nothing: refit the coefficients to the times tuning jobs measured (their "

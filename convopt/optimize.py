@@ -256,7 +256,8 @@ def _measured_lowerings(target, tuning_logs) -> dict | None:
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
              dump_ir: str | os.PathLike | None = None, passes: Iterable[str] | None = None,
              skip_passes: Iterable[str] = (), check: bool = True, verify: bool | None = None,
-             lowering: str | dict[str, str] | None = None, tuning_logs=None, strict: bool = False) -> OptimizedModule:
+             lowering: str | dict[str, str] | None = None, tuning_logs=None, strict: bool = False,
+             fuse_blocks: bool | dict[str, bool] = True) -> OptimizedModule:
     """Optimize ``model`` for inputs like ``example_inputs``; returns a drop-in callable module.
 
     target: "cpu" / "cuda" (or a TVM target dict, a tvm.target.Target or a convopt Target) compile the
@@ -276,7 +277,9 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     ``convopt tune``), read from the shipped tuning_logs/, $CONVOPT_TUNING_LOGS, ./tuning_logs and this
     folder (or list of folders); False runs every kernel's default schedule. ``.tuning`` says per conv which
     ran tuned code. strict: on a TVM target, refuse (UnsupportedOpError naming the node) a graph with an
-    op TVM can't compile instead of running that op in PyTorch.
+    op TVM can't compile instead of running that op in PyTorch. fuse_blocks: on a TVM CPU target, inverted
+    residual blocks run as one kernel where the cost model predicts it faster (pass fuse_blocks); False
+    never, a dict {module or node name: bool} forces it per block (e.g. {"blocks.1.0": True}).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
@@ -289,7 +292,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
             raise ValueError(f"target={target} compiles inference graphs; train with target='torch'")
     skip = set(skip_passes) | {s for s in os.environ.get("CONVOPT_SKIP_PASSES", "").split(",") if s}
     pipeline = build(mode, target, lowering=lowering, only=passes, skip=skip,
-                     measured=_measured_lowerings(target, tuning_logs))
+                     measured=_measured_lowerings(target, tuning_logs), fuse_blocks=fuse_blocks)
     if mode == "inference" and any(m.training for m in model.modules()):
         warnings.warn("the model is in training mode; optimize(mode='inference') computes eval-mode semantics "
                       "(BatchNorm running statistics, dropout off). Call model.eval() first to say so, or "

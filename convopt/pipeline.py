@@ -4,8 +4,8 @@ target, and ``run_passes`` runs it with the instruments around each pass.
 The pipelines, in order:
 
     inference  canonicalize, fold_constants, fold_conv_bn, merge_branches, eliminate_dead_code,
-               then select_lowering and block_layout when the target is a TVM CPU target (they need the
-               target's SIMD width and the cost-model profile of the target's machine)
+               then fuse_blocks, select_lowering and block_layout when the target is a TVM CPU target (they
+               need the target's SIMD width and the cost-model profile of the target's machine)
     train      canonicalize, tune_conv_bn, eliminate_dead_code
 
 Instruments (TVM's PassInstrument idea, without the plumbing):
@@ -52,12 +52,14 @@ _GRAPH_PASSES: dict[str, tuple[Pass, ...]] = {
 
 def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, str] | None = None,
           only: Iterable[str] | None = None, skip: Iterable[str] = (),
-          measured: Mapping[str, Mapping[str, float]] | None = None) -> tuple[Pass, ...]:
+          measured: Mapping[str, Mapping[str, float]] | None = None,
+          fuse_blocks: bool | dict[str, bool] = True) -> tuple[Pass, ...]:
     """The passes to run for ``mode`` and ``target`` (None or "torch": no target-specific passes).
 
     ``lowering`` (a lowering name, or {layer: name}) configures select_lowering and is validated here,
     before any pass runs; ``measured`` gives it the lowerings' measured times by conv shape (from tuning
-    records: tuning/lowering_times.py); ``only`` / ``skip`` select passes by name."""
+    records: tuning/lowering_times.py); ``fuse_blocks``: False leaves the fuse_blocks pass out, a dict
+    {module or node: bool} forces it per block; ``only`` / ``skip`` select passes by name."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
     passes = _GRAPH_PASSES[mode]
@@ -70,7 +72,8 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         skip = set(skip)
         only = None if only is None else list(only)
         blocks = "block_layout" not in skip and (only is None or "block_layout" in only)
-        passes = (*passes, _select_lowering(target, lowering, blocks, measured), layout)
+        fusion = (_fuse_blocks(target, fuse_blocks if isinstance(fuse_blocks, dict) else None),) if fuse_blocks else ()
+        passes = (*passes, *fusion, _select_lowering(target, lowering, blocks, measured), layout)
     selected = select_passes(passes, only=only, skip=skip)
     if lowering is not None:
         _check_lowering_names(lowering)
@@ -79,6 +82,21 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
                      f"target {target or 'torch'} runs no convopt conv kernels")
             raise ValueError(f"lowering= chooses conv algorithms for a TVM CPU target, but {where}")
     return selected
+
+
+def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
+    """fuse_blocks deciding by the cost model of the target's machine (cost/fused.py): a block is fused where
+    its fused kernel is predicted faster; with no fused coefficients in the profile, none is."""
+    from .cost.fused import predict_block
+    from .cost.profile import load_profile
+    from .passes.fuse_blocks import fuse_blocks
+
+    profile = load_profile(target)
+
+    def predict(graph, block):
+        return predict_block(block, profile, target.lanes)
+
+    return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=predict, overrides=overrides))
 
 
 def _check_lowering_names(lowering: str | dict[str, str]) -> None:

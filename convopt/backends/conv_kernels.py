@@ -9,7 +9,7 @@ each value on the way has a single reader:
     conv -> act                                     activation
     conv -> add(., r) [-> act]                      residual r (defined before the conv), then activation
 
-where act is any op of ``ACTIVATION_OPS`` (relu, relu6, sigmoid, SiLU, GELU both ways, hardswish,
+where act is any op of ``activations.ACTIVATION_OPS`` (relu, relu6, sigmoid, SiLU, GELU both ways, hardswish,
 hardsigmoid, and the opaque ``aten.leaky_relu``) on float32.
 
 The absorbed nodes are not emitted: their values are the kernel's output. Each kernel's PrimFunc is
@@ -32,6 +32,7 @@ from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 from ..schedules import dense
 from ..ir.layout import block_of
+from ..schedules.activations import activation_of
 from ..schedules.conv_spec import conv_spec_of, nchw
 from ..schedules.lowerings import lowering
 from ..target import Target
@@ -44,31 +45,6 @@ class Epilogue:
     activation: str = "none"
     residual: str | None = None
     absorbed: tuple[str, ...] = ()  # node names whose values are the kernel's output
-
-
-# IR op -> the epilogue activation (schedules/activations.py) it is, given the node; None: not one
-ACTIVATION_OPS = {
-    Op.RELU: lambda n: "relu",
-    Op.CLAMP: lambda n: "relu6" if (n.attrs.min, n.attrs.max) == (0.0, 6.0) else None,
-    Op.SIGMOID: lambda n: "sigmoid",
-    Op.SILU: lambda n: "silu",
-    Op.GELU: lambda n: {"none": "gelu", "tanh": "gelu_tanh"}.get(n.attrs.approximate),
-    Op.HARDSWISH: lambda n: "hardswish",
-    Op.HARDSIGMOID: lambda n: "hardsigmoid",
-    Op.TORCH: lambda n: _leaky_relu(n) if n.attrs.target == "aten.leaky_relu.default" else None,
-}
-
-
-def _leaky_relu(n: Node) -> str:
-    slope = n.attrs.args[1] if len(n.attrs.args) > 1 else 0.01  # leaky_relu(input, negative_slope=0.01)
-    return f"leaky_relu:{float(slope)!r}"
-
-
-def _activation(node: Node) -> str | None:
-    rule = ACTIVATION_OPS.get(node.op)
-    if rule is None or getattr(node.type, "dtype", None) != "f32":  # a tuple-valued opaque op has no dtype
-        return None
-    return rule(node)
 
 
 def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
@@ -95,8 +71,8 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
                 residual = other
                 absorbed.append(reader.name)
                 reader = only_reader(reader.name)
-        if reader is not None and _activation(reader) is not None and reader.type == n.type:
-            activation = _activation(reader)
+        if reader is not None and activation_of(reader) is not None and reader.type == n.type:
+            activation = activation_of(reader)
             absorbed.append(reader.name)
         plans[n.name] = Epilogue(activation, residual, tuple(absorbed))
     return plans
@@ -167,6 +143,30 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     call = bb.lookup_binding(out)
     # emit_te shares one PrimFunc between equal convs
     kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, low.schedule, 2 * spec.macs, [])).nodes.append(
+        n.name)
+    return out
+
+
+def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int,
+                     kernels: dict[str, KernelUse]):
+    """Emit fused block ``n`` (passes/fuse_blocks.py) as one call of the fused kernel (schedules/fused_block.py)."""
+    from ..passes.fuse_blocks import describe
+    from ..schedules import fused_block
+
+    block = describe(graph, n)
+
+    def constant(name):
+        return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
+
+    arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None)
+              for conv in (block.nodes[0], block.nodes[2], block.nodes[4]) for i in (1, 2)]
+    prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes)]
+    out = bb.emit_te(lambda x, *w: fused_block.compute(nchw(x), *w, block=block), env[n.inputs[0]], *prepared,
+                     primfunc_name_hint=f"convopt_fused_{n.name}")
+    call = bb.lookup_binding(out)
+    flops = 2 * (block.expand.macs + block.depthwise.macs + block.project.macs)
+    kernels.setdefault(call.args[0].name_hint, KernelUse(
+        "fused_" + fused_block.KIND, functools.partial(fused_block.schedule_cpu, block=block), flops, [])).nodes.append(
         n.name)
     return out
 

@@ -272,6 +272,18 @@ def _torch(ctx, n: Node, x):
 EMITTERS[Op.TORCH] = _torch  # the ATen ops in aten_emit.ATEN_EMITTERS
 
 
+def _unfused(ctx, n: Node, x):
+    """A fused block where convopt's fused kernel doesn't run (a target without it): its body, node by node."""
+    env = dict(zip(n.inputs, x))  # NCHW: block_layout keeps a fused block's values unblocked
+    for inner in n.attrs.body:
+        env[inner.name] = ctx.bb.emit(EMITTERS[inner.op](ctx, inner, [None if i is None else env[i]
+                                                                      for i in inner.inputs]))
+    return env[n.attrs.body[-1].name]
+
+
+EMITTERS[Op.FUSED_BLOCK] = _unfused
+
+
 def unsupported_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op not in EMITTERS or (n.op is Op.TORCH and not emits(n))]
 
@@ -352,6 +364,8 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
             for n in graph.nodes:
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
+                elif own_kernels and n.op is Op.FUSED_BLOCK:
+                    env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, kernels)
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
                 elif own_kernels and n.name in plans:

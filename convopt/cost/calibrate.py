@@ -266,3 +266,35 @@ def refit_from_measurements(profile: MachineProfile, lanes: int, measurements: I
     before, shapes = _hit_rate(groups, predictor(profile))
     after, _ = _hit_rate(groups, predictor(refitted))
     return refitted, RefitReport(refits, before, after, shapes)
+
+
+def _block(C, E, O, hw, k=3, stride=1):
+    from ..schedules.fused_block import InvertedResidual
+
+    return InvertedResidual.of(C, E, O, hw, hw, k, stride)
+
+
+# generic inverted residual blocks (expansion 3-6, kernels 3-7, strides 1-2, maps 7-112), not the dev models'
+FUSED_SHAPES = (
+    _block(16, 64, 16, 112), _block(24, 96, 24, 64), _block(32, 128, 48, 48, stride=2), _block(40, 160, 40, 40, k=5),
+    _block(48, 288, 48, 28), _block(64, 256, 96, 28, k=5, stride=2), _block(80, 320, 80, 20, k=7),
+    _block(96, 384, 96, 14), _block(128, 512, 128, 10, k=5), _block(192, 768, 192, 7), _block(16, 48, 24, 80, stride=2),
+)
+
+
+def calibrate_fused(profile: MachineProfile, target: Target, *, blocks=FUSED_SHAPES,
+                    progress: Callable[[str], None] | None = None) -> MachineProfile:
+    """The profile with the fused block kernel's coefficients (cost/fused.py) fitted to its measured times."""
+    from ..schedules.fused_block import build
+    from .fused import KEY, fused_features
+
+    rows = []
+    for block in blocks:
+        seconds = time_interleaved({"fused": build(block, target)}, rounds=9)["fused"]
+        if progress:
+            e, d = block.expand, block.depthwise
+            progress(f"{KEY} {e.in_channels}->{e.out_channels}->{block.project.out_channels} k{d.kernel[0]} "
+                     f"s{d.stride[0]} @{e.height}x{e.width} {seconds * 1e3:9.3f} ms")
+        rows.append((fused_features(block, profile, target.lanes), seconds))
+    features, seconds = (np.array(v) for v in zip(*rows))
+    return replace(profile, coefficients={**profile.coefficients, KEY: fit_coefficients(features, seconds)})

@@ -52,6 +52,7 @@ class Op(enum.Enum):
     DROPOUT = "dropout"  # only in training graphs; eval-mode dropout is an identity
     IDENTITY = "identity"  # clone, alias, contiguous, detach: removed by canonicalize
     TORCH = "torch"  # an ATen op convopt does not model, kept as it is
+    FUSED_BLOCK = "fused_block"  # nodes run as one kernel (passes/fuse_blocks.py); its body keeps them
 
 
 # ---------------------------------------------------------------- attrs
@@ -174,6 +175,44 @@ class IndexAttrs:
 @dataclass(frozen=True)
 class DropoutAttrs:
     p: float
+
+
+@dataclass(frozen=True)
+class FusedBlockAttrs:
+    """A block of nodes run as one kernel. ``body``: the original nodes (``ir.graph.Node``, names, scopes and
+    provenance kept) in order; the block's value is the last one's, and its inputs are the values the body
+    reads from outside, in order of first use (``body_inputs``). ``kind`` names the kernel that runs it."""
+
+    kind: str
+    body: tuple = ()
+    predicted_us: tuple[tuple[str, float], ...] = ()  # ("fused", t), ("unfused", t): why it was fused
+
+
+def body_inputs(body: tuple) -> tuple[str, ...]:
+    """The names a fused body reads from outside itself, in order of first use: the fused node's inputs."""
+    defined, reads = {n.name for n in body}, []
+    for n in body:
+        for name in n.inputs:
+            if name is not None and name not in defined and name not in reads:
+                reads.append(name)
+    return tuple(reads)
+
+
+def run_body(attrs: FusedBlockAttrs, *inputs):
+    """Run a fused block's body node by node with ATen (its reference semantics: torch backend, verify)."""
+    env = dict(zip(body_inputs(attrs.body), inputs))
+    for n in attrs.body:
+        fn, args, kwargs = aten_call(n.op, n.attrs, tuple(None if i is None else env[i] for i in n.inputs))
+        env[n.name] = fn(*args, **kwargs)
+    return env[attrs.body[-1].name]
+
+
+def _body_runner(attrs: FusedBlockAttrs) -> Callable[..., Any]:
+    """``run_body`` for one block, as a named function (torch.fx's code generation names what it calls)."""
+    def fused_block(*inputs):
+        return run_body(attrs, *inputs)
+
+    return fused_block
 
 
 @dataclass(frozen=True)
@@ -322,6 +361,7 @@ OPS: dict[Op, OpInfo] = {
     Op.DROPOUT: OpInfo(DropoutAttrs, 1, 1, lambda a, x: (aten.dropout.default, (x[0], a.p, True))),
     Op.IDENTITY: _unary(aten.clone.default),
     Op.TORCH: OpInfo(TorchAttrs, 0, None, _torch_args),
+    Op.FUSED_BLOCK: OpInfo(FusedBlockAttrs, 1, None, lambda a, x: (_body_runner(a), tuple(x))),
 }
 
 ATTRS_CLASSES: dict[str, type] = {cls.__name__: cls for cls in {info.attrs for info in OPS.values()}}

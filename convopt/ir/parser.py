@@ -8,6 +8,7 @@ the checksum in the text.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -83,6 +84,14 @@ def parse(text: str, constants: Mapping[str, torch.Tensor] | None = None) -> Gra
             if m := _CONSTANT.match(line):
                 kind, name, ty, digest = m.groups()
                 consts.append(_constant(name, _tensor_type(ty), digest, kind == "param", constants))
+            elif line.startswith("|"):
+                if not nodes or nodes[-1].op is not Op.FUSED_BLOCK:
+                    raise ParseError("a '|' body line follows a fused_block node")
+                m = _NODE.match(line[1:].strip())
+                if m is None:
+                    raise ParseError("not a node")
+                block = nodes[-1]
+                nodes[-1] = replace(block, attrs=replace(block.attrs, body=(*block.attrs.body, _node(m))))
             elif line.startswith("return"):
                 outputs = tuple(n for n in _names(line[len("return"):]) if n is not None)
             elif m := _NODE.match(line):

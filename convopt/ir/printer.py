@@ -8,6 +8,7 @@
       return %relu
     }
 
+A fused block (op fused_block) is followed by its body, one ``| `` line per node it runs.
 Constants show name, type and a checksum of their contents, never their values. ``@scope`` is the
 nn.Module the node came from; ``<- pass(%a, %b)`` says which pass made the node from which nodes.
 """
@@ -18,12 +19,12 @@ from typing import Mapping
 
 from .graph import Graph, Node
 from .literals import format_attrs
-from .ops import attr_items
+from .ops import Op, attr_items
 
 
 def format_node(n: Node) -> str:
     args = ", ".join("none" if i is None else f"%{i}" for i in n.inputs)
-    items = attr_items(n.attrs)
+    items = [(k, v) for k, v in attr_items(n.attrs) if not (n.op is Op.FUSED_BLOCK and k == "body")]
     text = f"%{n.name} = {n.op.value}({args})"
     if items:
         text += f" {{{format_attrs(items)}}}"
@@ -48,6 +49,8 @@ def print_graph(g: Graph, notes: Mapping[str, str] | None = None) -> str:
         if notes and n.name in notes:
             lines.append(f"  # {notes[n.name]}")
         lines.append(f"  {format_node(n)}")
+        if n.op is Op.FUSED_BLOCK:  # its body, indented under it
+            lines += [f"    | {format_node(inner)}" for inner in n.attrs.body]
     lines.append("  return " + ", ".join(f"%{o}" for o in g.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .graph import Graph, Node
-from .ops import OPS, Op, aten_call
+from .ops import OPS, Op, aten_call, body_inputs
 from .types import TensorType, TupleType, Type, type_of
 
 
@@ -40,6 +40,9 @@ def _check_node(n: Node, types: dict[str, Type]) -> None:
                 raise VerifyError(f"input {pos} of {n.op.value} may not be none")
         elif i not in types:
             raise VerifyError(f"uses %{i} before it is defined")
+    if n.op is Op.FUSED_BLOCK and (not n.attrs.body or n.inputs != body_inputs(n.attrs.body)):
+        raise VerifyError(f"a fused block's inputs are what its body reads, in order: "
+                          f"{list(body_inputs(n.attrs.body))}, not {list(n.inputs)}")
     in_types = [types[i] if i is not None else None for i in n.inputs]
     if n.op is Op.GETITEM:
         src = in_types[0]

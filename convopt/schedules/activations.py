@@ -14,7 +14,7 @@ calls), accurate to a few float32 ulps in the range that matters:
 
 NaN stays NaN through the exp-based ones; relu, relu6 and the hard ones are max/min, whose NaN behaviour is
 LLVM's select on an ordered compare (NaN becomes the bound). The IR ops they stand for are in
-``ACTIVATION_OPS`` (backends/conv_kernels.py).
+``ACTIVATION_OPS`` (``activation_of`` says which a node is).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 
 from tvm import tirx
+
+from ..ir.ops import Op
 
 F32 = "float32"
 
@@ -100,3 +102,29 @@ def activate(value, activation: str):
     if activation == "none":
         return value
     return let(value, ACTIVATIONS[activation])
+
+
+# IR op -> the activation (a name of ACTIVATIONS) it is, given the node; None: not one
+ACTIVATION_OPS = {
+    Op.RELU: lambda n: "relu",
+    Op.CLAMP: lambda n: "relu6" if (n.attrs.min, n.attrs.max) == (0.0, 6.0) else None,
+    Op.SIGMOID: lambda n: "sigmoid",
+    Op.SILU: lambda n: "silu",
+    Op.GELU: lambda n: {"none": "gelu", "tanh": "gelu_tanh"}.get(n.attrs.approximate),
+    Op.HARDSWISH: lambda n: "hardswish",
+    Op.HARDSIGMOID: lambda n: "hardsigmoid",
+    Op.TORCH: lambda n: _leaky_relu(n) if n.attrs.target == "aten.leaky_relu.default" else None,
+}
+
+
+def _leaky_relu(n) -> str:
+    slope = n.attrs.args[1] if len(n.attrs.args) > 1 else 0.01  # leaky_relu(input, negative_slope=0.01)
+    return f"leaky_relu:{float(slope)!r}"
+
+
+def activation_of(node) -> str | None:
+    """The epilogue activation IR node ``node`` computes (a name ``activate`` takes), or None."""
+    rule = ACTIVATION_OPS.get(node.op)
+    if rule is None or getattr(node.type, "dtype", None) != "f32":  # a tuple-valued opaque op has no dtype
+        return None
+    return rule(node)

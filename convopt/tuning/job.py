@@ -70,6 +70,7 @@ class TaskReport:
     trials: int  # records in the database (the default included)
     default_us: float
     best_us: float
+    alternative: bool = False  # measured for the lowering choice; not in the model as the cost model lowers it
 
     @property
     def speedup(self) -> float:
@@ -98,22 +99,24 @@ class TuningSummary:
 
     @property
     def estimated_ms(self) -> float | None:
-        """The untuned latency less each task's measured saving (what the records should give)."""
+        """The untuned latency less the measured saving of each kernel it runs (what the schedules in the records
+        should give; a lowering the measurements change is not counted)."""
         if self.untuned_ms is None:
             return None
-        return self.untuned_ms - sum(t.saved_us for t in self.tasks) / 1000
+        return self.untuned_ms - sum(t.saved_us for t in self.tasks if not t.alternative) / 1000
 
     def table(self) -> str:
         lines = [f"tuning records: {self.log_dir}",
                  f"{'task':<40} {'kind':<10} {'calls':>5} {'trials':>6} {'default us':>10} {'best us':>9} "
                  f"{'speedup':>7}"]
         for t in sorted(self.tasks, key=lambda t: -t.weight * t.default_us):
-            lines.append(f"{t.name[:40]:<40} {t.kind:<10} {t.weight:>5} {t.trials:>6} {t.default_us:>10.1f} "
+            kind = t.kind + ("*" if t.alternative else "")
+            lines.append(f"{t.name[:40]:<40} {kind:<10} {t.weight:>5} {t.trials:>6} {t.default_us:>10.1f} "
                          f"{t.best_us:>9.1f} {t.speedup:>6.2f}x")
         if self.alternatives:
             changes = ", ".join(f"{node} {old} -> {new}" for node, old, new in self.lowering_changes[:6])
             more = f" and {len(self.lowering_changes) - 6} more" if len(self.lowering_changes) > 6 else ""
-            lines.append(f"lowerings: {self.alternatives} tasks measured other lowerings; "
+            lines.append(f"lowerings: {self.alternatives} kernels (kind*) measured other lowerings; "
                          + (f"the measurements change {len(self.lowering_changes)} convs: {changes}{more}"
                             if self.lowering_changes else "the cost model's choices stay fastest"))
         lines.append(f"{len(self.tasks)} tasks, {self.new_trials} new trials in {self.seconds:.0f} s"
@@ -339,7 +342,7 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
 
     def postfix(task: Task) -> None:
         default_us, best_us = times[task.name]
-        saved = sum(t.weight * (times[t.name][0] - times[t.name][1]) for t in tasks) / 1000
+        saved = sum(t.weight * (times[t.name][0] - times[t.name][1]) for t in tasks if not t.alternative) / 1000
         bar.set_postfix_str(f"{task.name[:28]} best {best_us:.0f}/{default_us:.0f} us"
                             + (f", model ~{untuned_ms - saved:.2f} ms" if untuned_ms is not None else ""))
 
@@ -371,7 +374,8 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
         times[task.name] = _times(database, task)
     bar.close()
 
-    reports = [TaskReport(t.name, t.kind, t.nodes, t.weight, done[t.name] + 1, *times[t.name]) for t in tasks]
+    reports = [TaskReport(t.name, t.kind, t.nodes, t.weight, done[t.name] + 1, *times[t.name], t.alternative)
+               for t in tasks]
     return reports, new_trials, stopped
 
 
@@ -408,7 +412,7 @@ def _alternatives(graph, captured, target: Target, lowering: dict[str, str] | No
             while name in names:
                 name += "'"
             names.add(name)
-            found.append((replace(task, name=name), alternative))
+            found.append((replace(task, name=name, alternative=True), alternative))
     return found
 
 

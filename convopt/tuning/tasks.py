@@ -31,6 +31,7 @@ class Task:
     nodes: list[str]  # the IR nodes it computes
     flops: int  # per call
     schedule: Callable[[tvm.s_tir.Schedule], None]  # the default schedule, and the design space
+    alternative: bool = False  # a lowering the model doesn't run yet, measured to tune the lowering choice
 
     def space(self, target: Target):
         """The MetaSchedule space generator: the default schedule with its samples, plus MetaSchedule's

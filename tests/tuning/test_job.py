@@ -28,6 +28,16 @@ def test_trial_shares_follow_cost_within_each_space():
     assert allocate(0, [1.0], [9]) == [0] and allocate(5, [], []) == []
 
 
+def test_the_estimate_counts_only_the_kernels_the_model_runs():
+    from convopt.tuning.job import TaskReport, TuningSummary
+
+    runs = TaskReport("k", "direct", ["c"], 2, 5, default_us=100.0, best_us=80.0)
+    other = TaskReport("k'", "im2win", ["c"], 2, 5, default_us=500.0, best_us=50.0, alternative=True)
+    summary = TuningSummary("key", Path("."), [runs, other], 10, 1.0, untuned_ms=1.0)
+    assert summary.estimated_ms == pytest.approx(1.0 - 2 * 20 / 1000)
+    assert "im2win*" in summary.table()
+
+
 def test_durations_and_rpc_addresses():
     assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration(30) == 30
     assert parse_duration("90s") == 90 and parse_duration(None) is None
@@ -141,6 +151,7 @@ def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny
     summary = tune(model, x, trials=8, log_dir=tmp_path, progress=False, measure_end_to_end=False,
                    lowering_margin=100)
     assert summary.alternatives >= 1 and len(summary.tasks) > 3  # other lowerings of the 3x3 convs joined
+    assert sum(t.alternative for t in summary.tasks) == summary.alternatives
     target = resolve_target("cpu")
     table = read_times(records_dir(target, tmp_path), target)
     assert (records_dir(target, tmp_path) / TIMES).is_file() and table

@@ -1,0 +1,77 @@
+"""Predicted time of a residual block fused into one kernel (schedules/fused_block.py) against the same block
+run as separate kernels, for the fuse_blocks pass to decide per block:
+
+    t_fused   = a_f * flops_f / peak + a_b * bytes_f / bandwidth + a_o * outputs * 1 ns + a_c * 1 us
+    t_unfused = sum over its three convs of the fastest lowering's prediction (cost/model.py)
+
+flops_f counts what the fused kernel computes: the expand conv over the padded map and again over each
+band's halo rows (band height from ``fused_block.band_rows``, the rule the schedule uses, so a prediction
+describes the code that runs), and the channels rounded up to the SIMD width. bytes_f is what it moves
+from memory: input, output (and the residual it reads), weights; its intermediates stay in cache by design.
+The unfused convs' predictions include their intermediates' traffic, so the difference is the bytes saved
+against the halo recomputed. The coefficients a are fitted by ``convopt calibrate`` on generic blocks
+(cost/calibrate.FUSED_SHAPES) under the key "fused_inverted_residual"; a profile without them predicts
+nothing (None), and fuse_blocks then leaves every block unfused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..schedules.fused_block import InvertedResidual, band_rows
+from .formulas import F32
+from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
+from .profile import FEATURES, MachineProfile
+
+KEY = "fused_inverted_residual"
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def fused_terms(block: InvertedResidual, lanes: int) -> dict[str, float]:
+    """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
+    e, d, p = block.expand, block.depthwise, block.project
+    n, C, O = e.batch, e.in_channels, p.out_channels
+    Ep, Op = _round_up(e.out_channels, lanes), _round_up(O, lanes)
+    k, s = d.kernel[0], d.stride[0]
+    th = band_rows(block, lanes)
+    bands = -(-d.out_height // th)
+    mid_rows = bands * (s * th + k - s)  # expand rows computed: each band's rows and its halo
+    outputs = n * O * d.out_height * d.out_width
+    flops = 2 * n * (Ep * C * mid_rows * (e.width + k - 1) + Ep * k * k * d.out_height * d.out_width
+                     + Ep * Op * d.out_height * d.out_width)
+    weights = C * Ep + k * k * Ep + Ep * Op + 2 * Ep + Op
+    bytes_ = F32 * (n * C * e.height * e.width + outputs * (2 if block.residual else 1) + weights)
+    return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
+
+
+def fused_features(block: InvertedResidual, profile: MachineProfile, lanes: int) -> np.ndarray:
+    terms = fused_terms(block, lanes)
+    scale = {"flops": 1 / profile.peak_flops, "bytes": 1 / profile.bandwidth, "outputs": OUTPUT_UNIT,
+             "calls": CALL_UNIT}
+    return np.array([terms.get(f, 0.0) * scale.get(f, 0.0) for f in FEATURES])
+
+
+def predict_fused(block: InvertedResidual, profile: MachineProfile, lanes: int) -> float | None:
+    coefficients = profile.coefficients.get(KEY)
+    if coefficients is None:
+        return None
+    return float(fused_features(block, profile, lanes) @ np.array([coefficients.get(f, 0.0) for f in FEATURES]))
+
+
+def predict_unfused(block: InvertedResidual, profile: MachineProfile, lanes: int) -> float:
+    """The three convs, each with its fastest predicted lowering, in channel blocks where its channels allow
+    (as block_layout would store them between convs)."""
+    total = 0.0
+    for spec in (block.expand, block.depthwise, block.project):
+        blocked = spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0
+        total += min(predict_all(spec, profile, lanes, blocked=blocked).values())
+    return total
+
+
+def predict_block(block: InvertedResidual, profile: MachineProfile, lanes: int) -> tuple[float, float] | None:
+    """(fused seconds, unfused seconds), or None when the profile has no fused coefficients."""
+    fused = predict_fused(block, profile, lanes)
+    return None if fused is None else (fused, predict_unfused(block, profile, lanes))

@@ -1,0 +1,161 @@
+"""fuse_blocks: run an inverted residual block as one kernel whose intermediates stay in cache.
+
+    y = P(a2(D(a1(E(x)))))  [+ x]        =>   y = fused_block(x, W_E, b_E, W_D, b_D, W_P, b_P)
+
+with E a 1x1 conv (groups 1, stride 1), a1 and a2 activations a kernel epilogue computes
+(schedules/activations.py), D a depthwise k x k conv (k odd, padding k // 2, dilation 1, stride 1 or 2) and
+P a 1x1 conv, every weight and bias a constant; the residual add joins when its other operand is x.
+MobileNetV2, EfficientNet without its squeeze-excite, MnasNet and MobileOne after reparameterization have
+this block. The fused node keeps the original nodes as its body (names, scopes and provenance; the IR dump
+shows them indented under it), so the torch backend and verify run the body, and any backend without the
+fused kernel can run it unfused. The kernel (schedules/fused_block.py) computes the expanded and depthwise
+intermediates a band of output rows at a time, in buffers that stay in L2.
+
+Preconditions, per match: float32 NCHW; every intermediate (E, a1, D, a2, and P when the add joins) has
+exactly one reader, the next op of the block, and is not a graph output (a value seen elsewhere must be
+stored); the kernel supports the shapes (``fused_block.supports``). Not matched (left unfused): a
+squeeze-excite between a2 and P, an activation the kernels don't have, grouped or dilated convs.
+
+Decision: a block is fused only where ``predict`` (a function of the block, e.g. the cost model's
+fused and unfused predictions) says fused is faster; it returns (fused seconds, unfused seconds), recorded
+on the node (``predicted_us``) so the dump says why, or None when it can't tell (the block stays unfused).
+Without ``predict`` every matched block is fused. ``overrides`` ({module scope or node name: bool}) forces
+the choice for the blocks it names (a block is named by any of its nodes, or by a module it lies in).
+Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from ..ir.graph import Graph, Node, Origin, unique_name
+from ..ir.ops import FusedBlockAttrs, Op, body_inputs
+from ..schedules.activations import activation_of
+from ..schedules.conv_spec import ConvSpec, conv_spec_of
+from ..schedules.fused_block import KIND, InvertedResidual, supports
+
+def _pointwise(spec: ConvSpec | None) -> bool:
+    return (spec is not None and spec.kernel == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
+            and spec.groups == 1)
+
+
+def _depthwise(spec: ConvSpec | None) -> bool:
+    if spec is None or not spec.is_depthwise or spec.out_channels != spec.in_channels:
+        return False
+    k = spec.kernel[0]
+    return (spec.kernel == (k, k) and k % 2 == 1 and spec.padding == (k // 2, k // 2) and spec.dilation == (1, 1)
+            and spec.stride in ((1, 1), (2, 2)))
+
+
+def _constant_operands(graph: Graph, n: Node) -> bool:
+    return all(i is None or i in graph.constant_map for i in n.inputs[1:])
+
+
+def match_blocks(graph: Graph) -> list[InvertedResidual]:
+    """Every inverted residual block of ``graph`` that fuse_blocks may fuse (the preconditions above)."""
+    users, outputs = graph.users, set(graph.outputs)
+
+    def only_reader(n: Node) -> Node | None:
+        readers = users.get(n.name, ())
+        return readers[0] if len(readers) == 1 and n.name not in outputs else None
+
+    found, taken = [], set()
+    for e in graph.nodes:
+        if e.op is not Op.CONV2D or e.name in taken or getattr(e.type, "dtype", None) != "f32":
+            continue
+        chain = [e]
+        for want in ("act", "dw", "act", "pw"):
+            nxt = only_reader(chain[-1])
+            if nxt is None or nxt.inputs[0] != chain[-1].name:
+                break
+            if want == "act" and activation_of(nxt) is None:
+                break
+            if want != "act" and nxt.op is not Op.CONV2D:
+                break
+            chain.append(nxt)
+        if len(chain) != 5:
+            continue
+        specs = [conv_spec_of(graph, chain[i]) for i in (0, 2, 4)]
+        if not (_pointwise(specs[0]) and _depthwise(specs[1]) and _pointwise(specs[2])
+                and all(_constant_operands(graph, chain[i]) for i in (0, 2, 4))):
+            continue
+        x = e.inputs[0]
+        add = only_reader(chain[4])
+        residual = (add is not None and add.op is Op.ADD and add.attrs.scalar is None
+                    and sorted(add.inputs) == sorted([chain[4].name, x]) and add.type == chain[4].type)
+        if residual:
+            chain.append(add)
+        block = InvertedResidual(tuple(chain), *specs, (activation_of(chain[1]), activation_of(chain[3])), residual)
+        if supports(block) is None:
+            found.append(block)
+            taken.update(n.name for n in chain)
+    return found
+
+
+def _common_scope(body) -> str:
+    """The module the block's nodes share (e.g. "blocks.1.0" for "blocks.1.0.conv_pw", "blocks.1.0.conv_dw"),
+    else the first node's."""
+    paths = [n.scope.split(".") for n in body if n.scope]
+    if not paths:
+        return ""
+    common = []
+    for parts in zip(*paths):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common or paths[0])
+
+
+def describe(graph: Graph, fused: Node) -> InvertedResidual:
+    """The block a fused_block node of ``graph`` computes (its body matched again)."""
+    body = fused.attrs.body
+    (block,) = match_blocks(graph.replace(nodes=body, outputs=(body[-1].name,)))
+    return block
+
+
+Prediction = Callable[[Graph, InvertedResidual], "tuple[float, float] | None"]
+
+
+def _forced(block: InvertedResidual, overrides: dict[str, bool]) -> bool | None:
+    """The user's choice for ``block``: by the name of any of its nodes or a module scope it lies in."""
+    for n in block.nodes:
+        if n.name in overrides:
+            return overrides[n.name]
+    scope = _common_scope(block.nodes)
+    for key, value in overrides.items():
+        if scope == key or scope.startswith(key + "."):
+            return value
+    return None
+
+
+def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None
+                ) -> Graph:
+    overrides = dict(overrides or {})
+    blocks = {}
+    for block in match_blocks(graph):
+        predicted = predict(graph, block) if predict is not None else None
+        forced = _forced(block, overrides)
+        if forced is None:
+            forced = predict is None or (predicted is not None and predicted[0] < predicted[1])
+        if forced:
+            blocks[block.nodes[-1].name] = (block, predicted)
+    if not blocks:
+        return graph
+    fused_away = {n.name for block, _ in blocks.values() for n in block.nodes}
+    taken = set(graph.types)
+    nodes, renamed = [], {}
+    for n in graph.nodes:
+        if n.name in blocks:
+            block, predicted = blocks[n.name]
+            times = () if predicted is None else (("fused", round(predicted[0] * 1e6, 1)),
+                                                   ("unfused", round(predicted[1] * 1e6, 1)))
+            body = tuple(replace(b, inputs=tuple(renamed.get(i, i) for i in b.inputs)) for b in block.nodes)
+            name = unique_name(f"block_{body[0].name}", taken)
+            nodes.append(Node(name, Op.FUSED_BLOCK, body_inputs(body), FusedBlockAttrs(KIND, body, times),
+                              body[-1].type, _common_scope(body), Origin("fuse_blocks", tuple(b.name for b in body))))
+            renamed[n.name] = name
+        elif n.name not in fused_away:
+            nodes.append(replace(n, inputs=tuple(renamed.get(i, i) for i in n.inputs))
+                         if any(i in renamed for i in n.inputs) else n)
+    return graph.replace(nodes=tuple(nodes), outputs=tuple(renamed.get(o, o) for o in graph.outputs))

@@ -1,0 +1,126 @@
+"""fuse_blocks: the inverted residual blocks it finds, the fused node and its body, the dump round trip, where
+it must not fire, and how the prediction and the user's overrides decide."""
+
+import pytest
+import torch
+from torch import nn
+
+from convopt.capture import capture_program
+from convopt.ir import Op, parse, verify
+from convopt.passes import canonicalize, eliminate_dead_code, fold_conv_bn
+from convopt.passes.fuse_blocks import fuse_blocks, match_blocks
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, BN, ReLU6, depthwise, BN, ReLU6, 1x1 project, BN, + x."""
+
+    def __init__(self, c=16, e=64, o=16, k=3, stride=1, act=nn.ReLU6, se=False, dilation=1, groups=None):
+        super().__init__()
+        self.conv_pw = nn.Conv2d(c, e, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(e)
+        self.act1 = act()
+        self.conv_dw = nn.Conv2d(e, e, k, stride, padding=dilation * (k // 2), dilation=dilation,
+                                 groups=groups or e, bias=False)
+        self.bn2 = nn.BatchNorm2d(e)
+        self.act2 = act()
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(e, 8, 1), nn.ReLU(), nn.Conv2d(8, e, 1),
+                                nn.Sigmoid()) if se else None
+        self.conv_pwl = nn.Conv2d(e, o, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(o)
+        self.residual = stride == 1 and c == o
+
+    def forward(self, x):
+        y = self.act2(self.bn2(self.conv_dw(self.act1(self.bn1(self.conv_pw(x))))))
+        if self.se is not None:
+            y = y * self.se(y)
+        y = self.bn3(self.conv_pwl(y))
+        return y + x if self.residual else y
+
+
+def _graph(model, shape=(1, 16, 12, 12)):
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    graph = capture_program(model.eval(), torch.randn(shape)).graph
+    for p in (canonicalize, fold_conv_bn, eliminate_dead_code):
+        graph = p(graph)
+    return graph
+
+
+def _fused(graph):
+    return [n for n in graph.nodes if n.op is Op.FUSED_BLOCK]
+
+
+def test_an_inverted_residual_becomes_one_node_that_keeps_its_body():
+    before = _graph(InvertedResidual())
+    after = fuse_blocks(before)
+    (block,) = _fused(after)
+    assert [n.op for n in after.nodes] == [Op.FUSED_BLOCK] and after.outputs == (block.name,)
+    body = block.attrs.body
+    assert [n.op for n in body] == [Op.CONV2D, Op.CLAMP, Op.CONV2D, Op.CLAMP, Op.CONV2D, Op.ADD]
+    assert body == tuple(n for n in before.nodes)  # names, scopes and provenance kept
+    assert block.inputs[0] == before.inputs[0].name and set(block.inputs[1:]) <= set(before.constant_map)
+    assert block.scope == "conv_pw" and block.origin.pass_name == "fuse_blocks"  # no shared module: the first
+    assert before.nodes[0].op is Op.CONV2D  # the input graph is not mutated
+    verify(after)  # runs the body on meta tensors and checks the block's type
+    text = str(after)
+    assert "fused_block(" in text and text.count("    | %") == 6
+    assert parse(text, constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_the_fused_body_computes_the_block_in_the_torch_backend():
+    from convopt.backends.torch_backend import to_torch
+
+    model = InvertedResidual(stride=2, o=24, k=5).eval()
+    x = torch.randn(2, 16, 13, 13)
+    after = fuse_blocks(_graph(model, x.shape))
+    assert len(_fused(after)) == 1 and not _fused(after)[0].attrs.body[-1].op is Op.ADD  # no residual at stride 2
+    with torch.no_grad():
+        (got,) = to_torch(after)(x)
+        assert torch.allclose(got, model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model, why", [
+    (InvertedResidual(se=True), "squeeze-excite between the depthwise conv and the projection"),
+    (InvertedResidual(act=nn.Sigmoid), "an activation with act(0) != 0"),
+    (InvertedResidual(groups=4), "a grouped, not depthwise, middle conv"),
+    (InvertedResidual(dilation=2), "a dilated depthwise conv"),
+    (InvertedResidual(k=9), "a depthwise kernel larger than 7"),
+])
+def test_blocks_the_kernel_does_not_compute_are_left_alone(model, why):
+    graph = _graph(model)
+    assert fuse_blocks(graph) == graph, why
+
+
+def test_an_intermediate_read_elsewhere_is_not_fused():
+    class Tapped(InvertedResidual):
+        def forward(self, x):
+            mid = self.act1(self.bn1(self.conv_pw(x)))
+            y = self.bn3(self.conv_pwl(self.act2(self.bn2(self.conv_dw(mid)))))
+            return y + x, mid  # the expanded map is an output: it must be stored
+
+    graph = _graph(Tapped())
+    assert match_blocks(graph) == [] and fuse_blocks(graph) == graph
+
+
+def test_the_prediction_and_the_overrides_decide():
+    graph = _graph(InvertedResidual())
+    assert fuse_blocks(graph, predict=lambda g, b: (2e-6, 1e-6)) == graph  # predicted slower fused
+    assert fuse_blocks(graph, predict=lambda g, b: None) == graph  # no prediction: unfused
+    fused = fuse_blocks(graph, predict=lambda g, b: (1e-6, 3e-6))
+    assert dict(_fused(fused)[0].attrs.predicted_us) == {"fused": 1.0, "unfused": 3.0}
+    assert fuse_blocks(graph, predict=lambda g, b: (1e-6, 3e-6), overrides={"conv_pw": False}) == graph
+    forced = fuse_blocks(graph, predict=lambda g, b: (2e-6, 1e-6), overrides={graph.nodes[0].name: True})
+    assert len(_fused(forced)) == 1
+
+
+def test_two_blocks_in_a_row_fuse_separately_and_keep_their_order():
+    model = nn.Sequential(InvertedResidual(), InvertedResidual(o=24), nn.ReLU())
+    after = fuse_blocks(_graph(model))
+    assert [n.op for n in after.nodes] == [Op.FUSED_BLOCK, Op.FUSED_BLOCK, Op.RELU]
+    first, second, relu = after.nodes
+    assert second.inputs[0] == first.name and relu.inputs == (second.name,)
+    assert (first.scope, second.scope) == ("0", "1")
+    verify(after)

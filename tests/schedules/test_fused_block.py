@@ -1,0 +1,80 @@
+"""The fused inverted residual kernel against eager PyTorch (relative error) over a grid of block shapes:
+channels that are and aren't multiples of the SIMD width, expansion ratios, kernels 3/5/7, strides 1/2,
+odd maps, batch > 1, the activations it supports, for 8 and 16 lanes; and its design space's default."""
+
+import pytest
+import torch
+from torch import nn
+
+import convopt
+from convopt.ir import Op
+from convopt.numerics import relative_error
+from convopt.schedules.fused_block import InvertedResidual as Block
+from convopt.schedules.fused_block import band_rows
+from convopt.target import resolve_target
+
+from ..passes.test_fuse_blocks import InvertedResidual
+
+
+def _randomize(model):
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+GRID = [  # (c, e, o, k, stride, act, input shape)
+    (16, 64, 16, 3, 1, nn.ReLU6, (1, 16, 14, 14)),
+    (24, 144, 24, 3, 1, nn.ReLU6, (1, 24, 17, 13)),       # odd map, E a multiple of 16, C and O not
+    (12, 20, 10, 5, 2, nn.SiLU, (2, 12, 15, 15)),         # batch 2, stride 2, E and O below one vector
+    (8, 48, 8, 7, 1, nn.Hardswish, (1, 8, 9, 11)),
+    (32, 96, 40, 3, 2, nn.ReLU, (1, 32, 28, 28)),
+    (40, 240, 40, 5, 1, nn.SiLU, (1, 40, 7, 7)),
+]
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("c, e, o, k, stride, act, shape", GRID)
+def test_the_fused_kernel_matches_eager(c, e, o, k, stride, act, shape, lanes):
+    model = _randomize(InvertedResidual(c, e, o, k, stride, act))
+    x = torch.randn(shape)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
+    assert [n.op for n in fast.graph.nodes] == [Op.FUSED_BLOCK]
+    assert list(fast.placement().values()) == [f"kernel convopt_fused_{fast.graph.nodes[0].name} "
+                                                "(fused_inverted_residual)"]
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+def test_without_a_fused_prediction_nothing_is_fused_and_false_turns_it_off():
+    model = _randomize(InvertedResidual())
+    x = torch.randn(1, 16, 14, 14)
+    off = convopt.optimize(model, x, tuning_logs=False, fuse_blocks=False)
+    assert all(n.op is not Op.FUSED_BLOCK for n in off.graph.nodes)
+    skipped = convopt.optimize(model, x, tuning_logs=False, skip_passes=["fuse_blocks"], check=False)
+    assert all(n.op is not Op.FUSED_BLOCK for n in skipped.graph.nodes)
+
+
+def test_band_rows_fit_the_buffers_in_the_budget_and_the_space_defaults_to_them():
+    from convopt.schedules.fused_block import L2_BUDGET
+
+    def band_bytes(th, e, w):  # mid rows (th + 2 for a 3x3) and dw rows of e channels, w columns
+        return 4 * e * ((th + 2) * (w + 2) + th * w)
+
+    assert band_rows(Block.of(16, 64, 16, 14, 14, 3), 16) == 8  # 14 rows: 16 would be taller than the map
+    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16) == 8
+    assert band_bytes(8, 192, 28) <= L2_BUDGET < band_bytes(16, 192, 28)
+    assert band_rows(Block.of(96, 576, 96, 56, 56, 3), 16) == 1  # nothing fits: one row at a time
+    from convopt.tuning.tasks import extract_tasks
+
+    model = _randomize(InvertedResidual())
+    x = torch.randn(1, 16, 14, 14)
+    target = resolve_target("cpu")
+    fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
+    (task,) = extract_tasks(fast.graph, target)
+    assert task.kind == "fused_inverted_residual" and task.size() > 1  # band height x column tiles, tunable
