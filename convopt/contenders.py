@@ -9,6 +9,7 @@
     convopt           convopt.optimize(model, x, target="cpu") (TVM; with the tuning records it finds)
     convopt-untuned   the same with every kernel's default schedule (tuning_logs=False)
     convopt-nchw      the same without the blocked activation layout (skip_passes=["block_layout"])
+    convopt-unfused   the same without block fusion (skip_passes=["fuse_blocks"])
     convopt-torch     convopt.optimize(model, x, target="torch")
 
 Every contender uses ``THREADS`` threads. ONNX Runtime and OpenVINO read one shared export
@@ -107,6 +108,7 @@ CONTENDERS: dict[str, Callable] = {
     "convopt": _convopt("cpu"),
     "convopt-nchw": _convopt("cpu", ("block_layout",)),
     "convopt-untuned": _convopt("cpu", tuning_logs=False),
+    "convopt-unfused": _convopt("cpu", ("fuse_blocks",)),
     "convopt-torch": _convopt("torch"),
 }
 

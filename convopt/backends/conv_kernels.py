@@ -158,15 +158,15 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     def constant(name):
         return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
 
-    arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None)
-              for conv in (block.nodes[0], block.nodes[2], block.nodes[4]) for i in (1, 2)]
-    prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes)]
+    convs = block.nodes[0:5:2]  # E, D[, P]
+    arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in convs for i in (1, 2)]
+    prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
     out = bb.emit_te(lambda x, *w: fused_block.compute(nchw(x), *w, block=block), env[n.inputs[0]], *prepared,
                      primfunc_name_hint=f"convopt_fused_{n.name}")
     call = bb.lookup_binding(out)
-    flops = 2 * (block.expand.macs + block.depthwise.macs + block.project.macs)
+    flops = 2 * sum(spec.macs for spec in (block.expand, block.depthwise, block.project) if spec is not None)
     kernels.setdefault(call.args[0].name_hint, KernelUse(
-        "fused_" + fused_block.KIND, functools.partial(fused_block.schedule_cpu, block=block), flops, [])).nodes.append(
+        "fused_" + block.kind, functools.partial(fused_block.schedule_cpu, block=block), flops, [])).nodes.append(
         n.name)
     return out
 

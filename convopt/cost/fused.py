@@ -32,9 +32,10 @@ def _round_up(v: int, m: int) -> int:
 
 def fused_terms(block: InvertedResidual, lanes: int) -> dict[str, float]:
     """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
-    e, d, p = block.expand, block.depthwise, block.project
-    n, C, O = e.batch, e.in_channels, p.out_channels
-    Ep, Op = _round_up(e.out_channels, lanes), _round_up(O, lanes)
+    e, d = block.expand, block.depthwise
+    n, C, O = e.batch, e.in_channels, block.out_channels
+    Ep = _round_up(e.out_channels, lanes)
+    Op = _round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
     k, s = d.kernel[0], d.stride[0]
     th = band_rows(block, lanes)
     bands = -(-d.out_height // th)
@@ -62,10 +63,12 @@ def predict_fused(block: InvertedResidual, profile: MachineProfile, lanes: int) 
 
 
 def predict_unfused(block: InvertedResidual, profile: MachineProfile, lanes: int) -> float:
-    """The three convs, each with its fastest predicted lowering, in channel blocks where its channels allow
+    """The block's convs, each with its fastest predicted lowering, in channel blocks where its channels allow
     (as block_layout would store them between convs)."""
     total = 0.0
     for spec in (block.expand, block.depthwise, block.project):
+        if spec is None:
+            continue
         blocked = spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0
         total += min(predict_all(spec, profile, lanes, blocked=blocked).values())
     return total

@@ -5,16 +5,19 @@
 with E a 1x1 conv (groups 1, stride 1), a1 and a2 activations a kernel epilogue computes
 (schedules/activations.py), D a depthwise k x k conv (k odd, padding k // 2, dilation 1, stride 1 or 2) and
 P a 1x1 conv, every weight and bias a constant; the residual add joins when its other operand is x.
-MobileNetV2, EfficientNet without its squeeze-excite, MnasNet and MobileOne after reparameterization have
-this block. The fused node keeps the original nodes as its body (names, scopes and provenance; the IR dump
-shows them indented under it), so the torch backend and verify run the body, and any backend without the
-fused kernel can run it unfused. The kernel (schedules/fused_block.py) computes the expanded and depthwise
-intermediates a band of output rows at a time, in buffers that stay in L2.
+MobileNetV2, MnasNet, EfficientNet-Lite and MobileOne after reparameterization have this block. Where the
+projection doesn't directly follow a2 (EfficientNet's and MobileNetV3's squeeze-excite: its global pool
+needs the whole depthwise output before the scale), the block is fused up to a2 (kind "expand_depthwise":
+one intermediate kept in cache instead of two); the squeeze-excite and the projection run as before.
+The fused node keeps the original nodes as its body (names, scopes and provenance; the IR dump shows them
+indented under it), so the torch backend and verify run the body, and a backend without the fused kernel
+can run it unfused. The kernel (schedules/fused_block.py) computes the expanded and depthwise intermediates
+a band of output rows at a time, in buffers that stay in L2.
 
-Preconditions, per match: float32 NCHW; every intermediate (E, a1, D, a2, and P when the add joins) has
-exactly one reader, the next op of the block, and is not a graph output (a value seen elsewhere must be
-stored); the kernel supports the shapes (``fused_block.supports``). Not matched (left unfused): a
-squeeze-excite between a2 and P, an activation the kernels don't have, grouped or dilated convs.
+Preconditions, per match: float32 NCHW; every intermediate (E, a1, D, and a2 and P where they are not the
+block's value) has exactly one reader, the next op of the block, and is not a graph output (a value seen
+elsewhere must be stored); the kernel supports the shapes (``fused_block.supports``). Not matched (left
+unfused): an activation the kernels don't have (act(0) != 0), grouped or dilated middle convs.
 
 Decision: a block is fused only where ``predict`` (a function of the block, e.g. the cost model's
 fused and unfused predictions) says fused is faster; it returns (fused seconds, unfused seconds), recorded
@@ -33,7 +36,7 @@ from ..ir.graph import Graph, Node, Origin, unique_name
 from ..ir.ops import FusedBlockAttrs, Op, body_inputs
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
-from ..schedules.fused_block import KIND, InvertedResidual, supports
+from ..schedules.fused_block import InvertedResidual, supports
 
 def _pointwise(spec: ConvSpec | None) -> bool:
     return (spec is not None and spec.kernel == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
@@ -53,7 +56,8 @@ def _constant_operands(graph: Graph, n: Node) -> bool:
 
 
 def match_blocks(graph: Graph) -> list[InvertedResidual]:
-    """Every inverted residual block of ``graph`` that fuse_blocks may fuse (the preconditions above)."""
+    """Every inverted residual block of ``graph`` that fuse_blocks may fuse (the preconditions above): whole,
+    or up to its second activation where the projection doesn't follow it directly (a squeeze-excite)."""
     users, outputs = graph.users, set(graph.outputs)
 
     def only_reader(n: Node) -> Node | None:
@@ -65,31 +69,32 @@ def match_blocks(graph: Graph) -> list[InvertedResidual]:
         if e.op is not Op.CONV2D or e.name in taken or getattr(e.type, "dtype", None) != "f32":
             continue
         chain = [e]
-        for want in ("act", "dw", "act", "pw"):
+        for want in ("act", "dw", "act"):
             nxt = only_reader(chain[-1])
             if nxt is None or nxt.inputs[0] != chain[-1].name:
                 break
-            if want == "act" and activation_of(nxt) is None:
-                break
-            if want != "act" and nxt.op is not Op.CONV2D:
+            if (activation_of(nxt) is None) if want == "act" else (nxt.op is not Op.CONV2D):
                 break
             chain.append(nxt)
-        if len(chain) != 5:
+        if len(chain) != 4:
             continue
-        specs = [conv_spec_of(graph, chain[i]) for i in (0, 2, 4)]
-        if not (_pointwise(specs[0]) and _depthwise(specs[1]) and _pointwise(specs[2])
-                and all(_constant_operands(graph, chain[i]) for i in (0, 2, 4))):
+        expand, depthwise = conv_spec_of(graph, chain[0]), conv_spec_of(graph, chain[2])
+        if not (_pointwise(expand) and _depthwise(depthwise)
+                and all(_constant_operands(graph, chain[i]) for i in (0, 2))):
             continue
-        x = e.inputs[0]
-        add = only_reader(chain[4])
-        residual = (add is not None and add.op is Op.ADD and add.attrs.scalar is None
-                    and sorted(add.inputs) == sorted([chain[4].name, x]) and add.type == chain[4].type)
-        if residual:
-            chain.append(add)
-        block = InvertedResidual(tuple(chain), *specs, (activation_of(chain[1]), activation_of(chain[3])), residual)
+        acts = (activation_of(chain[1]), activation_of(chain[3]))
+        block = InvertedResidual(tuple(chain), expand, depthwise, None, acts, False)  # up to a2: partial
+        project = only_reader(chain[3])
+        if (project is not None and project.op is Op.CONV2D and project.inputs[0] == chain[3].name
+                and _pointwise(conv_spec_of(graph, project)) and _constant_operands(graph, project)):
+            add, x = only_reader(project), e.inputs[0]
+            residual = (add is not None and add.op is Op.ADD and add.attrs.scalar is None
+                        and sorted(add.inputs) == sorted([project.name, x]) and add.type == project.type)
+            nodes = (*chain, project, add) if residual else (*chain, project)
+            block = InvertedResidual(nodes, expand, depthwise, conv_spec_of(graph, project), acts, residual)
         if supports(block) is None:
             found.append(block)
-            taken.update(n.name for n in chain)
+            taken.update(n.name for n in block.nodes)
     return found
 
 
@@ -152,7 +157,7 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
                                                    ("unfused", round(predicted[1] * 1e6, 1)))
             body = tuple(replace(b, inputs=tuple(renamed.get(i, i) for i in b.inputs)) for b in block.nodes)
             name = unique_name(f"block_{body[0].name}", taken)
-            nodes.append(Node(name, Op.FUSED_BLOCK, body_inputs(body), FusedBlockAttrs(KIND, body, times),
+            nodes.append(Node(name, Op.FUSED_BLOCK, body_inputs(body), FusedBlockAttrs(block.kind, body, times),
                               body[-1].type, _common_scope(body), Origin("fuse_blocks", tuple(b.name for b in body))))
             renamed[n.name] = name
         elif n.name not in fused_away:

@@ -83,7 +83,6 @@ def test_the_fused_body_computes_the_block_in_the_torch_backend():
 
 
 @pytest.mark.parametrize("model, why", [
-    (InvertedResidual(se=True), "squeeze-excite between the depthwise conv and the projection"),
     (InvertedResidual(act=nn.Sigmoid), "an activation with act(0) != 0"),
     (InvertedResidual(groups=4), "a grouped, not depthwise, middle conv"),
     (InvertedResidual(dilation=2), "a dilated depthwise conv"),
@@ -124,3 +123,17 @@ def test_two_blocks_in_a_row_fuse_separately_and_keep_their_order():
     assert second.inputs[0] == first.name and relu.inputs == (second.name,)
     assert (first.scope, second.scope) == ("0", "1")
     verify(after)
+
+
+def test_a_squeeze_excite_block_is_fused_up_to_its_second_activation():
+    before = _graph(InvertedResidual(se=True))
+    after = fuse_blocks(before)
+    (block,) = _fused(after)
+    assert block.attrs.kind == "expand_depthwise"
+    assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.CLAMP, Op.CONV2D, Op.CLAMP]
+    # the squeeze-excite (pool, two 1x1 convs, sigmoid, scale) and the projection read the fused value
+    readers = [n for n in after.nodes if block.name in n.inputs]
+    assert len(readers) == 2 and Op.MUL in {n.op for n in readers}  # the pool and the scale
+    assert sum(n.op is Op.CONV2D for n in after.nodes) == 3  # the SE's two convs and the projection
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after

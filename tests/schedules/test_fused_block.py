@@ -51,6 +51,19 @@ def test_the_fused_kernel_matches_eager(c, e, o, k, stride, act, shape, lanes):
         assert relative_error(fast(x), model(x)) <= 1e-4
 
 
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_the_part_before_a_squeeze_excite_matches_eager(lanes):
+    model = _randomize(InvertedResidual(24, 72, 24, 5, 2, nn.SiLU, se=True))
+    x = torch.randn(1, 24, 19, 19)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
+    fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
+    assert [n.attrs.kind for n in fused] == ["expand_depthwise"]
+    assert fast.placement()[fused[0].name].endswith("(fused_expand_depthwise)")
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
 def test_without_a_fused_prediction_nothing_is_fused_and_false_turns_it_off():
     model = _randomize(InvertedResidual())
     x = torch.randn(1, 16, 14, 14)
