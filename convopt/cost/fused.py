@@ -30,14 +30,14 @@ def _round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
-def fused_terms(block: InvertedResidual, lanes: int) -> dict[str, float]:
+def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str, float]:
     """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
     e, d = block.expand, block.depthwise
     n, C, O = e.batch, e.in_channels, block.out_channels
     Ep = _round_up(e.out_channels, lanes)
     Op = _round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
     k, s = d.kernel[0], d.stride[0]
-    th = band_rows(block, lanes)
+    th = band_rows(block, lanes, cores)
     bands = -(-d.out_height // th)
     mid_rows = bands * (s * th + k - s)  # expand rows computed: each band's rows and its halo
     outputs = n * O * d.out_height * d.out_width
@@ -49,7 +49,7 @@ def fused_terms(block: InvertedResidual, lanes: int) -> dict[str, float]:
 
 
 def fused_features(block: InvertedResidual, profile: MachineProfile, lanes: int) -> np.ndarray:
-    terms = fused_terms(block, lanes)
+    terms = fused_terms(block, lanes, profile.cores)
     scale = {"flops": 1 / profile.peak_flops, "bytes": 1 / profile.bandwidth, "outputs": OUTPUT_UNIT,
              "calls": CALL_UNIT}
     return np.array([terms.get(f, 0.0) * scale.get(f, 0.0) for f in FEATURES])

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from ..ir.graph import Graph, Node, Origin, unique_name
+from ..ir.graph import Graph, Node, Origin, Value, unique_name
 from ..ir.ops import FusedBlockAttrs, Op, body_inputs
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
@@ -114,8 +114,9 @@ def _common_scope(body) -> str:
 
 def describe(graph: Graph, fused: Node) -> InvertedResidual:
     """The block a fused_block node of ``graph`` computes (its body matched again)."""
-    body = fused.attrs.body
-    (block,) = match_blocks(graph.replace(nodes=body, outputs=(body[-1].name,)))
+    body, types, constants = fused.attrs.body, graph.types, graph.constant_map
+    inputs = tuple(Value(name, types[name]) for name in fused.inputs if name not in constants)
+    (block,) = match_blocks(graph.replace(inputs=inputs, nodes=body, outputs=(body[-1].name,)))
     return block
 
 

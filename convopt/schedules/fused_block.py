@@ -66,6 +66,7 @@ class InvertedResidual:
 
 
 SUPPORTED_ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "gelu", "gelu_tanh")  # each maps 0 to 0
+CHANNEL_VECTORS = 1  # channel vectors per register tile of the 1x1 stages (with rx columns: the accumulators)
 L2_BUDGET = 512 * 1024  # bytes of band buffers the default band height aims at (half a Zen 4 / Xeon L2)
 
 
@@ -148,23 +149,25 @@ def compute(x: te.Tensor, w1, b1, w2, b2, w3=None, b3=None, *, block) -> te.Tens
     return te.compute((N, O, OH, OW), lambda n, o, y, x_: proj[n, y, x_, o] + b3[o], name="block_out")
 
 
-def band_rows(block, lanes: int) -> int:
-    """The default band height: the tallest of 1, 2, 4, 8, 16 rows whose mid and dw buffers fit in
-    ``L2_BUDGET`` (taller bands recompute fewer halo rows), at most the output's height."""
+def band_heights(OH: int) -> list[int]:
+    """Band heights worth trying: the divisors of the output's height (no ragged last band) and powers of 2."""
+    return sorted({d for d in range(1, OH + 1) if OH % d == 0} | {c for c in (1, 2, 4, 8, 16) if c <= OH})
+
+
+def band_rows(block, lanes: int, cores: int = 1) -> int:
+    """The default band height: among ``band_heights`` whose mid and dw buffers fit in ``L2_BUDGET`` and
+    that leave a band for each core, the one computing the fewest expand rows in all (ceil(OH / th) bands
+    of s th + k - s rows: the halo recomputed), the tallest of equals."""
     Ep = _round_up(block.expand.out_channels, lanes)
     k, s = block.depthwise.kernel[0], block.depthwise.stride[0]
     W = block.expand.width + k - 1
     OH, OW = block.depthwise.out_height, block.depthwise.out_width
-    best = 1
-    for th in (1, 2, 4, 8, 16):
-        band = 4 * Ep * ((s * th + k - s) * W + th * OW)
-        if th <= OH and band <= L2_BUDGET:
-            best = th
-    return best
 
+    def fits(th):
+        return 4 * Ep * ((s * th + k - s) * W + th * OW) <= L2_BUDGET and -(-OH // th) >= min(cores, OH)
 
-def band_candidates(OH: int, default: int) -> list[int]:
-    return sorted({c for c in (1, 2, 4, 7, 8, 14, 16) if c <= OH} | {default})
+    candidates = [th for th in band_heights(OH) if fits(th)] or [1]
+    return min(candidates, key=lambda th: (-(-OH // th) * (s * th + k - s), -th))
 
 
 def column_tile(OW: int) -> int:
@@ -179,8 +182,8 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target, *, bloc
     n, o, y, x = sch.get_loops(g("block_out"))
     OH = int(sch.get(y).extent)
     OW = int(sch.get(x).extent)
-    th_default = band_rows(block, lanes) if block is not None else min(4, OH)
-    yo, yi = sch.split(y, [None, sample(sch, band_candidates(OH, th_default), th_default)])
+    th_default = band_rows(block, lanes, target.cores) if block is not None else min(4, OH)
+    yo, yi = sch.split(y, [None, sample(sch, band_heights(OH), th_default)])
     sch.reorder(n, yo, o, yi, x)
     band = sch.fuse(n, yo)
     projects = optional_block(sch, "proj", func_name) is not None
@@ -198,11 +201,15 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target, *, bloc
         yy, xx, cc = loops[-3 - reductions: -reductions]
         reduce = loops[-reductions:]
         width = int(sch.get(xx).extent)
-        co, ci = sch.split(cc, [None, lanes])
+        channels = int(sch.get(cc).extent)
+        # the 1x1 stages (one reduction) keep two channel vectors per tile where there are: 2 x rx accumulators
+        vectors = CHANNEL_VECTORS if reductions == 1 and channels % (CHANNEL_VECTORS * lanes) == 0 else 1
+        co, cv, ci = sch.split(cc, [None, vectors, lanes])
         candidates = sorted({t for t in (4, 6, 7, 8) if t <= width} | {min(rx_default, width)})
         xo, xi = sch.split(xx, [None, sample(sch, candidates, min(rx_default, width))])
-        sch.reorder(yy, xo, co, *reduce, xi, ci)
+        sch.reorder(yy, xo, co, *reduce, xi, cv, ci)
         sch.vectorize(ci)
+        sch.unroll(cv)
         sch.unroll(xi)
         sch.decompose_reduction(g(acc), reduce[0])
         if epilogue is not None:

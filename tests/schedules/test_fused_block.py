@@ -79,10 +79,11 @@ def test_band_rows_fit_the_buffers_in_the_budget_and_the_space_defaults_to_them(
     def band_bytes(th, e, w):  # mid rows (th + 2 for a 3x3) and dw rows of e channels, w columns
         return 4 * e * ((th + 2) * (w + 2) + th * w)
 
-    assert band_rows(Block.of(16, 64, 16, 14, 14, 3), 16) == 8  # 14 rows: 16 would be taller than the map
-    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16) == 8
-    assert band_bytes(8, 192, 28) <= L2_BUDGET < band_bytes(16, 192, 28)
-    assert band_rows(Block.of(96, 576, 96, 56, 56, 3), 16) == 1  # nothing fits: one row at a time
+    assert band_rows(Block.of(16, 64, 16, 14, 14, 3), 16) == 14  # the whole map: no halo
+    assert band_rows(Block.of(16, 64, 16, 14, 14, 3), 16, cores=2) == 7  # a band per core
+    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16) == 7  # 4 bands of 9 rows: 36 expand rows
+    assert band_bytes(7, 192, 28) <= L2_BUDGET < band_bytes(14, 192, 28)
+    assert band_rows(Block.of(96, 576, 96, 56, 56, 3), 16) == 1  # nothing taller fits: one row at a time
     from convopt.tuning.tasks import extract_tasks
 
     model = _randomize(InvertedResidual())
@@ -91,3 +92,14 @@ def test_band_rows_fit_the_buffers_in_the_budget_and_the_space_defaults_to_them(
     fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
     (task,) = extract_tasks(fast.graph, target)
     assert task.kind == "fused_inverted_residual" and task.size() > 1  # band height x column tiles, tunable
+
+
+def test_blocks_in_a_model_compile_fused_between_other_ops():
+    """Blocks whose input is another op's value (not the graph input), beside unfused convs, blocked neighbours."""
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), InvertedResidual(),
+                                     InvertedResidual(16, 96, 32, 5, 2), nn.Conv2d(32, 32, 3, padding=1)))
+    x = torch.randn(1, 3, 20, 20)
+    fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"2": True, "3": True}, check=False)
+    assert [n.attrs.kind for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK] == ["inverted_residual"] * 2
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
