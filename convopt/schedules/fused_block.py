@@ -188,8 +188,8 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target, *, bloc
     band = sch.fuse(n, yo)
     projects = optional_block(sch, "proj", func_name) is not None
     stages = ("proj",) * projects + ("dw", "dw_acc", "mid", "mid_acc", "x_pad")
-    for name in stages:
-        sch.compute_at(g(name), band)
+    for name in stages:  # unit loops kept: a band of one row must give the loops every other height gives
+        sch.compute_at(g(name), band, preserve_unit_loops=True)
     sch.parallel(band)
     pad_loops = sch.get_loops(g("x_pad"))
     if int(sch.get(pad_loops[-1]).extent) >= lanes:

@@ -11,6 +11,7 @@ those decisions, and the untuned code is the space's default trace.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -69,7 +70,11 @@ class Task:
             for (inst, _, _), decision in zip(choices, decisions):
                 point = point.with_decision(inst, decision, remove_postproc=True)
             sch = tvm.s_tir.Schedule(self.workload)
-            point.apply_to_schedule(sch, remove_postproc=True)
+            try:
+                point.apply_to_schedule(sch, remove_postproc=True)
+            except tvm.TVMError as e:  # a combination the schedule can't make: not a point of the space
+                logging.getLogger(__name__).info("%s: skipped decisions %s: %s", self.name, decisions, e)
+                continue
             yield sch
 
 

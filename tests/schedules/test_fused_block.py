@@ -92,6 +92,7 @@ def test_band_rows_fit_the_buffers_in_the_budget_and_the_space_defaults_to_them(
     fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
     (task,) = extract_tasks(fast.graph, target)
     assert task.kind == "fused_inverted_residual" and task.size() > 1  # band height x column tiles, tunable
+    assert sum(1 for _ in task.points()) == task.size()  # every combination replays (one-row bands too)
 
 
 def test_blocks_in_a_model_compile_fused_between_other_ops():
