@@ -72,8 +72,8 @@ def pack(folder: Path) -> None:
     if not plain.is_file():
         return
     partial = packed.with_suffix(".partial")
-    with gzip.open(partial, "wb", compresslevel=6) as out:
-        out.write(plain.read_bytes())
+    with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+        out.write(plain.read_bytes())  # mtime 0: the same records pack to the same bytes (no spurious diffs)
     os.replace(partial, packed)
     plain.unlink()
 
