@@ -49,3 +49,30 @@ def test_bad_model_spec_is_a_clear_error(capsys):
 def test_dump_timm_resnet18(tmp_path):
     assert main(["dump", "timm:resnet18", "--after-each-pass", str(tmp_path), "-o", str(tmp_path / "final.ir")]) == 0
     assert (tmp_path / "000_capture.ir").read_text().count("conv2d(") == 20
+
+
+def test_calibrate_from_logs_refits_from_lowering_times(tmp_path, capsys, monkeypatch):
+    import json
+
+    from convopt.cost.model import predict
+    from convopt.cost.profile import load_profile
+    from convopt.schedules.conv_spec import ConvSpec
+    from convopt.target import resolve_target
+    from convopt.tuning.lowering_times import FORMAT, TIMES
+    from convopt.tuning.records import records_dir
+
+    target = resolve_target("cpu")
+    profile = load_profile(target)
+    specs = [ConvSpec(1, c, 28, 28, c, (3, 3), padding=(1, 1)) for c in (16, 32, 48)]
+    convs = {s.key(): {"direct": {"relu": {"default_us": 2e6 * predict("direct", s, profile, target.lanes),
+                                           "best_us": 1.0, "trials": 3}}} for s in specs}
+    folder = records_dir(target, tmp_path / "logs")
+    folder.mkdir(parents=True)
+    (folder / TIMES).write_text(json.dumps({"format": FORMAT, "target": target.key, "convs": convs}))
+    out = tmp_path / "profile.json"
+    assert main(["calibrate", "--from-logs", str(tmp_path / "logs"), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 measurements" in printed and "direct" in printed
+    refitted = json.loads(out.read_text())["coefficients"]["direct"]
+    assert refitted["flops"] == pytest.approx(2 * profile.coefficients["direct"]["flops"], rel=1e-6)
+    assert main(["calibrate", "--from-logs", str(tmp_path / "empty")]) == 1  # nothing to fit: says so

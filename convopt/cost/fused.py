@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schedules.fused_block import InvertedResidual, band_rows
+from ..schedules.fused_block import InvertedResidual, band_rows, round_up
 from .formulas import F32
 from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
 from .profile import FEATURES, MachineProfile
@@ -28,16 +28,12 @@ from .profile import FEATURES, MachineProfile
 KEY = "fused_inverted_residual"
 
 
-def _round_up(v: int, m: int) -> int:
-    return (v + m - 1) // m * m
-
-
 def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str, float]:
     """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
     e, d = block.expand, block.depthwise
     n, C, O = e.batch, e.in_channels, block.out_channels
-    Ep = _round_up(e.out_channels, lanes)
-    Op = _round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
+    Ep = round_up(e.out_channels, lanes)
+    Op = round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
     k, s = d.kernel[0], d.stride[0]
     th = band_rows(block, lanes, cores)
     bands = -(-d.out_height // th)

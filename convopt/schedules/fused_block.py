@@ -79,7 +79,8 @@ def supports(block) -> str | None:
     return None
 
 
-def _round_up(v: int, m: int) -> int:
+def round_up(v: int, m: int) -> int:
+    """``v`` rounded up to a multiple of ``m`` (channels to whole vectors)."""
     return (v + m - 1) // m * m
 
 
@@ -88,7 +89,7 @@ def prepare_weights(block, w1: np.ndarray, b1, w2: np.ndarray, b2, w3: np.ndarra
     """The kernel's constants [w1 [C, E'], b1 [E'], w2 [k, k, E'], b2 [E'], w3 [E', O'], b3 [O']] from the
     convs' OIHW weights and biases (None: no bias; no w3, b3 without a projection)."""
     C, E, O = block.expand.in_channels, block.expand.out_channels, block.out_channels
-    Ep, Op = _round_up(E, lanes), _round_up(O, lanes)
+    Ep, Op = round_up(E, lanes), round_up(O, lanes)
     k = block.depthwise.kernel[0]
 
     def padded(values, size):
@@ -158,7 +159,7 @@ def band_rows(block, lanes: int, cores: int = 1) -> int:
     """The default band height: among ``band_heights`` whose mid and dw buffers fit in ``L2_BUDGET`` and
     that leave a band for each core, the one computing the fewest expand rows in all (ceil(OH / th) bands
     of s th + k - s rows: the halo recomputed), the tallest of equals."""
-    Ep = _round_up(block.expand.out_channels, lanes)
+    Ep = round_up(block.expand.out_channels, lanes)
     k, s = block.depthwise.kernel[0], block.depthwise.stride[0]
     W = block.expand.width + k - 1
     OH, OW = block.depthwise.out_height, block.depthwise.out_width

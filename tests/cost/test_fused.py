@@ -1,0 +1,38 @@
+"""The fused block's cost terms and the decision's inputs: what the kernel computes (halo, padded channels),
+the bytes it moves, the relayout it forces on blocked neighbours, and no prediction without coefficients."""
+
+import pytest
+
+from convopt.cost.fused import KEY, boundary_relayout, fused_terms, predict_block, predict_unfused
+from convopt.schedules.fused_block import InvertedResidual, band_rows
+
+from .profiles import fixed_profile
+
+
+def test_the_terms_count_the_halo_and_the_padded_channels():
+    block = InvertedResidual.of(24, 144, 24, 56, 56, 3)  # residual, O = 24 padded to 32 lanes
+    th = band_rows(block, 16)
+    terms = fused_terms(block, 16)
+    bands = -(-56 // th)
+    expand = 2 * 144 * 24 * bands * (th + 2) * 58
+    assert terms["flops"] == expand + 2 * 144 * 9 * 56 * 56 + 2 * 144 * 32 * 56 * 56
+    assert terms["bytes"] == 4 * (24 * 56 * 56 + 2 * 24 * 56 * 56 + 24 * 144 + 9 * 144 + 144 * 32 + 2 * 144 + 32)
+    partial = InvertedResidual.of(24, 144, None, 56, 56, 3)  # up to a squeeze-excite: no projection
+    assert fused_terms(partial, 16)["flops"] < terms["flops"] and fused_terms(partial, 16)["outputs"] == 144 * 56 * 56
+
+
+def test_no_fused_coefficients_no_prediction():
+    profile = fixed_profile()
+    block = InvertedResidual.of(16, 64, 16, 28, 28, 3)
+    assert predict_block(block, profile, 16) is None
+    profile.coefficients[KEY] = {"flops": 1.0, "bytes": 1.0}
+    fused, unfused = predict_block(block, profile, 16)
+    assert fused > 0 and unfused == pytest.approx(predict_unfused(block, profile, 16))
+
+
+def test_blocked_neighbours_charge_the_fused_block_their_relayout():
+    profile = fixed_profile()
+    blocked_in_and_out = InvertedResidual.of(32, 128, 32, 28, 28, 3)
+    assert boundary_relayout(blocked_in_and_out, profile, 16) == pytest.approx(2 * 4 * 2 * 32 * 28 * 28 / profile.bandwidth)
+    assert boundary_relayout(InvertedResidual.of(24, 144, 24, 28, 28, 3), profile, 16) == 0  # 24: never blocked
+    assert boundary_relayout(InvertedResidual.of(24, 144, 24, 28, 28, 3), profile, 8) > 0  # 8 lanes: it is
