@@ -380,7 +380,7 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
 
 
 def _alternatives(graph, captured, target: Target, lowering: dict[str, str] | None, tasks: list[Task],
-                  margin: float) -> list[tuple[Task, Any]]:
+                  margin: float, fuse_blocks=True) -> list[tuple[Task, Any]]:
     """(task, its graph) for the kernels of the lowerings each conv of ``graph`` could also run: those the cost
     model predicts within ``margin`` of its best, each forced on the convs it is near the best for in one
     more run of the pipeline over ``captured``. Convs the user forced a lowering on are left alone; kernels
@@ -402,7 +402,8 @@ def _alternatives(graph, captured, target: Target, lowering: dict[str, str] | No
     names = {t.name for t in tasks}
     found = []
     for other, nodes in sorted(overrides.items()):
-        alternative, _ = run_passes(captured, build("inference", target, lowering={**forced, **nodes}))
+        alternative, _ = run_passes(captured, build("inference", target, lowering={**forced, **nodes},
+                                                    fuse_blocks=fuse_blocks))
         for task in extract_tasks(alternative, target):
             digest = tvm_ffi.structural_hash(task.workload)
             if task.kind != other or not set(task.nodes) <= set(nodes) or digest in seen:
@@ -431,7 +432,8 @@ def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict
 def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, trials: int | None = None,
          time_budget: str | float | None = None, log_dir: str | Path | None = None, rpc: str | None = None,
          lowering: str | dict[str, str] | None = None, lowering_margin: float = MEASURE_MARGIN,
-         progress: bool = True, measure_end_to_end: bool = True) -> TuningSummary:
+         fuse_blocks: bool | dict[str, bool] = True, progress: bool = True,
+         measure_end_to_end: bool = True) -> TuningSummary:
     """Tune the kernels of ``model`` on ``target`` (default "cpu") and keep the records under
     ``log_dir/<target key>/`` (default ./tuning_logs); optimize() applies them afterwards (give it
     ``tuning_logs=log_dir`` when that is not ./tuning_logs or $CONVOPT_TUNING_LOGS).
@@ -441,7 +443,8 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     TVM RPC tracker to measure on; lowering: as in optimize() (a record applies to the graph it was tuned
     for: optimize with the same lowering); lowering_margin: the lowerings predicted within this factor of
     each conv's best are tuned too, and optimize() runs the fastest measured (1: none; a large factor: every
-    lowering that can run the conv). A job started again on the same model resumes.
+    lowering that can run the conv); fuse_blocks: as in optimize() (the fused kernels are tasks too). A job
+    started again on the same model resumes.
     """
     from ..capture import as_args
     from ..optimize import optimize
@@ -453,7 +456,8 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     budget_s = parse_duration(time_budget)
     start = time.perf_counter()
     args = as_args(example_inputs)
-    fast = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=False)
+    fast = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=False,
+                    fuse_blocks=fuse_blocks)
     # through RPC the kernels run elsewhere: this machine's end-to-end time would say nothing about them
     measure_end_to_end = measure_end_to_end and target.runs_here and rpc is None
     untuned_ms = _time_module(fast, args) if measure_end_to_end else None
@@ -464,7 +468,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
         from ..capture import capture_program
 
         captured = capture_program(model, example_inputs, mode="inference").graph
-        alternatives = _alternatives(fast.graph, captured, target, lowering, tasks, lowering_margin)
+        alternatives = _alternatives(fast.graph, captured, target, lowering, tasks, lowering_margin, fuse_blocks)
         for task, graph in alternatives:
             tasks.append(task)
             graphs[task.name] = graph
@@ -488,7 +492,8 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
                             alternatives=len(alternatives))
     if measure_end_to_end:
         # both again, alternately (the machine's load drifts during a job), best round of each
-        tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root)
+        tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root,
+                         fuse_blocks=fuse_blocks)
         rounds = [(_time_module(fast, args), _time_module(tuned, args)) for _ in range(3)]
         summary.untuned_ms = min(r[0] for r in rounds)
         summary.tuned_ms = min(r[1] for r in rounds)
@@ -499,7 +504,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
             from ..optimize import _measured_lowerings
             from ..pipeline import build, run_passes
 
-            chosen, _ = run_passes(captured, build("inference", target, lowering=lowering,
+            chosen, _ = run_passes(captured, build("inference", target, lowering=lowering, fuse_blocks=fuse_blocks,
                                                    measured=_measured_lowerings(target, log_root)))
     pack(folder)
     before = fast.graph.node_map

@@ -170,3 +170,17 @@ def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny
     changes = {(node, new) for node, _, new in summary.lowering_changes}
     assert changes == {(n.name, n.attrs.lowering) for n in fast.graph.nodes if n.op is Op.CONV2D
                        and n.attrs.lowering != untuned.graph.node_map[n.name].attrs.lowering}
+
+
+def test_a_fused_block_is_a_task_and_its_record_applies(tmp_path):
+    from tests.passes.test_fuse_blocks import InvertedResidual
+
+    torch.manual_seed(0)
+    model, x = InvertedResidual(16, 64, 16).eval(), torch.randn(1, 16, 14, 14)
+    force = {"conv_pw": True}
+    summary = tune(model, x, trials=6, log_dir=tmp_path, fuse_blocks=force, progress=False, measure_end_to_end=False)
+    (task,) = [t for t in summary.tasks if t.kind == "fused_inverted_residual"]
+    assert task.trials > 1
+    fast = convopt.optimize(model, x, tuning_logs=tmp_path, fuse_blocks=force)  # checks against eager
+    (row,) = fast.tuning.values()
+    assert row["status"] in ("tuned", "default") and row["default_us"] > 0
