@@ -96,13 +96,14 @@ def main() -> int:
         predicted = predict_block(block, profile, target.lanes)
         specs = [spec for spec in (block.expand, block.depthwise, block.project) if spec is not None]
         unfused_bytes = sum(evaluate("direct", spec, target.lanes)["bytes"] for spec in specs)
-        terms = fused_terms(block, target.lanes, target.cores)
+        l2 = target.caches.get("L2", 1 << 20)
+        terms = fused_terms(block, target.lanes, target.cores, l2)
         halo = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
         e, d = block.expand, block.depthwise
         end = f"->{block.project.out_channels}" if block.project is not None else " (to the SE)"
         rows.append((f"{e.in_channels}->{e.out_channels}{end} k{d.kernel[0]} s{d.stride[0]} "
                      f"@{e.height}{' +x' if block.residual else ''}", times["unfused"], times["fused"],
-                     predicted, unfused_bytes, terms["bytes"], halo, band_rows(block, target.lanes, target.cores)))
+                     predicted, unfused_bytes, terms["bytes"], halo, band_rows(block, target.lanes, target.cores, l2)))
         print(rows[-1], flush=True)
     cpu = platform.processor() or "cpu"
     lines = [f"# Block fusion, block by block: {args.model}", "",

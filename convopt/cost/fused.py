@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schedules.fused_block import InvertedResidual, band_rows, round_up
+from ..schedules.fused_block import L2_BUDGET, InvertedResidual, band_rows, round_up
 from .formulas import F32
 from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
 from .profile import FEATURES, MachineProfile
@@ -28,14 +28,15 @@ from .profile import FEATURES, MachineProfile
 KEY = "fused_inverted_residual"
 
 
-def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str, float]:
+def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1, l2_bytes: int = 2 * L2_BUDGET
+                ) -> dict[str, float]:
     """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
     e, d = block.expand, block.depthwise
     n, C, O = e.batch, e.in_channels, block.out_channels
     Ep = round_up(e.out_channels, lanes)
     Op = round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
     k, s = d.kernel[0], d.stride[0]
-    th = band_rows(block, lanes, cores)
+    th = band_rows(block, lanes, cores, l2_bytes)
     bands = -(-d.out_height // th)
     mid_rows = bands * (s * th + k - s)  # expand rows computed: each band's rows and its halo
     outputs = n * O * d.out_height * d.out_width
@@ -47,7 +48,7 @@ def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str
 
 
 def fused_features(block: InvertedResidual, profile: MachineProfile, lanes: int) -> np.ndarray:
-    terms = fused_terms(block, lanes, profile.cores)
+    terms = fused_terms(block, lanes, profile.cores, profile.caches.get("L2", 2 * L2_BUDGET))
     scale = {"flops": 1 / profile.peak_flops, "bytes": 1 / profile.bandwidth, "outputs": OUTPUT_UNIT,
              "calls": CALL_UNIT}
     return np.array([terms.get(f, 0.0) * scale.get(f, 0.0) for f in FEATURES])

@@ -67,7 +67,7 @@ class InvertedResidual:
 
 SUPPORTED_ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "gelu", "gelu_tanh")  # each maps 0 to 0
 CHANNEL_VECTORS = 1  # channel vectors per register tile of the 1x1 stages (with rx columns: the accumulators)
-L2_BUDGET = 512 * 1024  # bytes of band buffers the default band height aims at (half a Zen 4 / Xeon L2)
+L2_BUDGET = 512 * 1024  # band buffer bytes when the L2 size is not known (half a 1 MB L2: Zen 4, Xeon)
 
 
 def supports(block) -> str | None:
@@ -155,17 +155,18 @@ def band_heights(OH: int) -> list[int]:
     return sorted({d for d in range(1, OH + 1) if OH % d == 0} | {c for c in (1, 2, 4, 8, 16) if c <= OH})
 
 
-def band_rows(block, lanes: int, cores: int = 1) -> int:
-    """The default band height: among ``band_heights`` whose mid and dw buffers fit in ``L2_BUDGET`` and
-    that leave a band for each core, the one computing the fewest expand rows in all (ceil(OH / th) bands
-    of s th + k - s rows: the halo recomputed), the tallest of equals."""
+def band_rows(block, lanes: int, cores: int = 1, l2_bytes: int = 2 * L2_BUDGET) -> int:
+    """The default band height: among ``band_heights`` whose mid and dw buffers fit in half the L2
+    (``l2_bytes`` per core: the target's, or the machine profile's measured size) and that leave a band for
+    each core, the one computing the fewest expand rows in all (ceil(OH / th) bands of s th + k - s rows: the
+    halo recomputed), the tallest of equals."""
     Ep = round_up(block.expand.out_channels, lanes)
     k, s = block.depthwise.kernel[0], block.depthwise.stride[0]
     W = block.expand.width + k - 1
     OH, OW = block.depthwise.out_height, block.depthwise.out_width
 
     def fits(th):
-        return 4 * Ep * ((s * th + k - s) * W + th * OW) <= L2_BUDGET and -(-OH // th) >= min(cores, OH)
+        return 4 * Ep * ((s * th + k - s) * W + th * OW) <= l2_bytes // 2 and -(-OH // th) >= min(cores, OH)
 
     candidates = [th for th in band_heights(OH) if fits(th)] or [1]
     return min(candidates, key=lambda th: (-(-OH // th) * (s * th + k - s), -th))
@@ -183,7 +184,8 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target, *, bloc
     n, o, y, x = sch.get_loops(g("block_out"))
     OH = int(sch.get(y).extent)
     OW = int(sch.get(x).extent)
-    th_default = band_rows(block, lanes, target.cores) if block is not None else min(4, OH)
+    l2 = target.caches.get("L2", 2 * L2_BUDGET)
+    th_default = band_rows(block, lanes, target.cores, l2) if block is not None else min(4, OH)
     yo, yi = sch.split(y, [None, sample(sch, band_heights(OH), th_default)])
     sch.reorder(n, yo, o, yi, x)
     band = sch.fuse(n, yo)

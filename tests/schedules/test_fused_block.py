@@ -84,6 +84,8 @@ def test_band_rows_fit_the_buffers_in_the_budget_and_the_space_defaults_to_them(
     assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16) == 7  # 4 bands of 9 rows: 36 expand rows
     assert band_bytes(7, 192, 28) <= L2_BUDGET < band_bytes(14, 192, 28)
     assert band_rows(Block.of(96, 576, 96, 56, 56, 3), 16) == 1  # nothing taller fits: one row at a time
+    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16, l2_bytes=2 << 20) == 14  # a 2 MB L2: the whole map
+    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16, l2_bytes=512 << 10) == 4  # 256 KB of buffers
     from convopt.tuning.tasks import extract_tasks
 
     model = _randomize(InvertedResidual())
