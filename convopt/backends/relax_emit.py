@@ -274,11 +274,13 @@ EMITTERS[Op.TORCH] = _torch  # the ATen ops in aten_emit.ATEN_EMITTERS
 
 def _unfused(ctx, n: Node, x):
     """A fused block where convopt's fused kernel doesn't run (a target without it): its body, node by node."""
+    body = n.attrs.body
+    inner_ctx = EmitContext(ctx.graph.replace(nodes=(*ctx.graph.nodes, *body)), ctx.bb)  # the body's types too
     env = dict(zip(n.inputs, x))  # NCHW: block_layout keeps a fused block's values unblocked
-    for inner in n.attrs.body:
-        env[inner.name] = ctx.bb.emit(EMITTERS[inner.op](ctx, inner, [None if i is None else env[i]
-                                                                      for i in inner.inputs]))
-    return env[n.attrs.body[-1].name]
+    for inner in body:
+        env[inner.name] = ctx.bb.emit(EMITTERS[inner.op](inner_ctx, inner, [None if i is None else env[i]
+                                                                            for i in inner.inputs]))
+    return env[body[-1].name]
 
 
 EMITTERS[Op.FUSED_BLOCK] = _unfused

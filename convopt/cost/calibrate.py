@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from ..schedules.conv_spec import ConvSpec
+from ..schedules.fused_block import InvertedResidual, build as build_fused
 from ..schedules.kernel import build_kernel
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
+from .fused import KEY as FUSED_KEY, fused_features
 from .model import BLOCKED, coefficients_key, feature_vector, fit_coefficients, fit_scale, predict
 from .profile import FEATURES, MachineProfile
 
@@ -269,8 +271,6 @@ def refit_from_measurements(profile: MachineProfile, lanes: int, measurements: I
 
 
 def _block(C, E, O, hw, k=3, stride=1):
-    from ..schedules.fused_block import InvertedResidual
-
     return InvertedResidual.of(C, E, O, hw, hw, k, stride)
 
 
@@ -285,16 +285,14 @@ FUSED_SHAPES = (
 def calibrate_fused(profile: MachineProfile, target: Target, *, blocks=FUSED_SHAPES,
                     progress: Callable[[str], None] | None = None) -> MachineProfile:
     """The profile with the fused block kernel's coefficients (cost/fused.py) fitted to its measured times."""
-    from ..schedules.fused_block import build
-    from .fused import KEY, fused_features
 
     rows = []
     for block in blocks:
-        seconds = time_interleaved({"fused": build(block, target)}, rounds=9)["fused"]
+        seconds = time_interleaved({"fused": build_fused(block, target)}, rounds=9)["fused"]
         if progress:
             e, d = block.expand, block.depthwise
-            progress(f"{KEY} {e.in_channels}->{e.out_channels}->{block.project.out_channels} k{d.kernel[0]} "
+            progress(f"{FUSED_KEY} {e.in_channels}->{e.out_channels}->{block.project.out_channels} k{d.kernel[0]} "
                      f"s{d.stride[0]} @{e.height}x{e.width} {seconds * 1e3:9.3f} ms")
         rows.append((fused_features(block, profile, target.lanes), seconds))
     features, seconds = (np.array(v) for v in zip(*rows))
-    return replace(profile, coefficients={**profile.coefficients, KEY: fit_coefficients(features, seconds)})
+    return replace(profile, coefficients={**profile.coefficients, FUSED_KEY: fit_coefficients(features, seconds)})

@@ -106,3 +106,17 @@ def test_blocks_in_a_model_compile_fused_between_other_ops():
     assert [n.attrs.kind for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK] == ["inverted_residual"] * 2
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+def test_a_target_without_the_fused_kernel_builds_the_body_unfused():
+    """CUDA has no fused kernel yet: a graph with a fused block (fused for the CPU) still compiles there."""
+    from convopt.backends.tvm_backend import compile_graph
+    from tests.conftest import cuda_sources
+
+    model = _randomize(InvertedResidual())
+    graph = convopt.optimize(model, torch.randn(1, 16, 14, 14), tuning_logs=False, fuse_blocks={"conv_pw": True},
+                             check=False).graph
+    assert any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
+    executable, kernels, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}))
+    assert not any(k["lowering"].startswith("fused") for k in kernels.values())  # TVM's own kernels, unfused
+    assert sum("conv2d" in name for name in kernels) == 3 and any("__global__" in s for s in cuda_sources(executable))
