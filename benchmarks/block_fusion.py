@@ -70,7 +70,7 @@ def main() -> int:
     from convopt.cost.profile import load_profile
     from convopt.passes.fuse_blocks import match_blocks
     from convopt.pipeline import build, run_passes
-    from convopt.schedules.fused_block import band_rows
+    from convopt.schedules.fused_block import default_bands
     from convopt.target import resolve_target
 
     target = resolve_target("cpu")
@@ -96,14 +96,13 @@ def main() -> int:
         predicted = predict_block(block, profile, target.lanes)
         specs = [spec for spec in (block.expand, block.depthwise, block.project) if spec is not None]
         unfused_bytes = sum(evaluate("direct", spec, target.lanes)["bytes"] for spec in specs)
-        l2 = target.caches.get("L2", 1 << 20)
-        terms = fused_terms(block, target.lanes, target.cores, l2)
+        terms = fused_terms(block, target.lanes, target.cores)
         halo = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
         e, d = block.expand, block.depthwise
         end = f"->{block.project.out_channels}" if block.project is not None else " (to the SE)"
         rows.append((f"{e.in_channels}->{e.out_channels}{end} k{d.kernel[0]} s{d.stride[0]} "
                      f"@{e.height}{' +x' if block.residual else ''}", times["unfused"], times["fused"],
-                     predicted, unfused_bytes, terms["bytes"], halo, band_rows(block, target.lanes, target.cores, l2)))
+                     predicted, unfused_bytes, terms["bytes"], halo, default_bands(block, target.cores)))
         print(rows[-1], flush=True)
     cpu = platform.processor() or "cpu"
     lines = [f"# Block fusion, block by block: {args.model}", "",
@@ -111,7 +110,7 @@ def main() -> int:
              "compiled by convopt from the same one-block module, untuned, timed interleaved in one process "
              "(best of 9 rounds). Predicted: cost/fused.py (fused) and cost/model.py (unfused).", "",
              "| block | unfused us | fused us | unfused / fused | predicted unfused / fused us | unfused MB | "
-             "fused MB | extra FLOPs (halo, padded channels) per expand FLOP | band rows |",
+             "fused MB | extra FLOPs (rows recomputed, padded channels) per expand FLOP | bands |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, t_unfused, t_fused, predicted, b_unfused, b_fused, halo, th in rows:
         pred = "-" if predicted is None else f"{predicted[1] * 1e6:.0f} / {predicted[0] * 1e6:.0f}"

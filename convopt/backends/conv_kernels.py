@@ -84,7 +84,7 @@ class KernelUse:
     call (a conv's direct FLOPs) and the IR nodes that call it."""
 
     kind: str
-    schedule: Callable
+    schedule: Callable | None  # None: written out already (the fused block kernel), nothing to schedule or tune
     flops: int
     nodes: list[str]
 
@@ -147,7 +147,7 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     return out
 
 
-def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int,
+def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int, cores: int,
                      kernels: dict[str, KernelUse]):
     """Emit fused block ``n`` (passes/fuse_blocks.py) as one call of the fused kernel (schedules/fused_block.py)."""
     from ..passes.fuse_blocks import describe
@@ -161,12 +161,18 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     convs = block.nodes[0:5:2]  # E, D[, P]
     arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in convs for i in (1, 2)]
     prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
-    out = bb.emit_te(lambda x, *w: fused_block.compute(nchw(x), *w, block=block), env[n.inputs[0]], *prepared,
-                     primfunc_name_hint=f"convopt_fused_{n.name}")
+    x = env[n.inputs[0]]
+    if graph.types[n.inputs[0]].layout:  # block_layout never blocks a fused block's input (only convs read blocks)
+        raise ValueError(f"{n.name}: the fused kernel reads NCHW, got {graph.types[n.inputs[0]]}")
+    # a hand-written PrimFunc (a ring buffer TE can't express); add_func shares it between equal blocks
+    func = fused_block.prim_func(block, lanes, fused_block.default_bands(block, cores))
+    d = block.depthwise
+    out_shape = (d.batch, block.out_channels, d.out_height, d.out_width)
+    gvar = bb.add_func(func, f"convopt_fused_{n.name}")
+    out = bb.emit(relax.call_tir(gvar, [x, *prepared], relax.TensorType(out_shape, "float32")))
     call = bb.lookup_binding(out)
     flops = 2 * sum(spec.macs for spec in (block.expand, block.depthwise, block.project) if spec is not None)
-    kernels.setdefault(call.args[0].name_hint, KernelUse(
-        "fused_" + block.kind, functools.partial(fused_block.schedule_cpu, block=block), flops, [])).nodes.append(
+    kernels.setdefault(call.args[0].name_hint, KernelUse("fused_" + block.kind, None, flops, [])).nodes.append(
         n.name)
     return out
 
@@ -190,7 +196,9 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
     (``convopt.tuning``: "tuned", "default" or "untuned", with the measured microseconds). Updates ``mod``."""
     for name, use in kernels.items():
         task = workload(mod, name)
-        if records is not None:
+        if use.schedule is None:
+            func, tuning = task["main"], None
+        elif records is not None:
             func, tuning = records.schedule(task, default_schedule(use, target), name)
         else:
             sch = tvm.s_tir.Schedule(task)

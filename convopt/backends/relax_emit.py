@@ -367,7 +367,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.op is Op.FUSED_BLOCK:
-                    env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, kernels)
+                    env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, target.cores, kernels)
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
                 elif own_kernels and n.name in plans:

@@ -17,7 +17,7 @@ of transformed weights make it 1.4x slower than F(2x2)).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -180,7 +180,8 @@ def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvS
             coefficients[name] = {f: scale * base.get(f, 0.0) for f in FEATURES}
         else:
             coefficients[name] = fit_coefficients(features, seconds)
-    return replace(profile, coefficients=coefficients, calibrated_on=f"{profile.cpu} ({target.key})"), records
+    return profile.with_fitted(coefficients, [name for name, measured in rows.items() if measured],
+                               calibrated_on=f"{profile.cpu} ({target.key})"), records
 
 
 MIN_POINTS = 3  # measurements a variant needs before its coefficients are refitted
@@ -257,7 +258,7 @@ def refit_from_measurements(profile: MachineProfile, lanes: int, measurements: I
         old = np.array([predictor(profile)(spec, name) for spec, _, _ in points])
         scales[name] = fit_scale(old, np.array([s for _, _, s in points]))
         coefficients[name] = {f: scales[name] * v for f, v in profile.coefficients[own].items()}
-    refitted = replace(profile, coefficients=coefficients)
+    refitted = profile.with_fitted(coefficients, scales)
     refits = [Refit(name, len(points), scales.get(name, 1.0), median_error(profile, points),
                     median_error(refitted, points)) for name, points in sorted(by_variant.items())
               if name.removesuffix(BLOCKED) in profile.coefficients]
@@ -295,4 +296,4 @@ def calibrate_fused(profile: MachineProfile, target: Target, *, blocks=FUSED_SHA
                      f"s{d.stride[0]} @{e.height}x{e.width} {seconds * 1e3:9.3f} ms")
         rows.append((fused_features(block, profile, target.lanes), seconds))
     features, seconds = (np.array(v) for v in zip(*rows))
-    return replace(profile, coefficients={**profile.coefficients, FUSED_KEY: fit_coefficients(features, seconds)})
+    return profile.with_fitted({**profile.coefficients, FUSED_KEY: fit_coefficients(features, seconds)}, [FUSED_KEY])

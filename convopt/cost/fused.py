@@ -4,12 +4,12 @@ run as separate kernels, for the fuse_blocks pass to decide per block:
     t_fused   = a_f * flops_f / peak + a_b * bytes_f / bandwidth + a_o * outputs * 1 ns + a_c * 1 us
     t_unfused = sum over its three convs of the fastest lowering's prediction (cost/model.py)
 
-flops_f counts what the fused kernel computes: the expand conv over the padded map and again over each
-band's halo rows (band height from ``fused_block.band_rows``, the rule the schedule uses, so a prediction
+flops_f counts what the fused kernel computes: the expand conv over the map's rows, a band's first k - s
+rows twice (band count from ``fused_block.default_bands``, the rule the kernel uses, so a prediction
 describes the code that runs), and the channels rounded up to the SIMD width. bytes_f is what it moves
 from memory: input, output (and the residual it reads), weights; its intermediates stay in cache by design.
 The unfused convs' predictions include their intermediates' traffic, so the difference is the bytes saved
-against the halo recomputed. A fused block reads and writes NCHW: where its neighbours would otherwise
+against the rows recomputed. A fused block reads and writes NCHW: where its neighbours would otherwise
 exchange channel-blocked tensors with it, the relayout it forces on them is charged to it
 (``boundary_relayout``). The coefficients a are fitted by ``convopt calibrate`` on generic blocks
 (cost/calibrate.FUSED_SHAPES) under the key "fused_inverted_residual"; a profile without them predicts
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schedules.fused_block import L2_BUDGET, InvertedResidual, band_rows, round_up
+from ..schedules.fused_block import InvertedResidual, default_bands, round_up
 from .formulas import F32
 from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
 from .profile import FEATURES, MachineProfile
@@ -28,27 +28,33 @@ from .profile import FEATURES, MachineProfile
 KEY = "fused_inverted_residual"
 
 
-def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1, l2_bytes: int = 2 * L2_BUDGET
-                ) -> dict[str, float]:
+def expand_rows(block: InvertedResidual, bands: int) -> int:
+    """Input rows the fused kernel's expand stage computes per image: each band's rows of the map once, its
+    first k - s rows again where the band above computed them too (fused_block.prim_func's ring)."""
+    d = block.depthwise
+    k, s, p, H, OH = d.kernel[0], d.stride[0], d.padding[0], block.expand.height, d.out_height
+    th = -(-OH // bands)
+    return sum(len(range(max(p, b * th * s), min(H + p, (min(OH, b * th + th) - 1) * s + k)))
+               for b in range(-(-OH // th)))
+
+
+def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str, float]:
     """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
     e, d = block.expand, block.depthwise
     n, C, O = e.batch, e.in_channels, block.out_channels
     Ep = round_up(e.out_channels, lanes)
     Op = round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
-    k, s = d.kernel[0], d.stride[0]
-    th = band_rows(block, lanes, cores, l2_bytes)
-    bands = -(-d.out_height // th)
-    mid_rows = bands * (s * th + k - s)  # expand rows computed: each band's rows and its halo
+    k = d.kernel[0]
     outputs = n * O * d.out_height * d.out_width
-    flops = 2 * n * (Ep * C * mid_rows * (e.width + k - 1) + Ep * k * k * d.out_height * d.out_width
-                     + Ep * Op * d.out_height * d.out_width)
+    flops = 2 * n * (Ep * C * expand_rows(block, default_bands(block, cores)) * e.width
+                     + Ep * k * k * d.out_height * d.out_width + Ep * Op * d.out_height * d.out_width)
     weights = C * Ep + k * k * Ep + Ep * Op + 2 * Ep + Op
     bytes_ = F32 * (n * C * e.height * e.width + outputs * (2 if block.residual else 1) + weights)
     return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
 
 
 def fused_features(block: InvertedResidual, profile: MachineProfile, lanes: int) -> np.ndarray:
-    terms = fused_terms(block, lanes, profile.cores, profile.caches.get("L2", 2 * L2_BUDGET))
+    terms = fused_terms(block, lanes, profile.cores)
     scale = {"flops": 1 / profile.peak_flops, "bytes": 1 / profile.bandwidth, "outputs": OUTPUT_UNIT,
              "calls": CALL_UNIT}
     return np.array([terms.get(f, 0.0) * scale.get(f, 0.0) for f in FEATURES])

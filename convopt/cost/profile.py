@@ -46,6 +46,14 @@ class MachineProfile:
     coefficients: dict[str, dict[str, float]] = field(default_factory=dict)
     calibrated_on: str = ""  # the CPU and target key the coefficients were fitted on
     target_key: str = ""  # the Target this profile describes
+    # coefficient keys `convopt calibrate` fitted on this machine: a cached profile keeps those and takes the
+    # others from the shipped profile, so a newer convopt's fit (a kernel that changed) reaches old caches
+    fitted_here: tuple[str, ...] = ()
+
+    def with_fitted(self, coefficients: dict[str, dict[str, float]], names, **changes) -> "MachineProfile":
+        """This profile with ``coefficients``, the keys ``names`` marked as fitted on this machine."""
+        return replace(self, coefficients=coefficients, fitted_here=tuple(sorted({*self.fitted_here, *names})),
+                       **changes)
 
     def to_json(self) -> str:
         return json.dumps({"format": PROFILE_FORMAT, **asdict(self)}, indent=2, sort_keys=True)
@@ -56,7 +64,7 @@ class MachineProfile:
             data = json.loads(text)
             if data.pop("format", None) != PROFILE_FORMAT:
                 raise ValueError(f"not a {PROFILE_FORMAT} file")
-            profile = cls(**data)
+            profile = cls(**{**data, "fitted_here": tuple(data.get("fitted_here", ()))})
             if profile.peak_flops <= 0 or profile.bandwidth <= 0:
                 raise ValueError("peak_flops and bandwidth must be positive")
             for name, coefs in profile.coefficients.items():
@@ -141,8 +149,10 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
     shipped = nearest_shipped(target)
     if path.is_file() and not refresh:
         cached = MachineProfile.from_json(path.read_text(), str(path))
-        # coefficients a newer convopt ships (e.g. a new lowering) join those cached before it existed
-        return replace(cached, coefficients={**shipped.coefficients, **cached.coefficients})
+        # the shipped coefficients, except those `convopt calibrate` fitted here: a newer convopt's (a new
+        # lowering, a kernel rewritten) replace the copies an older one cached
+        fitted = {name: cached.coefficients[name] for name in cached.fitted_here if name in cached.coefficients}
+        return replace(cached, coefficients={**shipped.coefficients, **fitted})
     if shipped.target_key != target.key and target.key not in _warned:
         _warned.add(target.key)
         warnings.warn(f"convopt's cost model has no profile for target {target.key}; using the coefficients "

@@ -86,7 +86,8 @@ def _choices(trace) -> list[tuple[object, int, int]]:
 
 def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     """The tasks of ``graph`` (after the pass pipeline, with its lowerings and layouts) on ``target``, in
-    the order of the module. Empty for targets where convopt emits no kernels of its own (CUDA)."""
+    the order of the module. Empty for targets where convopt emits no kernels of its own (CUDA); kernels
+    written out without a schedule (the fused block kernel) have no design space and are not tasks."""
     mod, kernels = emit(graph, target)
     return [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
-                 default_schedule(use, target)) for name, use in kernels.items()]
+                 default_schedule(use, target)) for name, use in kernels.items() if use.schedule is not None]

@@ -1,20 +1,21 @@
-"""The fused block's cost terms and the decision's inputs: what the kernel computes (halo, padded channels),
+"""The fused block's cost terms and the decision's inputs: what the kernel computes (rows recomputed, padded channels),
 the bytes it moves, the relayout it forces on blocked neighbours, and no prediction without coefficients."""
 
 import pytest
 
-from convopt.cost.fused import KEY, boundary_relayout, fused_terms, predict_block, predict_unfused
-from convopt.schedules.fused_block import InvertedResidual, band_rows
+from convopt.cost.fused import KEY, boundary_relayout, expand_rows, fused_terms, predict_block, predict_unfused
+from convopt.schedules.fused_block import InvertedResidual
 
 from .profiles import fixed_profile
 
 
-def test_the_terms_count_the_halo_and_the_padded_channels():
+def test_the_terms_count_the_rows_recomputed_and_the_padded_channels():
     block = InvertedResidual.of(24, 144, 24, 56, 56, 3)  # residual, O = 24 padded to 32 lanes
-    th = band_rows(block, 16)
-    terms = fused_terms(block, 16)
-    bands = -(-56 // th)
-    expand = 2 * 144 * 24 * bands * (th + 2) * 58
+    assert expand_rows(block, 1) == 56  # one band: each row of the map once, none of the padding
+    assert expand_rows(block, 2) == 58  # two bands of 28 rows: the second recomputes the first's last 2
+    assert expand_rows(InvertedResidual.of(16, 96, 24, 112, 112, 3, 2), 2) == 113  # stride 2: 1 row again
+    terms = fused_terms(block, 16, cores=2)
+    expand = 2 * 144 * 24 * 58 * 56
     assert terms["flops"] == expand + 2 * 144 * 9 * 56 * 56 + 2 * 144 * 32 * 56 * 56
     assert terms["bytes"] == 4 * (24 * 56 * 56 + 2 * 24 * 56 * 56 + 24 * 144 + 9 * 144 + 144 * 32 + 2 * 144 + 32)
     partial = InvertedResidual.of(24, 144, None, 56, 56, 3)  # up to a squeeze-excite: no projection

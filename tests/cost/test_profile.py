@@ -73,17 +73,20 @@ def test_shipped_profiles_are_valid_complete_and_named_by_their_key():
     assert any(set(p.coefficients) >= set(LOWERINGS) for p in shipped.values())
 
 
-def test_a_cached_profile_gains_the_coefficients_shipped_after_it_was_cached(tmp_path, monkeypatch):
+def test_a_cached_profile_keeps_what_was_fitted_here_and_takes_the_rest_from_the_shipped_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVOPT_CACHE_DIR", str(tmp_path))
     shipped = prof.nearest_shipped(HOST).coefficients
     new = "winograd4"  # as if convopt had shipped its coefficients after this cache was written
     old = fixed_profile()
     del old.coefficients[new]
-    old.coefficients["direct"] = {"flops": 9.0}  # a local calibration
+    old = old.with_fitted({**old.coefficients, "direct": {"flops": 9.0}}, ["direct"])  # a local calibration
+    old.coefficients["im2win"] = {"flops": 7.0}  # a copy of an older convopt's shipped fit (its kernel changed)
     prof.save_profile(old, prof.profile_path(HOST))
     loaded = load_profile(HOST)
     assert loaded.coefficients["direct"] == {"flops": 9.0}  # what this machine measured wins
     assert loaded.coefficients[new] == shipped[new]
+    assert loaded.coefficients["im2win"] == shipped["im2win"]  # the stale copy is replaced
+    assert loaded.fitted_here == ("direct",) and load_profile(HOST).fitted_here == ("direct",)  # round trip
 
 
 AVX2_ZEN3 = resolve_target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})

@@ -10,7 +10,7 @@ import convopt
 from convopt.ir import Op
 from convopt.numerics import relative_error
 from convopt.schedules.fused_block import InvertedResidual as Block
-from convopt.schedules.fused_block import band_rows
+from convopt.schedules.fused_block import column_tile, default_bands
 from convopt.target import resolve_target
 
 from ..passes.test_fuse_blocks import InvertedResidual
@@ -73,28 +73,24 @@ def test_without_a_fused_prediction_nothing_is_fused_and_false_turns_it_off():
     assert all(n.op is not Op.FUSED_BLOCK for n in skipped.graph.nodes)
 
 
-def test_band_rows_fit_the_buffers_in_the_budget_and_the_space_defaults_to_them():
-    from convopt.schedules.fused_block import L2_BUDGET
+def test_a_band_per_core_left_after_the_batch_and_tiles_that_fit_the_registers():
+    assert default_bands(Block.of(16, 64, 16, 14, 14, 3), cores=1) == 1  # one band: no row computed twice
+    assert default_bands(Block.of(16, 64, 16, 14, 14, 3), cores=2) == 2
+    assert default_bands(Block.of(16, 64, 16, 14, 14, 3, batch=2), cores=2) == 1  # an image per core
+    assert default_bands(Block.of(16, 64, 16, 3, 3, 3), cores=8) == 3  # at most a band per output row
+    assert column_tile(56, 16) == 8 and column_tile(14, 16) == 7 and column_tile(13, 16) == 8  # ragged tail
+    assert column_tile(56, 8) == 4 and column_tile(30, 8) == 6  # AVX2: 16 registers, 6 accumulators at most
 
-    def band_bytes(th, e, w):  # mid rows (th + 2 for a 3x3) and dw rows of e channels, w columns
-        return 4 * e * ((th + 2) * (w + 2) + th * w)
 
-    assert band_rows(Block.of(16, 64, 16, 14, 14, 3), 16) == 14  # the whole map: no halo
-    assert band_rows(Block.of(16, 64, 16, 14, 14, 3), 16, cores=2) == 7  # a band per core
-    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16) == 7  # 4 bands of 9 rows: 36 expand rows
-    assert band_bytes(7, 192, 28) <= L2_BUDGET < band_bytes(14, 192, 28)
-    assert band_rows(Block.of(96, 576, 96, 56, 56, 3), 16) == 1  # nothing taller fits: one row at a time
-    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16, l2_bytes=2 << 20) == 14  # a 2 MB L2: the whole map
-    assert band_rows(Block.of(32, 192, 32, 28, 28, 3), 16, l2_bytes=512 << 10) == 4  # 256 KB of buffers
+def test_the_kernel_is_not_a_tuning_task():
+    """It is written out (no schedule, no design space): the job tunes the model's other kernels only."""
     from convopt.tuning.tasks import extract_tasks
 
-    model = _randomize(InvertedResidual())
+    model = _randomize(nn.Sequential(InvertedResidual(), nn.Conv2d(16, 16, 3, padding=1)))
     x = torch.randn(1, 16, 14, 14)
-    target = resolve_target("cpu")
-    fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
-    (task,) = extract_tasks(fast.graph, target)
-    assert task.kind == "fused_inverted_residual" and task.size() > 1  # band height x column tiles, tunable
-    assert sum(1 for _ in task.points()) == task.size()  # every combination replays (one-row bands too)
+    fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"0": True}, check=False)
+    assert any(n.op is Op.FUSED_BLOCK for n in fast.graph.nodes)
+    assert [t.kind for t in extract_tasks(fast.graph, resolve_target("cpu"))] == [fast.graph.nodes[-1].attrs.lowering]
 
 
 def test_blocks_in_a_model_compile_fused_between_other_ops():

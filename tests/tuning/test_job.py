@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import convopt
 from convopt.cli import main
+from convopt.ir import Op
 from convopt.target import resolve_target
 from convopt.tuning.apply import trace_key
 from convopt.tuning.job import CONFIRM_ROUNDS, allocate, parse_duration, parse_rpc, tune
@@ -142,7 +144,6 @@ def test_cli_tune_then_optimize_reports_the_tuned_kernels(tmp_path, capsys, monk
 
 
 def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny, tmp_path):
-    from convopt.ir import Op
     from convopt.schedules.conv_spec import conv_spec_of
     from convopt.tuning.lowering_times import TIMES, read_times
 
@@ -172,15 +173,17 @@ def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny
                        and n.attrs.lowering != untuned.graph.node_map[n.name].attrs.lowering}
 
 
-def test_a_fused_block_is_a_task_and_its_record_applies(tmp_path):
+def test_a_fused_block_runs_as_written_beside_the_tuned_kernels(tmp_path):
     from tests.passes.test_fuse_blocks import InvertedResidual
 
     torch.manual_seed(0)
-    model, x = InvertedResidual(16, 64, 16).eval(), torch.randn(1, 16, 14, 14)
-    force = {"conv_pw": True}
+    model = nn.Sequential(InvertedResidual(16, 64, 16), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 14, 14)
+    force = {"0": True}
     summary = tune(model, x, trials=6, log_dir=tmp_path, fuse_blocks=force, progress=False, measure_end_to_end=False)
-    (task,) = [t for t in summary.tasks if t.kind == "fused_inverted_residual"]
-    assert task.trials > 1
+    assert summary.tasks and not [t for t in summary.tasks if t.kind.startswith("fused_")]  # no design space
     fast = convopt.optimize(model, x, tuning_logs=tmp_path, fuse_blocks=force)  # checks against eager
-    (row,) = fast.tuning.values()
-    assert row["status"] in ("tuned", "default") and row["default_us"] > 0
+    assert any(n.op is Op.FUSED_BLOCK for n in fast.graph.nodes)
+    assert [row["status"] for row in fast.tuning.values()] in (["tuned"], ["default"])  # the conv's record
+
+
