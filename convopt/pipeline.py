@@ -86,8 +86,9 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
 
 def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
     """fuse_blocks deciding by the cost model of the target's machine (cost/fused.py): a block is fused where
-    its fused kernel is predicted faster; with no fused coefficients in the profile, none is."""
-    from .cost.fused import predict_block
+    its fused kernel is predicted faster by more than ``FUSED_MARGIN``; with no fused coefficients in the
+    profile, none is."""
+    from .cost.fused import FUSED_MARGIN, predict_block
     from .cost.profile import load_profile
     from .passes.fuse_blocks import fuse_blocks
 
@@ -96,7 +97,8 @@ def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
     def predict(graph, block):
         return predict_block(block, profile, target.lanes)
 
-    return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=predict, overrides=overrides))
+    return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=predict, overrides=overrides,
+                                                 margin=FUSED_MARGIN))
 
 
 def _check_lowering_names(lowering: str | dict[str, str]) -> None:

@@ -26,6 +26,11 @@ from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
 from .profile import FEATURES, MachineProfile
 
 KEY = "fused_inverted_residual"
+# fuse only where the fused kernel is predicted faster by more than this: its coefficients are fitted on
+# blocks timed alone, while in a model the unfused kernels exchange channel-blocked tensors and run faster
+# than predicted. Measured on mobilenetv2_100 in the model (`convopt report`, Zen 4): fused wins at 112-28 px
+# (predicted gain 1.4-2.2x), loses 5-60% at 14 and 7 px (predicted gain 1.0-1.25x).
+FUSED_MARGIN = 1.25
 
 
 def expand_rows(block: InvertedResidual, bands: int) -> int:

@@ -12,7 +12,7 @@ one intermediate kept in cache instead of two); the squeeze-excite and the proje
 The fused node keeps the original nodes as its body (names, scopes and provenance; the IR dump shows them
 indented under it), so the torch backend and verify run the body, and a backend without the fused kernel
 can run it unfused. The kernel (schedules/fused_block.py) computes the expanded and depthwise intermediates
-a band of output rows at a time, in buffers that stay in L2.
+a row at a time, in a ring of the rows the depthwise conv reads, which stays in L2.
 
 Preconditions, per match: float32 NCHW; every intermediate (E, a1, D, and a2 and P where they are not the
 block's value) has exactly one reader, the next op of the block, and is not a graph output (a value seen
@@ -20,8 +20,9 @@ elsewhere must be stored); the kernel supports the shapes (``fused_block.support
 unfused): an activation the kernels don't have (act(0) != 0), grouped or dilated middle convs.
 
 Decision: a block is fused only where ``predict`` (a function of the block, e.g. the cost model's
-fused and unfused predictions) says fused is faster; it returns (fused seconds, unfused seconds), recorded
-on the node (``predicted_us``) so the dump says why, or None when it can't tell (the block stays unfused).
+fused and unfused predictions) says fused is faster by more than ``margin`` (fused x margin < unfused); it
+returns (fused seconds, unfused seconds), recorded on the node (``predicted_us``) so the dump says why, or
+None when it can't tell (the block stays unfused).
 Without ``predict`` every matched block is fused. ``overrides`` ({module scope or node name: bool}) forces
 the choice for the blocks it names (a block is named by any of its nodes, or by a module it lies in).
 Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering.
@@ -135,15 +136,15 @@ def _forced(block: InvertedResidual, overrides: dict[str, bool]) -> bool | None:
     return None
 
 
-def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None
-                ) -> Graph:
+def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None,
+                margin: float = 1.0) -> Graph:
     overrides = dict(overrides or {})
     blocks = {}
     for block in match_blocks(graph):
         predicted = predict(graph, block) if predict is not None else None
         forced = _forced(block, overrides)
         if forced is None:
-            forced = predict is None or (predicted is not None and predicted[0] < predicted[1])
+            forced = predict is None or (predicted is not None and predicted[0] * margin < predicted[1])
         if forced:
             blocks[block.nodes[-1].name] = (block, predicted)
     if not blocks:

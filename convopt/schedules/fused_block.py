@@ -126,12 +126,18 @@ def default_bands(block, cores: int = 1) -> int:
     return max(1, min(block.depthwise.out_height, -(-cores // block.expand.batch)))
 
 
-def column_tile(width: int, lanes: int) -> int:
-    """Columns per register tile (that many accumulators of one vector): the largest divisor of the row up to
-    the register budget (8 of AVX-512's 32 registers, 6 of AVX2's 16: the rest hold a weight vector and the
-    broadcast inputs), else that budget with a ragged last tile."""
-    limit = min(8, vector_registers(lanes) - 10)
+def column_tile(width: int, lanes: int, vectors: int = 1) -> int:
+    """Columns per register tile of ``vectors`` channel vectors (columns x vectors accumulators): the largest
+    divisor of the row up to the register budget (16 of AVX-512's 32 registers, 8 of AVX2's 16; at most 8
+    columns: the rest hold the weight vectors and the broadcast input), else that budget with a ragged tail."""
+    limit = min(8, (vector_registers(lanes) // 2) // vectors)
     return next((t for t in range(min(limit, width), 3, -1) if width % t == 0), min(limit, width))
+
+
+def channel_vectors(vectors: int) -> int:
+    """Channel vectors per register tile of a 1x1 stage: two where they pair up (each broadcast input feeds
+    two FMAs), else one."""
+    return 2 if vectors % 2 == 0 else 1
 
 
 def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
@@ -152,8 +158,9 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
     projects, residual = block.project is not None, block.residual
     w3_shape, b3_shape = ((Ep, Op), (Op,)) if projects else ((1, 1), (1,))  # unused without a projection
     EV, OV = Ep // lanes, Op // lanes  # channel vectors
-    rx, ox = column_tile(W, lanes), column_tile(OW, lanes)  # register tile columns: expand, the others
-    XT, OXT = -(-W // rx), -(-OW // ox)
+    ev, ov = channel_vectors(EV), channel_vectors(OV)  # per register tile: expand, project
+    rx, dx, px = column_tile(W, lanes, ev), column_tile(OW, lanes), column_tile(OW, lanes, ov)  # its columns
+    XT, DXT, PXT = -(-W // rx), -(-OW // dx), -(-OW // px)
     zero = tirx.const(0.0, F32)
 
     @T.prim_func(s_tir=False)
@@ -165,7 +172,7 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
             ring = T.alloc_buffer((k, Wp, Ep), F32)  # padded input rows of mid: row r at slot r mod k
             dw_row = T.alloc_buffer((OW, Ep), F32)
             proj_row = T.alloc_buffer((OW, Op), F32)
-            acc = T.alloc_buffer((max(rx, ox), lanes), F32, scope="local")  # a register tile
+            acc = T.alloc_buffer((8, 2, lanes), F32, scope="local")  # a register tile
             for j, pc, e in T.grid(k, 2 * p, Ep):  # the padding columns, never written again
                 ring[j, T.if_then_else(pc < p, pc, W + pc), e] = zero
             for t in range(th):
@@ -173,55 +180,62 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
                     for j in range(k):  # the band's first output row fills the ring, each next one adds s rows
                         if T.Or(t == 0, j >= k - s):
                             if T.And((nb % B * th + t) * s + j >= p, (nb % B * th + t) * s + j < H + p):
-                                for xo, co in T.grid(XT, EV):  # expand 1x1 -> a1, into the ring
+                                for xo, cg in T.grid(XT, EV // ev):  # expand 1x1 -> a1, into the ring
                                     for xi in T.unroll(rx):
-                                        for ci in T.vectorized(lanes):
-                                            acc[xi, ci] = zero
+                                        for v in T.unroll(ev):
+                                            for ci in T.vectorized(lanes):
+                                                acc[xi, v, ci] = zero
                                     for c in range(C):
                                         for xi in T.unroll(rx):
+                                            for v in T.unroll(ev):
+                                                for ci in T.vectorized(lanes):
+                                                    if xo * rx + xi < W:
+                                                        acc[xi, v, ci] = acc[xi, v, ci] + x[
+                                                            nb // B, c, (nb % B * th + t) * s + j - p, xo * rx + xi
+                                                        ] * w1[c, (cg * ev + v) * lanes + ci]
+                                    for xi in T.unroll(rx):
+                                        for v in T.unroll(ev):
                                             for ci in T.vectorized(lanes):
                                                 if xo * rx + xi < W:
-                                                    acc[xi, ci] = acc[xi, ci] + x[
-                                                        nb // B, c, (nb % B * th + t) * s + j - p, xo * rx + xi
-                                                    ] * w1[c, co * lanes + ci]
-                                    for xi in T.unroll(rx):
-                                        for ci in T.vectorized(lanes):
-                                            if xo * rx + xi < W:
-                                                ring[(t * s + j) % k, p + xo * rx + xi, co * lanes + ci] = activate(
-                                                    acc[xi, ci] + b1[co * lanes + ci], a1)
+                                                    ring[(t * s + j) % k, p + xo * rx + xi, (cg * ev + v) * lanes + ci] = (
+                                                        activate(acc[xi, v, ci] + b1[(cg * ev + v) * lanes + ci], a1))
                             else:  # a padding row
                                 for xx, e in T.grid(Wp, Ep):
                                     ring[(t * s + j) % k, xx, e] = zero
-                    for xo, co in T.grid(OXT, EV):  # depthwise kxk -> a2, one output row
-                        for xi in T.unroll(ox):
+                    for xo, co in T.grid(DXT, EV):  # depthwise kxk -> a2, one output row
+                        for xi in T.unroll(dx):
                             for ci in T.vectorized(lanes):
-                                acc[xi, ci] = zero
+                                acc[xi, 0, ci] = zero
                         for i, jj in T.grid(k, k):
-                            for xi in T.unroll(ox):
+                            for xi in T.unroll(dx):
                                 for ci in T.vectorized(lanes):
-                                    if xo * ox + xi < OW:
-                                        acc[xi, ci] = acc[xi, ci] + ring[
-                                            (t * s + i) % k, (xo * ox + xi) * s + jj, co * lanes + ci
+                                    if xo * dx + xi < OW:
+                                        acc[xi, 0, ci] = acc[xi, 0, ci] + ring[
+                                            (t * s + i) % k, (xo * dx + xi) * s + jj, co * lanes + ci
                                         ] * w2[i, jj, co * lanes + ci]
-                        for xi in T.unroll(ox):
+                        for xi in T.unroll(dx):
                             for ci in T.vectorized(lanes):
-                                if xo * ox + xi < OW:
-                                    dw_row[xo * ox + xi, co * lanes + ci] = activate(
-                                        acc[xi, ci] + b2[co * lanes + ci], a2)
+                                if xo * dx + xi < OW:
+                                    dw_row[xo * dx + xi, co * lanes + ci] = activate(
+                                        acc[xi, 0, ci] + b2[co * lanes + ci], a2)
                     if projects:
-                        for xo, co in T.grid(OXT, OV):  # project 1x1
-                            for xi in T.unroll(ox):
-                                for ci in T.vectorized(lanes):
-                                    acc[xi, ci] = zero
-                            for e in range(Ep):
-                                for xi in T.unroll(ox):
+                        for xo, cg in T.grid(PXT, OV // ov):  # project 1x1
+                            for xi in T.unroll(px):
+                                for v in T.unroll(ov):
                                     for ci in T.vectorized(lanes):
-                                        if xo * ox + xi < OW:
-                                            acc[xi, ci] = acc[xi, ci] + dw_row[xo * ox + xi, e] * w3[e, co * lanes + ci]
-                            for xi in T.unroll(ox):
-                                for ci in T.vectorized(lanes):
-                                    if xo * ox + xi < OW:
-                                        proj_row[xo * ox + xi, co * lanes + ci] = acc[xi, ci]
+                                        acc[xi, v, ci] = zero
+                            for e in range(Ep):
+                                for xi in T.unroll(px):
+                                    for v in T.unroll(ov):
+                                        for ci in T.vectorized(lanes):
+                                            if xo * px + xi < OW:
+                                                acc[xi, v, ci] = acc[xi, v, ci] + dw_row[xo * px + xi, e] * w3[
+                                                    e, (cg * ov + v) * lanes + ci]
+                            for xi in T.unroll(px):
+                                for v in T.unroll(ov):
+                                    for ci in T.vectorized(lanes):
+                                        if xo * px + xi < OW:
+                                            proj_row[xo * px + xi, (cg * ov + v) * lanes + ci] = acc[xi, v, ci]
                         for o in range(O):  # the row stored NCHW (+ bias, + the input)
                             for xx in T.vectorized(OW):
                                 if residual:
