@@ -108,6 +108,8 @@ def test_the_prediction_and_the_overrides_decide():
     graph = _graph(InvertedResidual())
     assert fuse_blocks(graph, predict=lambda g, b: (2e-6, 1e-6)) == graph  # predicted slower fused
     assert fuse_blocks(graph, predict=lambda g, b: None) == graph  # no prediction: unfused
+    assert fuse_blocks(graph, predict=lambda g, b: (1e-6, 1.2e-6), margin=1.25) == graph  # not faster by the margin
+    assert _fused(fuse_blocks(graph, predict=lambda g, b: (1e-6, 1.3e-6), margin=1.25))
     fused = fuse_blocks(graph, predict=lambda g, b: (1e-6, 3e-6))
     assert dict(_fused(fused)[0].attrs.predicted_us) == {"fused": 1.0, "unfused": 3.0}
     assert fuse_blocks(graph, predict=lambda g, b: (1e-6, 3e-6), overrides={"conv_pw": False}) == graph

@@ -10,7 +10,7 @@ import convopt
 from convopt.ir import Op
 from convopt.numerics import relative_error
 from convopt.schedules.fused_block import InvertedResidual as Block
-from convopt.schedules.fused_block import column_tile, default_bands
+from convopt.schedules.fused_block import channel_vectors, column_tile, default_bands
 from convopt.target import resolve_target
 
 from ..passes.test_fuse_blocks import InvertedResidual
@@ -79,7 +79,9 @@ def test_a_band_per_core_left_after_the_batch_and_tiles_that_fit_the_registers()
     assert default_bands(Block.of(16, 64, 16, 14, 14, 3, batch=2), cores=2) == 1  # an image per core
     assert default_bands(Block.of(16, 64, 16, 3, 3, 3), cores=8) == 3  # at most a band per output row
     assert column_tile(56, 16) == 8 and column_tile(14, 16) == 7 and column_tile(13, 16) == 8  # ragged tail
-    assert column_tile(56, 8) == 4 and column_tile(30, 8) == 6  # AVX2: 16 registers, 6 accumulators at most
+    assert column_tile(56, 16, 2) == 8  # 16 accumulators of AVX-512's 32 registers
+    assert column_tile(56, 8, 2) == 4 and column_tile(30, 8) == 6  # AVX2: 8 accumulators of its 16
+    assert channel_vectors(6) == 2 and channel_vectors(3) == 1
 
 
 def test_the_kernel_is_not_a_tuning_task():
