@@ -162,12 +162,14 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in convs for i in (1, 2)]
     prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
     x = env[n.inputs[0]]
-    if graph.types[n.inputs[0]].layout:  # block_layout never blocks a fused block's input (only convs read blocks)
-        raise ValueError(f"{n.name}: the fused kernel reads NCHW, got {graph.types[n.inputs[0]]}")
+    in_block, out_block = (block_of(t.layout) for t in (graph.types[n.inputs[0]], n.type))
+    for b in (in_block, out_block):
+        if b not in (None, lanes):
+            raise ValueError(f"{n.name}: the fused kernel takes blocks of {lanes} channels, not {b}")
     # a hand-written PrimFunc (a ring buffer TE can't express); add_func shares it between equal blocks
-    func = fused_block.prim_func(block, lanes, fused_block.default_bands(block, cores))
-    d = block.depthwise
-    out_shape = (d.batch, block.out_channels, d.out_height, d.out_width)
+    func = fused_block.prim_func(block, lanes, fused_block.default_bands(block, cores), in_block=bool(in_block),
+                                 out_block=bool(out_block))
+    _, out_shape = fused_block.io_shapes(block, lanes, bool(in_block), bool(out_block))
     gvar = bb.add_func(func, f"convopt_fused_{n.name}")
     out = bb.emit(relax.call_tir(gvar, [x, *prepared], relax.TensorType(out_shape, "float32")))
     call = bb.lookup_binding(out)

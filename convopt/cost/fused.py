@@ -9,9 +9,8 @@ rows twice (band count from ``fused_block.default_bands``, the rule the kernel u
 describes the code that runs), and the channels rounded up to the SIMD width. bytes_f is what it moves
 from memory: input, output (and the residual it reads), weights; its intermediates stay in cache by design.
 The unfused convs' predictions include their intermediates' traffic, so the difference is the bytes saved
-against the rows recomputed. A fused block reads and writes NCHW: where its neighbours would otherwise
-exchange channel-blocked tensors with it, the relayout it forces on them is charged to it
-(``boundary_relayout``). The coefficients a are fitted by ``convopt calibrate`` on generic blocks
+against the rows recomputed. A fused block reads and writes channel-blocked tensors where its neighbours do
+(passes/block_layout.py), so it forces no relayout on them. The coefficients a are fitted by ``convopt calibrate`` on generic blocks
 (cost/calibrate.FUSED_SHAPES) under the key "fused_inverted_residual"; a profile without them predicts
 nothing (None), and fuse_blocks then leaves every block unfused.
 """
@@ -84,23 +83,9 @@ def predict_unfused(block: InvertedResidual, profile: MachineProfile, lanes: int
     return total
 
 
-def boundary_relayout(block: InvertedResidual, profile: MachineProfile, lanes: int) -> float:
-    """What a fused block costs its neighbours: it reads and writes NCHW, so an input or output whose channels
-    block_layout would otherwise keep in channel blocks (a multiple of the lanes) is changed to NCHW and back
-    around it: one pass over that tensor each way at the measured bandwidth (cost/model.relayout_seconds)."""
-    e, d = block.expand, block.depthwise
-    elements = 0
-    if e.in_channels % lanes == 0:
-        elements += e.batch * e.in_channels * e.height * e.width
-    if block.out_channels % lanes == 0:
-        elements += e.batch * block.out_channels * d.out_height * d.out_width
-    return 2 * F32 * elements / profile.bandwidth
-
-
 def predict_block(block: InvertedResidual, profile: MachineProfile, lanes: int) -> tuple[float, float] | None:
-    """(fused seconds, its neighbours' relayouts included; unfused seconds), or None when the profile has no
-    fused coefficients."""
+    """(fused seconds, unfused seconds), or None when the profile has no fused coefficients."""
     fused = predict_fused(block, profile, lanes)
     if fused is None:
         return None
-    return fused + boundary_relayout(block, profile, lanes), predict_unfused(block, profile, lanes)
+    return fused, predict_unfused(block, profile, lanes)

@@ -6,12 +6,13 @@ For a value v (4-D, fp32, channels C with C % b == 0) the rewrite is only a chan
 
 and v is stored blocked when both hold:
   - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
-    speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), or a layout-preserving
+    speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), a fused block
+    (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
     op (LAYOUT_PRESERVING: elementwise ops, batch_norm, pooling, a mean over H and W with keepdim) whose
     non-constant operands with C channels are all blocked (constant operands are re-blocked once by the
     backend; operands with one channel broadcast in either layout);
   - each of its readers takes it blocked: such a conv (any lowering reads a blocked input correctly, but
-    one vectorized over pixels would gather it, so those read NCHW), a layout-preserving op whose own
+    one vectorized over pixels would gather it, so those read NCHW), a fused block, a layout-preserving op whose own
     output is blocked, a mean over H and W (writes [N, C]), or anything at all when H = W = 1 (both
     layouts store such a tensor alike, so the backend reinterprets it for free). A graph output is never
     blocked.
@@ -97,6 +98,8 @@ def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
         return True
     if reader.op is Op.CONV2D:
         return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
+    if reader.op is Op.FUSED_BLOCK:  # its kernel reads its input (and residual) in either layout
+        return reader.inputs[0] == value and value not in reader.inputs[1:]
     if is_spatial_mean(graph, reader) and not reader.attrs.keepdim:
         return True
     return reader.name in blocked
@@ -113,7 +116,7 @@ def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node],
     for n in graph.nodes:  # topological order: an op's operands are decided before it
         if not _blockable(n.type, block):
             continue
-        if n.op is Op.CONV2D and conv_runs_blocked(n):
+        if (n.op is Op.CONV2D and conv_runs_blocked(n)) or n.op is Op.FUSED_BLOCK:
             candidates.add(n.name)
         elif preserves_layout(graph, n):
             ops = channel_operands(graph, n)

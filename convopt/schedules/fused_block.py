@@ -140,10 +140,23 @@ def channel_vectors(vectors: int) -> int:
     return 2 if vectors % 2 == 0 else 1
 
 
-def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
+def io_shapes(block, lanes: int, in_block: bool = False, out_block: bool = False
+              ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The stored shapes of the kernel's input and output (``prim_func``)."""
+    e_, d = block.expand, block.depthwise
+    N, C, O = e_.batch, e_.in_channels, block.out_channels
+    x = (N, C // lanes, e_.height, e_.width, lanes) if in_block else (N, C, e_.height, e_.width)
+    out = (N, O // lanes, d.out_height, d.out_width, lanes) if out_block else (N, O, d.out_height, d.out_width)
+    return x, out
+
+
+def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False
+              ) -> tirx.PrimFunc:
     """The block's kernel, written out (no schedule: see the module docstring): arguments x [N, C, H, W],
     the prepared weights (``prepare_weights``) and the output [N, O, OH, OW] (without a projection: the
-    depthwise stage's activations, [N, E, OH, OW])."""
+    depthwise stage's activations, [N, E, OH, OW]). ``in_block`` / ``out_block``: x (and the residual) / the
+    output stored in channel blocks of ``lanes``, [N, C/lanes, H, W, lanes] (passes/block_layout.py); the
+    output's rows then store whole vectors instead of transposing the row."""
     e_, d = block.expand, block.depthwise
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
@@ -162,11 +175,15 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
     rx, dx, px = column_tile(W, lanes, ev), column_tile(OW, lanes), column_tile(OW, lanes, ov)  # its columns
     XT, DXT, PXT = -(-W // rx), -(-OW // dx), -(-OW // px)
     zero = tirx.const(0.0, F32)
+    x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
+
+    def load(buffer, n, c, y, x_):  # x[n, c, y, x_] in either layout
+        return buffer[n, c // lanes, y, x_, c % lanes] if in_block else buffer[n, c, y, x_]
 
     @T.prim_func(s_tir=False)
-    def fused(x: T.Buffer((N, C, H, W), F32), w1: T.Buffer((C, Ep), F32), b1: T.Buffer((Ep,), F32),
+    def fused(x: T.Buffer(x_shape, F32), w1: T.Buffer((C, Ep), F32), b1: T.Buffer((Ep,), F32),
               w2: T.Buffer((k, k, Ep), F32), b2: T.Buffer((Ep,), F32), w3: T.Buffer(w3_shape, F32),
-              b3: T.Buffer(b3_shape, F32), out: T.Buffer((N, O, OH, OW), F32)):
+              b3: T.Buffer(b3_shape, F32), out: T.Buffer(out_shape, F32)):
         T.func_attr({"tirx.noalias": True})
         for nb in T.parallel(N * B):  # one band of one image per iteration
             ring = T.alloc_buffer((k, Wp, Ep), F32)  # padded input rows of mid: row r at slot r mod k
@@ -190,9 +207,9 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
                                             for v in T.unroll(ev):
                                                 for ci in T.vectorized(lanes):
                                                     if xo * rx + xi < W:
-                                                        acc[xi, v, ci] = acc[xi, v, ci] + x[
-                                                            nb // B, c, (nb % B * th + t) * s + j - p, xo * rx + xi
-                                                        ] * w1[c, (cg * ev + v) * lanes + ci]
+                                                        acc[xi, v, ci] = acc[xi, v, ci] + load(
+                                                            x, nb // B, c, (nb % B * th + t) * s + j - p, xo * rx + xi
+                                                        ) * w1[c, (cg * ev + v) * lanes + ci]
                                     for xi in T.unroll(rx):
                                         for v in T.unroll(ev):
                                             for ci in T.vectorized(lanes):
@@ -236,13 +253,28 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
                                     for ci in T.vectorized(lanes):
                                         if xo * px + xi < OW:
                                             proj_row[xo * px + xi, (cg * ov + v) * lanes + ci] = acc[xi, v, ci]
-                        for o in range(O):  # the row stored NCHW (+ bias, + the input)
-                            for xx in T.vectorized(OW):
-                                if residual:
-                                    out[nb // B, o, nb % B * th + t, xx] = (proj_row[xx, o] + b3[o]
-                                                                            + x[nb // B, o, nb % B * th + t, xx])
-                                else:
-                                    out[nb // B, o, nb % B * th + t, xx] = proj_row[xx, o] + b3[o]
+                        if out_block:  # the row stored in channel blocks (+ bias, + the input)
+                            for cb, xx in T.grid(O // lanes, OW):
+                                for ci in T.vectorized(lanes):
+                                    if residual:
+                                        out[nb // B, cb, nb % B * th + t, xx, ci] = (
+                                            proj_row[xx, cb * lanes + ci] + b3[cb * lanes + ci]
+                                            + load(x, nb // B, cb * lanes + ci, nb % B * th + t, xx))
+                                    else:
+                                        out[nb // B, cb, nb % B * th + t, xx, ci] = (proj_row[xx, cb * lanes + ci]
+                                                                                     + b3[cb * lanes + ci])
+                        else:  # the row stored NCHW: its channels-last tile transposed
+                            for o in range(O):
+                                for xx in T.vectorized(OW):
+                                    if residual:
+                                        out[nb // B, o, nb % B * th + t, xx] = (
+                                            proj_row[xx, o] + b3[o] + load(x, nb // B, o, nb % B * th + t, xx))
+                                    else:
+                                        out[nb // B, o, nb % B * th + t, xx] = proj_row[xx, o] + b3[o]
+                    elif out_block:
+                        for cb, xx in T.grid(O // lanes, OW):
+                            for ci in T.vectorized(lanes):
+                                out[nb // B, cb, nb % B * th + t, xx, ci] = dw_row[xx, cb * lanes + ci]
                     else:
                         for o in range(O):
                             for xx in T.vectorized(OW):
@@ -251,21 +283,29 @@ def prim_func(block, lanes: int, bands: int = 1) -> tirx.PrimFunc:
     return fused
 
 
+def blocked_io(block, lanes: int) -> tuple[bool, bool]:
+    """(input, output) in channel blocks where a model would store them so (passes/block_layout.py keeps a
+    value blocked when its channels fill whole vectors and its neighbours take blocks)."""
+    return block.expand.in_channels % lanes == 0, block.out_channels % lanes == 0
+
+
 def build(block: InvertedResidual, target, *, seed: int = 0):
-    """The block's kernel compiled alone for ``target`` (this host) on random weights: a call with no arguments
-    that runs it once (calibration times it)."""
+    """The block's kernel compiled alone for ``target`` (this host) on random weights, its input and output
+    blocked where a model would block them (``blocked_io``): a call with no arguments that runs it once
+    (calibration times it)."""
     rng = np.random.default_rng(seed)
     C, E, O = block.expand.in_channels, block.expand.out_channels, block.out_channels
-    k = block.depthwise.kernel[0]
+    k, lanes = block.depthwise.kernel[0], target.lanes
     shapes = ((E, C), (E,), (E, k, k), (E,)) + (((O, E), (O,)) if block.project is not None else ())
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
-    prepared = prepare_weights(block, *arrays, lanes=target.lanes)
-    mod = tvm.IRModule({"main": prim_func(block, target.lanes, default_bands(block, target.cores))})
+    prepared = prepare_weights(block, *arrays, lanes=lanes)
+    in_block, out_block = blocked_io(block, lanes)
+    func = prim_func(block, lanes, default_bands(block, target.cores), in_block=in_block, out_block=out_block)
     target.configure_runtime()
-    func = tvm.compile(mod, target=target.tvm)["main"]
+    compiled = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
     device = target.device()
-    spec, d = block.expand, block.depthwise
-    x = rng.standard_normal((spec.batch, C, spec.height, spec.width)).astype(np.float32)
-    args = [tvm.runtime.tensor(x, device)] + [tvm.runtime.tensor(a, device) for a in prepared]
-    args.append(tvm.runtime.empty((spec.batch, O, d.out_height, d.out_width), "float32", device))
-    return lambda: func(*args)
+    x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
+    args = [tvm.runtime.tensor(rng.standard_normal(x_shape).astype(np.float32), device)]
+    args += [tvm.runtime.tensor(a, device) for a in prepared]
+    args.append(tvm.runtime.empty(out_shape, "float32", device))
+    return lambda: compiled(*args)

@@ -1,9 +1,9 @@
 """The fused block's cost terms and the decision's inputs: what the kernel computes (rows recomputed, padded channels),
-the bytes it moves, the relayout it forces on blocked neighbours, and no prediction without coefficients."""
+the bytes it moves, and no prediction without coefficients."""
 
 import pytest
 
-from convopt.cost.fused import KEY, boundary_relayout, expand_rows, fused_terms, predict_block, predict_unfused
+from convopt.cost.fused import KEY, expand_rows, fused_terms, predict_block, predict_unfused
 from convopt.schedules.fused_block import InvertedResidual
 
 from .profiles import fixed_profile
@@ -31,9 +31,3 @@ def test_no_fused_coefficients_no_prediction():
     assert fused > 0 and unfused == pytest.approx(predict_unfused(block, profile, 16))
 
 
-def test_blocked_neighbours_charge_the_fused_block_their_relayout():
-    profile = fixed_profile()
-    blocked_in_and_out = InvertedResidual.of(32, 128, 32, 28, 28, 3)
-    assert boundary_relayout(blocked_in_and_out, profile, 16) == pytest.approx(2 * 4 * 2 * 32 * 28 * 28 / profile.bandwidth)
-    assert boundary_relayout(InvertedResidual.of(24, 144, 24, 28, 28, 3), profile, 16) == 0  # 24: never blocked
-    assert boundary_relayout(InvertedResidual.of(24, 144, 24, 28, 28, 3), profile, 8) > 0  # 8 lanes: it is

@@ -95,15 +95,49 @@ def test_the_kernel_is_not_a_tuning_task():
     assert [t.kind for t in extract_tasks(fast.graph, resolve_target("cpu"))] == [fast.graph.nodes[-1].attrs.lowering]
 
 
-def test_blocks_in_a_model_compile_fused_between_other_ops():
-    """Blocks whose input is another op's value (not the graph input), beside unfused convs, blocked neighbours."""
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_blocks_in_a_model_compile_fused_between_other_ops(lanes):
+    """Blocks whose input is another op's value (not the graph input), beside unfused convs, exchanging
+    channel-blocked tensors with their neighbours (block_layout) and with each other."""
     model = _randomize(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), InvertedResidual(),
                                      InvertedResidual(16, 96, 32, 5, 2), nn.Conv2d(32, 32, 3, padding=1)))
     x = torch.randn(1, 3, 20, 20)
-    fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"2": True, "3": True}, check=False)
-    assert [n.attrs.kind for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK] == ["inverted_residual"] * 2
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"2": True, "3": True},
+                            check=False)
+    graph = fast.graph
+    fused = [n for n in graph.nodes if n.op is Op.FUSED_BLOCK]
+    assert [n.attrs.kind for n in fused] == ["inverted_residual"] * 2
+    blocked = f"NCHW{lanes}c"
+    assert [(graph.types[n.inputs[0]].layout, n.type.layout) for n in fused] == [(blocked, blocked)] * 2
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("project", [True, False], ids=["block", "partial"])
+def test_blocked_input_and_output_store_the_same_values(lanes, project):
+    """The kernel with its input (and residual) and its output in channel blocks against the NCHW kernel."""
+    import numpy as np
+    import tvm
+
+    from convopt.ir.layout import to_blocked
+    from convopt.schedules.fused_block import io_shapes, prepare_weights, prim_func
+
+    block = Block.of(16, 48, 16 if project else None, 11, 11, 3)
+    rng = np.random.default_rng(0)
+    shapes = ((48, 16), (48,), (48, 3, 3), (48,)) + (((16, 48), (16,)) if project else ())
+    weights = prepare_weights(block, *(rng.standard_normal(s).astype(np.float32) for s in shapes), lanes=lanes)
+    x = rng.standard_normal((1, 16, 11, 11)).astype(np.float32)
+    target = resolve_target("cpu")  # the host runs either width
+    outputs = {}
+    for blocked in (False, True):
+        func = prim_func(block, lanes, 2, in_block=blocked, out_block=blocked)
+        run = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
+        out = tvm.runtime.empty(io_shapes(block, lanes, blocked, blocked)[1], "float32", target.device())
+        run(tvm.runtime.tensor(to_blocked(x, lanes) if blocked else x), *map(tvm.runtime.tensor, weights), out)
+        outputs[blocked] = out.numpy()
+    assert np.array_equal(to_blocked(outputs[False], lanes), outputs[True])
 
 
 def test_a_target_without_the_fused_kernel_builds_the_body_unfused():
