@@ -1,14 +1,15 @@
-"""Block fusion, block by block: each inverted residual block of a model run fused (one kernel,
-schedules/fused_block.py) and unfused (convopt's three conv kernels with their epilogues), both compiled by
-convopt from the same single-block module and timed interleaved in this process (time_interleaved: best of
-rounds), beside the cost model's predictions (cost/fused.py) and the bytes each moves from memory.
+"""Block fusion, block by block, inside the model: the model compiled with every inverted residual block fused
+(one kernel each, schedules/fused_block.py) and with none (convopt's three conv kernels per block, exchanging
+channel-blocked tensors), each kernel timed in place by the VM's instrument (report.time_kernels, the
+median of runs), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
+model's predictions (cost/fused.py, cost/model.py), the bytes each variant moves from memory, and the
+fused kernel's extra FLOPs (rows computed twice, channels padded to whole vectors). Then the whole model
+with the cost model's choice, all blocks fused and none, timed interleaved in this process (best of rounds).
 
     python benchmarks/block_fusion.py mobilenetv2_100 [--out benchmarks/results/block_fusion_mobilenetv2_100.md]
 
-Bytes: unfused, the three convs' input, weights and output (cost/formulas.py terms, so both intermediates
-are written and read once); fused, the block's input, weights and output (intermediates stay in cache), and
-its halo overhead: the expand conv's extra FLOPs for the rows each band recomputes.
-End to end, each contender alone in its own process:
+Timing a block alone instead (a one-block module) favours fusion: the unfused convs then read and write NCHW
+at the module's edges, which in a model they don't. End to end, each contender alone in its own process:
 
     convopt bench timm:mobilenetv2_100 --vs convopt-unfused,ort-reparam,openvino-reparam,inductor
 """
@@ -16,49 +17,25 @@ End to end, each contender alone in its own process:
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 warnings.simplefilter("ignore")
 
 
-class Block(nn.Module):
-    """One inverted residual block with given weights (taken from the model's graph)."""
-
-    def __init__(self, block, weights):
-        super().__init__()
-        e, d, p = block.expand, block.depthwise, block.project
-        self.expand = nn.Conv2d(e.in_channels, e.out_channels, 1)
-        self.dw = nn.Conv2d(d.in_channels, d.out_channels, d.kernel, d.stride, d.padding, groups=d.groups)
-        self.project = nn.Conv2d(p.in_channels, p.out_channels, 1) if p is not None else None
-        for conv, (w, b) in zip((self.expand, self.dw, self.project), weights):
-            conv.weight.data.copy_(w)
-            conv.bias.data.copy_(b if b is not None else torch.zeros(conv.out_channels))
-        self.acts = block.activations
-        self.residual = block.residual
-
-    @staticmethod
-    def _act(name, x):
-        return {"relu": torch.relu, "relu6": lambda v: v.clamp(0, 6), "silu": nn.functional.silu,
-                "hardswish": nn.functional.hardswish, "gelu": nn.functional.gelu}[name](x)
-
-    def forward(self, x):
-        y = self._act(self.acts[1], self.dw(self._act(self.acts[0], self.expand(x))))
-        if self.project is None:  # the part before a squeeze-excite
-            return y
-        y = self.project(y)
-        return y + x if self.residual else y
+def per_call(rows) -> dict[str, float]:
+    """IR node -> seconds of one call of the kernel that runs it."""
+    return {node: row.seconds / row.calls for row in rows for node in row.nodes}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--out")
+    parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     import timm
 
@@ -66,59 +43,68 @@ def main() -> int:
     from convopt.capture import capture_program
     from convopt.cost.calibrate import time_interleaved
     from convopt.cost.formulas import evaluate
-    from convopt.cost.fused import fused_terms, predict_block
+    from convopt.cost.fused import FUSED_MARGIN, fused_terms, predict_block
     from convopt.cost.profile import load_profile
+    from convopt.ir import Op
     from convopt.passes.fuse_blocks import match_blocks
     from convopt.pipeline import build, run_passes
+    from convopt.report import time_kernels
     from convopt.schedules.fused_block import default_bands
     from convopt.target import resolve_target
 
     target = resolve_target("cpu")
     profile = load_profile(target)
     model = timm.create_model(args.model).eval()
-    graph = capture_program(model, torch.randn(1, 3, 224, 224)).graph
+    x = torch.randn(1, 3, 224, 224)
+    graph = capture_program(model, x).graph
     graph, _ = run_passes(graph, build("inference", target, fuse_blocks=False, skip=["select_lowering", "block_layout"]))
-    consts = graph.constant_map
-    rows, seen = [], set()
-    for block in match_blocks(graph):
-        key = (block.expand, block.depthwise, block.project, block.activations, block.residual)
-        if key in seen:
-            continue
-        seen.add(key)
-        weights = [(consts[n.inputs[1]].data, consts[n.inputs[2]].data if len(n.inputs) > 2 and n.inputs[2] else None)
-                   for n in block.nodes[0:5:2]]
-        module = Block(block, weights).eval()
-        x = torch.randn(block.expand.batch, block.expand.in_channels, block.expand.height, block.expand.width)
-        fused = convopt.optimize(module, x, tuning_logs=False, fuse_blocks={"expand": True})
-        unfused = convopt.optimize(module, x, tuning_logs=False, fuse_blocks=False)
-        with torch.no_grad():
-            times = time_interleaved({"fused": lambda: fused(x), "unfused": lambda: unfused(x)}, rounds=9)
+    blocks = match_blocks(graph)
+    every = {block.nodes[0].name: True for block in blocks}
+    variants = {"cost model": convopt.optimize(model, x), "all fused": convopt.optimize(model, x, fuse_blocks=every),
+                "unfused": convopt.optimize(model, x, fuse_blocks=False)}
+    fused_times, _ = time_kernels(variants["all fused"], x, runs=args.runs)
+    unfused_times, _ = time_kernels(variants["unfused"], x, runs=args.runs)
+    fused_at = {n.attrs.body[0].name: n.name for n in variants["all fused"].graph.nodes if n.op is Op.FUSED_BLOCK}
+    fused_s, unfused_s = per_call(fused_times), per_call(unfused_times)
+    chosen = {n.attrs.body[0].name for n in variants["cost model"].graph.nodes if n.op is Op.FUSED_BLOCK}
+
+    rows = []
+    for block in blocks:
+        first = block.nodes[0].name
+        convs = [n.name for n in block.nodes if n.op is Op.CONV2D]
+        measured_fused, measured_unfused = fused_s[fused_at[first]], sum(unfused_s[c] for c in convs)
         predicted = predict_block(block, profile, target.lanes)
         specs = [spec for spec in (block.expand, block.depthwise, block.project) if spec is not None]
         unfused_bytes = sum(evaluate("direct", spec, target.lanes)["bytes"] for spec in specs)
         terms = fused_terms(block, target.lanes, target.cores)
-        halo = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
+        extra = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
         e, d = block.expand, block.depthwise
         end = f"->{block.project.out_channels}" if block.project is not None else " (to the SE)"
-        rows.append((f"{e.in_channels}->{e.out_channels}{end} k{d.kernel[0]} s{d.stride[0]} "
-                     f"@{e.height}{' +x' if block.residual else ''}", times["unfused"], times["fused"],
-                     predicted, unfused_bytes, terms["bytes"], halo, default_bands(block, target.cores)))
+        name = f"{e.in_channels}->{e.out_channels}{end} k{d.kernel[0]} s{d.stride[0]} @{e.height}" + (
+            " +x" if block.residual else "")
+        rows.append((name, measured_unfused, measured_fused, predicted, unfused_bytes, terms["bytes"], extra,
+                     default_bands(block, target.cores), first in chosen))
         print(rows[-1], flush=True)
-    cpu = platform.processor() or "cpu"
+    with torch.no_grad():
+        whole = time_interleaved({k: (lambda f=f: f(x)) for k, f in variants.items()}, rounds=25)
+
     lines = [f"# Block fusion, block by block: {args.model}", "",
-             f"Target {target.key} ({profile.cpu}); `python benchmarks/block_fusion.py {args.model}`; both variants "
-             "compiled by convopt from the same one-block module, untuned, timed interleaved in one process "
-             "(best of 9 rounds). Predicted: cost/fused.py (fused) and cost/model.py (unfused).", "",
-             "| block | unfused us | fused us | unfused / fused | predicted unfused / fused us | unfused MB | "
-             "fused MB | extra FLOPs (rows recomputed, padded channels) per expand FLOP | bands |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, t_unfused, t_fused, predicted, b_unfused, b_fused, halo, th in rows:
+             f"Target {target.key} ({profile.cpu}); `python benchmarks/block_fusion.py {args.model}`; untuned. "
+             "Each kernel timed inside the model (the VM's instrument, median of "
+             f"{args.runs} runs): fused, the block's kernel with every block fused; unfused, its three conv "
+             "kernels with none. Predicted: cost/fused.py and cost/model.py; the cost model fuses where "
+             f"predicted fused x {FUSED_MARGIN} < predicted unfused.", "",
+             "| block | unfused us | fused us | unfused / fused | predicted unfused / fused us | fused by the "
+             "cost model | unfused MB | fused MB | extra FLOPs per expand FLOP | bands |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t_unfused, t_fused, predicted, b_unfused, b_fused, extra, bands, fused in rows:
         pred = "-" if predicted is None else f"{predicted[1] * 1e6:.0f} / {predicted[0] * 1e6:.0f}"
         lines.append(f"| {name} | {t_unfused * 1e6:.0f} | {t_fused * 1e6:.0f} | {t_unfused / t_fused:.2f} | {pred} | "
-                     f"{b_unfused / 1e6:.2f} | {b_fused / 1e6:.2f} | {halo:.0%} | {th} |")
-    total_u, total_f = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    lines += ["", f"Sum over the distinct blocks: unfused {total_u * 1e6:.0f} us, fused {total_f * 1e6:.0f} us "
-              f"({total_u / total_f:.2f}x); {cpu}."]
+                     f"{'yes' if fused else 'no'} | {b_unfused / 1e6:.2f} | {b_fused / 1e6:.2f} | {extra:.0%} | "
+                     f"{bands} |")
+    lines += ["", "Whole model, interleaved in one process, best of 25 rounds: " + ", ".join(
+        f"{k} {v * 1e3:.2f} ms" for k, v in whole.items()) + f" (unfused / cost model "
+              f"{whole['unfused'] / whole['cost model']:.2f}x)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
