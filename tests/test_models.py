@@ -45,8 +45,9 @@ def test_model_round_trips_and_matches_eager(name):
 
 
 def assert_layouts_change_only_at_edges(graph, lanes: int) -> int:
-    """Every blocked value is read blocked (by a conv that runs blocked, a layout-preserving op with a blocked
-    output, a spatial mean, or as a 1x1 map) and is no graph output; returns how many values are blocked."""
+    """Every blocked value is read blocked (by a conv that runs blocked, a fused block, a layout-preserving op
+    with a blocked output, a spatial mean, or as a 1x1 map) and is no graph output; returns how many values
+    are blocked."""
     from convopt.passes.block_layout import channel_operands, is_spatial_mean, runs_blocked
 
     layout = f"NCHW{lanes}c"
@@ -56,10 +57,11 @@ def assert_layouts_change_only_at_edges(graph, lanes: int) -> int:
         node = graph.node_map[name]
         if node.op is Op.CONV2D:
             assert runs_blocked(graph, node, lanes), name
-        else:
+        elif node.op is not Op.FUSED_BLOCK:  # a fused block's kernel writes either layout
             assert set(channel_operands(graph, node)) <= blocked, name
         for reader in graph.users.get(name, ()):
             assert (runs_blocked(graph, reader, lanes) or reader.name in blocked or is_spatial_mean(graph, reader)
+                    or (reader.op is Op.FUSED_BLOCK and reader.inputs[0] == name)
                     or graph.types[name].shape[2:] == (1, 1)), (name, reader.name)
     return len(blocked)
 
