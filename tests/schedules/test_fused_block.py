@@ -116,7 +116,8 @@ def test_blocks_in_a_model_compile_fused_between_other_ops(lanes):
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("project", [True, False], ids=["block", "partial"])
-def test_blocked_input_and_output_store_the_same_values(lanes, project):
+@pytest.mark.parametrize("k, stride, batch", [(3, 1, 1), (5, 2, 2)])
+def test_blocked_input_and_output_store_the_same_values(lanes, project, k, stride, batch):
     """The kernel with its input (and residual) and its output in channel blocks against the NCHW kernel."""
     import numpy as np
     import tvm
@@ -124,11 +125,11 @@ def test_blocked_input_and_output_store_the_same_values(lanes, project):
     from convopt.ir.layout import to_blocked
     from convopt.schedules.fused_block import io_shapes, prepare_weights, prim_func
 
-    block = Block.of(16, 48, 16 if project else None, 11, 11, 3)
+    block = Block.of(16, 48, 16 if project else None, 11, 11, k, stride, batch=batch)
     rng = np.random.default_rng(0)
-    shapes = ((48, 16), (48,), (48, 3, 3), (48,)) + (((16, 48), (16,)) if project else ())
+    shapes = ((48, 16), (48,), (48, k, k), (48,)) + (((16, 48), (16,)) if project else ())
     weights = prepare_weights(block, *(rng.standard_normal(s).astype(np.float32) for s in shapes), lanes=lanes)
-    x = rng.standard_normal((1, 16, 11, 11)).astype(np.float32)
+    x = rng.standard_normal((batch, 16, 11, 11)).astype(np.float32)
     target = resolve_target("cpu")  # the host runs either width
     outputs = {}
     for blocked in (False, True):
