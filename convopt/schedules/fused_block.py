@@ -39,7 +39,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .activations import activate
-from ..target import vector_registers
+from . import tiling
 from .conv_spec import ConvSpec
 
 F32 = "float32"
@@ -127,11 +127,10 @@ def default_bands(block, cores: int = 1) -> int:
 
 
 def column_tile(width: int, lanes: int, vectors: int = 1) -> int:
-    """Columns per register tile of ``vectors`` channel vectors (columns x vectors accumulators): the largest
-    divisor of the row up to the register budget (16 of AVX-512's 32 registers, 8 of AVX2's 16; at most 8
-    columns: the rest hold the weight vectors and the broadcast input), else that budget with a ragged tail."""
-    limit = min(8, (vector_registers(lanes) // 2) // vectors)
-    return next((t for t in range(min(limit, width), 3, -1) if width % t == 0), min(limit, width))
+    """Columns per register tile of ``vectors`` channel vectors: the accumulators left per vector
+    (tiling.accumulators: 16 of AVX-512's 32 registers, 8 of AVX2's 16), at most 8 columns, as a divisor
+    of the row where one is close (tiling.pick_tile), else with a ragged last tile."""
+    return tiling.pick_tile(width, min(8, tiling.accumulators(lanes) // vectors))
 
 
 def channel_vectors(vectors: int) -> int:

@@ -104,7 +104,8 @@ def test_blocks_in_a_model_compile_fused_between_other_ops(lanes):
     x = torch.randn(1, 3, 20, 20)
     target = resolve_target("cpu").with_lanes(lanes)
     fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"2": True, "3": True},
-                            check=False)
+                            lowering={"0": "im2win", "4": "im2win"}, check=False)  # convs that run blocked
+    # (left to the cost model, the first conv's lowering flips with the machine's measured peak)
     graph = fast.graph
     fused = [n for n in graph.nodes if n.op is Op.FUSED_BLOCK]
     assert [n.attrs.kind for n in fused] == ["inverted_residual"] * 2
