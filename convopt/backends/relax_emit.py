@@ -10,7 +10,8 @@ Values with a blocked layout (``TensorType.layout``, chosen by passes/block_layo
 of the stored shape [N, C/b, H, W, b]. ``operands`` hands each emitter its inputs in the layout it
 computes in: a layout-preserving op with a blocked output gets its constants re-blocked once and its
 one-channel operands broadcastable (a trailing 1); a 1x1 map is stored alike in both layouts and is
-reshaped for free where an NCHW reader needs it.
+reshaped for free where a reader needs it in the other (a squeeze-excite gate computed in NCHW scales a
+blocked tensor).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def operands(ctx: EmitContext, n: Node, env: dict[str, relax.Expr]) -> list:
         if out_block and not in_block:  # a broadcast operand of a blocked elementwise op
             shape = aligned_4d(t.shape)
             data = ctx.constant_data(name)
-            if shape[1] > 1:  # C channels: a constant (block_layout keeps every other such operand blocked)
+            if shape[1] > 1 and shape[2:] == (1, 1) and data is None:  # one pixel: the same bytes blocked
+                expr = relax.op.reshape(expr, (shape[0], shape[1] // out_block, 1, 1, out_block))
+            elif shape[1] > 1:  # C channels: a constant (block_layout keeps every other such operand blocked)
                 if data is None:
                     raise UnsupportedOpError(f"node %{n.name} ({op_label(n)}) is blocked but reads %{name} in NCHW")
                 array = data.detach().cpu().numpy().reshape(shape)

@@ -9,8 +9,9 @@ and v is stored blocked when both hold:
     speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), a fused block
     (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
     op (LAYOUT_PRESERVING: elementwise ops, batch_norm, pooling, a mean over H and W with keepdim) whose
-    non-constant operands with C channels are all blocked (constant operands are re-blocked once by the
-    backend; operands with one channel broadcast in either layout);
+    non-constant operands with C channels and more than one pixel are all blocked (constant operands are
+    re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
+    of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
   - each of its readers takes it blocked: such a conv (any lowering reads a blocked input correctly, but
     one vectorized over pixels would gather it, so those read NCHW), a fused block, a layout-preserving op whose own
     output is blocked, a mean over H and W (writes [N, C]), or anything at all when H = W = 1 (both
@@ -75,7 +76,9 @@ def channel_operands(graph: Graph, n: Node) -> list[str] | None:
         shape = aligned_4d(t.shape) if isinstance(t, TensorType) else None
         if shape is None or shape[1] not in (1, channels):
             return None
-        if shape[1] == channels and channels > 1 and i not in graph.constant_map:
+        # one pixel broadcast over a map (an SE gate): stored alike in both layouts, the backend reshapes it
+        broadcast_pixel = shape[2:] == (1, 1) and n.type.shape[2:] != (1, 1)
+        if shape[1] == channels and channels > 1 and i not in graph.constant_map and not broadcast_pixel:
             operands.append(i)
     return operands
 

@@ -112,6 +112,10 @@ def test_broadcast_operands_constant_scales_and_a_squeeze_excite():
     layouts = _layouts(block_layout(_with_lowering(b.graph(pooled)), lanes=LANES))
     assert layouts == {"c1": "NCHW8c", "ls": "NCHW8c", "m": "NCHW8c", "s1": "", "s2": "NCHW8c", "gate": "NCHW8c",
                        "se": "NCHW8c", "c2": "NCHW8c", "pooled": ""}
+    # the squeeze-excite convs vectorized over pixels: the gate is NCHW, the tensor it scales stays blocked
+    layouts = _layouts(block_layout(_with_lowering(b.graph(pooled), s1="im2col", s2="im2col"), lanes=LANES))
+    assert layouts == {"c1": "NCHW8c", "ls": "NCHW8c", "m": "NCHW8c", "s1": "", "s2": "", "gate": "",
+                       "se": "NCHW8c", "c2": "NCHW8c", "pooled": ""}
 
 
 def test_a_non_constant_nchw_operand_keeps_the_op_nchw():
@@ -157,8 +161,9 @@ class _Block(nn.Module):
         return self.head(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
+@pytest.mark.parametrize("se_lowering", ["direct", "im2col"])  # im2col: the gate is computed in NCHW
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_tvm_results_equal_with_and_without_blocked_layouts(lanes):
+def test_tvm_results_equal_with_and_without_blocked_layouts(lanes, se_lowering):
     torch.manual_seed(0)
     model = _Block().eval()
     with torch.no_grad():
@@ -166,10 +171,17 @@ def test_tvm_results_equal_with_and_without_blocked_layouts(lanes):
         model.bn.running_var.uniform_(0.5, 2)
     x = torch.randn(2, 3, 20, 20)
     target = resolve_target("cpu").with_lanes(lanes)
-    # the direct kernel everywhere: which convs run blocked must not hang on this machine's cost model
-    blocked = convopt.optimize(model, x, target=target, lowering="direct")  # check=True: within 1e-4 of eager
-    assert {n.type.layout for n in blocked.graph.nodes if hasattr(n.type, "layout")} == {"", f"NCHW{lanes}c"}
-    plain = convopt.optimize(model, x, target=target, lowering="direct", skip_passes=["block_layout"])
+    # lowerings forced: which convs run blocked must not hang on this machine's cost model
+    convs = {name: "direct" for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    lowering = convs | {"dw": "depthwise", "se_reduce": se_lowering, "se_expand": se_lowering}
+    blocked = convopt.optimize(model, x, target=target, lowering=lowering)  # check=True: within 1e-4 of eager
+    layouts = {n.name: n.type.layout for n in blocked.graph.nodes if hasattr(n.type, "layout")}
+    assert set(layouts.values()) == {"", f"NCHW{lanes}c"}
+    scaled = next(n for n in blocked.graph.nodes if n.op is Op.MUL and n.inputs[1] in layouts
+                  and blocked.graph.types[n.inputs[1]].shape[2:] == (1, 1))
+    assert layouts[scaled.name] == f"NCHW{lanes}c"  # z * gate stays blocked whichever layout the gate has
+    assert layouts[scaled.inputs[1]] == ("" if se_lowering == "im2col" else f"NCHW{lanes}c")
+    plain = convopt.optimize(model, x, target=target, lowering=lowering, skip_passes=["block_layout"])
     assert all(not getattr(n.type, "layout", "") for n in plain.graph.nodes)
     x2 = torch.randn_like(x)
     with torch.no_grad():

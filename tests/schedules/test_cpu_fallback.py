@@ -62,7 +62,7 @@ def test_a_reduction_over_the_innermost_axis_stays_scalar_and_correct():
 
 
 def test_blocked_reduction_takes_blocked_reductions_before_dlights_reduction_rule():
-    from convopt.schedules.cpu_fallback import BlockedReduction
+    from convopt.schedules.cpu_fallback import VectorReduction
 
     def primfunc(shape, axes):
         bb = relax.BlockBuilder()
@@ -75,8 +75,35 @@ def test_blocked_reduction_takes_blocked_reductions_before_dlights_reduction_rul
         return next(f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
 
     target = host(16)
-    rule = BlockedReduction(16)
+    rule = VectorReduction(16)
     scheduled = rule.apply(primfunc((1, 2, 9, 9, 16), [2, 3]), target.tvm, False)
     assert scheduled is not None and "T.vectorized" in scheduled.mod.script()
-    assert rule.apply(primfunc((1, 32, 9, 9), [2, 3]), target.tvm, False) is None  # NCHW: dlight's rule
-    assert rule.apply(primfunc((1, 32, 9, 9), [1]), target.tvm, False) is None
+    assert rule.apply(primfunc((1, 32, 9, 9), [2, 3]), target.tvm, False) is None  # 81 pixels: dlight's rule
+    assert rule.apply(primfunc((1, 32, 9, 9), [1]), target.tvm, False) is None  # over channels: strided
+    scheduled = rule.apply(primfunc((1, 32, 8, 12), [2, 3]), target.tvm, False)  # 96 pixels: 6 vectors
+    assert scheduled is not None and "T.vectorized" in scheduled.mod.script()
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("shape, axes", [((2, 5, 8, 8), [2, 3]), ((3, 2, 4 * 16), [2]), ((2, 6, 7, 16), [2, 3]),
+                                         ((2, 3, 4, 8, 8), [2, 3, 4])])
+def test_a_reduction_over_the_innermost_axes_of_nchw_sums_whole_vectors(lanes, shape, axes):
+    """A spatial mean of NCHW: the reduction rfactored into one vector of partial sums per output."""
+    from convopt.schedules.cpu_fallback import VectorReduction
+
+    target = host(lanes)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.mean(x, axes, keepdims=True)))
+        bb.emit_func_output(out)
+    with target.tvm:
+        mod = relax.get_pipeline("zero")(bb.get())
+        mod = tvm.s_tir.dlight.ApplyDefaultSchedule(VectorReduction(lanes))(mod)
+    text = "\n".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert f"T.vectorized(T.int64({lanes}))" in text and "_rf" in text and "T.parallel" in text
+    data = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm), tvm.cpu())
+    out = torch.from_dlpack(vm["main"](tvm.runtime.tensor(data))).clone()
+    assert torch.allclose(out, torch.from_numpy(data).mean(axes, keepdim=True), rtol=1e-5, atol=1e-6)
