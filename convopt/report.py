@@ -47,6 +47,20 @@ class KernelTime:
         return max(self.flops / profile.peak_flops, self.bytes / profile.bandwidth)
 
 
+# PyTorch's OpenMP workers keep spinning after an eager op (optimize()'s check runs the eager model) and take
+# cores from TVM's: on 2 cores mobilenetv2_100 ran 2.5x slower right after an eager run, still 1.35x slower
+# 50 ms later, and at full speed after 100 ms. So every timing here starts after this much warm-up.
+SETTLE_SECONDS = 0.5
+
+
+def settle(run, seconds: float = SETTLE_SECONDS) -> None:
+    """Call ``run`` for ``seconds`` (at least twice): warm caches, and time for other pools to stop spinning."""
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < seconds:
+        run()
+        calls += 1
+
+
 def time_kernels(fast, example_inputs: Any, *, runs: int = 10) -> tuple[list[KernelTime], float]:
     """(per-kernel times of ``fast`` on ``example_inputs``, median seconds of a plain run without the
     instrument) for a module optimized for a TVM target."""
@@ -57,7 +71,7 @@ def time_kernels(fast, example_inputs: Any, *, runs: int = 10) -> tuple[list[Ker
                          f"not target {fast.target!r}")
     args = as_args(example_inputs)
     with torch.no_grad():
-        fast(*args)  # warm up
+        settle(lambda: fast(*args))
         plain = []
         for _ in range(runs):
             start = time.perf_counter()

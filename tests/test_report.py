@@ -1,6 +1,7 @@
 """convopt report: per-kernel times of a compiled model, its JSON and roofline picture, and the CLI."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -59,3 +60,14 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", f"{path}:build", "--input-shape", "1,3,12,12", "--runs", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "GFLOP/s" in text and (out / "report.json").is_file() and (out / "roofline.png").is_file()
+
+
+def test_timing_starts_after_a_warm_up_long_enough_for_other_pools_to_stop_spinning():
+    from convopt.report import settle
+
+    calls = []
+    settle(lambda: calls.append(time.perf_counter()), seconds=0.05)
+    assert len(calls) >= 2 and calls[-1] - calls[0] >= 0.04
+    calls.clear()
+    settle(lambda: (calls.append(0), time.sleep(0.03)), seconds=0.0)  # at least two calls, however short
+    assert len(calls) == 2
