@@ -24,7 +24,7 @@ import torch
 from tvm import relax
 
 from ..ir.graph import Graph, Node, op_label
-from ..ir.layout import aligned_4d, block_of, to_blocked
+from ..ir.layout import aligned_4d, block_of, stored_shape, to_blocked
 from ..ir.ops import Op
 from ..ir.types import TensorType, full_dtype_name
 from ..target import Target
@@ -43,8 +43,9 @@ def struct_info(t: TensorType):
 
 
 class EmitContext:
-    def __init__(self, graph: Graph, bb: relax.BlockBuilder):
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder, own_kernels: bool = False):
         self.graph, self.bb = graph, bb
+        self.own_kernels = own_kernels  # a CPU target: convopt's hand-scheduled kernels where it has them
 
     def const(self, value, dtype: str) -> relax.Constant:
         return relax.const(np.asarray(value, dtype=full_dtype_name(dtype)))
@@ -147,6 +148,30 @@ def _layer_norm(ctx, n: Node, x):
     return relax.op.nn.layer_norm(x[0], gamma, beta, axes, n.attrs.eps)
 
 
+def _channel_norm(ctx, n: Node, x):
+    """A layer norm over the channels: convopt's kernel on the CPU (schedules/channel_norm.py; NCHW or channel
+    blocks), else layer_norm between NHWC transposes. Reads its weight and bias as they are (the constants are
+    [C] in either layout)."""
+    channels = n.type.shape[1]
+    gamma, beta = (ctx.constant_data(i) for i in n.inputs[1:])
+    if any(t is None and i is not None for t, i in zip((gamma, beta), n.inputs[1:])):
+        raise UnsupportedOpError(f"node %{n.name}: channel_norm with non-constant weight or bias")
+    gamma = ctx.const(np.ones(channels) if gamma is None else gamma.detach().double().numpy(), n.type.dtype)
+    beta = ctx.const(np.zeros(channels) if beta is None else beta.detach().double().numpy(), n.type.dtype)
+    if not ctx.own_kernels or n.type.dtype != "f32":
+        if n.type.layout:
+            raise UnsupportedOpError(f"node %{n.name}: channel_norm in layout {n.type.layout} needs the CPU kernel")
+        nhwc = relax.op.permute_dims(x[0], [0, 2, 3, 1])
+        return relax.op.permute_dims(relax.op.nn.layer_norm(nhwc, gamma, beta, [3], n.attrs.eps), [0, 3, 1, 2])
+    from ..schedules.channel_norm import prim_func
+
+    shape = tuple(stored_shape(n.type.shape, n.type.layout))  # the input's: channel_norm keeps its layout
+    func = (prim_func(shape, n.attrs.eps).without_attr("global_symbol").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
+    gvar = ctx.bb.add_func(func, "convopt_channel_norm")  # equal shapes share one function
+    return relax.call_tir(gvar, [x[0], gamma, beta], relax.TensorType(shape, "float32"))
+
+
 def _group_norm(ctx, n: Node, x):
     gamma, beta = _norm_params(ctx, n, x, (n.type.shape[1],))
     return relax.op.nn.group_norm(x[0], gamma, beta, n.attrs.num_groups, 1, list(range(2, n.type.rank)), n.attrs.eps)
@@ -235,6 +260,7 @@ EMITTERS: dict[Op, Callable] = {
     Op.BATCH_NORM: _batch_norm,
     Op.LAYER_NORM: _layer_norm,
     Op.GROUP_NORM: _group_norm,
+    Op.CHANNEL_NORM: _channel_norm,
     Op.RELU: lambda ctx, n, x: relax.op.nn.relu(x[0]),
     Op.CLAMP: _clamp,
     Op.GELU: _gelu,
@@ -333,10 +359,10 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
         raise _refuse(missing)
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
-    ctx = EmitContext(graph, bb)
+    own_kernels = target is not None and target.is_cpu
+    ctx = EmitContext(graph, bb, own_kernels)
     kernels = {}
     fallbacks: dict[str, list[str]] = {}
-    own_kernels = target is not None and target.is_cpu
     if own_kernels:
         from . import conv_kernels
 

@@ -25,6 +25,7 @@ class Op(enum.Enum):
     LINEAR = "linear"
     BATCH_NORM = "batch_norm"  # eval mode: running statistics, one op with its four constants
     LAYER_NORM = "layer_norm"
+    CHANNEL_NORM = "channel_norm"  # layer norm over the channels of each pixel of N,C,H,W (timm's LayerNorm2d)
     GROUP_NORM = "group_norm"
     RELU = "relu"
     CLAMP = "clamp"  # relu6 and hardtanh are clamps
@@ -300,6 +301,13 @@ def _torch_args(a: TorchAttrs, inputs: tuple) -> tuple:
     return a.resolve(), tuple(subst(v) for v in a.args)
 
 
+def channel_norm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
+    """Layer norm over dim 1 of an N,C,H,W tensor: what permute(0,2,3,1) -> layer_norm((C,)) -> permute back
+    computes (passes/canonicalize.py writes that chain as one ``channel_norm``)."""
+    y = aten.layer_norm.default(aten.permute.default(x, (0, 2, 3, 1)), (x.shape[1],), weight, bias, eps, True)
+    return aten.permute.default(y, (0, 3, 1, 2))
+
+
 OPS: dict[Op, OpInfo] = {
     Op.CONV2D: OpInfo(
         Conv2dAttrs, 2, 3,
@@ -320,6 +328,8 @@ OPS: dict[Op, OpInfo] = {
         lambda a, x: (aten.layer_norm.default, (x[0], a.normalized_shape, x[1], x[2], a.eps, True)),
         optional_inputs=(1, 2),
     ),
+    Op.CHANNEL_NORM: OpInfo(NormAttrs, 3, 3, lambda a, x: (channel_norm, (x[0], x[1], x[2], a.eps)),
+                            optional_inputs=(1, 2)),
     Op.GROUP_NORM: OpInfo(
         GroupNormAttrs, 3, 3,
         lambda a, x: (aten.group_norm.default, (x[0], a.num_groups, x[1], x[2], a.eps, True)),

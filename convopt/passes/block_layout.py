@@ -8,7 +8,8 @@ and v is stored blocked when both hold:
   - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
     speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), a fused block
     (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
-    op (LAYOUT_PRESERVING: elementwise ops, batch_norm, pooling, a mean over H and W with keepdim) whose
+    op (LAYOUT_PRESERVING: elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
+    keepdim) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
@@ -46,6 +47,7 @@ LAYOUT_PRESERVING = frozenset({
     Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH, Op.HARDSIGMOID,
     Op.IDENTITY, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.BATCH_NORM,
     Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D,
+    Op.CHANNEL_NORM,  # not elementwise, but its kernel (schedules/channel_norm.py) runs on channel blocks
 })
 
 
@@ -69,7 +71,7 @@ def channel_operands(graph: Graph, n: Node) -> list[str] | None:
     """The inputs of a layout-preserving node that must share its output's layout (non-constant, C channels),
     or None when one of its operands can't be broadcast against a blocked tensor."""
     channels = n.type.shape[1]
-    inputs = n.inputs[:1] if n.op is Op.BATCH_NORM else [i for i in n.inputs if i is not None]
+    inputs = n.inputs[:1] if n.op in (Op.BATCH_NORM, Op.CHANNEL_NORM) else [i for i in n.inputs if i is not None]
     operands = []
     for i in inputs:
         t = graph.types[i]

@@ -9,6 +9,8 @@ Rewrites (each only when the result's type equals the replacement's type):
     permute(x, (0, 1, ..., n-1))   => x
     x + 0, x - 0, x * 1, x / 1     => x     (scalar right operand)
     cat([x])                       => x
+    permute(layer_norm(permute(x, (0,2,3,1)), (C,)), (0,3,1,2))
+                                   => channel_norm(x)   (timm's LayerNorm2d: one op, no transposes)
 
 Preconditions: none. Runs first in every pipeline and is cheap enough to run again after passes that
 leave such ops behind.
@@ -17,7 +19,7 @@ leave such ops behind.
 from __future__ import annotations
 
 from ..ir.graph import Graph, Node
-from ..ir.ops import Op
+from ..ir.ops import NormAttrs, Op
 from .rewrite import Context, Rule, apply_rules
 
 _NEUTRAL_SCALAR = {Op.ADD: 0, Op.SUB: 0, Op.MUL: 1, Op.DIV: 1}
@@ -47,10 +49,29 @@ def _reshape_of_reshape(node: Node, ctx: Context) -> str | None:
     return ctx.emit(Op.RESHAPE, inner.inputs, node.attrs, node.type, base=node.name, sources=(inner, node))
 
 
+def _channel_norm(node: Node, ctx: Context) -> str | None:
+    """A layer norm over the channels of NCHW written as NHWC transposes around it, each inner value read once."""
+    if node.attrs.dims != (0, 3, 1, 2):
+        return None
+    norm = ctx.producer(node.inputs[0])
+    if norm is None or norm.op is not Op.LAYER_NORM or ctx.num_uses(norm.name) != 1:
+        return None
+    to_nhwc = ctx.producer(norm.inputs[0])
+    if to_nhwc is None or to_nhwc.op is not Op.PERMUTE or to_nhwc.attrs.dims != (0, 2, 3, 1) \
+            or ctx.num_uses(to_nhwc.name) != 1:
+        return None
+    x = to_nhwc.inputs[0]
+    if norm.attrs.normalized_shape != (ctx.type(x).shape[1],) or ctx.type(x) != node.type:
+        return None
+    return ctx.emit(Op.CHANNEL_NORM, (x, *norm.inputs[1:]), NormAttrs(norm.attrs.eps), node.type, base=norm.name,
+                    sources=(to_nhwc, norm, node))
+
+
 RULES = (
     Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CAT,
                                      *_NEUTRAL_SCALAR}), _forward_input),
     Rule("reshape_of_reshape", frozenset({Op.RESHAPE}), _reshape_of_reshape),
+    Rule("channel_norm", frozenset({Op.PERMUTE}), _channel_norm),
 )
 
 

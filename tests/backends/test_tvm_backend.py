@@ -105,6 +105,18 @@ def test_cuda_code_is_generated(arch):
     assert sources and "__global__" in sources[0]
 
 
+def test_channel_norm_builds_for_cuda_as_layer_norm_between_transposes():
+    class LayerNorm2d(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), LayerNorm2d(8)).eval()
+    graph = convopt.optimize(model, torch.randn(1, 3, 16, 16), target="torch").graph
+    assert [n.op.value for n in graph.nodes] == ["conv2d", "channel_norm"]
+    executable, _, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}))
+    assert "__global__" in cuda_sources(executable)[0]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="running CUDA code needs a GPU")
 def test_cuda_runs_when_a_gpu_is_present():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval().cuda()

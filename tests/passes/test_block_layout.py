@@ -188,3 +188,44 @@ def test_tvm_results_equal_with_and_without_blocked_layouts(lanes, se_lowering):
         expected = model(x2)
     assert relative_error(blocked(x2), expected) <= 1e-5
     assert relative_error(blocked(x2), plain(x2)) <= 1e-5
+
+
+class _ChannelNormBlock(nn.Module):
+    """ConvNeXt's pattern: depthwise conv -> layer norm over channels (timm's LayerNorm2d) -> 1x1 convs."""
+
+    def __init__(self, channels=32):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.fc1, self.fc2 = nn.Conv2d(channels, 4 * channels, 1), nn.Conv2d(4 * channels, channels, 1)
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(y)))
+
+
+def test_a_channel_norm_between_blocked_convs_is_blocked():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    c1 = _conv(b, x, 16, 16, name="c1")
+    w, bias = (b.const(f"n.{k}", torch.rand(16)) for k in ("w", "b"))
+    norm = b.node(Op.CHANNEL_NORM, [c1, w, bias], O.NormAttrs(1e-6), name="norm")
+    c2 = _conv(b, norm, 16, 16, name="c2")
+    c3 = _conv(b, c2, 16, 16, name="c3")
+    assert _layouts(block_layout(_with_lowering(b.graph(c3)), lanes=LANES)) == {
+        "c1": "NCHW8c", "norm": "NCHW8c", "c2": "NCHW8c", "c3": ""}
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_channel_norm_computes_the_same_in_blocks(lanes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), _ChannelNormBlock(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 11, 9)
+    target = resolve_target("cpu").with_lanes(lanes)
+    lowering = {"0": "direct", "1.dw": "depthwise", "1.fc1": "direct", "1.fc2": "direct", "2": "direct"}
+    blocked = convopt.optimize(model, x, target=target, lowering=lowering)  # check=True: within 1e-4 of eager
+    norm = next(n for n in blocked.graph.nodes if n.op is Op.CHANNEL_NORM)
+    assert norm.type.layout == f"NCHW{lanes}c"
+    plain = convopt.optimize(model, x, target=target, lowering=lowering, skip_passes=["block_layout"])
+    x2 = torch.randn_like(x)
+    assert relative_error(blocked(x2), plain(x2)) <= 1e-5

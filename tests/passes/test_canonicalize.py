@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -102,3 +103,54 @@ def test_property_chains_keep_their_value(chain, n, m):
     assert torch.equal(to_torch(result)(x)[0], to_torch(g)(x)[0])
     assert len(result.nodes) <= len(g.nodes)
     assert all(n.op not in (Op.IDENTITY,) for n in result.nodes)
+
+
+class _LayerNorm2d(nn.LayerNorm):
+    """timm's LayerNorm2d: a layer norm over the channels of NCHW, written with NHWC transposes."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _channel_norm_graph(dims=(0, 2, 3, 1), back=(0, 3, 1, 2), normalized=(8,), shape=(2, 8, 5, 6), extra_use=False):
+    b = Builder()
+    x = b.input("x", shape)
+    to_nhwc = b.node(Op.PERMUTE, [x], O.PermuteAttrs(dims), name="to_nhwc")
+    w, bias = (b.const(f"ln.{k}", torch.randn(normalized)) for k in ("w", "b"))
+    norm = b.node(Op.LAYER_NORM, [to_nhwc, w, bias], O.LayerNormAttrs(normalized, 1e-6), name="ln")
+    out = b.node(Op.PERMUTE, [norm], O.PermuteAttrs(back), name="to_nchw")
+    if extra_use:
+        out = b.node(Op.ADD, [out, b.node(Op.PERMUTE, [norm], O.PermuteAttrs(back), name="again")], O.BinaryAttrs(),
+                     name="both")
+    return b.graph(out)
+
+
+def test_a_layer_norm_between_nhwc_transposes_becomes_one_channel_norm():
+    g = _channel_norm_graph()
+    result = canonicalize(g)
+    verify(result)
+    assert ops(result) == [Op.CHANNEL_NORM]
+    norm = result.nodes[0]
+    assert norm.inputs == ("x", "ln.w", "ln.b") and norm.attrs.eps == 1e-6 and norm.type == g.nodes[-1].type
+    assert norm.origin.sources == ("to_nhwc", "ln", "to_nchw")
+
+
+@pytest.mark.parametrize("case", [
+    dict(dims=(0, 3, 2, 1), back=(0, 3, 2, 1)),  # transposes that move H and W too
+    dict(normalized=(6, 8)),  # over W and C
+    dict(extra_use=True),  # the normalized NHWC value is read twice
+], ids=["other-transposes", "two-dims", "read-twice"])
+def test_channel_norm_needs_exactly_the_transposes_and_one_reader(case):
+    g = _channel_norm_graph(**case)
+    assert Op.CHANNEL_NORM not in ops(canonicalize(g))
+
+
+def test_timms_layer_norm_2d_runs_as_channel_norm_on_torch_and_tvm():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 16, 1)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 9, 11)
+    for target in ("torch", "cpu"):
+        fast = convopt.optimize(model, x, target=target)  # checked against eager on x
+        assert Op.CHANNEL_NORM in ops(fast.graph) and Op.PERMUTE not in ops(fast.graph)
