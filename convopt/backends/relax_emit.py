@@ -43,9 +43,10 @@ def struct_info(t: TensorType):
 
 
 class EmitContext:
-    def __init__(self, graph: Graph, bb: relax.BlockBuilder, own_kernels: bool = False):
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder, own_kernels: bool = False, lanes: int = 0):
         self.graph, self.bb = graph, bb
         self.own_kernels = own_kernels  # a CPU target: convopt's hand-scheduled kernels where it has them
+        self.lanes = lanes  # its SIMD width
 
     def const(self, value, dtype: str) -> relax.Constant:
         return relax.const(np.asarray(value, dtype=full_dtype_name(dtype)))
@@ -142,14 +143,27 @@ def _norm_params(ctx, n: Node, x, shape):
 
 
 def _layer_norm(ctx, n: Node, x):
+    """On the CPU convopt's kernel over rows (schedules/layer_norm.py: dlight's schedule recomputes the sums for
+    every output element), else Relax's layer_norm."""
     shape = n.attrs.normalized_shape
     gamma, beta = _norm_params(ctx, n, x, shape)
+    if ctx.own_kernels and n.type.dtype == "f32" and not n.type.layout:
+        from ..schedules.layer_norm import row_prim_func
+
+        size = int(np.prod(shape))
+        rows = int(np.prod(n.type.shape)) // size
+        func = (row_prim_func(rows, size, n.attrs.eps, ctx.lanes).without_attr("global_symbol")
+                .with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True))
+        gvar = ctx.bb.add_func(func, "convopt_layer_norm")
+        flat = [ctx.bb.emit(relax.op.reshape(v, (rows, size) if v is x[0] else (size,))) for v in (x[0], gamma, beta)]
+        out = ctx.bb.emit(relax.call_tir(gvar, flat, relax.TensorType((rows, size), "float32")))
+        return relax.op.reshape(out, n.type.shape)
     axes = list(range(n.type.rank - len(shape), n.type.rank))
     return relax.op.nn.layer_norm(x[0], gamma, beta, axes, n.attrs.eps)
 
 
 def _channel_norm(ctx, n: Node, x):
-    """A layer norm over the channels: convopt's kernel on the CPU (schedules/channel_norm.py; NCHW or channel
+    """A layer norm over the channels: convopt's kernel on the CPU (schedules/layer_norm.py; NCHW or channel
     blocks), else layer_norm between NHWC transposes. Reads its weight and bias as they are (the constants are
     [C] in either layout)."""
     channels = n.type.shape[1]
@@ -163,7 +177,7 @@ def _channel_norm(ctx, n: Node, x):
             raise UnsupportedOpError(f"node %{n.name}: channel_norm in layout {n.type.layout} needs the CPU kernel")
         nhwc = relax.op.permute_dims(x[0], [0, 2, 3, 1])
         return relax.op.permute_dims(relax.op.nn.layer_norm(nhwc, gamma, beta, [3], n.attrs.eps), [0, 3, 1, 2])
-    from ..schedules.channel_norm import prim_func
+    from ..schedules.layer_norm import channel_prim_func as prim_func
 
     shape = tuple(stored_shape(n.type.shape, n.type.layout))  # the input's: channel_norm keeps its layout
     func = (prim_func(shape, n.attrs.eps).without_attr("global_symbol").with_attr("op_pattern", 8)
@@ -360,7 +374,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     own_kernels = target is not None and target.is_cpu
-    ctx = EmitContext(graph, bb, own_kernels)
+    ctx = EmitContext(graph, bb, own_kernels, target.lanes if own_kernels else 0)
     kernels = {}
     fallbacks: dict[str, list[str]] = {}
     if own_kernels:

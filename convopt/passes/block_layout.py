@@ -47,7 +47,7 @@ LAYOUT_PRESERVING = frozenset({
     Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH, Op.HARDSIGMOID,
     Op.IDENTITY, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.BATCH_NORM,
     Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D,
-    Op.CHANNEL_NORM,  # not elementwise, but its kernel (schedules/channel_norm.py) runs on channel blocks
+    Op.CHANNEL_NORM,  # not elementwise, but its kernel (schedules/layer_norm.py) runs on channel blocks
 })
 
 

@@ -105,6 +105,29 @@ def test_cuda_code_is_generated(arch):
     assert sources and "__global__" in sources[0]
 
 
+def test_layer_norms_run_convopts_row_kernel_on_the_cpu():
+    class Tokens(nn.Module):  # layer norms over the last axis: per token, and over a classifier's features
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 32, 3, stride=2), nn.LayerNorm(32)
+            self.fc, self.head_norm = nn.Linear(32, 48), nn.LayerNorm(48, eps=1e-6)
+
+        def forward(self, x):
+            tokens = self.norm(self.conv(x).flatten(2).transpose(1, 2))
+            return self.head_norm(self.fc(tokens.mean(1)))
+
+    model = Tokens().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.head_norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 15, 15)
+    fast = convopt.optimize(model, x, strict=True)  # checked against eager
+    assert sum(name.startswith("convopt_layer_norm") for name in fast._compiled.kernels) == 2
+    with torch.no_grad():
+        x2 = torch.randn_like(x)
+        assert rel_err(fast(x2), model(x2)) <= 1e-5
+
+
 def test_channel_norm_builds_for_cuda_as_layer_norm_between_transposes():
     class LayerNorm2d(nn.LayerNorm):
         def forward(self, x):

@@ -1,5 +1,5 @@
-"""The channel_norm kernel (a layer norm over the channels of each pixel) against PyTorch, in NCHW and in
-channel blocks of 8 and 16, and its schedule: parallel over rows, vectorized."""
+"""The layer norm kernels against PyTorch: over the channels of each pixel (channel_norm) in NCHW and in
+channel blocks of 8 and 16, and over rows (layer_norm); their schedules are parallel and vectorized."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import tvm
 
 from convopt.ir.layout import to_blocked
 from convopt.numerics import relative_error
-from convopt.schedules.channel_norm import prim_func
+from convopt.schedules.layer_norm import channel_prim_func as prim_func
 
 from .conv_cases import host
 
@@ -33,3 +33,19 @@ def test_the_kernel_matches_pytorchs_layer_norm_over_channels(lanes, shape, bloc
     expected = _reference(x, gamma, beta, 1e-6)
     expected = to_blocked(expected.numpy(), lanes) if blocked else expected.numpy()
     assert relative_error(torch.from_numpy(out.numpy()), torch.from_numpy(expected)) <= 1e-5
+
+
+@pytest.mark.parametrize("rows, size", [(1, 960), (6, 64), (3, 37), (2, 8)])
+def test_the_row_kernel_matches_pytorchs_layer_norm(rows, size):
+    from convopt.schedules.layer_norm import row_prim_func
+
+    torch.manual_seed(0)
+    x, gamma, beta = torch.randn(rows, size) * 3 + 2, torch.rand(size) + 0.5, torch.randn(size)
+    func = row_prim_func(rows, size, 1e-5, 16)
+    assert "T.parallel" in func.script()
+    assert ("cn_sum_lanes" in func.script()) == (size % 16 == 0 and size >= 32)  # sums of whole vectors
+    run = tvm.compile(tvm.IRModule({"main": func}), target=host(16).tvm)["main"]
+    out = tvm.runtime.empty((rows, size), "float32", tvm.cpu())
+    run(*(tvm.runtime.tensor(a.numpy()) for a in (x, gamma, beta)), out)
+    expected = torch.nn.functional.layer_norm(x, (size,), gamma, beta, 1e-5)
+    assert relative_error(torch.from_numpy(out.numpy()), expected) <= 1e-5

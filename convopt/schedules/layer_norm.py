@@ -1,17 +1,23 @@
-"""The CPU kernel of op channel_norm: a layer norm over the channels of each pixel (timm's LayerNorm2d, which
-PyTorch writes as NHWC transposes around layer_norm; passes/canonicalize.py makes that one op):
+"""The CPU kernels of layer norm: over the channels of each pixel (op channel_norm: timm's LayerNorm2d,
+which PyTorch writes as NHWC transposes around layer_norm; passes/canonicalize.py makes that one op), and
+over the innermost axes (op layer_norm, viewed as rows [M, D]):
 
-    mean[n, y, x] = 1/C sum_c x[n, c, y, x]
-    var[n, y, x]  = 1/C sum_c (x[n, c, y, x] - mean[n, y, x])^2          (two passes, as PyTorch: no cancellation)
-    out[n, c, y, x] = (x[n, c, y, x] - mean[n, y, x]) rsqrt(var[n, y, x] + eps) g[c] + b[c]
+    mean[p] = 1/C sum_c x[p, c]
+    var[p]  = 1/C sum_c (x[p, c] - mean[p])^2          (two passes, as PyTorch: no cancellation)
+    out[p, c] = (x[p, c] - mean[p]) rsqrt(var[p] + eps) g[c] + b[c]
 
-Schedule (x86): parallel over the image rows (n, y); each row's sums, statistics and output are computed
-at that loop, so the row (C x W floats) is read three times from cache and once from memory. In NCHW the
-row's pixels are contiguous: every stage runs vectorized over x, the sums over c outside it. In channel
-blocks, NCHW[b]c ([N, C/b, H, W, b]), the lanes are channels: each pixel sums its C/b vectors into one
-(vectorized over the lanes) and then the b lanes of that one. Generic TVM schedules run either as a
-reduction over a strided axis: 2.2 ms for 40 channels at 56x56 in NCHW (90x its memory bound), and the
-transposes around layer_norm cost 0.27 ms.
+channel_norm (p a pixel, c a channel): parallel over the image rows (n, y); each row's sums, statistics and
+output are computed at that loop, so the row (C x W floats) is read three times from cache and once from
+memory. In NCHW the row's pixels are contiguous: every stage runs vectorized over x, the sums over c outside
+it. In channel blocks, NCHW[b]c ([N, C/b, H, W, b]), the lanes are channels: each pixel sums its C/b
+vectors into one (vectorized over the lanes) and then the b lanes of that one. TVM's generic schedule runs
+it as a reduction over a strided axis: 2.2 ms for 40 channels at 56x56 in NCHW (90x its memory bound),
+and the transposes around layer_norm cost 0.27 ms; this kernel 0.04 ms.
+
+layer_norm (p a row, c its D elements): parallel over rows; where D is a whole number of vectors the sums
+are rfactored into vectors (sum_c = sum over lanes of sum_j x[p, j L + l]), else a scalar loop. dlight's CPU
+reduction rule recomputed both sums for every output element of a [1, 960] classifier head, in parallel
+into one shared accumulator: 0.86 ms (and a race); this kernel a few microseconds.
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ def _schedule(sch: tvm.s_tir.Schedule, blocked: bool) -> None:
             sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
 
 
-def prim_func(shape: tuple[int, ...], eps: float) -> tirx.PrimFunc:
+def channel_prim_func(shape: tuple[int, ...], eps: float) -> tirx.PrimFunc:
     """The scheduled kernel for an input of ``shape``: [N, C, H, W], or [N, C/b, H, W, b] (channel blocks);
     arguments x, gamma [C], beta [C], out (x's shape)."""
     blocked = len(shape) == 5
@@ -97,4 +103,49 @@ def prim_func(shape: tuple[int, ...], eps: float) -> tirx.PrimFunc:
     out = (_blocked if blocked else _nchw)(x, gamma, beta, float(eps))
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, out]))
     _schedule(sch, blocked)
+    return sch.mod["main"]
+
+
+def _rows(x, gamma, beta, eps: float, lanes: int):
+    m_, d_ = (int(v) for v in x.shape)
+    vectors = d_ % lanes == 0 and d_ >= 2 * lanes
+
+    def sums(name, value):
+        if not vectors:
+            d = te.reduce_axis((0, d_), name="d")
+            return te.compute((m_,), lambda m: te.sum(value(m, d), axis=d), name=name)
+        j = te.reduce_axis((0, d_ // lanes), name="j")
+        part = te.compute((m_, lanes), lambda m, lane: te.sum(value(m, j * lanes + lane), axis=j), name=f"{name}_lanes")
+        lane = te.reduce_axis((0, lanes), name="lane")
+        return te.compute((m_,), lambda m: te.sum(part[m, lane], axis=lane), name=name)
+
+    total = sums(SUM, lambda m, d: x[m, d])
+    mean = te.compute((m_,), lambda m: total[m] / d_, name=MEAN)
+    squares = sums(SQUARES, lambda m, d: (x[m, d] - mean[m]) * (x[m, d] - mean[m]))
+    rstd = te.compute((m_,), lambda m: tirx.rsqrt(squares[m] / d_ + eps), name=RSTD)
+    out = te.compute((m_, d_), lambda m, d: (x[m, d] - mean[m]) * rstd[m] * gamma[d] + beta[d], name=OUT)
+    return out, vectors
+
+
+def row_prim_func(rows: int, size: int, eps: float, lanes: int) -> tirx.PrimFunc:
+    """The scheduled kernel normalizing each of ``rows`` rows of ``size`` elements: arguments x [rows, size],
+    gamma [size], beta [size], out [rows, size]."""
+    x = te.placeholder((rows, size), name="x")
+    gamma, beta = te.placeholder((size,), name="gamma"), te.placeholder((size,), name="beta")
+    out, vectors = _rows(x, gamma, beta, float(eps), lanes)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, out]))
+    row, column = sch.get_loops(sch.get_sblock(OUT))
+    sch.parallel(row)
+    sch.vectorize(sch.split(column, [None, lanes])[1] if size % lanes == 0 else column)
+    stages = [RSTD, SQUARES] + ([f"{SQUARES}_lanes"] if vectors else []) + [MEAN, SUM] + (
+        [f"{SUM}_lanes"] if vectors else [])
+    for name in stages:
+        sch.compute_at(sch.get_sblock(name), row, preserve_unit_loops=True)
+    if vectors:
+        for name in (f"{SUM}_lanes", f"{SQUARES}_lanes"):
+            block = sch.get_sblock(name)
+            *_, lane, step = sch.get_loops(block)
+            sch.reorder(step, lane)
+            sch.vectorize(lane)
+            sch.decompose_reduction(block, step)
     return sch.mod["main"]
