@@ -62,9 +62,9 @@ def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool 
     fallbacks = fallback_nodes(mod)
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
-        from ..schedules.cpu_fallback import VectorReduction, ParallelFallback
+        from ..schedules.cpu_fallback import CheckedReduction, ParallelFallback, VectorReduction
 
-        rules = [dlight.cpu.GEMV(), VectorReduction(target.lanes), dlight.cpu.Reduction(),
+        rules = [dlight.cpu.GEMV(), VectorReduction(target.lanes), CheckedReduction(),
                  ParallelFallback(target.lanes)]
     else:
         rules = [dlight.gpu.Fallback()]

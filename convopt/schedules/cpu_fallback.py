@@ -180,3 +180,48 @@ class VectorReduction(ParallelFallback):
                                      for info in reductions):
             return None
         return super().apply(func, target, _tunable)
+
+
+def _recomputes_a_reduction(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a reduction block sits under a loop (extent > 1) that none of its bindings reads: it then
+    recomputes the same value on every iteration of that loop, and, if that loop is parallel, writes it
+    into one shared accumulator from every thread (a race)."""
+    found = False
+
+    def walk(stmt, loops):
+        nonlocal found
+        if isinstance(stmt, tvm.tirx.For):
+            walk(stmt.body, loops + [stmt])
+        elif isinstance(stmt, tvm.tirx.SeqStmt):
+            for s in stmt.seq:
+                walk(s, loops)
+        elif isinstance(stmt, tvm.s_tir.SBlockRealize):
+            block = stmt.block
+            if any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in block.iter_vars):
+                used = [v for value in stmt.iter_values for v in tvm.tirx.analysis.undefined_vars(value, [])]
+                found = found or any(
+                    not (isinstance(loop.extent, tvm.tirx.IntImm) and loop.extent.value == 1)
+                    and not any(v.same_as(loop.loop_var) for v in used) for loop in loops)
+            walk(block.body, loops)
+        elif isinstance(stmt, tvm.tirx.IfThenElse):
+            walk(stmt.then_case, loops)
+            if stmt.else_case is not None:
+                walk(stmt.else_case, loops)
+        elif getattr(stmt, "body", None) is not None:
+            walk(stmt.body, loops)
+
+    walk(func.body, [])
+    return found
+
+
+class CheckedReduction(dlight.cpu.Reduction):
+    """dlight's CPU reduction rule, declined where its schedule recomputes a reduction for every element of an
+    axis the reduction doesn't have (``_recomputes_a_reduction``): a softmax or layer norm over [1, N] puts
+    both sums under the output's parallel loop over N (a softmax of 1000 logits: 1.2 ms and a race). Those
+    functions go to ParallelFallback instead."""
+
+    def apply(self, func, target, tunable):
+        sch = super().apply(func, target, tunable)
+        if isinstance(sch, tvm.s_tir.Schedule) and _recomputes_a_reduction(sch.mod["main"]):
+            return None
+        return sch
