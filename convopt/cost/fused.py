@@ -27,8 +27,8 @@ from .profile import FEATURES, MachineProfile
 KEY = "fused_inverted_residual"
 # fuse only where the fused kernel is predicted faster by more than this: its coefficients are fitted on
 # blocks timed alone, and in a model the unfused kernels beat their predictions by about as much. Measured in
-# the model on mobilenetv2_100 (benchmarks/block_fusion.py, Zen 4): fused is 1.01-1.79x faster where the
-# predicted gain is >= 1.46x (112-28 px), 0.61-0.88x where it is <= 1.24x (14 and 7 px); end to end, margin
+# the model on mobilenetv2_100 (benchmarks/block_fusion.py, Zen 4): fused is 1.07-1.84x faster where the
+# predicted gain is >= 1.46x (112-28 px), 0.70-0.98x where it is <= 1.24x (14 and 7 px); end to end, margin
 # 1.25 / 1.1 / 1.0 fused 6 / 13 / 16 blocks and ran 4.34 / 4.51 / 4.85 ms against 5.09 unfused.
 FUSED_MARGIN = 1.25
 
