@@ -12,8 +12,9 @@ from convopt.schedules.cpu_fallback import ParallelFallback
 from .conv_cases import LANES, host
 
 
-def _run(op, shape, lanes):
-    """(the scheduled TIR as text, the op's result on random data) for one relax op built with ``op(x)``."""
+def _run(op, shape, lanes, rule=None):
+    """(the scheduled TIR as text, the op's result on random data) for one relax op built with ``op(x)``,
+    scheduled by ``rule`` (default ParallelFallback)."""
     target = host(lanes)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(shape, "float32"))
@@ -24,7 +25,7 @@ def _run(op, shape, lanes):
     dlight = tvm.s_tir.dlight
     with target.tvm:
         mod = relax.get_pipeline("zero")(bb.get())
-        mod = dlight.ApplyDefaultSchedule(ParallelFallback(lanes))(mod)
+        mod = dlight.ApplyDefaultSchedule(rule or ParallelFallback(lanes))(mod)
     text = "\n".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
     data = np.random.default_rng(0).standard_normal(shape).astype("float32")
     vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm), tvm.cpu())
@@ -91,22 +92,9 @@ def test_a_reduction_over_the_innermost_axes_of_nchw_sums_whole_vectors(lanes, s
     """A spatial mean of NCHW: the reduction rfactored into one vector of partial sums per output."""
     from convopt.schedules.cpu_fallback import VectorReduction
 
-    target = host(lanes)
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(bb.emit(relax.op.mean(x, axes, keepdims=True)))
-        bb.emit_func_output(out)
-    with target.tvm:
-        mod = relax.get_pipeline("zero")(bb.get())
-        mod = tvm.s_tir.dlight.ApplyDefaultSchedule(VectorReduction(lanes))(mod)
-    text = "\n".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    text, out, data = _run(lambda x: relax.op.mean(x, axes, keepdims=True), shape, lanes, VectorReduction(lanes))
     assert f"T.vectorized(T.int64({lanes}))" in text and "_rf" in text and "T.parallel" in text
-    data = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm), tvm.cpu())
-    out = torch.from_dlpack(vm["main"](tvm.runtime.tensor(data))).clone()
-    assert torch.allclose(out, torch.from_numpy(data).mean(axes, keepdim=True), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out, data.mean(axes, keepdim=True), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 1000), (3, 40)])
