@@ -117,7 +117,7 @@ def judge(row: dict, spec: ConvSpec, profile, lanes: int) -> dict:
     gflops = {k: 2 * spec.macs / (v * 1e-3) / 1e9 for k, v in measured.items()}
     return {**row, "predicted_ms": predicted, "chosen": chosen, "best": best,
             "hit": measured[chosen] <= HIT_MARGIN * measured[best], "gflops": gflops,
-            "best_of_peak": gflops[best] * 1e9 / profile.peak_flops}
+            "best_of_peak": gflops[best] * 1e9 / profile.roof_flops}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -215,8 +215,8 @@ def main(argv=None) -> int:
              "eager GFLOP/s": r["gflops"]["eager"], "ort GFLOP/s": r["gflops"].get("ort", "")}
         t.update({f"{k} ms": v for k, v in r["measured_ms"].items()})
         table_rows.append(t)
-    text = (f"`{command}`\n\n{profile.cpu}, target {target.key}, measured peak {profile.peak_flops / 1e9:.0f} "
-            f"GFLOP/s (GEMM). Fastest of {args.rounds} interleaved rounds, 2 threads, batch 1. "
+    text = (f"`{command}`\n\n{profile.cpu}, target {target.key}, FMA peak {profile.roof_flops / 1e9:.0f} "
+            f"GFLOP/s (GEMM {profile.peak_flops / 1e9:.0f}). Fastest of {args.rounds} interleaved rounds, 2 threads, batch 1. "
             f"Cost model picks the measured best or one within 10% of it on {summary['hits']} of "
             f"{summary['layers']} distinct layers ({summary['hit_rate']:.0%}; {summary['hit_rate_by_count']:.0%} "
             f"counting each layer as often as it occurs).\n\n" + markdown_table(table_rows, columns) + "\n")

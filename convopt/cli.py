@@ -155,6 +155,7 @@ def _calibrate(args) -> int:
     else:
         profile = measure_machine(target)
     print(f"{profile.cpu}, target {target.key}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
+          f"FMA peak {profile.roof_flops / 1e9:.0f} GFLOP/s, "
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
     lowerings = args.lowerings.split(",") if args.lowerings else None

@@ -10,7 +10,7 @@ chain of other ops, a VM builtin) the report gives
                 rest) per second
     GB/s        the bytes of its arguments (each read or written at least once) per second
     bound       the roofline time: max(FLOPs / peak, bytes / bandwidth) with the machine profile's measured
-                peak (a GEMM) and bandwidth (a large copy)
+                peak (register-resident FMAs on all cores, cost/peak.py) and bandwidth (a large copy)
     x bound     ms / bound: how far the kernel is from the roofline (1 is on it)
 
 and writes ``report.json`` and ``roofline.png`` (arithmetic intensity against achieved FLOP/s, a point per
@@ -44,7 +44,7 @@ class KernelTime:
     nodes: tuple[str, ...]  # IR nodes of a conv kernel
 
     def bound(self, profile: MachineProfile) -> float:
-        return max(self.flops / profile.peak_flops, self.bytes / profile.bandwidth)
+        return max(self.flops / profile.roof_flops, self.bytes / profile.bandwidth)
 
 
 # PyTorch's OpenMP workers keep spinning after an eager op (optimize()'s check runs the eager model) and take
@@ -122,16 +122,17 @@ def build_report(rows: list[KernelTime], plain_seconds: float, profile: MachineP
         kernels.append({**asdict(r), "ms": r.seconds * 1e3, "share": r.seconds / total if total else 0.0,
                         "gflops": r.flops / r.seconds / 1e9 if r.seconds else 0.0,
                         "gbytes_per_s": r.bytes / r.seconds / 1e9 if r.seconds else 0.0,
-                        "of_peak": r.flops / r.seconds / profile.peak_flops if r.seconds else 0.0,
+                        "of_peak": r.flops / r.seconds / profile.roof_flops if r.seconds else 0.0,
                         "bound_ms": bound * 1e3, "x_bound": r.seconds / bound if bound else None})
     return {"model": model, "target": target_key, "cpu": profile.cpu,
-            "peak_gflops": profile.peak_flops / 1e9, "bandwidth_gb_s": profile.bandwidth / 1e9,
+            "peak_gflops": profile.roof_flops / 1e9, "gemm_gflops": profile.peak_flops / 1e9,
+            "bandwidth_gb_s": profile.bandwidth / 1e9,
             "run_ms": plain_seconds * 1e3, "instrumented_ms": total * 1e3, "kernels": kernels}
 
 
 def format_table(report: dict, top: int = 25) -> str:
     lines = [f"{report['model']}: {report['run_ms']:.2f} ms a run ({report['instrumented_ms']:.2f} ms instrumented), "
-             f"target {report['target']}, {report['cpu']}, peak {report['peak_gflops']:.0f} GFLOP/s, "
+             f"target {report['target']}, {report['cpu']}, FMA peak {report['peak_gflops']:.0f} GFLOP/s, "
              f"bandwidth {report['bandwidth_gb_s']:.1f} GB/s",
              f"{'kernel':44s} {'kind':9s} {'calls':>5s} {'ms':>8s} {'share':>6s} {'GFLOP/s':>8s} {'GB/s':>7s} "
              f"{'of peak':>7s} {'x bound':>7s}"]

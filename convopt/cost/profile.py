@@ -1,5 +1,6 @@
-"""The machine profile the cost model reads: peak FLOP/s (a GEMM microbenchmark), memory bandwidth (a
-large copy), cache sizes, and per-lowering efficiency coefficients calibrated by timing each lowering on
+"""The machine profile the cost model reads: peak FLOP/s (a GEMM microbenchmark: the cost model's unit),
+the FMA roof (register-resident FMAs, cost/peak.py: what `convopt report` judges kernels against), memory
+bandwidth (a large copy), cache sizes, and per-lowering efficiency coefficients calibrated by timing each lowering on
 a set of conv shapes. Profiles are stored by Target key (convopt/target.py): the coefficients describe
 kernels scheduled for one ISA on one kind of machine.
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from ..target import Target
+from .peak import fma_peak_flops
 
 FEATURES = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "calls")
 SHIPPED_PROFILES = Path(__file__).with_name("profiles")
@@ -49,6 +51,12 @@ class MachineProfile:
     # coefficient keys `convopt calibrate` fitted on this machine: a cached profile keeps those and takes the
     # others from the shipped profile, so a newer convopt's fit (a kernel that changed) reaches old caches
     fitted_here: tuple[str, ...] = ()
+    fma_peak_flops: float = 0.0  # FLOP/s, fp32 FMAs from registers on all cores (0: not measured)
+
+    @property
+    def roof_flops(self) -> float:
+        """The arithmetic roof kernels are judged against: the FMA peak where measured, else the GEMM rate."""
+        return self.fma_peak_flops or self.peak_flops
 
     def with_fitted(self, coefficients: dict[str, dict[str, float]], names, **changes) -> "MachineProfile":
         """This profile with ``coefficients``, the keys ``names`` marked as fitted on this machine."""
@@ -96,8 +104,14 @@ def _best_seconds(fn, repeat: int) -> float:
     return best
 
 
+def _roof(target: Target) -> float:
+    """The FMA roof where code for ``target`` runs on this host (0: it can't be measured here)."""
+    return fma_peak_flops(target) if target.is_cpu and target.runs_here else 0.0
+
+
 def measure_machine(target: Target) -> MachineProfile:
-    """Peak FLOP/s from a 1024^3 fp32 GEMM, bandwidth from a 128 MiB copy, on ``target.cores`` threads."""
+    """Peak FLOP/s from a 1024^3 fp32 GEMM, the FMA roof (cost/peak.py), bandwidth from a 128 MiB copy, on
+    ``target.cores`` threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(target.cores)
     try:
@@ -109,7 +123,7 @@ def measure_machine(target: Target) -> MachineProfile:
         torch.set_num_threads(previous)
     return MachineProfile(cpu=cpu_name(), cores=target.cores, peak_flops=2 * 1024 ** 3 / gemm,
                           bandwidth=2 * src.numel() * 4 / copy, caches=dict(target.caches),
-                          target_key=target.key)
+                          target_key=target.key, fma_peak_flops=_roof(target))
 
 
 def cache_dir() -> Path:
@@ -152,6 +166,10 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
         # the shipped coefficients, except those `convopt calibrate` fitted here: a newer convopt's (a new
         # lowering, a kernel rewritten) replace the copies an older one cached
         fitted = {name: cached.coefficients[name] for name in cached.fitted_here if name in cached.coefficients}
+        if not cached.fma_peak_flops:  # cached by a convopt that did not measure the roof
+            cached = replace(cached, fma_peak_flops=_roof(target))
+            if cached.fma_peak_flops:
+                save_profile(cached, path)
         return replace(cached, coefficients={**shipped.coefficients, **fitted})
     if shipped.target_key != target.key and target.key not in _warned:
         _warned.add(target.key)

@@ -11,4 +11,4 @@ def fixed_profile(**coefficients) -> MachineProfile:
         coefs[name] = {f: values.get(f, 0.0) for f in FEATURES}
     return MachineProfile(cpu="test cpu", cores=2, peak_flops=100e9, bandwidth=20e9,
                           caches={"L1d": 32768, "L2": 524288, "L3": 33554432}, coefficients=coefs,
-                          calibrated_on="test cpu")
+                          calibrated_on="test cpu", fma_peak_flops=150e9)
