@@ -146,10 +146,21 @@ def _cuda_target(tvm_target: tvm.target.Target) -> Target:
     return Target("cuda", str(tvm_target.attrs.get("arch", "sm_80")), 1, 0, True, frozenset(), 1, {}, tvm_target)
 
 
+HOST_CPU_VARIABLE = "CONVOPT_HOST_CPU"
+
+
 def host_target() -> Target:
-    """This machine's CPU: LLVM with the host's cpu name and its physical core count."""
-    tvm_target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                                    "num-cores": physical_cores()})
+    """This machine's CPU: LLVM with the host's cpu name and its physical core count.
+
+    ``CONVOPT_HOST_CPU`` (an LLVM cpu name, e.g. "znver3" or "haswell") replaces the host's cpu name: "cpu"
+    then means that CPU on this machine's cores and caches. On an AVX-512 host, an AVX2 name builds and runs
+    every kernel, cost-model profile and test as an AVX2 host would (its code runs here); a name whose ISA
+    this host lacks builds code that doesn't run here (``Target.runs_here`` is False)."""
+    mcpu = os.environ.get(HOST_CPU_VARIABLE, "").strip() or tvm.target.codegen.llvm_get_system_cpu()
+    if mcpu not in tvm.target.codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"})):
+        raise ValueError(f"{HOST_CPU_VARIABLE}={mcpu!r}: LLVM knows no x86 cpu of that name (e.g. znver3, haswell, "
+                         "skylake-avx512, sapphirerapids)")
+    tvm_target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": physical_cores()})
     return _cpu_target(tvm_target, host=True)
 
 

@@ -42,6 +42,22 @@ def test_host():
     assert resolve_target(t) is t
 
 
+def test_the_host_cpu_can_be_named(monkeypatch):
+    """CONVOPT_HOST_CPU: "cpu" is another x86 CPU on this machine's cores and caches (CI runs the suite as an
+    AVX2 host on an AVX-512 one)."""
+    monkeypatch.setenv("CONVOPT_HOST_CPU", "haswell")
+    t = resolve_target("cpu")
+    assert (t.name, t.lanes, t.vector_registers, t.isa) == ("haswell", 8, 16, "avx2")
+    assert t.key == f"llvm-haswell-avx2-{t.cores}c" and set(t.caches) >= {"L1d", "L2", "L3"}
+    assert str(t.tvm.attrs["mcpu"]) == "haswell" and t.runs_here  # every AVX-512 host runs AVX2 code
+
+
+def test_an_unknown_host_cpu_name_is_refused(monkeypatch):
+    monkeypatch.setenv("CONVOPT_HOST_CPU", "pentium-9000")
+    with pytest.raises(ValueError, match="CONVOPT_HOST_CPU='pentium-9000'.*no x86 cpu"):
+        resolve_target("cpu")
+
+
 def test_with_lanes_schedules_for_another_width_on_the_same_code_target():
     avx2 = resolve_target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
     wide = avx2.with_lanes(16)
