@@ -5,8 +5,8 @@ calls), accurate to a few float32 ulps in the range that matters:
 
     exp(x)       Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-7 polynomial, 2^n by the
                  exponent bits (inputs clamped to [-87.3, 88], where 2^n is a normal float32; NaN stays NaN)
-    erf(x)       Abramowitz & Stegun 7.1.26: 1 - t (a1 + t (a2 + ...)) e^(-x^2), t = 1 / (1 + p |x|),
-                 |error| <= 1.5e-7
+    erf(x)       x P(x^2) / Q(x^2), a rational fit of degrees 5/5 on |x| <= 4 (``_ERF_P``, ``_ERF_Q``),
+                 |error| <= 3.7e-7
     sigmoid(x)   1 / (1 + exp(-x));  silu(x) = x sigmoid(x)
     gelu(x)      x (1 + erf(x / sqrt 2)) / 2;  gelu_tanh(x) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
     hardswish(x) x min(max(x + 3, 0), 6) / 6;  hardsigmoid(x) = min(max(x / 6 + 1/2, 0), 1)
@@ -53,14 +53,28 @@ def fast_exp(x):
     return tirx.if_then_else(tirx.isnan(x), x, (p * r * r + r + _c(1.0)) * two_n)
 
 
+# erf(x) = x P(x^2) / Q(x^2) on |x| <= 4 (beyond, erf(x) rounds to +-1 in float32): a rational fit of
+# degrees 5/5 in x^2, fitted by iteratively reweighted least squares on 6000 points of [0, 4] for the
+# smallest relative error (evaluated in float32: at most 3.7e-7 over [0, 4]). Eleven FMAs and one division;
+# Abramowitz & Stegun 7.1.26, used before, needs the division and an exp as well: GELU took 33 cycles per
+# 16 floats on Zen 4, this 19 (a copy alone: 6).
+_ERF_P = (1.1283791500897815, 0.18992055420133452, 0.0526671339021583, 0.0037416445250189794,
+          0.0002837403468721606, 2.044472525297725e-06)
+_ERF_Q = (1.0, 0.501645543473952, 0.11389288409455577, 0.014919649823926715, 0.0011557395743741032,
+          3.797749897781936e-05)
+
+
+def _polynomial(coefficients, t):
+    value = _c(coefficients[-1])
+    for coefficient in coefficients[-2::-1]:
+        value = value * t + _c(coefficient)
+    return value
+
+
 def fast_erf(x):
-    a = tirx.abs(x)
-    t = _c(1.0) / (_c(1.0) + _c(0.3275911) * a)
-    poly = _c(1.061405429)
-    for coefficient in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
-        poly = poly * t + _c(coefficient)
-    magnitude = _c(1.0) - poly * t * fast_exp(-a * a)
-    return tirx.if_then_else(x < _c(0.0), -magnitude, magnitude)
+    a = _clamp(x, -4.0, 4.0)
+    t = a * a
+    return _clamp(a * _polynomial(_ERF_P, t) / _polynomial(_ERF_Q, t), -1.0, 1.0)
 
 
 def sigmoid(x):
