@@ -1,18 +1,18 @@
 """The activations a kernel's epilogue applies (conv and dense kernels), as scalar TIR expressions.
 
-The transcendental ones are written with polynomials that LLVM vectorizes (libm's expf / erff are scalar
-calls), accurate to a few float32 ulps in the range that matters:
+The transcendental ones are written as rational functions that LLVM vectorizes (libm's expf / erff / tanhf
+are scalar calls), accurate to a few float32 ulps in the range that matters, with no exp (an exp polynomial
+with its range reduction cost as much as the rest of SiLU):
 
-    exp(x)       Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-7 polynomial, 2^n by the
-                 exponent bits (inputs clamped to [-87.3, 88], where 2^n is a normal float32; NaN stays NaN)
     erf(x)       x P(x^2) / Q(x^2), a rational fit of degrees 5/5 on |x| <= 4 (``_ERF_P``, ``_ERF_Q``),
                  |error| <= 3.7e-7
-    sigmoid(x)   1 / (1 + exp(-x));  silu(x) = x sigmoid(x)
+    tanh(x)      x P(x^2) / Q(x^2), a rational fit of degrees 4/4 on |x| <= 9, |error| <= 3.2e-7
+    sigmoid(x)   (1 + tanh(x / 2)) / 2;  silu(x) = x sigmoid(x)
     gelu(x)      x (1 + erf(x / sqrt 2)) / 2;  gelu_tanh(x) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
     hardswish(x) x min(max(x + 3, 0), 6) / 6;  hardsigmoid(x) = min(max(x / 6 + 1/2, 0), 1)
     leaky_relu:a x if x > 0 else a x (a parameter in the name, e.g. "leaky_relu:0.1"; NaN stays NaN)
 
-NaN stays NaN through the exp-based ones; relu, relu6 and the hard ones are max/min, whose NaN behaviour is
+NaN stays NaN through the smooth ones (sigmoid selects it: its clamp would turn it into 0 or 1); relu, relu6 and the hard ones are max/min, whose NaN behaviour is
 LLVM's select on an ordered compare (NaN becomes the bound). The IR ops they stand for are in
 ``ACTIVATION_OPS`` (``activation_of`` says which a node is).
 """
@@ -33,8 +33,8 @@ def _c(v: float):
 
 
 def let(value, body):
-    """``body(v)`` with ``v`` bound to ``value`` once. An activation reads its input many times (GELU about
-    120: x * sigmoid(x), the exp polynomial's powers of r), and an epilogue's input is an expression (a
+    """``body(v)`` with ``v`` bound to ``value`` once. An activation reads its input several times (GELU's x
+    and x^2 in both polynomials), and an epilogue's input is an expression (a
     Winograd output transform sums 36 loads): without the binding the copies made compiling a model take
     minutes. Only this outermost binding: nested Lets break TVM's vectorizer ("Let cannot bind the same
     var to two different values") when it scalarizes a guarded tail."""
@@ -42,22 +42,11 @@ def let(value, body):
     return tirx.Let(var, value, body(var))
 
 
-def fast_exp(x):
-    clamped = tirx.max(tirx.min(x, _c(88.0)), _c(-87.33654))
-    n = tirx.floor(clamped * _c(1.4426950408889634) + _c(0.5))
-    r = clamped - n * _c(0.693359375) + n * _c(2.12194440e-4)  # ln 2 in two parts: r exact to float32
-    p = _c(1.9875691500e-4)
-    for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = p * r + _c(coefficient)
-    two_n = tirx.reinterpret(F32, tirx.shift_left(n.astype("int32") + 127, tirx.const(23, "int32")))
-    return tirx.if_then_else(tirx.isnan(x), x, (p * r * r + r + _c(1.0)) * two_n)
-
-
 # erf(x) = x P(x^2) / Q(x^2) on |x| <= 4 (beyond, erf(x) rounds to +-1 in float32): a rational fit of
 # degrees 5/5 in x^2, fitted by iteratively reweighted least squares on 6000 points of [0, 4] for the
-# smallest relative error (evaluated in float32: at most 3.7e-7 over [0, 4]). Eleven FMAs and one division;
-# Abramowitz & Stegun 7.1.26, used before, needs the division and an exp as well: GELU took 33 cycles per
-# 16 floats on Zen 4, this 19 (a copy alone: 6).
+# smallest relative error (benchmarks/fit_activations.py; evaluated in float32: at most 3.7e-7 over [0, 4]). Eleven FMAs and one division;
+# Abramowitz & Stegun 7.1.26, used before, needs the division and an exp as well: GELU over 2^20 floats on
+# one Zen 4 core took 602 us that way, 345 us this way (a copy alone: 110 us).
 _ERF_P = (1.1283791500897815, 0.18992055420133452, 0.0526671339021583, 0.0037416445250189794,
           0.0002837403468721606, 2.044472525297725e-06)
 _ERF_Q = (1.0, 0.501645543473952, 0.11389288409455577, 0.014919649823926715, 0.0011557395743741032,
@@ -77,8 +66,27 @@ def fast_erf(x):
     return _clamp(a * _polynomial(_ERF_P, t) / _polynomial(_ERF_Q, t), -1.0, 1.0)
 
 
+# tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (beyond, tanh(x) rounds to +-1 in float32): fitted as erf's on
+# 8000 points, degrees 4/4, |error| <= 3.3e-7. sigmoid(x) = (1 + tanh(x / 2)) / 2 through it: SiLU over 2^20
+# floats on one Zen 4 core took 358 us as x / (1 + exp(-x)) with a Cephes exp polynomial, 293 us this way.
+_TANH_P = (0.9999999832363725, 0.13392406432168732, 0.0035091028924427985, 2.083142214971434e-05,
+           1.3662660806322051e-08)
+_TANH_Q = (1.0, 0.4672572507948815, 0.02592840185469394, 0.0003307734176251614, 7.902634641017389e-07)
+
+
+def fast_tanh(x):
+    a = _clamp(x, -9.0, 9.0)
+    t = a * a
+    return a * _polynomial(_TANH_P, t) / _polynomial(_TANH_Q, t)
+
+
 def sigmoid(x):
-    return _c(1.0) / (_c(1.0) + fast_exp(-x))
+    return tirx.if_then_else(tirx.isnan(x), x, _c(0.5) + _c(0.5) * fast_tanh(_c(0.5) * x))
+
+
+def silu(x):  # x sigmoid(x); NaN stays NaN through the factor x
+    half = _c(0.5) * x
+    return half + half * fast_tanh(half)
 
 
 def _clamp(x, lo: float, hi: float):
@@ -90,7 +98,7 @@ ACTIVATIONS = {
     "relu": lambda x: tirx.max(x, _c(0.0)),
     "relu6": lambda x: _clamp(x, 0.0, 6.0),
     "sigmoid": sigmoid,
-    "silu": lambda x: x * sigmoid(x),
+    "silu": silu,
     "gelu": lambda x: _c(0.5) * x * (_c(1.0) + fast_erf(x * _c(1 / math.sqrt(2)))),
     "gelu_tanh": lambda x: x * sigmoid(_c(2 * math.sqrt(2 / math.pi)) * (x + _c(0.044715) * x * x * x)),
     "hardswish": lambda x: x * _clamp(x + _c(3.0), 0.0, 6.0) / _c(6.0),
