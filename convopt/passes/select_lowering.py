@@ -4,6 +4,8 @@ For every conv2d node n with fp32 data and a constant weight (the convs the back
 own kernels), with s = the conv's shape and L(s) the lowerings that can run s:
 
     lowering(n) = override(n)                          if the user forced one for n (by node or module name)
+                = gemv                                  if s is a 1x1 conv over a one-pixel map (a rule:
+                                                        schedules/gemv.py; no prediction is made)
                 = argmin_{l in N(s)} t(l, s, b(n))      if every l in N(s) was measured on s (tuning records)
                 = argmin_{l in L(s)} t_hat(l, s, b(n))  otherwise, t_hat the cost model (convopt/cost)
 
@@ -39,7 +41,7 @@ from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..schedules.conv_spec import conv_spec_of
-from ..schedules.lowerings import LOWERINGS, LoweringError, lowering
+from ..schedules.lowerings import LOWERINGS, RULE_LOWERINGS, LoweringError, lowering
 from .block_layout import blocked_values
 
 
@@ -47,9 +49,9 @@ def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
     convs = [n for n in graph.nodes if n.op is Op.CONV2D]
     known = {n.name for n in convs} | {n.scope for n in convs if n.scope}
     for key, name in overrides.items():
-        if name not in LOWERINGS:
+        if name not in LOWERINGS + RULE_LOWERINGS:
             raise LoweringError(f"lowering override {key!r}: unknown lowering {name!r}; "
-                                f"convopt has: {', '.join(LOWERINGS)}")
+                                f"convopt has: {', '.join(LOWERINGS + RULE_LOWERINGS)}")
         if key not in known:
             sample = ", ".join(sorted(known)[:8])
             raise LoweringError(f"lowering override {key!r}: no conv node or module of that name "
@@ -81,9 +83,12 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
         if spec is None:
             nodes.append(n)
             continue
+        forced = overrides.get(n.name) or overrides.get(n.scope or "")
+        if forced is None and default is None and lowering("gemv").supports(spec) is None:
+            nodes.append(replace(n, attrs=replace(n.attrs, lowering="gemv", predicted_us=(), measured_us=())))
+            continue
         blocked = n.name in context and n.inputs[0] in context
         predicted = predict_all(spec, profile, lanes, blocked=blocked)
-        forced = overrides.get(n.name) or overrides.get(n.scope or "")
         if forced is not None:
             reason = lowering(forced).supports(spec)
             if reason is not None:

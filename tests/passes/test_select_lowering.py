@@ -168,3 +168,29 @@ def test_partial_measurements_and_forced_lowerings_leave_the_choice_alone():
     everywhere = select_lowering(_graph(), lanes=8, profile=fixed_profile(), blocked_layouts=False,
                                  measured=fast_other, default="im2col")
     assert everywhere.node_map["c3"].attrs.lowering == "im2col"
+
+
+def _squeeze_excite():
+    b = Builder()
+    x = b.input("x", (1, 32, 1, 1))  # a pooled map
+    y = b.input("y", (1, 32, 2, 2))
+    reduce = b.node(Op.CONV2D, [x, b.const("w1", torch.randn(8, 32, 1, 1)), None], O.Conv2dAttrs((1, 1), (0, 0), (1, 1), 1),
+                    name="reduce", scope="se.conv_reduce")
+    wide = b.node(Op.CONV2D, [y, b.const("w2", torch.randn(8, 32, 1, 1)), None], O.Conv2dAttrs((1, 1), (0, 0), (1, 1), 1),
+                  name="wide")
+    return b.graph(reduce, wide)
+
+
+def test_a_1x1_conv_on_one_pixel_runs_as_gemv_by_rule():
+    after = select_lowering(_squeeze_excite(), lanes=8, profile=fixed_profile())
+    assert _lowerings(after) == {"reduce": "gemv", "wide": after.node_map["wide"].attrs.lowering}
+    assert after.node_map["reduce"].attrs.predicted_us == ()  # a rule: nothing predicted
+    assert after.node_map["wide"].attrs.lowering != "gemv" and after.node_map["wide"].attrs.predicted_us  # 2x2 map
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_an_override_beats_the_gemv_rule_and_gemv_can_be_forced_only_where_it_runs():
+    forced = select_lowering(_squeeze_excite(), lanes=8, profile=fixed_profile(), overrides={"se.conv_reduce": "im2col"})
+    assert _lowerings(forced)["reduce"] == "im2col"
+    with pytest.raises(LoweringError, match="gemv can't run.*one-pixel map"):
+        select_lowering(_squeeze_excite(), lanes=8, profile=fixed_profile(), overrides={"wide": "gemv"})

@@ -9,7 +9,7 @@ from tvm import te
 from convopt.numerics import relative_error
 from convopt.schedules.conv_spec import BlockedView, ConvSpec, nchw
 from convopt.schedules.kernel import build_kernel, from_layout, to_layout
-from convopt.schedules.lowerings import LOWERINGS, lowering
+from convopt.schedules.lowerings import LOWERINGS, RULE_LOWERINGS, lowering
 
 from .conv_cases import LANES, host
 
@@ -18,8 +18,9 @@ SPECS = [
     ConvSpec(2, 32, 9, 7, 64, (1, 1)),  # pointwise, batch 2, odd map
     ConvSpec(1, 32, 15, 15, 32, (3, 3), stride=(2, 2), padding=(1, 1), groups=32),  # depthwise, stride 2
     ConvSpec(1, 32, 8, 8, 32, (3, 3), padding=(1, 1), groups=2),  # grouped
+    ConvSpec(2, 48, 1, 1, 32, (1, 1)),  # one pixel: gemv's, and any 1x1 lowering's
 ]
-CASES = [(name, spec) for name in LOWERINGS for spec in SPECS if lowering(name).supports(spec) is None]
+CASES = [(name, spec) for name in LOWERINGS + RULE_LOWERINGS for spec in SPECS if lowering(name).supports(spec) is None]
 
 
 def test_blocked_view_reads_nchw_indices():
