@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.set_defaults(run=_report)
     for p in (dump, opt, tun, rep):
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
-                       help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft, depthwise) on every "
+                       help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft, depthwise, gemv) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")
     dump.add_argument("--target", choices=("none", "cpu"), default="none",
                       help="cpu: also run select_lowering and block_layout, showing each conv's lowering, "
