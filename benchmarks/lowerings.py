@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/lowerings.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "plot", "resume"))
     json_path.write_text(json.dumps({"command": command, "profile": profile.cpu, "target": target.key,
-                                     "peak_gflops": profile.peak_flops / 1e9, "summary": summary,
+                                     "peak_gflops": profile.roof_flops / 1e9, "gemm_gflops": profile.peak_flops / 1e9, "summary": summary,
                                      "by_model": {m: summarize([r for r in rows if r["model"] == m])
                                                   for m in args.models.split(",")}, "rows": rows}, indent=1))
     columns = ["model", "layer", "count"] + [f"{n} ms" for n in LOWERINGS] + ["eager ms", "ort ms", "best",

@@ -156,8 +156,9 @@ def host_target() -> Target:
     then means that CPU on this machine's cores and caches. On an AVX-512 host, an AVX2 name builds and runs
     every kernel, cost-model profile and test as an AVX2 host would (its code runs here); a name whose ISA
     this host lacks builds code that doesn't run here (``Target.runs_here`` is False)."""
-    mcpu = os.environ.get(HOST_CPU_VARIABLE, "").strip() or tvm.target.codegen.llvm_get_system_cpu()
-    if mcpu not in tvm.target.codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"})):
+    named = os.environ.get(HOST_CPU_VARIABLE, "").strip()
+    mcpu = named or tvm.target.codegen.llvm_get_system_cpu()
+    if named and named not in tvm.target.codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"})):
         raise ValueError(f"{HOST_CPU_VARIABLE}={mcpu!r}: LLVM knows no x86 cpu of that name (e.g. znver3, haswell, "
                          "skylake-avx512, sapphirerapids)")
     tvm_target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": physical_cores()})

@@ -86,3 +86,28 @@ def test_skipping_select_lowering_uses_the_direct_kernel():
     model, x = _model_and_input()
     result = convopt.optimize(model, x, target="cpu", skip_passes=["select_lowering"])
     assert all(n.attrs.lowering == "" for n in result.graph.nodes if n.op is Op.CONV2D)
+
+
+class SqueezeExcite(nn.Module):
+    """A 3x3 conv scaled by a squeeze-excite gate: its two convs run on one pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.reduce, self.expand = nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.expand(nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return x * gate
+
+
+@pytest.mark.parametrize("forced", [None, "gemv", "im2col"])
+def test_squeeze_excite_convs_run_as_gemv_unless_another_lowering_is_forced(forced):
+    torch.manual_seed(0)
+    model, x = SqueezeExcite().eval(), torch.randn(2, 3, 9, 11)
+    result = convopt.optimize(model, x, target="cpu", lowering=forced)  # check=True compares with eager
+    chosen = {n.scope: n.attrs.lowering for n in result.graph.nodes if n.op is Op.CONV2D}
+    gate = "im2col" if forced == "im2col" else "gemv"
+    assert chosen["reduce"] == chosen["expand"] == gate and chosen["conv"] != "gemv"
+    assert rel_err(result(x), model(x)) < 1e-4

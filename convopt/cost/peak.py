@@ -1,10 +1,15 @@
 """The machine's arithmetic roof: fp32 FMA throughput with every operand in a register, on all cores.
 
-Each core runs ``chains`` independent chains of vector FMAs, acc[r] = acc[r] * a + b, for ``ITERATIONS``
+One core runs ``chains`` independent chains of vector FMAs, acc[r] = acc[r] * a + b, for ``ITERATIONS``
 steps: 2 * lanes FLOPs per FMA, and enough chains in flight to cover the FMA latency on every FMA pipe
 (Zen 4: 2 pipes x 4 cycles; Intel: 2 x 4), so the loop runs at the issue rate, not the latency.
 
-    roof = 2 * lanes * chains * ITERATIONS * cores / seconds
+    roof = cores * 2 * lanes * chains * ITERATIONS / seconds
+
+measured on one core and multiplied by the cores: on a shared machine another tenant's burst took a core
+for the whole measurement and halved an all-core figure (111 against 216-234 GFLOP/s on Zen 4), which the
+cache then kept; one core still gets a core of its own. (All cores at once may clock a little lower: the
+roof errs on the high side, so a kernel's distance to it does not flatter the kernel.)
 
 A GEMM library's rate is not the roof: on Zen 4 (2 cores) PyTorch's 1024^3 GEMM ran at 126-148 GFLOP/s
 while this loop ran at 230, and convopt's own conv kernels at up to 222. Judging kernels against the GEMM
@@ -51,14 +56,13 @@ def fma_loop(cores: int, chains: int, lanes: int, iterations: int = ITERATIONS) 
     return fma_peak
 
 
-def fma_peak_flops(target: Target, repeat: int = 5) -> float:
+def fma_peak_flops(target: Target, repeat: int = 7) -> float:
     """The roof of ``target`` (a CPU this host runs), FLOP/s on ``target.cores`` threads."""
-    if not target.is_cpu:
-        raise ValueError(f"the FMA roof is measured on a CPU target, not {target.key}")
+    if not target.is_cpu or not target.runs_here:
+        raise ValueError(f"the FMA roof is measured on a CPU target this host runs, not {target.key}")
     chains = chains_for(target)
-    target.configure_runtime()
-    run = tvm.compile(tvm.IRModule({"main": fma_loop(target.cores, chains, target.lanes)}), target=target.tvm)
-    shape = (target.cores, chains, target.lanes)
+    run = tvm.compile(tvm.IRModule({"main": fma_loop(1, chains, target.lanes)}), target=target.tvm)
+    shape = (1, chains, target.lanes)
     seed = tvm.runtime.tensor(np.ones(shape, F32), target.device())
     out = tvm.runtime.empty(shape, F32, target.device())
     run["main"](seed, out)
@@ -67,4 +71,4 @@ def fma_peak_flops(target: Target, repeat: int = 5) -> float:
         start = time.perf_counter()
         run["main"](seed, out)
         best = min(best, time.perf_counter() - start)
-    return 2 * target.lanes * chains * ITERATIONS * target.cores / best
+    return target.cores * 2 * target.lanes * chains * ITERATIONS / best

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from ..target import Target
-from .peak import fma_peak_flops
 
 FEATURES = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "calls")
 SHIPPED_PROFILES = Path(__file__).with_name("profiles")
@@ -75,6 +74,8 @@ class MachineProfile:
             profile = cls(**{**data, "fitted_here": tuple(data.get("fitted_here", ()))})
             if profile.peak_flops <= 0 or profile.bandwidth <= 0:
                 raise ValueError("peak_flops and bandwidth must be positive")
+            if not np.isfinite(profile.fma_peak_flops) or profile.fma_peak_flops < 0:
+                raise ValueError("fma_peak_flops must be finite and >= 0")
             for name, coefs in profile.coefficients.items():
                 unknown = set(coefs) - set(FEATURES)
                 if unknown or any(not np.isfinite(v) or v < 0 for v in coefs.values()):
@@ -106,6 +107,8 @@ def _best_seconds(fn, repeat: int) -> float:
 
 def _roof(target: Target) -> float:
     """The FMA roof where code for ``target`` runs on this host (0: it can't be measured here)."""
+    from .peak import fma_peak_flops  # imported when measured: it compiles with TVM
+
     return fma_peak_flops(target) if target.is_cpu and target.runs_here else 0.0
 
 

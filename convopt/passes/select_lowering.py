@@ -4,6 +4,7 @@ For every conv2d node n with fp32 data and a constant weight (the convs the back
 own kernels), with s = the conv's shape and L(s) the lowerings that can run s:
 
     lowering(n) = override(n)                          if the user forced one for n (by node or module name)
+                = default                               if the user forced one on every conv it runs
                 = gemv                                  if s is a 1x1 conv over a one-pixel map (a rule:
                                                         schedules/gemv.py; no prediction is made)
                 = argmin_{l in N(s)} t(l, s, b(n))      if every l in N(s) was measured on s (tuning records)
@@ -74,8 +75,8 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
                     blocked_layouts: bool = True, measured: Mapping[str, Mapping[str, float]] | None = None) -> Graph:
     overrides = dict(overrides or {})
     _check_names(graph, overrides)
-    if default is not None and default not in LOWERINGS:
-        raise LoweringError(f"unknown lowering {default!r}; convopt has: {', '.join(LOWERINGS)}")
+    if default is not None and default not in LOWERINGS + RULE_LOWERINGS:
+        raise LoweringError(f"unknown lowering {default!r}; convopt has: {', '.join(LOWERINGS + RULE_LOWERINGS)}")
     context = blocked_values(graph, lanes, _could_run_blocked(graph, lanes, profile)) if blocked_layouts else set()
     nodes = []
     for n in graph.nodes:
@@ -84,8 +85,10 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
             nodes.append(n)
             continue
         forced = overrides.get(n.name) or overrides.get(n.scope or "")
-        if forced is None and default is None and lowering("gemv").supports(spec) is None:
-            nodes.append(replace(n, attrs=replace(n.attrs, lowering="gemv", predicted_us=(), measured_us=())))
+        default_runs = default is not None and lowering(default).supports(spec) is None
+        rule = next((name for name in RULE_LOWERINGS if lowering(name).supports(spec) is None), None)
+        if forced is None and not default_runs and rule is not None:
+            nodes.append(replace(n, attrs=replace(n.attrs, lowering=rule, predicted_us=(), measured_us=())))
             continue
         blocked = n.name in context and n.inputs[0] in context
         predicted = predict_all(spec, profile, lanes, blocked=blocked)
@@ -95,7 +98,7 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
                 raise LoweringError(f"lowering override for %{n.name} ({n.scope or 'no module'}, "
                                     f"{spec.describe()}): {forced} can't run it: {reason}")
             choice = forced
-        elif default is not None and lowering(default).supports(spec) is None:
+        elif default_runs:
             choice = default
         else:
             choice = min(predicted, key=predicted.get) if predicted else "direct"

@@ -6,13 +6,14 @@ with its range reduction cost as much as the rest of SiLU):
 
     erf(x)       x P(x^2) / Q(x^2), a rational fit of degrees 5/5 on |x| <= 4 (``_ERF_P``, ``_ERF_Q``),
                  |error| <= 3.7e-7
-    tanh(x)      x P(x^2) / Q(x^2), a rational fit of degrees 4/4 on |x| <= 9, |error| <= 3.2e-7
+    tanh(x)      x P(x^2) / Q(x^2), a rational fit of degrees 4/4 on |x| <= 9, |error| <= 3.3e-7
     sigmoid(x)   (1 + tanh(x / 2)) / 2;  silu(x) = x sigmoid(x)
     gelu(x)      x (1 + erf(x / sqrt 2)) / 2;  gelu_tanh(x) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
     hardswish(x) x min(max(x + 3, 0), 6) / 6;  hardsigmoid(x) = min(max(x / 6 + 1/2, 0), 1)
     leaky_relu:a x if x > 0 else a x (a parameter in the name, e.g. "leaky_relu:0.1"; NaN stays NaN)
 
-NaN stays NaN through the smooth ones (sigmoid selects it: its clamp would turn it into 0 or 1); relu, relu6 and the hard ones are max/min, whose NaN behaviour is
+NaN stays NaN through the smooth ones (tanh's clamps keep it; erf's clamp turns it into 1 or -1, and GELU's
+factor x makes it NaN again); relu, relu6 and the hard ones are max/min, whose NaN behaviour is
 LLVM's select on an ordered compare (NaN becomes the bound). The IR ops they stand for are in
 ``ACTIVATION_OPS`` (``activation_of`` says which a node is).
 """
@@ -74,14 +75,21 @@ _TANH_P = (0.9999999832363725, 0.13392406432168732, 0.0035091028924427985, 2.083
 _TANH_Q = (1.0, 0.4672572507948815, 0.02592840185469394, 0.0003307734176251614, 7.902634641017389e-07)
 
 
+def _clamp_keeping_nan(x, lo: float, hi: float):
+    # the constant first: TVM emits max(a, b) as select(a > b, a, b), which keeps a NaN in b (isnan would be
+    # scalarized)
+    return tirx.min(_c(hi), tirx.max(_c(lo), x))
+
+
 def fast_tanh(x):
-    a = _clamp(x, -9.0, 9.0)
+    a = _clamp_keeping_nan(x, -9.0, 9.0)
     t = a * a
-    return a * _polynomial(_TANH_P, t) / _polynomial(_TANH_Q, t)
+    # the fit overshoots 1 by up to 2e-7 near |x| = 9: clamped, so sigmoid stays in [0, 1] and silu(x) <= x
+    return _clamp_keeping_nan(a * _polynomial(_TANH_P, t) / _polynomial(_TANH_Q, t), -1.0, 1.0)
 
 
 def sigmoid(x):
-    return tirx.if_then_else(tirx.isnan(x), x, _c(0.5) + _c(0.5) * fast_tanh(_c(0.5) * x))
+    return _c(0.5) + _c(0.5) * fast_tanh(_c(0.5) * x)
 
 
 def silu(x):  # x sigmoid(x); NaN stays NaN through the factor x

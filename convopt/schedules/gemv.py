@@ -9,11 +9,13 @@ Schedule (x86): [parallel] (n, blocks / 8) > c > unroll(8 blocks) > vectorize(l)
 weight, up to eight independent accumulators; the cores share it only when it is large
 (``PARALLEL_WEIGHT_BYTES``). The other lowerings tile pixels (of which there is one) or
 channels in blocks built for maps: efficientnet_b0's squeeze-excite convs (e.g. 1152 -> 48) took 15-23 us a
-call as im2col or im2win, 3-5% of the machine's peak. A one-pixel map is stored alike in NCHW and in channel
-blocks, so this kernel reads and writes either.
+call as im2col or im2win inside the model, 3-5% of the machine's peak (2-5 us alone, with the weight in
+cache; this kernel 1-3 us there, and one of them measured 0.19 us as im2win against 0.21 as gemv). A
+one-pixel map is stored alike in NCHW and in channel blocks, so this kernel reads and writes either.
 
-select_lowering runs every conv this lowering supports with it (a rule, not a prediction: no lowering tiles a
-single pixel better); a ``lowering=`` override can still force another.
+select_lowering runs every conv this lowering supports with it (a rule, not a prediction: no other lowering
+has been measured much faster on a single pixel, and it needs no calibration); a ``lowering=`` override
+can still force another. The register tile is a tunable choice (a MetaSchedule sample).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from .conv_spec import Lowering, loop_extent, output_compute
+from .conv_spec import OUTPUT_BLOCK, Lowering, loop_extent, output_compute, sample
 from .dense import pack_weight
 
 ACC_BLOCK = "gemv_acc"
@@ -66,16 +68,25 @@ def schedule_cpu(sch, func_name, target) -> None:
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     n, b, lane, c = sch.get_loops(acc)
     batch, blocks, channels = (loop_extent(sch, loop) for loop in (n, b, c))
-    shared = 4 * blocks * channels * target.lanes >= PARALLEL_WEIGHT_BYTES
+    weight_bytes = 4 * blocks * channels * target.lanes
+    shared = weight_bytes >= PARALLEL_WEIGHT_BYTES or batch * weight_bytes >= 4 * PARALLEL_WEIGHT_BYTES
     # shared: at least two tiles per core where there are blocks enough (1152 -> 48 has 3 blocks of 16)
     tile = max(1, min(REGISTER_TILE, blocks // (2 * target.cores) if shared else blocks))
-    bo, bi = sch.split(b, [None, tile])
+    tiles = sorted({t for t in (1, 2, 4, 8, tile) if t <= blocks})
+    bo, bi = sch.split(b, [None, sample(sch, tiles, tile)])  # tunable
     sch.reorder(n, bo, c, bi, lane)
     if shared:
         sch.parallel(sch.fuse(n, bo))
     sch.unroll(bi)
     sch.vectorize(lane)
-    sch.decompose_reduction(acc, c)  # the epilogue stays a serial loop over O values: too short to share
+    sch.decompose_reduction(acc, c)
+    # the epilogue (a sigmoid over 1152 gates is most of the call if scalar): vectorized over whole vectors
+    out = sch.get_sblock(OUTPUT_BLOCK, func_name)
+    loops = sch.get_loops(out)
+    if len(loops) == 5:  # blocked: [N, O/b, 1, 1, b]
+        sch.vectorize(loops[-1])
+    elif blocks * target.lanes == loop_extent(sch, loops[1]):  # NCHW with O a whole number of vectors
+        sch.vectorize(sch.split(sch.fuse(*loops[1:]), [None, target.lanes])[1])
 
 
 LOWERING = Lowering("gemv", supports, workspace_bytes, prepare_weight, compute, schedule_cpu,

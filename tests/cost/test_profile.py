@@ -2,6 +2,7 @@
 rejected."""
 
 import json
+import os
 import warnings
 from dataclasses import replace
 
@@ -22,8 +23,10 @@ def test_measure_machine_is_plausible():
     assert 1e9 < p.peak_flops < 1e14  # a GEMM runs between 1 GFLOP/s and 100 TFLOP/s
     assert 1e8 < p.bandwidth < 1e13
     assert p.cores >= 1 and p.cpu
-    # the FMA roof: what a GEMM library reaches at best (126-148 vs 230 GFLOP/s on Zen 4), never far above it
-    assert p.fma_peak_flops > 0.7 * p.peak_flops and p.roof_flops == p.fma_peak_flops
+    assert p.fma_peak_flops > 1e9 and p.roof_flops == p.fma_peak_flops
+    if not os.environ.get("CONVOPT_HOST_CPU"):  # the GEMM runs the host's own ISA, the roof the named CPU's
+        # the FMA roof: what a GEMM library reaches at best (126-148 vs 230 GFLOP/s on Zen 4), never far above it
+        assert p.fma_peak_flops > 0.7 * p.peak_flops
 
 
 @pytest.mark.parametrize("lanes, register", [(8, "ymm"), (16, "zmm")])
@@ -41,7 +44,7 @@ def test_the_fma_roof_loop_keeps_its_chains_in_registers(lanes, register):
 def test_a_profile_cached_without_the_roof_gets_it_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVOPT_CACHE_DIR", str(tmp_path))
     prof.save_profile(replace(fixed_profile(), fma_peak_flops=0.0, target_key=HOST.key), prof.profile_path(HOST))
-    monkeypatch.setattr(prof, "fma_peak_flops", lambda target: 123e9)
+    monkeypatch.setattr(peak, "fma_peak_flops", lambda target: 123e9)
     assert load_profile(HOST).roof_flops == 123e9
     assert MachineProfile.from_json(prof.profile_path(HOST).read_text()).fma_peak_flops == 123e9
 
@@ -57,6 +60,7 @@ def test_json_round_trip():
     lambda d: d["coefficients"]["direct"].update(flops=float("nan")),
     lambda d: d["coefficients"]["direct"].update(warp_speed=1.0),
     lambda d: d.pop("bandwidth"),
+    lambda d: d.update(fma_peak_flops=float("nan")),
 ])
 def test_corrupt_profile_is_rejected(damage):
     data = json.loads(fixed_profile().to_json())

@@ -58,3 +58,12 @@ def test_nan_stays_nan(name):
     x = np.array([np.nan, 1.0] * 8, np.float32)
     got = _run(lambda v: activations.activate(v, name), x, 16)
     assert np.isnan(got[0::2]).all() and np.isfinite(got[1::2]).all()
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_sigmoid_stays_in_the_unit_interval_and_silu_below_x(lanes):
+    x = np.linspace(-40, 40, 80001).astype(np.float32)
+    sig = _run(lambda v: activations.activate(v, "sigmoid"), x, lanes)
+    silu = _run(lambda v: activations.activate(v, "silu"), x, lanes)
+    assert sig.min() >= 0.0 and sig.max() <= 1.0 and np.all(np.diff(sig) >= -4e-7)  # monotone up to the fit's error
+    assert np.all(silu[x > 0] <= x[x > 0]) and np.all(silu[x < 0] <= 0)

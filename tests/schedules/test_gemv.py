@@ -47,3 +47,9 @@ def _parallel_loops(spec, lanes):
 def test_the_cores_share_only_a_large_weight(lanes):
     assert _parallel_loops(ConvSpec(1, 1152, 1, 1, 48, (1, 1)), lanes)[0] == 1  # 221 KB
     assert _parallel_loops(ConvSpec(1, 96, 1, 1, 4, (1, 1)), lanes) == (0, 2)  # 1.5 KB: one core, vectorized
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_the_epilogue_is_vectorized_over_whole_vectors(lanes):
+    # the sums (and their initialization) and the epilogue; 4 outputs make no whole vector (above)
+    assert _parallel_loops(ConvSpec(1, 48, 1, 1, 1152, (1, 1)), lanes)[1] == 3
