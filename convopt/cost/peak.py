@@ -57,7 +57,7 @@ def fma_loop(cores: int, chains: int, lanes: int, iterations: int = ITERATIONS) 
 
 
 def fma_peak_flops(target: Target, repeat: int = 7) -> float:
-    """The roof of ``target`` (a CPU this host runs), FLOP/s on ``target.cores`` threads."""
+    """The roof of ``target`` (a CPU this host runs), FLOP/s: one core's rate times ``target.cores``."""
     if not target.is_cpu or not target.runs_here:
         raise ValueError(f"the FMA roof is measured on a CPU target this host runs, not {target.key}")
     chains = chains_for(target)
