@@ -221,6 +221,8 @@ def _bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .schedules.lowerings import ALL_LOWERINGS  # imports TVM: here, not when convopt.cli is imported
+
     parser = argparse.ArgumentParser(prog="convopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     dump = sub.add_parser("dump", help="print the IR of a model after the pass pipeline")
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.set_defaults(run=_report)
     for p in (dump, opt, tun, rep):
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
-                       help="force a conv lowering (direct, im2col, im2win, winograd2, winograd4, fft, depthwise, gemv) on every "
+                       help=f"force a conv lowering ({', '.join(ALL_LOWERINGS)}) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")
     dump.add_argument("--target", choices=("none", "cpu"), default="none",
                       help="cpu: also run select_lowering and block_layout, showing each conv's lowering, "

@@ -42,7 +42,7 @@ from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..schedules.conv_spec import conv_spec_of
-from ..schedules.lowerings import LOWERINGS, RULE_LOWERINGS, LoweringError, lowering
+from ..schedules.lowerings import ALL_LOWERINGS, LOWERINGS, RULE_LOWERINGS, LoweringError, lowering
 from .block_layout import blocked_values
 
 
@@ -50,9 +50,9 @@ def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
     convs = [n for n in graph.nodes if n.op is Op.CONV2D]
     known = {n.name for n in convs} | {n.scope for n in convs if n.scope}
     for key, name in overrides.items():
-        if name not in LOWERINGS + RULE_LOWERINGS:
+        if name not in ALL_LOWERINGS:
             raise LoweringError(f"lowering override {key!r}: unknown lowering {name!r}; "
-                                f"convopt has: {', '.join(LOWERINGS + RULE_LOWERINGS)}")
+                                f"convopt has: {', '.join(ALL_LOWERINGS)}")
         if key not in known:
             sample = ", ".join(sorted(known)[:8])
             raise LoweringError(f"lowering override {key!r}: no conv node or module of that name "
@@ -75,8 +75,8 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
                     blocked_layouts: bool = True, measured: Mapping[str, Mapping[str, float]] | None = None) -> Graph:
     overrides = dict(overrides or {})
     _check_names(graph, overrides)
-    if default is not None and default not in LOWERINGS + RULE_LOWERINGS:
-        raise LoweringError(f"unknown lowering {default!r}; convopt has: {', '.join(LOWERINGS + RULE_LOWERINGS)}")
+    if default is not None and default not in ALL_LOWERINGS:
+        raise LoweringError(f"unknown lowering {default!r}; convopt has: {', '.join(ALL_LOWERINGS)}")
     context = blocked_values(graph, lanes, _could_run_blocked(graph, lanes, profile)) if blocked_layouts else set()
     nodes = []
     for n in graph.nodes:

@@ -15,6 +15,7 @@ _TABLE: dict[str, Lowering] = {low.name: low for low in (
     fft_conv.LOWERING, depthwise.LOWERING, gemv.LOWERING)}
 RULE_LOWERINGS = ("gemv",)
 LOWERINGS = tuple(name for name in _TABLE if name not in RULE_LOWERINGS)
+ALL_LOWERINGS = tuple(_TABLE)  # every name a user may force
 
 
 class LoweringError(ValueError):
@@ -26,7 +27,7 @@ def lowering(name: str) -> Lowering:
     try:
         return _TABLE[name]
     except KeyError:
-        raise LoweringError(f"unknown lowering {name!r}; convopt has: {', '.join(_TABLE)}") from None
+        raise LoweringError(f"unknown lowering {name!r}; convopt has: {', '.join(ALL_LOWERINGS)}") from None
 
 
 def supported_lowerings(spec: ConvSpec) -> dict[str, str | None]:
