@@ -365,12 +365,24 @@ def _refuse(missing: list[Node]) -> UnsupportedOpError:
         "allow the per-op PyTorch fallback (optimize(..., strict=False)) or run this model with target='torch'")
 
 
+def _refuse_cpu_only(graph: Graph, target: Target) -> None:
+    """Channel-blocked values come from the CPU pass block_layout and only convopt's CPU kernels read them: a
+    graph prepared for a CPU target can't be compiled for another (a fused block can: its body is emitted)."""
+    for n in graph.nodes:
+        if block_of(_layout_of(n.type)):
+            raise ValueError(f"node %{n.name} ({op_label(n)}) was prepared for a CPU target ({_layout_of(n.type)}); "
+                             f"target {target.key} compiles graphs prepared for it: optimize(model, x, target=...) "
+                             "with that target")
+
+
 def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     """(the Relax IRModule of ``to_relax`` with convopt's kernels still unscheduled, PrimFunc name ->
     ``conv_kernels.KernelUse`` of those kernels): what tuning extracts its tasks from."""
     missing = unsupported_nodes(graph)
     if missing and not fallback:
         raise _refuse(missing)
+    if target is not None and not target.is_cpu:
+        _refuse_cpu_only(graph, target)
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     own_kernels = target is not None and target.is_cpu

@@ -99,10 +99,18 @@ def test_save_load_in_a_fresh_process(tmp_path):
 def test_cuda_code_is_generated(arch):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 4)).eval()
-    graph = convopt.optimize(model, torch.randn(1, 3, 16, 16)).graph
+    # the passes a CUDA target runs are the target-independent ones (no blocked layouts: test_pipeline)
+    graph = convopt.optimize(model, torch.randn(1, 3, 16, 16), target="torch").graph
     executable, _, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": arch}))
     sources = cuda_sources(executable)
     assert sources and "__global__" in sources[0]
+
+
+def test_a_graph_prepared_for_the_cpu_is_refused_for_cuda_naming_the_node():
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    graph = convopt.optimize(model, torch.randn(1, 3, 8, 8), target="cpu").graph  # blocked between the convs
+    with pytest.raises(ValueError, match=r"%conv2d\S* \(conv2d\) was prepared for a CPU target \(NCHW\d+c\)"):
+        compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}))
 
 
 def test_layer_norms_run_convopts_row_kernel_on_the_cpu():
