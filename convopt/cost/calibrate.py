@@ -65,9 +65,8 @@ def repeated(fn: Callable[[], object], seconds: float = 0.005) -> tuple[Callable
     """(a call running ``fn`` enough times to last about ``seconds``, how many times).
 
     The count comes from calls made for a fifth of ``seconds``, not from one: a single call timed on a busy
-    machine (a thread pool waking up, a neighbour's burst) can take 10x its usual time, and a count that
-    small leaves the wake-up after each timed round's pause in the per-call time (measured: 30-40 us
-    floors under 5 us kernels)."""
+    machine (a thread pool waking up, a neighbour's burst) can take many times its usual time, and too
+    small a count leaves the wake-up after each timed round's pause in the per-call time."""
     fn()
     calls, start = 0, time.perf_counter()
     while True:
