@@ -1,5 +1,6 @@
-"""Block fusion, block by block, inside the model: the model compiled with every inverted residual block fused
-(one kernel each, schedules/fused_block.py) and with none (convopt's three conv kernels per block, exchanging
+"""Block fusion, block by block, inside the model: the model compiled with every block fuse_blocks matches fused
+(one kernel each: schedules/fused_block.py for inverted residuals, schedules/fused_mlp.py for pointwise MLPs)
+and with none (convopt's conv kernels of each block, exchanging
 channel-blocked tensors), each kernel timed in place by the VM's instrument (report.time_kernels, the
 median of runs), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
 model's predictions (cost/fused.py, cost/model.py), the bytes each variant moves from memory, and the
@@ -41,15 +42,16 @@ def main() -> int:
 
     import convopt
     from convopt.capture import capture_program
-    from convopt.cost.calibrate import time_interleaved
+    from convopt.cost.calibrate import describe_block, time_interleaved
     from convopt.cost.formulas import evaluate
-    from convopt.cost.fused import FUSED_MARGIN, fused_terms, predict_block
+    from convopt.cost.fused import FUSED_MARGIN, block_terms, predict_block
     from convopt.cost.profile import load_profile
     from convopt.ir import Op
     from convopt.passes.fuse_blocks import match_blocks
     from convopt.pipeline import build, run_passes
     from convopt.report import time_kernels
-    from convopt.schedules.fused_block import default_bands
+    from convopt.schedules import fused_block, fused_mlp
+    from convopt.schedules.fused_block import PARTIAL_KIND
     from convopt.target import resolve_target
 
     target = resolve_target("cpu")
@@ -74,16 +76,15 @@ def main() -> int:
         convs = [n.name for n in block.nodes if n.op is Op.CONV2D]
         measured_fused, measured_unfused = fused_s[fused_at[first]], sum(unfused_s[c] for c in convs)
         predicted = predict_block(block, profile, target.lanes)
-        specs = [spec for spec in (block.expand, block.depthwise, block.project) if spec is not None]
+        specs = block.convs
         unfused_bytes = sum(evaluate("direct", spec, target.lanes)["bytes"] for spec in specs)
-        terms = fused_terms(block, target.lanes, target.cores)
+        terms = block_terms(block, target.lanes, profile)
         extra = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
-        e, d = block.expand, block.depthwise
-        end = f"->{block.project.out_channels}" if block.project is not None else " (to the SE)"
-        name = f"{e.in_channels}->{e.out_channels}{end} k{d.kernel[0]} s{d.stride[0]} @{e.height}" + (
-            " +x" if block.residual else "")
+        end = "" if block.kind != PARTIAL_KIND else " (to the SE)"
+        name = f"{describe_block(block)}{end}" + (" +x" if block.residual else "")
+        bands = (fused_mlp if block.kind == fused_mlp.KIND else fused_block).default_bands(block, target.cores)
         rows.append((name, measured_unfused, measured_fused, predicted, unfused_bytes, terms["bytes"], extra,
-                     default_bands(block, target.cores), first in chosen))
+                     bands, first in chosen))
         print(rows[-1], flush=True)
     with torch.no_grad():
         whole = time_interleaved({k: (lambda f=f: f(x)) for k, f in variants.items()}, rounds=25)
@@ -91,7 +92,7 @@ def main() -> int:
     lines = [f"# Block fusion, block by block: {args.model}", "",
              f"Target {target.key} ({profile.cpu}); `python benchmarks/block_fusion.py {args.model}`; untuned. "
              "Each kernel timed inside the model (the VM's instrument, median of "
-             f"{args.runs} runs): fused, the block's kernel with every block fused; unfused, its three conv "
+             f"{args.runs} runs): fused, the block's kernel with every block fused; unfused, its conv "
              "kernels with none. Predicted: cost/fused.py and cost/model.py; the cost model fuses where "
              f"predicted fused x {FUSED_MARGIN} < predicted unfused.", "",
              "| block | unfused us | fused us | unfused / fused | predicted unfused / fused us | fused by the "

@@ -147,33 +147,52 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     return out
 
 
+def _blocks_of(graph: Graph, n: Node, names, lanes: int) -> list[bool]:
+    """Whether each of the values ``names`` is stored in channel blocks (of ``lanes``: the only width the
+    fused kernels take)."""
+    blocks = [block_of(graph.types[name].layout) for name in names]
+    for name, b in zip(names, blocks):
+        if b not in (None, lanes):
+            raise ValueError(f"{n.name}: the fused kernel takes blocks of {lanes} channels, not {b} ({name})")
+    return [bool(b) for b in blocks]
+
+
 def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int, cores: int,
                      kernels: dict[str, KernelUse]):
-    """Emit fused block ``n`` (passes/fuse_blocks.py) as one call of the fused kernel (schedules/fused_block.py)."""
+    """Emit fused block ``n`` (passes/fuse_blocks.py) as one call of its fused kernel (schedules/fused_block.py,
+    schedules/fused_mlp.py), written out as a PrimFunc (add_func shares it between equal blocks)."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block
+    from ..schedules import fused_block, fused_mlp
 
     block = describe(graph, n)
 
     def constant(name):
         return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
 
-    convs = block.nodes[0:5:2]  # E, D[, P]
+    convs = [b for b in block.nodes if b.op is Op.CONV2D]
     arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in convs for i in (1, 2)]
-    prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
     x = env[n.inputs[0]]
-    in_block, out_block = (block_of(t.layout) for t in (graph.types[n.inputs[0]], n.type))
-    for b in (in_block, out_block):
-        if b not in (None, lanes):
-            raise ValueError(f"{n.name}: the fused kernel takes blocks of {lanes} channels, not {b}")
-    # a hand-written PrimFunc (a ring buffer TE can't express); add_func shares it between equal blocks
-    func = fused_block.prim_func(block, lanes, fused_block.default_bands(block, cores), in_block=bool(in_block),
-                                 out_block=bool(out_block))
-    _, out_shape = fused_block.io_shapes(block, lanes, bool(in_block), bool(out_block))
+    if block.kind == fused_mlp.KIND:
+        add = block.nodes[-1]
+        skip = (add.inputs[1] if add.inputs[0] == convs[-1].name else add.inputs[0]) if block.residual else None
+        in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
+        prepared = [relax.const(arr) for arr in fused_mlp.prepare_weights(block, *arrays, lanes=lanes)]
+        func = fused_mlp.prim_func(block, lanes, fused_mlp.default_bands(block, cores), in_block=in_block,
+                                   out_block=out_block, skip_block=skip_block)
+        skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
+        args = [x, *prepared, skip_arg]
+        _, out_shape = fused_mlp.io_shapes(block, lanes, in_block, out_block)
+    else:
+        in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
+        prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
+        func = fused_block.prim_func(block, lanes, fused_block.default_bands(block, cores), in_block=in_block,
+                                     out_block=out_block)
+        args = [x, *prepared]
+        _, out_shape = fused_block.io_shapes(block, lanes, in_block, out_block)
     gvar = bb.add_func(func, f"convopt_fused_{n.name}")
-    out = bb.emit(relax.call_tir(gvar, [x, *prepared], relax.TensorType(out_shape, "float32")))
+    out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
     call = bb.lookup_binding(out)
-    flops = 2 * sum(spec.macs for spec in (block.expand, block.depthwise, block.project) if spec is not None)
+    flops = 2 * sum(spec.macs for spec in block.convs)
     kernels.setdefault(call.args[0].name_hint, KernelUse("fused_" + block.kind, None, flops, [])).nodes.append(
         n.name)
     return out

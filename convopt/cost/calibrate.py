@@ -25,10 +25,11 @@ import torch
 
 from ..schedules.conv_spec import ConvSpec
 from ..schedules.fused_block import InvertedResidual, build as build_fused
+from ..schedules.fused_mlp import PointwiseMLP, build as build_fused_mlp
 from ..schedules.kernel import build_kernel
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
-from .fused import KEY as FUSED_KEY, fused_features
+from .fused import KEY as FUSED_KEY, MLP_KEY, fused_features
 from .model import BLOCKED, coefficients_key, feature_vector, fit_coefficients, fit_scale, predict
 from .profile import FEATURES, MachineProfile
 
@@ -292,17 +293,38 @@ FUSED_SHAPES = (
 )
 
 
-def calibrate_fused(profile: MachineProfile, target: Target, *, blocks=FUSED_SHAPES,
-                    progress: Callable[[str], None] | None = None) -> MachineProfile:
-    """The profile with the fused block kernel's coefficients (cost/fused.py) fitted to its measured times."""
+# generic pointwise MLPs (ratios 3-4, with and without the residual, 7-56 px, narrow to wide), not the dev models'
+MLP_SHAPES = (
+    PointwiseMLP.of(32, 128, 32, 64, 64), PointwiseMLP.of(48, 192, 48, 56, 56, residual=False),
+    PointwiseMLP.of(64, 256, 64, 40, 40), PointwiseMLP.of(96, 288, 96, 28, 28, activation="relu"),
+    PointwiseMLP.of(128, 512, 128, 20, 20), PointwiseMLP.of(192, 768, 192, 14, 14),
+    PointwiseMLP.of(256, 1024, 256, 10, 10), PointwiseMLP.of(384, 1536, 384, 7, 7),
+    PointwiseMLP.of(24, 96, 24, 80, 80),
+)
 
-    rows = []
-    for block in blocks:
-        seconds = time_interleaved({"fused": build_fused(block, target)}, rounds=9)["fused"]
-        if progress:
-            e, d = block.expand, block.depthwise
-            progress(f"{FUSED_KEY} {e.in_channels}->{e.out_channels}->{block.project.out_channels} k{d.kernel[0]} "
-                     f"s{d.stride[0]} @{e.height}x{e.width} {seconds * 1e3:9.3f} ms")
-        rows.append((fused_features(block, profile, target.lanes), seconds))
-    features, seconds = (np.array(v) for v in zip(*rows))
-    return profile.with_fitted({**profile.coefficients, FUSED_KEY: fit_coefficients(features, seconds)}, [FUSED_KEY])
+
+def calibrate_fused(profile: MachineProfile, target: Target, *, keys=(FUSED_KEY, MLP_KEY), blocks=None,
+                    progress: Callable[[str], None] | None = None) -> MachineProfile:
+    """The profile with the fused kernels' coefficients (cost/fused.py) fitted to their measured times: each
+    key of ``keys`` on its generic blocks (``blocks``: {key: blocks} instead)."""
+    shapes = {FUSED_KEY: FUSED_SHAPES, MLP_KEY: MLP_SHAPES, **(blocks or {})}
+    coefficients = dict(profile.coefficients)
+    for key in keys:
+        rows = []
+        for block in shapes[key]:
+            build = build_fused_mlp if key == MLP_KEY else build_fused
+            seconds = time_interleaved({"fused": build(block, target)}, rounds=9)["fused"]
+            if progress:
+                progress(f"{key} {describe_block(block)} {seconds * 1e3:9.3f} ms")
+            rows.append((fused_features(block, profile, target.lanes), seconds))
+        features, seconds = (np.array(v) for v in zip(*rows))
+        coefficients[key] = fit_coefficients(features, seconds)
+    return profile.with_fitted(coefficients, keys)
+
+
+def describe_block(block) -> str:
+    """A block's shape in a line: C->E->O, the depthwise kernel and stride where it has one, the map."""
+    e = block.expand
+    d = getattr(block, "depthwise", None)
+    middle = f" k{d.kernel[0]} s{d.stride[0]}" if d is not None else ""
+    return f"{e.in_channels}->{e.out_channels}->{block.out_channels}{middle} @{e.height}x{e.width}"

@@ -13,18 +13,26 @@ against the rows recomputed. A fused block reads and writes channel-blocked tens
 (passes/block_layout.py), so it forces no relayout on them. The coefficients a are fitted by ``convopt calibrate`` on generic blocks
 (cost/calibrate.FUSED_SHAPES) under the key "fused_inverted_residual"; a profile without them predicts
 nothing (None), and fuse_blocks then leaves every block unfused.
+
+The pointwise MLP (schedules/fused_mlp.py) has the same terms with its own coefficients
+("fused_pointwise_mlp", fitted on cost/calibrate.MLP_SHAPES): flops_f = 2 H W (C E' + E' O'), no
+recomputation; bytes_f as above, except that its weights are read once per row where they don't fit in
+half of L2 (each row's tiles stream both weight matrices), which is what makes wide late stages lose.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..schedules import fused_mlp
 from ..schedules.fused_block import InvertedResidual, default_bands, round_up
+from ..schedules.fused_mlp import PointwiseMLP
 from .formulas import F32
 from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
 from .profile import FEATURES, MachineProfile
 
 KEY = "fused_inverted_residual"
+MLP_KEY = "fused_" + fused_mlp.KIND
 # fuse only where the fused kernel is predicted faster by more than this: its coefficients are fitted on
 # blocks timed alone, and in a model the unfused kernels beat their predictions by about as much. Measured in
 # the model on mobilenetv2_100 (benchmarks/block_fusion.py, Zen 4): fused is 1.07-1.84x faster where the
@@ -43,8 +51,25 @@ def expand_rows(block: InvertedResidual, bands: int) -> int:
                for b in range(-(-OH // th)))
 
 
+def coefficient_key(block: InvertedResidual | PointwiseMLP) -> str:
+    """The profile's coefficient key of the fused kernel that runs ``block``."""
+    return MLP_KEY if isinstance(block, PointwiseMLP) else KEY
+
+
+def mlp_terms(block: PointwiseMLP, lanes: int, l2_bytes: int) -> dict[str, float]:
+    """The fused pointwise MLP's work (see the module docstring)."""
+    e = block.expand
+    n, C, H, W, O = e.batch, e.in_channels, e.height, e.width, block.out_channels
+    Ep, Op = round_up(e.out_channels, lanes), round_up(O, lanes)
+    weights = C * Ep + Ep * Op
+    reads = 1 if F32 * weights <= l2_bytes // 2 else n * H
+    outputs = n * O * H * W
+    bytes_ = F32 * (n * C * H * W + outputs * (2 if block.residual else 1) + weights * reads + Ep + Op)
+    return {"flops": 2 * n * H * W * (C * Ep + Ep * Op), "bytes": bytes_, "outputs": outputs, "calls": 1}
+
+
 def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str, float]:
-    """The fused kernel's work: "flops", "bytes", "outputs", "calls" (see the module docstring)."""
+    """The fused inverted residual kernel's work: "flops", "bytes", "outputs", "calls" (module docstring)."""
     e, d = block.expand, block.depthwise
     n, C, O = e.batch, e.in_channels, block.out_channels
     Ep = round_up(e.out_channels, lanes)
@@ -58,33 +83,38 @@ def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str
     return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
 
 
-def fused_features(block: InvertedResidual, profile: MachineProfile, lanes: int) -> np.ndarray:
-    terms = fused_terms(block, lanes, profile.cores)
+def block_terms(block: InvertedResidual | PointwiseMLP, lanes: int, profile: MachineProfile) -> dict[str, float]:
+    """The work of the fused kernel that runs ``block`` (either kind) on ``profile``'s machine."""
+    if isinstance(block, PointwiseMLP):
+        return mlp_terms(block, lanes, profile.caches.get("L2", 1 << 20))
+    return fused_terms(block, lanes, profile.cores)
+
+
+def fused_features(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> np.ndarray:
+    terms = block_terms(block, lanes, profile)
     scale = {"flops": 1 / profile.peak_flops, "bytes": 1 / profile.bandwidth, "outputs": OUTPUT_UNIT,
              "calls": CALL_UNIT}
     return np.array([terms.get(f, 0.0) * scale.get(f, 0.0) for f in FEATURES])
 
 
-def predict_fused(block: InvertedResidual, profile: MachineProfile, lanes: int) -> float | None:
-    coefficients = profile.coefficients.get(KEY)
+def predict_fused(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> float | None:
+    coefficients = profile.coefficients.get(coefficient_key(block))
     if coefficients is None:
         return None
     return float(fused_features(block, profile, lanes) @ np.array([coefficients.get(f, 0.0) for f in FEATURES]))
 
 
-def predict_unfused(block: InvertedResidual, profile: MachineProfile, lanes: int) -> float:
+def predict_unfused(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> float:
     """The block's convs, each with its fastest predicted lowering, in channel blocks where its channels allow
     (as block_layout would store them between convs)."""
     total = 0.0
-    for spec in (block.expand, block.depthwise, block.project):
-        if spec is None:
-            continue
+    for spec in block.convs:
         blocked = spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0
         total += min(predict_all(spec, profile, lanes, blocked=blocked).values())
     return total
 
 
-def predict_block(block: InvertedResidual, profile: MachineProfile, lanes: int) -> tuple[float, float] | None:
+def predict_block(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> tuple[float, float] | None:
     """(fused seconds, unfused seconds), or None when the profile has no fused coefficients."""
     fused = predict_fused(block, profile, lanes)
     if fused is None:

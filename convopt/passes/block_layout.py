@@ -103,8 +103,8 @@ def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
         return True
     if reader.op is Op.CONV2D:
         return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
-    if reader.op is Op.FUSED_BLOCK:  # its kernel reads its input (and residual) in either layout
-        return reader.inputs[0] == value and value not in reader.inputs[1:]
+    if reader.op is Op.FUSED_BLOCK:  # its kernels read each input (and the residual) in either layout
+        return True
     if is_spatial_mean(graph, reader) and not reader.attrs.keepdim:
         return True
     return reader.name in blocked

@@ -25,6 +25,18 @@ returns (fused seconds, unfused seconds), recorded on the node (``predicted_us``
 None when it can't tell (the block stays unfused).
 Without ``predict`` every matched block is fused. ``overrides`` ({module scope or node name: bool}) forces
 the choice for the blocks it names (a block is named by any of its nodes, or by a module it lies in).
+The pointwise MLP (kind "pointwise_mlp", schedules/fused_mlp.py), the channel MLP of ConvNeXt,
+InceptionNeXt, MetaFormer, RepViT and FastViT blocks:
+
+    y = F2(a(F1(x)))  [+ s]              =>   y = fused_block(x, W_1, b_1, W_2, b_2[, s])
+
+with F1 and F2 1x1 convs (groups 1, stride 1, constant weights) on a map of more than one pixel (a
+squeeze-excite's convs are matrix-vector products with nothing to keep in cache) and s any value of y's
+shape the add reads
+(ConvNeXt's block input, read before its depthwise conv and norm, which stay separate: they move C
+channels, the MLP's intermediate 4C). Preconditions as above (F1 and a each read only by the next op).
+Inverted residual blocks are matched first; a node belongs to at most one block.
+
 Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering.
 """
 
@@ -37,7 +49,11 @@ from ..ir.graph import Graph, Node, Origin, Value, unique_name
 from ..ir.ops import FusedBlockAttrs, Op, body_inputs
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
-from ..schedules.fused_block import InvertedResidual, supports
+from ..schedules import fused_block, fused_mlp
+from ..schedules.fused_block import InvertedResidual
+from ..schedules.fused_mlp import PointwiseMLP
+
+Block = InvertedResidual | PointwiseMLP
 
 def _pointwise(spec: ConvSpec | None) -> bool:
     return (spec is not None and spec.kernel == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
@@ -56,15 +72,63 @@ def _constant_operands(graph: Graph, n: Node) -> bool:
     return all(i is None or i in graph.constant_map for i in n.inputs[1:])
 
 
-def match_blocks(graph: Graph) -> list[InvertedResidual]:
-    """Every inverted residual block of ``graph`` that fuse_blocks may fuse (the preconditions above): whole,
-    or up to its second activation where the projection doesn't follow it directly (a squeeze-excite)."""
+def _only_reader(graph: Graph) -> Callable[[Node], "Node | None"]:
+    """A function: the one node that reads ``n``, or None (several readers, or ``n`` is a graph output)."""
     users, outputs = graph.users, set(graph.outputs)
 
     def only_reader(n: Node) -> Node | None:
         readers = users.get(n.name, ())
         return readers[0] if len(readers) == 1 and n.name not in outputs else None
 
+    return only_reader
+
+
+def _residual_add(graph: Graph, add: Node | None, value: Node, skip: str | None) -> bool:
+    """``add`` is value + skip, both of ``value``'s type (no broadcast); ``skip`` None: any other value."""
+    if (add is None or add.op is not Op.ADD or add.attrs.scalar is not None or len(add.inputs) != 2
+            or add.type != value.type or value.name not in add.inputs):
+        return False
+    other = add.inputs[1] if add.inputs[0] == value.name else add.inputs[0]
+    other_type = graph.types[other]  # its storage layout (block_layout) may differ from the body's
+    return (other != value.name and (skip is None or other == skip) and other_type.shape == value.type.shape
+            and other_type.dtype == value.type.dtype)
+
+
+def match_blocks(graph: Graph) -> list[Block]:
+    """Every block of ``graph`` that fuse_blocks may fuse (the preconditions above): inverted residuals,
+    whole or up to their second activation where the projection doesn't follow it directly (a
+    squeeze-excite), then pointwise MLPs among the nodes left."""
+    found = _inverted_residuals(graph)
+    taken = {n.name for block in found for n in block.nodes}
+    return found + _pointwise_mlps(graph, taken)
+
+
+def _pointwise_mlps(graph: Graph, taken: set[str]) -> list[PointwiseMLP]:
+    only_reader, found = _only_reader(graph), []
+    for f1 in graph.nodes:
+        if f1.op is not Op.CONV2D or f1.name in taken or getattr(f1.type, "dtype", None) != "f32":
+            continue
+        act = only_reader(f1)
+        f2 = only_reader(act) if act is not None else None
+        if (f2 is None or act.inputs[0] != f1.name or activation_of(act) is None or f2.op is not Op.CONV2D
+                or f2.inputs[0] != act.name or act.name in taken or f2.name in taken):
+            continue
+        expand, project = conv_spec_of(graph, f1), conv_spec_of(graph, f2)
+        if not (_pointwise(expand) and _pointwise(project) and _constant_operands(graph, f1)
+                and _constant_operands(graph, f2)) or expand.height * expand.width == 1:
+            continue  # one pixel (a squeeze-excite's convs, a head): matrix-vector products, nothing to keep
+        add = only_reader(f2)
+        residual = _residual_add(graph, add, f2, None) and add.name not in taken
+        nodes = (f1, act, f2, add) if residual else (f1, act, f2)
+        block = PointwiseMLP(nodes, expand, project, activation_of(act), residual)
+        if fused_mlp.supports(block) is None:
+            found.append(block)
+            taken.update(n.name for n in nodes)
+    return found
+
+
+def _inverted_residuals(graph: Graph) -> list[InvertedResidual]:
+    only_reader = _only_reader(graph)
     found, taken = [], set()
     for e in graph.nodes:
         if e.op is not Op.CONV2D or e.name in taken or getattr(e.type, "dtype", None) != "f32":
@@ -88,12 +152,11 @@ def match_blocks(graph: Graph) -> list[InvertedResidual]:
         project = only_reader(chain[3])
         if (project is not None and project.op is Op.CONV2D and project.inputs[0] == chain[3].name
                 and _pointwise(conv_spec_of(graph, project)) and _constant_operands(graph, project)):
-            add, x = only_reader(project), e.inputs[0]
-            residual = (add is not None and add.op is Op.ADD and add.attrs.scalar is None
-                        and sorted(add.inputs) == sorted([project.name, x]) and add.type == project.type)
+            add = only_reader(project)
+            residual = _residual_add(graph, add, project, e.inputs[0])
             nodes = (*chain, project, add) if residual else (*chain, project)
             block = InvertedResidual(nodes, expand, depthwise, conv_spec_of(graph, project), acts, residual)
-        if supports(block) is None:
+        if fused_block.supports(block) is None:
             found.append(block)
             taken.update(n.name for n in block.nodes)
     return found
@@ -113,7 +176,7 @@ def _common_scope(body) -> str:
     return ".".join(common or paths[0])
 
 
-def describe(graph: Graph, fused: Node) -> InvertedResidual:
+def describe(graph: Graph, fused: Node) -> Block:
     """The block a fused_block node of ``graph`` computes (its body matched again)."""
     body, types, constants = fused.attrs.body, graph.types, graph.constant_map
     inputs = tuple(Value(name, types[name]) for name in fused.inputs if name not in constants)
@@ -121,10 +184,10 @@ def describe(graph: Graph, fused: Node) -> InvertedResidual:
     return block
 
 
-Prediction = Callable[[Graph, InvertedResidual], "tuple[float, float] | None"]
+Prediction = Callable[[Graph, Block], "tuple[float, float] | None"]
 
 
-def _forced(block: InvertedResidual, overrides: dict[str, bool]) -> bool | None:
+def _forced(block: Block, overrides: dict[str, bool]) -> bool | None:
     """The user's choice for ``block``: by the name of any of its nodes or a module scope it lies in."""
     for n in block.nodes:
         if n.name in overrides:

@@ -66,6 +66,10 @@ class InvertedResidual:
     def out_channels(self) -> int:
         return (self.project or self.depthwise).out_channels
 
+    @property
+    def convs(self) -> tuple[ConvSpec, ...]:
+        return tuple(s for s in (self.expand, self.depthwise, self.project) if s is not None)
+
     @classmethod
     def of(cls, C: int, E: int, O: int | None, H: int, W: int, k: int, stride: int = 1, activation: str = "relu6",
            batch: int = 1) -> "InvertedResidual":

@@ -31,3 +31,23 @@ def test_no_fused_coefficients_no_prediction():
     assert fused > 0 and unfused == pytest.approx(predict_unfused(block, profile, 16))
 
 
+
+
+def test_a_pointwise_mlp_has_its_own_coefficients_and_rereads_weights_that_leave_l2():
+    from convopt.cost.fused import MLP_KEY, block_terms
+    from convopt.schedules.fused_mlp import PointwiseMLP
+
+    profile = fixed_profile()
+    narrow, wide = PointwiseMLP.of(40, 160, 40, 56, 56), PointwiseMLP.of(320, 1280, 320, 7, 7)
+    terms = block_terms(narrow, 16, profile)
+    assert terms["flops"] == 2 * 56 * 56 * (40 * 160 + 160 * 48)  # O = 40 padded to 48
+    weights = 40 * 160 + 160 * 48
+    assert terms["bytes"] == 4 * (40 * 56 * 56 + 2 * 40 * 56 * 56 + weights + 160 + 48)  # residual: read + write
+    assert 4 * (320 * 1280 * 2) > profile.caches["L2"] // 2  # the wide block's weights leave half of L2 ...
+    wide_terms = block_terms(wide, 16, profile)
+    assert wide_terms["bytes"] > 4 * 7 * 320 * 1280 * 2  # ... and are read once per row
+    profile.coefficients[KEY] = {"flops": 1.0, "bytes": 1.0}  # the inverted residual's: not the MLP's
+    assert predict_block(narrow, profile, 16) is None
+    profile.coefficients[MLP_KEY] = {"flops": 1.0, "bytes": 1.0}
+    fused, unfused = predict_block(narrow, profile, 16)
+    assert fused > 0 and unfused == pytest.approx(predict_unfused(narrow, profile, 16))

@@ -7,7 +7,7 @@ from torch import nn
 
 from convopt.capture import capture_program
 from convopt.ir import Op, parse, verify
-from convopt.passes import canonicalize, eliminate_dead_code, fold_conv_bn
+from convopt.passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn, merge_branches
 from convopt.passes.fuse_blocks import fuse_blocks, match_blocks
 
 
@@ -139,3 +139,79 @@ def test_a_squeeze_excite_block_is_fused_up_to_its_second_activation():
     assert sum(n.op is Op.CONV2D for n in after.nodes) == 3  # the SE's two convs and the projection
     verify(after)
     assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+class ChannelMLP(nn.Module):
+    """ConvNeXt's block with its MLP as 1x1 convs: depthwise 7x7, norm, 1x1 expand, act, 1x1 project,
+    layer scale, + the block's input."""
+
+    def __init__(self, c=16, e=64, act=nn.GELU, residual=True, norm=True):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.BatchNorm2d(c) if norm else nn.Identity()
+        self.fc1 = nn.Conv2d(c, e, 1)
+        self.act = act()
+        self.fc2 = nn.Conv2d(e, c, 1)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.fc2(self.act(self.fc1(self.norm(self.conv_dw(x))))) * self.gamma
+        return y + x if self.residual else y
+
+
+def test_a_channel_mlp_becomes_one_node_whose_skip_is_the_block_input():
+    before = merge_branches(fold_constants(_graph(ChannelMLP())))
+    after = fuse_blocks(before)
+    (block,) = _fused(after)
+    assert block.attrs.kind == "pointwise_mlp"
+    assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.GELU, Op.CONV2D, Op.ADD]
+    assert [n.op for n in after.nodes] == [Op.CONV2D, Op.FUSED_BLOCK]  # the depthwise conv stays separate
+    dw = after.nodes[0]
+    non_constant = [i for i in block.inputs if i not in after.constant_map]
+    assert non_constant == [dw.name, after.inputs[0].name]  # the MLP's input, then the skip
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_a_channel_mlp_without_a_residual_ends_at_its_projection():
+    after = fuse_blocks(merge_branches(fold_constants(_graph(ChannelMLP(residual=False, act=nn.ReLU)))))
+    (block,) = _fused(after)
+    assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.RELU, Op.CONV2D]
+    verify(after)
+
+
+@pytest.mark.parametrize("model, shape, why", [
+    (ChannelMLP(act=nn.Sigmoid), (1, 16, 12, 12), "an activation with act(0) != 0"),
+    (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 8, 1), nn.ReLU(), nn.Conv2d(8, 16, 1)), (1, 16, 12, 12),
+     "one pixel: a squeeze-excite's matrix-vector products"),
+    (nn.Sequential(nn.Conv2d(16, 64, 1), nn.ReLU(), nn.Conv2d(64, 16, 3, padding=1)), (1, 16, 12, 12),
+     "a projection that is not 1x1"),
+    (nn.Sequential(nn.Conv2d(16, 64, 1, stride=2), nn.ReLU(), nn.Conv2d(64, 16, 1)), (1, 16, 12, 12),
+     "a strided expand"),
+])
+def test_pointwise_mlps_the_kernel_does_not_compute_are_left_alone(model, shape, why):
+    graph = _graph(model, shape)
+    assert match_blocks(graph) == [] and fuse_blocks(graph) == graph, why
+
+
+def test_a_channel_mlp_whose_hidden_value_is_read_elsewhere_or_whose_add_broadcasts_is_not_fused_whole():
+    class Tapped(ChannelMLP):
+        def forward(self, x):
+            hidden = self.act(self.fc1(x))
+            return self.fc2(hidden) + x, hidden
+
+    assert match_blocks(_graph(Tapped())) == []
+
+    class Broadcast(ChannelMLP):
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x))) + x.mean((2, 3), keepdim=True)
+
+    (block,) = match_blocks(_graph(Broadcast()))
+    assert not block.residual and block.nodes[-1].op is Op.CONV2D  # the broadcasting add stays outside
+
+
+def test_an_inverted_residual_is_matched_before_the_mlp_it_contains():
+    """1x1 -> act -> depthwise -> act -> 1x1: one inverted residual, not an MLP of its last convs."""
+    kinds = [b.kind for b in match_blocks(_graph(nn.Sequential(InvertedResidual(), ChannelMLP(norm=False))))]
+    assert kinds == ["inverted_residual", "pointwise_mlp"]

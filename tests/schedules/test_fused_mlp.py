@@ -1,0 +1,111 @@
+"""The fused pointwise MLP kernel against eager PyTorch (relative error) over a grid of shapes: channels that
+are and aren't multiples of the SIMD width, expansion ratios, odd maps, batch > 1, with and without the
+residual, the activations it supports, for 8 and 16 lanes; and each of its tensors in either layout."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+
+import convopt
+from convopt.ir import Op
+from convopt.ir.layout import to_blocked
+from convopt.numerics import relative_error
+from convopt.schedules.fused_mlp import PointwiseMLP, default_bands, io_shapes, prepare_weights, prim_func
+from convopt.target import resolve_target
+
+from ..passes.test_fuse_blocks import ChannelMLP
+
+
+def _model(*blocks):
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, blocks[0].fc1.in_channels, 3, padding=1), *blocks).eval()
+
+
+GRID = [  # (c, e, act, residual, input shape)
+    (16, 64, nn.GELU, True, (1, 3, 14, 14)),
+    (24, 96, nn.ReLU, True, (2, 3, 9, 13)),       # batch 2, odd map, C a multiple of 8 but not of 16
+    (12, 40, nn.SiLU, False, (1, 3, 7, 7)),       # channels below one vector, no residual
+    (32, 80, nn.Hardswish, True, (1, 3, 5, 17)),  # E not a multiple of 16
+]
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("c, e, act, residual, shape", GRID)
+def test_the_fused_kernel_matches_eager(c, e, act, residual, shape, lanes):
+    model = _model(ChannelMLP(c, e, act, residual), ChannelMLP(c, 3 * c, nn.ReLU, True, norm=False))
+    x = torch.randn(shape)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"1": True, "2": True},
+                            check=False)
+    fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
+    assert [n.attrs.kind for n in fused] == ["pointwise_mlp"] * 2
+    assert all(fast.placement()[n.name].endswith("(fused_pointwise_mlp)") for n in fused)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_blocks_exchange_channel_blocks_with_their_neighbours(lanes):
+    """The MLP's input, its skip and its output stored blocked where the convs beside it run blocked."""
+    model = _model(ChannelMLP(32, 128), ChannelMLP(32, 96, nn.ReLU)).append(nn.Conv2d(32, 8, 3, padding=1))
+    x = torch.randn(1, 3, 12, 12)
+    target = resolve_target("cpu").with_lanes(lanes)
+    convs = {"0": "im2win", "1.conv_dw": "depthwise", "2.conv_dw": "depthwise", "3": "im2win"}  # run blocked
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"1": True, "2": True},
+                            lowering=convs, check=False)
+    graph, blocked = fast.graph, f"NCHW{lanes}c"
+    fused = [n for n in graph.nodes if n.op is Op.FUSED_BLOCK]
+    for n in fused:  # input, skip, output
+        stored = [graph.types[i].layout for i in n.inputs if i not in graph.constant_map] + [n.type.layout]
+        assert stored == [blocked] * 3
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("layouts", [(True, True, True), (True, False, True), (False, True, False),
+                                     (True, True, False)], ids=lambda t: "".join("b" if v else "n" for v in t))
+def test_each_tensor_in_either_layout_stores_the_same_values(lanes, layouts):
+    """(input, skip, output) blocked or NCHW against numpy, on a map split into bands."""
+    in_block, skip_block, out_block = layouts
+    block = PointwiseMLP.of(16, 48, 16, 7, 11, activation="relu", batch=2)
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((48, 16), (48,), (16, 48), (16,))]
+    weights = prepare_weights(block, *arrays, lanes=lanes)
+    x, skip = (rng.standard_normal((2, 16, 7, 11)).astype(np.float32) for _ in range(2))
+    target = resolve_target("cpu")  # the host runs either width
+    func = prim_func(block, lanes, 3, in_block=in_block, out_block=out_block, skip_block=skip_block)
+    run = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
+    out = tvm.runtime.empty(io_shapes(block, lanes, in_block, out_block)[1], "float32", target.device())
+    stored = [to_blocked(a, lanes) if b else a for a, b in ((x, in_block), (skip, skip_block))]
+    run(tvm.runtime.tensor(stored[0]), *map(tvm.runtime.tensor, weights), tvm.runtime.tensor(stored[1]), out)
+    hidden = np.maximum(np.einsum("nchw,ec->nehw", x, arrays[0]) + arrays[1][:, None, None], 0)
+    expected = np.einsum("nehw,oe->nohw", hidden, arrays[2]) + arrays[3][:, None, None] + skip
+    got = out.numpy()
+    assert relative_error(torch.from_numpy(got), torch.from_numpy(to_blocked(expected, lanes) if out_block
+                                                                   else expected)) <= 1e-5
+
+
+def test_a_band_per_core_left_after_the_batch():
+    assert default_bands(PointwiseMLP.of(16, 64, 16, 14, 14), cores=1) == 1
+    assert default_bands(PointwiseMLP.of(16, 64, 16, 14, 14), cores=2) == 2
+    assert default_bands(PointwiseMLP.of(16, 64, 16, 14, 14, batch=2), cores=2) == 1
+    assert default_bands(PointwiseMLP.of(16, 64, 16, 3, 3), cores=8) == 3
+
+
+def test_a_target_without_the_fused_kernel_builds_the_body_unfused():
+    from convopt.backends.tvm_backend import compile_graph
+    from tests.conftest import cuda_sources
+
+    model = _model(ChannelMLP(16, 64))
+    graph = convopt.optimize(model, torch.randn(1, 3, 14, 14), tuning_logs=False, fuse_blocks={"1": True},
+                             target="torch").graph
+    from convopt.passes.fuse_blocks import fuse_blocks
+
+    graph = fuse_blocks(graph)
+    assert any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
+    executable, kernels, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}))
+    assert not any(k["lowering"].startswith("fused") for k in kernels.values())
+    assert any("__global__" in s for s in cuda_sources(executable))
