@@ -109,7 +109,7 @@ def _tune(args) -> int:
 
     model, x = _prepare(args)
     summary = tune(model, x, target=_target_arg(args.target), trials=args.trials, time_budget=args.time_budget,
-                   log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args),
+                   log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args), other_ops=args.other_ops,
                    **({} if args.lowering_margin is None else {"lowering_margin": args.lowering_margin}))
     print(summary.table())
     return 0
@@ -243,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     tun = sub.add_parser("tune", help="autotune the model's kernels on this machine (or through an RPC tracker); "
                                       "optimize() applies the records")
     _common(tun)
-    tun.add_argument("--target", default="cpu", help="cpu (default), or a TVM target as JSON (e.g. another x86 CPU "
-                                                     "measured through --rpc)")
+    tun.add_argument("--target", default="cpu", help="cpu (default), cuda, or a TVM target as JSON (e.g. another x86 "
+                                                     "CPU, or a GPU, measured through --rpc)")
+    tun.add_argument("--other-ops", action="store_true",
+                     help="on a CPU, also tune TVM's kernels for the heavy non-conv ops (pooling, norms, elementwise "
+                          "chains) with MetaSchedule's default x86 rules")
     tun.add_argument("--trials", type=int, help="tuned trials in all (default 64 per tunable kernel)")
     tun.add_argument("--time-budget", help="stop after this long: seconds, or e.g. 15m, 1h")
     tun.add_argument("--lowering-margin", type=float, metavar="FACTOR",

@@ -142,7 +142,15 @@ def _cpu_target(tvm_target: tvm.target.Target, *, host: bool) -> Target:
                   "fma" in features, features, cores, caches, tvm_target)
 
 
+# limits every CUDA GPU since sm_20 has: 1024 threads and 48 KB of static shared memory per block. MetaSchedule's
+# CUDA rules (thread binding, cooperative fetch) need them in the target, and TVM's "cuda" kind has no default
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152}
+
+
 def _cuda_target(tvm_target: tvm.target.Target) -> Target:
+    missing = {k: v for k, v in CUDA_LIMITS.items() if k not in tvm_target.attrs}
+    if missing:
+        tvm_target = tvm.target.Target({**tvm_target.export(), **missing})
     return Target("cuda", str(tvm_target.attrs.get("arch", "sm_80")), 1, 0, True, frozenset(), 1, {}, tvm_target)
 
 

@@ -53,25 +53,80 @@ def kernel_table(mod: tvm.IRModule) -> dict[str, dict]:
     return table
 
 
-def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool = False):
-    """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``, its PyTorch
-    fallbacks: function -> IR nodes). ``records`` (tuning/apply.py ``TunedSchedules``): schedule convopt's
-    kernels from tuning records where they have one. ``fallback``: nodes TVM can't compile run in PyTorch
-    (torch_fallback.py) instead of being refused."""
+def prepare_module(graph: Graph, target: Target, records=None, *, fallback: bool = False):
+    """(the Relax module of ``graph`` with every op legalized and fused into PrimFuncs by TVM's "zero" pipeline,
+    its PyTorch fallbacks). convopt's own kernels are scheduled (``records``: see compile_graph); the PrimFuncs
+    TVM generated for the other ops are not yet: ``generated_kernels`` names them (tuning tasks on targets
+    where convopt has no kernels of its own, tuning/tasks.py)."""
     mod = to_relax(graph, target, records, fallback=fallback)
     fallbacks = fallback_nodes(mod)
+    with target.tvm:  # fast math, legalize and fuse
+        mod = tvm.relax.transform.FastMathTransform()(mod)
+        mod = tvm.relax.get_pipeline("zero")(mod)
+    return mod, fallbacks
+
+
+def generated_kernels(mod: tvm.IRModule) -> list[str]:
+    """The PrimFuncs of a ``prepare_module`` module that no schedule has touched: TVM's own kernels."""
+    return [gv.name_hint for gv, func in mod.functions.items()
+            if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and "tirx.is_scheduled" in func.attrs)]
+
+
+def default_rules(target: Target) -> list:
+    """The dlight rules that schedule TVM's own kernels by default: convopt's CPU rules, dlight's GPU fallback."""
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
         from ..schedules.cpu_fallback import CheckedReduction, ParallelFallback, VectorReduction
 
-        rules = [dlight.cpu.GEMV(), VectorReduction(target.lanes), CheckedReduction(),
-                 ParallelFallback(target.lanes)]
-    else:
-        rules = [dlight.gpu.Fallback()]
-    with target.tvm:  # fast math, legalize and fuse, then a default schedule for every PrimFunc without one
-        mod = tvm.relax.transform.FastMathTransform()(mod)
-        mod = tvm.relax.get_pipeline("zero")(mod)
-        mod = dlight.ApplyDefaultSchedule(*rules)(mod)
+        return [dlight.cpu.GEMV(), VectorReduction(target.lanes), CheckedReduction(), ParallelFallback(target.lanes)]
+    return [dlight.gpu.Fallback()]
+
+
+def default_generated_schedule(target: Target):
+    """A generated kernel's default schedule as a function of a Schedule over its workload: the first dlight rule
+    of ``default_rules`` that applies, replayed by its trace (the design-space default of a tuning task)."""
+    rules = default_rules(target)
+
+    def schedule(sch: tvm.s_tir.Schedule) -> None:
+        func = sch.mod["main"]
+        for rule in rules:
+            space = rule.apply(func, target.tvm, False)
+            if space is None:
+                continue
+            (space.trace if not isinstance(space, list) else space[0].trace).apply_to_schedule(
+                sch, remove_postproc=False)
+            return
+
+    return schedule
+
+
+def _schedule_generated_from_records(mod: tvm.IRModule, target: Target, records) -> tvm.IRModule:
+    """Each of TVM's own kernels that ``records`` hold (a tuning job's tasks on CUDA, or a CPU job's other ops)
+    scheduled by its fastest record where that beats its default; the others are left to the default rules."""
+    default = default_generated_schedule(target)
+    for name in generated_kernels(mod):
+        gv = mod.get_global_var(name)
+        workload = tvm.IRModule({"main": mod[gv].with_attr("global_symbol", "main")})
+        if not records.holds(workload):
+            continue
+        func, tuning = records.schedule(workload, default, name)
+        if tuning.status == "untuned":
+            continue
+        mod[gv] = (func.without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+                   .with_attr("convopt.tuning", tuning.to_attr()))
+    return mod
+
+
+def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool = False):
+    """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``, its PyTorch
+    fallbacks: function -> IR nodes). ``records`` (tuning/apply.py ``TunedSchedules``): schedule the kernels
+    from tuning records where they have one (convopt's own, and on CUDA TVM's generated ones). ``fallback``:
+    nodes TVM can't compile run in PyTorch (torch_fallback.py) instead of being refused."""
+    mod, fallbacks = prepare_module(graph, target, records, fallback=fallback)
+    if records:
+        mod = _schedule_generated_from_records(mod, target, records)
+    with target.tvm:  # a default schedule for every PrimFunc without one
+        mod = tvm.s_tir.dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = PropagateNaN(mod)  # max/min keep NaN like PyTorch (nan_semantics.py)
     target.configure_runtime()
     return tvm.compile(mod, target=target.tvm), kernel_table(mod), fallbacks

@@ -158,6 +158,10 @@ class TunedSchedules:
     def __bool__(self) -> bool:
         return bool(self.indexes)
 
+    def holds(self, workload: tvm.IRModule) -> bool:
+        """Whether any folder has a measured record of ``workload`` (cheap: no schedule is made)."""
+        return any(index.records(workload) for index in self.indexes)
+
     def schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], name: str = "kernel"
                  ) -> tuple[tvm.tirx.PrimFunc, KernelTuning]:
         """(``workload``'s "main" scheduled by its fastest record, else by ``default``; how it was scheduled)."""

@@ -53,7 +53,7 @@ from ..cost.model import MEASURE_MARGIN
 from .apply import LOCAL_LOGS, choose, trace_key
 from .lowering_times import kernel_variants, write_times
 from .records import FAILED, open_database, pack, records_dir, trials_done
-from .tasks import Task, extract_tasks
+from .tasks import GENERATED, Task, extract_tasks, generated_tasks
 
 ROUND = 16  # trials per round of one task
 MIN_TRIALS = 16  # each task's share of the budget, at least
@@ -305,6 +305,26 @@ def _enumerate(task: Task, trials: int, target: Target, database, measurer: Meas
     return measured
 
 
+def _search(task: Task, trials: int, target: Target, database, measurer: Measurer, on_batch, work_dir: Path) -> int:
+    """Measure up to ``trials`` new schedules of a searched task (TVM's own kernels: tasks.GENERATED) with
+    MetaSchedule's evolutionary search over its default rules, through the job's builder and runner, into
+    ``database``. Each call starts from the database's best records, so a job cut into rounds, or killed and
+    started again, continues where it was. TVM's logs go to ``work_dir``/logs. Returns the trials added."""
+    from tvm.s_tir import meta_schedule as ms
+
+    before = trials_done(database, task.workload)
+    (logger,) = ms.logging.get_loggers_from_work_dir(str(work_dir), [task.name])  # a file, not the terminal
+    context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
+                             search_strategy="evolutionary", task_name=task.name, num_threads=target.cores,
+                             logger=logger)
+    ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=trials,
+                  max_trials_per_task=trials, num_trials_per_iter=min(trials, ROUND), builder=measurer.builder,
+                  runner=measurer.runner, database=database, cost_model="xgb")
+    added = trials_done(database, task.workload) - before
+    on_batch(added)
+    return added
+
+
 def _time_module(fast, args, seconds: float = 1.0) -> float:
     """Median milliseconds per call over about ``seconds`` of calls."""
     with torch.no_grad():
@@ -318,7 +338,7 @@ def _time_module(fast, args, seconds: float = 1.0) -> float:
 
 
 def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, trials: int | None,
-         deadline: float | None, untuned_ms: float | None, progress: bool):
+         deadline: float | None, untuned_ms: float | None, progress: bool, work_dir: Path):
     """Steps 2-6 of the module docstring: (a TaskReport per task, new trials, why it stopped early or "")."""
     from tqdm.auto import tqdm
 
@@ -356,7 +376,10 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
         task = min(owing, key=lambda t: (done[t.name] / shares[t.name], -t.weight * times[t.name][0]))
         chunk = min(ROUND, shares[task.name] - done[task.name])
         postfix(task)
-        added = _enumerate(task, chunk, target, database, measurer, bar.update)
+        if task.searched:
+            added = _search(task, chunk, target, database, measurer, bar.update, work_dir)
+        else:
+            added = _enumerate(task, chunk, target, database, measurer, bar.update)
         if added == 0:
             exhausted.add(task.name)  # the space has no unmeasured candidates left
         else:
@@ -421,7 +444,7 @@ def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict
     """lowering_times.json entries of the tuned conv kernels (lowering_times.py)."""
     entries: dict[str, dict] = {}
     for r in reports:
-        if r.kind == "dense":
+        if r.kind in ("dense", GENERATED):
             continue
         for key, variant, epilogue in kernel_variants(graphs[r.name], r.kind, r.nodes):
             entries.setdefault(key, {}).setdefault(variant, {})[epilogue] = {
@@ -429,11 +452,33 @@ def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict
     return entries
 
 
+OTHER_OP_SHARE = 0.02  # other ops tuned on a CPU (tune(other_ops=True)): at least this share of the estimate
+
+
+def heavy_other_ops(graph, target: Target, tasks: list[Task]) -> list[Task]:
+    """TVM's own kernels of ``graph`` on a CPU ``target`` (tasks.generated_tasks) whose estimated time, FLOPs
+    at the machine's roof plus arguments' bytes at its bandwidth, times calls, is at least ``OTHER_OP_SHARE``
+    of the estimate of all of the model's kernels (``tasks``, convopt's, by their FLOPs): the ones that can
+    matter end to end. The dozens of small elementwise kernels are left to their default rules."""
+    from ..backends.tvm_backend import kernel_table
+    from ..cost.profile import load_profile
+
+    profile = load_profile(target)
+
+    def seconds(task: Task, moves_bytes: bool) -> float:
+        nbytes = kernel_table(task.workload)["main"]["bytes"] if moves_bytes else 0
+        return task.weight * (task.flops / profile.roof_flops + nbytes / profile.bandwidth)
+
+    others = generated_tasks(graph, target)
+    total = sum(seconds(t, False) for t in tasks) + sum(seconds(t, True) for t in others)
+    return [t for t in others if seconds(t, True) >= OTHER_OP_SHARE * total]
+
+
 def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, trials: int | None = None,
          time_budget: str | float | None = None, log_dir: str | Path | None = None, rpc: str | None = None,
          lowering: str | dict[str, str] | None = None, lowering_margin: float = MEASURE_MARGIN,
          fuse_blocks: bool | dict[str, bool] = True, progress: bool = True,
-         measure_end_to_end: bool = True) -> TuningSummary:
+         measure_end_to_end: bool = True, other_ops: bool = False) -> TuningSummary:
     """Tune the kernels of ``model`` on ``target`` (default "cpu") and keep the records under
     ``log_dir/<target key>/`` (default ./tuning_logs); optimize() applies them afterwards (give it
     ``tuning_logs=log_dir`` when that is not ./tuning_logs or $CONVOPT_TUNING_LOGS).
@@ -443,35 +488,48 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     TVM RPC tracker to measure on; lowering: as in optimize() (a record applies to the graph it was tuned
     for: optimize with the same lowering); lowering_margin: the lowerings predicted within this factor of
     each conv's best are tuned too, and optimize() runs the fastest measured (1: none; a large factor: every
-    lowering that can run the conv); fuse_blocks: as in optimize() (the fused kernels are tasks too). A job
-    started again on the same model resumes.
+    lowering that can run the conv); fuse_blocks: as in optimize() (the fused kernels are tasks too);
+    other_ops: on a CPU, also tune TVM's own kernels for the other ops (pooling, norms, elementwise chains)
+    whose estimated time is at least ``OTHER_OP_SHARE`` of the model's, searched with MetaSchedule's default
+    x86 rules. On CUDA every kernel is TVM's own and searched with its CUDA rules (tasks.py); measuring needs
+    a GPU here or ``rpc``. A job started again on the same model resumes.
     """
-    from ..capture import as_args
+    from ..capture import as_args, capture_program
     from ..optimize import optimize
+    from ..pipeline import build, run_passes
 
     target = resolve_target(target if target is not None else "cpu")
-    if not target.is_cpu:
-        raise NotImplementedError(f"tuning target {target.key}: convopt's kernels and their design spaces are "
-                                  "CPU schedules; CUDA kernels come from TVM's default GPU schedules for now")
+    if not target.runs_here and rpc is None:
+        raise RuntimeError(f"tuning target {target.key}: this machine can't run its kernels "
+                           f"({'no CUDA device' if not target.is_cpu else 'another ISA'}); measure on machines "
+                           "that can through TVM's RPC tracker: rpc='HOST:PORT:KEY' (convopt tune --rpc)")
     budget_s = parse_duration(time_budget)
     start = time.perf_counter()
     args = as_args(example_inputs)
-    fast = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=False,
-                    fuse_blocks=fuse_blocks)
+    if target.runs_here:
+        fast = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=False,
+                        fuse_blocks=fuse_blocks)
+        graph = fast.graph
+    else:  # nothing runs here: the graph is all a job needs
+        fast = None
+        graph, _ = run_passes(capture_program(model, example_inputs, mode="inference").graph,
+                              build("inference", target, lowering=lowering, fuse_blocks=fuse_blocks))
     # through RPC the kernels run elsewhere: this machine's end-to-end time would say nothing about them
     measure_end_to_end = measure_end_to_end and target.runs_here and rpc is None
     untuned_ms = _time_module(fast, args) if measure_end_to_end else None
-    tasks = extract_tasks(fast.graph, target)
-    graphs = {t.name: fast.graph for t in tasks}
+    tasks = extract_tasks(graph, target)
+    if other_ops and target.is_cpu:
+        tasks += heavy_other_ops(graph, target, tasks)
+    graphs = {t.name: graph for t in tasks}
     alternatives = []
-    if not isinstance(lowering, str):  # one lowering forced everywhere: no choice to tune
+    if target.is_cpu and not isinstance(lowering, str):  # one lowering forced everywhere: no choice to tune
         from ..capture import capture_program
 
         captured = capture_program(model, example_inputs, mode="inference").graph
-        alternatives = _alternatives(fast.graph, captured, target, lowering, tasks, lowering_margin, fuse_blocks)
-        for task, graph in alternatives:
+        alternatives = _alternatives(graph, captured, target, lowering, tasks, lowering_margin, fuse_blocks)
+        for task, alternative_graph in alternatives:
             tasks.append(task)
-            graphs[task.name] = graph
+            graphs[task.name] = alternative_graph
     log_root = Path(log_dir) if log_dir is not None else LOCAL_LOGS
     database = open_database(target, log_root, create=True)
     if database is None:
@@ -482,7 +540,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     try:
         reports, new_trials, stopped = _run(tasks, database, measurer, target, trials=trials,
                                             deadline=None if budget_s is None else start + budget_s,
-                                            untuned_ms=untuned_ms, progress=progress)
+                                            untuned_ms=untuned_ms, progress=progress, work_dir=folder)
     finally:
         measurer.close()
     write_times(folder, target, _lowering_entries(reports, graphs))
@@ -499,7 +557,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
         summary.tuned_ms = min(r[1] for r in rounds)
         chosen = tuned.graph
     else:
-        chosen = fast.graph
+        chosen = graph
         if alternatives:  # what optimize() will choose, without compiling the model
             from ..optimize import _measured_lowerings
             from ..pipeline import build, run_passes
@@ -507,7 +565,7 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
             chosen, _ = run_passes(captured, build("inference", target, lowering=lowering, fuse_blocks=fuse_blocks,
                                                    measured=_measured_lowerings(target, log_root)))
     pack(folder)
-    before = fast.graph.node_map
+    before = graph.node_map
     summary.lowering_changes = [(n.name, before[n.name].attrs.lowering, n.attrs.lowering) for n in chosen.nodes
                                 if n.name in before and n.op is before[n.name].op and hasattr(n.attrs, "lowering")
                                 and n.attrs.lowering != before[n.name].attrs.lowering]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import tvm
+import tvm_ffi
 
 from ..backends.conv_kernels import default_schedule, workload
 from ..backends.relax_emit import emit
@@ -23,10 +24,14 @@ from ..ir.graph import Graph
 from ..target import Target
 
 
+GENERATED = "generated"  # the kind of a task that is one of TVM's own kernels (searched, not enumerated)
+SEARCHED_SIZE = 1 << 20  # a searched space's size for the job's trial shares: more than any budget
+
+
 @dataclass
 class Task:
     name: str  # the PrimFunc in the model's module, e.g. "convopt_direct_conv2d_3"
-    kind: str  # the conv's lowering, or "dense"
+    kind: str  # the conv's lowering, "dense", or GENERATED (TVM's kernel for other ops, or every op on CUDA)
     workload: tvm.IRModule  # the unscheduled PrimFunc as "main"
     weight: int  # calls per model run
     nodes: list[str]  # the IR nodes it computes
@@ -34,12 +39,21 @@ class Task:
     schedule: Callable[[tvm.s_tir.Schedule], None]  # the default schedule, and the design space
     alternative: bool = False  # a lowering the model doesn't run yet, measured to tune the lowering choice
 
+    @property
+    def searched(self) -> bool:
+        """A space MetaSchedule's rules generate (TVM's own kernels): too large to enumerate, searched instead."""
+        return self.kind == GENERATED
+
     def space(self, target: Target):
-        """The MetaSchedule space generator: the default schedule with its samples, plus MetaSchedule's
-        postprocessors and mutators for the target (a bare callable would get no mutators)."""
+        """The MetaSchedule space generator. convopt's kernels: the default schedule with its samples, plus
+        MetaSchedule's postprocessors and mutators for the target (a bare callable would get no mutators).
+        TVM's own kernels: MetaSchedule's default rules for the target (multi-level tiling, thread binding on
+        CUDA, parallel/vectorize/unroll on CPU)."""
         from tvm.s_tir import meta_schedule as ms
 
         kind = "llvm" if target.is_cpu else "cuda"
+        if self.searched:
+            return ms.space_generator.PostOrderApply(sch_rules=kind, postprocs=kind, mutator_probs=kind)
         return ms.space_generator.ScheduleFn(self.schedule, sch_rules=[], postprocs=kind, mutator_probs=kind)
 
     def default(self) -> tvm.s_tir.Schedule:
@@ -49,7 +63,9 @@ class Task:
         return sch
 
     def size(self) -> int:
-        """Points in the design space (1: nothing to tune)."""
+        """Points in the design space (1: nothing to tune; a searched space counts as ``SEARCHED_SIZE``)."""
+        if self.searched:
+            return SEARCHED_SIZE
         size = 1
         for _, count, _ in _choices(self.default().trace):
             size *= count
@@ -86,8 +102,53 @@ def _choices(trace) -> list[tuple[object, int, int]]:
 
 def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     """The tasks of ``graph`` (after the pass pipeline, with its lowerings and layouts) on ``target``, in
-    the order of the module. Empty for targets where convopt emits no kernels of its own (CUDA); kernels
-    written out without a schedule (the fused block kernel) have no design space and are not tasks."""
+    the order of the module. On a CPU: convopt's kernels (those written out without a schedule, the fused
+    block kernels, have no design space and are not tasks). On CUDA, where convopt emits no kernels of its
+    own, TVM's kernels for the whole graph (``generated_tasks``)."""
+    if not target.is_cpu:
+        return generated_tasks(graph, target)
     mod, kernels = emit(graph, target)
     return [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
                  default_schedule(use, target)) for name, use in kernels.items() if use.schedule is not None]
+
+
+def generated_tasks(graph: Graph, target: Target) -> list[Task]:
+    """TVM's own kernels of ``graph`` on ``target`` (the PrimFuncs its "zero" pipeline legalizes and fuses,
+    as compile_graph builds them), one task per distinct workload, weighted by its calls per run; the
+    default schedule is the dlight rule compile_graph applies, the space MetaSchedule's rules for the target."""
+    from ..backends.tvm_backend import default_generated_schedule, generated_kernels, prepare_module
+
+    mod, _ = prepare_module(graph, target)
+    calls = _calls(mod)
+    default = default_generated_schedule(target)
+    tasks: dict[str, Task] = {}
+    hashes: dict[int, str] = {}
+    for name in generated_kernels(mod):
+        func = mod[name]
+        work = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        digest = tvm_ffi.structural_hash(work)  # equal kernels of the model: one task
+        if digest in hashes and tvm_ffi.structural_equal(tasks[hashes[digest]].workload, work):
+            tasks[hashes[digest]].weight += calls.get(name, 1)
+            continue
+        hashes[digest] = name
+        tasks[name] = Task(name, GENERATED, work, calls.get(name, 1), [], _flops(work), default)
+    return list(tasks.values())
+
+
+def _flops(work: tvm.IRModule) -> int:
+    try:
+        return int(tvm.s_tir.analysis.estimate_tir_flops(work))
+    except Exception:  # noqa: BLE001 - TVM can't count some loop nests
+        return 0
+
+
+def _calls(mod: tvm.IRModule) -> dict[str, int]:
+    """PrimFunc name -> how often the module's main calls it (call_tir)."""
+    counts: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, tvm.relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            counts[expr.args[0].name_hint] = counts.get(expr.args[0].name_hint, 0) + 1
+
+    tvm.relax.analysis.post_order_visit(mod["main"], visit)
+    return counts
