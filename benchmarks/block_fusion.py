@@ -81,7 +81,8 @@ def main() -> int:
         terms = block_terms(block, target.lanes, profile)
         extra = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
         end = "" if block.kind != PARTIAL_KIND else " (to the SE)"
-        name = f"{describe_block(block)}{end}" + (" +x" if block.residual else "")
+        skip = " +skip" if block.kind == fused_mlp.KIND else " +x"  # an MLP adds any value, a residual its input
+        name = f"{describe_block(block)}{end}" + (skip if block.residual else "")
         bands = (fused_mlp if block.kind == fused_mlp.KIND else fused_block).default_bands(block, target.cores)
         rows.append((name, measured_unfused, measured_fused, predicted, unfused_bytes, terms["bytes"], extra,
                      bands, first in chosen))

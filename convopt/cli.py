@@ -1,4 +1,4 @@
-"""The ``convopt`` command: ``convopt dump|optimize|tune|report|bench MODEL ...`` and ``convopt calibrate``."""
+"""The ``convopt`` command: ``convopt dump|optimize|tune|report|bench|prune MODEL ...`` and ``convopt calibrate``."""
 
 from __future__ import annotations
 
@@ -112,6 +112,27 @@ def _tune(args) -> int:
                    log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args), other_ops=args.other_ops,
                    **({} if args.lowering_margin is None else {"lowering_margin": args.lowering_margin}))
     print(summary.table())
+    return 0
+
+
+def _prune(args) -> int:
+    from .models import load_model, parse_shape
+    from .tuning.job import prune_records
+    from .tuning.records import records_dir
+    from .target import resolve_target
+
+    models = []
+    for name in args.models:
+        torch.manual_seed(args.seed)
+        models.append((load_model(name).eval(), torch.randn(parse_shape(args.input_shape))))
+    target = resolve_target(_target_arg(args.target))
+    pruned = prune_records(models, target=target, log_dir=args.log_dir, lowering=_lowering_arg(args),
+                           other_ops=args.other_ops, dry_run=args.dry_run,
+                           **({} if args.lowering_margin is None else {"lowering_margin": args.lowering_margin}))
+    verb = "would drop" if args.dry_run else "dropped"
+    print(f"{records_dir(target, args.log_dir)}: kept {pruned.workloads_kept} workloads ({pruned.records_kept} "
+          f"records) the {len(models)} model(s) use; {verb} {pruned.workloads_dropped} "
+          f"({pruned.records_dropped} records)")
     return 0
 
 
@@ -259,6 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     tun.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on the devices registered under KEY with the "
                                                             "TVM RPC tracker at HOST:PORT (builds stay local)")
     tun.set_defaults(run=_tune)
+    pru = sub.add_parser("prune", help="drop the tuning records no kernel of the given models uses any more (kernels "
+                                       "whose code changed since they were tuned, models no longer tuned)")
+    pru.add_argument("models", nargs="+", metavar="MODEL", help="every model the records are kept for")
+    pru.add_argument("--input-shape", default="1,3,224,224", help="example input shape (default 1,3,224,224)")
+    pru.add_argument("--seed", type=int, default=0)
+    pru.add_argument("--target", default="cpu", help="cpu (default), cuda, or a TVM target as JSON")
+    pru.add_argument("--log-dir", default="tuning_logs", help="the records' folder (default tuning_logs)")
+    pru.add_argument("--lowering-margin", type=float, metavar="FACTOR",
+                     help="keep the kernels of the lowerings predicted within FACTOR of each conv's best (default: "
+                          "every lowering that runs it)")
+    pru.add_argument("--other-ops", action="store_true", help="as for convopt tune")
+    pru.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    pru.set_defaults(run=_prune)
     rep = sub.add_parser("report", help="time a compiled model kernel by kernel against the machine's roofline")
     _common(rep)
     rep.add_argument("--target", default="cpu", help="a TVM target: cpu (default) or cuda")
@@ -266,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
     rep.add_argument("--top", type=int, default=25, help="kernels in the table (default 25)")
     rep.set_defaults(run=_report)
-    for p in (dump, opt, tun, rep):
+    for p in (dump, opt, tun, rep, pru):
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
                        help=f"force a conv lowering ({', '.join(ALL_LOWERINGS)}) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")

@@ -56,8 +56,8 @@ def kernel_table(mod: tvm.IRModule) -> dict[str, dict]:
 def prepare_module(graph: Graph, target: Target, records=None, *, fallback: bool = False):
     """(the Relax module of ``graph`` with every op legalized and fused into PrimFuncs by TVM's "zero" pipeline,
     its PyTorch fallbacks). convopt's own kernels are scheduled (``records``: see compile_graph); the PrimFuncs
-    TVM generated for the other ops are not yet: ``generated_kernels`` names them (tuning tasks on targets
-    where convopt has no kernels of its own, tuning/tasks.py)."""
+    TVM generated for the other ops are not yet: ``generated_kernels`` names them (tuning tasks on CUDA,
+    where convopt has no kernels of its own, and for the other ops on a CPU: tuning/tasks.py)."""
     mod = to_relax(graph, target, records, fallback=fallback)
     fallbacks = fallback_nodes(mod)
     with target.tvm:  # fast math, legalize and fuse
@@ -120,7 +120,8 @@ def _schedule_generated_from_records(mod: tvm.IRModule, target: Target, records)
 def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool = False):
     """(the compiled Relax executable for ``graph``, its kernel table: see ``kernel_table``, its PyTorch
     fallbacks: function -> IR nodes). ``records`` (tuning/apply.py ``TunedSchedules``): schedule the kernels
-    from tuning records where they have one (convopt's own, and on CUDA TVM's generated ones). ``fallback``:
+    from tuning records where they have one (convopt's own, and TVM's generated ones a job tuned: all of them
+    on CUDA, the other ops on a CPU). ``fallback``:
     nodes TVM can't compile run in PyTorch (torch_fallback.py) instead of being refused."""
     mod, fallbacks = prepare_module(graph, target, records, fallback=fallback)
     if records:

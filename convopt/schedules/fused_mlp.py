@@ -13,11 +13,13 @@ maps 0 to 0, so a padded channel stays 0):
 Loop structure (``prim_func``): the rows are cut into bands, one per parallel iteration (one per core); a
 band walks its rows, and each row goes through a channels-last row buffer [W, E'] (W E' floats: 36 KB for
 160 channels at 56 px, in L1/L2), then the projection's row [W, O'], stored in the output's layout. Both
-stages run as register tiles of ``fused_block.column_tile`` columns x one or two channel vectors with their
-epilogue applied per tile (the rule the inverted residual kernel uses). Unlike the separate convs, the
-intermediate is never stored: the unfused expand writes and the projection reads 2 E H W floats. The
-weights are read once per register tile column block; where they exceed half of L2 (wide late stages) that
-re-reading costs more than the intermediate saves, and the cost model (cost/fused.py) declines such blocks.
+stages run as register tiles of ``fused_block.column_tile`` columns x one or two channel vectors (the rule
+the inverted residual kernel uses), the expand's bias added per tile and its activation in a pass over
+the row (GELU's polynomial inside the tile spilled the accumulators), the projection's bias and the skip
+where the row is stored. Unlike the separate convs, the intermediate is never stored: the unfused expand
+writes and the projection reads E H W floats each. Each row streams both weight matrices once per column
+tile of the row; where they exceed half of L2 (wide late stages) that costs more than the intermediate
+saves, and the cost model (cost/fused.py, which counts one read per row there) declines such blocks.
 
 Written out in TVMScript for the same reason as schedules/fused_block.py, and like it not a tuning task.
 """

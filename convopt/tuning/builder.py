@@ -48,12 +48,16 @@ class PersistentBuilder(ms.builder.PyBuilder):
         return self._pool
 
     def build(self, build_inputs):
+        from ..backends.nan_semantics import PropagateNaN
+
         pool = self._workers()
         self._uses += len(build_inputs)
         folder = self.folder
         results = []
+        # every candidate built as it is deployed: NaN-propagating max/min (tvm_backend.compile_graph), whether
+        # the job or MetaSchedule's search (tuning/job.py) asks
         for done in pool.map_with_error_catching(lambda x: build_and_export(x[0], x[1], folder),
-                                                  [(b.mod, b.target) for b in build_inputs]):
+                                                  [(PropagateNaN(b.mod), b.target) for b in build_inputs]):
             if done.status == StatusKind.COMPLETE:
                 results.append(ms.builder.BuilderResult(done.value, None))
             elif done.status == StatusKind.TIMEOUT:

@@ -15,11 +15,14 @@ keeps every measurement in the target's record folder (records.py), which optimi
    small space can't use goes to the others. Tasks are measured in rounds of up to ``ROUND`` trials; each
    round goes to the task furthest behind its share, so a time budget that ends the job early leaves
    every task equally far along.
-4. A task's points are measured nearest the default first (Task.points: fewest changed decisions, then
-   the smallest moves), each once. The spaces are the schedules' register tiles, tens of points (at most
-   a few hundred), so they are enumerated rather than searched: MetaSchedule's evolutionary search with
-   its XGBoost model needs a TuneContext, whose construction imports TVM's tensor intrinsics, measured at
-   70-160 s on 2 cores with torch loaded, more than enumerating a whole space costs.
+4. A task of convopt's kernels has its points measured nearest the default first (Task.points: fewest
+   changed decisions, then the smallest moves), each once. Those spaces are the schedules' register tiles,
+   tens of points (at most a few hundred), so they are enumerated rather than searched: MetaSchedule's
+   evolutionary search with its XGBoost model needs a TuneContext, whose construction imports TVM's tensor
+   intrinsics (40-160 s on 2 cores with torch loaded), more than enumerating a whole space costs. A task of
+   TVM's own kernels (tasks.GENERATED: every kernel on CUDA, the heavy other ops on a CPU with
+   ``other_ops``) has MetaSchedule's rules as its space, far too large to enumerate: it is searched
+   (``_search``), paying the TuneContext once per job.
 5. Each task tuned in this job has its default and its fastest few schedules measured again side by side
    (``_confirm``): optimize() picks by the median over a schedule's records (apply.choose).
 6. Resume: the trials a task already has in the database count against its share and its measured
@@ -173,15 +176,14 @@ class Measurer:
         else:
             self.runner = ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator)
         self.target = target
+        self.cost_models: dict[str, Any] = {}  # searched task -> its XGBoost model, kept across rounds (_search)
+        self.failed_searches: set[str] = set()
 
     def run(self, mods: list) -> list:
         """MetaSchedule RunnerResults of building and running each IRModule (its PrimFunc "main")."""
         from tvm.s_tir import meta_schedule as ms
 
-        from ..backends.nan_semantics import PropagateNaN
-
-        # measure the kernels as they are deployed: NaN-propagating max/min (tvm_backend.compile_graph)
-        built = self.builder.build([ms.builder.BuilderInput(PropagateNaN(mod), self.target.tvm) for mod in mods])
+        built = self.builder.build([ms.builder.BuilderInput(mod, self.target.tvm) for mod in mods])
         device = "cpu" if self.target.is_cpu else "cuda"
         inputs = [(i, ms.runner.RunnerInput(b.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(mods[i]["main"])))
                   for i, b in enumerate(built) if b.error_msg is None]
@@ -305,24 +307,55 @@ def _enumerate(task: Task, trials: int, target: Target, database, measurer: Meas
     return measured
 
 
+SEARCH_WARMUP = 16  # measurements before the search's XGBoost model ranks candidates (TVM's default: 100)
+
+
 def _search(task: Task, trials: int, target: Target, database, measurer: Measurer, on_batch, work_dir: Path) -> int:
     """Measure up to ``trials`` new schedules of a searched task (TVM's own kernels: tasks.GENERATED) with
     MetaSchedule's evolutionary search over its default rules, through the job's builder and runner, into
-    ``database``. Each call starts from the database's best records, so a job cut into rounds, or killed and
-    started again, continues where it was. TVM's logs go to ``work_dir``/logs. Returns the trials added."""
+    ``database``. The task keeps one XGBoost cost model for the whole job (``measurer.cost_models``), trained
+    on every round's measurements, and each round's initial population starts from the database's best
+    records, so a job cut into rounds goes on where the last round stopped (a resumed job's new model starts
+    untrained; MetaSchedule may measure a schedule a previous round measured, counted as a trial). TVM's log
+    goes to ``work_dir``/logs/. A search TVM can't run (a stored trace it can't post-process) ends the
+    task's tuning with a warning instead of the job. Returns the trials added."""
     from tvm.s_tir import meta_schedule as ms
 
+    from ..target import physical_cores
+
     before = trials_done(database, task.workload)
-    (logger,) = ms.logging.get_loggers_from_work_dir(str(work_dir), [task.name])  # a file, not the terminal
+    model = measurer.cost_models.setdefault(task.name, ms.cost_model.XGBModel(num_warmup_samples=SEARCH_WARMUP))
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
-                             search_strategy="evolutionary", task_name=task.name, num_threads=target.cores,
-                             logger=logger)
-    ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=trials,
-                  max_trials_per_task=trials, num_trials_per_iter=min(trials, ROUND), builder=measurer.builder,
-                  runner=measurer.runner, database=database, cost_model="xgb")
+                             search_strategy="evolutionary", task_name=task.name, num_threads=physical_cores(),
+                             logger=_search_logger(work_dir, task.name))
+    try:
+        ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=trials,
+                      max_trials_per_task=trials, num_trials_per_iter=min(trials, ROUND), builder=measurer.builder,
+                      runner=measurer.runner, database=database, cost_model=model)
+    except Exception as e:  # noqa: BLE001 - TVM raises TVMError, ValueError, RuntimeError from its search
+        logging.getLogger(__name__).warning("%s: MetaSchedule's search stopped (%s: %s); the task keeps the "
+                                            "schedules measured so far", task.name, type(e).__name__, e)
+        measurer.failed_searches.add(task.name)
     added = trials_done(database, task.workload) - before
     on_batch(added)
     return added
+
+
+def _search_logger(work_dir: Path, name: str) -> logging.Logger:
+    """A logger writing to ``work_dir``/logs/<task>.log only (MetaSchedule's own helper also logs to stdout)."""
+    path = (work_dir / "logs" / f"{name[:100]}.log").resolve()
+    logger = logging.getLogger(f"convopt.tuning.search.{name}")
+    if [getattr(h, "baseFilename", None) for h in logger.handlers] != [str(path)]:  # another job's folder
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
 
 
 def _time_module(fast, args, seconds: float = 1.0) -> float:
@@ -380,8 +413,8 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
             added = _search(task, chunk, target, database, measurer, bar.update, work_dir)
         else:
             added = _enumerate(task, chunk, target, database, measurer, bar.update)
-        if added == 0:
-            exhausted.add(task.name)  # the space has no unmeasured candidates left
+        if added == 0 or task.name in measurer.failed_searches:
+            exhausted.add(task.name)  # the space has no unmeasured candidates left, or its search failed
         else:
             touched.append(task)
         done[task.name] += added
@@ -474,6 +507,64 @@ def heavy_other_ops(graph, target: Target, tasks: list[Task]) -> list[Task]:
     return [t for t in others if seconds(t, True) >= OTHER_OP_SHARE * total]
 
 
+def job_tasks(graph, model: torch.nn.Module, example_inputs: Any, target: Target, *, lowering=None,
+              lowering_margin: float = MEASURE_MARGIN, fuse_blocks=True, other_ops: bool = False):
+    """(tasks, task name -> its graph, the alternatives' (task, graph), the captured graph or None): what a job
+    on ``model`` measures, given ``graph``, the model after the pipeline (step 1 of the module docstring)."""
+    tasks = extract_tasks(graph, target)
+    if other_ops and target.is_cpu:
+        tasks += heavy_other_ops(graph, target, tasks)
+    graphs = {t.name: graph for t in tasks}
+    alternatives, captured = [], None
+    if target.is_cpu and not isinstance(lowering, str):  # one lowering forced everywhere: no choice to tune
+        from ..capture import capture_program
+
+        captured = capture_program(model, example_inputs, mode="inference").graph
+        alternatives = _alternatives(graph, captured, target, lowering, tasks, lowering_margin, fuse_blocks)
+        for task, alternative_graph in alternatives:
+            tasks.append(task)
+            graphs[task.name] = alternative_graph
+    return tasks, graphs, alternatives, captured
+
+
+def prune_records(models: list[tuple[torch.nn.Module, Any]], *, target: Any = None, log_dir: str | Path | None = None,
+                  lowering=None, lowering_margin: float = MEASURE_MARGIN, fuse_blocks=True, other_ops: bool = False,
+                  dry_run: bool = False):
+    """Keep in ``target``'s records under ``log_dir`` (default ./tuning_logs) only the workloads a job on one of
+    ``models`` ((model, example inputs) pairs) would tune with the same options: the records of kernels whose
+    code has changed since (they never apply again) and of models no longer listed go (records.prune).
+    (Every lowering of every conv would keep more, but building their kernels to find the workloads takes
+    gigabytes: the FFT lowering's transformed weights alone are hundreds of MB for one of resnet50's convs.)"""
+    import gc
+
+    import tvm_ffi
+
+    from ..capture import capture_program
+    from ..pipeline import build, run_passes
+    from .records import prune
+
+    from ..optimize import _measured_lowerings
+
+    target = resolve_target(target if target is not None else "cpu")
+    log_root = Path(log_dir) if log_dir is not None else LOCAL_LOGS
+    measured = _measured_lowerings(target, log_root)
+    keep: set[str] = set()
+    for model, example_inputs in models:
+        captured = capture_program(model, example_inputs, mode="inference").graph
+        graph, _ = run_passes(captured, build("inference", target, lowering=lowering, fuse_blocks=fuse_blocks))
+        tasks, *_ = job_tasks(graph, model, example_inputs, target, lowering=lowering,
+                              lowering_margin=lowering_margin, fuse_blocks=fuse_blocks, other_ops=other_ops)
+        # and the kernels optimize() runs: the lowerings these folders' measurements choose (lowering_times.json),
+        # which the cost model may no longer predict near the best
+        chosen, _ = run_passes(captured, build("inference", target, lowering=lowering, fuse_blocks=fuse_blocks,
+                                               measured=measured))
+        tasks += extract_tasks(chosen, target)
+        keep.update(str(tvm_ffi.structural_hash(t.workload)) for t in tasks)
+        del captured, graph, chosen, tasks
+        gc.collect()  # one model's graphs and kernels at a time
+    return prune(target, log_root, keep, dry_run=dry_run)
+
+
 def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, trials: int | None = None,
          time_budget: str | float | None = None, log_dir: str | Path | None = None, rpc: str | None = None,
          lowering: str | dict[str, str] | None = None, lowering_margin: float = MEASURE_MARGIN,
@@ -517,19 +608,9 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     # through RPC the kernels run elsewhere: this machine's end-to-end time would say nothing about them
     measure_end_to_end = measure_end_to_end and target.runs_here and rpc is None
     untuned_ms = _time_module(fast, args) if measure_end_to_end else None
-    tasks = extract_tasks(graph, target)
-    if other_ops and target.is_cpu:
-        tasks += heavy_other_ops(graph, target, tasks)
-    graphs = {t.name: graph for t in tasks}
-    alternatives = []
-    if target.is_cpu and not isinstance(lowering, str):  # one lowering forced everywhere: no choice to tune
-        from ..capture import capture_program
-
-        captured = capture_program(model, example_inputs, mode="inference").graph
-        alternatives = _alternatives(graph, captured, target, lowering, tasks, lowering_margin, fuse_blocks)
-        for task, alternative_graph in alternatives:
-            tasks.append(task)
-            graphs[task.name] = alternative_graph
+    tasks, graphs, alternatives, captured = job_tasks(graph, model, example_inputs, target, lowering=lowering,
+                                                      lowering_margin=lowering_margin, fuse_blocks=fuse_blocks,
+                                                      other_ops=other_ops)
     log_root = Path(log_dir) if log_dir is not None else LOCAL_LOGS
     database = open_database(target, log_root, create=True)
     if database is None:

@@ -191,6 +191,55 @@ def open_database(target: Target, log_dir: str | Path | None = None, *, create: 
     return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=True)
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What ``prune`` kept and dropped."""
+
+    workloads_kept: int
+    workloads_dropped: int
+    records_kept: int
+    records_dropped: int
+
+
+def prune(target: Target, log_dir: str | Path | None, keep, *, dry_run: bool = False) -> Pruned:
+    """Drop from ``target``'s records under ``log_dir`` every workload whose structural hash is not among
+    ``keep`` (IRModules, or their ``tvm_ffi.structural_hash`` as strings: the kernels still in use, e.g. the
+    tasks of the models the records are for), with its records; the rest keep their order. (A hash shared by
+    two different kernels could only keep a stale workload, never drop one in use.) Records of kernels whose
+    code changed since they were tuned are never applied again (their workload no longer matches) but stay
+    in the files: this is how they go. The files are rewritten atomically (the workloads packed again);
+    ``dry_run`` only counts."""
+    import re
+
+    import tvm_ffi
+
+    folder = records_dir(target, log_dir)
+    workloads, _ = _read(folder, target)  # checked: a corrupt folder raises CorruptRecords, naming the file
+    hashes = {k if isinstance(k, str) else str(tvm_ffi.structural_hash(k)) for k in keep}
+    kept = [i for i, (shash, _) in enumerate(workloads) if shash in hashes]
+    renumber = {old: new for new, old in enumerate(kept)}
+    lines = _lines(folder / RECORDS)
+    index_of = re.compile(r"\[(\d+),")
+    records = []
+    for line in lines:
+        match = index_of.match(line)
+        if match and int(match.group(1)) in renumber:
+            records.append(f"[{renumber[int(match.group(1))]},{line[match.end():]}")
+    result = Pruned(len(kept), len(workloads) - len(kept), len(records), len(lines) - len(records))
+    if dry_run or not (result.workloads_dropped or result.records_dropped):
+        return result
+    source = workloads_file(folder)
+    kept_lines = [line for i, line in enumerate(_lines(source)) if i in renumber]
+    for path, text in ((folder / WORKLOADS, kept_lines), (folder / RECORDS, records)):
+        partial = path.with_suffix(".partial")
+        partial.write_text("".join(line + "\n" for line in text))
+        os.replace(partial, path)
+    if source.suffix == ".gz":
+        source.unlink()  # the plain file written above replaces it, packed again below
+    pack(folder)
+    return result
+
+
 @dataclass
 class StoredRecord:
     """One measurement of a schedule as stored: ``key`` (its trace as stored JSON: equal for equal schedules

@@ -1,11 +1,15 @@
-"""Tuning tasks: the distinct kernels of convopt's in a model compiled for a target, and each one's design space.
+"""Tuning tasks: the distinct kernels of a model compiled for a target, and each one's design space.
 
-A task is one PrimFunc of the model's Relax module as ``to_relax`` emits it, before scheduling: the
-workload its records are keyed by (conv_kernels.workload; equal convs of a model share one PrimFunc, so
-identical layers are one task whose ``weight`` counts its calls per model run). Its design space is its
-default schedule: the schedules write their tunable choices (register tiles) as MetaSchedule samples whose
-default decisions are the hand-written heuristic, so MetaSchedule's evolutionary search mutates exactly
-those decisions, and the untuned code is the space's default trace.
+A task of convopt's kernels is one PrimFunc of the model's Relax module as ``to_relax`` emits it, before
+scheduling: the workload its records are keyed by (conv_kernels.workload; equal convs of a model share one
+PrimFunc, so identical layers are one task whose ``weight`` counts its calls per model run). Its design space
+is its default schedule: the schedules write their tunable choices (register tiles) as MetaSchedule samples
+whose default decisions are the hand-written heuristic, so the untuned code is the space's default trace.
+
+A task of TVM's own kernels (kind ``GENERATED``: every kernel on CUDA, where convopt has none of its own; the
+other ops on a CPU) is a PrimFunc TVM's "zero" pipeline legalized and fused (tvm_backend.prepare_module);
+its default is the dlight rule compile_graph applies, its space MetaSchedule's default rules for the target,
+searched rather than enumerated (job.py).
 """
 
 from __future__ import annotations

@@ -211,7 +211,29 @@ def test_a_channel_mlp_whose_hidden_value_is_read_elsewhere_or_whose_add_broadca
     assert not block.residual and block.nodes[-1].op is Op.CONV2D  # the broadcasting add stays outside
 
 
-def test_an_inverted_residual_is_matched_before_the_mlp_it_contains():
-    """1x1 -> act -> depthwise -> act -> 1x1: one inverted residual, not an MLP of its last convs."""
-    kinds = [b.kind for b in match_blocks(_graph(nn.Sequential(InvertedResidual(), ChannelMLP(norm=False))))]
-    assert kinds == ["inverted_residual", "pointwise_mlp"]
+def test_an_inverted_residual_is_matched_before_an_mlp_that_would_take_its_expand_conv():
+    """1x1 -> ReLU -> [1x1 expand -> act -> depthwise -> act -> 1x1 + x]: the first three ops also form an MLP
+    (1x1, act, 1x1); the inverted residual keeps its expand conv and the first conv stays alone."""
+    model = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU(), InvertedResidual(), ChannelMLP(norm=False))
+    blocks = match_blocks(_graph(model))
+    assert [b.kind for b in blocks] == ["inverted_residual", "pointwise_mlp"]
+    assert blocks[0].nodes[0].scope == "2.conv_pw" and "0" not in {n.scope for b in blocks for n in b.nodes}
+
+
+class ResidualMLP(nn.Module):
+    """RepViT's channel mixer: x + fc2(act(fc1(x))), the skip being the MLP's own input, first in the add."""
+
+    def __init__(self, c=16, e=32):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Conv2d(c, e, 1), nn.GELU(), nn.Conv2d(e, c, 1)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+def test_an_mlp_whose_skip_is_its_own_input_and_comes_first_in_the_add():
+    after = fuse_blocks(_graph(ResidualMLP()))
+    (block,) = _fused(after)
+    assert block.attrs.kind == "pointwise_mlp" and block.attrs.body[-1].op is Op.ADD
+    assert [i for i in block.inputs if i not in after.constant_map] == [after.inputs[0].name]  # x, once
+    verify(after)

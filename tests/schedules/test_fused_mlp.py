@@ -15,7 +15,7 @@ from convopt.numerics import relative_error
 from convopt.schedules.fused_mlp import PointwiseMLP, default_bands, io_shapes, prepare_weights, prim_func
 from convopt.target import resolve_target
 
-from ..passes.test_fuse_blocks import ChannelMLP
+from ..passes.test_fuse_blocks import ChannelMLP, ResidualMLP
 
 
 def _model(*blocks):
@@ -42,6 +42,18 @@ def test_the_fused_kernel_matches_eager(c, e, act, residual, shape, lanes):
     fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
     assert [n.attrs.kind for n in fused] == ["pointwise_mlp"] * 2
     assert all(fast.placement()[n.name].endswith("(fused_pointwise_mlp)") for n in fused)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_an_mlp_adding_its_own_input_matches_eager(lanes):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), ResidualMLP(16, 40), nn.Conv2d(16, 8, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 11, 9)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"1": True}, check=False)
+    assert [n.attrs.kind for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK] == ["pointwise_mlp"]
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-4
 

@@ -141,6 +141,12 @@ def test_cli_tune_then_optimize_reports_the_tuned_kernels(tmp_path, capsys, monk
     out = capsys.readouterr().out
     assert "tuning: " in out and "untuned" not in out.split("tuning: ")[1].splitlines()[0]
     assert os.path.isdir(tmp_path / "tuning_logs")
+    # the records serve this model: pruning for it keeps them all; for another input shape, nothing applies
+    assert main(["prune", spec, "--input-shape", "1,3,12,12", "--lowering", "direct", "--dry-run"]) == 0
+    assert "kept 0 workloads" in capsys.readouterr().out
+    assert main(["prune", spec, "--input-shape", "1,3,10,10", "--lowering", "direct"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 2 workloads" in out and "dropped 0 (0 records)" in out
 
 
 def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny, tmp_path):

@@ -112,3 +112,25 @@ def test_packed_workloads_read_like_plain_ones_and_unpack_for_a_job(tmp_path):
     (folder / PACKED).write_bytes(b"\x1f\x8b not really gzip")
     with pytest.warns(UserWarning, match="not a readable gzip file"):
         assert read_index(AVX512, tmp_path) is None
+
+
+def test_prune_keeps_the_workloads_in_use_and_their_records_in_order(tmp_path):
+    from convopt.tuning.records import PACKED, Pruned, pack, prune
+
+    db = open_database(AVX512, tmp_path, create=True)
+    used, stale, other = _workload(64), _workload(32), _workload(48)
+    for mod, seconds in ((used, 3e-6), (stale, 1e-6), (used, 2e-6), (other, 5e-6), (used, 4e-6)):
+        _commit(db, mod, AVX512, seconds)
+    del db
+    folder = records_dir(AVX512, tmp_path)
+    pack(folder)
+    before = (folder / RECORDS).read_text().splitlines()
+    assert prune(AVX512, tmp_path, [used, other], dry_run=True) == Pruned(2, 1, 4, 1)
+    assert (folder / RECORDS).read_text().splitlines() == before  # a dry run changes nothing
+    assert prune(AVX512, tmp_path, [used, other]) == Pruned(2, 1, 4, 1)
+    assert (folder / PACKED).is_file() and not (folder / WORKLOADS).is_file()  # packed again
+    after = open_database(AVX512, tmp_path)
+    assert (trials_done(after, used), trials_done(after, other), trials_done(after, stale)) == (3, 1, 0)
+    lines = [json.loads(line) for line in (folder / RECORDS).read_text().splitlines()]
+    assert [(index, body[1][0]) for index, body in lines] == [(0, 3e-6), (0, 2e-6), (1, 5e-6), (0, 4e-6)]
+    assert prune(AVX512, tmp_path, [used, other]) == Pruned(2, 0, 4, 0)  # nothing left to drop
