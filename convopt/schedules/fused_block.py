@@ -32,6 +32,7 @@ replay). So it has no design space and is not a tuning task; its tiles follow th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import tvm
@@ -98,6 +99,14 @@ def round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
+def padded_vector(values, size: int) -> np.ndarray:
+    """``values`` (None: none) as float32 zero-padded to ``size`` (a bias for channels rounded up to vectors)."""
+    out = np.zeros(size, np.float32)
+    if values is not None:
+        out[: len(values)] = values
+    return out
+
+
 def prepare_weights(block, w1: np.ndarray, b1, w2: np.ndarray, b2, w3: np.ndarray | None = None, b3=None, *,
                     lanes: int) -> list[np.ndarray]:
     """The kernel's constants [w1 [C, E'], b1 [E'], w2 [k, k, E'], b2 [E'], w3 [E', O'], b3 [O']] from the
@@ -105,13 +114,7 @@ def prepare_weights(block, w1: np.ndarray, b1, w2: np.ndarray, b2, w3: np.ndarra
     C, E, O = block.expand.in_channels, block.expand.out_channels, block.out_channels
     Ep, Op = round_up(E, lanes), round_up(O, lanes)
     k = block.depthwise.kernel[0]
-
-    def padded(values, size):
-        out = np.zeros(size, np.float32)
-        if values is not None:
-            out[: len(values)] = values
-        return out
-
+    padded = padded_vector
     w1_ = np.zeros((C, Ep), np.float32)
     w1_[:, :E] = np.asarray(w1, np.float32).reshape(E, C).T
     w2_ = np.zeros((k, k, Ep), np.float32)
@@ -304,11 +307,15 @@ def build(block: InvertedResidual, target, *, seed: int = 0):
     prepared = prepare_weights(block, *arrays, lanes=lanes)
     in_block, out_block = blocked_io(block, lanes)
     func = prim_func(block, lanes, default_bands(block, target.cores), in_block=in_block, out_block=out_block)
+    x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
+    return compiled_alone(func, target, [rng.standard_normal(x_shape).astype(np.float32), *prepared], out_shape)
+
+
+def compiled_alone(func: tirx.PrimFunc, target, inputs: list[np.ndarray], out_shape) -> "Callable[[], None]":
+    """``func`` compiled for ``target`` (this host), bound to ``inputs`` and an output of ``out_shape``: a call
+    with no arguments that runs it once (calibration and benchmarks time it)."""
     target.configure_runtime()
     compiled = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
     device = target.device()
-    x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
-    args = [tvm.runtime.tensor(rng.standard_normal(x_shape).astype(np.float32), device)]
-    args += [tvm.runtime.tensor(a, device) for a in prepared]
-    args.append(tvm.runtime.empty(out_shape, "float32", device))
+    args = [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.empty(out_shape, "float32", device)]
     return lambda: compiled(*args)

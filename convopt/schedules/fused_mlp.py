@@ -29,13 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
 from .activations import activate
 from .conv_spec import ConvSpec
-from .fused_block import SUPPORTED_ACTIVATIONS, channel_vectors, column_tile, round_up
+from .fused_block import SUPPORTED_ACTIVATIONS, channel_vectors, column_tile, compiled_alone, padded_vector, round_up
 
 F32 = "float32"
 KIND = "pointwise_mlp"
@@ -79,18 +78,11 @@ def prepare_weights(block: PointwiseMLP, w1: np.ndarray, b1, w3: np.ndarray, b3,
     biases (None: no bias)."""
     C, E, O = block.expand.in_channels, block.expand.out_channels, block.out_channels
     Ep, Op = round_up(E, lanes), round_up(O, lanes)
-
-    def padded(values, size):
-        out = np.zeros(size, np.float32)
-        if values is not None:
-            out[: len(values)] = values
-        return out
-
     w1_ = np.zeros((C, Ep), np.float32)
     w1_[:, :E] = np.asarray(w1, np.float32).reshape(E, C).T
     w3_ = np.zeros((Ep, Op), np.float32)
     w3_[:E, :O] = np.asarray(w3, np.float32).reshape(O, E).T
-    return [w1_, padded(b1, Ep), w3_, padded(b3, Op)]
+    return [w1_, padded_vector(b1, Ep), w3_, padded_vector(b3, Op)]
 
 
 def default_bands(block: PointwiseMLP, cores: int = 1) -> int:
@@ -219,13 +211,7 @@ def build(block: PointwiseMLP, target, *, seed: int = 0):
     in_block, out_block = blocked_io(block, lanes)
     func = prim_func(block, lanes, default_bands(block, target.cores), in_block=in_block, out_block=out_block,
                      skip_block=out_block)
-    target.configure_runtime()
-    compiled = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
-    device = target.device()
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     skip_shape = out_shape if block.residual else (1,)
-    args = [tvm.runtime.tensor(rng.standard_normal(x_shape).astype(np.float32), device)]
-    args += [tvm.runtime.tensor(a, device) for a in prepared]
-    args.append(tvm.runtime.tensor(rng.standard_normal(skip_shape).astype(np.float32), device))
-    args.append(tvm.runtime.empty(out_shape, "float32", device))
-    return lambda: compiled(*args)
+    x, skip = (rng.standard_normal(shape).astype(np.float32) for shape in (x_shape, skip_shape))
+    return compiled_alone(func, target, [x, *prepared, skip], out_shape)
