@@ -491,8 +491,8 @@ OTHER_OP_SHARE = 0.02  # other ops tuned on a CPU (tune(other_ops=True)): at lea
 def heavy_other_ops(graph, target: Target, tasks: list[Task]) -> list[Task]:
     """TVM's own kernels of ``graph`` on a CPU ``target`` (tasks.generated_tasks) whose estimated time, FLOPs
     at the machine's roof plus arguments' bytes at its bandwidth, times calls, is at least ``OTHER_OP_SHARE``
-    of the estimate of all of the model's kernels (``tasks``, convopt's, by their FLOPs): the ones that can
-    matter end to end. The dozens of small elementwise kernels are left to their default rules."""
+    of the estimate of all of the model's kernels (``tasks`` and the fused blocks, convopt's, by their FLOPs):
+    the ones that can matter end to end. The dozens of small elementwise kernels keep their default rules."""
     from ..backends.tvm_backend import kernel_table
     from ..cost.profile import load_profile
 
@@ -503,8 +503,18 @@ def heavy_other_ops(graph, target: Target, tasks: list[Task]) -> list[Task]:
         return task.weight * (task.flops / profile.roof_flops + nbytes / profile.bandwidth)
 
     others = generated_tasks(graph, target)
-    total = sum(seconds(t, False) for t in tasks) + sum(seconds(t, True) for t in others)
+    total = (sum(seconds(t, False) for t in tasks) + sum(seconds(t, True) for t in others)
+             + _fused_seconds(graph, profile))
     return [t for t in others if seconds(t, True) >= OTHER_OP_SHARE * total]
+
+
+def _fused_seconds(graph, profile) -> float:
+    """The fused blocks' FLOPs at the roof: kernels of the model that are not tasks (written out, no space)."""
+    from ..ir.ops import Op
+    from ..passes.fuse_blocks import describe
+
+    macs = sum(spec.macs for n in graph.nodes if n.op is Op.FUSED_BLOCK for spec in describe(graph, n).convs)
+    return 2 * macs / profile.roof_flops
 
 
 def job_tasks(graph, model: torch.nn.Module, example_inputs: Any, target: Target, *, lowering=None,
