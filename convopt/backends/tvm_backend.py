@@ -41,7 +41,7 @@ def kernel_table(mod: tvm.IRModule) -> dict[str, dict]:
             flops = int(attrs["convopt.flops"])
         else:
             try:
-                flops = int(tvm.s_tir.analysis.estimate_tir_flops(func))
+                flops = int(tvm.s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func})))  # not a PrimFunc
             except Exception:  # noqa: BLE001 - TVM can't count some loop nests; the report shows bytes then
                 flops = 0
         nbytes = sum(int(np.prod([int(d) for d in buf.shape])) * tvm.runtime.DataType(buf.dtype).bits // 8

@@ -120,7 +120,7 @@ def generated_tasks(graph: Graph, target: Target) -> list[Task]:
     """TVM's own kernels of ``graph`` on ``target`` (the PrimFuncs its "zero" pipeline legalizes and fuses,
     as compile_graph builds them), one task per distinct workload, weighted by its calls per run; the
     default schedule is the dlight rule compile_graph applies, the space MetaSchedule's rules for the target."""
-    from ..backends.tvm_backend import default_generated_schedule, generated_kernels, prepare_module
+    from ..backends.tvm_backend import default_generated_schedule, generated_kernels, kernel_table, prepare_module
 
     mod, _ = prepare_module(graph, target)
     calls = _calls(mod)
@@ -135,15 +135,9 @@ def generated_tasks(graph: Graph, target: Target) -> list[Task]:
             tasks[hashes[digest]].weight += calls.get(name, 1)
             continue
         hashes[digest] = name
-        tasks[name] = Task(name, GENERATED, work, calls.get(name, 1), [], _flops(work), default)
+        tasks[name] = Task(name, GENERATED, work, calls.get(name, 1), [],
+                           kernel_table(work)["main"]["flops"], default)
     return list(tasks.values())
-
-
-def _flops(work: tvm.IRModule) -> int:
-    try:
-        return int(tvm.s_tir.analysis.estimate_tir_flops(work))
-    except Exception:  # noqa: BLE001 - TVM can't count some loop nests
-        return 0
 
 
 def _calls(mod: tvm.IRModule) -> dict[str, int]:
