@@ -83,7 +83,7 @@ def _optimize(args) -> int:
     tuning = Counter(row["status"] for row in result.tuning.values())
     if tuning:
         gains = [row["speedup"] for row in result.tuning.values() if row["status"] == "tuned" and row["speedup"]]
-        print("  tuning: " + ", ".join(f"{tuning[s]} {s}" for s in ("tuned", "default", "untuned") if tuning[s])
+        print("  tuning: " + ", ".join(f"{tuning[s]} {s}" for s in ("tuned", "default", "untuned", "stale") if tuning[s])
               + " (of the convs and linear layers)"
               + (f"; tuned kernels {min(gains):.2f}-{max(gains):.2f}x their default" if gains else ""))
     try:

@@ -108,7 +108,7 @@ class OptimizedModule(nn.Module):
     @property
     def tuning(self) -> dict[str, dict]:
         """IR node -> how its kernel was scheduled, for every node computed by a kernel of convopt's (convs
-        and linear layers on a TVM CPU target): {"kernel", "status": "tuned" | "default" | "untuned",
+        and linear layers on a TVM CPU target): {"kernel", "status": "tuned" | "default" | "untuned" | "stale",
         "default_us", "best_us", "speedup"} (tuning/apply.py). Empty for other targets."""
         from .tuning.apply import KernelTuning
 
@@ -164,7 +164,7 @@ class OptimizedModule(nn.Module):
                              if count)]
         statuses = [row["status"] for row in self.tuning.values()]
         if statuses:
-            lines.append("kernels: " + ", ".join(f"{statuses.count(s)} {s}" for s in ("tuned", "default", "untuned")
+            lines.append("kernels: " + ", ".join(f"{statuses.count(s)} {s}" for s in ("tuned", "default", "untuned", "stale")
                                                  if s in statuses))
         groups = getattr(self._compiled, "fallbacks", None) or {}
         if groups:

@@ -21,6 +21,7 @@ direct FLOPs (``convopt.flops``), which ``convopt report`` shows.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -214,7 +215,9 @@ def default_schedule(use: KernelUse, target: Target) -> Callable[[tvm.s_tir.Sche
 def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, KernelUse], records=None) -> tvm.IRModule:
     """Schedule each of convopt's PrimFuncs: with the best record of ``records`` (tuning/apply.py) for its
     workload, else its default schedule; mark it opaque and scheduled, and say which ran
-    (``convopt.tuning``: "tuned", "default" or "untuned", with the measured microseconds). Updates ``mod``."""
+    (``convopt.tuning``: "tuned", "default", "untuned" or "stale", with the measured microseconds); warn once
+    about stale records (made against an older default schedule). Updates ``mod``."""
+    stale = []
     for name, use in kernels.items():
         task = workload(mod, name)
         if use.schedule is None:
@@ -230,5 +233,11 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
                 .with_attr("convopt.flops", str(use.flops)))
         if tuning is not None:
             func = func.with_attr("convopt.tuning", tuning.to_attr())
+            if tuning.status == "stale":
+                stale.append(name)
         mod[mod.get_global_var(name)] = func
+    if stale:
+        warnings.warn(f"{len(stale)} kernel(s) ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}) have "
+                      "tuning records measured against an older version of their default schedule; they run "
+                      "today's default. Run `convopt tune` on the model again to remeasure", stacklevel=3)
     return mod

@@ -110,7 +110,7 @@ def _schedule_generated_from_records(mod: tvm.IRModule, target: Target, records)
         if not records.holds(workload):
             continue
         func, tuning = records.schedule(workload, default, name)
-        if tuning.status == "untuned":
+        if tuning.status in ("untuned", "stale"):
             continue
         mod[gv] = (func.without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
                    .with_attr("convopt.tuning", tuning.to_attr()))

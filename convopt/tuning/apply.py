@@ -12,7 +12,10 @@ default) and the ``tuning_logs=`` argument of optimize(). Among all records of a
 run time wins; a record never changes results, only speed (it is a schedule of the same computation).
 
 The default schedule is recognised by its trace: a tuning job measures it first, so every tuned kernel
-knows how much faster its tuned code is (``KernelTuning``).
+knows how much faster its tuned code is (``KernelTuning``). Records among which today's default is missing
+were measured against an older default (its hand-written schedule changed since; the workload, the
+computation, did not): they are "stale" and the kernel runs today's default, because nothing measured says
+whether the old winner beats it. A tuning job run again measures the new default beside them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ LOCAL_LOGS = Path("tuning_logs")  # relative to the working directory: `convopt 
 @dataclass(frozen=True)
 class KernelTuning:
     """How a kernel was scheduled: "tuned" (a searched schedule measured faster than the default), "default"
-    (tuned, and the default stayed the fastest) or "untuned" (no record for its workload on this target)."""
+    (tuned, and the default stayed the fastest), "untuned" (no record for its workload on this target) or
+    "stale" (records measured against an older default schedule: today's default runs; tune again)."""
 
     status: str
     default_us: float | None = None  # measured by the tuning job
@@ -176,6 +180,8 @@ class TunedSchedules:
         default_trace = trace_key(sch.trace)
         # the default is usually the first schedule stored (a job measures it first): parse until found
         default_key = next((key for key, group in groups.items() if trace_key(group[0].trace()) == default_trace), None)
+        if default_key is None:
+            return sch.mod["main"], KernelTuning("stale")
         best_key, default_s, best_s = choose_key({k: [r.seconds for r in g] for k, g in groups.items()}, default_key)
         default_us, best_us = (None if s is None else s * 1e6 for s in (default_s, best_s))
         if best_key is None:

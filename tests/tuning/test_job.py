@@ -1,15 +1,18 @@
 """The tuning job: trial shares, a tiny model tuned for a few trials whose records optimize() applies, a job
 killed with SIGKILL that resumes without losing or repeating trials, and the CLI."""
 
+import itertools
 import os
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+import tvm
 from torch import nn
 
 import convopt
@@ -193,3 +196,32 @@ def test_a_fused_block_runs_as_written_beside_the_tuned_kernels(tmp_path):
     assert [row["status"] for row in fast.tuning.values()] in (["tuned"], ["default"])  # the conv's record
 
 
+
+
+def test_records_measured_against_an_older_default_are_stale_and_the_default_runs(tiny, tmp_path):
+    """A changed hand-written schedule leaves records whose default is not today's: nothing measured says
+    whether their winner beats the new default, so the default runs, the kernel says "stale", and a warning
+    asks for the job to run again."""
+    from convopt.tuning.apply import TunedSchedules
+    from convopt.tuning.job import _commit
+
+    model, x = tiny
+    target = resolve_target("cpu")
+    task = next(t for t in _tasks(model, x, target) if t.size() > 1)
+    old_default, *others = list(itertools.islice(task.points(), 3))[1:]  # not today's default
+    database = open_database(target, tmp_path, create=True)
+    token = database.commit_workload(task.workload)
+    for sch, seconds in ((old_default, 9e-6), *((o, 5e-6) for o in others)):
+        _commit(database, token, sch, types.SimpleNamespace(error_msg=None, run_secs=[seconds]), target)
+    func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name)
+    assert tuning.status == "stale" and tuning.speedup is None
+    tvm.ir.assert_structural_equal(func, task.default().mod["main"])
+
+    with pytest.warns(UserWarning, match="older version of their default schedule"):
+        fast = convopt.optimize(model, x, lowering="direct", tuning_logs=tmp_path)  # checks against eager
+    stale = {node for node, row in fast.tuning.items() if row["status"] == "stale"}
+    assert stale == set(task.nodes) and "stale" in fast.summary()
+    # once a job measures today's default beside them, the records compete again
+    _commit(database, token, task.default(), types.SimpleNamespace(error_msg=None, run_secs=[10e-6]), target)
+    _, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name)
+    assert tuning.status == "tuned" and tuning.speedup == pytest.approx(2.0)
