@@ -5,7 +5,8 @@ The pipelines, in order:
 
     inference  canonicalize, fold_constants, fold_conv_bn, merge_branches, eliminate_dead_code,
                then fuse_blocks, select_lowering and block_layout when the target is a TVM CPU target (they
-               need the target's SIMD width and the cost-model profile of the target's machine)
+               need the target's SIMD width and the cost-model profile of the target's machine); on CUDA,
+               fuse_blocks when optimize(fuse_blocks={...: True}) names blocks (only those are fused)
     train      canonicalize, tune_conv_bn, eliminate_dead_code
 
 Instruments (TVM's PassInstrument idea, without the plumbing):
@@ -74,6 +75,10 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         blocks = "block_layout" not in skip and (only is None or "block_layout" in only)
         fusion = (_fuse_blocks(target, fuse_blocks if isinstance(fuse_blocks, dict) else None),) if fuse_blocks else ()
         passes = (*passes, *fusion, _select_lowering(target, lowering, blocks, measured), layout)
+    elif mode == "inference" and isinstance(target, Target) and isinstance(fuse_blocks, dict):
+        # CUDA: no GPU has measured a fused kernel against the unfused ops, so only the blocks
+        # fuse_blocks={...: True} names are fused (schedules/fused_block_cuda.py)
+        passes = (*passes, _fuse_blocks_on_request(fuse_blocks))
     selected = select_passes(passes, only=only, skip=skip)
     if lowering is not None:
         _check_lowering_names(lowering)
@@ -99,6 +104,13 @@ def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
 
     return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=predict, overrides=overrides,
                                                  margin=FUSED_MARGIN))
+
+
+def _fuse_blocks_on_request(overrides: dict[str, bool]) -> Pass:
+    """fuse_blocks fusing only the blocks ``overrides`` forces (a target with no cost model for fusion)."""
+    from .passes.fuse_blocks import fuse_blocks
+
+    return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=lambda graph, block: None, overrides=overrides))
 
 
 def _check_lowering_names(lowering: str | dict[str, str]) -> None:

@@ -111,6 +111,9 @@ def test_build_knows_the_target():
     assert names(build("inference", CPU_AVX2)) == cpu
     assert names(build("inference", CPU_AVX2, fuse_blocks=False)) == [p for p in cpu if p != "fuse_blocks"]
     assert names(build("inference", resolve_target("cuda"))) == graph_passes
+    # CUDA fuses only the blocks named (no cost model for fusion on a GPU)
+    assert names(build("inference", resolve_target("cuda"), fuse_blocks={"blocks.1": True})) == [
+        *graph_passes, "fuse_blocks"]
     assert names(build("train", CPU_AVX2)) == ["canonicalize", "tune_conv_bn", "eliminate_dead_code"]
     assert names(build("inference", CPU_AVX2, skip=["fuse_blocks", "select_lowering", "block_layout"])) == graph_passes
 

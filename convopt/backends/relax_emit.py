@@ -389,7 +389,9 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     ctx = EmitContext(graph, bb, own_kernels, target.lanes if own_kernels else 0)
     kernels = {}
     fallbacks: dict[str, list[str]] = {}
-    if own_kernels:
+    # on CUDA, convopt's one kernel is the fused inverted residual block's (every other op is TVM's)
+    cuda_blocks = target is not None and target.kind == "cuda" and any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
+    if own_kernels or cuda_blocks:
         from . import conv_kernels
 
         plans, lanes = conv_kernels.plan_epilogues(graph), target.lanes
@@ -423,6 +425,9 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.op is Op.FUSED_BLOCK:
                     env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, target.cores, kernels)
+                elif cuda_blocks and n.op is Op.FUSED_BLOCK and (
+                        fused := conv_kernels.emit_fused_block_cuda(bb, graph, n, env, kernels)) is not None:
+                    env[n.name] = fused
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
                 elif own_kernels and n.name in plans:

@@ -477,7 +477,7 @@ def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict
     """lowering_times.json entries of the tuned conv kernels (lowering_times.py)."""
     entries: dict[str, dict] = {}
     for r in reports:
-        if r.kind in ("dense", GENERATED):
+        if r.kind in ("dense", GENERATED) or r.kind.startswith("fused_"):  # not convs' lowerings
             continue
         for key, variant, epilogue in kernel_variants(graphs[r.name], r.kind, r.nodes):
             entries.setdefault(key, {}).setdefault(variant, {})[epilogue] = {
@@ -592,8 +592,9 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     lowering that can run the conv); fuse_blocks: as in optimize() (the fused kernels are tasks too);
     other_ops: on a CPU, also tune TVM's own kernels for the other ops (pooling, norms, elementwise chains)
     whose estimated time is at least ``OTHER_OP_SHARE`` of the model's, searched with MetaSchedule's default
-    x86 rules. On CUDA every kernel is TVM's own and searched with its CUDA rules (tasks.py); measuring needs
-    a GPU here or ``rpc``. A job started again on the same model resumes.
+    x86 rules. On CUDA every kernel is TVM's own and searched with its CUDA rules (tasks.py), except the
+    blocks ``fuse_blocks={...: True}`` fuses, whose kernel's space is searched too; measuring needs a GPU
+    here or ``rpc``. A job started again on the same model resumes.
     """
     from ..capture import as_args, capture_program
     from ..optimize import optimize

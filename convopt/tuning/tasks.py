@@ -6,10 +6,11 @@ PrimFunc, so identical layers are one task whose ``weight`` counts its calls per
 is its default schedule: the schedules write their tunable choices (register tiles) as MetaSchedule samples
 whose default decisions are the hand-written heuristic, so the untuned code is the space's default trace.
 
-A task of TVM's own kernels (kind ``GENERATED``: every kernel on CUDA, where convopt has none of its own; the
-other ops on a CPU) is a PrimFunc TVM's "zero" pipeline legalized and fused (tvm_backend.prepare_module);
-its default is the dlight rule compile_graph applies, its space MetaSchedule's default rules for the target,
-searched rather than enumerated (job.py).
+A task of TVM's own kernels (kind ``GENERATED``: every kernel on CUDA, where convopt's only kernel is the
+fused inverted residual block's; the other ops on a CPU) is a PrimFunc TVM's "zero" pipeline legalized and
+fused (tvm_backend.prepare_module); its default is the dlight rule compile_graph applies, its space
+MetaSchedule's default rules for the target, searched rather than enumerated (job.py). The CUDA fused block
+kernel's space (schedules/fused_block_cuda.py: sampled perfect tiles) is searched too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ..target import Target
 
 GENERATED = "generated"  # the kind of a task that is one of TVM's own kernels (searched, not enumerated)
 SEARCHED_SIZE = 1 << 20  # a searched space's size for the job's trial shares: more than any budget
+# kinds whose spaces are searched: TVM's kernels, and the CUDA fused block (perfect tiles, too many to enumerate)
+SEARCHED_KINDS = (GENERATED, "fused_inverted_residual", "fused_expand_depthwise")
 
 
 @dataclass
@@ -45,8 +48,8 @@ class Task:
 
     @property
     def searched(self) -> bool:
-        """A space MetaSchedule's rules generate (TVM's own kernels): too large to enumerate, searched instead."""
-        return self.kind == GENERATED
+        """A space too large to enumerate (TVM's own kernels, the CUDA fused block): searched instead."""
+        return self.kind in SEARCHED_KINDS
 
     def space(self, target: Target):
         """The MetaSchedule space generator. convopt's kernels: the default schedule with its samples, plus
@@ -106,14 +109,13 @@ def _choices(trace) -> list[tuple[object, int, int]]:
 
 def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     """The tasks of ``graph`` (after the pass pipeline, with its lowerings and layouts) on ``target``, in
-    the order of the module. On a CPU: convopt's kernels (those written out without a schedule, the fused
-    block kernels, have no design space and are not tasks). On CUDA, where convopt emits no kernels of its
-    own, TVM's kernels for the whole graph (``generated_tasks``)."""
-    if not target.is_cpu:
-        return generated_tasks(graph, target)
+    the order of the module: convopt's kernels that have a schedule (on a CPU its convs and dense layers;
+    the fused block kernels written out without a schedule are not tasks there; on CUDA the fused inverted
+    residual blocks), and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
     mod, kernels = emit(graph, target)
-    return [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
-                 default_schedule(use, target)) for name, use in kernels.items() if use.schedule is not None]
+    own = [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
+                default_schedule(use, target)) for name, use in kernels.items() if use.schedule is not None]
+    return own if target.is_cpu else own + generated_tasks(graph, target)
 
 
 def generated_tasks(graph: Graph, target: Target) -> list[Task]:

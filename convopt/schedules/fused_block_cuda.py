@@ -1,0 +1,219 @@
+"""The fused inverted residual block on CUDA (passes/fuse_blocks.py): expand 1x1 -> act -> depthwise kxk ->
+act [-> project 1x1 [+ x]] as one kernel whose intermediates live in shared memory, tile by tile.
+
+Compute (NCHW, unpadded weights; p = k // 2; ``inside`` = the padded position is inside the map):
+
+    mid[n, e, yp, xp] = a1(sum_c x[n, c, yp - p, xp - p] w1[e, c] + b1[e])  if inside(yp, xp), else 0
+    dw[n, e, y, x]    = a2(sum_{i,j} mid[n, e, s y + i, s x + j] w2[e, i, j] + b2[e])
+    out[n, o, y, x]   = sum_e dw[n, e, y, x] w3[o, e] + b3[o] (+ x[n, o, y, x])
+
+(without a projection, the kind the pass makes where a squeeze-excite follows, ``out = dw``).
+
+Schedule (``schedule_cuda``), a design space whose default decisions are the rules below. One thread block
+computes a TH x TW tile of the output for all its channels: its threads are OT output-channel groups x
+TH x TW pixels, each thread accumulating OR = O / OT channels of one pixel in registers (by default TH, TW
+the largest divisors of the map up to 8, OT the largest divisor of O and EC with OT TH TW <= 256). The
+projection's sum over the expanded channels runs in chunks of EC (16): per chunk the thread block
+computes, cooperatively, the chunk's expanded activations for the tile and its halo,
+((TH - 1) s + k) x ((TW - 1) s + k) x EC, then its depthwise activations, TH x TW x EC, both into shared
+memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo recomputed by neighbouring
+tiles), and every thread adds the chunk to its accumulators. Each element's expansion and depthwise sums
+run inside one thread. Without a projection a thread block computes EC channels x the tile, one element
+per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, OT and a
+split of the output channels over thread blocks (1 by default; each recomputes the intermediates).
+Shared memory per thread block, EC ((TH - 1) s + k) ((TW - 1) s + k) + EC TH TW floats: 10.5 KB for
+k = 3, s = 1, 8 x 8 tiles and EC = 16.
+
+Halo recomputation: an 8 x 8 tile of a 3x3 stride-1 block expands 10 x 10 pixels (1.56x the expand's
+FLOPs); larger tiles recompute less but give fewer blocks and threads. This kernel is built (and its
+compute checked on the CPU) here; it has never run on a GPU: none is available to this project.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+from .activations import activate
+from .fused_block import KIND, PARTIAL_KIND
+
+F32 = "float32"
+KINDS = (KIND, PARTIAL_KIND)  # the fused blocks it computes (not the pointwise MLP)
+EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
+    "fb_expand", "fb_expand_act", "fb_depthwise", "fb_depthwise_act", "fb_project", "fb_output")
+MAX_TILE = 8  # output rows / columns per thread block, by default
+MAX_CHUNK = 16  # expanded channels per chunk, by default
+TARGET_THREADS = 256  # threads per block the default channel groups aim for
+
+
+def prepare_weights(block, w1, b1, w2, b2, w3=None, b3=None) -> list[np.ndarray]:
+    """The kernel's constants [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] from the convs'
+    OIHW weights and biases (None: zeros)."""
+    E, C, O = block.expand.out_channels, block.expand.in_channels, block.out_channels
+    k = block.depthwise.kernel[0]
+
+    def vector(values, size):
+        return np.zeros(size, np.float32) if values is None else np.asarray(values, np.float32).reshape(size)
+
+    weights = [np.asarray(w1, np.float32).reshape(E, C), vector(b1, E), np.asarray(w2, np.float32).reshape(E, k, k),
+               vector(b2, E)]
+    if block.project is not None:
+        weights += [np.asarray(w3, np.float32).reshape(O, E), vector(b3, O)]
+    return [np.ascontiguousarray(w) for w in weights]
+
+
+def io_shapes(block) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The kernel's input and output shapes (NCHW)."""
+    e_, d = block.expand, block.depthwise
+    return ((e_.batch, e_.in_channels, e_.height, e_.width),
+            (e_.batch, block.out_channels, d.out_height, d.out_width))
+
+
+def compute(block) -> list[te.Tensor]:
+    """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), the output."""
+    e_, d = block.expand, block.depthwise
+    N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
+    E, O = e_.out_channels, block.out_channels
+    k, s, (dh, dw_) = d.kernel[0], d.stride[0], d.dilation
+    p = d.padding[0]
+    a1, a2 = block.activations
+    x = te.placeholder((N, C, H, W), F32, name="x")
+    w1, b1 = te.placeholder((E, C), F32, name="w1"), te.placeholder((E,), F32, name="b1")
+    w2, b2 = te.placeholder((E, k, k), F32, name="w2"), te.placeholder((E,), F32, name="b2")
+
+    def inside(yp, xp):
+        return tirx.all(yp >= p, yp < p + H, xp >= p, xp < p + W)
+
+    c = te.reduce_axis((0, C), name="c")
+    padded = (N, E, H + 2 * p, W + 2 * p)
+    expand = te.compute(padded, lambda n, e, yp, xp: te.sum(
+        tirx.if_then_else(inside(yp, xp), x[n, c, tirx.max(yp - p, 0), tirx.max(xp - p, 0)], tirx.const(0.0, F32))
+        * w1[e, c], axis=c), name=EXPAND)
+    mid = te.compute(padded, lambda n, e, yp, xp: tirx.if_then_else(
+        inside(yp, xp), activate(expand[n, e, yp, xp] + b1[e], a1), tirx.const(0.0, F32)), name=EXPAND_ACT)
+    i, j = te.reduce_axis((0, k), name="i"), te.reduce_axis((0, k), name="j")
+    OH, OW = d.out_height, d.out_width
+    depthwise = te.compute((N, E, OH, OW), lambda n, e, y, x_: te.sum(
+        mid[n, e, y * s + i * dh, x_ * s + j * dw_] * w2[e, i, j], axis=[i, j]), name=DEPTHWISE)
+    dw = te.compute((N, E, OH, OW), lambda n, e, y, x_: activate(depthwise[n, e, y, x_] + b2[e], a2),
+                    name=DEPTHWISE_ACT)
+    if block.project is None:
+        return [x, w1, b1, w2, b2, dw]
+    w3, b3 = te.placeholder((O, E), F32, name="w3"), te.placeholder((O,), F32, name="b3")
+    r = te.reduce_axis((0, E), name="r")
+    project = te.compute((N, O, OH, OW), lambda n, o, y, x_: te.sum(dw[n, r, y, x_] * w3[o, r], axis=r),
+                         name=PROJECT)
+
+    def output(n, o, y, x_):
+        value = project[n, o, y, x_] + b3[o]
+        return value + x[n, o, y, x_] if block.residual else value
+
+    return [x, w1, b1, w2, b2, w3, b3, te.compute((N, O, OH, OW), output, name=OUTPUT)]
+
+
+def prim_func(block) -> tirx.PrimFunc:
+    """The block's unscheduled PrimFunc (``compute``), the workload ``schedule_cuda`` schedules."""
+    return te.create_prim_func(compute(block))
+
+
+def _largest_divisor(extent: int, at_most: int) -> int:
+    return max(d for d in range(1, min(extent, at_most) + 1) if extent % d == 0)
+
+
+def _tile(sch, loop, decision: list[int]):
+    """(the loops, the sampled factors) of ``loop`` split by a sampled perfect tile whose default decision is
+    ``decision`` (factors whose product is the extent)."""
+    factors = sch.sample_perfect_tile(loop, n=len(decision), max_innermost_factor=int(sch.get(loop).extent),
+                                      decision=decision)
+    return sch.split(loop, factors), factors
+
+
+def _bind_threads(sch, block, threads: list) -> None:
+    """The loops ``compute_at`` gave a spatial block (its innermost, one per block variable) fused and spread
+    over the block's threads, whose count is the product of ``threads`` (sampled factors: a tuned trace
+    replays with its own decisions, so the count must not be a Python int taken from the defaults)."""
+    spatial = sch.get_loops(block)[-len(sch.get(block).iter_vars):]
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    sch.bind(sch.fuse(*sch.split(fused, [None, *threads])[1:]), "threadIdx.x")
+
+
+def _extents(sch, block) -> list[int]:
+    """The extents of the block's spatial iteration variables (its output's shape, for the blocks here)."""
+    return [int(iv.dom.extent) for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0]
+
+
+def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: int) -> tuple[int, int, int, int]:
+    """(TH, TW, EC, OT): the schedule's default decisions (module docstring) for a block's output map,
+    expanded channels and output channels."""
+    th, tw = _largest_divisor(out_height, MAX_TILE), _largest_divisor(out_width, MAX_TILE)
+    ec = _largest_divisor(expanded, MAX_CHUNK)
+    # OT divides EC too: the chunk's depthwise outputs (EC x TH x TW) then split evenly over the OT x TH x TW
+    # threads; an uneven split leaves a guarded loop whose region TVM over-approximates (more channels of
+    # the expansion computed than the chunk needs)
+    groups = _largest_divisor(math.gcd(out_channels, ec), max(1, TARGET_THREADS // (th * tw)))
+    return th, tw, ec, groups
+
+
+def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> None:
+    """The design space of the module docstring, applied to the PrimFunc ``func_name`` (its default
+    decisions: ``default_tiles``, all output channels in one thread block)."""
+    if func_name is not None:
+        sch.work_on(func_name)
+    get = lambda name: sch.get_sblock(name, func_name)  # noqa: E731 - a short local alias
+    projects = any(sch.get(b).name_hint == PROJECT for b in sch.get_child_blocks(sch.get_sblock("root", func_name)))
+    _, expanded, oh, ow = _extents(sch, get(DEPTHWISE_ACT))
+    out_channels = _extents(sch, get(OUTPUT))[1] if projects else expanded
+    th, tw, ec, groups = default_tiles(oh, ow, expanded, out_channels)
+    dw_act, dw_acc, mid, expand = get(DEPTHWISE_ACT), get(DEPTHWISE), get(EXPAND_ACT), get(EXPAND)
+    if projects:
+        out, project = get(OUTPUT), get(PROJECT)
+        n, o, y, x, r = sch.get_loops(project)
+        (yo, yi), (_, th_) = _tile(sch, y, [oh // th, th])
+        (xo, xi), (_, tw_) = _tile(sch, x, [ow // tw, tw])
+        # output channels: [over the grid (recomputing the block's intermediates), threads, per thread]
+        (ob, ot, orr), (_, ot_, _) = _tile(sch, o, [1, groups, out_channels // groups])
+        (ro, ri), _ = _tile(sch, r, [expanded // ec, ec])
+        sch.reorder(n, yo, xo, ob, ot, yi, xi, ro, ri, orr)
+        sch.bind(sch.fuse(n, yo, xo, ob), "blockIdx.x")
+        threads = sch.fuse(ot, yi, xi)
+        sch.bind(threads, "threadIdx.x")
+        sch.reverse_compute_at(out, threads, preserve_unit_loops=True)
+        sch.decompose_reduction(project, ro)
+        sch.set_scope(project, 0, "local")  # each thread's accumulators
+        chunk, thread_factors = ro, [ot_, th_, tw_]
+        # the chunk's depthwise activations in shared memory, computed by all threads (the scope first:
+        # compute_at relaxes the thread-bound loops only for a shared buffer, so the region is the whole
+        # thread block's, not one thread's)
+        sch.set_scope(dw_act, 0, "shared")
+        sch.compute_at(dw_act, chunk, preserve_unit_loops=True)
+    else:  # the depthwise activations are the output: a chunk of channels x a tile per thread block
+        n, e, y, x = sch.get_loops(dw_act)
+        (yo, yi), (_, th_) = _tile(sch, y, [oh // th, th])
+        (xo, xi), (_, tw_) = _tile(sch, x, [ow // tw, tw])
+        (eo, ei), (_, ec_) = _tile(sch, e, [expanded // ec, ec])
+        sch.reorder(n, eo, yo, xo, ei, yi, xi)
+        chunk, thread_factors = sch.fuse(n, eo, yo, xo), [ec_, th_, tw_]
+        sch.bind(chunk, "blockIdx.x")
+    # each element's depthwise and expansion sums run in one thread's registers; each stage's loops are
+    # spread over the block's threads, then the sums' initializations split off (after the binding, which
+    # needs complete blocks; MetaSchedule's RewriteReductionBlock would do it, but the default schedule
+    # runs without postprocessors, and that rewrite failed on some tile choices)
+    sch.compute_at(dw_acc, sch.get_loops(dw_act)[-1], preserve_unit_loops=True)
+    sch.set_scope(dw_acc, 0, "local")
+    sch.set_scope(mid, 0, "shared")
+    sch.compute_at(mid, chunk, preserve_unit_loops=True)  # the chunk's expanded tile and its halo
+    sch.compute_at(expand, sch.get_loops(mid)[-1], preserve_unit_loops=True)
+    sch.set_scope(expand, 0, "local")
+    if projects:  # channels split by OT, then (OT x TH x TW) threads: affine, so mid's region is exact
+        _, e, y, x = sch.get_loops(dw_act)[-4:]
+        e_outer, e_inner = sch.split(e, [None, thread_factors[0]])
+        sch.reorder(e_outer, e_inner, y, x)
+        sch.bind(sch.fuse(e_inner, y, x), "threadIdx.x")
+    else:
+        sch.bind(sch.fuse(ei, yi, xi), "threadIdx.x")
+    _bind_threads(sch, mid, thread_factors)
+    sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-2])
+    sch.decompose_reduction(expand, sch.get_loops(expand)[-1])

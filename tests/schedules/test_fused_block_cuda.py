@@ -1,0 +1,159 @@
+"""The CUDA fused inverted residual kernel: its compute against eager PyTorch (relative error, run on the CPU
+unscheduled) over a grid of block shapes; its default schedule built for sm_80 and sm_90 and compiled by
+nvcc within the GPU's limits; its design space (default decisions, the workload left untouched, other
+decisions built or rejected by MetaSchedule's GPU check, never a schedule error); a forced block of a model
+compiled for CUDA as this kernel, and a tuning task there. No GPU runs it here."""
+
+import random
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+
+from convopt.schedules import fused_block_cuda as fbc
+from convopt.schedules.fused_block import InvertedResidual as Block
+from convopt.numerics import relative_error
+from convopt.target import resolve_target
+
+ACTIVATIONS = {"relu": torch.relu, "relu6": lambda t: t.clamp(0, 6), "silu": F.silu, "hardswish": F.hardswish,
+               "gelu": F.gelu}
+GRID = [  # (C, E, O or None, H, W, k, stride, activation, batch)
+    (16, 96, 24, 14, 14, 3, 2, "relu6", 1),
+    (24, 144, 24, 12, 12, 3, 1, "relu6", 1),   # residual
+    (12, 20, 10, 9, 11, 5, 1, "silu", 2),     # odd map, batch 2, channels below a warp
+    (8, 48, 8, 9, 9, 7, 1, "hardswish", 1),    # 7x7, residual
+    (16, 48, 16, 15, 15, 5, 2, "gelu", 1),
+    (8, 32, None, 10, 10, 3, 1, "silu", 1),    # up to the squeeze-excite: no projection
+    (12, 36, None, 11, 11, 5, 2, "relu", 2),
+]
+CUDA = [resolve_target({"kind": "cuda", "arch": arch}) for arch in ("sm_80", "sm_90")]
+
+
+def _case(C, E, O, H, W, k, stride, act, batch, seed=0):
+    block = Block.of(C, E, O, H, W, k, stride, act, batch=batch)
+    rng = np.random.default_rng(seed)
+    raw = [rng.standard_normal((E, C, 1, 1)), rng.standard_normal(E), rng.standard_normal((E, 1, k, k)),
+           rng.standard_normal(E)]
+    if O is not None:
+        raw += [rng.standard_normal((O, E, 1, 1)), rng.standard_normal(O)]
+    return block, [r.astype(np.float32) for r in raw], torch.randn(batch, C, H, W, generator=torch.manual_seed(seed))
+
+
+def _eager(block, x, raw):
+    act1, act2 = (ACTIVATIONS[a] for a in block.activations)
+    d = block.depthwise
+    w1, b1, w2, b2, *rest = map(torch.from_numpy, raw)
+    y = act2(F.conv2d(act1(F.conv2d(x, w1, b1)), w2, b2, d.stride, d.padding, groups=d.groups))
+    if rest:
+        y = F.conv2d(y, rest[0], rest[1])
+        y = y + x if block.residual else y
+    return y
+
+
+def _scheduled(block, target=None) -> tvm.s_tir.Schedule:
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": fbc.prim_func(block)}))
+    fbc.schedule_cuda(sch, "main", target)
+    return sch
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "x".join(map(str, c)))
+def test_the_compute_matches_eager(case):
+    block, raw, x = _case(*case)
+    assert block.residual == (case[2] == case[0] and case[6] == 1)
+    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
+    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
+    run(tvm.runtime.tensor(x.numpy()), *map(tvm.runtime.tensor, fbc.prepare_weights(block, *raw)), out)
+    assert relative_error(torch.from_numpy(out.numpy()), _eager(block, x, raw)) <= 1e-5
+
+
+@pytest.mark.parametrize("case", [GRID[0], GRID[3], GRID[5], (160, 960, 320, 7, 7, 3, 1, "relu6", 1),
+                                  (16, 96, 24, 112, 112, 3, 2, "relu6", 1)], ids=lambda c: "x".join(map(str, c)))
+def test_the_default_schedule_builds_for_sm80_and_sm90_within_the_limits(case):
+    block, _, _ = _case(*case)
+    for target in CUDA:
+        source = tvm.compile(_scheduled(block, target).mod, target=target.tvm).mod.imports[0].inspect_source()
+        shared = sum(int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source))
+        threads = [int(n) for n in re.findall(r"__launch_bounds__\((\d+)\)", source)]
+        th, tw, ec, groups = fbc.default_tiles(block.depthwise.out_height, block.depthwise.out_width,
+                                               block.expand.out_channels, block.out_channels)
+        halo = ((th - 1) * block.depthwise.stride[0] + block.depthwise.kernel[0]) * (
+            (tw - 1) * block.depthwise.stride[0] + block.depthwise.kernel[0])
+        needed = ec * halo + (ec * th * tw if block.project is not None else 0)  # the module docstring
+        # (TVM sizes the halo buffer from its guarded cooperative loop: at most one channel more)
+        assert needed <= shared <= needed + halo
+        assert 4 * shared <= 48 * 1024 and threads and max(threads) <= 1024
+        if shutil.which("nvcc"):  # TVM only generates the source: nvcc must accept it
+            from tvm.support import nvcc
+
+            with target.tvm:
+                assert nvcc.compile_cuda(source, target_format="cubin", arch=target.tvm.attrs["arch"],
+                                         compiler="nvcc")
+
+
+def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
+    from tvm.s_tir import meta_schedule as ms
+
+    target = CUDA[0]
+    block, _, _ = _case(24, 144, 24, 28, 28, 3, 1, "silu", 1)
+    workload = tvm.IRModule({"main": fbc.prim_func(block)})
+    context = ms.TuneContext(mod=workload, target=target.tvm, space_generator=ms.space_generator.ScheduleFn(
+        lambda sch: fbc.schedule_cuda(sch, "main", target), sch_rules=[], postprocs="cuda", mutator_probs="cuda"))
+    (space,) = context.generate_design_space()
+    tvm.ir.assert_structural_equal(workload["main"], fbc.prim_func(block))  # scheduling copied, didn't write back
+    tiles = [i for i in space.trace.insts if i.kind.name == "SamplePerfectTile"]
+    th, tw, ec, groups = fbc.default_tiles(28, 28, 144, 24)
+    assert [tuple(int(v) for v in space.trace.decisions[i]) for i in tiles] == [
+        (28 // th, th), (28 // tw, tw), (1, groups, 24 // groups), (144 // ec, ec)]
+
+    def random_split(total, parts, rng):
+        factors = []
+        for _ in range(parts - 1):
+            factors.append(rng.choice([d for d in range(1, total + 1) if total % d == 0]))
+            total //= factors[-1]
+        return rng.sample(factors + [total], parts)
+
+    rng, built = random.Random(0), 0
+    for _ in range(12):  # other points of the space: a schedule error would be a bug of the space
+        trace = space.trace
+        for inst in tiles:
+            decision = [int(v) for v in space.trace.decisions[inst]]
+            trace = trace.with_decision(inst, random_split(int(np.prod(decision)), len(decision), rng),
+                                        remove_postproc=True)
+        sch = tvm.s_tir.Schedule(workload)
+        trace.apply_to_schedule(sch, remove_postproc=True)
+        if all(postproc.apply(sch) for postproc in context.space_generator.postprocs):  # else: over the limits
+            tvm.compile(sch.mod, target=target.tvm)
+            built += 1
+    assert built >= 6
+
+
+def test_a_forced_block_of_a_model_compiles_for_cuda_as_the_fused_kernel_and_is_a_tuning_task():
+    from torch import nn
+
+    from convopt.backends.tvm_backend import compile_graph
+    from convopt.capture import capture_program
+    from convopt.ir import Op
+    from convopt.pipeline import build, run_passes
+    from convopt.tuning.tasks import extract_tasks
+    from tests.conftest import cuda_sources
+
+    from ..passes.test_fuse_blocks import InvertedResidual
+
+    model = nn.Sequential(InvertedResidual(16, 64, 16, 3, 1, nn.ReLU6), InvertedResidual(16, 64, 24, 5, 2, nn.SiLU)).eval()
+    captured = capture_program(model, (torch.randn(1, 16, 14, 14),), mode="inference").graph
+    target = CUDA[0]
+    unforced, _ = run_passes(captured, build("inference", target))
+    assert not any(n.op is Op.FUSED_BLOCK for n in unforced.nodes)  # no GPU measured it: fused on request only
+    graph, _ = run_passes(captured, build("inference", target, fuse_blocks={"1": True}))
+    assert [n.scope for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["1"]
+    executable, kernels, _ = compile_graph(graph, target)
+    fused = {name: k for name, k in kernels.items() if k["lowering"].startswith("fused")}
+    assert [k["lowering"] for k in fused.values()] == ["fused_inverted_residual"]
+    assert any("fb_expand_act_shared" in s for s in cuda_sources(executable))
+    tasks = extract_tasks(graph, target)
+    (task,) = [t for t in tasks if t.kind == "fused_inverted_residual"]
+    assert task.searched and task.weight == 1 and any(t.kind == "generated" for t in tasks)
