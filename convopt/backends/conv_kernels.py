@@ -200,11 +200,11 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
 
 
 def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, kernels: dict[str, KernelUse]):
-    """Emit fused inverted residual block ``n`` on CUDA as one call of schedules/fused_block_cuda.py's kernel (a
-    TE compute: scheduled, or tuned, like a conv kernel by ``schedule_kernels``); None for a block that kernel
-    doesn't compute (the caller emits its body)."""
+    """Emit fused block ``n`` on CUDA as one call of schedules/fused_block_cuda.py's kernel (a TE compute:
+    scheduled, or tuned, like a conv kernel by ``schedule_kernels``); None for a block that kernel doesn't
+    compute (the caller emits its body)."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block_cuda
+    from ..schedules import fused_block_cuda, fused_mlp
 
     block = describe(graph, n)
     if block.kind not in fused_block_cuda.KINDS:
@@ -212,10 +212,13 @@ def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: di
     convs = [b for b in block.nodes if b.op is Op.CONV2D]
     arrays = [None if i >= len(conv.inputs) or conv.inputs[i] is None
               else graph.constant_map[conv.inputs[i]].data.detach().cpu().numpy() for conv in convs for i in (1, 2)]
-    prepared = [relax.const(arr) for arr in fused_block_cuda.prepare_weights(block, *arrays)]
+    args = [env[n.inputs[0]], *(relax.const(arr) for arr in fused_block_cuda.prepare_weights(block, *arrays))]
+    if block.kind == fused_mlp.KIND and block.residual:  # the add's other operand
+        add = block.nodes[-1]
+        args.append(env[add.inputs[1] if add.inputs[0] == convs[-1].name else add.inputs[0]])
     gvar = bb.add_func(fused_block_cuda.prim_func(block), f"convopt_fused_{n.name}")
     out_shape = fused_block_cuda.io_shapes(block)[1]
-    out = bb.emit(relax.call_tir(gvar, [env[n.inputs[0]], *prepared], relax.TensorType(out_shape, "float32")))
+    out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
     name = bb.lookup_binding(out).args[0].name_hint
     kernels.setdefault(name, KernelUse("fused_" + block.kind, fused_block_cuda.schedule_cuda,
                                        2 * sum(spec.macs for spec in block.convs), [])).nodes.append(n.name)

@@ -1,5 +1,6 @@
-"""The fused inverted residual block on CUDA (passes/fuse_blocks.py): expand 1x1 -> act -> depthwise kxk ->
-act [-> project 1x1 [+ x]] as one kernel whose intermediates live in shared memory, tile by tile.
+"""The fused blocks on CUDA (passes/fuse_blocks.py): an inverted residual, expand 1x1 -> act -> depthwise kxk
+-> act [-> project 1x1 [+ x]], or a pointwise MLP, 1x1 -> act -> 1x1 [+ skip], as one kernel whose
+intermediates live in shared memory, tile by tile.
 
 Compute (NCHW, unpadded weights; p = k // 2; ``inside`` = the padded position is inside the map):
 
@@ -7,7 +8,8 @@ Compute (NCHW, unpadded weights; p = k // 2; ``inside`` = the padded position is
     dw[n, e, y, x]    = a2(sum_{i,j} mid[n, e, s y + i, s x + j] w2[e, i, j] + b2[e])
     out[n, o, y, x]   = sum_e dw[n, e, y, x] w3[o, e] + b3[o] (+ x[n, o, y, x])
 
-(without a projection, the kind the pass makes where a squeeze-excite follows, ``out = dw``).
+(without a projection, the kind the pass makes where a squeeze-excite follows, ``out = dw``; a pointwise
+MLP has no depthwise stage, p = 0, and projects ``mid``, + its skip, an argument of the kernel).
 
 Schedule (``schedule_cuda``), a design space whose default decisions are the rules below. One thread block
 computes a TH x TW tile of the output for all its channels: its threads are OT output-channel groups x
@@ -16,8 +18,9 @@ the largest divisors of the map up to 8, OT the largest divisor of O and EC with
 projection's sum over the expanded channels runs in chunks of EC (16): per chunk the thread block
 computes, cooperatively, the chunk's expanded activations for the tile and its halo,
 ((TH - 1) s + k) x ((TW - 1) s + k) x EC, then its depthwise activations, TH x TW x EC, both into shared
-memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo recomputed by neighbouring
-tiles), and every thread adds the chunk to its accumulators. Each element's expansion and depthwise sums
+memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo recomputed by
+neighbouring tiles; an MLP stages only its expanded activations, TH x TW x EC), and every thread adds the
+chunk to its accumulators. Each element's expansion and depthwise sums
 run inside one thread. Without a projection a thread block computes EC channels x the tile, one element
 per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, OT and a
 split of the output channels over thread blocks (1 by default; each recomputes the intermediates).
@@ -39,9 +42,10 @@ from tvm import te, tirx
 
 from .activations import activate
 from .fused_block import KIND, PARTIAL_KIND
+from .fused_mlp import KIND as MLP_KIND
 
 F32 = "float32"
-KINDS = (KIND, PARTIAL_KIND)  # the fused blocks it computes (not the pointwise MLP)
+KINDS = (KIND, PARTIAL_KIND, MLP_KIND)  # every kind fuse_blocks makes
 EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
     "fb_expand", "fb_expand_act", "fb_depthwise", "fb_depthwise_act", "fb_project", "fb_output")
 MAX_TILE = 8  # output rows / columns per thread block, by default
@@ -49,45 +53,62 @@ MAX_CHUNK = 16  # expanded channels per chunk, by default
 TARGET_THREADS = 256  # threads per block the default channel groups aim for
 
 
-def prepare_weights(block, w1, b1, w2, b2, w3=None, b3=None) -> list[np.ndarray]:
-    """The kernel's constants [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] from the convs'
-    OIHW weights and biases (None: zeros)."""
+def _vector(values, size: int) -> np.ndarray:
+    return np.zeros(size, np.float32) if values is None else np.asarray(values, np.float32).reshape(size)
+
+
+def prepare_weights(block, *arrays) -> list[np.ndarray]:
+    """The kernel's constants from the convs' OIHW weights and biases in order (a bias None: zeros):
+    [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] for an inverted residual (w1, b1, w2, b2[,
+    w3, b3] given), [w1 [E, C], b1 [E], w3 [O, E], b3 [O]] for a pointwise MLP (w1, b1, w3, b3 given)."""
     E, C, O = block.expand.out_channels, block.expand.in_channels, block.out_channels
-    k = block.depthwise.kernel[0]
-
-    def vector(values, size):
-        return np.zeros(size, np.float32) if values is None else np.asarray(values, np.float32).reshape(size)
-
-    weights = [np.asarray(w1, np.float32).reshape(E, C), vector(b1, E), np.asarray(w2, np.float32).reshape(E, k, k),
-               vector(b2, E)]
-    if block.project is not None:
-        weights += [np.asarray(w3, np.float32).reshape(O, E), vector(b3, O)]
+    if block.kind == MLP_KIND:
+        w1, b1, w3, b3 = arrays
+        weights = [np.asarray(w1, np.float32).reshape(E, C), _vector(b1, E),
+                   np.asarray(w3, np.float32).reshape(O, E), _vector(b3, O)]
+    else:
+        w1, b1, w2, b2, *projection = arrays
+        k = block.depthwise.kernel[0]
+        weights = [np.asarray(w1, np.float32).reshape(E, C), _vector(b1, E),
+                   np.asarray(w2, np.float32).reshape(E, k, k), _vector(b2, E)]
+        if block.project is not None:
+            w3, b3 = projection
+            weights += [np.asarray(w3, np.float32).reshape(O, E), _vector(b3, O)]
     return [np.ascontiguousarray(w) for w in weights]
 
 
 def io_shapes(block) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The kernel's input and output shapes (NCHW)."""
-    e_, d = block.expand, block.depthwise
+    """The kernel's input and output shapes (NCHW; a pointwise MLP's skip has the output's)."""
+    e_, last = block.expand, block.convs[-1]
     return ((e_.batch, e_.in_channels, e_.height, e_.width),
-            (e_.batch, block.out_channels, d.out_height, d.out_width))
+            (e_.batch, block.out_channels, last.out_height, last.out_width))
 
 
 def compute(block) -> list[te.Tensor]:
-    """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), the output."""
-    e_, d = block.expand, block.depthwise
+    """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), [the skip of a pointwise
+    MLP with one], the output."""
+    e_ = block.expand
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
+    x = te.placeholder((N, C, H, W), F32, name="x")
+    w1, b1 = te.placeholder((E, C), F32, name="w1"), te.placeholder((E,), F32, name="b1")
+    c = te.reduce_axis((0, C), name="c")
+    if block.kind == MLP_KIND:
+        expand = te.compute((N, E, H, W), lambda n, e, y, x_: te.sum(x[n, c, y, x_] * w1[e, c], axis=c),
+                            name=EXPAND)
+        mid = te.compute((N, E, H, W), lambda n, e, y, x_: activate(expand[n, e, y, x_] + b1[e], block.activation),
+                         name=EXPAND_ACT)
+        skip = te.placeholder((N, O, H, W), F32, name="skip") if block.residual else None
+        return [x, w1, b1, *_projection(block, mid, skip, (N, O, H, W))]
+    d = block.depthwise
     k, s, (dh, dw_) = d.kernel[0], d.stride[0], d.dilation
     p = d.padding[0]
     a1, a2 = block.activations
-    x = te.placeholder((N, C, H, W), F32, name="x")
-    w1, b1 = te.placeholder((E, C), F32, name="w1"), te.placeholder((E,), F32, name="b1")
     w2, b2 = te.placeholder((E, k, k), F32, name="w2"), te.placeholder((E,), F32, name="b2")
 
     def inside(yp, xp):
         return tirx.all(yp >= p, yp < p + H, xp >= p, xp < p + W)
 
-    c = te.reduce_axis((0, C), name="c")
     padded = (N, E, H + 2 * p, W + 2 * p)
     expand = te.compute(padded, lambda n, e, yp, xp: te.sum(
         tirx.if_then_else(inside(yp, xp), x[n, c, tirx.max(yp - p, 0), tirx.max(xp - p, 0)], tirx.const(0.0, F32))
@@ -102,16 +123,23 @@ def compute(block) -> list[te.Tensor]:
                     name=DEPTHWISE_ACT)
     if block.project is None:
         return [x, w1, b1, w2, b2, dw]
+    return [x, w1, b1, w2, b2, *_projection(block, dw, x if block.residual else None, (N, O, OH, OW))]
+
+
+def _projection(block, source: te.Tensor, skip: te.Tensor | None, shape) -> list[te.Tensor]:
+    """[w3, b3, (the skip placeholder of an MLP), the output]: out = sum_e source[e] w3[o, e] + b3[o] (+ skip)."""
+    O, E = block.out_channels, block.expand.out_channels
     w3, b3 = te.placeholder((O, E), F32, name="w3"), te.placeholder((O,), F32, name="b3")
     r = te.reduce_axis((0, E), name="r")
-    project = te.compute((N, O, OH, OW), lambda n, o, y, x_: te.sum(dw[n, r, y, x_] * w3[o, r], axis=r),
-                         name=PROJECT)
+    project = te.compute(shape, lambda n, o, y, x_: te.sum(source[n, r, y, x_] * w3[o, r], axis=r), name=PROJECT)
 
     def output(n, o, y, x_):
         value = project[n, o, y, x_] + b3[o]
-        return value + x[n, o, y, x_] if block.residual else value
+        return value + skip[n, o, y, x_] if skip is not None else value
 
-    return [x, w1, b1, w2, b2, w3, b3, te.compute((N, O, OH, OW), output, name=OUTPUT)]
+    out = te.compute(shape, output, name=OUTPUT)
+    own_skip = [skip] if skip is not None and block.kind == MLP_KIND else []  # an MLP's skip is an argument
+    return [w3, b3, *own_skip, out]
 
 
 def prim_func(block) -> tirx.PrimFunc:
@@ -163,11 +191,13 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     if func_name is not None:
         sch.work_on(func_name)
     get = lambda name: sch.get_sblock(name, func_name)  # noqa: E731 - a short local alias
-    projects = any(sch.get(b).name_hint == PROJECT for b in sch.get_child_blocks(sch.get_sblock("root", func_name)))
-    _, expanded, oh, ow = _extents(sch, get(DEPTHWISE_ACT))
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root", func_name))}
+    projects, depthwise = PROJECT in names, DEPTHWISE_ACT in names
+    mid, expand = get(EXPAND_ACT), get(EXPAND)
+    staged = get(DEPTHWISE_ACT) if depthwise else mid  # what the projection (or the output) reads
+    _, expanded, oh, ow = _extents(sch, staged)
     out_channels = _extents(sch, get(OUTPUT))[1] if projects else expanded
     th, tw, ec, groups = default_tiles(oh, ow, expanded, out_channels)
-    dw_act, dw_acc, mid, expand = get(DEPTHWISE_ACT), get(DEPTHWISE), get(EXPAND_ACT), get(EXPAND)
     if projects:
         out, project = get(OUTPUT), get(PROJECT)
         n, o, y, x, r = sch.get_loops(project)
@@ -184,13 +214,13 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
         sch.decompose_reduction(project, ro)
         sch.set_scope(project, 0, "local")  # each thread's accumulators
         chunk, thread_factors = ro, [ot_, th_, tw_]
-        # the chunk's depthwise activations in shared memory, computed by all threads (the scope first:
-        # compute_at relaxes the thread-bound loops only for a shared buffer, so the region is the whole
-        # thread block's, not one thread's)
-        sch.set_scope(dw_act, 0, "shared")
-        sch.compute_at(dw_act, chunk, preserve_unit_loops=True)
+        # the chunk of what the projection reads in shared memory, computed by all threads (the scope
+        # first: compute_at relaxes the thread-bound loops only for a shared buffer, so the region is the
+        # whole thread block's, not one thread's)
+        sch.set_scope(staged, 0, "shared")
+        sch.compute_at(staged, chunk, preserve_unit_loops=True)
     else:  # the depthwise activations are the output: a chunk of channels x a tile per thread block
-        n, e, y, x = sch.get_loops(dw_act)
+        n, e, y, x = sch.get_loops(staged)
         (yo, yi), (_, th_) = _tile(sch, y, [oh // th, th])
         (xo, xi), (_, tw_) = _tile(sch, x, [ow // tw, tw])
         (eo, ei), (_, ec_) = _tile(sch, e, [expanded // ec, ec])
@@ -201,19 +231,22 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     # spread over the block's threads, then the sums' initializations split off (after the binding, which
     # needs complete blocks; MetaSchedule's RewriteReductionBlock would do it, but the default schedule
     # runs without postprocessors, and that rewrite failed on some tile choices)
-    sch.compute_at(dw_acc, sch.get_loops(dw_act)[-1], preserve_unit_loops=True)
-    sch.set_scope(dw_acc, 0, "local")
-    sch.set_scope(mid, 0, "shared")
-    sch.compute_at(mid, chunk, preserve_unit_loops=True)  # the chunk's expanded tile and its halo
+    if depthwise:
+        dw_acc = get(DEPTHWISE)
+        sch.compute_at(dw_acc, sch.get_loops(staged)[-1], preserve_unit_loops=True)
+        sch.set_scope(dw_acc, 0, "local")
+        sch.set_scope(mid, 0, "shared")
+        sch.compute_at(mid, chunk, preserve_unit_loops=True)  # the chunk's expanded tile and its halo
     sch.compute_at(expand, sch.get_loops(mid)[-1], preserve_unit_loops=True)
     sch.set_scope(expand, 0, "local")
     if projects:  # channels split by OT, then (OT x TH x TW) threads: affine, so mid's region is exact
-        _, e, y, x = sch.get_loops(dw_act)[-4:]
+        _, e, y, x = sch.get_loops(staged)[-4:]
         e_outer, e_inner = sch.split(e, [None, thread_factors[0]])
         sch.reorder(e_outer, e_inner, y, x)
         sch.bind(sch.fuse(e_inner, y, x), "threadIdx.x")
     else:
         sch.bind(sch.fuse(ei, yi, xi), "threadIdx.x")
-    _bind_threads(sch, mid, thread_factors)
-    sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-2])
+    if depthwise:
+        _bind_threads(sch, mid, thread_factors)
+        sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-2])
     sch.decompose_reduction(expand, sch.get_loops(expand)[-1])

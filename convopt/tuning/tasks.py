@@ -6,8 +6,8 @@ PrimFunc, so identical layers are one task whose ``weight`` counts its calls per
 is its default schedule: the schedules write their tunable choices (register tiles) as MetaSchedule samples
 whose default decisions are the hand-written heuristic, so the untuned code is the space's default trace.
 
-A task of TVM's own kernels (kind ``GENERATED``: every kernel on CUDA, where convopt's only kernel is the
-fused inverted residual block's; the other ops on a CPU) is a PrimFunc TVM's "zero" pipeline legalized and
+A task of TVM's own kernels (kind ``GENERATED``: every kernel on CUDA, where convopt's only kernels are the
+fused blocks'; the other ops on a CPU) is a PrimFunc TVM's "zero" pipeline legalized and
 fused (tvm_backend.prepare_module); its default is the dlight rule compile_graph applies, its space
 MetaSchedule's default rules for the target, searched rather than enumerated (job.py). The CUDA fused block
 kernel's space (schedules/fused_block_cuda.py: sampled perfect tiles) is searched too.
@@ -32,7 +32,7 @@ from ..target import Target
 GENERATED = "generated"  # the kind of a task that is one of TVM's own kernels (searched, not enumerated)
 SEARCHED_SIZE = 1 << 20  # a searched space's size for the job's trial shares: more than any budget
 # kinds whose spaces are searched: TVM's kernels, and the CUDA fused block (perfect tiles, too many to enumerate)
-SEARCHED_KINDS = (GENERATED, "fused_inverted_residual", "fused_expand_depthwise")
+SEARCHED_KINDS = (GENERATED, "fused_inverted_residual", "fused_expand_depthwise", "fused_pointwise_mlp")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The CUDA fused inverted residual kernel: its compute against eager PyTorch (relative error, run on the CPU
+"""The CUDA fused block kernel (inverted residual, pointwise MLP): its compute against eager PyTorch (relative error, run on the CPU
 unscheduled) over a grid of block shapes; its default schedule built for sm_80 and sm_90 and compiled by
 nvcc within the GPU's limits; its design space (default decisions, the workload left untouched, other
 decisions built or rejected by MetaSchedule's GPU check, never a schedule error); a forced block of a model
@@ -16,6 +16,7 @@ import tvm
 
 from convopt.schedules import fused_block_cuda as fbc
 from convopt.schedules.fused_block import InvertedResidual as Block
+from convopt.schedules.fused_mlp import PointwiseMLP
 from convopt.numerics import relative_error
 from convopt.target import resolve_target
 
@@ -68,6 +69,25 @@ def test_the_compute_matches_eager(case):
     out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
     run(tvm.runtime.tensor(x.numpy()), *map(tvm.runtime.tensor, fbc.prepare_weights(block, *raw)), out)
     assert relative_error(torch.from_numpy(out.numpy()), _eager(block, x, raw)) <= 1e-5
+
+
+@pytest.mark.parametrize("C, E, O, H, W, act, residual, batch", [
+    (16, 64, 16, 14, 14, "gelu", True, 1), (24, 72, 40, 9, 7, "relu", False, 2)])
+def test_the_pointwise_mlp_compute_matches_eager(C, E, O, H, W, act, residual, batch):
+    block = PointwiseMLP.of(C, E, O, H, W, act, residual, batch)
+    rng = np.random.default_rng(0)
+    w1, b1, w3, b3 = (rng.standard_normal(shape).astype(np.float32) for shape in ((E, C, 1, 1), E, (O, E, 1, 1), O))
+    x, skip = torch.randn(batch, C, H, W), torch.randn(batch, O, H, W)
+    expected = F.conv2d(ACTIVATIONS[act](F.conv2d(x, torch.from_numpy(w1), torch.from_numpy(b1))),
+                        torch.from_numpy(w3), torch.from_numpy(b3)) + (skip if residual else 0)
+    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
+    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
+    args = [x.numpy(), *fbc.prepare_weights(block, w1, b1, w3, b3)] + ([skip.numpy()] if residual else [])
+    run(*map(tvm.runtime.tensor, args), out)
+    assert relative_error(torch.from_numpy(out.numpy()), expected) <= 1e-5
+    source = tvm.compile(_scheduled(block, CUDA[0]).mod, target=CUDA[0].tvm).mod.imports[0].inspect_source()
+    th, tw, ec, _ = fbc.default_tiles(H, W, E, O)
+    assert re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source) == [str(ec * th * tw)]
 
 
 @pytest.mark.parametrize("case", [GRID[0], GRID[3], GRID[5], (160, 960, 320, 7, 7, 3, 1, "relu6", 1),

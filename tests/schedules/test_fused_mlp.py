@@ -107,17 +107,19 @@ def test_a_band_per_core_left_after_the_batch():
     assert default_bands(PointwiseMLP.of(16, 64, 16, 3, 3), cores=8) == 3
 
 
-def test_a_target_without_the_fused_kernel_builds_the_body_unfused():
+def test_a_forced_mlp_compiles_for_cuda_as_the_cuda_fused_kernel():
+    """CUDA's fused kernel (schedules/fused_block_cuda.py, tests/schedules/test_fused_block_cuda.py) runs a
+    pointwise MLP too, its skip an argument."""
     from convopt.backends.tvm_backend import compile_graph
+    from convopt.capture import capture_program
+    from convopt.pipeline import build, run_passes
     from tests.conftest import cuda_sources
 
     model = _model(ChannelMLP(16, 64))
-    graph = convopt.optimize(model, torch.randn(1, 3, 14, 14), tuning_logs=False, fuse_blocks={"1": True},
-                             target="torch").graph
-    from convopt.passes.fuse_blocks import fuse_blocks
-
-    graph = fuse_blocks(graph)
-    assert any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
-    executable, kernels, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}))
-    assert not any(k["lowering"].startswith("fused") for k in kernels.values())
-    assert any("__global__" in s for s in cuda_sources(executable))
+    target = resolve_target({"kind": "cuda", "arch": "sm_80"})
+    captured = capture_program(model, (torch.randn(1, 3, 14, 14),), mode="inference").graph
+    graph, _ = run_passes(captured, build("inference", target, fuse_blocks={"1": True}))
+    assert [n.attrs.kind for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["pointwise_mlp"]
+    executable, kernels, _ = compile_graph(graph, target)
+    assert [k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused_")] == ["fused_pointwise_mlp"]
+    assert any("fb_expand_act_shared" in s for s in cuda_sources(executable))
