@@ -389,7 +389,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     ctx = EmitContext(graph, bb, own_kernels, target.lanes if own_kernels else 0)
     kernels = {}
     fallbacks: dict[str, list[str]] = {}
-    # on CUDA, convopt's one kernel is the fused inverted residual block's (every other op is TVM's)
+    # on CUDA, convopt's only kernels are the fused blocks' (every other op is TVM's)
     cuda_blocks = target is not None and target.kind == "cuda" and any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
     if own_kernels or cuda_blocks:
         from . import conv_kernels
