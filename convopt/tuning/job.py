@@ -315,8 +315,9 @@ def _search(task: Task, trials: int, target: Target, database, measurer: Measure
     MetaSchedule's evolutionary search over its default rules, through the job's builder and runner, into
     ``database``. The task keeps one XGBoost cost model for the whole job (``measurer.cost_models``), trained
     on every round's measurements, and each round's initial population starts from the database's best
-    records, so a job cut into rounds goes on where the last round stopped (a resumed job's new model starts
-    untrained; MetaSchedule may measure a schedule a previous round measured, counted as a trial). TVM's log
+    records, so a job cut into rounds goes on where the last round stopped (a resumed job's model starts
+    trained on the records already measured: ``trained_cost_model``; MetaSchedule may measure a schedule a
+    previous round measured, counted as a trial). TVM's log
     goes to ``work_dir``/logs/. A search TVM can't run (a stored trace it can't post-process) ends the
     task's tuning with a warning instead of the job. Returns the trials added."""
     from tvm.s_tir import meta_schedule as ms
@@ -324,10 +325,12 @@ def _search(task: Task, trials: int, target: Target, database, measurer: Measure
     from ..target import physical_cores
 
     before = trials_done(database, task.workload)
-    model = measurer.cost_models.setdefault(task.name, ms.cost_model.XGBModel(num_warmup_samples=SEARCH_WARMUP))
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
                              search_strategy="evolutionary", task_name=task.name, num_threads=physical_cores(),
                              logger=_search_logger(work_dir, task.name))
+    if task.name not in measurer.cost_models:
+        measurer.cost_models[task.name] = trained_cost_model(context, database, task.workload)
+    model = measurer.cost_models[task.name]
     try:
         ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=trials,
                       max_trials_per_task=trials, num_trials_per_iter=min(trials, ROUND), builder=measurer.builder,
@@ -339,6 +342,28 @@ def _search(task: Task, trials: int, target: Target, database, measurer: Measure
     added = trials_done(database, task.workload) - before
     on_batch(added)
     return added
+
+
+def trained_cost_model(context, database, workload):
+    """A new XGBoost cost model for the task of ``context``, trained on the measured records of ``workload`` in
+    ``database`` (a resumed job ranks candidates from its first round instead of measuring SEARCH_WARMUP
+    random ones again; records whose trace no longer applies are left out)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    model = ms.cost_model.XGBModel(num_warmup_samples=SEARCH_WARMUP)
+    candidates, results = [], []
+    for record in database.get_top_k(database.commit_workload(workload), 1 << 30):
+        seconds = [float(s) for s in record.run_secs]
+        if not seconds or max(seconds) >= FAILED:
+            continue
+        try:
+            candidates.append(record.as_measure_candidate())
+        except Exception:  # noqa: BLE001 - a stored trace that no longer replays: nothing to learn from
+            continue
+        results.append(ms.runner.RunnerResult(seconds, None))
+    if candidates:
+        model.update(context, candidates, results)
+    return model
 
 
 def _search_logger(work_dir: Path, name: str) -> logging.Logger:

@@ -125,3 +125,18 @@ def test_a_cpu_job_tunes_the_heavy_other_ops_when_asked(tmp_path):
     assert list(tmp_path.glob("*/logs/*")), "TVM's logs go under the log folder"
     fast = convopt.optimize(model, x, lowering="direct", tuning_logs=tmp_path)  # checks against eager
     assert {row["status"] for name, row in fast.tuning.items()} <= {"tuned", "default"}
+
+    # a resumed job's search model starts trained on the records: it ranks the measured schedules as measured
+    from tvm.s_tir import meta_schedule as ms
+
+    from convopt.tuning.job import trained_cost_model
+    from convopt.tuning.records import open_database
+
+    task = next(t for t in others if t.name == "max_pool2d")
+    database = open_database(target, tmp_path)
+    context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
+                             search_strategy="evolutionary", task_name=task.name)
+    records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)
+    model = trained_cost_model(context, database, task.workload)
+    predicted = model.predict(context, [r.as_measure_candidate() for r in records])
+    assert len(predicted) == len(records) >= 2 and len(set(map(float, predicted))) > 1  # untrained: all equal
