@@ -38,7 +38,8 @@ def _dump(args) -> int:
     from .target import resolve_target
 
     target = resolve_target("cpu") if args.target == "cpu" else None  # cpu: the lowerings optimize() would choose
-    passes = build(args.mode, target, lowering=_lowering_arg(args), skip=args.skip_pass)
+    passes = build(args.mode, target, lowering=_lowering_arg(args), skip=args.skip_pass,
+                   fuse_blocks=_fuse_blocks_arg(args))
     model, x = _prepare(args)
     graph = capture(model, x, mode=args.mode)
     graph, records = run_passes(graph, passes, dump_dir=args.after_each_pass, verify=True)
@@ -62,6 +63,7 @@ def _optimize(args) -> int:
     start = time.perf_counter()
     result = optimize(model, x, target=_target_arg(args.target), mode=args.mode, dump_ir=args.dump_ir,
                       skip_passes=args.skip_pass, check=False, lowering=_lowering_arg(args),
+                      fuse_blocks=_fuse_blocks_arg(args),
                       tuning_logs=args.tuning_logs)
     seconds = time.perf_counter() - start
     before, after = result.captured_op_counts, result.graph.op_counts()
@@ -80,11 +82,13 @@ def _optimize(args) -> int:
     if blocked:
         print("  blocked values: " + ", ".join(f"{count} of {len(result.graph.nodes)} in {layout}"
                                                for layout, count in blocked.items()))
+    from .tuning.apply import STATUSES
+
     tuning = Counter(row["status"] for row in result.tuning.values())
     if tuning:
         gains = [row["speedup"] for row in result.tuning.values() if row["status"] == "tuned" and row["speedup"]]
-        print("  tuning: " + ", ".join(f"{tuning[s]} {s}" for s in ("tuned", "default", "untuned", "stale") if tuning[s])
-              + " (of the convs and linear layers)"
+        print("  tuning: " + ", ".join(f"{tuning[s]} {s}" for s in STATUSES if tuning[s])
+              + " (of convopt's kernels: convs, linear layers; fused blocks on CUDA)"
               + (f"; tuned kernels {min(gains):.2f}-{max(gains):.2f}x their default" if gains else ""))
     try:
         check_against_eager(model, result, x)
@@ -110,6 +114,7 @@ def _tune(args) -> int:
     model, x = _prepare(args)
     summary = tune(model, x, target=_target_arg(args.target), trials=args.trials, time_budget=args.time_budget,
                    log_dir=args.log_dir, rpc=args.rpc, lowering=_lowering_arg(args), other_ops=args.other_ops,
+                   fuse_blocks=_fuse_blocks_arg(args),
                    **({} if args.lowering_margin is None else {"lowering_margin": args.lowering_margin}))
     print(summary.table())
     return 0
@@ -127,6 +132,7 @@ def _prune(args) -> int:
         models.append((load_model(name).eval(), torch.randn(parse_shape(args.input_shape))))
     target = resolve_target(_target_arg(args.target))
     pruned = prune_records(models, target=target, log_dir=args.log_dir, lowering=_lowering_arg(args),
+                           fuse_blocks=_fuse_blocks_arg(args),
                            other_ops=args.other_ops, dry_run=args.dry_run,
                            **({} if args.lowering_margin is None else {"lowering_margin": args.lowering_margin}))
     verb = "would drop" if args.dry_run else "dropped"
@@ -141,12 +147,19 @@ def _report(args) -> int:
     from .report import format_table, report
 
     model, x = _prepare(args)
-    fast = optimize(model, x, target=args.target, skip_passes=args.skip_pass, lowering=_lowering_arg(args))
+    fast = optimize(model, x, target=args.target, skip_passes=args.skip_pass, lowering=_lowering_arg(args),
+                    fuse_blocks=_fuse_blocks_arg(args))
     result = report(fast, x, out=args.out, runs=args.runs, model=args.model)
     print(format_table(result, top=args.top))
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roofline.png'}")
     return 0
+
+
+def _fuse_blocks_arg(args):
+    """--fuse-block NAME (repeatable) -> optimize(fuse_blocks={NAME: True, ...}); none: the default (True)."""
+    names = getattr(args, "fuse_block", None) or []
+    return {name: True for name in names} if names else True
 
 
 def _lowering_arg(args):
@@ -304,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",
                        help=f"force a conv lowering ({', '.join(ALL_LOWERINGS)}) on every "
                             "conv it can run, or on one layer (module or node name); repeatable")
+        p.add_argument("--fuse-block", action="append", metavar="NAME",
+                       help="fuse this block (module or node name) whatever the cost model predicts; on CUDA, "
+                            "where no cost model decides, the only blocks fused; repeatable")
     dump.add_argument("--target", choices=("none", "cpu"), default="none",
                       help="cpu: also run select_lowering and block_layout, showing each conv's lowering, "
                            "predicted times and the blocked layouts ({NCHW16c} after a type)")

@@ -107,9 +107,10 @@ class OptimizedModule(nn.Module):
 
     @property
     def tuning(self) -> dict[str, dict]:
-        """IR node -> how its kernel was scheduled, for every node computed by a kernel of convopt's (convs
-        and linear layers on a TVM CPU target): {"kernel", "status": "tuned" | "default" | "untuned" | "stale",
-        "default_us", "best_us", "speedup"} (tuning/apply.py). Empty for other targets."""
+        """IR node -> how its kernel was scheduled, for every node computed by a kernel of convopt's that has
+        a schedule (convs and linear layers on a TVM CPU target, fused blocks on CUDA): {"kernel", "status":
+        "tuned" | "default" | "untuned" | "stale", "default_us", "best_us", "speedup"} (tuning/apply.py).
+        Empty for target "torch"."""
         from .tuning.apply import KernelTuning
 
         table = getattr(self._compiled, "kernels", None) or {}
@@ -153,6 +154,8 @@ class OptimizedModule(nn.Module):
     def summary(self) -> str:
         """A few lines: the target, the nodes and where they run, how convopt's kernels were scheduled, and
         the PyTorch fallbacks with their calls and share of the time over this module's calls so far."""
+        from .tuning.apply import STATUSES
+
         where = self.placement()
         kinds = {"kernel": 0, "TVM": 0, "PyTorch fallback": 0, "PyTorch": 0}
         for text in where.values():
@@ -164,8 +167,7 @@ class OptimizedModule(nn.Module):
                              if count)]
         statuses = [row["status"] for row in self.tuning.values()]
         if statuses:
-            lines.append("kernels: " + ", ".join(f"{statuses.count(s)} {s}" for s in ("tuned", "default", "untuned", "stale")
-                                                 if s in statuses))
+            lines.append("kernels: " + ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses))
         groups = getattr(self._compiled, "fallbacks", None) or {}
         if groups:
             times = self._compiled.time

@@ -1,5 +1,6 @@
-"""convopt's own kernels in the Relax module (convs, and dense layers: schedules/dense.py): which nodes use
-them, the convs' fused epilogues, and the schedules applied after the module is built.
+"""convopt's own kernels in the Relax module (convs, and dense layers: schedules/dense.py; fused blocks, on a
+CPU and on CUDA): which nodes use them, the convs' fused epilogues, and the schedules applied after the
+module is built.
 
 A conv node with a constant weight is emitted as a call to its lowering's TE compute (the node's
 ``lowering`` attr, set by the select_lowering pass; ``direct`` when unset; see schedules/lowerings.py),
@@ -21,7 +22,6 @@ direct FLOPs (``convopt.flops``), which ``convopt report`` shows.
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,7 +85,7 @@ class KernelUse:
     call (a conv's direct FLOPs) and the IR nodes that call it."""
 
     kind: str
-    schedule: Callable | None  # None: written out already (the fused block kernel), nothing to schedule or tune
+    schedule: Callable | None  # None: written out (the CPU fused block kernels): nothing to schedule or tune
     flops: int
     nodes: list[str]
 
@@ -158,24 +158,51 @@ def _blocks_of(graph: Graph, n: Node, names, lanes: int) -> list[bool]:
     return [bool(b) for b in blocks]
 
 
+def _block_arrays(graph: Graph, block) -> list:
+    """The weight and bias (None: no bias) of each conv of a fused block, in order, as numpy arrays."""
+    def constant(name):
+        return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
+
+    return [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in _block_convs(block)
+            for i in (1, 2)]
+
+
+def _block_convs(block) -> list[Node]:
+    return [b for b in block.nodes if b.op is Op.CONV2D]
+
+
+def _mlp_skip(block) -> str | None:
+    """The value a pointwise MLP block adds to its projection (its add's other operand), or None."""
+    if not block.residual:
+        return None
+    add, last = block.nodes[-1], _block_convs(block)[-1]
+    return add.inputs[1] if add.inputs[0] == last.name else add.inputs[0]
+
+
+def _call_fused(bb: relax.BlockBuilder, n: Node, block, func, args, out_shape, schedule,
+                kernels: dict[str, KernelUse]):
+    """Emit the call of a fused block's kernel ``func`` (add_func shares it between equal blocks) and record
+    its use (``schedule``: None for a kernel written out already)."""
+    gvar = bb.add_func(func, f"convopt_fused_{n.name}")
+    out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
+    name = bb.lookup_binding(out).args[0].name_hint
+    flops = 2 * sum(spec.macs for spec in block.convs)
+    kernels.setdefault(name, KernelUse("fused_" + block.kind, schedule, flops, [])).nodes.append(n.name)
+    return out
+
+
 def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int, cores: int,
                      kernels: dict[str, KernelUse]):
-    """Emit fused block ``n`` (passes/fuse_blocks.py) as one call of its fused kernel (schedules/fused_block.py,
-    schedules/fused_mlp.py), written out as a PrimFunc (add_func shares it between equal blocks)."""
+    """Emit fused block ``n`` (passes/fuse_blocks.py) on a CPU as one call of its fused kernel
+    (schedules/fused_block.py, schedules/fused_mlp.py), written out as a PrimFunc."""
     from ..passes.fuse_blocks import describe
     from ..schedules import fused_block, fused_mlp
 
     block = describe(graph, n)
-
-    def constant(name):
-        return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
-
-    convs = [b for b in block.nodes if b.op is Op.CONV2D]
-    arrays = [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in convs for i in (1, 2)]
+    arrays = _block_arrays(graph, block)
     x = env[n.inputs[0]]
     if block.kind == fused_mlp.KIND:
-        add = block.nodes[-1]
-        skip = (add.inputs[1] if add.inputs[0] == convs[-1].name else add.inputs[0]) if block.residual else None
+        skip = _mlp_skip(block)
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_mlp.prepare_weights(block, *arrays, lanes=lanes)]
         func = fused_mlp.prim_func(block, lanes, fused_mlp.default_bands(block, cores), in_block=in_block,
@@ -190,39 +217,23 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
                                      out_block=out_block)
         args = [x, *prepared]
         _, out_shape = fused_block.io_shapes(block, lanes, in_block, out_block)
-    gvar = bb.add_func(func, f"convopt_fused_{n.name}")
-    out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
-    call = bb.lookup_binding(out)
-    flops = 2 * sum(spec.macs for spec in block.convs)
-    kernels.setdefault(call.args[0].name_hint, KernelUse("fused_" + block.kind, None, flops, [])).nodes.append(
-        n.name)
-    return out
+    return _call_fused(bb, n, block, func, args, out_shape, None, kernels)
 
 
 def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, kernels: dict[str, KernelUse]):
     """Emit fused block ``n`` on CUDA as one call of schedules/fused_block_cuda.py's kernel (a TE compute:
-    scheduled, or tuned, like a conv kernel by ``schedule_kernels``); None for a block that kernel doesn't
-    compute (the caller emits its body)."""
+    scheduled, or tuned, like a conv kernel by ``schedule_kernels``)."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block_cuda, fused_mlp
+    from ..schedules import fused_block_cuda
 
     block = describe(graph, n)
-    if block.kind not in fused_block_cuda.KINDS:
-        return None
-    convs = [b for b in block.nodes if b.op is Op.CONV2D]
-    arrays = [None if i >= len(conv.inputs) or conv.inputs[i] is None
-              else graph.constant_map[conv.inputs[i]].data.detach().cpu().numpy() for conv in convs for i in (1, 2)]
-    args = [env[n.inputs[0]], *(relax.const(arr) for arr in fused_block_cuda.prepare_weights(block, *arrays))]
-    if block.kind == fused_mlp.KIND and block.residual:  # the add's other operand
-        add = block.nodes[-1]
-        args.append(env[add.inputs[1] if add.inputs[0] == convs[-1].name else add.inputs[0]])
-    gvar = bb.add_func(fused_block_cuda.prim_func(block), f"convopt_fused_{n.name}")
-    out_shape = fused_block_cuda.io_shapes(block)[1]
-    out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
-    name = bb.lookup_binding(out).args[0].name_hint
-    kernels.setdefault(name, KernelUse("fused_" + block.kind, fused_block_cuda.schedule_cuda,
-                                       2 * sum(spec.macs for spec in block.convs), [])).nodes.append(n.name)
-    return out
+    prepared = fused_block_cuda.prepare_weights(block, *_block_arrays(graph, block))
+    args = [env[n.inputs[0]], *map(relax.const, prepared)]
+    skip = _mlp_skip(block) if block.kind == fused_block_cuda.MLP_KIND else None
+    if skip is not None:  # the MLP's skip is an argument (any value of the output's shape)
+        args.append(env[skip])
+    return _call_fused(bb, n, block, fused_block_cuda.prim_func(block), args, fused_block_cuda.io_shapes(block)[1],
+                       fused_block_cuda.schedule_cuda, kernels)
 
 
 def workload(mod: tvm.IRModule, name: str) -> tvm.IRModule:
@@ -242,7 +253,7 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
     """Schedule each of convopt's PrimFuncs: with the best record of ``records`` (tuning/apply.py) for its
     workload, else its default schedule; mark it opaque and scheduled, and say which ran
     (``convopt.tuning``: "tuned", "default", "untuned" or "stale", with the measured microseconds); warn once
-    about stale records (made against an older default schedule). Updates ``mod``."""
+    per process about stale records (made against an older default schedule). Updates ``mod``."""
     stale = []
     for name, use in kernels.items():
         task = workload(mod, name)
@@ -263,7 +274,7 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
                 stale.append(name)
         mod[mod.get_global_var(name)] = func
     if stale:
-        warnings.warn(f"{len(stale)} kernel(s) ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}) have "
-                      "tuning records measured against an older version of their default schedule; they run "
-                      "today's default. Run `convopt tune` on the model again to remeasure", stacklevel=3)
+        from ..tuning.apply import warn_stale
+
+        warn_stale(stale)
     return mod

@@ -339,8 +339,9 @@ def to_relax(graph: Graph, target: Target | None = None, records=None, *, fallba
     For a CPU ``target`` (a convopt Target), convs with constant weights call convopt's own kernels (the lowering in
     each node's attrs) with fused epilogues, and linear layers with constant weights its dense kernel
     (backends/conv_kernels.py), scheduled here: with the best tuning record of ``records``
-    (tuning/apply.py ``TunedSchedules``) where it has one, else the kernel's default schedule. Everything
-    else is Relax's generic ops, and with ``fallback`` the nodes TVM can't compile call PyTorch
+    (tuning/apply.py ``TunedSchedules``) where it has one, else the kernel's default schedule. Fused blocks
+    call convopt's fused kernels on a CPU and on CUDA (scheduled likewise on CUDA). Everything else is
+    Relax's generic ops, and with ``fallback`` the nodes TVM can't compile call PyTorch
     (``fallback_nodes`` reads which).
     """
     mod, kernels = emit(graph, target, fallback=fallback)
@@ -367,7 +368,8 @@ def _refuse(missing: list[Node]) -> UnsupportedOpError:
 
 def _refuse_cpu_only(graph: Graph, target: Target) -> None:
     """Channel-blocked values come from the CPU pass block_layout and only convopt's CPU kernels read them: a
-    graph prepared for a CPU target can't be compiled for another (a fused block can: its body is emitted)."""
+    graph prepared for a CPU target can't be compiled for another (a fused block can, when its neighbours
+    exchange NCHW: CUDA has a fused kernel of its own)."""
     for n in graph.nodes:
         if block_of(_layout_of(n.type)):
             raise ValueError(f"node %{n.name} ({op_label(n)}) was prepared for a CPU target ({_layout_of(n.type)}); "
@@ -393,7 +395,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     cuda_blocks = target is not None and target.kind == "cuda" and any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
     if own_kernels or cuda_blocks:
         from . import conv_kernels
-
+    if own_kernels:
         plans, lanes = conv_kernels.plan_epilogues(graph), target.lanes
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
 
@@ -425,9 +427,8 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.op is Op.FUSED_BLOCK:
                     env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, target.cores, kernels)
-                elif cuda_blocks and n.op is Op.FUSED_BLOCK and (
-                        fused := conv_kernels.emit_fused_block_cuda(bb, graph, n, env, kernels)) is not None:
-                    env[n.name] = fused
+                elif cuda_blocks and n.op is Op.FUSED_BLOCK:
+                    env[n.name] = conv_kernels.emit_fused_block_cuda(bb, graph, n, env, kernels)
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
                 elif own_kernels and n.name in plans:

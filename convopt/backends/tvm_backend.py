@@ -57,7 +57,7 @@ def prepare_module(graph: Graph, target: Target, records=None, *, fallback: bool
     """(the Relax module of ``graph`` with every op legalized and fused into PrimFuncs by TVM's "zero" pipeline,
     its PyTorch fallbacks). convopt's own kernels are scheduled (``records``: see compile_graph); the PrimFuncs
     TVM generated for the other ops are not yet: ``generated_kernels`` names them (tuning tasks on CUDA,
-    where convopt has no kernels of its own, and for the other ops on a CPU: tuning/tasks.py)."""
+    where convopt's only kernels are fused blocks', and for the other ops on a CPU: tuning/tasks.py)."""
     mod = to_relax(graph, target, records, fallback=fallback)
     fallbacks = fallback_nodes(mod)
     with target.tvm:  # fast math, legalize and fuse
@@ -104,16 +104,22 @@ def _schedule_generated_from_records(mod: tvm.IRModule, target: Target, records)
     """Each of TVM's own kernels that ``records`` hold (a tuning job's tasks on CUDA, or a CPU job's other ops)
     scheduled by its fastest record where that beats its default; the others are left to the default rules."""
     default = default_generated_schedule(target)
+    stale = []
     for name in generated_kernels(mod):
         gv = mod.get_global_var(name)
         workload = tvm.IRModule({"main": mod[gv].with_attr("global_symbol", "main")})
         if not records.holds(workload):
             continue
         func, tuning = records.schedule(workload, default, name)
-        if tuning.status in ("untuned", "stale"):
+        if tuning.status in ("untuned", "stale"):  # left to the default rules
+            stale += [name] if tuning.status == "stale" else []
             continue
         mod[gv] = (func.without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
                    .with_attr("convopt.tuning", tuning.to_attr()))
+    if stale:
+        from ..tuning.apply import warn_stale
+
+        warn_stale(stale)
     return mod
 
 

@@ -37,7 +37,8 @@ shape the add reads
 channels, the MLP's intermediate 4C). Preconditions as above (F1 and a each read only by the next op).
 Inverted residual blocks are matched first; a node belongs to at most one block.
 
-Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering.
+Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering (the cost
+model decides); on CUDA only when optimize(fuse_blocks={...}) names blocks, which alone are fused.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 -> act [-> project 1x1 [+ x]], or a pointwise MLP, 1x1 -> act -> 1x1 [+ skip], as one kernel whose
 intermediates live in shared memory, tile by tile.
 
-Compute (NCHW, unpadded weights; p = k // 2; ``inside`` = the padded position is inside the map):
+Compute (NCHW, unpadded weights; the depthwise conv's padding p, stride s and dilation r per axis, as the
+pass matched it; ``inside`` = the padded position is inside the map):
 
     mid[n, e, yp, xp] = a1(sum_c x[n, c, yp - p, xp - p] w1[e, c] + b1[e])  if inside(yp, xp), else 0
-    dw[n, e, y, x]    = a2(sum_{i,j} mid[n, e, s y + i, s x + j] w2[e, i, j] + b2[e])
+    dw[n, e, y, x]    = a2(sum_{i,j} mid[n, e, s y + r i, s x + r j] w2[e, i, j] + b2[e])
     out[n, o, y, x]   = sum_e dw[n, e, y, x] w3[o, e] + b3[o] (+ x[n, o, y, x])
 
 (without a projection, the kind the pass makes where a squeeze-excite follows, ``out = dw``; a pointwise
@@ -25,7 +26,8 @@ run inside one thread. Without a projection a thread block computes EC channels 
 per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, OT and a
 split of the output channels over thread blocks (1 by default; each recomputes the intermediates).
 Shared memory per thread block, EC ((TH - 1) s + k) ((TW - 1) s + k) + EC TH TW floats: 10.5 KB for
-k = 3, s = 1, 8 x 8 tiles and EC = 16.
+k = 3, s = 1, 8 x 8 tiles and EC = 16, 22.6 KB at stride 2 (TVM allocates 11.3 and 23.7 KB: it sizes the
+halo buffer from the guarded cooperative loop, a channel or two more).
 
 Halo recomputation: an 8 x 8 tile of a 3x3 stride-1 block expands 10 x 10 pixels (1.56x the expand's
 FLOPs); larger tiles recompute less but give fewer blocks and threads. This kernel is built (and its
@@ -41,7 +43,8 @@ import tvm
 from tvm import te, tirx
 
 from .activations import activate
-from .fused_block import KIND, PARTIAL_KIND
+from . import tiling
+from .fused_block import KIND, PARTIAL_KIND, padded_vector
 from .fused_mlp import KIND as MLP_KIND
 
 F32 = "float32"
@@ -53,10 +56,6 @@ MAX_CHUNK = 16  # expanded channels per chunk, by default
 TARGET_THREADS = 256  # threads per block the default channel groups aim for
 
 
-def _vector(values, size: int) -> np.ndarray:
-    return np.zeros(size, np.float32) if values is None else np.asarray(values, np.float32).reshape(size)
-
-
 def prepare_weights(block, *arrays) -> list[np.ndarray]:
     """The kernel's constants from the convs' OIHW weights and biases in order (a bias None: zeros):
     [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] for an inverted residual (w1, b1, w2, b2[,
@@ -64,16 +63,15 @@ def prepare_weights(block, *arrays) -> list[np.ndarray]:
     E, C, O = block.expand.out_channels, block.expand.in_channels, block.out_channels
     if block.kind == MLP_KIND:
         w1, b1, w3, b3 = arrays
-        weights = [np.asarray(w1, np.float32).reshape(E, C), _vector(b1, E),
-                   np.asarray(w3, np.float32).reshape(O, E), _vector(b3, O)]
+        weights = [np.asarray(w1, np.float32).reshape(E, C), padded_vector(b1, E),
+                   np.asarray(w3, np.float32).reshape(O, E), padded_vector(b3, O)]
     else:
         w1, b1, w2, b2, *projection = arrays
-        k = block.depthwise.kernel[0]
-        weights = [np.asarray(w1, np.float32).reshape(E, C), _vector(b1, E),
-                   np.asarray(w2, np.float32).reshape(E, k, k), _vector(b2, E)]
+        weights = [np.asarray(w1, np.float32).reshape(E, C), padded_vector(b1, E),
+                   np.asarray(w2, np.float32).reshape(E, *block.depthwise.kernel), padded_vector(b2, E)]
         if block.project is not None:
             w3, b3 = projection
-            weights += [np.asarray(w3, np.float32).reshape(O, E), _vector(b3, O)]
+            weights += [np.asarray(w3, np.float32).reshape(O, E), padded_vector(b3, O)]
     return [np.ascontiguousarray(w) for w in weights]
 
 
@@ -101,24 +99,24 @@ def compute(block) -> list[te.Tensor]:
         skip = te.placeholder((N, O, H, W), F32, name="skip") if block.residual else None
         return [x, w1, b1, *_projection(block, mid, skip, (N, O, H, W))]
     d = block.depthwise
-    k, s, (dh, dw_) = d.kernel[0], d.stride[0], d.dilation
-    p = d.padding[0]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw_) = d.kernel, d.stride, d.padding, d.dilation
     a1, a2 = block.activations
-    w2, b2 = te.placeholder((E, k, k), F32, name="w2"), te.placeholder((E,), F32, name="b2")
+    w2, b2 = te.placeholder((E, kh, kw), F32, name="w2"), te.placeholder((E,), F32, name="b2")
 
     def inside(yp, xp):
-        return tirx.all(yp >= p, yp < p + H, xp >= p, xp < p + W)
+        return tirx.all(yp >= ph, yp < ph + H, xp >= pw, xp < pw + W)
 
-    padded = (N, E, H + 2 * p, W + 2 * p)
+    padded = (N, E, H + 2 * ph, W + 2 * pw)
+    # (the guard is lazy: x is read only inside the map)
     expand = te.compute(padded, lambda n, e, yp, xp: te.sum(
-        tirx.if_then_else(inside(yp, xp), x[n, c, tirx.max(yp - p, 0), tirx.max(xp - p, 0)], tirx.const(0.0, F32))
-        * w1[e, c], axis=c), name=EXPAND)
+        tirx.if_then_else(inside(yp, xp), x[n, c, yp - ph, xp - pw], tirx.const(0.0, F32)) * w1[e, c], axis=c),
+        name=EXPAND)
     mid = te.compute(padded, lambda n, e, yp, xp: tirx.if_then_else(
         inside(yp, xp), activate(expand[n, e, yp, xp] + b1[e], a1), tirx.const(0.0, F32)), name=EXPAND_ACT)
-    i, j = te.reduce_axis((0, k), name="i"), te.reduce_axis((0, k), name="j")
+    i, j = te.reduce_axis((0, kh), name="i"), te.reduce_axis((0, kw), name="j")
     OH, OW = d.out_height, d.out_width
     depthwise = te.compute((N, E, OH, OW), lambda n, e, y, x_: te.sum(
-        mid[n, e, y * s + i * dh, x_ * s + j * dw_] * w2[e, i, j], axis=[i, j]), name=DEPTHWISE)
+        mid[n, e, y * sh + i * dh, x_ * sw + j * dw_] * w2[e, i, j], axis=[i, j]), name=DEPTHWISE)
     dw = te.compute((N, E, OH, OW), lambda n, e, y, x_: activate(depthwise[n, e, y, x_] + b2[e], a2),
                     name=DEPTHWISE_ACT)
     if block.project is None:
@@ -148,7 +146,7 @@ def prim_func(block) -> tirx.PrimFunc:
 
 
 def _largest_divisor(extent: int, at_most: int) -> int:
-    return max(d for d in range(1, min(extent, at_most) + 1) if extent % d == 0)
+    return tiling.divisor_tile(extent, range(at_most, 0, -1))
 
 
 def _tile(sch, loop, decision: list[int]):

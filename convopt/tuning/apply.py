@@ -35,6 +35,7 @@ from ..target import Target
 from .records import PACKED, RECORDS, SHIPPED_LOGS, WORKLOADS, other_keys, read_index, records_dir
 
 MIN_GAIN = 1.03
+STATUSES = ("tuned", "default", "untuned", "stale")  # KernelTuning.status, in the order summaries list them
 ENV_LOGS = "CONVOPT_TUNING_LOGS"
 LOCAL_LOGS = Path("tuning_logs")  # relative to the working directory: `convopt tune`'s default
 
@@ -132,6 +133,21 @@ def _stamp(folder: Path) -> tuple:
 def _cached_index(log_dir: str, target: Target, stamp: tuple):
     """A log folder's RecordIndex, read once per process while its files don't change."""
     return read_index(target, log_dir)
+
+
+_STALE_WARNED: set = set()  # kernel names already warned about
+
+
+def warn_stale(names: list[str]) -> None:
+    """Say once per process which kernels run today's default over stale records (made against an older
+    default schedule; see the module docstring)."""
+    new = [name for name in names if name not in _STALE_WARNED]
+    if not new:
+        return
+    _STALE_WARNED.update(new)
+    warnings.warn(f"{len(new)} kernel(s) ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''}) have tuning "
+                  "records measured against an older version of their default schedule; they run today's "
+                  "default. Run `convopt tune` on the model again to remeasure", stacklevel=2)
 
 
 class TunedSchedules:

@@ -22,12 +22,15 @@ keeps every measurement in the target's record folder (records.py), which optimi
    intrinsics (40-160 s on 2 cores with torch loaded), more than enumerating a whole space costs. A task of
    TVM's own kernels (tasks.GENERATED: every kernel on CUDA, the heavy other ops on a CPU with
    ``other_ops``) has MetaSchedule's rules as its space, far too large to enumerate: it is searched
-   (``_search``), paying the TuneContext once per job.
+   (``_search``), paying the TuneContext once per job; so is the CUDA fused block kernel's own space
+   (sampled perfect tiles: schedules/fused_block_cuda.py).
 5. Each task tuned in this job has its default and its fastest few schedules measured again side by side
    (``_confirm``): optimize() picks by the median over a schedule's records (apply.choose).
 6. Resume: the trials a task already has in the database count against its share and its measured
    points are skipped; a killed job started again runs only what each task still owes (losing the
-   trials in flight).
+   trials in flight). A task whose records lack today's default (its hand-written schedule changed since:
+   "stale", apply.py) owes its whole share again and is confirmed (5), so its old records are measured
+   again beside the new default.
 7. Each conv kernel's default and best time go into the folder's lowering_times.json (by conv shape and
    lowering); optimize() picks, among the lowerings measured for a conv, the fastest
    (passes/select_lowering.py), and ``convopt calibrate --from-logs`` refits the cost model to them.
@@ -205,15 +208,19 @@ class Measurer:
         gc.collect()
 
 
-def _commit_default(database, task: Task, measurer: Measurer, target: Target) -> None:
-    """Measure the task's default schedule and commit it, unless the database has it already."""
+def _commit_default(database, task: Task, measurer: Measurer, target: Target) -> bool:
+    """Measure the task's default schedule and commit it, unless the database has it already. Returns
+    whether the database held records of the task without today's default: stale ones (apply.py), made
+    against an older default schedule."""
     sch = task.default()
     token = database.commit_workload(task.workload)
     key = trace_key(sch.trace)
-    if any(trace_key(r.trace) == key for r in database.get_top_k(token, 1 << 30)):
-        return
+    records = database.get_top_k(token, 1 << 30)
+    if any(trace_key(r.trace) == key for r in records):
+        return False
     (result,) = measurer.run([sch.mod])
     _commit(database, token, sch, result, target)
+    return bool(records)
 
 
 def _commit(database, token, sch, result, target: Target) -> None:
@@ -311,8 +318,9 @@ SEARCH_WARMUP = 16  # measurements before the search's XGBoost model ranks candi
 
 
 def _search(task: Task, trials: int, target: Target, database, measurer: Measurer, on_batch, work_dir: Path) -> int:
-    """Measure up to ``trials`` new schedules of a searched task (TVM's own kernels: tasks.GENERATED) with
-    MetaSchedule's evolutionary search over its default rules, through the job's builder and runner, into
+    """Measure up to ``trials`` new schedules of a searched task (TVM's own kernels: tasks.GENERATED, over
+    MetaSchedule's default rules; the CUDA fused blocks, over their own space) with MetaSchedule's
+    evolutionary search, through the job's builder and runner, into
     ``database``. The task keeps one XGBoost cost model for the whole job (``measurer.cost_models``), trained
     on every round's measurements, and each round's initial population starts from the database's best
     records, so a job cut into rounds goes on where the last round stopped (a resumed job's model starts
@@ -401,8 +409,10 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="measuring defaults", unit="task", disable=not progress, leave=False)
+    stale = set()
     for task in tasks:
-        _commit_default(database, task, measurer, target)
+        if _commit_default(database, task, measurer, target):
+            stale.add(task.name)
         bar.update()
     bar.close()
     times = {t.name: _times(database, t) for t in tasks}
@@ -412,10 +422,13 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
     budget = trials if trials is not None else TRIALS_PER_TASK * len(tunable)
     shares = {t.name: 0 for t in tasks}
     shares.update(zip((t.name for t in tunable), allocate(budget, costs, [sizes[t.name] - 1 for t in tunable])))
-    done = {t.name: trials_done(database, t.workload) - 1 for t in tasks}  # the default is not a tuned trial
+    # the default is not a tuned trial; a stale task's records were made for another default: its share is
+    # owed again (the new default's neighbourhood was never searched)
+    done = {t.name: 0 if t.name in stale else trials_done(database, t.workload) - 1 for t in tasks}
     owed_total = sum(max(0, shares[n] - done[n]) for n in shares)
 
-    exhausted, touched, new_trials, stopped = set(), [], 0, ""
+    exhausted, new_trials, stopped = set(), 0, ""
+    touched = [t for t in tasks if t.name in stale]  # confirmed below: the old records beside the new default
     bar = tqdm(total=owed_total, desc="tuning", unit="trial", disable=not progress)
 
     def postfix(task: Task) -> None:

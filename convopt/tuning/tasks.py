@@ -26,19 +26,21 @@ import tvm_ffi
 from ..backends.conv_kernels import default_schedule, workload
 from ..backends.relax_emit import emit
 from ..ir.graph import Graph
+from ..schedules import fused_block_cuda
 from ..target import Target
 
 
 GENERATED = "generated"  # the kind of a task that is one of TVM's own kernels (searched, not enumerated)
 SEARCHED_SIZE = 1 << 20  # a searched space's size for the job's trial shares: more than any budget
-# kinds whose spaces are searched: TVM's kernels, and the CUDA fused block (perfect tiles, too many to enumerate)
-SEARCHED_KINDS = (GENERATED, "fused_inverted_residual", "fused_expand_depthwise", "fused_pointwise_mlp")
+# kinds whose spaces are searched, not enumerated: TVM's kernels, and the CUDA fused blocks (sampled perfect
+# tiles: too many points; on a CPU the fused kernels have no space and are not tasks)
+SEARCHED_KINDS = (GENERATED, *("fused_" + kind for kind in fused_block_cuda.KINDS))
 
 
 @dataclass
 class Task:
     name: str  # the PrimFunc in the model's module, e.g. "convopt_direct_conv2d_3"
-    kind: str  # the conv's lowering, "dense", or GENERATED (TVM's kernel for other ops, or every op on CUDA)
+    kind: str  # the conv's lowering, "dense", "fused_<block kind>" (CUDA), or GENERATED (TVM's kernels)
     workload: tvm.IRModule  # the unscheduled PrimFunc as "main"
     weight: int  # calls per model run
     nodes: list[str]  # the IR nodes it computes
@@ -52,14 +54,15 @@ class Task:
         return self.kind in SEARCHED_KINDS
 
     def space(self, target: Target):
-        """The MetaSchedule space generator. convopt's kernels: the default schedule with its samples, plus
+        """The MetaSchedule space generator. convopt's kernels (the CUDA fused blocks' too, searched rather
+        than enumerated): the default schedule with its samples, plus
         MetaSchedule's postprocessors and mutators for the target (a bare callable would get no mutators).
         TVM's own kernels: MetaSchedule's default rules for the target (multi-level tiling, thread binding on
         CUDA, parallel/vectorize/unroll on CPU)."""
         from tvm.s_tir import meta_schedule as ms
 
         kind = "llvm" if target.is_cpu else "cuda"
-        if self.searched:
+        if self.kind == GENERATED:
             return ms.space_generator.PostOrderApply(sch_rules=kind, postprocs=kind, mutator_probs=kind)
         return ms.space_generator.ScheduleFn(self.schedule, sch_rules=[], postprocs=kind, mutator_probs=kind)
 
