@@ -14,7 +14,8 @@ keeps every measurement in the target's record folder (records.py), which optimi
    seconds per call), at least ``MIN_TRIALS`` each, never more than a task's space has points; what a
    small space can't use goes to the others. Tasks are measured in rounds of up to ``ROUND`` trials; each
    round goes to the task furthest behind its share, so a time budget that ends the job early leaves
-   every task equally far along.
+   every task equally far along; near the end of the budget a round shrinks to the trials that fit
+   (``round_size``: the rounds' measured seconds per trial).
 4. A task of convopt's kernels has its points measured nearest the default first (Task.points: fewest
    changed decisions, then the smallest moves), each once. Those spaces are the schedules' register tiles,
    tens of points (at most a few hundred), so they are enumerated rather than searched: MetaSchedule's
@@ -296,6 +297,16 @@ def allocate(budget: int, costs: list[float], caps: list[int], minimum: int = MI
     return shares
 
 
+def round_size(owed: int, seconds_left: float | None, seconds_per_trial: float | None) -> int:
+    """Trials for a task's next round: ``ROUND`` at most, what it still owes, and with a time budget what fits
+    in the time left at the job's measured seconds per trial (at least one): the budget is checked between
+    rounds, and a round of MetaSchedule's search can't be stopped inside."""
+    size = min(ROUND, owed)
+    if seconds_left is not None and seconds_per_trial:
+        size = min(size, max(1, int(seconds_left / seconds_per_trial)))
+    return size
+
+
 def _enumerate(task: Task, trials: int, target: Target, database, measurer: Measurer, on_batch) -> int:
     """Measure up to ``trials`` points of the task's space not yet in ``database``, nearest the default first
     (Task.points); each batch committed as soon as it is measured. Returns the trials measured."""
@@ -428,6 +439,7 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
     owed_total = sum(max(0, shares[n] - done[n]) for n in shares)
 
     exhausted, new_trials, stopped = set(), 0, ""
+    spent = [0.0, 0]  # seconds and trials of the rounds so far (the time budget's estimate of a trial)
     touched = [t for t in tasks if t.name in stale]  # confirmed below: the old records beside the new default
     bar = tqdm(total=owed_total, desc="tuning", unit="trial", disable=not progress)
 
@@ -445,12 +457,15 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
         if not owing:
             break
         task = min(owing, key=lambda t: (done[t.name] / shares[t.name], -t.weight * times[t.name][0]))
-        chunk = min(ROUND, shares[task.name] - done[task.name])
+        chunk = round_size(shares[task.name] - done[task.name], None if deadline is None else
+                           deadline - time.perf_counter(), spent[0] / spent[1] if spent[1] else None)
         postfix(task)
+        started = time.perf_counter()
         if task.searched:
             added = _search(task, chunk, target, database, measurer, bar.update, work_dir)
         else:
             added = _enumerate(task, chunk, target, database, measurer, bar.update)
+        spent[0], spent[1] = spent[0] + time.perf_counter() - started, spent[1] + added
         if added == 0 or task.name in measurer.failed_searches:
             exhausted.add(task.name)  # the space has no unmeasured candidates left, or its search failed
         else:

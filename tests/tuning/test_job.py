@@ -26,6 +26,14 @@ from convopt.tuning.records import RECORDS, open_database, records_dir
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_a_round_fits_the_time_left():
+    from convopt.tuning.job import ROUND, round_size
+
+    assert round_size(100, None, None) == ROUND and round_size(5, None, 2.0) == 5  # no budget: what's owed
+    assert round_size(100, 10.0, 2.0) == 5 and round_size(100, 1.0, 2.0) == 1  # at least one trial
+    assert round_size(3, 100.0, 0.5) == 3 and round_size(100, 100.0, None) == ROUND  # first round: no estimate
+
+
 def test_trial_shares_follow_cost_within_each_space():
     assert allocate(100, [5, 3, 1, 1], [5, 200, 200, 2]) == [5, 62, 31, 2]  # capped tasks give the rest away
     assert allocate(10, [5, 3, 1, 1], [50, 50, 50, 50]) == [4, 2, 2, 2]  # below the minimum: equal, remainder by cost
