@@ -1,5 +1,7 @@
 """Measuring through TVM's RPC tracker: a tracker and two servers on 127.0.0.1 serve a short tuning job."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,13 +35,16 @@ def _servers_registered(port: int, count: int) -> bool:
 
 @pytest.fixture
 def tracker():
+    # each in its own process group, killed whole: a server runs its sessions in worker processes of its own
+    # (tvm.exec.popen_worker, ~700 MB each), which killing the server alone leaves running
     port = _free_port()
     processes = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                                   str(port), "--port-end", str(port + 1), "--silent"])]
+                                   str(port), "--port-end", str(port + 1), "--silent"], start_new_session=True)]
     time.sleep(1)
     for _ in range(2):
         processes.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                                           "--tracker", f"127.0.0.1:{port}", "--key", KEY, "--silent"]))
+                                           "--tracker", f"127.0.0.1:{port}", "--key", KEY, "--silent"],
+                                          start_new_session=True))
     try:
         deadline = time.time() + 120
         while not _servers_registered(port, 2):
@@ -48,7 +53,7 @@ def tracker():
         yield port
     finally:
         for p in processes:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
 
