@@ -76,3 +76,34 @@ def test_calibrate_from_logs_refits_from_lowering_times(tmp_path, capsys, monkey
     refitted = json.loads(out.read_text())["coefficients"]["direct"]
     assert refitted["flops"] == pytest.approx(2 * profile.coefficients["direct"]["flops"], rel=1e-6)
     assert main(["calibrate", "--from-logs", str(tmp_path / "empty")]) == 1  # nothing to fit: says so
+
+
+BLOCK_FILE = '''
+from torch import nn
+
+def build():  # an inverted residual (its module: "1")
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expand, self.dw = nn.Conv2d(32, 128, 1), nn.Conv2d(128, 128, 3, padding=1, groups=128)
+            self.project = nn.Conv2d(128, 32, 1)
+
+        def forward(self, x):
+            return self.project(nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(x))))) + x
+
+    return nn.Sequential(nn.Conv2d(3, 32, 1), Block())
+'''
+
+
+def test_fuse_block_forces_a_block(tmp_path, capsys, monkeypatch):
+    import convopt.cost.fused
+
+    monkeypatch.setattr(convopt.cost.fused, "FUSED_MARGIN", 1e9)  # the cost model fuses nothing
+    path = tmp_path / "block.py"
+    path.write_text(BLOCK_FILE)
+    dumps = {}
+    for extra in ([], ["--fuse-block", "1"]):
+        out = tmp_path / f"dump{len(extra)}.ir"
+        assert main(["dump", f"{path}:build", "--input-shape", "1,3,4,4", "--target", "cpu", "-o", str(out), *extra]) == 0
+        dumps[bool(extra)] = out.read_text().count("= fused_block(")
+    assert dumps == {False: 0, True: 1}
