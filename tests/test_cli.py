@@ -104,6 +104,7 @@ def test_fuse_block_forces_a_block(tmp_path, capsys, monkeypatch):
     dumps = {}
     for extra in ([], ["--fuse-block", "1"]):
         out = tmp_path / f"dump{len(extra)}.ir"
-        assert main(["dump", f"{path}:build", "--input-shape", "1,3,4,4", "--target", "cpu", "-o", str(out), *extra]) == 0
+        args = ["dump", f"{path}:build", "--input-shape", "1,3,4,4", "--target", "cpu", "-o", str(out), *extra]
+        assert main(args) == 0
         dumps[bool(extra)] = out.read_text().count("= fused_block(")
     assert dumps == {False: 0, True: 1}
