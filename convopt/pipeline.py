@@ -80,6 +80,10 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         # fuse_blocks={...: True} names are fused (schedules/fused_block_cuda.py)
         passes = (*passes, _fuse_blocks_on_request(fuse_blocks))
     selected = select_passes(passes, only=only, skip=skip)
+    if isinstance(fuse_blocks, dict) and fuse_blocks and not any(p.name == "fuse_blocks" for p in selected):
+        fuses = mode == "inference" and isinstance(target, Target)
+        where = "the fuse_blocks pass is left out" if fuses else f"target {target or 'torch'} runs no fused kernels"
+        raise ValueError(f"fuse_blocks names blocks to fuse ({', '.join(fuse_blocks)}), but {where}")
     if lowering is not None:
         _check_lowering_names(lowering)
         if not any(p.name == "select_lowering" for p in selected):

@@ -114,6 +114,10 @@ def test_build_knows_the_target():
     # CUDA fuses only the blocks named (no cost model for fusion on a GPU)
     assert names(build("inference", resolve_target("cuda"), fuse_blocks={"blocks.1": True})) == [
         *graph_passes, "fuse_blocks"]
+    with pytest.raises(ValueError, match="target torch runs no fused kernels"):  # named blocks are never ignored
+        build("inference", fuse_blocks={"blocks.1": True})
+    with pytest.raises(ValueError, match="the fuse_blocks pass is left out"):
+        build("inference", CPU_AVX2, fuse_blocks={"blocks.1": True}, skip=["fuse_blocks"])
     assert names(build("train", CPU_AVX2)) == ["canonicalize", "tune_conv_bn", "eliminate_dead_code"]
     assert names(build("inference", CPU_AVX2, skip=["fuse_blocks", "select_lowering", "block_layout"])) == graph_passes
 

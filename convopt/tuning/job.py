@@ -31,7 +31,8 @@ keeps every measurement in the target's record folder (records.py), which optimi
    points are skipped; a killed job started again runs only what each task still owes (losing the
    trials in flight). A task whose records lack today's default (its hand-written schedule changed since:
    "stale", apply.py) owes its whole share again and is confirmed (5), so its old records are measured
-   again beside the new default.
+   again beside the new default (a job killed after committing the new default forgets this: started
+   again, it counts the old records as trials done).
 7. Each conv kernel's default and best time go into the folder's lowering_times.json (by conv shape and
    lowering); optimize() picks, among the lowerings measured for a conv, the fastest
    (passes/select_lowering.py), and ``convopt calibrate --from-logs`` refits the cost model to them.
@@ -347,10 +348,10 @@ def _search(task: Task, trials: int, target: Target, database, measurer: Measure
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
                              search_strategy="evolutionary", task_name=task.name, num_threads=physical_cores(),
                              logger=_search_logger(work_dir, task.name))
-    if task.name not in measurer.cost_models:
-        measurer.cost_models[task.name] = trained_cost_model(context, database, task.workload)
-    model = measurer.cost_models[task.name]
     try:
+        if task.name not in measurer.cost_models:
+            measurer.cost_models[task.name] = trained_cost_model(context, database, task.workload)
+        model = measurer.cost_models[task.name]
         ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(work_dir), max_trials_global=trials,
                       max_trials_per_task=trials, num_trials_per_iter=min(trials, ROUND), builder=measurer.builder,
                       runner=measurer.runner, database=database, cost_model=model)
@@ -365,8 +366,9 @@ def _search(task: Task, trials: int, target: Target, database, measurer: Measure
 
 def trained_cost_model(context, database, workload):
     """A new XGBoost cost model for the task of ``context``, trained on the measured records of ``workload`` in
-    ``database`` (a resumed job ranks candidates from its first round instead of measuring SEARCH_WARMUP
-    random ones again; records whose trace no longer applies are left out)."""
+    ``database``: a resumed job with SEARCH_WARMUP usable records or more ranks candidates from its first
+    round instead of measuring that many random ones again (with fewer, the model still ranks at random
+    until it has them; records whose trace no longer applies are left out)."""
     from tvm.s_tir import meta_schedule as ms
 
     model = ms.cost_model.XGBModel(num_warmup_samples=SEARCH_WARMUP)
@@ -465,7 +467,8 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
             added = _search(task, chunk, target, database, measurer, bar.update, work_dir)
         else:
             added = _enumerate(task, chunk, target, database, measurer, bar.update)
-        spent[0], spent[1] = spent[0] + time.perf_counter() - started, spent[1] + added
+        if added:  # (a round that measured nothing, e.g. a failed search, says nothing about a trial's cost)
+            spent[0], spent[1] = spent[0] + time.perf_counter() - started, spent[1] + added
         if added == 0 or task.name in measurer.failed_searches:
             exhausted.add(task.name)  # the space has no unmeasured candidates left, or its search failed
         else:

@@ -113,8 +113,8 @@ def _choices(trace) -> list[tuple[object, int, int]]:
 def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     """The tasks of ``graph`` (after the pass pipeline, with its lowerings and layouts) on ``target``, in
     the order of the module: convopt's kernels that have a schedule (on a CPU its convs and dense layers;
-    the fused block kernels written out without a schedule are not tasks there; on CUDA the fused inverted
-    residual blocks), and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
+    the fused block kernels written out without a schedule are not tasks there; on CUDA the fused blocks),
+    and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
     mod, kernels = emit(graph, target)
     own = [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
                 default_schedule(use, target)) for name, use in kernels.items() if use.schedule is not None]

@@ -137,6 +137,6 @@ def test_a_cpu_job_tunes_the_heavy_other_ops_when_asked(tmp_path):
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
                              search_strategy="evolutionary", task_name=task.name)
     records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)
+    assert len(records) >= 2
     model = trained_cost_model(context, database, task.workload)
-    predicted = model.predict(context, [r.as_measure_candidate() for r in records])
-    assert len(predicted) == len(records) >= 2 and len(set(map(float, predicted))) > 1  # untrained: all equal
+    assert model._inst.data_size == len(records)  # TVM's XGBModel behind its FFI wrapper: what it learned from

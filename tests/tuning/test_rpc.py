@@ -53,7 +53,10 @@ def tracker():
         yield port
     finally:
         for p in processes:
-            os.killpg(p.pid, signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the group has exited already
+                pass
             p.wait()
 
 
