@@ -13,9 +13,11 @@ pass matched it; ``inside`` = the padded position is inside the map):
 MLP has no depthwise stage, p = 0, and projects ``mid``, + its skip, an argument of the kernel).
 
 Schedule (``schedule_cuda``), a design space whose default decisions are the rules below. One thread block
-computes a TH x TW tile of the output for all its channels: its threads are OT output-channel groups x
-TH x TW pixels, each thread accumulating OR = O / OT channels of one pixel in registers (by default TH, TW
-the largest divisors of the map up to 8, OT the largest divisor of O and EC with OT TH TW <= 256). The
+computes a TH x TW tile of the output for OT x OR of its channels: its threads are OT output-channel
+groups x TH x TW pixels, each thread accumulating OR channels of one pixel in registers; the O / (OT OR)
+such parts of the channels go to as many thread blocks, each recomputing the tile's intermediates (by
+default TH, TW the largest divisors of the map up to 8, OT the largest divisor of O and EC with
+OT TH TW <= 256, OR the largest divisor of O / OT up to 32: more accumulators spill registers). The
 projection's sum over the expanded channels runs in chunks of EC (16): per chunk the thread block
 computes, cooperatively, the chunk's expanded activations for the tile and its halo,
 ((TH - 1) s + k) x ((TW - 1) s + k) x EC, then its depthwise activations, TH x TW x EC, both into shared
@@ -23,8 +25,8 @@ memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo
 neighbouring tiles; an MLP stages only its expanded activations, TH x TW x EC), and every thread adds the
 chunk to its accumulators. Each element's expansion and depthwise sums
 run inside one thread. Without a projection a thread block computes EC channels x the tile, one element
-per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, OT and a
-split of the output channels over thread blocks (1 by default; each recomputes the intermediates).
+per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, and the
+output channels' split over thread blocks, threads and each thread.
 Shared memory per thread block, EC ((TH - 1) s + k) ((TW - 1) s + k) + EC TH TW floats: 10.5 KB for
 k = 3, s = 1, 8 x 8 tiles and EC = 16, 22.6 KB at stride 2 (TVM allocates 11.3 and 23.7 KB: it sizes the
 halo buffer from the guarded cooperative loop, a channel or two more).
@@ -54,6 +56,7 @@ EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
 MAX_TILE = 8  # output rows / columns per thread block, by default
 MAX_CHUNK = 16  # expanded channels per chunk, by default
 TARGET_THREADS = 256  # threads per block the default channel groups aim for
+MAX_PER_THREAD = 32  # output channels one thread accumulates, by default
 
 
 def prepare_weights(block, *arrays) -> list[np.ndarray]:
@@ -171,21 +174,26 @@ def _extents(sch, block) -> list[int]:
     return [int(iv.dom.extent) for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0]
 
 
-def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: int) -> tuple[int, int, int, int]:
-    """(TH, TW, EC, OT): the schedule's default decisions (module docstring) for a block's output map,
-    expanded channels and output channels."""
+def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: int
+                  ) -> tuple[int, int, int, int, int]:
+    """(TH, TW, EC, OT, OB): the schedule's default decisions (module docstring) for a block's output map,
+    expanded channels and output channels; OB thread blocks share a tile's output channels."""
     th, tw = _largest_divisor(out_height, MAX_TILE), _largest_divisor(out_width, MAX_TILE)
     ec = _largest_divisor(expanded, MAX_CHUNK)
     # OT divides EC too: the chunk's depthwise outputs (EC x TH x TW) then split evenly over the OT x TH x TW
     # threads; an uneven split leaves a guarded loop whose region TVM over-approximates (more channels of
     # the expansion computed than the chunk needs)
     groups = _largest_divisor(math.gcd(out_channels, ec), max(1, TARGET_THREADS // (th * tw)))
-    return th, tw, ec, groups
+    # at most MAX_PER_THREAD accumulators per thread (more spill registers: 768 output channels in 4 groups
+    # would be 192); the rest of the channels go to more thread blocks, each recomputing the intermediates
+    # (small late-stage maps have few tiles anyway)
+    per_thread = _largest_divisor(out_channels // groups, MAX_PER_THREAD)
+    return th, tw, ec, groups, out_channels // (groups * per_thread)
 
 
 def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> None:
     """The design space of the module docstring, applied to the PrimFunc ``func_name`` (its default
-    decisions: ``default_tiles``, all output channels in one thread block)."""
+    decisions: ``default_tiles``)."""
     if func_name is not None:
         sch.work_on(func_name)
     get = lambda name: sch.get_sblock(name, func_name)  # noqa: E731 - a short local alias
@@ -195,14 +203,14 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     staged = get(DEPTHWISE_ACT) if depthwise else mid  # what the projection (or the output) reads
     _, expanded, oh, ow = _extents(sch, staged)
     out_channels = _extents(sch, get(OUTPUT))[1] if projects else expanded
-    th, tw, ec, groups = default_tiles(oh, ow, expanded, out_channels)
+    th, tw, ec, groups, blocks = default_tiles(oh, ow, expanded, out_channels)
     if projects:
         out, project = get(OUTPUT), get(PROJECT)
         n, o, y, x, r = sch.get_loops(project)
         (yo, yi), (_, th_) = _tile(sch, y, [oh // th, th])
         (xo, xi), (_, tw_) = _tile(sch, x, [ow // tw, tw])
         # output channels: [over the grid (recomputing the block's intermediates), threads, per thread]
-        (ob, ot, orr), (_, ot_, _) = _tile(sch, o, [1, groups, out_channels // groups])
+        (ob, ot, orr), (_, ot_, _) = _tile(sch, o, [blocks, groups, out_channels // (blocks * groups)])
         (ro, ri), _ = _tile(sch, r, [expanded // ec, ec])
         sch.reorder(n, yo, xo, ob, ot, yi, xi, ro, ri, orr)
         sch.bind(sch.fuse(n, yo, xo, ob), "blockIdx.x")

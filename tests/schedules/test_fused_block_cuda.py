@@ -86,7 +86,7 @@ def test_the_pointwise_mlp_compute_matches_eager(C, E, O, H, W, act, residual, b
     run(*map(tvm.runtime.tensor, args), out)
     assert relative_error(torch.from_numpy(out.numpy()), expected) <= 1e-5
     source = tvm.compile(_scheduled(block, CUDA[0]).mod, target=CUDA[0].tvm).mod.imports[0].inspect_source()
-    th, tw, ec, _ = fbc.default_tiles(H, W, E, O)
+    th, tw, ec, *_ = fbc.default_tiles(H, W, E, O)
     assert re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source) == [str(ec * th * tw)]
 
 
@@ -99,7 +99,7 @@ def test_the_default_schedule_builds_for_sm80_and_sm90_within_the_limits(case):
         source = tvm.compile(_scheduled(block, target).mod, target=target.tvm).mod.imports[0].inspect_source()
         shared = sum(int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source))
         threads = [int(n) for n in re.findall(r"__launch_bounds__\((\d+)\)", source)]
-        th, tw, ec, groups = fbc.default_tiles(block.depthwise.out_height, block.depthwise.out_width,
+        th, tw, ec, *_ = fbc.default_tiles(block.depthwise.out_height, block.depthwise.out_width,
                                                block.expand.out_channels, block.out_channels)
         halo = ((th - 1) * block.depthwise.stride[0] + block.depthwise.kernel[0]) * (
             (tw - 1) * block.depthwise.stride[0] + block.depthwise.kernel[0])
@@ -126,9 +126,10 @@ def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
     (space,) = context.generate_design_space()
     tvm.ir.assert_structural_equal(workload["main"], fbc.prim_func(block))  # scheduling copied, didn't write back
     tiles = [i for i in space.trace.insts if i.kind.name == "SamplePerfectTile"]
-    th, tw, ec, groups = fbc.default_tiles(28, 28, 144, 24)
+    th, tw, ec, groups, blocks = fbc.default_tiles(28, 28, 144, 24)
     assert [tuple(int(v) for v in space.trace.decisions[i]) for i in tiles] == [
-        (28 // th, th), (28 // tw, tw), (1, groups, 24 // groups), (144 // ec, ec)]
+        (28 // th, th), (28 // tw, tw), (blocks, groups, 24 // (blocks * groups)), (144 // ec, ec)]
+    assert fbc.default_tiles(7, 7, 3072, 768) == (7, 7, 16, 4, 6)  # 32 accumulators per thread, 6 thread blocks
 
     def random_split(total, parts, rng):
         factors = []
