@@ -115,22 +115,20 @@ def test_the_default_schedule_builds_for_sm80_and_sm90_within_the_limits(case):
                                          compiler="nvcc")
 
 
-def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
+def _space(block, target):
+    """(the workload, its tuning context with the kernel's space, the space's default schedule)."""
     from tvm.s_tir import meta_schedule as ms
 
-    target = CUDA[0]
-    block, _, _ = _case(24, 144, 24, 28, 28, 3, 1, "silu", 1)
     workload = tvm.IRModule({"main": fbc.prim_func(block)})
     context = ms.TuneContext(mod=workload, target=target.tvm, space_generator=ms.space_generator.ScheduleFn(
         lambda sch: fbc.schedule_cuda(sch, "main", target), sch_rules=[], postprocs="cuda", mutator_probs="cuda"))
     (space,) = context.generate_design_space()
-    tvm.ir.assert_structural_equal(workload["main"], fbc.prim_func(block))  # scheduling copied, didn't write back
-    tiles = [i for i in space.trace.insts if i.kind.name == "SamplePerfectTile"]
-    th, tw, ec, groups, blocks = fbc.default_tiles(28, 28, 144, 24)
-    assert [tuple(int(v) for v in space.trace.decisions[i]) for i in tiles] == [
-        (28 // th, th), (28 // tw, tw), (blocks, groups, 24 // (blocks * groups)), (144 // ec, ec)]
-    assert fbc.default_tiles(7, 7, 3072, 768) == (7, 7, 16, 4, 6)  # 32 accumulators per thread, 6 thread blocks
+    return workload, context, space
 
+
+def _random_points_build(workload, context, space, target, points: int, seed: int = 0) -> int:
+    """How many of ``points`` random points of the space build (the others exceed the GPU's limits and are
+    rejected by MetaSchedule's postprocessors); a schedule error would be a bug of the space and raises."""
     def random_split(total, parts, rng):
         factors = []
         for _ in range(parts - 1):
@@ -138,8 +136,9 @@ def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
             total //= factors[-1]
         return rng.sample(factors + [total], parts)
 
-    rng, built = random.Random(0), 0
-    for _ in range(12):  # other points of the space: a schedule error would be a bug of the space
+    tiles = [i for i in space.trace.insts if i.kind.name == "SamplePerfectTile"]
+    rng, built = random.Random(seed), 0
+    for _ in range(points):
         trace = space.trace
         for inst in tiles:
             decision = [int(v) for v in space.trace.decisions[inst]]
@@ -147,10 +146,30 @@ def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
                                         remove_postproc=True)
         sch = tvm.s_tir.Schedule(workload)
         trace.apply_to_schedule(sch, remove_postproc=True)
-        if all(postproc.apply(sch) for postproc in context.space_generator.postprocs):  # else: over the limits
+        if all(postproc.apply(sch) for postproc in context.space_generator.postprocs):
             tvm.compile(sch.mod, target=target.tvm)
             built += 1
-    assert built >= 6
+    return built
+
+
+def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
+    target = CUDA[0]
+    block, _, _ = _case(24, 144, 24, 28, 28, 3, 1, "silu", 1)
+    workload, context, space = _space(block, target)
+    tvm.ir.assert_structural_equal(workload["main"], fbc.prim_func(block))  # scheduling copied, didn't write back
+    tiles = [i for i in space.trace.insts if i.kind.name == "SamplePerfectTile"]
+    th, tw, ec, groups, blocks = fbc.default_tiles(28, 28, 144, 24)
+    assert [tuple(int(v) for v in space.trace.decisions[i]) for i in tiles] == [
+        (28 // th, th), (28 // tw, tw), (blocks, groups, 24 // (blocks * groups)), (144 // ec, ec)]
+    assert fbc.default_tiles(7, 7, 3072, 768) == (7, 7, 16, 4, 6)  # 32 accumulators per thread, 6 thread blocks
+    assert _random_points_build(workload, context, space, target, 12) >= 6
+
+
+def test_the_pointwise_mlps_design_space_builds():
+    target = CUDA[0]
+    workload, context, space = _space(PointwiseMLP.of(40, 160, 40, 14, 14, "gelu", True), target)
+    assert sum(i.kind.name == "SamplePerfectTile" for i in space.trace.insts) == 4
+    assert _random_points_build(workload, context, space, target, 8) >= 4
 
 
 def test_a_forced_block_of_a_model_compiles_for_cuda_as_the_fused_kernel_and_is_a_tuning_task():
