@@ -1,5 +1,6 @@
 """Block fusion, block by block, inside the model: the model compiled with every block fuse_blocks matches fused
-(one kernel each: schedules/fused_block.py for inverted residuals, schedules/fused_mlp.py for pointwise MLPs)
+(one kernel each: schedules/fused_block.py for inverted residuals, schedules/fused_mlp.py for pointwise MLPs,
+schedules/fused_chain.py for dense conv pairs and bottlenecks)
 and with none (convopt's conv kernels of each block, exchanging
 channel-blocked tensors), each kernel timed in place by the VM's instrument (report.time_kernels, the
 median of runs), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
@@ -50,7 +51,7 @@ def main() -> int:
     from convopt.passes.fuse_blocks import match_blocks
     from convopt.pipeline import build, run_passes
     from convopt.report import time_kernels
-    from convopt.schedules import fused_block, fused_mlp
+    from convopt.schedules import fused_block, fused_chain, fused_mlp
     from convopt.schedules.fused_block import PARTIAL_KIND
     from convopt.target import resolve_target
 
@@ -79,11 +80,12 @@ def main() -> int:
         specs = block.convs
         unfused_bytes = sum(evaluate("direct", spec, target.lanes)["bytes"] for spec in specs)
         terms = block_terms(block, target.lanes, profile)
-        extra = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * block.expand.macs)
+        extra = (terms["flops"] - 2 * sum(spec.macs for spec in specs)) / (2 * specs[0].macs)
         end = "" if block.kind != PARTIAL_KIND else " (to the SE)"
-        skip = " +skip" if block.kind == fused_mlp.KIND else " +x"  # an MLP adds any value, a residual its input
+        skip = " +x" if block.kind == fused_block.KIND else " +skip"  # an inverted residual adds its input
         name = f"{describe_block(block)}{end}" + (skip if block.residual else "")
-        bands = (fused_mlp if block.kind == fused_mlp.KIND else fused_block).default_bands(block, target.cores)
+        kernel = {fused_mlp.KIND: fused_mlp, **dict.fromkeys(fused_chain.KINDS, fused_chain)}.get(block.kind, fused_block)
+        bands = kernel.default_bands(block, target.cores)
         rows.append((name, measured_unfused, measured_fused, predicted, unfused_bytes, terms["bytes"], extra,
                      bands, first in chosen))
         print(rows[-1], flush=True)
@@ -97,7 +99,7 @@ def main() -> int:
              "kernels with none. Predicted: cost/fused.py and cost/model.py; the cost model fuses where "
              f"predicted fused x {FUSED_MARGIN} < predicted unfused.", "",
              "| block | unfused us | fused us | unfused / fused | predicted unfused / fused us | fused by the "
-             "cost model | unfused MB | fused MB | extra FLOPs per expand FLOP | bands |",
+             "cost model | unfused MB | fused MB | extra FLOPs per first-conv FLOP | bands |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, t_unfused, t_fused, predicted, b_unfused, b_fused, extra, bands, fused in rows:
         pred = "-" if predicted is None else f"{predicted[1] * 1e6:.0f} / {predicted[0] * 1e6:.0f}"

@@ -194,10 +194,10 @@ def _calibrate(args) -> int:
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
     lowerings = args.lowerings.split(",") if args.lowerings else None
     from .cost.calibrate import calibrate_fused
-    from .cost.fused import KEY as FUSED, MLP_KEY
+    from .cost.fused import KEYS as FUSED_KEYS
 
-    fused = [key for key in (FUSED, MLP_KEY) if lowerings is None or key in lowerings]
-    lowerings = None if lowerings is None else [name for name in lowerings if name not in (FUSED, MLP_KEY)]
+    fused = [key for key in FUSED_KEYS if lowerings is None or key in lowerings]
+    lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
     if lowerings is None or lowerings:
         profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, progress=print)
     if fused:
@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--quick", action="store_true", help="a third of the calibration shapes")
     cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
     cal.add_argument("--lowerings", help="only these lowerings, '<lowering>@blocked' variants or "
-                                         "fused_inverted_residual / fused_pointwise_mlp (the fused block kernels) (comma-separated; "
+                                         "fused_inverted_residual / fused_pointwise_mlp / fused_conv_pair / fused_bottleneck (the fused "
+                                         "block kernels) (comma-separated; "
                                          "default: all); the profile keeps the others' coefficients")
     cal.add_argument("--from-logs", nargs="*", metavar="DIR",
                      help="measure nothing: refit the coefficients to the times tuning jobs measured (their "

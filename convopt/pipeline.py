@@ -111,10 +111,13 @@ def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
 
 
 def _fuse_blocks_on_request(overrides: dict[str, bool]) -> Pass:
-    """fuse_blocks fusing only the blocks ``overrides`` forces (a target with no cost model for fusion)."""
+    """fuse_blocks fusing only the blocks ``overrides`` forces (a target with no cost model for fusion), of the
+    kinds CUDA has a fused kernel for."""
     from .passes.fuse_blocks import fuse_blocks
+    from .schedules.fused_block_cuda import KINDS
 
-    return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=lambda graph, block: None, overrides=overrides))
+    return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=lambda graph, block: None, overrides=overrides,
+                                                 kinds=KINDS))
 
 
 def _check_lowering_names(lowering: str | dict[str, str]) -> None:

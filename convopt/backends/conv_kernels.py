@@ -171,12 +171,14 @@ def _block_convs(block) -> list[Node]:
     return [b for b in block.nodes if b.op is Op.CONV2D]
 
 
-def _mlp_skip(block) -> str | None:
-    """The value a pointwise MLP block adds to its projection (its add's other operand), or None."""
+def _block_skip(block) -> str | None:
+    """The value a pointwise MLP or a conv chain adds to its last conv (its add's operand from outside the
+    block), or None."""
     if not block.residual:
         return None
-    add, last = block.nodes[-1], _block_convs(block)[-1]
-    return add.inputs[1] if add.inputs[0] == last.name else add.inputs[0]
+    add = next(n for n in block.nodes if n.op is Op.ADD)
+    inside = {n.name for n in block.nodes}
+    return next(i for i in add.inputs if i not in inside)
 
 
 def _call_fused(bb: relax.BlockBuilder, n: Node, block, func, args, out_shape, schedule,
@@ -194,15 +196,24 @@ def _call_fused(bb: relax.BlockBuilder, n: Node, block, func, args, out_shape, s
 def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, lanes: int, cores: int,
                      kernels: dict[str, KernelUse]):
     """Emit fused block ``n`` (passes/fuse_blocks.py) on a CPU as one call of its fused kernel
-    (schedules/fused_block.py, schedules/fused_mlp.py), written out as a PrimFunc."""
+    (schedules/fused_block.py, schedules/fused_mlp.py, schedules/fused_chain.py), written out as a PrimFunc."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block, fused_mlp
+    from ..schedules import fused_block, fused_chain, fused_mlp
 
     block = describe(graph, n)
     arrays = _block_arrays(graph, block)
     x = env[n.inputs[0]]
-    if block.kind == fused_mlp.KIND:
-        skip = _mlp_skip(block)
+    if block.kind in fused_chain.KINDS:
+        skip = _block_skip(block)
+        in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
+        prepared = [relax.const(arr) for arr in fused_chain.kernel_arguments(block, arrays, lanes)]
+        func = fused_chain.prim_func(block, lanes, fused_chain.default_bands(block, cores), in_block=in_block,
+                                     out_block=out_block, skip_block=skip_block)
+        skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
+        args = [x, *prepared, skip_arg]
+        _, out_shape = fused_chain.io_shapes(block, lanes, in_block, out_block)
+    elif block.kind == fused_mlp.KIND:
+        skip = _block_skip(block)
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_mlp.prepare_weights(block, *arrays, lanes=lanes)]
         func = fused_mlp.prim_func(block, lanes, fused_mlp.default_bands(block, cores), in_block=in_block,
@@ -229,7 +240,7 @@ def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: di
     block = describe(graph, n)
     prepared = fused_block_cuda.prepare_weights(block, *_block_arrays(graph, block))
     args = [env[n.inputs[0]], *map(relax.const, prepared)]
-    skip = _mlp_skip(block) if block.kind == fused_block_cuda.MLP_KIND else None
+    skip = _block_skip(block) if block.kind == fused_block_cuda.MLP_KIND else None
     if skip is not None:  # the MLP's skip is an argument (any value of the output's shape)
         args.append(env[skip])
     return _call_fused(bb, n, block, fused_block_cuda.prim_func(block), args, fused_block_cuda.io_shapes(block)[1],

@@ -393,6 +393,8 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     fallbacks: dict[str, list[str]] = {}
     # on CUDA, convopt's only kernels are the fused blocks' (every other op is TVM's)
     cuda_blocks = target is not None and target.kind == "cuda" and any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
+    if cuda_blocks:  # kinds without a CUDA kernel (a graph fused for a CPU) run their body unfused
+        from ..schedules.fused_block_cuda import KINDS as CUDA_KINDS
     if own_kernels or cuda_blocks:
         from . import conv_kernels
     if own_kernels:
@@ -427,7 +429,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.op is Op.FUSED_BLOCK:
                     env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, target.cores, kernels)
-                elif cuda_blocks and n.op is Op.FUSED_BLOCK:
+                elif cuda_blocks and n.op is Op.FUSED_BLOCK and n.attrs.kind in CUDA_KINDS:
                     env[n.name] = conv_kernels.emit_fused_block_cuda(bb, graph, n, env, kernels)
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)

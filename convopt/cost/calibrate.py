@@ -26,10 +26,11 @@ import torch
 from ..schedules.conv_spec import ConvSpec
 from ..schedules.fused_block import InvertedResidual, build as build_fused
 from ..schedules.fused_mlp import PointwiseMLP, build as build_fused_mlp
+from ..schedules.fused_chain import BOTTLENECK_KIND, PAIR_KIND, ConvChain, build as build_fused_chain
 from ..schedules.kernel import build_kernel
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
-from .fused import KEY as FUSED_KEY, MLP_KEY, fused_features
+from .fused import KEY as FUSED_KEY, KEYS as FUSED_KEYS, MLP_KEY, fused_features
 from .model import BLOCKED, coefficients_key, feature_vector, fit_coefficients, fit_scale, predict
 from .profile import FEATURES, MachineProfile
 
@@ -303,16 +304,40 @@ MLP_SHAPES = (
 )
 
 
-def calibrate_fused(profile: MachineProfile, target: Target, *, keys=(FUSED_KEY, MLP_KEY), blocks=None,
+# generic dense chains: basic blocks and VGG-style pairs (3x3 and 5x5, stride 1-2, 7-112 px), bottlenecks
+# (ratio 4, stride 1-2, 7-56 px); not the dev models'
+CHAIN_SHAPES = {
+    "fused_" + PAIR_KIND: (
+        ConvChain.of(16, 16, 16, 112, 112), ConvChain.of(24, 32, 32, 80, 80, stride=2, residual=False),
+        ConvChain.of(48, 48, 48, 56, 56), ConvChain.of(64, 96, 96, 40, 40, stride=2),
+        ConvChain.of(96, 96, 96, 28, 28), ConvChain.of(32, 48, 32, 30, 30, k=5),
+        ConvChain.of(160, 160, 160, 14, 14), ConvChain.of(192, 256, 256, 14, 14, stride=2),
+        ConvChain.of(384, 384, 384, 7, 7),
+    ),
+    "fused_" + BOTTLENECK_KIND: (
+        ConvChain.of(64, 16, 64, 80, 80, bottleneck=True), ConvChain.of(128, 32, 128, 56, 56, bottleneck=True),
+        ConvChain.of(96, 48, 192, 48, 48, stride=2, bottleneck=True), ConvChain.of(256, 64, 256, 28, 28, bottleneck=True),
+        ConvChain.of(384, 96, 384, 20, 20, bottleneck=True), ConvChain.of(512, 128, 512, 14, 14, bottleneck=True),
+        ConvChain.of(512, 192, 768, 14, 14, stride=2, bottleneck=True),
+        ConvChain.of(1024, 256, 1024, 7, 7, bottleneck=True),
+    ),
+}
+
+
+def _fused_builder(key: str):
+    return build_fused_mlp if key == MLP_KEY else build_fused_chain if key in CHAIN_SHAPES else build_fused
+
+
+def calibrate_fused(profile: MachineProfile, target: Target, *, keys=FUSED_KEYS, blocks=None,
                     progress: Callable[[str], None] | None = None) -> MachineProfile:
     """The profile with the fused kernels' coefficients (cost/fused.py) fitted to their measured times: each
     key of ``keys`` on its generic blocks (``blocks``: {key: blocks} instead)."""
-    shapes = {FUSED_KEY: FUSED_SHAPES, MLP_KEY: MLP_SHAPES, **(blocks or {})}
+    shapes = {FUSED_KEY: FUSED_SHAPES, MLP_KEY: MLP_SHAPES, **CHAIN_SHAPES, **(blocks or {})}
     coefficients = dict(profile.coefficients)
     for key in keys:
         rows = []
         for block in shapes[key]:
-            build = build_fused_mlp if key == MLP_KEY else build_fused
+            build = _fused_builder(key)
             seconds = time_interleaved({"fused": build(block, target)}, rounds=9)["fused"]
             if progress:
                 progress(f"{key} {describe_block(block)} {seconds * 1e3:9.3f} ms")
@@ -323,7 +348,13 @@ def calibrate_fused(profile: MachineProfile, target: Target, *, keys=(FUSED_KEY,
 
 
 def describe_block(block) -> str:
-    """A block's shape in a line: C->E->O, the depthwise kernel and stride where it has one, the map."""
+    """A block's shape in a line: C->E->O, the depthwise kernel and stride where it has one, the map; a conv
+    chain's channels through its convs, each conv's kernel and stride, the map."""
+    if isinstance(block, ConvChain):
+        convs = block.convs
+        channels = "->".join(str(c) for c in (convs[0].in_channels, *(s.out_channels for s in convs)))
+        kernels = " ".join(f"k{s.kernel[0]}" + (f"s{s.stride[0]}" if s.stride[0] > 1 else "") for s in convs)
+        return f"{channels} {kernels} @{convs[0].height}x{convs[0].width}"
     e = block.expand
     d = getattr(block, "depthwise", None)
     middle = f" k{d.kernel[0]} s{d.stride[0]}" if d is not None else ""

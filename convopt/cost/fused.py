@@ -18,14 +18,21 @@ The pointwise MLP (schedules/fused_mlp.py) has the same terms with its own coeff
 ("fused_pointwise_mlp", fitted on cost/calibrate.MLP_SHAPES): flops_f = 2 H W (C E' + E' O'), no
 recomputation; bytes_f as above, except that its weights are read once per row where they don't fit in
 half of L2 (each row's tiles stream both weight matrices), which is what makes wide late stages lose.
+
+The dense conv chains (schedules/fused_chain.py; keys "fused_conv_pair", "fused_bottleneck", fitted on
+cost/calibrate.CHAIN_SHAPES) likewise: flops_f = 2 (rows_A W_A k_A^2 C M_A' + OH OW (k_B^2 M_A' M_B' [+ M_B' O']))
+with rows_A the rows of A the ring computes (a band's first k_B - s_B twice), bytes_f the input, output, skip
+and each conv's weights, read once per row of its stage where they don't fit in half of L2. Their unfused
+prediction is the convs' best lowerings, Winograd included: the fused kernel's 3x3 stages are direct convs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..schedules import fused_mlp
+from ..schedules import fused_chain, fused_mlp
 from ..schedules.fused_block import InvertedResidual, default_bands, round_up
+from ..schedules.fused_chain import ConvChain
 from ..schedules.fused_mlp import PointwiseMLP
 from .formulas import F32
 from .model import CALL_UNIT, OUTPUT_UNIT, predict_all
@@ -33,6 +40,9 @@ from .profile import FEATURES, MachineProfile
 
 KEY = "fused_inverted_residual"
 MLP_KEY = "fused_" + fused_mlp.KIND
+CHAIN_KEYS = tuple("fused_" + kind for kind in fused_chain.KINDS)
+KEYS = (KEY, MLP_KEY, *CHAIN_KEYS)  # every fused kernel's coefficients
+Block = InvertedResidual | PointwiseMLP | ConvChain
 # fuse only where the fused kernel is predicted faster by more than this: its coefficients are fitted on
 # blocks timed alone, and in a model the unfused kernels beat their predictions by about as much. Measured in
 # the model on mobilenetv2_100 (benchmarks/block_fusion.py, Zen 4): fused is 1.07-1.84x faster where the
@@ -41,19 +51,46 @@ MLP_KEY = "fused_" + fused_mlp.KIND
 FUSED_MARGIN = 1.25
 
 
-def expand_rows(block: InvertedResidual, bands: int) -> int:
-    """Input rows the fused kernel's expand stage computes per image: each band's rows of the map once, its
-    first k - s rows again where the band above computed them too (fused_block.prim_func's ring)."""
-    d = block.depthwise
-    k, s, p, H, OH = d.kernel[0], d.stride[0], d.padding[0], block.expand.height, d.out_height
+def ring_rows(d, H: int, bands: int) -> int:
+    """Rows of a ring's producer (H rows) computed per image for the consumer conv ``d`` read in ``bands``
+    bands: each band's rows once, its first k - s rows again where the band above computed them too."""
+    k, s, p, OH = d.kernel[0], d.stride[0], d.padding[0], d.out_height
     th = -(-OH // bands)
     return sum(len(range(max(p, b * th * s), min(H + p, (min(OH, b * th + th) - 1) * s + k)))
                for b in range(-(-OH // th)))
 
 
-def coefficient_key(block: InvertedResidual | PointwiseMLP) -> str:
+def expand_rows(block: InvertedResidual, bands: int) -> int:
+    """Input rows the fused kernel's expand stage computes per image (fused_block.prim_func's ring)."""
+    return ring_rows(block.depthwise, block.expand.height, bands)
+
+
+def coefficient_key(block: Block) -> str:
     """The profile's coefficient key of the fused kernel that runs ``block``."""
+    if isinstance(block, ConvChain):
+        return "fused_" + block.kind
     return MLP_KEY if isinstance(block, PointwiseMLP) else KEY
+
+
+def chain_terms(chain: ConvChain, lanes: int, cores: int, l2_bytes: int) -> dict[str, float]:
+    """The fused conv chain's work (see the module docstring)."""
+    a, b = chain.convs[0], chain.convs[1]
+    n, C = a.batch, a.in_channels
+    padded = fused_chain.padded_channels(chain, lanes)
+    rows_a = ring_rows(b, a.out_height, fused_chain.default_bands(chain, cores))
+    out_pixels = b.out_height * b.out_width
+    stage_weights = [a.kernel[0] ** 2 * C * padded[0], b.kernel[0] ** 2 * padded[0] * padded[1]]
+    stage_rows = [rows_a, b.out_height]
+    flops = 2 * n * (rows_a * a.out_width * stage_weights[0] + out_pixels * stage_weights[1])
+    if len(chain.convs) == 3:
+        stage_weights.append(padded[1] * padded[2])
+        stage_rows.append(b.out_height)
+        flops += 2 * n * out_pixels * stage_weights[2]
+    weight_bytes = sum(F32 * w * (1 if F32 * w <= l2_bytes // 2 else n * rows)
+                       for w, rows in zip(stage_weights, stage_rows))
+    outputs = n * chain.out_channels * out_pixels
+    bytes_ = F32 * (n * C * a.height * a.width + outputs * (2 if chain.residual else 1) + sum(padded)) + weight_bytes
+    return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
 
 
 def mlp_terms(block: PointwiseMLP, lanes: int, l2_bytes: int) -> dict[str, float]:
@@ -83,28 +120,30 @@ def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str
     return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
 
 
-def block_terms(block: InvertedResidual | PointwiseMLP, lanes: int, profile: MachineProfile) -> dict[str, float]:
-    """The work of the fused kernel that runs ``block`` (either kind) on ``profile``'s machine."""
+def block_terms(block: Block, lanes: int, profile: MachineProfile) -> dict[str, float]:
+    """The work of the fused kernel that runs ``block`` (any kind) on ``profile``'s machine."""
+    if isinstance(block, ConvChain):
+        return chain_terms(block, lanes, profile.cores, profile.caches.get("L2", 1 << 20))
     if isinstance(block, PointwiseMLP):
         return mlp_terms(block, lanes, profile.caches.get("L2", 1 << 20))
     return fused_terms(block, lanes, profile.cores)
 
 
-def fused_features(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> np.ndarray:
+def fused_features(block: Block, profile: MachineProfile, lanes: int) -> np.ndarray:
     terms = block_terms(block, lanes, profile)
     scale = {"flops": 1 / profile.peak_flops, "bytes": 1 / profile.bandwidth, "outputs": OUTPUT_UNIT,
              "calls": CALL_UNIT}
     return np.array([terms.get(f, 0.0) * scale.get(f, 0.0) for f in FEATURES])
 
 
-def predict_fused(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> float | None:
+def predict_fused(block: Block, profile: MachineProfile, lanes: int) -> float | None:
     coefficients = profile.coefficients.get(coefficient_key(block))
     if coefficients is None:
         return None
     return float(fused_features(block, profile, lanes) @ np.array([coefficients.get(f, 0.0) for f in FEATURES]))
 
 
-def predict_unfused(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> float:
+def predict_unfused(block: Block, profile: MachineProfile, lanes: int) -> float:
     """The block's convs, each with its fastest predicted lowering, in channel blocks where its channels allow
     (as block_layout would store them between convs)."""
     total = 0.0
@@ -114,7 +153,7 @@ def predict_unfused(block: InvertedResidual | PointwiseMLP, profile: MachineProf
     return total
 
 
-def predict_block(block: InvertedResidual | PointwiseMLP, profile: MachineProfile, lanes: int) -> tuple[float, float] | None:
+def predict_block(block: Block, profile: MachineProfile, lanes: int) -> tuple[float, float] | None:
     """(fused seconds, unfused seconds), or None when the profile has no fused coefficients."""
     fused = predict_fused(block, profile, lanes)
     if fused is None:

@@ -35,7 +35,19 @@ squeeze-excite's convs are matrix-vector products with nothing to keep in cache)
 shape the add reads
 (ConvNeXt's block input, read before its depthwise conv and norm, which stay separate: they move C
 channels, the MLP's intermediate 4C). Preconditions as above (F1 and a each read only by the next op).
-Inverted residual blocks are matched first; a node belongs to at most one block.
+The dense conv chains (kinds "conv_pair" and "bottleneck", schedules/fused_chain.py), among the nodes the
+kinds above left:
+
+    y = act(B(a1(A(x))) [+ s])  or  y = act(P(a2(B(a1(A(x))))) [+ s])
+        =>   y = fused_block(x, W_A, b_A, W_B, b_B[, W_P, b_P][, s])
+
+with A, B, P dense convs (groups 1; square odd kernels up to 7x7, same padding, stride 1 or 2; a bottleneck's
+A and P 1x1 stride 1), a1 and a2 activations that map 0 to 0, s any value of y's shape (ResNet: the block
+input or its downsampled copy), act any epilogue activation or none (ResNet's ReLU after the add, RepVGG's
+after its conv). ResNet's basic and bottleneck blocks and RepVGG / VGG chains (paired greedily in graph
+order); two 1x1 convs are a pointwise MLP, not a pair. A bottleneck is tried before a pair at each conv.
+Inverted residual blocks are matched first, then pointwise MLPs, then dense chains; a node belongs to at
+most one block.
 
 Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering (the cost
 model decides); on CUDA only when optimize(fuse_blocks={...}) names blocks, which alone are fused.
@@ -43,6 +55,7 @@ model decides); on CUDA only when optimize(fuse_blocks={...}) names blocks, whic
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Callable
 
@@ -50,11 +63,12 @@ from ..ir.graph import Graph, Node, Origin, Value, unique_name
 from ..ir.ops import FusedBlockAttrs, Op, body_inputs
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
-from ..schedules import fused_block, fused_mlp
+from ..schedules import fused_block, fused_chain, fused_mlp
 from ..schedules.fused_block import InvertedResidual
+from ..schedules.fused_chain import ConvChain
 from ..schedules.fused_mlp import PointwiseMLP
 
-Block = InvertedResidual | PointwiseMLP
+Block = InvertedResidual | PointwiseMLP | ConvChain
 
 def _pointwise(spec: ConvSpec | None) -> bool:
     return (spec is not None and spec.kernel == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
@@ -95,13 +109,72 @@ def _residual_add(graph: Graph, add: Node | None, value: Node, skip: str | None)
             and other_type.dtype == value.type.dtype)
 
 
-def match_blocks(graph: Graph) -> list[Block]:
+def match_blocks(graph: Graph, kinds: tuple[str, ...] | None = None) -> list[Block]:
     """Every block of ``graph`` that fuse_blocks may fuse (the preconditions above): inverted residuals,
     whole or up to their second activation where the projection doesn't follow it directly (a
-    squeeze-excite), then pointwise MLPs among the nodes left."""
+    squeeze-excite), then pointwise MLPs among the nodes left, then dense conv chains. ``kinds``: only
+    blocks of these kinds (None: all)."""
     found = _inverted_residuals(graph)
     taken = {n.name for block in found for n in block.nodes}
-    return found + _pointwise_mlps(graph, taken)
+    found += _pointwise_mlps(graph, taken)
+    taken = {n.name for block in found for n in block.nodes}
+    found += _conv_chains(graph, taken)
+    return [b for b in found if kinds is None or b.kind in kinds]
+
+
+def _dense(spec: ConvSpec | None) -> bool:
+    return spec is not None and spec.groups == 1
+
+
+def _conv_chains(graph: Graph, taken: set[str]) -> list[ConvChain]:
+    only_reader, found = _only_reader(graph), []
+
+    def follows(node: Node, want) -> Node | None:  # the one reader of node, reading it first, if want(reader)
+        nxt = only_reader(node)
+        ok = nxt is not None and nxt.inputs[0] == node.name and nxt.name not in taken and want(nxt)
+        return nxt if ok else None
+
+    def activation(n: Node) -> bool:
+        return activation_of(n) is not None
+
+    def conv(n: Node) -> bool:
+        return n.op is Op.CONV2D and _dense(conv_spec_of(graph, n)) and _constant_operands(graph, n)
+
+    for a in graph.nodes:
+        if a.name in taken or not conv(a) or getattr(a.type, "dtype", None) != "f32":
+            continue
+        a1 = follows(a, activation)
+        b = follows(a1, conv) if a1 is not None else None
+        if b is None:
+            continue
+        chains = []
+        a2 = follows(b, activation)
+        p = follows(a2, conv) if a2 is not None else None
+        if p is not None:  # a bottleneck (fused_chain.supports checks the 1x1s)
+            chains.append(((a, a1, b, a2, p), (activation_of(a1), activation_of(a2))))
+        chains.append(((a, a1, b), (activation_of(a1),)))
+        for nodes, acts in chains:
+            block = _chain_with_epilogue(graph, nodes, acts, follows, only_reader, taken)
+            if fused_chain.supports(block) is None:
+                found.append(block)
+                taken.update(n.name for n in block.nodes)
+                break
+    return found
+
+
+def _chain_with_epilogue(graph: Graph, nodes: tuple, acts: tuple, follows, only_reader, taken) -> ConvChain:
+    """The chain of ``nodes`` with what follows its last conv: [+ s] [act]."""
+    last = nodes[-1]
+    add = only_reader(last)
+    residual = _residual_add(graph, add, last, None) and add.name not in taken
+    if residual:
+        nodes = (*nodes, add)
+    out = follows(nodes[-1], lambda n: activation_of(n) is not None)
+    out_activation = "none"
+    if out is not None:
+        nodes, out_activation = (*nodes, out), activation_of(out)
+    specs = tuple(conv_spec_of(graph, n) for n in nodes if n.op is Op.CONV2D)
+    return ConvChain(tuple(nodes), specs, acts, residual, out_activation)
 
 
 def _pointwise_mlps(graph: Graph, taken: set[str]) -> list[PointwiseMLP]:
@@ -200,11 +273,28 @@ def _forced(block: Block, overrides: dict[str, bool]) -> bool | None:
     return None
 
 
+def _unmatched(blocks: list[Block], overrides: dict[str, bool]) -> list[str]:
+    """The names ``overrides`` forces on that name none of ``blocks`` (a typo, or a block of a kind the target
+    has no fused kernel for)."""
+    used = set()
+    for block in blocks:
+        scope = _common_scope(block.nodes)
+        used |= {n.name for n in block.nodes if n.name in overrides}
+        used |= {key for key in overrides if scope == key or scope.startswith(key + ".")}
+    return [key for key, value in overrides.items() if value and key not in used]
+
+
 def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None,
-                margin: float = 1.0) -> Graph:
+                margin: float = 1.0, kinds: tuple[str, ...] | None = None) -> Graph:
     overrides = dict(overrides or {})
+    matched = match_blocks(graph, kinds)
+    unmatched = _unmatched(matched, overrides)
+    if unmatched:  # not an error: one dict may serve several models (a tuning job's)
+        warnings.warn(f"fuse_blocks: {', '.join(unmatched)} names no block that can be fused here (blocks: "
+                      f"{', '.join(sorted({_common_scope(b.nodes) for b in matched})[:12]) or 'none'})",
+                      stacklevel=2)
     blocks = {}
-    for block in match_blocks(graph):
+    for block in matched:
         predicted = predict(graph, block) if predict is not None else None
         forced = _forced(block, overrides)
         if forced is None:

@@ -51,3 +51,27 @@ def test_a_pointwise_mlp_has_its_own_coefficients_and_rereads_weights_that_leave
     profile.coefficients[MLP_KEY] = {"flops": 1.0, "bytes": 1.0}
     fused, unfused = predict_block(narrow, profile, 16)
     assert fused > 0 and unfused == pytest.approx(predict_unfused(narrow, profile, 16))
+
+
+def test_a_conv_chain_counts_the_ring_rows_its_first_conv_computes_and_rereads_wide_weights():
+    from convopt.cost.fused import CHAIN_KEYS, block_terms, coefficient_key
+    from convopt.schedules.fused_chain import ConvChain
+
+    profile = fixed_profile()
+    pair = ConvChain.of(24, 24, 24, 28, 28)  # 24 channels padded to 32 inside, residual
+    assert coefficient_key(pair) == "fused_conv_pair" and coefficient_key(
+        ConvChain.of(64, 16, 64, 8, 8, bottleneck=True)) == "fused_bottleneck" and len(CHAIN_KEYS) == 2
+    terms = block_terms(pair, 16, profile)
+    rows_a = 28 + 2  # two bands of 14 rows: the second computes the first's last row and its own first again
+    assert terms["flops"] == 2 * (rows_a * 28 * 9 * 24 * 32 + 28 * 28 * 9 * 32 * 32)
+    weights = 9 * 24 * 32 + 9 * 32 * 32
+    assert terms["bytes"] == 4 * (24 * 28 * 28 + 2 * 24 * 28 * 28 + 32 + 32 + weights)
+    wide = ConvChain.of(512, 512, 512, 7, 7)  # 9.4 MB of weights per conv, read once per row of its stage
+    assert block_terms(wide, 16, profile)["bytes"] > 4 * 9 * 512 * 512 * 7 * 2
+    bottleneck = ConvChain.of(64, 16, 64, 8, 8, bottleneck=True)
+    rows_a = 8 + 2  # two bands of 4 rows: 5 rows of A each
+    assert block_terms(bottleneck, 16, profile)["flops"] == 2 * (rows_a * 8 * 64 * 16 + 64 * 9 * 16 * 16 + 64 * 16 * 64)
+    assert predict_block(pair, profile, 16) is None  # no chain coefficients in this profile
+    profile.coefficients["fused_conv_pair"] = {"flops": 1.0}
+    fused, unfused = predict_block(pair, profile, 16)
+    assert fused > 0 and unfused == pytest.approx(predict_unfused(pair, profile, 16))

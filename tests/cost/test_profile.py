@@ -88,7 +88,7 @@ def test_load_profile_measures_once_then_reads_the_cache(tmp_path, monkeypatch):
 
 def test_shipped_profiles_are_valid_complete_and_named_by_their_key():
     from convopt.cost.calibrate import all_variants
-    from convopt.cost.fused import KEY as FUSED, MLP_KEY  # the fused block kernels (cost/fused.py)
+    from convopt.cost.fused import KEYS as FUSED_KEYS  # the fused block kernels (cost/fused.py)
     from convopt.schedules.lowerings import LOWERINGS
 
     shipped = prof.shipped_profiles()
@@ -96,7 +96,7 @@ def test_shipped_profiles_are_valid_complete_and_named_by_their_key():
     for key, profile in shipped.items():
         # a lowering added after a machine was calibrated has no coefficients there: it is no candidate on
         # that target until `convopt calibrate` runs (test_model.py::test_uncalibrated_lowering_is_not_a_candidate)
-        assert set(profile.coefficients) <= {*all_variants(), FUSED, MLP_KEY} and "direct" in profile.coefficients
+        assert set(profile.coefficients) <= {*all_variants(), *FUSED_KEYS} and "direct" in profile.coefficients
         assert profile.calibrated_on and profile.target_key == key
     assert any(set(p.coefficients) >= set(LOWERINGS) for p in shipped.values())
 

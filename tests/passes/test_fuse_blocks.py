@@ -191,8 +191,8 @@ def test_a_channel_mlp_without_a_residual_ends_at_its_projection():
      "a strided expand"),
 ])
 def test_pointwise_mlps_the_kernel_does_not_compute_are_left_alone(model, shape, why):
-    graph = _graph(model, shape)
-    assert match_blocks(graph) == [] and fuse_blocks(graph) == graph, why
+    graph = _graph(model, shape)  # (1x1 -> act -> 3x3 is a conv pair: another kind)
+    assert match_blocks(graph, ("pointwise_mlp",)) == [] and fuse_blocks(graph, kinds=("pointwise_mlp",)) == graph, why
 
 
 def test_a_channel_mlp_whose_hidden_value_is_read_elsewhere_or_whose_add_broadcasts_is_not_fused_whole():
@@ -237,3 +237,126 @@ def test_an_mlp_whose_skip_is_its_own_input_and_comes_first_in_the_add():
     assert block.attrs.kind == "pointwise_mlp" and block.attrs.body[-1].op is Op.ADD
     assert [i for i in block.inputs if i not in after.constant_map] == [after.inputs[0].name]  # x, once
     verify(after)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: 3x3 (stride), BN, ReLU, 3x3, BN, + x (or its 1x1 downsampled copy), ReLU."""
+
+    def __init__(self, c=16, o=16, stride=1, k=3, act=nn.ReLU, groups=1, dilation=1, skip=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, o, k, stride, padding=dilation * (k // 2), dilation=dilation, bias=False)
+        self.bn1, self.act1 = nn.BatchNorm2d(o), act()
+        self.conv2 = nn.Conv2d(o, o, k, padding=k // 2, groups=groups, bias=False)
+        self.bn2, self.act2 = nn.BatchNorm2d(o), nn.ReLU()
+        self.skip = skip
+        self.downsample = (nn.Sequential(nn.Conv2d(c, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+                           if stride != 1 or c != o else None)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        if not self.skip:
+            return self.act2(y)
+        return self.act2(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """ResNet's bottleneck: 1x1, BN, ReLU, 3x3 (stride), BN, ReLU, 1x1, BN, + x (or its downsampled copy), ReLU."""
+
+    def __init__(self, c=32, m=8, o=32, stride=1):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(c, m, 1, bias=False), nn.BatchNorm2d(m), nn.ReLU()
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(m, m, 3, stride, 1, bias=False), nn.BatchNorm2d(m), nn.ReLU()
+        self.conv3, self.bn3, self.act3 = nn.Conv2d(m, o, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()
+        self.downsample = (nn.Sequential(nn.Conv2d(c, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+                           if stride != 1 or c != o else None)
+
+    def forward(self, x):
+        y = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
+        y = self.bn3(self.conv3(y))
+        return self.act3(y + (x if self.downsample is None else self.downsample(x)))
+
+
+def test_a_basic_block_becomes_one_conv_pair_with_its_add_and_relu():
+    before = _graph(BasicBlock())
+    after = fuse_blocks(before)
+    (block,) = _fused(after)
+    assert block.attrs.kind == "conv_pair" and [n.op for n in after.nodes] == [Op.FUSED_BLOCK]
+    assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.RELU, Op.CONV2D, Op.ADD, Op.RELU]
+    assert block.attrs.body == before.nodes and block.scope == "conv1"  # no shared module: the first
+    assert [i for i in block.inputs if i not in after.constant_map] == [before.inputs[0].name]  # x, read twice
+    verify(after)
+    text = str(after)
+    assert text.count("    | %") == 5 and parse(text, constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_a_downsampling_basic_block_adds_the_downsampled_input():
+    after = fuse_blocks(_graph(BasicBlock(16, 24, stride=2)))
+    (block,) = _fused(after)
+    downsample = next(n for n in after.nodes if n.op is Op.CONV2D)  # the 1x1 stride-2 conv stays separate
+    assert block.attrs.kind == "conv_pair" and block.attrs.body[3].op is Op.ADD
+    assert downsample.name in block.inputs
+    verify(after)
+
+
+def test_a_bottleneck_becomes_one_node():
+    after = fuse_blocks(_graph(Bottleneck(), (1, 32, 12, 12)))
+    (block,) = _fused(after)
+    assert block.attrs.kind == "bottleneck"
+    assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.RELU, Op.CONV2D, Op.RELU, Op.CONV2D, Op.ADD, Op.RELU]
+    verify(after)
+
+
+def test_a_vgg_chain_is_paired_in_order():
+    """conv-ReLU x 5 (RepVGG after reparameterization, VGG): two pairs, each with its closing ReLU, and the
+    fifth conv alone."""
+    layers = []
+    for c, o, s in ((16, 16, 1), (16, 24, 2), (24, 24, 1), (24, 24, 1), (24, 32, 2)):
+        layers += [nn.Conv2d(c, o, 3, s, 1), nn.ReLU()]
+    after = fuse_blocks(_graph(nn.Sequential(*layers)))
+    assert [n.op for n in after.nodes] == [Op.FUSED_BLOCK, Op.FUSED_BLOCK, Op.CONV2D, Op.RELU]
+    assert [n.scope for n in _fused(after)] == ["0", "4"]  # the blocks start at modules 0 and 4
+    assert all(n.attrs.body[-1].op is Op.RELU and not any(b.op is Op.ADD for b in n.attrs.body)
+               for n in _fused(after))
+    verify(after)
+
+
+@pytest.mark.parametrize("model, why", [
+    (BasicBlock(groups=4), "a grouped second conv"),
+    (BasicBlock(dilation=2), "a dilated first conv"),
+    (BasicBlock(k=9), "kernels above 7x7"),
+    (BasicBlock(act=nn.Sigmoid), "an activation inside with act(0) != 0"),
+    (nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)), "no activation between"),
+    (nn.Sequential(nn.Conv2d(16, 16, 2), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)), "an even kernel"),
+    (nn.Sequential(nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)), "no padding (not 'same')"),
+])
+def test_chains_the_kernel_does_not_compute_are_left_alone(model, why):
+    graph = _graph(model)
+    assert match_blocks(graph) == [] and fuse_blocks(graph) == graph, why
+
+
+def test_a_chain_whose_intermediate_is_read_elsewhere_is_not_fused():
+    class Tapped(BasicBlock):
+        def forward(self, x):
+            mid = self.act1(self.bn1(self.conv1(x)))
+            return self.act2(self.bn2(self.conv2(mid)) + x), mid
+
+    assert match_blocks(_graph(Tapped())) == []
+
+
+def test_a_bottleneck_with_a_3x3_first_conv_is_a_pair_and_a_lone_conv():
+    model = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 16, 1))
+    (block,) = match_blocks(_graph(model))
+    assert block.kind == "conv_pair" and block.out_activation == "relu" and len(block.convs) == 2
+
+
+def test_kinds_limit_what_is_fused_and_forced_names_that_match_nothing_warn():
+    graph = _graph(nn.Sequential(BasicBlock(), InvertedResidual()))
+    assert [b.kind for b in match_blocks(graph)] == ["inverted_residual", "conv_pair"]
+    assert [b.kind for b in match_blocks(graph, ("inverted_residual",))] == ["inverted_residual"]
+    with pytest.warns(UserWarning, match="'?0'? names no block"):
+        after = fuse_blocks(graph, predict=lambda g, b: None, overrides={"0": True, "1": True},
+                            kinds=("inverted_residual",))
+    assert [n.attrs.kind for n in _fused(after)] == ["inverted_residual"]
+    with pytest.warns(UserWarning, match="layer9 names no block"):
+        fuse_blocks(graph, overrides={"layer9": True})
