@@ -49,6 +49,15 @@ Block = InvertedResidual | PointwiseMLP | ConvChain
 # predicted gain is >= 1.46x (112-28 px), 0.70-0.98x where it is <= 1.24x (14 and 7 px); end to end, margin
 # 1.25 / 1.1 / 1.0 fused 6 / 13 / 16 blocks and ran 4.34 / 4.51 / 4.85 ms against 5.09 unfused.
 FUSED_MARGIN = 1.25
+# the dense chains' fused kernel ran 1.1-1.6x slower inside resnet18, resnet50 and repvgg_a0 than its
+# coefficients (fitted on chains timed alone) predict, the bottlenecks most; at 1.25 the cost model fused
+# resnet50's 256->128->128->512 stride-2 block (predicted 1.27x faster), which measured 0.83x
+CHAIN_FACTOR = 1.3
+
+
+def margin(block: "Block") -> float:
+    """How much faster a block's fused kernel must be predicted for fuse_blocks to fuse it."""
+    return FUSED_MARGIN * (CHAIN_FACTOR if isinstance(block, ConvChain) else 1.0)
 
 
 def ring_rows(d, H: int, bands: int) -> int:

@@ -19,10 +19,10 @@ block's value) has exactly one reader, the next op of the block, and is not a gr
 elsewhere must be stored); the kernel supports the shapes (``fused_block.supports``). Not matched (left
 unfused): an activation the kernels don't have (act(0) != 0), grouped or dilated middle convs.
 
-Decision: a block is fused only where ``predict`` (a function of the block, e.g. the cost model's
-fused and unfused predictions) says fused is faster by more than ``margin`` (fused x margin < unfused); it
-returns (fused seconds, unfused seconds), recorded on the node (``predicted_us``) so the dump says why, or
-None when it can't tell (the block stays unfused).
+Decision: a block is fused only where ``predict`` says fused is faster by more than ``margin`` (fused x
+margin < unfused; a number, or a function of the block). ``predict`` (a function of the block, e.g. the
+cost model's) returns (fused seconds, unfused seconds), recorded on the node (``predicted_us``) so the dump
+says why, or None when it can't tell (the block stays unfused).
 Without ``predict`` every matched block is fused. ``overrides`` ({module scope or node name: bool}) forces
 the choice for the blocks it names (a block is named by any of its nodes, or by a module it lies in).
 The pointwise MLP (kind "pointwise_mlp", schedules/fused_mlp.py), the channel MLP of ConvNeXt,
@@ -285,7 +285,7 @@ def _unmatched(blocks: list[Block], overrides: dict[str, bool]) -> list[str]:
 
 
 def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None,
-                margin: float = 1.0, kinds: tuple[str, ...] | None = None) -> Graph:
+                margin: float | Callable[[Block], float] = 1.0, kinds: tuple[str, ...] | None = None) -> Graph:
     overrides = dict(overrides or {})
     matched = match_blocks(graph, kinds)
     unmatched = _unmatched(matched, overrides)
@@ -298,7 +298,8 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
         predicted = predict(graph, block) if predict is not None else None
         forced = _forced(block, overrides)
         if forced is None:
-            forced = predict is None or (predicted is not None and predicted[0] * margin < predicted[1])
+            needed = margin(block) if callable(margin) else margin
+            forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])
         if forced:
             blocks[block.nodes[-1].name] = (block, predicted)
     if not blocks:

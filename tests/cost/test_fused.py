@@ -75,3 +75,13 @@ def test_a_conv_chain_counts_the_ring_rows_its_first_conv_computes_and_rereads_w
     profile.coefficients["fused_conv_pair"] = {"flops": 1.0}
     fused, unfused = predict_block(pair, profile, 16)
     assert fused > 0 and unfused == pytest.approx(predict_unfused(pair, profile, 16))
+
+
+def test_dense_chains_need_a_wider_margin():
+    from convopt.cost.fused import CHAIN_FACTOR, FUSED_MARGIN, margin
+    from convopt.schedules.fused_chain import ConvChain
+    from convopt.schedules.fused_mlp import PointwiseMLP
+
+    assert margin(InvertedResidual.of(16, 64, 16, 28, 28, 3)) == margin(PointwiseMLP.of(16, 64, 16, 8, 8)) == FUSED_MARGIN
+    chain = margin(ConvChain.of(16, 16, 16, 28, 28))
+    assert chain == pytest.approx(FUSED_MARGIN * CHAIN_FACTOR) and chain > FUSED_MARGIN

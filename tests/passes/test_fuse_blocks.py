@@ -110,6 +110,7 @@ def test_the_prediction_and_the_overrides_decide():
     assert fuse_blocks(graph, predict=lambda g, b: None) == graph  # no prediction: unfused
     assert fuse_blocks(graph, predict=lambda g, b: (1e-6, 1.2e-6), margin=1.25) == graph  # not faster by the margin
     assert _fused(fuse_blocks(graph, predict=lambda g, b: (1e-6, 1.3e-6), margin=1.25))
+    assert fuse_blocks(graph, predict=lambda g, b: (1e-6, 1.3e-6), margin=lambda b: 1.5) == graph  # per block
     fused = fuse_blocks(graph, predict=lambda g, b: (1e-6, 3e-6))
     assert dict(_fused(fused)[0].attrs.predicted_us) == {"fused": 1.0, "unfused": 3.0}
     assert fuse_blocks(graph, predict=lambda g, b: (1e-6, 3e-6), overrides={"conv_pw": False}) == graph
