@@ -45,7 +45,7 @@ def main() -> int:
     from convopt.capture import capture_program
     from convopt.cost.calibrate import describe_block, time_interleaved
     from convopt.cost.formulas import evaluate
-    from convopt.cost.fused import block_terms, margin, predict_block
+    from convopt.cost.fused import block_terms, fusion_margin, predict_block
     from convopt.cost.profile import load_profile
     from convopt.ir import Op
     from convopt.passes.fuse_blocks import match_blocks
@@ -97,7 +97,8 @@ def main() -> int:
              "Each kernel timed inside the model (the VM's instrument, median of "
              f"{args.runs} runs): fused, the block's kernel with every block fused; unfused, its conv "
              "kernels with none. Predicted: cost/fused.py and cost/model.py; the cost model fuses where "
-             f"predicted fused x {margin(blocks[0]):.3g} < predicted unfused.", "",
+             "predicted fused x its kind's margin < predicted unfused (" + ", ".join(sorted(
+                 {f"{b.kind} {fusion_margin(b):.3g}" for b in blocks})) + ").", "",
              "| block | unfused us | fused us | unfused / fused | predicted unfused / fused us | fused by the "
              "cost model | unfused MB | fused MB | extra FLOPs per first-conv FLOP | bands |",
              "|---|---|---|---|---|---|---|---|---|---|"]

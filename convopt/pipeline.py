@@ -95,9 +95,9 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
 
 def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
     """fuse_blocks deciding by the cost model of the target's machine (cost/fused.py): a block is fused where
-    its fused kernel is predicted faster by more than ``cost.fused.margin`` of it; with no fused coefficients in the
-    profile, none is."""
-    from .cost.fused import margin, predict_block
+    its fused kernel is predicted faster by more than its kind's ``cost.fused.fusion_margin``; with no fused
+    coefficients in the profile, none is."""
+    from .cost.fused import fusion_margin, predict_block
     from .cost.profile import load_profile
     from .passes.fuse_blocks import fuse_blocks
 
@@ -107,7 +107,7 @@ def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
         return predict_block(block, profile, target.lanes)
 
     return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=predict, overrides=overrides,
-                                                 margin=margin))
+                                                 margin=fusion_margin))
 
 
 def _fuse_blocks_on_request(overrides: dict[str, bool]) -> Pass:

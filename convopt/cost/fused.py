@@ -55,7 +55,7 @@ FUSED_MARGIN = 1.25
 CHAIN_FACTOR = 1.3
 
 
-def margin(block: "Block") -> float:
+def fusion_margin(block: "Block") -> float:
     """How much faster a block's fused kernel must be predicted for fuse_blocks to fuse it."""
     return FUSED_MARGIN * (CHAIN_FACTOR if isinstance(block, ConvChain) else 1.0)
 

@@ -49,6 +49,10 @@ order); two 1x1 convs are a pointwise MLP, not a pair. A bottleneck is tried bef
 Inverted residual blocks are matched first, then pointwise MLPs, then dense chains; a node belongs to at
 most one block.
 
+``kinds`` limits the kinds matched (CUDA: those schedules/fused_block_cuda.py has a kernel for). A name
+``overrides`` forces that names no matched block draws a warning (a typo, or a block of a kind the target
+can't fuse), not an error: one dict may serve several models.
+
 Runs: the inference pipeline on a TVM CPU target, after the graph passes, before select_lowering (the cost
 model decides); on CUDA only when optimize(fuse_blocks={...}) names blocks, which alone are fused.
 """
@@ -286,6 +290,8 @@ def _unmatched(blocks: list[Block], overrides: dict[str, bool]) -> list[str]:
 
 def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None,
                 margin: float | Callable[[Block], float] = 1.0, kinds: tuple[str, ...] | None = None) -> Graph:
+    """``graph`` with the blocks that ``predict``, ``margin`` and ``overrides`` choose each made one fused_block
+    node (module docstring)."""
     overrides = dict(overrides or {})
     matched = match_blocks(graph, kinds)
     unmatched = _unmatched(matched, overrides)

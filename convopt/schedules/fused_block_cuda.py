@@ -50,7 +50,7 @@ from .fused_block import KIND, PARTIAL_KIND, padded_vector
 from .fused_mlp import KIND as MLP_KIND
 
 F32 = "float32"
-KINDS = (KIND, PARTIAL_KIND, MLP_KIND)  # every kind fuse_blocks makes
+KINDS = (KIND, PARTIAL_KIND, MLP_KIND)  # the kinds this kernel runs (not yet fused_chain's dense chains)
 EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
     "fb_expand", "fb_expand_act", "fb_depthwise", "fb_depthwise_act", "fb_project", "fb_output")
 MAX_TILE = 8  # output rows / columns per thread block, by default

@@ -26,7 +26,8 @@ Each row of A first copies the k_A input rows it reads into a channels-last wind
 floats, against 2 k_A^2 C M W FLOPs), so every stage is the same register tile: ``column_tile`` columns x
 one or two channel vectors, a broadcast input times weight vectors, over the taps and input channels. The
 output row goes through a channels-last row buffer and is stored in the output's layout (NCHW or channel
-blocks) with the bias, the skip and the last activation.
+blocks) with the bias, the skip and the last activation. Each stage walks its channel groups outside its
+column tiles, so a group's weights are read once per row of the stage and reused along it from L1/L2.
 
 What it gives up: the separate kernels run 3x3 convs by Winograd where that wins (convopt's resnet18
 layer1: ~600 GFLOP/s-equivalent against the ~200 a direct 3x3 reaches here), and weights stream once per
@@ -102,6 +103,8 @@ def supports(chain: ConvChain) -> str | None:
             return f"conv {spec.describe()}: dense, square odd kernels up to 7x7, same padding, stride 1 or 2"
     if chain.kind == BOTTLENECK_KIND and any(s.kernel != (1, 1) or s.stride != (1, 1) for s in chain.convs[::2]):
         return "a bottleneck's first and last convs are 1x1, stride 1"
+    if chain.convs[1].stride[0] > chain.convs[1].kernel[0]:
+        return "a second conv whose stride exceeds its kernel (rows of the first it never reads)"
     if chain.kind == PAIR_KIND and chain.convs[0].kernel == (1, 1) and chain.convs[1].kernel == (1, 1):
         return "two 1x1 convs are a pointwise MLP (schedules/fused_mlp.py)"
     return None
@@ -228,7 +231,7 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
                                     else:
                                         for c, xx in T.grid(C, W):
                                             win[i, pA + xx, c] = zero
-                                for xo, cg in T.grid(XT, VA // va):  # A -> a1, into the ring
+                                for cg, xo in T.grid(VA // va, XT):  # A -> a1, into the ring (a group's weights reused along the row)
                                     for xi in T.unroll(rx):
                                         for v in T.unroll(va):
                                             for ci in T.vectorized(lanes):
@@ -251,7 +254,7 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
                             else:  # a padding row
                                 for xx, m in T.grid(Wr, MA):
                                     ring[((nb % B * th + t) * sB + j) % kB, xx, m] = zero
-                    for xo, cg in T.grid(DXT, VB // vb):  # B, one output row
+                    for cg, xo in T.grid(VB // vb, DXT):  # B, one output row
                         for xi in T.unroll(dx):
                             for v in T.unroll(vb):
                                 for ci in T.vectorized(lanes):
@@ -274,7 +277,7 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
                                         else:  # the sums; bias, skip and activation where the row is stored
                                             last[xo * dx + xi, (cg * vb + v) * lanes + ci] = acc[xi, v, ci]
                     if projects:
-                        for xo, cg in T.grid(PXT, VP // vp):  # P 1x1
+                        for cg, xo in T.grid(VP // vp, PXT):  # P 1x1
                             for xi in T.unroll(px):
                                 for v in T.unroll(vp):
                                     for ci in T.vectorized(lanes):

@@ -78,7 +78,7 @@ def test_a_conv_chain_counts_the_ring_rows_its_first_conv_computes_and_rereads_w
 
 
 def test_dense_chains_need_a_wider_margin():
-    from convopt.cost.fused import CHAIN_FACTOR, FUSED_MARGIN, margin
+    from convopt.cost.fused import CHAIN_FACTOR, FUSED_MARGIN, fusion_margin as margin
     from convopt.schedules.fused_chain import ConvChain
     from convopt.schedules.fused_mlp import PointwiseMLP
 

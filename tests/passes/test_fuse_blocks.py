@@ -192,8 +192,9 @@ def test_a_channel_mlp_without_a_residual_ends_at_its_projection():
      "a strided expand"),
 ])
 def test_pointwise_mlps_the_kernel_does_not_compute_are_left_alone(model, shape, why):
-    graph = _graph(model, shape)  # (1x1 -> act -> 3x3 is a conv pair: another kind)
+    graph = _graph(model, shape)
     assert match_blocks(graph, ("pointwise_mlp",)) == [] and fuse_blocks(graph, kinds=("pointwise_mlp",)) == graph, why
+    assert {b.kind for b in match_blocks(graph)} <= {"conv_pair"}  # 1x1 -> act -> 3x3 is a pair: another kind
 
 
 def test_a_channel_mlp_whose_hidden_value_is_read_elsewhere_or_whose_add_broadcasts_is_not_fused_whole():
@@ -329,6 +330,8 @@ def test_a_vgg_chain_is_paired_in_order():
     (nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)), "no activation between"),
     (nn.Sequential(nn.Conv2d(16, 16, 2), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)), "an even kernel"),
     (nn.Sequential(nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)), "no padding (not 'same')"),
+    (nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1, stride=2)),
+     "a second conv whose stride exceeds its kernel"),
 ])
 def test_chains_the_kernel_does_not_compute_are_left_alone(model, why):
     graph = _graph(model)
@@ -336,12 +339,38 @@ def test_chains_the_kernel_does_not_compute_are_left_alone(model, why):
 
 
 def test_a_chain_whose_intermediate_is_read_elsewhere_is_not_fused():
-    class Tapped(BasicBlock):
+    class Output(BasicBlock):  # the activation is a graph output
         def forward(self, x):
             mid = self.act1(self.bn1(self.conv1(x)))
             return self.act2(self.bn2(self.conv2(mid)) + x), mid
 
-    assert match_blocks(_graph(Tapped())) == []
+    class SecondReader(BasicBlock):  # the activation feeds another op too
+        def forward(self, x):
+            mid = self.act1(self.bn1(self.conv1(x)))
+            return self.act2(self.bn2(self.conv2(mid)) + x) * mid.mean()
+
+    class PreActivation(BasicBlock):  # the first conv's sum, before its activation, read by another op
+        def forward(self, x):
+            pre = self.bn1(self.conv1(x))
+            return self.act2(self.bn2(self.conv2(self.act1(pre))) + x) + pre
+
+    for model in (Output(), SecondReader(), PreActivation()):
+        assert match_blocks(_graph(model)) == [], type(model).__name__
+
+
+def test_a_chain_ends_before_an_add_it_cannot_take():
+    class Broadcast(BasicBlock):  # the add broadcasts a pooled value: not a skip of the output's shape
+        def forward(self, x):
+            return self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + x.mean((2, 3), keepdim=True)
+
+    class Doubled(BasicBlock):  # y + y: the other operand is the chain's own value
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+            return y + y
+
+    for model in (Broadcast(), Doubled()):
+        (block,) = match_blocks(_graph(model))
+        assert not block.residual and block.nodes[-1].op is Op.CONV2D, type(model).__name__
 
 
 def test_a_bottleneck_with_a_3x3_first_conv_is_a_pair_and_a_lone_conv():

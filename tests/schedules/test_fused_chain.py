@@ -15,6 +15,7 @@ import convopt
 from convopt.ir import Op
 from convopt.ir.layout import to_blocked
 from convopt.numerics import relative_error
+from convopt.schedules.conv_spec import ConvSpec
 from convopt.schedules.fused_chain import (ConvChain, default_bands, io_shapes, kernel_arguments, prepare_weights,
                                            prim_func, random_arrays)
 from convopt.target import resolve_target
@@ -86,9 +87,12 @@ def _reference(chain, arrays, x, skip):
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("layouts", [(True, True, True), (True, False, True), (False, True, False),
                                      (False, False, False)], ids=lambda t: "".join("b" if v else "n" for v in t))
-@pytest.mark.parametrize("chain", [ConvChain.of(16, 24, 32, 9, 11, stride=2, residual=True, batch=2),
-                                   ConvChain.of(32, 16, 48, 12, 7, bottleneck=True, residual=True, batch=2)],
-                         ids=["pair", "bottleneck"])
+@pytest.mark.parametrize("chain", [
+    ConvChain.of(16, 24, 32, 9, 11, stride=2, residual=True, batch=2),
+    ConvChain.of(32, 16, 48, 12, 7, bottleneck=True, residual=True, batch=2),
+    ConvChain((), (ConvSpec(2, 16, 10, 9, 24, (3, 3), (1, 1), (1, 1)),  # the stride on the second conv, 5x5
+                   ConvSpec(2, 24, 10, 9, 32, (5, 5), (2, 2), (2, 2))), ("relu",), True, "relu"),
+], ids=["pair", "bottleneck", "pair-strided-5x5"])
 def test_each_tensor_in_either_layout_stores_the_same_values(chain, lanes, layouts):
     """(input, skip, output) blocked or NCHW against PyTorch's convs, batch 2, the map split into 3 bands."""
     in_block, skip_block, out_block = layouts
