@@ -1,6 +1,7 @@
 """The fused blocks on CUDA (passes/fuse_blocks.py): an inverted residual, expand 1x1 -> act -> depthwise kxk
--> act [-> project 1x1 [+ x]], or a pointwise MLP, 1x1 -> act -> 1x1 [+ skip], as one kernel whose
-intermediates live in shared memory, tile by tile.
+-> act [-> project 1x1 [+ x]], a pointwise MLP, 1x1 -> act -> 1x1 [+ skip], or a conv pair (ResNet's basic
+block, VGG / RepVGG pairs), act(B(a1(A(x))) [+ skip]), as one kernel whose intermediates live in shared
+memory, tile by tile. (fused_chain.py's bottleneck has no CUDA kernel: two stages with a halo.)
 
 Compute (NCHW, unpadded weights; the depthwise conv's padding p, stride s and dilation r per axis, as the
 pass matched it; ``inside`` = the padded position is inside the map):
@@ -10,7 +11,9 @@ pass matched it; ``inside`` = the padded position is inside the map):
     out[n, o, y, x]   = sum_e dw[n, e, y, x] w3[o, e] + b3[o] (+ x[n, o, y, x])
 
 (without a projection, the kind the pass makes where a squeeze-excite follows, ``out = dw``; a pointwise
-MLP has no depthwise stage, p = 0, and projects ``mid``, + its skip, an argument of the kernel).
+MLP has no depthwise stage, p = 0, and projects ``mid``, + its skip, an argument of the kernel; a conv pair
+computes A's activations as ``mid`` on B's padded grid and B as the projection, its sum over A's channels
+and B's taps: ``_pair_compute``).
 
 Schedule (``schedule_cuda``), a design space whose default decisions are the rules below. One thread block
 computes a TH x TW tile of the output for OT x OR of its channels: its threads are OT output-channel
@@ -22,8 +25,8 @@ projection's sum over the expanded channels runs in chunks of EC (16): per chunk
 computes, cooperatively, the chunk's expanded activations for the tile and its halo,
 ((TH - 1) s + k) x ((TW - 1) s + k) x EC, then its depthwise activations, TH x TW x EC, both into shared
 memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo recomputed by
-neighbouring tiles; an MLP stages only its expanded activations, TH x TW x EC), and every thread adds the
-chunk to its accumulators. Each element's expansion and depthwise sums
+neighbouring tiles; an MLP stages only its expanded activations, TH x TW x EC; a conv pair A's activations
+on the tile and B's halo), and every thread adds the chunk to its accumulators. Each element's expansion and depthwise sums
 run inside one thread. Without a projection a thread block computes EC channels x the tile, one element
 per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, and the
 output channels' split over thread blocks, threads and each thread.
@@ -47,10 +50,11 @@ from tvm import te, tirx
 from .activations import activate
 from . import tiling
 from .fused_block import KIND, PARTIAL_KIND, padded_vector
+from .fused_chain import PAIR_KIND
 from .fused_mlp import KIND as MLP_KIND
 
 F32 = "float32"
-KINDS = (KIND, PARTIAL_KIND, MLP_KIND)  # the kinds this kernel runs (not yet fused_chain's dense chains)
+KINDS = (KIND, PARTIAL_KIND, MLP_KIND, PAIR_KIND)  # the kinds this kernel runs (not yet fused_chain's bottleneck)
 EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
     "fb_expand", "fb_expand_act", "fb_depthwise", "fb_depthwise_act", "fb_project", "fb_output")
 MAX_TILE = 8  # output rows / columns per thread block, by default
@@ -63,6 +67,10 @@ def prepare_weights(block, *arrays) -> list[np.ndarray]:
     """The kernel's constants from the convs' OIHW weights and biases in order (a bias None: zeros):
     [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] for an inverted residual (w1, b1, w2, b2[,
     w3, b3] given), [w1 [E, C], b1 [E], w3 [O, E], b3 [O]] for a pointwise MLP (w1, b1, w3, b3 given)."""
+    if block.kind == PAIR_KIND:  # OIHW as they are: [wA [M, C, k, k], bA [M], wB [O, M, k, k], bB [O]]
+        wa, ba, wb, bb = arrays
+        return [np.ascontiguousarray(np.asarray(wa, np.float32)), padded_vector(ba, block.convs[0].out_channels),
+                np.ascontiguousarray(np.asarray(wb, np.float32)), padded_vector(bb, block.out_channels)]
     E, C, O = block.expand.out_channels, block.expand.in_channels, block.out_channels
     if block.kind == MLP_KIND:
         w1, b1, w3, b3 = arrays
@@ -79,15 +87,17 @@ def prepare_weights(block, *arrays) -> list[np.ndarray]:
 
 
 def io_shapes(block) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The kernel's input and output shapes (NCHW; a pointwise MLP's skip has the output's)."""
-    e_, last = block.expand, block.convs[-1]
+    """The kernel's input and output shapes (NCHW; a pointwise MLP's or a conv pair's skip has the output's)."""
+    e_, last = block.convs[0], block.convs[-1]
     return ((e_.batch, e_.in_channels, e_.height, e_.width),
             (e_.batch, block.out_channels, last.out_height, last.out_width))
 
 
 def compute(block) -> list[te.Tensor]:
     """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), [the skip of a pointwise
-    MLP with one], the output."""
+    MLP or a conv pair with one], the output."""
+    if block.kind == PAIR_KIND:
+        return _pair_compute(block)
     e_ = block.expand
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
@@ -141,6 +151,52 @@ def _projection(block, source: te.Tensor, skip: te.Tensor | None, shape) -> list
     out = te.compute(shape, output, name=OUTPUT)
     own_skip = [skip] if skip is not None and block.kind == MLP_KIND else []  # an MLP's skip is an argument
     return [w3, b3, *own_skip, out]
+
+
+def _pair_compute(chain) -> list[te.Tensor]:
+    """A conv pair (schedules/fused_chain.py): A's activations on B's padded input grid, then B as the
+    "projection" (its sum over A's channels and B's taps), + the skip, the last activation:
+
+        mid[n, m, yp, xp] = a1(sum_{c,i,j} x[n, c, (yp - pB) sA + i - pA, (xp - pB) sA + j - pA] wA[m, c, i, j]
+                               + bA[m])    where (yp - pB, xp - pB) is inside A's output, else 0
+        out[n, o, y, x]   = act(sum_{m,i,j} mid[n, m, y sB + i, x sB + j] wB[o, m, i, j] + bB[o] (+ s[n, o, y, x]))
+    """
+    a, b = chain.convs
+    N, C, H, W = a.batch, a.in_channels, a.height, a.width
+    M, O = a.out_channels, b.out_channels
+    (ka, _), (sa, _), (pa, _) = a.kernel, a.stride, a.padding
+    (kb, _), (sb, _), (pb, _) = b.kernel, b.stride, b.padding
+    HA, WA = a.out_height, a.out_width
+    x = te.placeholder((N, C, H, W), F32, name="x")
+    wa, ba = te.placeholder((M, C, ka, ka), F32, name="wa"), te.placeholder((M,), F32, name="ba")
+    wb, bb = te.placeholder((O, M, kb, kb), F32, name="wb"), te.placeholder((O,), F32, name="bb")
+    c, i, j = (te.reduce_axis((0, e), name=v) for e, v in ((C, "c"), (ka, "i"), (ka, "j")))
+    zero = tirx.const(0.0, F32)
+
+    def inside_a(yp, xp):  # a position of B's padded input that is an output of A
+        return tirx.all(yp >= pb, yp < pb + HA, xp >= pb, xp < pb + WA)
+
+    def x_at(n, c_, y, x_):  # x, zero outside (A's padding); the guard is lazy: x is read only inside
+        return tirx.if_then_else(tirx.all(y >= 0, y < H, x_ >= 0, x_ < W), x[n, c_, y, x_], zero)
+
+    padded = (N, M, HA + 2 * pb, WA + 2 * pb)
+    expand = te.compute(padded, lambda n, m, yp, xp: te.sum(tirx.if_then_else(
+        inside_a(yp, xp), x_at(n, c, (yp - pb) * sa + i - pa, (xp - pb) * sa + j - pa), zero) * wa[m, c, i, j],
+        axis=[c, i, j]), name=EXPAND)
+    mid = te.compute(padded, lambda n, m, yp, xp: tirx.if_then_else(
+        inside_a(yp, xp), activate(expand[n, m, yp, xp] + ba[m], chain.activations[0]), zero), name=EXPAND_ACT)
+    r, u, v = (te.reduce_axis((0, e), name=n_) for e, n_ in ((M, "r"), (kb, "u"), (kb, "v")))
+    shape = (N, O, b.out_height, b.out_width)
+    project = te.compute(shape, lambda n, o, y, x_: te.sum(
+        mid[n, r, y * sb + u, x_ * sb + v] * wb[o, r, u, v], axis=[r, u, v]), name=PROJECT)
+    skip = te.placeholder(shape, F32, name="skip") if chain.residual else None
+
+    def output(n, o, y, x_):
+        value = project[n, o, y, x_] + bb[o]
+        return activate(value + skip[n, o, y, x_] if skip is not None else value, chain.out_activation)
+
+    out = te.compute(shape, output, name=OUTPUT)
+    return [x, wa, ba, wb, bb, *([skip] if skip is not None else []), out]
 
 
 def prim_func(block) -> tirx.PrimFunc:
@@ -202,17 +258,22 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     mid, expand = get(EXPAND_ACT), get(EXPAND)
     staged = get(DEPTHWISE_ACT) if depthwise else mid  # what the projection (or the output) reads
     _, expanded, oh, ow = _extents(sch, staged)
-    out_channels = _extents(sch, get(OUTPUT))[1] if projects else expanded
+    out_channels = expanded
+    if projects:
+        _, out_channels, oh, ow = _extents(sch, get(OUTPUT))
+    # the staged tile has a halo (a conv pair's A activations on B's padded grid): computed like the
+    # depthwise stage's input, every thread a share of its elements
+    haloed = depthwise or _extents(sch, mid)[2:] != [oh, ow]
     th, tw, ec, groups, blocks = default_tiles(oh, ow, expanded, out_channels)
     if projects:
         out, project = get(OUTPUT), get(PROJECT)
-        n, o, y, x, r = sch.get_loops(project)
+        n, o, y, x, r, *taps = sch.get_loops(project)  # a conv pair's B: its taps too
         (yo, yi), (_, th_) = _tile(sch, y, [oh // th, th])
         (xo, xi), (_, tw_) = _tile(sch, x, [ow // tw, tw])
         # output channels: [over the grid (recomputing the block's intermediates), threads, per thread]
         (ob, ot, orr), (_, ot_, _) = _tile(sch, o, [blocks, groups, out_channels // (blocks * groups)])
         (ro, ri), _ = _tile(sch, r, [expanded // ec, ec])
-        sch.reorder(n, yo, xo, ob, ot, yi, xi, ro, ri, orr)
+        sch.reorder(n, yo, xo, ob, ot, yi, xi, ro, ri, *taps, orr)
         sch.bind(sch.fuse(n, yo, xo, ob), "blockIdx.x")
         threads = sch.fuse(ot, yi, xi)
         sch.bind(threads, "threadIdx.x")
@@ -245,14 +306,16 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
         sch.compute_at(mid, chunk, preserve_unit_loops=True)  # the chunk's expanded tile and its halo
     sch.compute_at(expand, sch.get_loops(mid)[-1], preserve_unit_loops=True)
     sch.set_scope(expand, 0, "local")
-    if projects:  # channels split by OT, then (OT x TH x TW) threads: affine, so mid's region is exact
+    if projects and not haloed:  # channels split by OT, then (OT x TH x TW) threads: affine, so mid's region is exact
         _, e, y, x = sch.get_loops(staged)[-4:]
         e_outer, e_inner = sch.split(e, [None, thread_factors[0]])
         sch.reorder(e_outer, e_inner, y, x)
         sch.bind(sch.fuse(e_inner, y, x), "threadIdx.x")
-    else:
+    elif not projects:
         sch.bind(sch.fuse(ei, yi, xi), "threadIdx.x")
-    if depthwise:
+    if haloed:
         _bind_threads(sch, mid, thread_factors)
+    if depthwise:
         sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-2])
-    sch.decompose_reduction(expand, sch.get_loops(expand)[-1])
+    reductions = sum(int(iv.iter_type) == 2 for iv in sch.get(expand).iter_vars)  # a pair's A: c, i, j
+    sch.decompose_reduction(expand, sch.get_loops(expand)[-reductions])

@@ -1,4 +1,4 @@
-"""The CUDA fused block kernel (inverted residual, pointwise MLP): its compute against eager PyTorch
+"""The CUDA fused block kernel (inverted residual, pointwise MLP, conv pair): its compute against eager PyTorch
 (relative error, run on the CPU unscheduled) over a grid of block shapes; its default schedule built for
 sm_80 and sm_90 and compiled by nvcc within the GPU's limits; its design space (default decisions, the
 workload left untouched, other decisions built or rejected by MetaSchedule's GPU check, never a schedule
@@ -17,6 +17,8 @@ import tvm
 
 from convopt.schedules import fused_block_cuda as fbc
 from convopt.schedules.fused_block import InvertedResidual as Block
+from convopt.schedules.conv_spec import ConvSpec
+from convopt.schedules.fused_chain import ConvChain, random_arrays
 from convopt.schedules.fused_mlp import PointwiseMLP
 from convopt.numerics import relative_error
 from convopt.target import resolve_target
@@ -163,6 +165,52 @@ def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
         (28 // th, th), (28 // tw, tw), (blocks, groups, 24 // (blocks * groups)), (144 // ec, ec)]
     assert fbc.default_tiles(7, 7, 3072, 768) == (7, 7, 16, 4, 6)  # 32 accumulators per thread, 6 thread blocks
     assert _random_points_build(workload, context, space, target, 12) >= 6
+
+
+PAIRS = [ConvChain.of(16, 16, 16, 14, 14), ConvChain.of(8, 24, 32, 13, 11, stride=2, residual=True, batch=2),
+         ConvChain.of(3, 16, 16, 12, 12, k=5, residual=False, activation="silu"),
+         ConvChain((), (ConvSpec(1, 16, 10, 9, 24, (1, 1)), ConvSpec(1, 24, 10, 9, 32, (3, 3), (2, 2), (1, 1))),
+                   ("relu",), False, "none")]  # 1x1 then a strided 3x3, no closing activation
+
+
+def _pair_eager(chain, arrays, x, skip):
+    a, b = chain.convs
+    act, last = ACTIVATIONS[chain.activations[0]], ACTIVATIONS.get(chain.out_activation, lambda t: t)
+    y = act(F.conv2d(x, *map(torch.from_numpy, arrays[:2]), a.stride, a.padding))
+    y = F.conv2d(y, *map(torch.from_numpy, arrays[2:]), b.stride, b.padding)
+    return last(y + skip if chain.residual else y)
+
+
+@pytest.mark.parametrize("chain", PAIRS, ids=["basic", "strided-batch2", "stem-5x5", "1x1-then-strided"])
+def test_the_conv_pair_compute_matches_eager_and_builds(chain):
+    arrays = random_arrays(chain, np.random.default_rng(0))
+    x_shape, out_shape = fbc.io_shapes(chain)
+    x, skip = torch.randn(*x_shape), torch.randn(*out_shape)
+    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(chain)}), target="llvm")["main"]
+    out = tvm.runtime.empty(out_shape, "float32", tvm.cpu())
+    args = [x.numpy(), *fbc.prepare_weights(chain, *arrays)] + ([skip.numpy()] if chain.residual else [])
+    run(*map(tvm.runtime.tensor, args), out)
+    assert relative_error(torch.from_numpy(out.numpy()), _pair_eager(chain, arrays, x, skip)) <= 1e-5
+    for target in CUDA:  # the default schedule: A's activations on the tile and its halo in shared memory
+        source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
+        (shared,) = [int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source)]
+        b = chain.convs[1]
+        th, tw, ec, *_ = fbc.default_tiles(b.out_height, b.out_width, b.in_channels, b.out_channels)
+        halo = ((th - 1) * b.stride[0] + b.kernel[0]) * ((tw - 1) * b.stride[0] + b.kernel[0])
+        assert ec * halo <= shared <= ec * halo + 2 * halo and 4 * shared <= 48 * 1024
+        if shutil.which("nvcc"):
+            from tvm.support import nvcc
+
+            with target.tvm:
+                assert nvcc.compile_cuda(source, target_format="cubin", arch=target.tvm.attrs["arch"],
+                                         compiler="nvcc")
+
+
+def test_the_conv_pairs_design_space_builds():
+    target = CUDA[0]
+    workload, context, space = _space(ConvChain.of(32, 32, 32, 28, 28), target)
+    assert sum(i.kind.name == "SamplePerfectTile" for i in space.trace.insts) == 4
+    assert _random_points_build(workload, context, space, target, 8) >= 4
 
 
 def test_the_pointwise_mlps_design_space_builds():
