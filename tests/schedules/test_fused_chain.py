@@ -21,22 +21,13 @@ from convopt.schedules.fused_chain import (ConvChain, default_bands, io_shapes, 
 from convopt.target import resolve_target
 
 from ..passes.test_fuse_blocks import BasicBlock, Bottleneck
+from .test_fused_block import _randomize
 
 
 def _optimized(model, x, lanes, names):
     target = resolve_target("cpu").with_lanes(lanes)
     return convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks=dict.fromkeys(names, True),
                             check=False)
-
-
-def _randomize_norms(model):
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 GRID = [  # blocks after a 3x3 stem conv (3 -> c channels), input shape
@@ -51,7 +42,7 @@ GRID = [  # blocks after a 3x3 stem conv (3 -> c channels), input shape
 @pytest.mark.parametrize("blocks, shape", GRID, ids=["basic", "basic-k5", "bottleneck", "bottleneck-s2"])
 def test_the_fused_kernel_matches_eager(blocks, shape, lanes):
     c = blocks[0].conv1.in_channels
-    model = _randomize_norms(nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), *blocks))
+    model = _randomize(nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), *blocks))
     x = torch.randn(shape)
     fast = _optimized(model, x, lanes, [str(i + 2) for i in range(len(blocks))])
     fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
@@ -143,7 +134,7 @@ def test_on_cuda_a_forced_pair_runs_the_cuda_kernel_and_a_bottleneck_its_body():
     from convopt.passes.fuse_blocks import fuse_blocks
     from convopt.pipeline import build, run_passes
 
-    model = _randomize_norms(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), BasicBlock(32, 32),
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), BasicBlock(32, 32),
                                            Bottleneck(32, 8, 32)))
     captured = capture_program(model, (torch.randn(1, 3, 14, 14),), mode="inference").graph
     cuda = resolve_target({"kind": "cuda", "arch": "sm_80"})
