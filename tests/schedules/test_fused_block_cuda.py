@@ -191,7 +191,8 @@ def test_the_conv_pair_compute_matches_eager_and_builds(chain):
     args = [x.numpy(), *fbc.prepare_weights(chain, *arrays)] + ([skip.numpy()] if chain.residual else [])
     run(*map(tvm.runtime.tensor, args), out)
     assert relative_error(torch.from_numpy(out.numpy()), _pair_eager(chain, arrays, x, skip)) <= 1e-5
-    for target in CUDA:  # the default schedule: A's activations on the tile and its halo in shared memory
+    for target in CUDA if chain is PAIRS[0] else CUDA[:1]:  # the default schedule: A's activations on the tile
+        # and its halo in shared memory (nvcc takes ~8 s a build: both archs for one pair, sm_80 for the rest)
         source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
         (shared,) = [int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source)]
         b = chain.convs[1]
