@@ -1,7 +1,8 @@
 """Block fusion, block by block, inside the model: the model compiled with every block fuse_blocks matches fused
-(one kernel each: schedules/fused_block.py for inverted residuals, schedules/fused_mlp.py for pointwise MLPs,
+(one kernel each: schedules/fused_block.py for inverted residuals, schedules/fused_mlp.py for pointwise MLPs
+and ConvNeXt blocks,
 schedules/fused_chain.py for dense conv pairs and bottlenecks)
-and with none (convopt's conv kernels of each block, exchanging
+and with none (convopt's kernels of each block's nodes, each kernel counted once, exchanging
 channel-blocked tensors), each kernel timed in place by the VM's instrument (report.time_kernels, the
 median of runs), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
 model's predictions (cost/fused.py, cost/model.py), the bytes each variant moves from memory, and the
@@ -28,9 +29,14 @@ import torch
 warnings.simplefilter("ignore")
 
 
-def per_call(rows) -> dict[str, float]:
-    """IR node -> seconds of one call of the kernel that runs it."""
-    return {node: row.seconds / row.calls for row in rows for node in row.nodes}
+def per_call(rows) -> dict[str, tuple[int, float]]:
+    """IR node -> (the kernel that runs it, seconds of one call of that kernel)."""
+    return {node: (i, row.seconds / row.calls) for i, row in enumerate(rows) for node in row.nodes}
+
+
+def kernels_time(per_node: dict[str, tuple[int, float]], nodes) -> float:
+    """Seconds of the kernels that run ``nodes`` (each kernel once, however many of the nodes it runs)."""
+    return sum(dict(per_node[n] for n in nodes if n in per_node).values())
 
 
 def main() -> int:
@@ -74,8 +80,8 @@ def main() -> int:
     rows = []
     for block in blocks:
         first = block.nodes[0].name
-        convs = [n.name for n in block.nodes if n.op is Op.CONV2D]
-        measured_fused, measured_unfused = fused_s[fused_at[first]], sum(unfused_s[c] for c in convs)
+        measured_fused = fused_s[fused_at[first]][1]
+        measured_unfused = kernels_time(unfused_s, [n.name for n in block.nodes])
         predicted = predict_block(block, profile, target.lanes)
         specs = block.convs
         unfused_bytes = sum(evaluate("direct", spec, target.lanes)["bytes"] for spec in specs)
@@ -84,7 +90,8 @@ def main() -> int:
         end = "" if block.kind != PARTIAL_KIND else " (to the SE)"
         skip = " +x" if block.kind == fused_block.KIND else " +skip"  # an inverted residual adds its input
         name = f"{describe_block(block)}{end}" + (skip if block.residual else "")
-        kernel = {fused_mlp.KIND: fused_mlp, **dict.fromkeys(fused_chain.KINDS, fused_chain)}.get(block.kind, fused_block)
+        kernel = {fused_mlp.KIND: fused_mlp, fused_mlp.MIXER_KIND: fused_mlp,
+                  **dict.fromkeys(fused_chain.KINDS, fused_chain)}.get(block.kind, fused_block)
         bands = kernel.default_bands(block, target.cores)
         rows.append((name, measured_unfused, measured_fused, predicted, unfused_bytes, terms["bytes"], extra,
                      bands, first in chosen))

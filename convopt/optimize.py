@@ -108,7 +108,7 @@ class OptimizedModule(nn.Module):
     @property
     def tuning(self) -> dict[str, dict]:
         """IR node -> how its kernel was scheduled, for every node computed by a kernel of convopt's that has
-        a schedule (convs and linear layers on a TVM CPU target, fused blocks on CUDA): {"kernel", "status":
+        a design space (convs, linear layers and fused blocks on a TVM CPU target, fused blocks on CUDA): {"kernel", "status":
         "tuned" | "default" | "untuned" | "stale", "default_us", "best_us", "speedup"} (tuning/apply.py).
         Empty for target "torch"."""
         from .tuning.apply import KernelTuning

@@ -85,9 +85,12 @@ class KernelUse:
     call (a conv's direct FLOPs) and the IR nodes that call it."""
 
     kind: str
-    schedule: Callable | None  # None: written out (the CPU fused block kernels): nothing to schedule or tune
+    schedule: Callable  # (sch, func name, target) -> None: the default schedule, and the design space
     flops: int
     nodes: list[str]
+    # a kernel written out rather than scheduled (the CPU fused blocks: schedules/fused_space.py): the kernel
+    # its schedule's sampled decisions name; None: the scheduled workload is the kernel
+    realize: Callable | None = None
 
 
 def dense_weight(graph: Graph, n: Node) -> np.ndarray | None:
@@ -158,12 +161,13 @@ def _blocks_of(graph: Graph, n: Node, names, lanes: int) -> list[bool]:
     return [bool(b) for b in blocks]
 
 
+def _constant(graph: Graph, name: str | None) -> np.ndarray | None:
+    return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
+
+
 def _block_arrays(graph: Graph, block) -> list:
     """The weight and bias (None: no bias) of each conv of a fused block, in order, as numpy arrays."""
-    def constant(name):
-        return None if name is None else graph.constant_map[name].data.detach().cpu().numpy()
-
-    return [constant(conv.inputs[i] if i < len(conv.inputs) else None) for conv in _block_convs(block)
+    return [_constant(graph, conv.inputs[i] if i < len(conv.inputs) else None) for conv in _block_convs(block)
             for i in (1, 2)]
 
 
@@ -182,14 +186,14 @@ def _block_skip(block) -> str | None:
 
 
 def _call_fused(bb: relax.BlockBuilder, n: Node, block, func, args, out_shape, schedule,
-                kernels: dict[str, KernelUse]):
+                kernels: dict[str, KernelUse], realize: Callable | None = None):
     """Emit the call of a fused block's kernel ``func`` (add_func shares it between equal blocks) and record
-    its use (``schedule``: None for a kernel written out already)."""
+    its use (``schedule``, ``realize``: KernelUse's)."""
     gvar = bb.add_func(func, f"convopt_fused_{n.name}")
     out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
     name = bb.lookup_binding(out).args[0].name_hint
     flops = 2 * sum(spec.macs for spec in block.convs)
-    kernels.setdefault(name, KernelUse("fused_" + block.kind, schedule, flops, [])).nodes.append(n.name)
+    kernels.setdefault(name, KernelUse("fused_" + block.kind, schedule, flops, [], realize)).nodes.append(n.name)
     return out
 
 
@@ -198,7 +202,7 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     """Emit fused block ``n`` (passes/fuse_blocks.py) on a CPU as one call of its fused kernel
     (schedules/fused_block.py, schedules/fused_mlp.py, schedules/fused_chain.py), written out as a PrimFunc."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block, fused_chain, fused_mlp
+    from ..schedules import fused_block, fused_chain, fused_mlp, fused_space
 
     block = describe(graph, n)
     arrays = _block_arrays(graph, block)
@@ -207,28 +211,32 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
         skip = _block_skip(block)
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_chain.kernel_arguments(block, arrays, lanes)]
-        func = fused_chain.prim_func(block, lanes, fused_chain.default_bands(block, cores), in_block=in_block,
-                                     out_block=out_block, skip_block=skip_block)
+        module, knobs, extra = fused_chain, fused_chain.KNOBS, {"skip_block": skip_block}
         skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
         args = [x, *prepared, skip_arg]
-        _, out_shape = fused_chain.io_shapes(block, lanes, in_block, out_block)
-    elif block.kind == fused_mlp.KIND:
+    elif block.kind in (fused_mlp.KIND, fused_mlp.MIXER_KIND):
         skip = _block_skip(block)
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
+        if block.mixer is not None:  # the norm's scale and shift after the depthwise conv's weight and bias
+            norm = next(b for b in block.nodes if b.op is Op.CHANNEL_NORM)
+            arrays = arrays[:2] + [_constant(graph, i) for i in norm.inputs[1:3]] + arrays[2:]
         prepared = [relax.const(arr) for arr in fused_mlp.prepare_weights(block, *arrays, lanes=lanes)]
-        func = fused_mlp.prim_func(block, lanes, fused_mlp.default_bands(block, cores), in_block=in_block,
-                                   out_block=out_block, skip_block=skip_block)
+        module, knobs, extra = fused_mlp, tuple(fused_space.CANDIDATES), {"skip_block": skip_block}
         skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
         args = [x, *prepared, skip_arg]
-        _, out_shape = fused_mlp.io_shapes(block, lanes, in_block, out_block)
     else:
         in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
-        func = fused_block.prim_func(block, lanes, fused_block.default_bands(block, cores), in_block=in_block,
-                                     out_block=out_block)
+        module, knobs, extra = fused_block, tuple(fused_space.CANDIDATES), {}
         args = [x, *prepared]
-        _, out_shape = fused_block.io_shapes(block, lanes, in_block, out_block)
-    return _call_fused(bb, n, block, func, args, out_shape, None, kernels)
+    _, out_shape = module.io_shapes(block, lanes, in_block, out_block)
+    bands = module.default_bands(block, cores)
+    space = fused_space.Space.of(
+        lambda tiles: module.prim_func(block, lanes, bands, in_block=in_block, out_block=out_block, tiles=tiles,
+                                       **extra),
+        lambda tiles: module.plan(block, lanes, bands, tiles), knobs)
+    return _call_fused(bb, n, block, space.build(fused_space.DEFAULT), args, out_shape, space.sample, kernels,
+                       space.realize)
 
 
 def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, kernels: dict[str, KernelUse]):
@@ -268,10 +276,10 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
     stale = []
     for name, use in kernels.items():
         task = workload(mod, name)
-        if use.schedule is None:
+        if records is not None:
+            func, tuning = records.schedule(task, default_schedule(use, target), name, use.realize)
+        elif use.realize is not None:  # written out: the workload is its default point
             func, tuning = task["main"], None
-        elif records is not None:
-            func, tuning = records.schedule(task, default_schedule(use, target), name)
         else:
             sch = tvm.s_tir.Schedule(task)
             default_schedule(use, target)(sch)

@@ -358,4 +358,6 @@ def describe_block(block) -> str:
     e = block.expand
     d = getattr(block, "depthwise", None)
     middle = f" k{d.kernel[0]} s{d.stride[0]}" if d is not None else ""
-    return f"{e.in_channels}->{e.out_channels}->{block.out_channels}{middle} @{e.height}x{e.width}"
+    mixer = getattr(block, "mixer", None)
+    head = f"dw k{mixer.kernel[0]} + norm, " if mixer is not None else ""
+    return f"{head}{e.in_channels}->{e.out_channels}->{block.out_channels}{middle} @{e.height}x{e.width}"

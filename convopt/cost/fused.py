@@ -19,6 +19,11 @@ The pointwise MLP (schedules/fused_mlp.py) has the same terms with its own coeff
 recomputation; bytes_f as above, except that its weights are read once per row where they don't fit in
 half of L2 (each row's tiles stream both weight matrices), which is what makes wide late stages lose.
 
+ConvNeXt's whole block (kind "convnext_block": the MLP with its depthwise conv and norm) uses the MLP's
+terms and coefficients, its FLOPs counting the depthwise conv and the norm's passes too (no fit of its own:
+measured 0.56-1.19x fused in convnext_atto, under the margin everywhere; docs/block_fusion.md); its unfused
+prediction counts its three convs, not the norm's kernel.
+
 The dense conv chains (schedules/fused_chain.py; keys "fused_conv_pair", "fused_bottleneck", fitted on
 cost/calibrate.CHAIN_SHAPES) likewise: flops_f = 2 (rows_A W_A k_A^2 C M_A' + OH OW (k_B^2 M_A' M_B' [+ M_B' O']))
 with rows_A the rows of A the ring computes (a band's first k_B - s_B twice), bytes_f the input, output, skip
@@ -103,7 +108,8 @@ def chain_terms(chain: ConvChain, lanes: int, cores: int, l2_bytes: int) -> dict
 
 
 def mlp_terms(block: PointwiseMLP, lanes: int, l2_bytes: int) -> dict[str, float]:
-    """The fused pointwise MLP's work (see the module docstring)."""
+    """The fused pointwise MLP's work (see the module docstring); with ConvNeXt's mixer, its depthwise conv's
+    FLOPs too (the norm's two passes over the row are counted as part of it)."""
     e = block.expand
     n, C, H, W, O = e.batch, e.in_channels, e.height, e.width, block.out_channels
     Ep, Op = round_up(e.out_channels, lanes), round_up(O, lanes)
@@ -111,7 +117,10 @@ def mlp_terms(block: PointwiseMLP, lanes: int, l2_bytes: int) -> dict[str, float
     reads = 1 if F32 * weights <= l2_bytes // 2 else n * H
     outputs = n * O * H * W
     bytes_ = F32 * (n * C * H * W + outputs * (2 if block.residual else 1) + weights * reads + Ep + Op)
-    return {"flops": 2 * n * H * W * (C * Ep + Ep * Op), "bytes": bytes_, "outputs": outputs, "calls": 1}
+    flops = 2 * n * H * W * (C * Ep + Ep * Op)
+    if block.mixer is not None:
+        flops += 2 * n * H * W * round_up(C, lanes) * (block.mixer.kernel[0] ** 2 + 2)
+    return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
 
 
 def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str, float]:

@@ -33,8 +33,12 @@ InceptionNeXt, MetaFormer, RepViT and FastViT blocks:
 with F1 and F2 1x1 convs (groups 1, stride 1, constant weights) on a map of more than one pixel (a
 squeeze-excite's convs are matrix-vector products with nothing to keep in cache) and s any value of y's
 shape the add reads
-(ConvNeXt's block input, read before its depthwise conv and norm, which stay separate: they move C
-channels, the MLP's intermediate 4C). Preconditions as above (F1 and a each read only by the next op).
+(ConvNeXt's block input). Preconditions as above (F1 and a each read only by the next op). Where x is
+ConvNeXt's token mixer, a channel norm of a depthwise conv (k x k up to 7, stride 1, same padding, constant
+weights), each read only by the next op, the block takes them too (kind "convnext_block"):
+
+    y = F2(a(F1(norm(D(x)))))  [+ s]    =>   y = fused_block(x, W_D, b_D, g, b, W_1, b_1, W_2, b_2[, s])
+
 The dense conv chains (kinds "conv_pair" and "bottleneck", schedules/fused_chain.py), among the nodes the
 kinds above left:
 
@@ -120,7 +124,7 @@ def match_blocks(graph: Graph, kinds: tuple[str, ...] | None = None) -> list[Blo
     blocks of these kinds (None: all)."""
     found = _inverted_residuals(graph)
     taken = {n.name for block in found for n in block.nodes}
-    found += _pointwise_mlps(graph, taken)
+    found += _pointwise_mlps(graph, taken, mixers=kinds is None or fused_mlp.MIXER_KIND in kinds)
     taken = {n.name for block in found for n in block.nodes}
     found += _conv_chains(graph, taken)
     return [b for b in found if kinds is None or b.kind in kinds]
@@ -181,7 +185,25 @@ def _chain_with_epilogue(graph: Graph, nodes: tuple, acts: tuple, follows, only_
     return ConvChain(tuple(nodes), specs, acts, residual, out_activation)
 
 
-def _pointwise_mlps(graph: Graph, taken: set[str]) -> list[PointwiseMLP]:
+def _mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tuple[Node, Node, ConvSpec] | None:
+    """(depthwise conv, channel norm, the conv's spec) of ConvNeXt's token mixer feeding ``f1``, each read only
+    by the next op, with constant weights; else None."""
+    norm = graph.node_map.get(f1.inputs[0])
+    if (norm is None or norm.op is not Op.CHANNEL_NORM or norm.name in taken or only_reader(norm) is not f1
+            or not _constant_operands(graph, norm)):
+        return None
+    dw = graph.node_map.get(norm.inputs[0])
+    if dw is None or dw.op is not Op.CONV2D or dw.name in taken or only_reader(dw) is not norm:
+        return None
+    spec = conv_spec_of(graph, dw)
+    if not (_depthwise(spec) and spec.stride == (1, 1) and _constant_operands(graph, dw)):
+        return None
+    return dw, norm, spec
+
+
+def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[PointwiseMLP]:
+    """Pointwise MLPs among the nodes not ``taken``, each with the token mixer before it where ``mixers`` and
+    there is one (ConvNeXt's depthwise conv and norm, kind convnext_block)."""
     only_reader, found = _only_reader(graph), []
     for f1 in graph.nodes:
         if f1.op is not Op.CONV2D or f1.name in taken or getattr(f1.type, "dtype", None) != "f32":
@@ -199,9 +221,14 @@ def _pointwise_mlps(graph: Graph, taken: set[str]) -> list[PointwiseMLP]:
         residual = _residual_add(graph, add, f2, None) and add.name not in taken
         nodes = (f1, act, f2, add) if residual else (f1, act, f2)
         block = PointwiseMLP(nodes, expand, project, activation_of(act), residual)
+        mixer = _mixer(graph, f1, only_reader, taken) if mixers else None
+        if mixer is not None:
+            dw, norm, spec = mixer
+            mixed = replace(block, nodes=(dw, norm, *nodes), mixer=spec, eps=norm.attrs.eps)
+            block = mixed if fused_mlp.supports(mixed) is None else block
         if fused_mlp.supports(block) is None:
             found.append(block)
-            taken.update(n.name for n in nodes)
+            taken.update(n.name for n in block.nodes)
     return found
 
 

@@ -17,7 +17,7 @@ depthwise conv reads in a ring buffer [k, W + 2p, E'] (channels-last, so every s
 channels): its first row computes k rows, each next one only the s rows it adds (slot = row mod k), so an
 expanded row is computed once (a band's first k - s rows are also its upper neighbour's last: the only
 recomputation). Each output row's depthwise and projection go through one-row buffers, and the row is
-stored NCHW. Every stage runs as register tiles of ``column_tile`` columns x one vector of channels with
+stored NCHW. Every stage runs as register tiles of ``fused_space.column_tile`` columns x channel vectors with
 its epilogue applied per tile. The ring is k (W + 2p) E' floats (131 KB for 96 channels at 112 px): it
 stays in L2. The kernel that computed bands of th rows with ``compute_at`` recomputed each band's halo,
 15-120% of the expand's FLOPs; this one measured 1.1-1.9x faster on mobilenetv2_100's blocks.
@@ -26,7 +26,9 @@ The kernel is written out in TVMScript, not as a TE compute with a schedule: no 
 ring (``rolling_buffer`` makes the row loop opaque, and then the reduction can't be decomposed or
 tiled), and the same ring written as nested TIR blocks with a schedule trips TVM 0.27's copy-on-write
 (scheduling changes the workload the schedule was made from, so a tuning job's records of it no longer
-replay). So it has no design space and is not a tuning task; its tiles follow the rules above.
+replay). So its design space is its generator's parameters instead (fused_space.py: the most columns per
+register tile, channel vectors per 1x1 tile, bands per core), sampled like a schedule's choices; the rules
+above are its default point, and a tuning job measures the others.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .activations import activate
-from . import tiling
 from .conv_spec import ConvSpec
+from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
 F32 = "float32"
 KIND = "inverted_residual"
@@ -133,19 +135,6 @@ def default_bands(block, cores: int = 1) -> int:
     return max(1, min(block.depthwise.out_height, -(-cores // block.expand.batch)))
 
 
-def column_tile(width: int, lanes: int, vectors: int = 1) -> int:
-    """Columns per register tile of ``vectors`` channel vectors: the accumulators left per vector
-    (tiling.accumulators: 16 of AVX-512's 32 registers, 8 of AVX2's 16), at most 8 columns, as a divisor
-    of the row where one is close (tiling.pick_tile), else with a ragged last tile."""
-    return tiling.pick_tile(width, min(8, tiling.accumulators(lanes) // vectors))
-
-
-def channel_vectors(vectors: int) -> int:
-    """Channel vectors per register tile of a 1x1 stage: two where they pair up (each broadcast input feeds
-    two FMAs), else one."""
-    return 2 if vectors % 2 == 0 else 1
-
-
 def io_shapes(block, lanes: int, in_block: bool = False, out_block: bool = False
               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The stored shapes of the kernel's input and output (``prim_func``)."""
@@ -156,13 +145,27 @@ def io_shapes(block, lanes: int, in_block: bool = False, out_block: bool = False
     return x, out
 
 
-def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False
-              ) -> tirx.PrimFunc:
-    """The block's kernel, written out (no schedule: see the module docstring): arguments x [N, C, H, W],
+def plan(block, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT) -> tuple[int, ...]:
+    """The kernel's tiles at point ``tiles`` of its space (fused_space.py) given the rule's ``bands``: output
+    rows per band, channel vectors per 1x1 tile (expand, project), columns per tile (expand, depthwise,
+    project)."""
+    d = block.depthwise
+    Ep, Op = round_up(block.expand.out_channels, lanes), round_up(block.out_channels, lanes)
+    th = -(-d.out_height // bands_of(bands, d.out_height, tiles))
+    ev, ov = (channel_vectors(v // lanes, tiles.vectors) for v in (Ep, Op))
+    most = tiles.columns
+    return (th, ev, ov, column_tile(block.expand.width, lanes, ev, most), column_tile(d.out_width, lanes, 1, most),
+            column_tile(d.out_width, lanes, ov, most))
+
+
+def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False,
+              tiles: Tiles = DEFAULT) -> tirx.PrimFunc:
+    """The block's kernel, written out (not scheduled: see the module docstring): arguments x [N, C, H, W],
     the prepared weights (``prepare_weights``) and the output [N, O, OH, OW] (without a projection: the
     depthwise stage's activations, [N, E, OH, OW]). ``in_block`` / ``out_block``: x (and the residual) / the
     output stored in channel blocks of ``lanes``, [N, C/lanes, H, W, lanes] (passes/block_layout.py); the
-    output's rows then store whole vectors instead of transposing the row."""
+    output's rows then store whole vectors instead of transposing the row. ``bands``: the rule's bands per
+    image (``default_bands``); ``tiles``: the point of the kernel's design space (fused_space.py)."""
     e_, d = block.expand, block.depthwise
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
@@ -171,14 +174,12 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     p = k // 2
     OH, OW = d.out_height, d.out_width
     Wp = W + 2 * p
-    th = -(-OH // bands)  # output rows per band
+    th, ev, ov, rx, dx, px = plan(block, lanes, bands, tiles)  # rows per band; a register tile's vectors, columns
     B = -(-OH // th)
     a1, a2 = block.activations
     projects, residual = block.project is not None, block.residual
     w3_shape, b3_shape = ((Ep, Op), (Op,)) if projects else ((1, 1), (1,))  # unused without a projection
     EV, OV = Ep // lanes, Op // lanes  # channel vectors
-    ev, ov = channel_vectors(EV), channel_vectors(OV)  # per register tile: expand, project
-    rx, dx, px = column_tile(W, lanes, ev), column_tile(OW, lanes), column_tile(OW, lanes, ov)  # its columns
     XT, DXT, PXT = -(-W // rx), -(-OW // dx), -(-OW // px)
     zero = tirx.const(0.0, F32)
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
@@ -195,7 +196,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
             ring = T.alloc_buffer((k, Wp, Ep), F32)  # padded input rows of mid: row r at slot r mod k
             dw_row = T.alloc_buffer((OW, Ep), F32)
             proj_row = T.alloc_buffer((OW, Op), F32)
-            acc = T.alloc_buffer((8, 2, lanes), F32, scope="local")  # a register tile
+            acc = T.alloc_buffer((max(rx, dx, px), 2, lanes), F32, scope="local")  # a register tile
             for j, pc, e in T.grid(k, 2 * p, Ep):  # the padding columns, never written again
                 ring[j, T.if_then_else(pc < p, pc, W + pc), e] = zero
             for t in range(th):

@@ -34,8 +34,8 @@ layer1: ~600 GFLOP/s-equivalent against the ~200 a direct 3x3 reaches here), and
 output row (per row of A) where they exceed the cache. The cost model (cost/fused.py) weighs that against
 the intermediates' traffic; it is a tile-sized pipeline where the maps are large and the channels few.
 
-Written out in TVMScript like the other CPU fused kernels (schedules/fused_block.py says why), so not a
-tuning task.
+Written out in TVMScript like the other CPU fused kernels (schedules/fused_block.py says why); its design
+space is its generator's column tiles and bands (``KNOBS``, fused_space.py).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from tvm.script import tirx as T
 
 from .activations import activate
 from .conv_spec import ConvSpec
-from .fused_block import SUPPORTED_ACTIVATIONS, channel_vectors, column_tile, compiled_alone, padded_vector, round_up
+from .fused_block import SUPPORTED_ACTIVATIONS, compiled_alone, padded_vector, round_up
+from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
 F32 = "float32"
 PAIR_KIND = "conv_pair"
@@ -160,12 +161,30 @@ def io_shapes(chain: ConvChain, lanes: int, in_block: bool = False, out_block: b
     return x, out
 
 
+KNOBS = ("columns", "band_factor")  # its space (fused_space.py): the weights' layout follows the channel pairing
+
+
+def plan(chain: ConvChain, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT) -> tuple[int, ...]:
+    """The kernel's tiles at point ``tiles`` of its space (``KNOBS``) given the rule's ``bands``: output rows
+    per band, channel vectors per tile (A, B, P: the rule), columns per tile (A, B, P)."""
+    sa, sb = chain.convs[0], chain.convs[1]
+    padded = padded_channels(chain, lanes)
+    va, vb, vp = (channel_vectors(v // lanes) for v in (padded[0], padded[1], padded[-1]))
+    th = -(-sb.out_height // bands_of(bands, sb.out_height, tiles))
+    most = tiles.columns
+    return (th, va, vb, vp, column_tile(sa.out_width, lanes, va, most), column_tile(sb.out_width, lanes, vb, most),
+            column_tile(sb.out_width, lanes, vp, most))
+
+
 def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False,
-              skip_block: bool = False) -> tirx.PrimFunc:
+              skip_block: bool = False, tiles: Tiles = DEFAULT) -> tirx.PrimFunc:
     """The chain's kernel: arguments x, the prepared weights (``prepare_weights``; a conv_pair gets unused
     1-element wP, bP), skip and out. ``in_block`` / ``skip_block`` / ``out_block``: that tensor stored in
     channel blocks of ``lanes``, [N, C/lanes, H, W, lanes] (passes/block_layout.py). Without a residual, skip
-    is an unused 1-element buffer."""
+    is an unused 1-element buffer. ``bands``: the rule's bands per image (``default_bands``); ``tiles``: the
+    point of the kernel's space (``KNOBS``, fused_space.py)."""
+    if tiles.vectors != DEFAULT.vectors:
+        raise ValueError("the chain kernel's channel pairing is fixed by its weights' layout")
     sa, sb = chain.convs[0], chain.convs[1]
     projects = len(chain.convs) == 3
     N, C, H, W = sa.batch, sa.in_channels, sa.height, sa.width
@@ -177,14 +196,12 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
     O = chain.out_channels
     Op = padded_channels(chain, lanes)[-1]
     Wx, Wr = W + 2 * pA, WA + 2 * pB  # the window's and the ring's padded widths
-    th = -(-OH // bands)  # output rows per band
+    th, va, vb, vp, rx, dx, px = plan(chain, lanes, bands, tiles)  # rows per band; a tile's vectors, columns
     B = -(-OH // th)
     a1 = chain.activations[0]
     a2 = chain.activations[1] if projects else "none"
     act, residual = chain.out_activation, chain.residual
     VA, VB, VP = MA // lanes, MB // lanes, Op // lanes  # channel vectors
-    va, vb, vp = channel_vectors(VA), channel_vectors(VB), channel_vectors(VP)  # per register tile
-    rx, dx, px = column_tile(WA, lanes, va), column_tile(OW, lanes, vb), column_tile(OW, lanes, vp)
     XT, DXT, PXT = -(-WA // rx), -(-OW // dx), -(-OW // px)
     wp_shape, bp_shape = ((VP // vp, 1, 1, MB, vp * lanes), (Op,)) if projects else ((1, 1, 1, 1, 1), (1,))
     zero = tirx.const(0.0, F32)
@@ -211,7 +228,7 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
             ring = T.alloc_buffer((kB, Wr, MA), F32)  # rows of A's output: row r at slot (r + pB) mod kB
             mid = T.alloc_buffer((OW, MB), F32)  # one row of B's output (a bottleneck's a2 applied)
             last = T.alloc_buffer((OW, Op), F32)  # one row of the last conv's sums, before the epilogue
-            acc = T.alloc_buffer((8, 2, lanes), F32, scope="local")  # a register tile
+            acc = T.alloc_buffer((max(rx, dx, px), 2, lanes), F32, scope="local")  # a register tile
             for i, pc, c in T.grid(kA, 2 * pA, C):  # the window's padding columns, never written again
                 win[i, T.if_then_else(pc < pA, pc, W + pc), c] = zero
             for j, pc, m in T.grid(kB, 2 * pB, MA):  # the ring's

@@ -13,7 +13,7 @@ maps 0 to 0, so a padded channel stays 0):
 Loop structure (``prim_func``): the rows are cut into bands, one per parallel iteration (one per core); a
 band walks its rows, and each row goes through a channels-last row buffer [W, E'] (W E' floats: 36 KB for
 160 channels at 56 px, in L1/L2), then the projection's row [W, O'], stored in the output's layout. Both
-stages run as register tiles of ``fused_block.column_tile`` columns x one or two channel vectors (the rule
+stages run as register tiles of ``fused_space.column_tile`` columns x one or two channel vectors (the rule
 the inverted residual kernel uses), the expand's bias added per tile and its activation in a pass over
 the row (GELU's polynomial inside the tile spilled the accumulators), the projection's bias and the skip
 where the row is stored. Unlike the separate convs, the intermediate is never stored: the unfused expand
@@ -21,7 +21,22 @@ writes and the projection reads E H W floats each. Each row streams both weight 
 tile of the row; where they exceed half of L2 (wide late stages) that costs more than the intermediate
 saves, and the cost model (cost/fused.py, which counts one read per row there) declines such blocks.
 
-Written out in TVMScript for the same reason as schedules/fused_block.py, and like it not a tuning task.
+With a token mixer (kind ``convnext_block``): ConvNeXt's whole block, a depthwise kxk conv and a norm over
+each pixel's channels (timm's LayerNorm2d) before the MLP, the skip being the block's input:
+
+    d[n, y, x, c]   = sum_{i,j} x[n, c, y + i - p, x + j - p] wd[i, j, c] + bd[c]
+    u[n, y, x, c]   = (d[n, y, x, c] - mean_c d) / sqrt(var_c d + eps)      (the norm's scale and shift are
+    mid, out        as above, with u for x                                    folded into w1 and b1)
+
+A band keeps the k input rows its depthwise conv reads in a zero-padded channels-last ring [k, W + 2p, C']
+(its first row copies k rows in, each next one the one row it adds; channels-last so the conv is the same
+register tile over channel vectors), convolves them into a row [W, C'], and normalizes each pixel of it
+(two passes over its channels as lane-wise sums: the mean, then the variance of the differences, as
+PyTorch computes it); the expand then reads that row. So the depthwise output and the norm's never leave
+the cache either.
+
+Written out in TVMScript for the same reason as schedules/fused_block.py; like it, its design space is its
+generator's parameters (fused_space.py).
 """
 
 from __future__ import annotations
@@ -34,22 +49,29 @@ from tvm.script import tirx as T
 
 from .activations import activate
 from .conv_spec import ConvSpec
-from .fused_block import SUPPORTED_ACTIVATIONS, channel_vectors, column_tile, compiled_alone, padded_vector, round_up
+from .fused_block import SUPPORTED_ACTIVATIONS, compiled_alone, padded_vector, round_up
+from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
 F32 = "float32"
 KIND = "pointwise_mlp"
+MIXER_KIND = "convnext_block"  # the MLP with ConvNeXt's depthwise conv and channel norm before it
 
 
 @dataclass(frozen=True)
 class PointwiseMLP:
     """A matched block: its nodes in order and what the kernel needs to know."""
 
-    nodes: tuple  # the IR nodes fc1, act, fc2[, add] (empty when built from shapes alone)
+    nodes: tuple  # the IR nodes [dw, norm,] fc1, act, fc2[, add] (empty when built from shapes alone)
     expand: ConvSpec
     project: ConvSpec
     activation: str
     residual: bool  # + skip, the add's other operand (any tensor of the output's type)
-    kind = KIND
+    mixer: ConvSpec | None = None  # the depthwise conv before the norm (kind MIXER_KIND), else None
+    eps: float = 0.0  # the norm's
+
+    @property
+    def kind(self) -> str:
+        return KIND if self.mixer is None else MIXER_KIND
 
     @property
     def out_channels(self) -> int:
@@ -57,32 +79,53 @@ class PointwiseMLP:
 
     @property
     def convs(self) -> tuple[ConvSpec, ...]:
-        return (self.expand, self.project)
+        return (self.expand, self.project) if self.mixer is None else (self.mixer, self.expand, self.project)
 
     @classmethod
     def of(cls, C: int, E: int, O: int, H: int, W: int, activation: str = "gelu", residual: bool = True,
-           batch: int = 1) -> "PointwiseMLP":
-        """A block from its shape alone (calibration, tests)."""
-        return cls((), ConvSpec(batch, C, H, W, E, (1, 1)), ConvSpec(batch, E, H, W, O, (1, 1)), activation, residual)
+           batch: int = 1, mixer_kernel: int | None = None) -> "PointwiseMLP":
+        """A block from its shape alone (calibration, tests); ``mixer_kernel``: with ConvNeXt's depthwise conv
+        of that size and its norm."""
+        mixer = None if mixer_kernel is None else ConvSpec(
+            batch, C, H, W, C, (mixer_kernel, mixer_kernel), padding=(mixer_kernel // 2, mixer_kernel // 2), groups=C)
+        return cls((), ConvSpec(batch, C, H, W, E, (1, 1)), ConvSpec(batch, E, H, W, O, (1, 1)), activation, residual,
+                   mixer, 1e-6 if mixer is not None else 0.0)
 
 
 def supports(block: PointwiseMLP) -> str | None:
     """None when the kernel computes ``block``, else why not."""
     if block.activation.partition(":")[0] not in SUPPORTED_ACTIVATIONS:
         return f"activation {block.activation}: the kernel pads channels, which needs act(0) = 0"
+    m = block.mixer
+    if m is not None and (m.kernel[0] > 7 or m.stride != (1, 1) or m.out_channels != m.in_channels):
+        return "a token mixer: a depthwise conv up to 7x7, stride 1"
     return None
 
 
-def prepare_weights(block: PointwiseMLP, w1: np.ndarray, b1, w3: np.ndarray, b3, *, lanes: int) -> list[np.ndarray]:
-    """The kernel's constants [w1 [C, E'], b1 [E'], w3 [E', O'], b3 [O']] from the convs' OIHW weights and
-    biases (None: no bias)."""
+def prepare_weights(block: PointwiseMLP, *arrays, lanes: int) -> list[np.ndarray]:
+    """The kernel's constants [wd [k, k, C'], bd [C'], w1 [C, E'], b1 [E'], w3 [E', O'], b3 [O']] from the
+    arrays: with a mixer its weight, bias, the norm's scale and shift, then each conv's OIHW weight and bias
+    (None: no bias, no scale or shift). Without a mixer wd and bd are unused 1-element zeros. The norm's
+    scale and shift are folded into the expand: w1 diag(g) and b1 + w1 s."""
     C, E, O = block.expand.in_channels, block.expand.out_channels, block.out_channels
     Ep, Op = round_up(E, lanes), round_up(O, lanes)
+    if block.mixer is not None:
+        wd, bd, scale, shift, w1, b1, w3, b3 = arrays
+        k = block.mixer.kernel[0]
+        wd_ = np.zeros((k, k, round_up(C, lanes)), np.float32)
+        wd_[:, :, :C] = np.asarray(wd, np.float32).reshape(C, k, k).transpose(1, 2, 0)
+        mixer = [wd_, padded_vector(bd, round_up(C, lanes))]
+        w1 = np.asarray(w1, np.float64).reshape(E, C)
+        b1 = (np.zeros(E) if b1 is None else np.asarray(b1, np.float64)) + (0 if shift is None else w1 @ shift)
+        w1 = w1 * (1 if scale is None else np.asarray(scale, np.float64))[None, :]
+    else:
+        w1, b1, w3, b3 = arrays
+        mixer = [np.zeros((1, 1, 1), np.float32), np.zeros(1, np.float32)]
     w1_ = np.zeros((C, Ep), np.float32)
     w1_[:, :E] = np.asarray(w1, np.float32).reshape(E, C).T
     w3_ = np.zeros((Ep, Op), np.float32)
     w3_[:E, :O] = np.asarray(w3, np.float32).reshape(O, E).T
-    return [w1_, padded_vector(b1, Ep), w3_, padded_vector(b3, Op)]
+    return mixer + [w1_, padded_vector(b1, Ep), w3_, padded_vector(b3, Op)]
 
 
 def default_bands(block: PointwiseMLP, cores: int = 1) -> int:
@@ -100,40 +143,117 @@ def io_shapes(block: PointwiseMLP, lanes: int, in_block: bool = False, out_block
     return x, out
 
 
+def plan(block: PointwiseMLP, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT) -> tuple[int, ...]:
+    """The kernel's tiles at point ``tiles`` of its space (fused_space.py) given the rule's ``bands``: rows
+    per band, channel vectors per tile (expand, project), columns per tile (expand, project, the mixer's
+    depthwise conv: 1 without one)."""
+    e_ = block.expand
+    Ep, Op = round_up(e_.out_channels, lanes), round_up(block.out_channels, lanes)
+    th = -(-e_.height // bands_of(bands, e_.height, tiles))
+    ev, ov = (channel_vectors(v // lanes, tiles.vectors) for v in (Ep, Op))
+    return (th, ev, ov, column_tile(e_.width, lanes, ev, tiles.columns), column_tile(e_.width, lanes, ov, tiles.columns),
+            column_tile(e_.width, lanes, 1, tiles.columns) if block.mixer is not None else 1)
+
+
 def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False,
-              skip_block: bool = False) -> tirx.PrimFunc:
-    """The block's kernel: arguments x, w1, b1, w3, b3 (``prepare_weights``), skip and out. ``in_block`` /
+              skip_block: bool = False, tiles: Tiles = DEFAULT) -> tirx.PrimFunc:
+    """The block's kernel: arguments x, wd, bd, w1, b1, w3, b3 (``prepare_weights``), skip and out. ``in_block`` /
     ``skip_block`` / ``out_block``: that tensor stored in channel blocks of ``lanes``, [N, C/lanes, H, W,
-    lanes] (passes/block_layout.py). Without a residual, skip is an unused 1-element buffer."""
+    lanes] (passes/block_layout.py). Without a residual, skip is an unused 1-element buffer. ``bands``: the
+    rule's bands per image (``default_bands``); ``tiles``: the point of the kernel's space (fused_space.py)."""
     e_ = block.expand
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
     Ep, Op = round_up(E, lanes), round_up(O, lanes)
-    th = -(-H // bands)  # rows per band
+    th, ev, ov, rx, px, dx = plan(block, lanes, bands, tiles)  # rows per band; a register tile's vectors, columns
     B = -(-H // th)
     act, residual = block.activation, block.residual
     EV, OV = Ep // lanes, Op // lanes  # channel vectors
-    ev, ov = channel_vectors(EV), channel_vectors(OV)  # per register tile: expand, project
-    rx, px = column_tile(W, lanes, ev), column_tile(W, lanes, ov)  # its columns
-    XT, PXT = -(-W // rx), -(-W // px)
+    XT, PXT, DXT = -(-W // rx), -(-W // px), -(-W // dx)
     zero = tirx.const(0.0, F32)
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     skip_shape = io_shapes(block, lanes, False, skip_block)[1] if residual else (1,)
+    mixing = block.mixer is not None
+    Cp = round_up(C, lanes)
+    kd = block.mixer.kernel[0] if mixing else 1
+    pd = kd // 2
+    wd_shape, bd_shape = ((kd, kd, Cp), (Cp,)) if mixing else ((1, 1, 1), (1,))  # unused without a mixer
+    win_shape, mixed_shape = ((kd, W + 2 * pd, Cp), (W, Cp)) if mixing else ((1, 1, 1), (1, 1))
+    eps = tirx.const(block.eps, F32)
 
     def load(buffer, blocked, n, c, y, x_):  # buffer[n, c, y, x_] in either layout
         return buffer[n, c // lanes, y, x_, c % lanes] if blocked else buffer[n, c, y, x_]
 
+    def source(x, mixed, n, c, y, x_):  # the expand's input: x, or the mixer's normalized row
+        return mixed[x_, c] if mixing else load(x, in_block, n, c, y, x_)
+
     @T.prim_func(s_tir=False)
-    def fused(x: T.Buffer(x_shape, F32), w1: T.Buffer((C, Ep), F32), b1: T.Buffer((Ep,), F32),
-              w3: T.Buffer((Ep, Op), F32), b3: T.Buffer((Op,), F32), skip: T.Buffer(skip_shape, F32),
-              out: T.Buffer(out_shape, F32)):
+    def fused(x: T.Buffer(x_shape, F32), wd: T.Buffer(wd_shape, F32), bd: T.Buffer(bd_shape, F32),
+              w1: T.Buffer((C, Ep), F32), b1: T.Buffer((Ep,), F32), w3: T.Buffer((Ep, Op), F32),
+              b3: T.Buffer((Op,), F32), skip: T.Buffer(skip_shape, F32), out: T.Buffer(out_shape, F32)):
         T.func_attr({"tirx.noalias": True})
         for nb in T.parallel(N * B):  # one band of one image per iteration
             mid = T.alloc_buffer((W, Ep), F32)  # one row of act(expand), channels-last
             proj_row = T.alloc_buffer((W, Op), F32)
-            acc = T.alloc_buffer((8, 2, lanes), F32, scope="local")  # a register tile
+            acc = T.alloc_buffer((max(rx, px, dx), 2, lanes), F32, scope="local")  # a register tile
+            win = T.alloc_buffer(win_shape, F32)  # a ring of the input rows the mixer's conv reads, channels-last
+            mixed = T.alloc_buffer(mixed_shape, F32)  # one row of the mixer's normalized output
+            part = T.alloc_buffer((lanes,), F32, scope="local")  # a pixel's sums, one per lane
+            stat = T.alloc_buffer((2,), F32, scope="local")  # a pixel's mean, then 1 / its deviation
+            if mixing:
+                for i, xx, c in T.grid(kd, W + 2 * pd, Cp):  # padding columns and channels: never written again
+                    win[i, xx, c] = zero
             for t in range(th):
                 if nb % B * th + t < H:
+                    if mixing:
+                        for j in range(kd):  # the band's first row fills the ring (input row r at slot (r + p) mod
+                            if T.Or(t == 0, j == kd - 1):  # k), each next one adds the row p below it
+                                if T.And(nb % B * th + t + j >= pd, nb % B * th + t + j < H + pd):
+                                    for c, xx in T.grid(C, W):
+                                        win[(nb % B * th + t + j) % kd, pd + xx, c] = load(
+                                            x, in_block, nb // B, c, nb % B * th + t + j - pd, xx)
+                                else:
+                                    for xx, c in T.grid(W, C):
+                                        win[(nb % B * th + t + j) % kd, pd + xx, c] = zero
+                        for xo, co in T.grid(DXT, Cp // lanes):  # the depthwise conv, one row
+                            for xi in T.unroll(dx):
+                                for ci in T.vectorized(lanes):
+                                    acc[xi, 0, ci] = zero
+                            for i, j in T.grid(kd, kd):
+                                for xi in T.unroll(dx):
+                                    for ci in T.vectorized(lanes):
+                                        if xo * dx + xi < W:
+                                            acc[xi, 0, ci] = acc[xi, 0, ci] + win[
+                                                (nb % B * th + t + i) % kd, xo * dx + xi + j, co * lanes + ci
+                                            ] * wd[i, j, co * lanes + ci]
+                            for xi in T.unroll(dx):
+                                for ci in T.vectorized(lanes):
+                                    if xo * dx + xi < W:
+                                        mixed[xo * dx + xi, co * lanes + ci] = acc[xi, 0, ci] + bd[co * lanes + ci]
+                        for xx in range(W):  # the norm over each pixel's C channels (padded ones are 0): the
+                            for ci in T.vectorized(lanes):  # mean, then the deviation, as lane sums
+                                part[ci] = zero
+                            for cv in range(Cp // lanes):
+                                for ci in T.vectorized(lanes):
+                                    part[ci] = part[ci] + mixed[xx, cv * lanes + ci]
+                            stat[0] = zero
+                            for ci in range(lanes):
+                                stat[0] = stat[0] + part[ci]
+                            stat[0] = stat[0] / T.float32(C)
+                            for ci in T.vectorized(lanes):
+                                part[ci] = zero
+                            for cv in range(Cp // lanes):
+                                for ci in T.vectorized(lanes):
+                                    part[ci] = part[ci] + T.if_then_else(
+                                        cv * lanes + ci < C, (mixed[xx, cv * lanes + ci] - stat[0])
+                                        * (mixed[xx, cv * lanes + ci] - stat[0]), zero)
+                            stat[1] = zero
+                            for ci in range(lanes):
+                                stat[1] = stat[1] + part[ci]
+                            stat[1] = T.float32(1.0) / T.sqrt(stat[1] / T.float32(C) + eps)
+                            for cv in range(Cp // lanes):
+                                for ci in T.vectorized(lanes):
+                                    mixed[xx, cv * lanes + ci] = (mixed[xx, cv * lanes + ci] - stat[0]) * stat[1]
                     for cg, xo in T.grid(EV // ev, XT):  # expand 1x1 -> act, one row
                         for xi in T.unroll(rx):
                             for v in T.unroll(ev):
@@ -144,8 +264,8 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
                                 for v in T.unroll(ev):
                                     for ci in T.vectorized(lanes):
                                         if xo * rx + xi < W:
-                                            acc[xi, v, ci] = acc[xi, v, ci] + load(
-                                                x, in_block, nb // B, c, nb % B * th + t, xo * rx + xi
+                                            acc[xi, v, ci] = acc[xi, v, ci] + source(
+                                                x, mixed, nb // B, c, nb % B * th + t, xo * rx + xi
                                             ) * w1[c, (cg * ev + v) * lanes + ci]
                         for xi in T.unroll(rx):
                             for v in T.unroll(ev):
@@ -206,7 +326,10 @@ def build(block: PointwiseMLP, target, *, seed: int = 0):
     where a model would block them (``blocked_io``): a call with no arguments that runs it once."""
     rng = np.random.default_rng(seed)
     C, E, O, lanes = block.expand.in_channels, block.expand.out_channels, block.out_channels, target.lanes
-    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in ((E, C), (E,), (O, E), (O,))]
+    shapes = ((E, C), (E,), (O, E), (O,))
+    if block.mixer is not None:
+        shapes = ((C, 1, *block.mixer.kernel), (C,), (C,), (C,)) + shapes
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
     prepared = prepare_weights(block, *arrays, lanes=lanes)
     in_block, out_block = blocked_io(block, lanes)
     func = prim_func(block, lanes, default_bands(block, target.cores), in_block=in_block, out_block=out_block,

@@ -182,9 +182,12 @@ class TunedSchedules:
         """Whether any folder has a measured record of ``workload`` (cheap: no schedule is made)."""
         return any(index.records(workload) for index in self.indexes)
 
-    def schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], name: str = "kernel"
+    def schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], name: str = "kernel",
+                 realize: Callable[[tvm.s_tir.Schedule], tvm.tirx.PrimFunc] | None = None
                  ) -> tuple[tvm.tirx.PrimFunc, KernelTuning]:
-        """(``workload``'s "main" scheduled by its fastest record, else by ``default``; how it was scheduled)."""
+        """(``workload``'s "main" scheduled by its fastest record, else by ``default``; how it was scheduled).
+        ``realize``: for a kernel written out rather than scheduled (schedules/fused_space.py), the kernel a
+        schedule's sampled decisions name (its default schedule leaves the workload as it is)."""
         sch = tvm.s_tir.Schedule(workload)
         default(sch)
         groups: dict[str, list] = {}  # stored trace -> its records, from every folder
@@ -205,8 +208,9 @@ class TunedSchedules:
         tuned = tvm.s_tir.Schedule(workload)
         try:
             groups[best_key][0].trace().apply_to_schedule(tuned, remove_postproc=False)
+            func = tuned.mod["main"] if realize is None else realize(tuned)
         except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
             warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its "
                           "default schedule", stacklevel=2)
             return sch.mod["main"], KernelTuning("untuned")
-        return tuned.mod["main"], KernelTuning("tuned", default_us, best_us)
+        return func, KernelTuning("tuned", default_us, best_us)

@@ -220,7 +220,7 @@ def _commit_default(database, task: Task, measurer: Measurer, target: Target) ->
     records = database.get_top_k(token, 1 << 30)
     if any(trace_key(r.trace) == key for r in records):
         return False
-    (result,) = measurer.run([sch.mod])
+    (result,) = measurer.run([task.module(sch)])
     _commit(database, token, sch, result, target)
     return bool(records)
 
@@ -267,7 +267,7 @@ def _confirm(task: Task, database, measurer: Measurer, target: Target, on_batch,
         trace.apply_to_schedule(sch, remove_postproc=False)
         schedules.append(sch)
     for _ in range(rounds):
-        for sch, result in zip(schedules, measurer.run([sch.mod for sch in schedules])):
+        for sch, result in zip(schedules, measurer.run([task.module(sch) for sch in schedules])):
             _commit(database, token, sch, result, target)
         on_batch(len(schedules))
     return rounds * len(schedules)
@@ -319,7 +319,7 @@ def _enumerate(task: Task, trials: int, target: Target, database, measurer: Meas
         batch = list(itertools.islice(fresh, min(ROUND, trials - measured)))
         if not batch:
             break
-        for sch, result in zip(batch, measurer.run([sch.mod for sch in batch])):
+        for sch, result in zip(batch, measurer.run([task.module(sch) for sch in batch])):
             _commit(database, token, sch, result, target)
         measured += len(batch)
         on_batch(len(batch))
@@ -559,18 +559,8 @@ def heavy_other_ops(graph, target: Target, tasks: list[Task]) -> list[Task]:
         return task.weight * (task.flops / profile.roof_flops + nbytes / profile.bandwidth)
 
     others = generated_tasks(graph, target)
-    total = (sum(seconds(t, False) for t in tasks) + sum(seconds(t, True) for t in others)
-             + _fused_seconds(graph, profile))
+    total = sum(seconds(t, False) for t in tasks) + sum(seconds(t, True) for t in others)
     return [t for t in others if seconds(t, True) >= OTHER_OP_SHARE * total]
-
-
-def _fused_seconds(graph, profile) -> float:
-    """The fused blocks' FLOPs at the roof: kernels of the model that are not tasks (written out, no space)."""
-    from ..ir.ops import Op
-    from ..passes.fuse_blocks import describe
-
-    macs = sum(spec.macs for n in graph.nodes if n.op is Op.FUSED_BLOCK for spec in describe(graph, n).convs)
-    return 2 * macs / profile.roof_flops
 
 
 def job_tasks(graph, model: torch.nn.Module, example_inputs: Any, target: Target, *, lowering=None,

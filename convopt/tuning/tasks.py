@@ -11,6 +11,10 @@ fused blocks'; the other ops on a CPU) is a PrimFunc TVM's "zero" pipeline legal
 fused (tvm_backend.prepare_module); its default is the dlight rule compile_graph applies, its space
 MetaSchedule's default rules for the target, searched rather than enumerated (job.py). The CUDA fused block
 kernel's space (schedules/fused_block_cuda.py: sampled perfect tiles) is searched too.
+
+The CPU fused block kernels are written out, not scheduled: their space is their generator's parameters,
+sampled like the schedules' choices (schedules/fused_space.py), and ``Task.realize`` builds the kernel a
+point's decisions name (``Task.module``: what a measurement builds). Their spaces are small and enumerated.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ..target import Target
 GENERATED = "generated"  # the kind of a task that is one of TVM's own kernels (searched, not enumerated)
 SEARCHED_SIZE = 1 << 20  # a searched space's size for the job's trial shares: more than any budget
 # kinds whose spaces are searched, not enumerated: TVM's kernels, and the CUDA fused blocks (sampled perfect
-# tiles: too many points; on a CPU the fused kernels have no space and are not tasks)
+# tiles: too many points; on a CPU the fused kernels' spaces are enumerated: Task.searched)
 SEARCHED_KINDS = (GENERATED, *("fused_" + kind for kind in fused_block_cuda.KINDS))
 
 
@@ -47,11 +51,19 @@ class Task:
     flops: int  # per call
     schedule: Callable[[tvm.s_tir.Schedule], None]  # the default schedule, and the design space
     alternative: bool = False  # a lowering the model doesn't run yet, measured to tune the lowering choice
+    # a kernel written out rather than scheduled (the CPU fused blocks): the kernel a point's decisions name
+    realize: Callable[[tvm.s_tir.Schedule], tvm.tirx.PrimFunc] | None = None
 
     @property
     def searched(self) -> bool:
         """A space too large to enumerate (TVM's own kernels, the CUDA fused block): searched instead."""
-        return self.kind in SEARCHED_KINDS
+        return self.kind in SEARCHED_KINDS and self.realize is None
+
+    def module(self, sch: tvm.s_tir.Schedule) -> tvm.IRModule:
+        """The kernel at the point ``sch`` is, as the one-function module ("main") a measurement builds."""
+        if self.realize is None:
+            return sch.mod
+        return tvm.IRModule({"main": self.realize(sch).with_attr("global_symbol", "main")})
 
     def space(self, target: Target):
         """The MetaSchedule space generator. convopt's kernels (the CUDA fused blocks' too, searched rather
@@ -112,12 +124,12 @@ def _choices(trace) -> list[tuple[object, int, int]]:
 
 def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     """The tasks of ``graph`` (after the pass pipeline, with its lowerings and layouts) on ``target``, in
-    the order of the module: convopt's kernels that have a schedule (on a CPU its convs and dense layers;
-    the fused block kernels written out without a schedule are not tasks there; on CUDA the fused blocks),
-    and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
+    the order of the module: convopt's kernels (on a CPU its convs, dense layers and fused blocks, the last
+    written out with their generator's parameters as the space: schedules/fused_space.py; on CUDA the fused
+    blocks), and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
     mod, kernels = emit(graph, target)
     own = [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
-                default_schedule(use, target)) for name, use in kernels.items() if use.schedule is not None]
+                default_schedule(use, target), realize=use.realize) for name, use in kernels.items()]
     return own if target.is_cpu else own + generated_tasks(graph, target)
 
 

@@ -390,3 +390,53 @@ def test_kinds_limit_what_is_fused_and_forced_names_that_match_nothing_warn():
     assert [n.attrs.kind for n in _fused(after)] == ["inverted_residual"]
     with pytest.warns(UserWarning, match="layer9 names no block"):
         fuse_blocks(graph, overrides={"layer9": True})
+
+
+class ConvNeXtBlock(nn.Module):
+    """timm's ConvNeXt block (conv MLP form): depthwise kxk, LayerNorm2d, 1x1 expand, GELU, 1x1 project,
+    layer scale, + the block's input."""
+
+    def __init__(self, c=16, e=64, k=7, stride=1):
+        from timm.layers import LayerNorm2d
+
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, k, stride=stride, padding=k // 2, groups=c)
+        self.norm = LayerNorm2d(c)
+        self.fc1, self.act, self.fc2 = nn.Conv2d(c, e, 1), nn.GELU(), nn.Conv2d(e, c, 1)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        y = self.fc2(self.act(self.fc1(self.norm(self.conv_dw(x))))) * self.gamma
+        return y + x if self.conv_dw.stride == (1, 1) else y
+
+
+def test_a_convnext_block_becomes_one_node_with_its_depthwise_conv_and_norm():
+    before = merge_branches(fold_constants(_graph(ConvNeXtBlock())))
+    after = fuse_blocks(before)
+    (block,) = _fused(after)
+    assert block.attrs.kind == "convnext_block"
+    assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.CHANNEL_NORM, Op.CONV2D, Op.GELU, Op.CONV2D, Op.ADD]
+    assert [n.op for n in after.nodes] == [Op.FUSED_BLOCK]
+    non_constant = [i for i in block.inputs if i not in after.constant_map]
+    assert non_constant == [after.inputs[0].name]  # the input is the skip
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_a_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
+    class NormReadTwice(ConvNeXtBlock):
+        def forward(self, x):
+            u = self.norm(self.conv_dw(x))
+            return self.fc2(self.act(self.fc1(u))) * self.gamma + x + u
+
+    strided = merge_branches(fold_constants(_graph(ConvNeXtBlock(stride=2))))
+    assert [b.kind for b in match_blocks(strided)] == ["pointwise_mlp"]  # a strided depthwise conv
+    shared = merge_branches(fold_constants(_graph(NormReadTwice())))
+    assert [b.kind for b in match_blocks(shared)] == ["pointwise_mlp"]  # the norm's output read elsewhere
+    whole = merge_branches(fold_constants(_graph(ConvNeXtBlock(k=9))))
+    assert [b.kind for b in match_blocks(whole)] == ["pointwise_mlp"]  # a 9x9 mixer
+    graph = merge_branches(fold_constants(_graph(ConvNeXtBlock())))
+    assert [b.kind for b in match_blocks(graph, ("pointwise_mlp",))] == ["pointwise_mlp"]  # CUDA: no mixer kernel

@@ -10,7 +10,8 @@ import convopt
 from convopt.ir import Op
 from convopt.numerics import relative_error
 from convopt.schedules.fused_block import InvertedResidual as Block
-from convopt.schedules.fused_block import channel_vectors, column_tile, default_bands
+from convopt.schedules.fused_block import default_bands
+from convopt.schedules.fused_space import channel_vectors, column_tile
 from convopt.target import resolve_target
 
 from ..passes.test_fuse_blocks import InvertedResidual
@@ -84,15 +85,17 @@ def test_a_band_per_core_left_after_the_batch_and_tiles_that_fit_the_registers()
     assert channel_vectors(6) == 2 and channel_vectors(3) == 1
 
 
-def test_the_kernel_is_not_a_tuning_task():
-    """It is written out (no schedule, no design space): the job tunes the model's other kernels only."""
+def test_the_kernel_is_a_tuning_task_over_its_generator():
+    """Written out, not scheduled: its space is its generator's parameters (fused_space.py), enumerated."""
     from convopt.tuning.tasks import extract_tasks
 
     model = _randomize(nn.Sequential(InvertedResidual(), nn.Conv2d(16, 16, 3, padding=1)))
     x = torch.randn(1, 16, 14, 14)
     fast = convopt.optimize(model, x, tuning_logs=False, fuse_blocks={"0": True}, check=False)
     assert any(n.op is Op.FUSED_BLOCK for n in fast.graph.nodes)
-    assert [t.kind for t in extract_tasks(fast.graph, resolve_target("cpu"))] == [fast.graph.nodes[-1].attrs.lowering]
+    tasks = extract_tasks(fast.graph, resolve_target("cpu"))
+    assert [t.kind for t in tasks] == ["fused_inverted_residual", fast.graph.nodes[-1].attrs.lowering]
+    assert tasks[0].realize is not None and not tasks[0].searched and tasks[0].size() > 1
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])

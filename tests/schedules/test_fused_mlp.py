@@ -123,3 +123,30 @@ def test_a_forced_mlp_compiles_for_cuda_as_the_cuda_fused_kernel():
     executable, kernels, _ = compile_graph(graph, target)
     assert [k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused_")] == ["fused_pointwise_mlp"]
     assert any("fb_expand_act_shared" in s for s in cuda_sources(executable))
+
+CONVNEXT_GRID = [  # (c, e, k, input shape): the block's input comes from a 3x3 conv of 3 channels
+    (16, 64, 7, (1, 3, 14, 14)),
+    (24, 96, 5, (2, 3, 9, 13)),   # batch 2, odd map, C a multiple of 8 but not of 16
+    (12, 40, 3, (1, 3, 7, 6)),    # channels below one vector
+    (40, 160, 7, (1, 3, 5, 4)),   # a map smaller than the kernel (every window row partly padding)
+]
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("c, e, k, shape", CONVNEXT_GRID)
+def test_a_convnext_block_with_its_depthwise_conv_and_norm_matches_eager(c, e, k, shape, lanes):
+    from ..passes.test_fuse_blocks import ConvNeXtBlock
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), ConvNeXtBlock(c, e, k), ConvNeXtBlock(c, 2 * c, k)).eval()
+    with torch.no_grad():  # a block input far from zero mean: the norm's mean must be subtracted exactly
+        model[0].bias.add_(30.0)
+    x = torch.randn(shape)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"1": True, "2": True},
+                            check=False)
+    fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
+    assert [n.attrs.kind for n in fused] == ["convnext_block"] * 2
+    assert all(fast.placement()[n.name].endswith("(fused_convnext_block)") for n in fused)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4

@@ -190,19 +190,51 @@ def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny
                        and n.attrs.lowering != untuned.graph.node_map[n.name].attrs.lowering}
 
 
-def test_a_fused_block_runs_as_written_beside_the_tuned_kernels(tmp_path):
+def test_a_fused_block_is_tuned_over_its_generator_and_optimize_builds_the_recorded_point(tmp_path):
+    """The written-out fused kernel's space (schedules/fused_space.py) is enumerated by the job like a
+    conv's; optimize() builds the point its records pick, and says so."""
+    from tvm.s_tir import meta_schedule as ms
+
     from tests.passes.test_fuse_blocks import InvertedResidual
 
     torch.manual_seed(0)
     model = nn.Sequential(InvertedResidual(16, 64, 16), nn.Conv2d(16, 16, 3, padding=1)).eval()
     x = torch.randn(1, 16, 14, 14)
     force = {"0": True}
-    summary = tune(model, x, trials=6, log_dir=tmp_path, fuse_blocks=force, progress=False, measure_end_to_end=False)
-    assert summary.tasks and not [t for t in summary.tasks if t.kind.startswith("fused_")]  # no design space
-    fast = convopt.optimize(model, x, tuning_logs=tmp_path, fuse_blocks=force)  # checks against eager
+    summary = tune(model, x, trials=8, log_dir=tmp_path, fuse_blocks=force, lowering="direct", progress=False,
+                   measure_end_to_end=False)
+    (fused,) = [t for t in summary.tasks if t.kind == "fused_inverted_residual"]
+    assert fused.trials >= 2 and fused.best_us <= fused.default_us
+    fast = convopt.optimize(model, x, tuning_logs=tmp_path, fuse_blocks=force, lowering="direct")  # checks eager
     assert any(n.op is Op.FUSED_BLOCK for n in fast.graph.nodes)
-    assert [row["status"] for row in fast.tuning.values()] in (["tuned"], ["default"])  # the conv's record
+    assert {row["status"] for row in fast.tuning.values()} <= {"tuned", "default"} and len(fast.tuning) == 2
 
+    # a point recorded far faster than the default: optimize() builds that point, and it still matches eager
+    target = resolve_target("cpu")
+    graph = convopt.optimize(model, x, tuning_logs=False, fuse_blocks=force, lowering="direct", check=False).graph
+    (task,) = [t for t in _extract(graph, target) if t.kind == "fused_inverted_residual"]
+    database = open_database(target, tmp_path)
+    token = database.commit_workload(task.workload)
+    default_s = min(float(s) for r in database.get_top_k(token, 1 << 30) for s in r.run_secs
+                    if trace_key(r.trace) == trace_key(task.default().trace))
+    point = list(task.points())[-1]  # every knob at its last value
+    for _ in range(3):
+        database.commit_tuning_record(ms.database.TuningRecord(point.trace, token, [default_s / 10], target.tvm,
+                                                               ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])))
+    fast = convopt.optimize(model, x, tuning_logs=tmp_path, fuse_blocks=force, lowering="direct")  # checks eager
+    row = next(row for row in fast.tuning.values() if row["kernel"] == task.name)
+    assert row["status"] == "tuned" and row["speedup"] > 5
+    from convopt.tuning.apply import TunedSchedules
+
+    func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name, task.realize)
+    assert tuning.status == "tuned"
+    tvm.ir.assert_structural_equal(func.with_attr("global_symbol", "main"), task.module(point)["main"])
+
+
+def _extract(graph, target):
+    from convopt.tuning.tasks import extract_tasks
+
+    return extract_tasks(graph, target)
 
 
 def test_records_measured_against_an_older_default_are_stale_and_the_default_runs(tiny, tmp_path, monkeypatch):

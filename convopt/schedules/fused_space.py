@@ -1,0 +1,120 @@
+"""The design space of the CPU fused block kernels (fused_block.py, fused_mlp.py, fused_chain.py).
+
+Those kernels are written out in TVMScript rather than scheduled (fused_block.py says why), so their
+tunable choices can't be schedule primitives applied to one workload. They are parameters of the kernel's
+generator instead (``Tiles``), each sampled as a MetaSchedule categorical decision whose first candidate is
+today's rule:
+
+- ``columns``: the most output columns per register tile: 8 (the rule: half the vector registers hold
+  accumulators), 4, or 12 (up to three quarters of the registers as accumulators);
+- ``vectors``: the most channel vectors per register tile of a 1x1 stage: 2 (the rule, where the vectors
+  pair up: each broadcast input feeds two FMAs) or 1. The chain kernel's weight layout follows its
+  pairing (its weights are constants of the model), so it keeps the rule;
+- ``band_factor``: bands per image as a multiple of the rule's one per core: 1, 2 or 4 (more, shorter
+  bands: finer load balance across cores, each band's first ring fill computed again).
+
+A point's trace holds its decisions and nothing else: applied to the workload (the kernel at the rule's
+decisions, as optimize() emits it) it changes nothing, and ``Space.realize`` builds the kernel the decisions
+name. The tuning job measures that kernel and stores the trace like any other record (tuning/job.py);
+optimize() builds the recorded winner again the same way (tuning/apply.py). A knob value that gives the same
+kernel as one before it (``plan``: the tiles it ends up with) is left out, so no kernel is measured twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Hashable
+
+from tvm import tirx
+
+from . import tiling
+
+COLUMNS = 8  # the rule's most columns per register tile
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """The tunable choices of a written-out fused kernel (the module docstring); the defaults are the rules."""
+
+    columns: int = COLUMNS
+    vectors: int = 2
+    band_factor: int = 1
+
+
+DEFAULT = Tiles()
+CANDIDATES = {"columns": (COLUMNS, 4, 12), "vectors": (2, 1), "band_factor": (1, 2, 4)}  # the rule first
+
+
+def column_tile(width: int, lanes: int, vectors: int = 1, most: int = COLUMNS) -> int:
+    """Columns per register tile of ``vectors`` channel vectors: at most ``most``, within the accumulators
+    (tiling.accumulators, half the registers: 16 of AVX-512's 32, 8 of AVX2's 16; up to three quarters
+    when ``most`` asks for more than the rule's 8), as a divisor of the row where one is close
+    (tiling.pick_tile), else with a ragged last tile."""
+    budget = tiling.accumulators(lanes) if most <= COLUMNS else tiling.vector_registers(lanes) * 3 // 4
+    return tiling.pick_tile(width, max(1, min(most, budget // vectors)))
+
+
+def channel_vectors(vectors: int, most: int = 2) -> int:
+    """Channel vectors per register tile of a 1x1 stage: two where they pair up and ``most`` allows it
+    (each broadcast input feeds two FMAs), else one."""
+    return 2 if most >= 2 and vectors % 2 == 0 else 1
+
+
+def bands_of(default_bands: int, rows: int, tiles: Tiles) -> int:
+    """Bands per image: the rule's ``default_bands`` times the band factor, at most one per output row."""
+    return max(1, min(rows, default_bands * tiles.band_factor))
+
+
+@dataclass(frozen=True)
+class Space:
+    """One kernel's space: the knobs that change its code, each with its distinct candidates (rule first)."""
+
+    knobs: tuple[tuple[str, tuple[int, ...]], ...]
+    build: Callable[[Tiles], tirx.PrimFunc]  # the kernel at a point
+
+    @classmethod
+    def of(cls, build: Callable[[Tiles], tirx.PrimFunc], plan: Callable[[Tiles], Hashable],
+           knobs: tuple[str, ...] = tuple(CANDIDATES)) -> "Space":
+        """The space of the kernel ``build`` makes, keeping per knob (the others at the rule) the values
+        whose ``plan`` (the tiles the kernel ends up with) differs from the earlier values'."""
+        kept = []
+        for name in knobs:
+            plans, values = set(), []
+            for value in CANDIDATES[name]:
+                p = plan(replace(DEFAULT, **{name: value}))
+                if p not in plans:
+                    plans.add(p)
+                    values.append(value)
+            if len(values) > 1:
+                kept.append((name, tuple(values)))
+        return cls(tuple(kept), build)
+
+    def size(self) -> int:
+        size = 1
+        for _, values in self.knobs:
+            size *= len(values)
+        return size
+
+    def sample(self, sch, func_name: str = "main", target=None) -> None:
+        """The default schedule: each knob sampled, its decision the rule (a schedule function's signature;
+        nothing in the workload changes)."""
+        for _, values in self.knobs:
+            sch.sample_categorical(list(values), [1.0 / len(values)] * len(values), decision=0)
+
+    def tiles_of(self, trace) -> Tiles:
+        """The point a trace's decisions name; ValueError when they are not this space's samples (a record
+        made for another version of the kernel)."""
+        samples = [inst for inst in trace.insts if inst.kind.name == "SampleCategorical"]
+        if len(samples) != len(self.knobs):
+            raise ValueError(f"{len(samples)} sampled decisions for a space of {len(self.knobs)} knobs")
+        values = {}
+        for inst, (name, candidates) in zip(samples, self.knobs):
+            if [int(c) for c in inst.attrs[0]] != list(candidates):
+                raise ValueError(f"knob {name}: candidates {list(inst.attrs[0])}, expected {list(candidates)}")
+            values[name] = candidates[int(trace.decisions[inst])]
+        return replace(DEFAULT, **values)
+
+    def realize(self, sch) -> tirx.PrimFunc:
+        """The kernel at the point ``sch``'s trace names."""
+        return self.build(self.tiles_of(sch.trace))
+
