@@ -32,6 +32,7 @@ from tvm import relax
 from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 from ..schedules import dense
+from ..schedules.fused_space import Space
 from ..ir.layout import block_of
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import conv_spec_of, nchw
@@ -88,9 +89,10 @@ class KernelUse:
     schedule: Callable  # (sch, func name, target) -> None: the default schedule, and the design space
     flops: int
     nodes: list[str]
-    # a kernel written out rather than scheduled (the CPU fused blocks: schedules/fused_space.py): the kernel
-    # its schedule's sampled decisions name; None: the scheduled workload is the kernel
-    realize: Callable | None = None
+    # a kernel written out rather than scheduled (the CPU fused blocks): its generator's space
+    # (schedules/fused_space.py), which builds the kernel its schedule's sampled decisions name; None: the
+    # scheduled workload is the kernel
+    space: Space | None = None
 
 
 def dense_weight(graph: Graph, n: Node) -> np.ndarray | None:
@@ -186,14 +188,14 @@ def _block_skip(block) -> str | None:
 
 
 def _call_fused(bb: relax.BlockBuilder, n: Node, block, func, args, out_shape, schedule,
-                kernels: dict[str, KernelUse], realize: Callable | None = None):
+                kernels: dict[str, KernelUse], space=None):
     """Emit the call of a fused block's kernel ``func`` (add_func shares it between equal blocks) and record
-    its use (``schedule``, ``realize``: KernelUse's)."""
+    its use (``schedule``, ``space``: KernelUse's)."""
     gvar = bb.add_func(func, f"convopt_fused_{n.name}")
     out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
     name = bb.lookup_binding(out).args[0].name_hint
     flops = 2 * sum(spec.macs for spec in block.convs)
-    kernels.setdefault(name, KernelUse("fused_" + block.kind, schedule, flops, [], realize)).nodes.append(n.name)
+    kernels.setdefault(name, KernelUse("fused_" + block.kind, schedule, flops, [], space)).nodes.append(n.name)
     return out
 
 
@@ -231,12 +233,12 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
         args = [x, *prepared]
     _, out_shape = module.io_shapes(block, lanes, in_block, out_block)
     bands = module.default_bands(block, cores)
-    space = fused_space.Space.of(
+    space = fused_space.Space(
+        knobs,
         lambda tiles: module.prim_func(block, lanes, bands, in_block=in_block, out_block=out_block, tiles=tiles,
                                        **extra),
-        lambda tiles: module.plan(block, lanes, bands, tiles), knobs)
-    return _call_fused(bb, n, block, space.build(fused_space.DEFAULT), args, out_shape, space.sample, kernels,
-                       space.realize)
+        lambda tiles: module.plan(block, lanes, bands, tiles))
+    return _call_fused(bb, n, block, space.build(fused_space.DEFAULT), args, out_shape, space.sample, kernels, space)
 
 
 def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, kernels: dict[str, KernelUse]):
@@ -277,8 +279,9 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
     for name, use in kernels.items():
         task = workload(mod, name)
         if records is not None:
-            func, tuning = records.schedule(task, default_schedule(use, target), name, use.realize)
-        elif use.realize is not None:  # written out: the workload is its default point
+            func, tuning = records.schedule(task, default_schedule(use, target), name,
+                                            None if use.space is None else use.space.realize)
+        elif use.space is not None:  # written out: the workload is its default point
             func, tuning = task["main"], None
         else:
             sch = tvm.s_tir.Schedule(task)

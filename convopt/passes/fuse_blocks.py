@@ -39,6 +39,9 @@ weights), each read only by the next op, the block takes them too (kind "convnex
 
     y = F2(a(F1(norm(D(x)))))  [+ s]    =>   y = fused_block(x, W_D, b_D, g, b, W_1, b_1, W_2, b_2[, s])
 
+Where the whole block is not chosen (by the prediction or the overrides), its MLP alone is weighed next, as
+above (so a name inside the MLP, e.g. "stages.0.blocks.1.mlp", still forces the MLP).
+
 The dense conv chains (kinds "conv_pair" and "bottleneck", schedules/fused_chain.py), among the nodes the
 kinds above left:
 
@@ -292,6 +295,14 @@ def describe(graph: Graph, fused: Node) -> Block:
 Prediction = Callable[[Graph, Block], "tuple[float, float] | None"]
 
 
+def _alternatives(block: Block) -> tuple[Block, ...]:
+    """Smaller blocks fuse_blocks weighs where ``block`` is not fused: a ConvNeXt block's MLP alone (its
+    depthwise conv and norm then run as before); none for the other kinds."""
+    if isinstance(block, PointwiseMLP) and block.mixer is not None:
+        return (replace(block, nodes=block.nodes[2:], mixer=None, eps=0.0),)
+    return ()
+
+
 def _forced(block: Block, overrides: dict[str, bool]) -> bool | None:
     """The user's choice for ``block``: by the name of any of its nodes or a module scope it lies in."""
     for n in block.nodes:
@@ -320,21 +331,24 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
     """``graph`` with the blocks that ``predict``, ``margin`` and ``overrides`` choose each made one fused_block
     node (module docstring)."""
     overrides = dict(overrides or {})
-    matched = match_blocks(graph, kinds)
-    unmatched = _unmatched(matched, overrides)
+    matched = [(block, *_alternatives(block)) for block in match_blocks(graph, kinds)]
+    everything = [b for choices in matched for b in choices]
+    unmatched = _unmatched(everything, overrides)
     if unmatched:  # not an error: one dict may serve several models (a tuning job's)
         warnings.warn(f"fuse_blocks: {', '.join(unmatched)} names no block that can be fused here (blocks: "
-                      f"{', '.join(sorted({_common_scope(b.nodes) for b in matched})[:12]) or 'none'})",
+                      f"{', '.join(sorted({_common_scope(b.nodes) for b in everything})[:12]) or 'none'})",
                       stacklevel=2)
     blocks = {}
-    for block in matched:
-        predicted = predict(graph, block) if predict is not None else None
-        forced = _forced(block, overrides)
-        if forced is None:
-            needed = margin(block) if callable(margin) else margin
-            forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])
-        if forced:
-            blocks[block.nodes[-1].name] = (block, predicted)
+    for choices in matched:
+        for block in choices:  # the whole block, else the part of it its alternatives name
+            predicted = predict(graph, block) if predict is not None else None
+            forced = _forced(block, overrides)
+            if forced is None:
+                needed = margin(block) if callable(margin) else margin
+                forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])
+            if forced:
+                blocks[block.nodes[-1].name] = (block, predicted)
+                break
     if not blocks:
         return graph
     fused_away = {n.name for block, _ in blocks.values() for n in block.nodes}

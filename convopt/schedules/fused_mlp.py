@@ -1,8 +1,8 @@
 """The fused pointwise MLP kernel (passes/fuse_blocks.py): 1x1 expand -> act -> 1x1 project [+ skip] as one
 PrimFunc whose expanded intermediate (E channels, typically 4x the block's) never leaves the cache. This is
 the channel MLP of ConvNeXt, InceptionNeXt, PoolFormer/MetaFormer, RepViT and FastViT blocks; its skip is
-any tensor of the output's shape (in ConvNeXt the block's input, read before its depthwise conv and norm,
-which stay separate kernels: they move C channels, the MLP's intermediate 4C).
+any tensor of the output's shape (in ConvNeXt the block's input). With ConvNeXt's depthwise conv and norm
+before it, the kernel runs the whole block (below).
 
 Compute, with E' and O' the channels rounded up to the SIMD width (zero weights; every supported activation
 maps 0 to 0, so a padded channel stays 0):

@@ -16,8 +16,13 @@ today's rule:
 A point's trace holds its decisions and nothing else: applied to the workload (the kernel at the rule's
 decisions, as optimize() emits it) it changes nothing, and ``Space.realize`` builds the kernel the decisions
 name. The tuning job measures that kernel and stores the trace like any other record (tuning/job.py);
-optimize() builds the recorded winner again the same way (tuning/apply.py). A knob value that gives the same
-kernel as one before it (``plan``: the tiles it ends up with) is left out, so no kernel is measured twice.
+optimize() builds the recorded winner again the same way (tuning/apply.py). Points whose kernels end up
+with the same tiles (``Space.plan``: e.g. 8 and 12 columns on a 7-pixel row) are one kernel: the job
+measures the first of them only (tuning/tasks.py). The trace starts with the generator's version
+(``SPACE_VERSION``), so records whose decisions meant other kernels are stale, not misread.
+
+The workload is the kernel at the rule's point: where the rule's kernel changes, the workload does too, and
+its old records no longer match any kernel (the kernel is "untuned" again, not "stale").
 """
 
 from __future__ import annotations
@@ -65,56 +70,48 @@ def bands_of(default_bands: int, rows: int, tiles: Tiles) -> int:
     return max(1, min(rows, default_bands * tiles.band_factor))
 
 
+# the generator's version, sampled first (one candidate): bump it when what a point means changes without the
+# default kernel changing (a rule of column_tile, bands_of or a plan), so records of the old meaning are stale
+SPACE_VERSION = 1
+
+
 @dataclass(frozen=True)
 class Space:
-    """One kernel's space: the knobs that change its code, each with its distinct candidates (rule first)."""
+    """One written-out kernel's space: its knobs (each over all of its ``CANDIDATES``), the kernel at a point
+    (``build``) and the tiles it ends up with (``plan``: points with equal plans are the same kernel)."""
 
-    knobs: tuple[tuple[str, tuple[int, ...]], ...]
-    build: Callable[[Tiles], tirx.PrimFunc]  # the kernel at a point
-
-    @classmethod
-    def of(cls, build: Callable[[Tiles], tirx.PrimFunc], plan: Callable[[Tiles], Hashable],
-           knobs: tuple[str, ...] = tuple(CANDIDATES)) -> "Space":
-        """The space of the kernel ``build`` makes, keeping per knob (the others at the rule) the values
-        whose ``plan`` (the tiles the kernel ends up with) differs from the earlier values'."""
-        kept = []
-        for name in knobs:
-            plans, values = set(), []
-            for value in CANDIDATES[name]:
-                p = plan(replace(DEFAULT, **{name: value}))
-                if p not in plans:
-                    plans.add(p)
-                    values.append(value)
-            if len(values) > 1:
-                kept.append((name, tuple(values)))
-        return cls(tuple(kept), build)
-
-    def size(self) -> int:
-        size = 1
-        for _, values in self.knobs:
-            size *= len(values)
-        return size
+    knobs: tuple[str, ...]
+    build: Callable[[Tiles], tirx.PrimFunc]
+    plan: Callable[[Tiles], Hashable]
 
     def sample(self, sch, func_name: str = "main", target=None) -> None:
-        """The default schedule: each knob sampled, its decision the rule (a schedule function's signature;
-        nothing in the workload changes)."""
-        for _, values in self.knobs:
+        """The default schedule: the version, then each knob sampled, its decision the rule (a schedule
+        function's signature; nothing in the workload changes)."""
+        sch.sample_categorical([SPACE_VERSION], [1.0], decision=0)
+        for name in self.knobs:
+            values = CANDIDATES[name]
             sch.sample_categorical(list(values), [1.0 / len(values)] * len(values), decision=0)
 
     def tiles_of(self, trace) -> Tiles:
         """The point a trace's decisions name; ValueError when they are not this space's samples (a record
-        made for another version of the kernel)."""
+        made for another version of the generator or another kernel)."""
         samples = [inst for inst in trace.insts if inst.kind.name == "SampleCategorical"]
-        if len(samples) != len(self.knobs):
-            raise ValueError(f"{len(samples)} sampled decisions for a space of {len(self.knobs)} knobs")
+        if len(samples) != len(self.knobs) + 1:
+            raise ValueError(f"{len(samples)} sampled decisions for a space of {len(self.knobs)} knobs and a version")
+        if [int(c) for c in samples[0].attrs[0]] != [SPACE_VERSION]:
+            raise ValueError(f"a record of version {list(samples[0].attrs[0])} of the space, not {SPACE_VERSION}")
         values = {}
-        for inst, (name, candidates) in zip(samples, self.knobs):
+        for inst, name in zip(samples[1:], self.knobs):
+            candidates = CANDIDATES[name]
             if [int(c) for c in inst.attrs[0]] != list(candidates):
                 raise ValueError(f"knob {name}: candidates {list(inst.attrs[0])}, expected {list(candidates)}")
             values[name] = candidates[int(trace.decisions[inst])]
         return replace(DEFAULT, **values)
 
+    def kernel_key(self, trace) -> Hashable:
+        """What tells the kernels of two points apart: the tiles the trace's point ends up with."""
+        return self.plan(self.tiles_of(trace))
+
     def realize(self, sch) -> tirx.PrimFunc:
         """The kernel at the point ``sch``'s trace names."""
         return self.build(self.tiles_of(sch.trace))
-

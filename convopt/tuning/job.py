@@ -261,13 +261,20 @@ def _confirm(task: Task, database, measurer: Measurer, target: Target, on_batch,
             break
     if not fastest:
         return 0
-    schedules = [default]
+    schedules, modules = [default], [task.module(default)]
     for trace in fastest.values():
         sch = tvm.s_tir.Schedule(task.workload)
-        trace.apply_to_schedule(sch, remove_postproc=False)
+        try:
+            trace.apply_to_schedule(sch, remove_postproc=False)
+            modules.append(task.module(sch))
+        except Exception as e:  # noqa: BLE001 - a record of an older kernel generator (fused_space.SPACE_VERSION)
+            logging.getLogger(__name__).info("%s: a record no longer builds, not confirmed: %s", task.name, e)
+            continue
         schedules.append(sch)
+    if len(schedules) == 1:
+        return 0
     for _ in range(rounds):
-        for sch, result in zip(schedules, measurer.run([task.module(sch) for sch in schedules])):
+        for sch, result in zip(schedules, measurer.run(modules)):
             _commit(database, token, sch, result, target)
         on_batch(len(schedules))
     return rounds * len(schedules)
@@ -547,7 +554,7 @@ OTHER_OP_SHARE = 0.02  # other ops tuned on a CPU (tune(other_ops=True)): at lea
 def heavy_other_ops(graph, target: Target, tasks: list[Task]) -> list[Task]:
     """TVM's own kernels of ``graph`` on a CPU ``target`` (tasks.generated_tasks) whose estimated time, FLOPs
     at the machine's roof plus arguments' bytes at its bandwidth, times calls, is at least ``OTHER_OP_SHARE``
-    of the estimate of all of the model's kernels (``tasks`` and the fused blocks, convopt's, by their FLOPs):
+    of the estimate of all of the model's kernels (``tasks``, convopt's, fused blocks included, by their FLOPs):
     the ones that can matter end to end. The dozens of small elementwise kernels keep their default rules."""
     from ..backends.tvm_backend import kernel_table
     from ..cost.profile import load_profile

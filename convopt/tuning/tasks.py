@@ -13,8 +13,9 @@ MetaSchedule's default rules for the target, searched rather than enumerated (jo
 kernel's space (schedules/fused_block_cuda.py: sampled perfect tiles) is searched too.
 
 The CPU fused block kernels are written out, not scheduled: their space is their generator's parameters,
-sampled like the schedules' choices (schedules/fused_space.py), and ``Task.realize`` builds the kernel a
-point's decisions name (``Task.module``: what a measurement builds). Their spaces are small and enumerated.
+sampled like the schedules' choices (schedules/fused_space.py), and ``Task.generator`` builds the kernel a
+point's decisions name (``Task.module``: what a measurement builds). Their spaces are small and enumerated,
+points that build the same kernel once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..backends.conv_kernels import default_schedule, workload
 from ..backends.relax_emit import emit
 from ..ir.graph import Graph
 from ..schedules import fused_block_cuda
+from ..schedules.fused_space import Space
 from ..target import Target
 
 
@@ -51,19 +53,20 @@ class Task:
     flops: int  # per call
     schedule: Callable[[tvm.s_tir.Schedule], None]  # the default schedule, and the design space
     alternative: bool = False  # a lowering the model doesn't run yet, measured to tune the lowering choice
-    # a kernel written out rather than scheduled (the CPU fused blocks): the kernel a point's decisions name
-    realize: Callable[[tvm.s_tir.Schedule], tvm.tirx.PrimFunc] | None = None
+    # a kernel written out rather than scheduled (the CPU fused blocks): its generator's space, which builds
+    # the kernel a point's decisions name (schedules/fused_space.py)
+    generator: Space | None = None
 
     @property
     def searched(self) -> bool:
         """A space too large to enumerate (TVM's own kernels, the CUDA fused block): searched instead."""
-        return self.kind in SEARCHED_KINDS and self.realize is None
+        return self.kind in SEARCHED_KINDS and self.generator is None
 
     def module(self, sch: tvm.s_tir.Schedule) -> tvm.IRModule:
         """The kernel at the point ``sch`` is, as the one-function module ("main") a measurement builds."""
-        if self.realize is None:
+        if self.generator is None:
             return sch.mod
-        return tvm.IRModule({"main": self.realize(sch).with_attr("global_symbol", "main")})
+        return tvm.IRModule({"main": self.generator.realize(sch).with_attr("global_symbol", "main")})
 
     def space(self, target: Target):
         """The MetaSchedule space generator. convopt's kernels (the CUDA fused blocks' too, searched rather
@@ -73,6 +76,8 @@ class Task:
         CUDA, parallel/vectorize/unroll on CPU)."""
         from tvm.s_tir import meta_schedule as ms
 
+        if self.generator is not None:  # its points are built, not scheduled: MetaSchedule can't search them
+            raise ValueError(f"task {self.name}: a written-out kernel's space is enumerated (Task.points)")
         kind = "llvm" if target.is_cpu else "cuda"
         if self.kind == GENERATED:
             return ms.space_generator.PostOrderApply(sch_rules=kind, postprocs=kind, mutator_probs=kind)
@@ -88,14 +93,16 @@ class Task:
         """Points in the design space (1: nothing to tune; a searched space counts as ``SEARCHED_SIZE``)."""
         if self.searched:
             return SEARCHED_SIZE
+        if self.generator is not None:  # points that build the same kernel count once
+            return len({self.generator.kernel_key(trace) for trace in self._traces()})
         size = 1
         for _, count, _ in _choices(self.default().trace):
             size *= count
         return size
 
-    def points(self) -> Iterator[tvm.s_tir.Schedule]:
-        """Every point of the space as a schedule, nearest the default first (fewest changed decisions, then
-        the smallest moves): what an exhaustive search measures when the space fits in its trial budget."""
+    def _traces(self) -> Iterator:
+        """The traces of every combination of the space's decisions, nearest the default first (fewest changed
+        decisions, then the smallest moves)."""
         trace = self.default().trace
         choices = _choices(trace)
 
@@ -107,11 +114,26 @@ class Task:
             point = trace
             for (inst, _, _), decision in zip(choices, decisions):
                 point = point.with_decision(inst, decision, remove_postproc=True)
+            yield point
+
+    def points(self) -> Iterator[tvm.s_tir.Schedule]:
+        """Every point of the space as a schedule, nearest the default first: what an exhaustive search
+        measures when the space fits in its trial budget. A written-out kernel's points that build a kernel
+        built before are left out, and so are those its generator can't build."""
+        seen = set()
+        for point in self._traces():
+            if self.generator is not None:
+                key = self.generator.kernel_key(point)
+                if key in seen:
+                    continue
+                seen.add(key)
             sch = tvm.s_tir.Schedule(self.workload)
             try:
                 point.apply_to_schedule(sch, remove_postproc=True)
-            except tvm.TVMError as e:  # a combination the schedule can't make: not a point of the space
-                logging.getLogger(__name__).info("%s: skipped decisions %s: %s", self.name, decisions, e)
+                if self.generator is not None:
+                    self.generator.realize(sch)
+            except Exception as e:  # noqa: BLE001 - a combination the schedule or generator can't make: not a point
+                logging.getLogger(__name__).info("%s: skipped point %s: %s", self.name, point, e)
                 continue
             yield sch
 
@@ -129,7 +151,7 @@ def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     blocks), and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
     mod, kernels = emit(graph, target)
     own = [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
-                default_schedule(use, target), realize=use.realize) for name, use in kernels.items()]
+                default_schedule(use, target), generator=use.space) for name, use in kernels.items()]
     return own if target.is_cpu else own + generated_tasks(graph, target)
 
 

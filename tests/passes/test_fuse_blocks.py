@@ -440,3 +440,22 @@ def test_a_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
     assert [b.kind for b in match_blocks(whole)] == ["pointwise_mlp"]  # a 9x9 mixer
     graph = merge_branches(fold_constants(_graph(ConvNeXtBlock())))
     assert [b.kind for b in match_blocks(graph, ("pointwise_mlp",))] == ["pointwise_mlp"]  # CUDA: no mixer kernel
+
+
+def test_a_convnext_block_not_chosen_whole_is_weighed_as_its_mlp():
+    import warnings
+
+    graph = merge_branches(fold_constants(_graph(ConvNeXtBlock())))
+
+    def whole_loses(g, block):  # (fused, unfused) seconds
+        return (2.0, 1.0) if block.kind == "convnext_block" else (1.0, 2.0)
+
+    (block,) = _fused(fuse_blocks(graph, predict=whole_loses))
+    assert block.attrs.kind == "pointwise_mlp"
+    assert [n.op for n in fuse_blocks(graph, predict=whole_loses).nodes] == [Op.CONV2D, Op.CHANNEL_NORM,
+                                                                             Op.FUSED_BLOCK]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a name inside the MLP names a block: no warning
+        forced = fuse_blocks(graph, predict=lambda g, b: None, overrides={"fc1": True})
+    assert [n.attrs.kind for n in _fused(forced)] == ["pointwise_mlp"]
+    assert _fused(fuse_blocks(graph, predict=lambda g, b: (2.0, 1.0))) == []  # both lose: nothing fused

@@ -95,7 +95,7 @@ def test_the_kernel_is_a_tuning_task_over_its_generator():
     assert any(n.op is Op.FUSED_BLOCK for n in fast.graph.nodes)
     tasks = extract_tasks(fast.graph, resolve_target("cpu"))
     assert [t.kind for t in tasks] == ["fused_inverted_residual", fast.graph.nodes[-1].attrs.lowering]
-    assert tasks[0].realize is not None and not tasks[0].searched and tasks[0].size() > 1
+    assert tasks[0].generator is not None and not tasks[0].searched and tasks[0].size() > 1
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])

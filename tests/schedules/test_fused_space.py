@@ -11,11 +11,11 @@ from torch import nn
 import convopt
 from convopt.numerics import relative_error
 from convopt.schedules import fused_space
-from convopt.schedules.fused_space import DEFAULT, Space, Tiles
+from convopt.schedules.fused_space import DEFAULT, Tiles
 from convopt.target import resolve_target
 from convopt.tuning.tasks import extract_tasks
 
-from ..passes.test_fuse_blocks import InvertedResidual
+from ..passes.test_fuse_blocks import ConvNeXtBlock, InvertedResidual
 
 
 class MLP(nn.Module):
@@ -36,15 +36,19 @@ class BasicBlock(nn.Module):
         return torch.relu(x + self.b(torch.relu(self.a(x))))
 
 
-BLOCKS = {  # kind -> (model, input, the name to force): one block of each kernel
-    "fused_inverted_residual": (lambda: InvertedResidual(16, 64, 16, 3, 1, nn.ReLU6), (1, 16, 13, 11), "conv_pw"),
-    "fused_pointwise_mlp": (MLP, (1, 16, 9, 10), "fc1"),
-    "fused_conv_pair": (BasicBlock, (1, 16, 10, 9), "a"),
+BLOCKS = {  # case -> (the kernel's kind, model, input, the name to force): one block of each kernel
+    "inverted_residual": ("fused_inverted_residual", lambda: InvertedResidual(16, 64, 16, 3, 1, nn.ReLU6),
+                          (1, 16, 13, 11), "conv_pw"),
+    "inverted_residual-7px": ("fused_inverted_residual", lambda: InvertedResidual(16, 64, 16, 3, 1, nn.ReLU6),
+                              (1, 16, 7, 7), "conv_pw"),  # tiles that coincide: points left out
+    "pointwise_mlp": ("fused_pointwise_mlp", MLP, (1, 16, 9, 10), "fc1"),
+    "convnext_block": ("fused_convnext_block", lambda: ConvNeXtBlock(16, 48, 5), (1, 16, 7, 9), "conv_dw"),
+    "conv_pair": ("fused_conv_pair", BasicBlock, (1, 16, 10, 9), "a"),
 }
 
 
-def _fused_task(kind, lanes):
-    build, shape, name = BLOCKS[kind]
+def _fused_task(case, lanes):
+    kind, build, shape, name = BLOCKS[case]
     torch.manual_seed(0)
     model, x = build().eval(), torch.randn(shape)
     target = resolve_target("cpu").with_lanes(lanes)
@@ -62,9 +66,9 @@ def _run(mod, target, inputs):
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
-@pytest.mark.parametrize("kind", list(BLOCKS))
-def test_every_point_computes_what_the_default_does(kind, lanes):
-    task, target = _fused_task(kind, lanes)
+@pytest.mark.parametrize("case", list(BLOCKS))
+def test_every_point_computes_what_the_default_does(case, lanes):
+    task, target = _fused_task(case, lanes)
     points = list(task.points())
     assert len(points) == task.size() > 2 and not task.searched
     default = task.module(points[0])
@@ -88,23 +92,28 @@ def _decisions(sch):
     return [int(sch.trace.decisions[inst]) for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
 
 
-def test_knob_values_that_change_nothing_are_left_out():
-    def plan(tiles):  # a kernel whose tiles ignore the channel pairing and cap the bands at 2
-        return tiles.columns, min(2, tiles.band_factor)
-
-    space = Space.of(lambda tiles: None, plan)
-    assert space.knobs == (("columns", (8, 4, 12)), ("band_factor", (1, 2)))
-    assert space.size() == 6
-    chain_like = Space.of(lambda tiles: None, lambda tiles: tiles, knobs=("columns", "band_factor"))
-    assert [name for name, _ in chain_like.knobs] == ["columns", "band_factor"]
+def test_points_that_build_the_same_kernel_count_once():
+    task, _ = _fused_task("inverted_residual-7px", 8)  # 7 columns: 8 and 12 at most are both the whole row
+    combinations = 3 * 2 * 3
+    keys = [task.generator.kernel_key(p.trace) for p in task.points()]
+    assert len(keys) == len(set(keys)) == task.size() < combinations
 
 
-def test_a_trace_of_another_space_is_refused():
-    task, _ = _fused_task("fused_inverted_residual", 16)
+def test_a_trace_of_another_space_or_version_is_refused():
+    task, _ = _fused_task("inverted_residual", 16)
     sch = tvm.s_tir.Schedule(task.workload)
     sch.sample_categorical([8, 4], [0.5, 0.5], decision=1)  # one knob, other candidates
-    with pytest.raises(ValueError, match="knobs|candidates"):
-        task.realize(sch)
+    with pytest.raises(ValueError, match="knobs"):
+        task.generator.realize(sch)
+    for version, columns in ((fused_space.SPACE_VERSION + 1, [8, 4, 12]), (fused_space.SPACE_VERSION, [4, 8, 12])):
+        sch = tvm.s_tir.Schedule(task.workload)  # the right number of samples: another version, other candidates
+        sch.sample_categorical([version], [1.0], decision=0)
+        for candidates in (columns, [2, 1], [1, 2, 4]):
+            sch.sample_categorical(candidates, [1 / len(candidates)] * len(candidates), decision=0)
+        with pytest.raises(ValueError, match="version|candidates"):
+            task.generator.realize(sch)
+    sch = task.default()  # today's
+    tvm.ir.assert_structural_equal(task.generator.realize(sch).with_attr("global_symbol", "main"), task.workload["main"])
 
 
 def test_the_rules_are_the_default_point():

@@ -204,7 +204,7 @@ def test_a_fused_block_is_tuned_over_its_generator_and_optimize_builds_the_recor
     summary = tune(model, x, trials=8, log_dir=tmp_path, fuse_blocks=force, lowering="direct", progress=False,
                    measure_end_to_end=False)
     (fused,) = [t for t in summary.tasks if t.kind == "fused_inverted_residual"]
-    assert fused.trials >= 2 and fused.best_us <= fused.default_us
+    assert fused.trials >= 2
     fast = convopt.optimize(model, x, tuning_logs=tmp_path, fuse_blocks=force, lowering="direct")  # checks eager
     assert any(n.op is Op.FUSED_BLOCK for n in fast.graph.nodes)
     assert {row["status"] for row in fast.tuning.values()} <= {"tuned", "default"} and len(fast.tuning) == 2
@@ -215,6 +215,8 @@ def test_a_fused_block_is_tuned_over_its_generator_and_optimize_builds_the_recor
     (task,) = [t for t in _extract(graph, target) if t.kind == "fused_inverted_residual"]
     database = open_database(target, tmp_path)
     token = database.commit_workload(task.workload)
+    measured = {trace_key(r.trace) for r in database.get_top_k(token, 1 << 30)}
+    assert len(measured - {trace_key(task.default().trace)}) >= 2  # points of its space besides the default
     default_s = min(float(s) for r in database.get_top_k(token, 1 << 30) for s in r.run_secs
                     if trace_key(r.trace) == trace_key(task.default().trace))
     point = list(task.points())[-1]  # every knob at its last value
@@ -226,7 +228,8 @@ def test_a_fused_block_is_tuned_over_its_generator_and_optimize_builds_the_recor
     assert row["status"] == "tuned" and row["speedup"] > 5
     from convopt.tuning.apply import TunedSchedules
 
-    func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name, task.realize)
+    func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name,
+                                                               task.generator.realize)
     assert tuning.status == "tuned"
     tvm.ir.assert_structural_equal(func.with_attr("global_symbol", "main"), task.module(point)["main"])
 
