@@ -279,8 +279,7 @@ def schedule_kernels(mod: tvm.IRModule, target: Target, kernels: dict[str, Kerne
     for name, use in kernels.items():
         task = workload(mod, name)
         if records is not None:
-            func, tuning = records.schedule(task, default_schedule(use, target), name,
-                                            None if use.space is None else use.space.realize)
+            func, tuning = records.schedule(task, default_schedule(use, target), name, use.space)
         elif use.space is not None:  # written out: the workload is its default point
             func, tuning = task["main"], None
         else:

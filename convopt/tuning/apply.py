@@ -150,6 +150,15 @@ def warn_stale(names: list[str]) -> None:
                   "default. Run `convopt tune` on the model again to remeasure", stacklevel=2)
 
 
+def generator_reads(generator, trace) -> bool:
+    """Whether a written-out kernel's generator reads ``trace``'s decisions (a record of its version)."""
+    try:
+        generator.tiles_of(trace)
+    except ValueError:
+        return False
+    return True
+
+
 class TunedSchedules:
     """The tuning records of one target, from several log folders; ``schedule`` picks a kernel's schedule."""
 
@@ -183,17 +192,22 @@ class TunedSchedules:
         return any(index.records(workload) for index in self.indexes)
 
     def schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], name: str = "kernel",
-                 realize: Callable[[tvm.s_tir.Schedule], tvm.tirx.PrimFunc] | None = None
-                 ) -> tuple[tvm.tirx.PrimFunc, KernelTuning]:
+                 generator=None) -> tuple[tvm.tirx.PrimFunc, KernelTuning]:
         """(``workload``'s "main" scheduled by its fastest record, else by ``default``; how it was scheduled).
-        ``realize``: for a kernel written out rather than scheduled (schedules/fused_space.py), the kernel a
-        schedule's sampled decisions name (its default schedule leaves the workload as it is)."""
+        ``generator``: for a kernel written out rather than scheduled, its space (schedules/fused_space.py),
+        which builds the kernel a schedule's sampled decisions name (its default schedule leaves the workload
+        as it is); records whose decisions it doesn't read (another version of it) are left out."""
         sch = tvm.s_tir.Schedule(workload)
         default(sch)
         groups: dict[str, list] = {}  # stored trace -> its records, from every folder
         for index in self.indexes:
             for record in index.records(workload):
                 groups.setdefault(record.key, []).append(record)
+        if generator is not None:
+            readable = {key: group for key, group in groups.items() if generator_reads(generator, group[0].trace())}
+            if groups and not readable:  # every record made by another version of the generator
+                return sch.mod["main"], KernelTuning("stale")
+            groups = readable
         if not groups:
             return sch.mod["main"], KernelTuning("untuned")
         default_trace = trace_key(sch.trace)
@@ -208,7 +222,7 @@ class TunedSchedules:
         tuned = tvm.s_tir.Schedule(workload)
         try:
             groups[best_key][0].trace().apply_to_schedule(tuned, remove_postproc=False)
-            func = tuned.mod["main"] if realize is None else realize(tuned)
+            func = tuned.mod["main"] if generator is None else generator.realize(tuned)
         except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
             warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its "
                           "default schedule", stacklevel=2)

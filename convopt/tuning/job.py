@@ -58,7 +58,7 @@ import tvm_ffi
 
 from ..target import Target, resolve_target
 from ..cost.model import MEASURE_MARGIN
-from .apply import LOCAL_LOGS, choose, trace_key
+from .apply import LOCAL_LOGS, choose, generator_reads, trace_key
 from .lowering_times import kernel_variants, write_times
 from .records import FAILED, open_database, pack, records_dir, trials_done
 from .tasks import GENERATED, Task, extract_tasks, generated_tasks
@@ -236,8 +236,10 @@ def _commit(database, token, sch, result, target: Target) -> None:
 
 def _times(database, task: Task) -> tuple[float, float]:
     """(default, chosen) microseconds per call, as optimize() will choose from the database (apply.choose)."""
-    choice = choose(database.get_top_k(database.commit_workload(task.workload), 1 << 30),
-                    trace_key(task.default().trace))
+    records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)
+    if task.generator is not None:  # as optimize() reads them: records of another generator version left out
+        records = [r for r in records if generator_reads(task.generator, r.trace)]
+    choice = choose(records, trace_key(task.default().trace))
     if choice.default_s is None:
         raise RuntimeError(f"task {task.name}: its default schedule failed to build or run; see the logs under "
                            f"{database.path_tuning_record}")

@@ -229,8 +229,24 @@ def test_a_fused_block_is_tuned_over_its_generator_and_optimize_builds_the_recor
     from convopt.tuning.apply import TunedSchedules
 
     func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name,
-                                                               task.generator.realize)
+                                                               task.generator)
     assert tuning.status == "tuned"
+    tvm.ir.assert_structural_equal(func.with_attr("global_symbol", "main"), task.module(point)["main"])
+
+    # a record of another version of the generator (its decisions meant another kernel) is never applied
+    from convopt.schedules.fused_space import CANDIDATES, SPACE_VERSION
+
+    foreign = tvm.s_tir.Schedule(task.workload)
+    foreign.sample_categorical([SPACE_VERSION + 1], [1.0], decision=0)
+    for knob in task.generator.knobs:
+        foreign.sample_categorical(list(CANDIDATES[knob]), [1 / len(CANDIDATES[knob])] * len(CANDIDATES[knob]),
+                                   decision=1)
+    for _ in range(3):
+        database.commit_tuning_record(ms.database.TuningRecord(foreign.trace, token, [default_s / 100], target.tvm,
+                                                               ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])))
+    func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name,
+                                                               task.generator)
+    assert tuning.status == "tuned" and tuning.speedup < 20  # the point recorded 10x faster, not the foreign one
     tvm.ir.assert_structural_equal(func.with_attr("global_symbol", "main"), task.module(point)["main"])
 
 
