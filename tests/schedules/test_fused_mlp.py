@@ -35,13 +35,17 @@ GRID = [  # (c, e, act, residual, input shape)
 @pytest.mark.parametrize("c, e, act, residual, shape", GRID)
 def test_the_fused_kernel_matches_eager(c, e, act, residual, shape, lanes):
     model = _model(ChannelMLP(c, e, act, residual), ChannelMLP(c, 3 * c, nn.ReLU, True, norm=False))
-    x = torch.randn(shape)
+    _two_blocks_fused_match_eager(model, torch.randn(shape), lanes, "pointwise_mlp")
+
+
+def _two_blocks_fused_match_eager(model, x, lanes, kind):
+    """``model``'s modules "1" and "2" forced fused: two blocks of ``kind``, run by their kernel, as eager."""
     target = resolve_target("cpu").with_lanes(lanes)
     fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"1": True, "2": True},
                             check=False)
     fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
-    assert [n.attrs.kind for n in fused] == ["pointwise_mlp"] * 2
-    assert all(fast.placement()[n.name].endswith("(fused_pointwise_mlp)") for n in fused)
+    assert [n.attrs.kind for n in fused] == [kind] * 2
+    assert all(fast.placement()[n.name].endswith(f"(fused_{kind})") for n in fused)
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-4
 
@@ -141,12 +145,4 @@ def test_a_convnext_block_with_its_depthwise_conv_and_norm_matches_eager(c, e, k
     model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), ConvNeXtBlock(c, e, k), ConvNeXtBlock(c, 2 * c, k)).eval()
     with torch.no_grad():  # a block input far from zero mean: the norm's mean must be subtracted exactly
         model[0].bias.add_(30.0)
-    x = torch.randn(shape)
-    target = resolve_target("cpu").with_lanes(lanes)
-    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"1": True, "2": True},
-                            check=False)
-    fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
-    assert [n.attrs.kind for n in fused] == ["convnext_block"] * 2
-    assert all(fast.placement()[n.name].endswith("(fused_convnext_block)") for n in fused)
-    with torch.no_grad():
-        assert relative_error(fast(x), model(x)) <= 1e-4
+    _two_blocks_fused_match_eager(model, torch.randn(shape), lanes, "convnext_block")
