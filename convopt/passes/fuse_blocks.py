@@ -24,7 +24,8 @@ margin < unfused; a number, or a function of the block). ``predict`` (a function
 cost model's) returns (fused seconds, unfused seconds), recorded on the node (``predicted_us``) so the dump
 says why, or None when it can't tell (the block stays unfused).
 Without ``predict`` every matched block is fused. ``overrides`` ({module scope or node name: bool}) forces
-the choice for the blocks it names (a block is named by any of its nodes, or by a module it lies in).
+the choice for the blocks it names (a block is named by any of its nodes, by a module it lies in, or else by
+a module inside it).
 The pointwise MLP (kind "pointwise_mlp", schedules/fused_mlp.py), the channel MLP of ConvNeXt,
 InceptionNeXt, MetaFormer, RepViT and FastViT blocks:
 
@@ -39,8 +40,9 @@ weights), each read only by the next op, the block takes them too (kind "convnex
 
     y = F2(a(F1(norm(D(x)))))  [+ s]    =>   y = fused_block(x, W_D, b_D, g, b, W_1, b_1, W_2, b_2[, s])
 
-Where the whole block is not chosen (by the prediction or the overrides), its MLP alone is weighed next, as
-above (so a name inside the MLP, e.g. "stages.0.blocks.1.mlp", still forces the MLP).
+Where the whole block is not chosen by the prediction, its MLP alone is weighed next, as above. (A name of
+a module inside a block, e.g. "stages.0.blocks.1.mlp", forces or refuses the block that holds it: the
+whole ConvNeXt block, or with False both it and its MLP alone.)
 
 The dense conv chains (kinds "conv_pair" and "bottleneck", schedules/fused_chain.py), among the nodes the
 kinds above left:
@@ -303,14 +305,23 @@ def _alternatives(block: Block) -> tuple[Block, ...]:
     return ()
 
 
+def _inside(scope: str, key: str) -> bool:
+    """Whether module ``scope`` is module ``key`` or lies in it."""
+    return scope == key or scope.startswith(key + ".")
+
+
 def _forced(block: Block, overrides: dict[str, bool]) -> bool | None:
-    """The user's choice for ``block``: by the name of any of its nodes or a module scope it lies in."""
+    """The user's choice for ``block``: by the name of any of its nodes, a module scope it lies in, or else
+    a module inside it (e.g. a ConvNeXt block's "mlp": the block that holds it)."""
     for n in block.nodes:
         if n.name in overrides:
             return overrides[n.name]
     scope = _common_scope(block.nodes)
     for key, value in overrides.items():
-        if scope == key or scope.startswith(key + "."):
+        if _inside(scope, key):
+            return value
+    for key, value in overrides.items():
+        if any(_inside(n.scope, key) for n in block.nodes):
             return value
     return None
 
@@ -320,9 +331,8 @@ def _unmatched(blocks: list[Block], overrides: dict[str, bool]) -> list[str]:
     has no fused kernel for)."""
     used = set()
     for block in blocks:
-        scope = _common_scope(block.nodes)
         used |= {n.name for n in block.nodes if n.name in overrides}
-        used |= {key for key in overrides if scope == key or scope.startswith(key + ".")}
+        used |= {key for key in overrides if any(_inside(n.scope, key) for n in block.nodes)}
     return [key for key, value in overrides.items() if value and key not in used]
 
 

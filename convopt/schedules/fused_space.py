@@ -13,7 +13,7 @@ today's rule:
 - ``band_factor``: bands per image as a multiple of the rule's one per core: 1, 2 or 4 (more, shorter
   bands: finer load balance across cores, each band's first ring fill computed again).
 
-A point's trace holds its decisions and nothing else: applied to the workload (the kernel at the rule's
+A point's trace holds the generator's version and its decisions, nothing else: applied to the workload (the kernel at the rule's
 decisions, as optimize() emits it) it changes nothing, and ``Space.realize`` builds the kernel the decisions
 name. The tuning job measures that kernel and stores the trace like any other record (tuning/job.py);
 optimize() builds the recorded winner again the same way (tuning/apply.py). Points whose kernels end up

@@ -8,8 +8,11 @@ and the measured default is the safer choice.
 
 The records come from every folder of this target's key (records.py) under, in order: the repository's
 shipped ``tuning_logs/``, ``$CONVOPT_TUNING_LOGS``, ``./tuning_logs`` (where ``convopt tune`` writes by
-default) and the ``tuning_logs=`` argument of optimize(). Among all records of a workload the lowest mean
-run time wins; a record never changes results, only speed (it is a schedule of the same computation).
+default) and the ``tuning_logs=`` argument of optimize(). Among all records of a workload the schedule with
+the lowest median time wins (as above); a record never changes results, only speed (it is a schedule of the
+same computation, or for a written-out fused kernel another kernel of the same computation that its
+generator builds from the record's decisions: schedules/fused_space.py; records of another version of the
+generator are left out, and a kernel with only such records is "stale").
 
 The default schedule is recognised by its trace: a tuning job measures it first, so every tuned kernel
 knows how much faster its tuned code is (``KernelTuning``). Records among which today's default is missing

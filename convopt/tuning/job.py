@@ -28,7 +28,8 @@ keeps every measurement in the target's record folder (records.py), which optimi
 5. Each task tuned in this job has its default and its fastest few schedules measured again side by side
    (``_confirm``): optimize() picks by the median over a schedule's records (apply.choose).
 6. Resume: the trials a task already has in the database count against its share and its measured
-   points are skipped; a killed job started again runs only what each task still owes (losing the
+   points are skipped (a written-out fused kernel's records of another version of its generator neither
+   count nor are confirmed: schedules/fused_space.py); a killed job started again runs only what each task still owes (losing the
    trials in flight). A task whose records lack today's default (its hand-written schedule changed since:
    "stale", apply.py) owes its whole share again and is confirmed (5), so its old records are measured
    again beside the new default (a job killed after committing the new default forgets this: started
@@ -234,11 +235,18 @@ def _commit(database, token, sch, result, target: Target) -> None:
         sch.trace, token, seconds, target.tvm, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
 
 
+def _readable(task: Task):
+    """A test of a record's trace for ``task``: None for a scheduled kernel (every record of its workload
+    counts); for a written-out one, whether its generator reads the trace (records of another version of
+    the generator are neither chosen, confirmed nor counted as trials done)."""
+    return None if task.generator is None else lambda trace: generator_reads(task.generator, trace)
+
+
 def _times(database, task: Task) -> tuple[float, float]:
     """(default, chosen) microseconds per call, as optimize() will choose from the database (apply.choose)."""
     records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)
     if task.generator is not None:  # as optimize() reads them: records of another generator version left out
-        records = [r for r in records if generator_reads(task.generator, r.trace)]
+        records = [r for r in records if _readable(task)(r.trace)]
     choice = choose(records, trace_key(task.default().trace))
     if choice.default_s is None:
         raise RuntimeError(f"task {task.name}: its default schedule failed to build or run; see the logs under "
@@ -255,7 +263,10 @@ def _confirm(task: Task, database, measurer: Measurer, target: Target, on_batch,
     default = task.default()
     default_key = trace_key(default.trace)
     fastest = {}
+    readable = _readable(task)
     for record in database.get_top_k(token, 1 << 30):  # fastest first
+        if readable is not None and not readable(record.trace):
+            continue  # a record of another version of the kernel's generator
         key = trace_key(record.trace)
         if key != default_key and key not in fastest:
             fastest[key] = record.trace
@@ -322,7 +333,7 @@ def _enumerate(task: Task, trials: int, target: Target, database, measurer: Meas
     (Task.points); each batch committed as soon as it is measured. Returns the trials measured."""
     token = database.commit_workload(task.workload)
     seen = {trace_key(r.trace) for r in database.get_all_tuning_records() if r.workload.same_as(token)}
-    fresh = (sch for sch in task.points() if trace_key(sch.trace) not in seen)
+    fresh = task.points(skip=seen)
     measured = 0
     while measured < trials:
         batch = list(itertools.islice(fresh, min(ROUND, trials - measured)))
@@ -446,7 +457,7 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
     shares.update(zip((t.name for t in tunable), allocate(budget, costs, [sizes[t.name] - 1 for t in tunable])))
     # the default is not a tuned trial; a stale task's records were made for another default: its share is
     # owed again (the new default's neighbourhood was never searched)
-    done = {t.name: 0 if t.name in stale else trials_done(database, t.workload) - 1 for t in tasks}
+    done = {t.name: 0 if t.name in stale else trials_done(database, t.workload, _readable(t)) - 1 for t in tasks}
     owed_total = sum(max(0, shares[n] - done[n]) for n in shares)
 
     exhausted, new_trials, stopped = set(), 0, ""

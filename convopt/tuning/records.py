@@ -301,10 +301,13 @@ def read_index(target: Target, log_dir: str | Path | None = None) -> RecordIndex
         return None
 
 
-def trials_done(database, mod) -> int:
+def trials_done(database, mod, counts=None) -> int:
     """How many records ``database`` has for the workload ``mod`` (an IRModule), those of candidates that
-    failed to build or run included: the trials a resumed job has already measured."""
+    failed to build or run included: the trials a resumed job has already measured. ``counts``: a test of a
+    record's trace, the records it refuses not counted (a written-out kernel's records of another version of
+    its generator: apply.generator_reads)."""
     if database is None or not database.has_workload(mod):
         return 0
     token = database.commit_workload(mod)
-    return sum(1 for r in database.get_all_tuning_records() if r.workload.same_as(token))
+    return sum(1 for r in database.get_all_tuning_records()
+               if r.workload.same_as(token) and (counts is None or counts(r.trace)))

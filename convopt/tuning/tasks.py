@@ -34,6 +34,7 @@ from ..ir.graph import Graph
 from ..schedules import fused_block_cuda
 from ..schedules.fused_space import Space
 from ..target import Target
+from .apply import trace_key
 
 
 GENERATED = "generated"  # the kind of a task that is one of TVM's own kernels (searched, not enumerated)
@@ -116,25 +117,28 @@ class Task:
                 point = point.with_decision(inst, decision, remove_postproc=True)
             yield point
 
-    def points(self) -> Iterator[tvm.s_tir.Schedule]:
+    def points(self, skip: set[str] = frozenset()) -> Iterator[tvm.s_tir.Schedule]:
         """Every point of the space as a schedule, nearest the default first: what an exhaustive search
-        measures when the space fits in its trial budget. A written-out kernel's points that build a kernel
-        built before are left out, and so are those its generator can't build."""
-        seen = set()
+        measures when the space fits in its trial budget; points whose trace key (apply.trace_key) is in
+        ``skip`` are left out before they are made. A written-out kernel's points that build a kernel an
+        earlier point built are left out, and so are those its generator can't build."""
+        kernels = set()  # a written-out kernel's points: the kernels (their tiles) made or skipped so far
         for point in self._traces():
-            if self.generator is not None:
-                key = self.generator.kernel_key(point)
-                if key in seen:
-                    continue
-                seen.add(key)
+            key = self.generator.kernel_key(point) if self.generator is not None else None
+            if key is not None and key in kernels:
+                continue
             sch = tvm.s_tir.Schedule(self.workload)
             try:
                 point.apply_to_schedule(sch, remove_postproc=True)
+                if trace_key(sch.trace) in skip:
+                    kernels.add(key)  # measured already: its kernel too
+                    continue
                 if self.generator is not None:
                     self.generator.realize(sch)
             except Exception as e:  # noqa: BLE001 - a combination the schedule or generator can't make: not a point
                 logging.getLogger(__name__).info("%s: skipped point %s: %s", self.name, point, e)
                 continue
+            kernels.add(key)
             yield sch
 
 

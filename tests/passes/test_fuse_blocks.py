@@ -443,8 +443,6 @@ def test_a_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
 
 
 def test_a_convnext_block_not_chosen_whole_is_weighed_as_its_mlp():
-    import warnings
-
     graph = merge_branches(fold_constants(_graph(ConvNeXtBlock())))
 
     def whole_loses(g, block):  # (fused, unfused) seconds
@@ -454,8 +452,34 @@ def test_a_convnext_block_not_chosen_whole_is_weighed_as_its_mlp():
     assert block.attrs.kind == "pointwise_mlp"
     assert [n.op for n in fuse_blocks(graph, predict=whole_loses).nodes] == [Op.CONV2D, Op.CHANNEL_NORM,
                                                                              Op.FUSED_BLOCK]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a name inside the MLP names a block: no warning
-        forced = fuse_blocks(graph, predict=lambda g, b: None, overrides={"fc1": True})
-    assert [n.attrs.kind for n in _fused(forced)] == ["pointwise_mlp"]
     assert _fused(fuse_blocks(graph, predict=lambda g, b: (2.0, 1.0))) == []  # both lose: nothing fused
+
+
+class NestedConvNeXt(nn.Module):
+    """timm's nesting: the MLP a module of its own, the layer scale and the add in the block's."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        from timm.layers import LayerNorm2d
+
+        self.norm = LayerNorm2d(c)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 4 * c, 1), nn.GELU(), nn.Conv2d(4 * c, c, 1))
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(self.conv_dw(x))) * self.gamma
+
+
+def test_a_module_inside_a_block_names_the_block_that_holds_it():
+    import warnings
+
+    graph = merge_branches(fold_constants(_graph(nn.Sequential(NestedConvNeXt()))))
+    declined = lambda g, b: (2.0, 1.0)  # noqa: E731 - the cost model declines every block
+    for name in ("0.mlp", "0.mlp.0"):  # (its last conv took the layer scale: the block's scope)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a name inside the block names it: no warning
+            forced = fuse_blocks(graph, predict=declined, overrides={name: True})
+        assert [n.attrs.kind for n in _fused(forced)] == ["convnext_block"], name
+    refused = fuse_blocks(graph, predict=lambda g, b: (1.0, 2.0), overrides={"0.mlp": False})
+    assert _fused(refused) == []  # neither the whole block nor its MLP alone

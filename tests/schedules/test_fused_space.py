@@ -2,6 +2,8 @@
 different kernel computing the same result, the default point is the kernel optimize() emits, knob values
 that give the same kernel are left out, and records made for another space are refused."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,10 @@ def test_every_point_computes_what_the_default_does(case, lanes):
     tvm.ir.assert_structural_equal(default["main"], task.workload["main"])  # the default point is what runs untuned
     scripts = {task.module(p)["main"].script() for p in points}
     assert len(scripts) == len(points)  # every point a different kernel
+    space = task.generator  # and no kernel of the space left out: as many kernels as all combinations build
+    combinations = itertools.product(*(fused_space.CANDIDATES[name] for name in space.knobs))
+    built = {space.build(Tiles(**dict(zip(space.knobs, values)))).script() for values in combinations}
+    assert len(built) == len(points)
     rng = np.random.default_rng(0)
     from tvm.s_tir import meta_schedule as ms
 

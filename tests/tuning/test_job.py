@@ -248,6 +248,18 @@ def test_a_fused_block_is_tuned_over_its_generator_and_optimize_builds_the_recor
                                                                task.generator)
     assert tuning.status == "tuned" and tuning.speedup < 20  # the point recorded 10x faster, not the foreign one
     tvm.ir.assert_structural_equal(func.with_attr("global_symbol", "main"), task.module(point)["main"])
+    from convopt.tuning.job import _times
+
+    default_us, best_us = _times(open_database(target, tmp_path), task)  # the job reads them as optimize() does
+    assert default_us / best_us == pytest.approx(tuning.speedup)
+    alone = tmp_path / "foreign"  # records of another version only: stale, the default runs
+    foreign_only = open_database(target, alone, create=True)
+    token = foreign_only.commit_workload(task.workload)
+    foreign_only.commit_tuning_record(ms.database.TuningRecord(
+        foreign.trace, token, [default_s], target.tvm, ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])))
+    func, tuning = TunedSchedules(target, [alone]).schedule(task.workload, task.schedule, task.name, task.generator)
+    assert tuning.status == "stale"
+    tvm.ir.assert_structural_equal(func, task.workload["main"])
 
 
 def _extract(graph, target):
