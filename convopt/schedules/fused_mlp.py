@@ -151,8 +151,9 @@ def plan(block: PointwiseMLP, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT
     Ep, Op = round_up(e_.out_channels, lanes), round_up(block.out_channels, lanes)
     th = -(-e_.height // bands_of(bands, e_.height, tiles))
     ev, ov = (channel_vectors(v // lanes, tiles.vectors) for v in (Ep, Op))
-    return (th, ev, ov, column_tile(e_.width, lanes, ev, tiles.columns), column_tile(e_.width, lanes, ov, tiles.columns),
-            column_tile(e_.width, lanes, 1, tiles.columns) if block.mixer is not None else 1)
+    most = tiles.columns
+    return (th, ev, ov, column_tile(e_.width, lanes, ev, most), column_tile(e_.width, lanes, ov, most),
+            column_tile(e_.width, lanes, 1, most) if block.mixer is not None else 1)
 
 
 def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False,

@@ -13,13 +13,13 @@ today's rule:
 - ``band_factor``: bands per image as a multiple of the rule's one per core: 1, 2 or 4 (more, shorter
   bands: finer load balance across cores, each band's first ring fill computed again).
 
-A point's trace holds the generator's version and its decisions, nothing else: applied to the workload (the kernel at the rule's
-decisions, as optimize() emits it) it changes nothing, and ``Space.realize`` builds the kernel the decisions
-name. The tuning job measures that kernel and stores the trace like any other record (tuning/job.py);
-optimize() builds the recorded winner again the same way (tuning/apply.py). Points whose kernels end up
-with the same tiles (``Space.plan``: e.g. 8 and 12 columns on a 7-pixel row) are one kernel: the job
-measures the first of them only (tuning/tasks.py). The trace starts with the generator's version
-(``SPACE_VERSION``), so records whose decisions meant other kernels are stale, not misread.
+A point's trace holds the generator's version (``SPACE_VERSION``) and its decisions, nothing else: applied
+to the workload (the kernel at the rule's decisions, as optimize() emits it) it changes nothing, and
+``Space.realize`` builds the kernel the decisions name. The tuning job measures that kernel and stores the
+trace like any other record (tuning/job.py); optimize() builds the recorded winner again the same way
+(tuning/apply.py). Records whose decisions meant other kernels (another version) are stale, not misread.
+Points whose kernels end up with the same tiles (``Space.plan``: e.g. 8 and 12 columns on a 7-pixel row)
+are one kernel: the job measures the first of them only (tuning/tasks.py).
 
 The workload is the kernel at the rule's point: where the rule's kernel changes, the workload does too, and
 its old records no longer match any kernel (the kernel is "untuned" again, not "stale").

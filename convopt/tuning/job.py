@@ -29,8 +29,8 @@ keeps every measurement in the target's record folder (records.py), which optimi
    (``_confirm``): optimize() picks by the median over a schedule's records (apply.choose).
 6. Resume: the trials a task already has in the database count against its share and its measured
    points are skipped (a written-out fused kernel's records of another version of its generator neither
-   count nor are confirmed: schedules/fused_space.py); a killed job started again runs only what each task still owes (losing the
-   trials in flight). A task whose records lack today's default (its hand-written schedule changed since:
+   count nor are confirmed: schedules/fused_space.py); a killed job started again runs only what each
+   task still owes (losing the trials in flight). A task whose records lack today's default (its hand-written schedule changed since:
    "stale", apply.py) owes its whole share again and is confirmed (5), so its old records are measured
    again beside the new default (a job killed after committing the new default forgets this: started
    again, it counts the old records as trials done).
