@@ -73,7 +73,9 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         skip = set(skip)
         only = None if only is None else list(only)
         blocks = "block_layout" not in skip and (only is None or "block_layout" in only)
-        fusion = (_fuse_blocks(target, fuse_blocks if isinstance(fuse_blocks, dict) else None),) if fuse_blocks else ()
+        pinned = frozenset(lowering) if isinstance(lowering, dict) else frozenset()
+        fusion = ((_fuse_blocks(target, fuse_blocks if isinstance(fuse_blocks, dict) else None, pinned),)
+                  if fuse_blocks else ())
         passes = (*passes, *fusion, _select_lowering(target, lowering, blocks, measured), layout)
     elif mode == "inference" and isinstance(target, Target) and isinstance(fuse_blocks, dict):
         # CUDA: no GPU has measured a fused kernel against the unfused ops, so only the blocks
@@ -93,10 +95,10 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
     return selected
 
 
-def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
+def _fuse_blocks(target: Target, overrides: dict[str, bool] | None, pinned: frozenset[str]) -> Pass:
     """fuse_blocks deciding by the cost model of the target's machine (cost/fused.py): a block is fused where
     its fused kernel is predicted faster by more than its kind's ``cost.fused.fusion_margin``; with no fused
-    coefficients in the profile, none is."""
+    coefficients in the profile, none is; none holding a conv ``pinned`` by lowering={...} unless forced."""
     from .cost.fused import fusion_margin, predict_block
     from .cost.profile import load_profile
     from .passes.fuse_blocks import fuse_blocks
@@ -107,7 +109,7 @@ def _fuse_blocks(target: Target, overrides: dict[str, bool] | None) -> Pass:
         return predict_block(block, profile, target.lanes)
 
     return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=predict, overrides=overrides,
-                                                 margin=fusion_margin))
+                                                 margin=fusion_margin, pinned=pinned))
 
 
 def _fuse_blocks_on_request(overrides: dict[str, bool]) -> Pass:

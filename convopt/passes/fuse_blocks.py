@@ -58,6 +58,9 @@ order); two 1x1 convs are a pointwise MLP, not a pair. A bottleneck is tried bef
 Inverted residual blocks are matched first, then pointwise MLPs, then dense chains; a node belongs to at
 most one block.
 
+``pinned`` (names or module scopes of convs whose lowering the user chose: optimize(lowering={...})) keeps
+a block holding one of them unfused unless ``overrides`` forces it: a fused kernel has no per-conv lowering.
+
 ``kinds`` limits the kinds matched (CUDA: those schedules/fused_block_cuda.py has a kernel for). A name
 ``overrides`` forces that names no matched block draws a warning (a typo, or a block of a kind the target
 can't fuse), not an error: one dict may serve several models.
@@ -337,7 +340,8 @@ def _unmatched(blocks: list[Block], overrides: dict[str, bool]) -> list[str]:
 
 
 def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None,
-                margin: float | Callable[[Block], float] = 1.0, kinds: tuple[str, ...] | None = None) -> Graph:
+                margin: float | Callable[[Block], float] = 1.0, kinds: tuple[str, ...] | None = None,
+                pinned: frozenset[str] = frozenset()) -> Graph:
     """``graph`` with the blocks that ``predict``, ``margin`` and ``overrides`` choose each made one fused_block
     node (module docstring)."""
     overrides = dict(overrides or {})
@@ -353,6 +357,9 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
         for block in choices:  # the whole block, else the part of it its alternatives name
             predicted = predict(graph, block) if predict is not None else None
             forced = _forced(block, overrides)
+            if forced is None and any(n.op is Op.CONV2D and (n.name in pinned or n.scope in pinned)
+                                      for n in block.nodes):
+                forced = False
             if forced is None:
                 needed = margin(block) if callable(margin) else margin
                 forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])

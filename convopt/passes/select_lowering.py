@@ -54,6 +54,12 @@ def _check_names(graph: Graph, overrides: dict[str, str]) -> None:
             raise LoweringError(f"lowering override {key!r}: unknown lowering {name!r}; "
                                 f"convopt has: {', '.join(ALL_LOWERINGS)}")
         if key not in known:
+            fused = next((n for n in graph.nodes if n.op is Op.FUSED_BLOCK and any(
+                b.op is Op.CONV2D and key in (b.name, b.scope) for b in n.attrs.body)), None)
+            if fused is not None:  # fuse_blocks leaves a pinned conv unfused unless its block was forced
+                raise LoweringError(f"lowering override {key!r}: that conv runs inside fused block %{fused.name} "
+                                    f"({fused.attrs.kind}, forced by fuse_blocks=), whose kernel has no per-conv "
+                                    f"lowering; drop one of the two")
             sample = ", ".join(sorted(known)[:8])
             raise LoweringError(f"lowering override {key!r}: no conv node or module of that name "
                                 f"(conv layers include: {sample})")

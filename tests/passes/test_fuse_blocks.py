@@ -118,6 +118,17 @@ def test_the_prediction_and_the_overrides_decide():
     assert len(_fused(forced)) == 1
 
 
+def test_a_block_holding_a_conv_whose_lowering_was_chosen_is_fused_only_when_forced():
+    graph = _graph(InvertedResidual())
+    faster = lambda g, b: (1e-6, 3e-6)  # noqa: E731
+    assert fuse_blocks(graph, predict=faster, pinned=frozenset({"conv_dw"})) == graph  # by module scope
+    dw = next(n for n in graph.nodes if n.scope == "conv_dw")
+    assert fuse_blocks(graph, predict=faster, pinned=frozenset({dw.name})) == graph  # by node name
+    assert _fused(fuse_blocks(graph, predict=faster, pinned=frozenset({"elsewhere"})))
+    forced = fuse_blocks(graph, predict=faster, pinned=frozenset({"conv_dw"}), overrides={"conv_pw": True})
+    assert len(_fused(forced)) == 1
+
+
 def test_two_blocks_in_a_row_fuse_separately_and_keep_their_order():
     model = nn.Sequential(InvertedResidual(), InvertedResidual(o=24), nn.ReLU())
     after = fuse_blocks(_graph(model))

@@ -194,3 +194,19 @@ def test_an_override_beats_the_gemv_rule_and_gemv_can_be_forced_only_where_it_ru
     assert _lowerings(forced)["reduce"] == "im2col"
     with pytest.raises(LoweringError, match="gemv can't run.*one-pixel map"):
         select_lowering(_squeeze_excite(), lanes=8, profile=fixed_profile(), overrides={"wide": "gemv"})
+
+
+def test_a_lowering_chosen_for_a_conv_inside_a_forced_fused_block_is_refused_by_name():
+    import convopt
+    from torch import nn
+    from convopt.pipeline import PassError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(),
+                          nn.Conv2d(64, 16, 1)).eval()
+    x = torch.randn(1, 16, 12, 12)
+    kept = convopt.optimize(model, x, tuning_logs=False, lowering={"2": "depthwise"}, check=False)
+    assert not any(n.op is Op.FUSED_BLOCK for n in kept.graph.nodes)  # the pinned conv's block stays unfused
+    assert {n.scope: n.attrs.lowering for n in kept.graph.nodes if n.op is Op.CONV2D}["2"] == "depthwise"
+    with pytest.raises(PassError, match=r"lowering override '2': that conv runs inside fused block %block_\w+"):
+        convopt.optimize(model, x, tuning_logs=False, lowering={"2": "depthwise"}, fuse_blocks={"0": True})
