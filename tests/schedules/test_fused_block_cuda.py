@@ -164,7 +164,7 @@ def test_the_design_space_defaults_to_the_rules_and_leaves_the_workload_alone():
     assert [tuple(int(v) for v in space.trace.decisions[i]) for i in tiles] == [
         (28 // th, th), (28 // tw, tw), (blocks, groups, 24 // (blocks * groups)), (144 // ec, ec)]
     assert fbc.default_tiles(7, 7, 3072, 768) == (7, 7, 16, 4, 6)  # 32 accumulators per thread, 6 thread blocks
-    assert _random_points_build(workload, context, space, target, 12) >= 6
+    assert _random_points_build(workload, context, space, target, 6) >= 3  # each a CUDA build (~8 s)
 
 
 PAIRS = [ConvChain.of(16, 16, 16, 14, 14), ConvChain.of(8, 24, 32, 13, 11, stride=2, residual=True, batch=2),
