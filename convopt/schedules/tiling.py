@@ -80,6 +80,19 @@ def row_tile(out_width: int, lanes: int) -> int:
     return divisor_tile(out_width, [k * lanes for k in range(8, 2, -1)]) or 4 * lanes
 
 
+BAND_ROWS = (8, 4, 2, 1)
+
+
+def band_rows(rows: int, tasks_per_row: int, cores: int) -> int:
+    """Output rows per band of a kernel that pads its input a band at a time (depthwise on blocked input):
+    the most of ``BAND_ROWS`` that still leaves 4 parallel tasks per core (``tasks_per_row`` bands side by side:
+    batch x channel blocks), so a band's padded rows are copied once for up to 8 output rows and stay in L1."""
+    for r in BAND_ROWS:
+        if tasks_per_row * -(-rows // r) >= 4 * cores:
+            return min(r, rows)
+    return 1
+
+
 def gemm_tile(pixels: int, out_per_group: int, out_channels: int, lanes: int) -> tuple[str, int, int, int]:
     """im2col's GEMM register tile (mode, m, tile_o, tile_p): see schedules/im2col.py."""
     budget = accumulators(lanes)

@@ -38,14 +38,17 @@ def host(lanes: int):
 
 
 def error_against_torch(name: str, spec: ConvSpec, bias: bool, residual: bool, activation: str,
-                        seed: int = 0, *, lanes: int) -> float:
-    """max|a - b| / max|b| of lowering ``name`` (bias, residual, activation fused) against float64 torch."""
+                        seed: int = 0, *, lanes: int, blocked: bool = False) -> float:
+    """max|a - b| / max|b| of lowering ``name`` (bias, residual, activation fused) against float64 torch;
+    ``blocked``: input, residual and output in channel blocks of ``lanes``."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=g)
     w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=g)
     b = torch.randn(spec.out_channels, generator=g) if bias else None
     r = 3 * torch.randn(spec.output_shape, generator=g) if residual else None
-    y = build_kernel(name, spec, w, b, activation=activation, residual=residual, target=host(lanes))(x, r)
+    block = lanes if blocked else None
+    y = build_kernel(name, spec, w, b, activation=activation, residual=residual, target=host(lanes),
+                     in_block=block, out_block=block)(x, r)
     ref = torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(), spec.stride,
                                      spec.padding, spec.dilation, spec.groups)
     if r is not None:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import depthwise
+from convopt.schedules import depthwise, tiling
 from convopt.schedules.conv_spec import ConvSpec
 from convopt.schedules.lowerings import lowering
 
@@ -30,6 +30,32 @@ def depthwise_specs(draw):
        activation=st.sampled_from(["none", "relu6", "silu"]), lanes=st.sampled_from(LANES))
 def test_matches_torch(spec, bias, residual, activation, lanes):
     assert error_against_torch(NAME, spec, bias, residual, activation, lanes=lanes) < 1e-5
+
+
+@st.composite
+def blocked_specs(draw):
+    """Depthwise convs between blocked neighbours (whole channel blocks): any height, so the last band of
+    rows is partial."""
+    lanes = draw(st.sampled_from(LANES))
+    c = lanes * draw(st.integers(1, 3))
+    k = draw(st.sampled_from([1, 3, 5, 7]))
+    stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, k // 2))
+    h, w = draw(st.integers(k, 30)), draw(st.integers(k, 17))
+    return ConvSpec(draw(st.integers(1, 2)), c, h, w, c, (k, k), (stride, stride), (pad, pad), groups=c), lanes
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=blocked_specs(), residual=st.booleans())
+def test_blocked_input_padded_a_band_at_a_time_matches_torch(case, residual):
+    spec, lanes = case
+    assert error_against_torch(NAME, spec, True, residual, "relu6", lanes=lanes, blocked=True) < 1e-5
+
+
+@pytest.mark.parametrize("rows,tasks,cores,band", [
+    (28, 12, 2, 8), (14, 24, 2, 8), (7, 60, 2, 7), (112, 2, 2, 8), (14, 1, 2, 1), (56, 1, 2, 4), (4, 1, 2, 1),
+    (14, 1, 8, 1)])
+def test_band_rows_leave_four_tasks_per_core(rows, tasks, cores, band):
+    assert tiling.band_rows(rows, tasks, cores) == band
 
 
 @pytest.mark.parametrize("lanes", LANES)
