@@ -85,7 +85,7 @@ def capture_program(model: torch.nn.Module, example_inputs: Any, *, mode: str = 
             "convopt needs a pure forward. BatchNorm in training mode updates running statistics: put the "
             "BatchNorm modules in eval mode (transfer learning) or use mode='inference'."
         )
-    graph = _convert(ep, name=type(model).__name__)
+    graph = _convert(ep, name=type(model).__name__, mode=mode)
     return Captured(graph, ep.call_spec.in_spec, ep.call_spec.out_spec)
 
 
@@ -432,15 +432,17 @@ def _literal(value: Any, where: str) -> Any:
 
 
 class _Converter:
-    def __init__(self, ep: torch.export.ExportedProgram, name: str):
+    def __init__(self, ep: torch.export.ExportedProgram, name: str, mode: str):
         self.ep = ep
         self.name = name
+        self.mode = mode
         self.names: dict[torch.fx.Node, str] = {}  # fx node -> IR value name
         self.taken: set[str] = set()
         self.inputs: list[Value] = []
         self.constants: list[Constant] = []
         self.nodes: list[Node] = []
         self.node_types: dict[str, Any] = {}  # IR node name -> its type, for getitem on converted ops
+        self.results: dict[torch.fx.Node, list[str]] = {}  # an inlined higher-order op -> its results' names
 
     def unique(self, base: str) -> str:
         return unique_name(base, self.taken)
@@ -477,6 +479,12 @@ class _Converter:
     def call(self, node: torch.fx.Node) -> None:
         target = node.target
         val = node.meta.get("val")
+        if target is operator.getitem and node.args[0] in self.results:
+            self.names[node] = self.results[node.args[0]][node.args[1]]
+            return
+        if isinstance(target, torch._ops.HigherOrderOperator):
+            self.inline(node)
+            return
         if target is operator.getitem:
             src, index = node.args
             if isinstance(self.node_types.get(self.names.get(src)), TensorType):
@@ -506,6 +514,37 @@ class _Converter:
             return
         op, inputs, attrs = normalized
         self.emit(node, op, [self.ref(i) for i in inputs], attrs, type_of(val))
+
+    def inline(self, node: torch.fx.Node) -> None:
+        """The nodes of a higher-order op's body in its place, where running the body is what the op does in
+        convopt's float32 graph: torch.autocast(enabled=False) regions (timm's EfficientViT attention keeps
+        float32 that way) and, for inference, torch.no_grad() / set_grad_enabled regions. Autocast that is on
+        would compute in another dtype, and a grad-mode region in mode="train" decides what is differentiated:
+        both are refused by name, as is any other higher-order op."""
+        op = node.target.name()
+        if op == "wrap_with_autocast":
+            device, dtype, enabled, _cache, body, *operands = node.args
+            if enabled:
+                raise CaptureError(f"node {node.name}: module '{_scope(node)}' runs under torch.autocast("
+                                   f"{device!r}, dtype={dtype}); convopt computes in float32 and would not match "
+                                   "it: disable the autocast region or run the model as it is")
+        elif op == "wrap_with_set_grad_enabled" and self.mode == "inference":
+            _enabled, body, *operands = node.args
+        else:
+            why = (" in mode='train' (a grad-mode region decides what training differentiates)"
+                   if op == "wrap_with_set_grad_enabled" else "")
+            raise CaptureError(f"node {node.name}: cannot capture higher-order op {op} in module '{_scope(node)}'"
+                               f"{why}; convopt inlines torch.autocast(enabled=False) regions, and grad-mode "
+                               "regions for inference")
+        graph = getattr(self.ep.graph_module, body.target).graph
+        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        for placeholder, operand in zip(inputs, operands, strict=True):
+            self.names[placeholder] = self.names[operand]
+        for n in graph.nodes:
+            if n.op == "call_function":
+                self.call(n)
+            elif n.op == "output":
+                self.results[node] = [self.names[o] for o in pytree.tree_leaves(n.args[0])]
 
     def opaque(self, node: torch.fx.Node, target, bound: dict) -> None:
         inputs: list[str] = []
@@ -550,5 +589,5 @@ class _Converter:
         return Graph(tuple(self.inputs), tuple(self.constants), tuple(self.nodes), tuple(outputs), name=self.name)
 
 
-def _convert(ep: torch.export.ExportedProgram, name: str) -> Graph:
-    return _Converter(ep, name).run()
+def _convert(ep: torch.export.ExportedProgram, name: str, mode: str = "inference") -> Graph:
+    return _Converter(ep, name, mode).run()

@@ -161,6 +161,43 @@ def test_capture_error_names_the_module():
         capture(Outer(), torch.randn(1, 3, 4, 4))
 
 
+class Regions(nn.Module):
+    """A conv under torch.no_grad() and an attention-like product in a region with autocast off or on."""
+
+    def __init__(self, autocast: bool = False):
+        super().__init__()
+        self.conv, self.proj = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.autocast = autocast
+
+    def forward(self, x):
+        with torch.no_grad():
+            y = torch.relu(self.conv(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            q = y.flatten(2)
+            attn = (q.transpose(1, 2) @ q / 8).float()
+        return self.proj(y) + (q @ attn.softmax(-1)).reshape(y.shape)
+
+
+def test_grad_mode_and_disabled_autocast_regions_are_inlined():
+    model, x = Regions().eval(), torch.randn(1, 3, 6, 5)
+    graph = capture(model, x)
+    # both bodies' ops in place: ATen ops (matmul stays an opaque ATen call), no call of the regions
+    assert all(n.attrs.target.startswith("aten.") for n in graph.nodes if n.op is Op.TORCH)
+    assert sum(n.op is Op.CONV2D for n in graph.nodes) == 2
+    fast = convopt.optimize(model, x, target="cpu", tuning_logs=False)  # checked against eager
+    with torch.no_grad():
+        x2 = torch.randn_like(x)
+        assert rel_err(fast(x2), model(x2)) <= 1e-5
+
+
+def test_enabled_autocast_and_grad_regions_in_training_are_refused_by_name():
+    with pytest.raises(CaptureError, match=r"node \w+: module '' runs under torch.autocast\('cpu', "
+                                           r"dtype=torch.bfloat16\); convopt computes in float32"):
+        capture(Regions(autocast=True).eval(), torch.randn(1, 3, 6, 5))
+    with pytest.raises(CaptureError, match=r"higher-order op wrap_with_set_grad_enabled .* in mode='train'"):
+        capture(Regions().train(), torch.randn(1, 3, 6, 5), mode="train")
+
+
 def test_non_tensor_inputs_are_refused():
     with pytest.raises(CaptureError, match="tensor"):
         capture(nn.ReLU(), (torch.randn(2), 3))
