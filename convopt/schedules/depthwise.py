@@ -46,7 +46,8 @@ def _blocks(channels: int, lanes: int) -> int:
 
 
 def workspace_bytes(spec, lanes: int) -> int:
-    """The blocked, padded input (channels rounded up to whole blocks)."""
+    """The blocked, padded input (channels rounded up to whole blocks): what NCHW input stages; blocked input
+    stages a band of rows of it at a time, so this bounds it."""
     hp, wp = spec.height + 2 * spec.padding[0], spec.width + 2 * spec.padding[1]
     return 4 * spec.batch * _blocks(spec.in_channels, lanes) * lanes * hp * wp
 
