@@ -199,7 +199,8 @@ def _calibrate(args) -> int:
     fused = [key for key in FUSED_KEYS if lowerings is None or key in lowerings]
     lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
     if lowerings is None or lowerings:
-        profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, progress=print)
+        profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, passes=args.passes,
+                               progress=print)
     if fused:
         profile = calibrate_fused(profile, target, keys=fused, progress=print)
     for name, coefs in profile.coefficients.items():
@@ -327,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="measure this machine and fit the cost model (minutes)")
     cal.add_argument("--quick", action="store_true", help="a third of the calibration shapes")
     cal.add_argument("-o", "--output", help="write the profile here instead of the cache")
+    cal.add_argument("--passes", type=int, default=2,
+                     help="sweeps over the shapes, each measurement keeping its fastest (default 2: a shared "
+                          "machine's slow phases outlast one shape's measurement)")
     cal.add_argument("--lowerings", help="only these lowerings, '<lowering>@blocked' variants or "
                                          "fused_inverted_residual / fused_pointwise_mlp / fused_conv_pair / fused_bottleneck (the fused "
                                          "block kernels) (comma-separated; "

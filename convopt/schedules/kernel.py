@@ -11,6 +11,7 @@ outside the kernel (and outside the timed calls).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -68,10 +69,29 @@ class Kernel:
         self._func(*self._args(x, residual))
         return from_layout(torch.from_dlpack(self._out), self.out_block).clone()
 
-    def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing)."""
-        args = self._args(x, residual)
-        return lambda: self._func(*args)
+    def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, copies: int = 1):
+        """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing).
+
+        ``copies`` > 1: each call takes the next of that many copies of the input, residual and output in
+        turn, so that a small conv's tensors are not in the core's cache from the call before, as in a model,
+        where the layer before has just written them (from the other cores' caches too)."""
+        if copies <= 1:
+            args = self._args(x, residual)
+            return lambda: self._func(*args)
+        arg_sets = []
+        for _ in range(copies):
+            args = self._args(x.clone(), None if residual is None else residual.clone())
+            arg_sets.append(args[:-1] + [tvm.runtime.empty(self._out.shape, "float32", self._device)])
+        turn = itertools.cycle(arg_sets)
+        return lambda: self._func(*next(turn))
+
+    def footprint_bytes(self) -> int:
+        """Bytes of the tensors a call reads and writes that change between calls in a model: the input,
+        the residual and the output (weights and bias stay)."""
+        spec = self.spec
+        elements = spec.batch * spec.in_channels * spec.height * spec.width
+        elements += (1 + self.has_residual) * spec.batch * spec.out_channels * spec.out_height * spec.out_width
+        return 4 * elements
 
     def time(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, repeat: int = 7,
              min_seconds: float = 0.02) -> float:

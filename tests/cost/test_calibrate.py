@@ -63,3 +63,41 @@ def test_refit_of_a_blocked_variant_without_coefficients_starts_from_the_nchw_on
     assert "direct@blocked" not in profile.coefficients
     assert refitted.coefficients["direct@blocked"]["flops"] == pytest.approx(0.5 * profile.coefficients["direct"]["flops"])
     assert refitted.coefficients["direct"] == profile.coefficients["direct"]
+
+
+def test_passes_keep_each_measurements_fastest(monkeypatch):
+    import convopt.cost.calibrate as cal
+
+    sweeps = iter([{"direct": 3e-3}, {"direct": 1e-3}, {"direct": 2e-3}])  # a slow phase, then a quiet one
+    monkeypatch.setattr(cal, "measure", lambda spec, names, target: next(sweeps))
+    _, records = calibrate(fixed_profile(), resolve_target("cpu").with_lanes(8), shapes=SHAPES[:1],
+                           lowerings=["direct"], passes=3)
+    assert [r["seconds"] for r in records] == [1e-3]
+
+
+def test_cold_copies_exceed_the_cores_l2():
+    from convopt.cost.calibrate import cold_copies
+
+    host = resolve_target("cpu")
+    l2 = host.caches.get("L2", 1 << 20) * host.cores
+    assert cold_copies(64 << 10, host) * (64 << 10) >= 2 * l2  # a small conv cycles through many copies
+    assert cold_copies(8 * l2, host) == 1  # a large one leaves the cache by itself
+    assert cold_copies(1, host) == 64  # bounded
+
+
+def test_a_kernel_bound_to_copies_computes_the_same():
+    import torch
+
+    from convopt.schedules.kernel import build_kernel
+
+    spec = SHAPES[0]
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 16, 12, 12, generator=gen), torch.randn(16, 16, 3, 3, generator=gen)
+    kernel = build_kernel("direct", spec, w, None, target=resolve_target("cpu").with_lanes(8), in_block=8,
+                          out_block=8)
+    expected = kernel(x)
+    call = kernel.bound(x, copies=3)
+    for _ in range(4):
+        call()
+    assert kernel.footprint_bytes() == 4 * (16 * 12 * 12 + 16 * 12 * 12)
+    assert torch.equal(kernel(x), expected)  # the copies are other buffers: the kernel's own is untouched
