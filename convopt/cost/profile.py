@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -187,7 +188,8 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
 
 def save_profile(profile: MachineProfile, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(profile.to_json())
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half-written profile
+    # a temporary name of its own: processes saving at once (test workers, two jobs) never share one
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
+        tmp.write(profile.to_json())
+    Path(tmp.name).replace(path)  # atomic: an interrupted write never leaves a half-written profile
     return path
