@@ -27,7 +27,7 @@ from ..schedules.conv_spec import ConvSpec
 from ..schedules.fused_block import InvertedResidual, build as build_fused
 from ..schedules.fused_mlp import PointwiseMLP, build as build_fused_mlp
 from ..schedules.fused_chain import BOTTLENECK_KIND, PAIR_KIND, ConvChain, build as build_fused_chain
-from ..schedules.kernel import build_kernel
+from ..schedules.kernel import build_kernel, cold_copies
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
 from .fused import KEY as FUSED_KEY, KEYS as FUSED_KEYS, MLP_KEY, fused_features
@@ -152,13 +152,6 @@ def build_all(spec: ConvSpec, names: Iterable[str], target: Target, *, seed: int
 
     kernels = {name: build(name) for name in names}
     return x, w, b, kernels
-
-
-def cold_copies(footprint: int, target: Target) -> int:
-    """Copies of a conv's tensors to cycle through so that together they exceed every core's L2 twice over:
-    each call then finds its input in L3 (or memory), as a layer does in a model, never in its own L2."""
-    l2 = target.caches.get("L2", 1 << 20) * target.cores
-    return max(1, min(64, -(-2 * l2 // max(footprint, 1))))
 
 
 def measure(spec: ConvSpec, names: Iterable[str], target: Target, *, rounds: int = 15) -> dict[str, float]:
@@ -356,7 +349,7 @@ def calibrate_fused(profile: MachineProfile, target: Target, *, keys=FUSED_KEYS,
         rows = []
         for block in shapes[key]:
             build = _fused_builder(key)
-            seconds = time_interleaved({"fused": build(block, target)}, rounds=9)["fused"]
+            seconds = time_interleaved({"fused": build(block, target, cold=True)}, rounds=9)["fused"]
             if progress:
                 progress(f"{key} {describe_block(block)} {seconds * 1e3:9.3f} ms")
             rows.append((fused_features(block, profile, target.lanes), seconds))

@@ -33,6 +33,7 @@ above are its default point, and a tuning job measures the others.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,6 +44,7 @@ from tvm.script import tirx as T
 
 from .activations import activate
 from .conv_spec import ConvSpec
+from .kernel import cold_copies
 from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
 F32 = "float32"
@@ -296,7 +298,7 @@ def blocked_io(block, lanes: int) -> tuple[bool, bool]:
     return block.expand.in_channels % lanes == 0, block.out_channels % lanes == 0
 
 
-def build(block: InvertedResidual, target, *, seed: int = 0):
+def build(block: InvertedResidual, target, *, seed: int = 0, cold: bool = False):
     """The block's kernel compiled alone for ``target`` (this host) on random weights, its input and output
     blocked where a model would block them (``blocked_io``): a call with no arguments that runs it once
     (calibration times it)."""
@@ -309,14 +311,23 @@ def build(block: InvertedResidual, target, *, seed: int = 0):
     in_block, out_block = blocked_io(block, lanes)
     func = prim_func(block, lanes, default_bands(block, target.cores), in_block=in_block, out_block=out_block)
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
-    return compiled_alone(func, target, [rng.standard_normal(x_shape).astype(np.float32), *prepared], out_shape)
+    return compiled_alone(func, target, [rng.standard_normal(x_shape).astype(np.float32), *prepared], out_shape,
+                          cold=cold)
 
 
-def compiled_alone(func: tirx.PrimFunc, target, inputs: list[np.ndarray], out_shape) -> "Callable[[], None]":
+def compiled_alone(func: tirx.PrimFunc, target, inputs: list[np.ndarray], out_shape, *,
+                   cold: bool = False) -> "Callable[[], None]":
     """``func`` compiled for ``target`` (this host), bound to ``inputs`` and an output of ``out_shape``: a call
-    with no arguments that runs it once (calibration and benchmarks time it)."""
+    with no arguments that runs it once (calibration and benchmarks time it). ``cold``: each call takes the
+    next of ``kernel.cold_copies`` copies of the activation (``inputs[0]``) and the output, so that they are
+    not in L2, as in a model."""
+    footprint = 4 * (inputs[0].size + int(np.prod(out_shape)))
+    copies = cold_copies(footprint, target) if cold else 1
     target.configure_runtime()
     compiled = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
     device = target.device()
-    args = [tvm.runtime.tensor(a, device) for a in inputs] + [tvm.runtime.empty(out_shape, "float32", device)]
-    return lambda: compiled(*args)
+    rest = [tvm.runtime.tensor(a, device) for a in inputs[1:]]
+    arg_sets = [[tvm.runtime.tensor(inputs[0], device), *rest, tvm.runtime.empty(out_shape, "float32", device)]
+                for _ in range(copies)]
+    turn = itertools.cycle(arg_sets)
+    return lambda: compiled(*next(turn))

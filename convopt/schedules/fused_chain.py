@@ -349,7 +349,7 @@ def kernel_arguments(chain: ConvChain, arrays: list[np.ndarray], lanes: int) -> 
     return prepared
 
 
-def build(chain: ConvChain, target, *, seed: int = 0):
+def build(chain: ConvChain, target, *, seed: int = 0, cold: bool = False):
     """The chain's kernel compiled alone for ``target`` (this host) on random weights, its tensors blocked
     where a model would block them (``blocked_io``): a call with no arguments that runs it once."""
     rng = np.random.default_rng(seed)
@@ -361,4 +361,4 @@ def build(chain: ConvChain, target, *, seed: int = 0):
     x_shape, out_shape = io_shapes(chain, lanes, in_block, out_block)
     skip_shape = out_shape if chain.residual else (1,)
     x, skip = (rng.standard_normal(shape).astype(np.float32) for shape in (x_shape, skip_shape))
-    return compiled_alone(func, target, [x, *prepared, skip], out_shape)
+    return compiled_alone(func, target, [x, *prepared, skip], out_shape, cold=cold)

@@ -322,7 +322,7 @@ def blocked_io(block: PointwiseMLP, lanes: int) -> tuple[bool, bool]:
     return block.expand.in_channels % lanes == 0, block.out_channels % lanes == 0
 
 
-def build(block: PointwiseMLP, target, *, seed: int = 0):
+def build(block: PointwiseMLP, target, *, seed: int = 0, cold: bool = False):
     """The block's kernel compiled alone for ``target`` (this host) on random weights, its tensors blocked
     where a model would block them (``blocked_io``): a call with no arguments that runs it once."""
     rng = np.random.default_rng(seed)
@@ -338,4 +338,4 @@ def build(block: PointwiseMLP, target, *, seed: int = 0):
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     skip_shape = out_shape if block.residual else (1,)
     x, skip = (rng.standard_normal(shape).astype(np.float32) for shape in (x_shape, skip_shape))
-    return compiled_alone(func, target, [x, *prepared, skip], out_shape)
+    return compiled_alone(func, target, [x, *prepared, skip], out_shape, cold=cold)

@@ -76,7 +76,7 @@ def test_passes_keep_each_measurements_fastest(monkeypatch):
 
 
 def test_cold_copies_exceed_the_cores_l2():
-    from convopt.cost.calibrate import cold_copies
+    from convopt.schedules.kernel import cold_copies
 
     host = resolve_target("cpu")
     l2 = host.caches.get("L2", 1 << 20) * host.cores
@@ -101,3 +101,4 @@ def test_a_kernel_bound_to_copies_computes_the_same():
         call()
     assert kernel.footprint_bytes() == 4 * (16 * 12 * 12 + 16 * 12 * 12)
     assert torch.equal(kernel(x), expected)  # the copies are other buffers: the kernel's own is untouched
+

@@ -158,3 +158,21 @@ def test_a_graph_fused_for_the_cpu_compiles_for_cuda_with_the_cuda_kernel():
     executable, kernels, _ = compile_graph(graph, resolve_target({"kind": "cuda", "arch": "sm_80"}))
     assert [k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused")] == ["fused_inverted_residual"]
     assert any("__global__" in s and "fb_expand_act_shared" in s for s in cuda_sources(executable))
+
+
+def test_built_alone_cold_cycles_through_copies_of_its_activations(monkeypatch):
+    """calibrate times each fused kernel on activations not in L2, as a conv's (cost/calibrate.py)."""
+    import convopt.schedules.fused_block as fb
+    from convopt.schedules.fused_block import InvertedResidual, build
+    from convopt.target import resolve_target
+
+    calls = []
+    real = fb.cold_copies
+    monkeypatch.setattr(fb, "cold_copies", lambda footprint, target: calls.append(real(footprint, target)) or calls[-1])
+    host = resolve_target("cpu").with_lanes(8)
+    run = build(InvertedResidual.of(8, 16, 8, 6, 6, 3, 1), host, cold=True)
+    for _ in range(3):
+        run()
+    assert calls and calls[0] > 1  # a tiny block: many copies
+    build(InvertedResidual.of(8, 16, 8, 6, 6, 3, 1), host)  # hot: no copies asked for
+    assert len(calls) == 1
