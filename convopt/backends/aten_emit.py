@@ -43,7 +43,8 @@ import numpy as np
 from tvm import relax
 
 from ..ir.graph import Node
-from ..ir.ops import Ref
+from ..ir.layout import block_of
+from ..ir.ops import Ref, pad_arguments
 from ..ir.types import full_dtype_name
 
 
@@ -98,20 +99,18 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect"}
 
 
 def _pad(n: Node, args, types):
-    # pad.default(input, pad, mode="constant", value=None); constant_pad_nd.default(input, pad, value=0)
-    if n.attrs.target.startswith("aten.constant_pad_nd"):
-        mode, value = "constant", args[2] if len(args) > 2 else 0.0
-    else:
-        mode, value = (args[2] if len(args) > 2 else "constant"), (args[3] if len(args) > 3 else None)
+    _, mode, value = pad_arguments(n.attrs)
     if mode not in _PAD_MODES:
         raise AtenEmitError(f"node %{n.name}: padding mode {mode!r}")
     widths = _pad_widths(n, args[1])
+    if block_of(getattr(types[0], "layout", "")):  # [N, C/b, H, W, b] (block_layout: H and W padded only)
+        widths += [0, 0]
     if any(w < 0 for w in widths) and mode != "constant":
         raise AtenEmitError(f"node %{n.name}: negative padding (a crop) in mode {mode!r}")
     x = _crop(args[0], widths, types[0].shape)  # a negative pad crops first, as in PyTorch
     if all(w <= 0 for w in widths):
         return x
-    return relax.op.nn.pad(x, [max(w, 0) for w in widths], pad_mode=_PAD_MODES[mode], pad_value=float(value or 0.0))
+    return relax.op.nn.pad(x, [max(w, 0) for w in widths], pad_mode=_PAD_MODES[mode], pad_value=value)
 
 
 def _slice(n: Node, args):

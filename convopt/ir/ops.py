@@ -240,6 +240,19 @@ class TorchAttrs:
 
 Attrs = Any  # one of the dataclasses above
 
+PAD_TARGETS = frozenset({"aten.constant_pad_nd.default", "aten.pad.default"})
+
+
+def pad_arguments(attrs: TorchAttrs) -> tuple[tuple[int, ...], str, float]:
+    """(ATen's pad list: last dimension first, (before, after) pairs; the mode; the fill value) of a pad node
+    (``PAD_TARGETS``): pad.default(input, pad, mode="constant", value=None), constant_pad_nd(input, pad, value=0)."""
+    args = attrs.args
+    if attrs.target == "aten.constant_pad_nd.default":
+        mode, value = "constant", args[2] if len(args) > 2 else 0.0
+    else:
+        mode, value = (args[2] if len(args) > 2 else "constant"), (args[3] if len(args) > 3 else None)
+    return tuple(int(p) for p in args[1]), mode, float(value or 0.0)
+
 
 def attr_items(attrs: Attrs) -> list[tuple[str, Any]]:
     """The attrs to show: every field without a default, and the others where they differ from it."""

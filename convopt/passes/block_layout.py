@@ -9,7 +9,7 @@ and v is stored blocked when both hold:
     speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), a fused block
     (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
     op (LAYOUT_PRESERVING: elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
-    keepdim) whose
+    keepdim, a constant pad of H and W) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
@@ -36,7 +36,7 @@ from typing import Callable
 
 from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout
-from ..ir.ops import Op
+from ..ir.ops import PAD_TARGETS, Op, pad_arguments
 from ..ir.types import TensorType
 from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import lowering
@@ -59,7 +59,18 @@ def is_spatial_mean(graph: Graph, n: Node) -> bool:
     return rank == 4 and {d % rank for d in n.attrs.dims} == {2, 3}
 
 
+def is_spatial_pad(n: Node) -> bool:
+    """A constant pad of H and W only, no crop (TF "SAME" padding before a strided conv: (0, 1, 0, 1)): it pads
+    the same two axes of a blocked tensor, [N, C/b, H, W, b]."""
+    if n.op is not Op.TORCH or n.attrs.target not in PAD_TARGETS:
+        return False
+    pad, mode, _ = pad_arguments(n.attrs)
+    return mode == "constant" and len(pad) <= 4 and min(pad, default=0) >= 0
+
+
 def preserves_layout(graph: Graph, n: Node) -> bool:
+    if n.op is Op.TORCH:
+        return is_spatial_pad(n)
     if n.op is Op.MEAN:
         return is_spatial_mean(graph, n) and n.attrs.keepdim
     if n.op is Op.AVG_POOL2D and n.attrs.divisor_override is not None:

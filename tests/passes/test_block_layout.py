@@ -229,3 +229,55 @@ def test_channel_norm_computes_the_same_in_blocks(lanes):
     plain = convopt.optimize(model, x, target=target, lowering=lowering, skip_passes=["block_layout"])
     x2 = torch.randn_like(x)
     assert relative_error(blocked(x2), plain(x2)) <= 1e-5
+
+
+def _padded_chain(pad, mode="constant"):
+    """c1 -> relu -> pad (ATen, as TF "SAME" padding captures) -> depthwise 3x3 stride 2 -> c3."""
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    r = b.node(Op.RELU, [_conv(b, x, 16, 32, name="c1")], O.NoAttrs(), name="r")
+    p = b.node(Op.TORCH, [r], O.TorchAttrs("aten.pad.default", (O.Ref(0), pad, mode, 0.0)), name="p")
+    w = b.const("dw.w", torch.randn(32, 1, 3, 3))
+    dw = b.node(Op.CONV2D, [p, w, None], O.Conv2dAttrs((2, 2), (0, 0), (1, 1), 32), name="dw")
+    return b.graph(_conv(b, dw, 32, 16, name="c3"))
+
+
+def test_a_constant_pad_of_h_and_w_keeps_its_operand_blocked():
+    after = block_layout(_with_lowering(_padded_chain((0, 1, 0, 1)), dw="depthwise"), lanes=LANES)
+    layouts = _layouts(after)
+    assert all(layouts[n] == "NCHW8c" for n in ("c1", "r", "p", "dw")), layouts
+    verify(after)
+
+
+@pytest.mark.parametrize("pad, mode", [((0, 1, 0, 1), "reflect"),  # not a constant
+                                       ((0, 1, 0, 1, 0, 0), "constant"),  # names the channels too
+                                       ((0, 1, -1, 1), "constant")])  # crops
+def test_other_pads_stay_nchw(pad, mode):
+    after = block_layout(_with_lowering(_padded_chain(pad, mode), dw="depthwise"), lanes=LANES)
+    layouts = _layouts(after)
+    assert layouts["p"] == "" and layouts["r"] == "", layouts
+
+
+class _SamePadded(nn.Module):
+    """TF "SAME" padding as timm's tf_* models write it: an explicit asymmetric pad before a strided conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.dw, self.project = nn.Conv2d(3, 32, 1), nn.Conv2d(32, 32, 3, 2, groups=32), nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.pad(torch.relu(self.expand(x)), (0, 1, 0, 1))
+        y = torch.nn.functional.pad(torch.relu(self.dw(y)), (1, 1, 2, 0), value=0.5)
+        return self.project(y)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_blocked_pads_equal_eager(lanes):
+    model, x = _SamePadded().eval(), torch.randn(2, 3, 21, 21)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, lowering={"expand": "direct", "dw": "depthwise",
+                                                               "project": "direct"}, fuse_blocks=False)
+    pads = [n for n in fast.graph.nodes if n.op is Op.TORCH]
+    assert len(pads) == 2 and all(n.type.layout == f"NCHW{lanes}c" for n in pads)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-5
