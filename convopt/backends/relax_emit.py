@@ -298,7 +298,8 @@ EMITTERS: dict[Op, Callable] = {
     Op.SOFTMAX: lambda ctx, n, x: relax.op.nn.softmax(x[0], n.attrs.dim),
     Op.RESHAPE: lambda ctx, n, x: relax.op.reshape(x[0], n.attrs.shape),
     Op.PERMUTE: lambda ctx, n, x: relax.op.permute_dims(x[0], list(n.attrs.dims)),
-    Op.CAT: lambda ctx, n, x: relax.op.concat(list(x), n.attrs.dim),
+    # the logical axis: a blocked [N, C/b, H, W, b] concatenates its channel blocks on axis 1 too
+    Op.CAT: lambda ctx, n, x: relax.op.concat(list(x), n.attrs.dim % len(n.type.shape)),
     Op.SPLIT: _split,
     Op.GETITEM: lambda ctx, n, x: relax.TupleGetItem(x[0], n.attrs.index),
     Op.IDENTITY: lambda ctx, n, x: x[0],

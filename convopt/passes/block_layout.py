@@ -9,7 +9,7 @@ and v is stored blocked when both hold:
     speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), a fused block
     (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
     op (LAYOUT_PRESERVING: elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
-    keepdim, a constant pad of H and W) whose
+    keepdim, a constant pad of H and W, a concatenation along the channels) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
@@ -68,9 +68,17 @@ def is_spatial_pad(n: Node) -> bool:
     return mode == "constant" and len(pad) <= 4 and min(pad, default=0) >= 0
 
 
+def is_channel_cat(n: Node) -> bool:
+    """A concatenation of 4-D tensors along the channels: of blocked inputs whose channels fill whole blocks
+    it is the concatenation of their blocks, [N, (C1 + C2)/b, H, W, b] (DenseNet, VoVNet, DLA, Inception)."""
+    return n.op is Op.CAT and isinstance(n.type, TensorType) and n.type.rank == 4 and n.attrs.dim % 4 == 1
+
+
 def preserves_layout(graph: Graph, n: Node) -> bool:
     if n.op is Op.TORCH:
         return is_spatial_pad(n)
+    if n.op is Op.CAT:
+        return is_channel_cat(n)
     if n.op is Op.MEAN:
         return is_spatial_mean(graph, n) and n.attrs.keepdim
     if n.op is Op.AVG_POOL2D and n.attrs.divisor_override is not None:
@@ -82,6 +90,8 @@ def channel_operands(graph: Graph, n: Node) -> list[str] | None:
     """The inputs of a layout-preserving node that must share its output's layout (non-constant, C channels),
     or None when one of its operands can't be broadcast against a blocked tensor."""
     channels = n.type.shape[1]
+    if n.op is Op.CAT:  # every part, each in whole blocks (only blockable values become candidates)
+        return None if any(i in graph.constant_map for i in n.inputs) else list(n.inputs)
     inputs = n.inputs[:1] if n.op in (Op.BATCH_NORM, Op.CHANNEL_NORM) else [i for i in n.inputs if i is not None]
     operands = []
     for i in inputs:

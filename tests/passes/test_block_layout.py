@@ -281,3 +281,55 @@ def test_tvm_results_with_blocked_pads_equal_eager(lanes):
     assert len(pads) == 2 and all(n.type.layout == f"NCHW{lanes}c" for n in pads)
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-5
+
+
+def _concatenated(parts=(16, 16), dim=1):
+    """Two convs concatenated (DenseNet, VoVNet) -> a conv."""
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    convs = [_conv(b, x, 16, c, name=f"c{i}") for i, c in enumerate(parts)]
+    cat = b.node(Op.CAT, convs, O.DimAttrs(dim), name="cat")
+    channels = sum(parts) if dim % 4 == 1 else parts[0]
+    return b.graph(_conv(b, cat, channels, 8, name="out"))
+
+
+@pytest.mark.parametrize("dim", [1, -3])
+def test_a_concatenation_of_blocked_channels_is_blocked(dim):
+    after = block_layout(_with_lowering(_concatenated(dim=dim)), lanes=LANES)
+    layouts = _layouts(after)
+    assert all(layouts[n] == "NCHW8c" for n in ("c0", "c1", "cat")), layouts
+    verify(after)
+
+
+@pytest.mark.parametrize("parts, dim", [((16, 12), 1),  # a part that is no whole number of blocks
+                                        ((16, 16), 3)])  # along the width
+def test_other_concatenations_stay_nchw(parts, dim):
+    after = block_layout(_with_lowering(_concatenated(parts, dim)), lanes=LANES)
+    layouts = _layouts(after)
+    assert layouts["cat"] == "" and layouts["c0"] == "", layouts
+
+
+class _Dense(nn.Module):
+    """DenseNet's pattern: each layer's output concatenated to its input along the channels."""
+
+    def __init__(self, growth=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 2 * growth, 3, padding=1)
+        self.layers = nn.ModuleList(nn.Conv2d((2 + i) * growth, growth, 3, padding=1) for i in range(3))
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        for layer in self.layers:
+            y = torch.cat([y, torch.relu(layer(y))], dim=-3)
+        return y.mean((2, 3))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_blocked_concatenations_equal_eager(lanes):
+    model, x = _Dense().eval(), torch.randn(2, 3, 15, 15)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, lowering="direct", fuse_blocks=False)
+    cats = [n for n in fast.graph.nodes if n.op is Op.CAT]
+    assert len(cats) == 3 and all(n.type.layout == f"NCHW{lanes}c" for n in cats)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-5
