@@ -242,6 +242,15 @@ Attrs = Any  # one of the dataclasses above
 
 PAD_TARGETS = frozenset({"aten.constant_pad_nd.default", "aten.pad.default"})
 
+# ATen ops kept as they are (Op.TORCH) that compute each element of their output from the same element of
+# their one tensor input (other arguments scalars): any storage order of the tensor computes the same
+ELEMENTWISE_ATEN = frozenset(f"aten.{name}" for name in (
+    "leaky_relu.default", "elu.default", "selu.default", "softplus.default", "mish.default",
+    "clamp_min.default", "clamp_max.default", "square.default", "pow.Tensor_Scalar", "reciprocal.default",
+    "abs.default", "neg.default", "exp.default", "log.default", "sqrt.default", "sin.default", "cos.default",
+    "floor.default", "ceil.default", "round.default", "sign.default", "erf.default",
+    "contiguous.default", "clone.default"))
+
 
 def pad_arguments(attrs: TorchAttrs) -> tuple[tuple[int, ...], str, float]:
     """(ATen's pad list: last dimension first, (before, after) pairs; the mode; the fill value) of a pad node

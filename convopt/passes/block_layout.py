@@ -8,7 +8,8 @@ and v is stored blocked when both hold:
   - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
     speed on blocked tensors (``Lowering.blocked_io``: it vectorizes over channels), a fused block
     (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
-    op (LAYOUT_PRESERVING: elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
+    op (LAYOUT_PRESERVING and the elementwise ATen ops kept as they are, ir.ops.ELEMENTWISE_ATEN:
+    elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
     keepdim, a constant pad of H and W, a concatenation along the channels) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
@@ -36,7 +37,7 @@ from typing import Callable
 
 from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout
-from ..ir.ops import PAD_TARGETS, Op, pad_arguments
+from ..ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS, Op, pad_arguments
 from ..ir.types import TensorType
 from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import lowering
@@ -76,7 +77,7 @@ def is_channel_cat(n: Node) -> bool:
 
 def preserves_layout(graph: Graph, n: Node) -> bool:
     if n.op is Op.TORCH:
-        return is_spatial_pad(n)
+        return is_spatial_pad(n) or (n.attrs.target in ELEMENTWISE_ATEN and len(n.inputs) == 1)
     if n.op is Op.CAT:
         return is_channel_cat(n)
     if n.op is Op.MEAN:

@@ -333,3 +333,28 @@ def test_tvm_results_with_blocked_concatenations_equal_eager(lanes):
     assert len(cats) == 3 and all(n.type.layout == f"NCHW{lanes}c" for n in cats)
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-5
+
+
+class _LeakyChain(nn.Module):
+    """CSPNet's pattern: convs with leaky ReLU, an ATen op convopt keeps as it is (Op.TORCH)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.leaky_relu(self.a(x), 0.1)
+        y = torch.nn.functional.elu(self.b(y)) + y
+        return self.c(torch.nn.functional.softplus(y, beta=2.0))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_elementwise_aten_ops_between_convs_are_blocked(lanes):
+    model, x = _LeakyChain().eval(), torch.randn(2, 3, 13, 13)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, lowering="direct", fuse_blocks=False)
+    aten = [n for n in fast.graph.nodes if n.op is Op.TORCH]
+    assert {n.attrs.target for n in aten} >= {"aten.leaky_relu.default", "aten.elu.default", "aten.softplus.default"}
+    assert all(n.type.layout == f"NCHW{lanes}c" for n in aten)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-5
