@@ -79,6 +79,7 @@ CASES = {
     "selu": F.selu,
     "softplus": lambda x: F.softplus(x * 10.0, beta=2.0, threshold=15.0),
     "mish": lambda x: F.mish(x * 30.0),
+    "mish_of_mish": lambda x: F.mish(F.mish(x * 5.0)) + F.mish(F.softplus(x, beta=0.5)),  # compiled for > 10 min once
     "prelu": nn.PReLU(8),
     "select_narrow": lambda x: x[:, 1:2] * x[:, :, -2].unsqueeze(2) + x.narrow(3, 1, 6).sum(dim=3, keepdim=True),
     "expand": lambda x: x.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 10, 11) * x,
