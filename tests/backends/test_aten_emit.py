@@ -138,3 +138,11 @@ def test_arguments_it_does_not_cover_fall_back_or_are_refused_naming_the_node(fn
     with pytest.warns(UserWarning, match="run in PyTorch"):
         fast = convopt.optimize(model, x, target="cpu")  # checks against eager
     assert [fast.fallbacks[n.name] for n in torch_nodes] == [n.attrs.target for n in torch_nodes]
+
+
+def test_the_ops_block_layout_lets_through_are_emitted_by_tvm():
+    """passes/block_layout.py keeps these blocked: a PyTorch fallback would be handed [N, C/b, H, W, b]."""
+    from convopt.backends.aten_emit import ATEN_EMITTERS, TYPED_EMITTERS
+    from convopt.ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS
+
+    assert ELEMENTWISE_ATEN <= set(ATEN_EMITTERS) and PAD_TARGETS <= set(TYPED_EMITTERS)
