@@ -113,12 +113,14 @@ def _pad(n: Node, args, types):
     return relax.op.nn.pad(x, [max(w, 0) for w in widths], pad_mode=_PAD_MODES[mode], pad_value=value)
 
 
-def _slice(n: Node, args):
+def _slice(n: Node, args, types):
     # slice.Tensor(input, dim=0, start=None, end=None, step=1)
     dim = int(_arg(args, 1, 0)) % len(n.type.shape)
-    end = min(int(_arg(args, 3, 2**31 - 1)), 2**31 - 1)
-    return relax.op.strided_slice(args[0], axes=[dim], begin=[int(_arg(args, 2, 0))], end=[end],
-                                  strides=[int(_arg(args, 4, 1))])
+    begin, end = int(_arg(args, 2, 0)), min(int(_arg(args, 3, 2**31 - 1)), 2**31 - 1)
+    block = block_of(getattr(types[0], "layout", ""))
+    if block and dim == 1:  # whole channel blocks of [N, C/b, H, W, b] (block_layout: begin % b == 0, step 1)
+        begin, end = begin // block, -(-min(end, types[0].shape[1]) // block)
+    return relax.op.strided_slice(args[0], axes=[dim], begin=[begin], end=[end], strides=[int(_arg(args, 4, 1))])
 
 
 def _index(value, size: int) -> int:
@@ -256,7 +258,6 @@ ATEN_EMITTERS: dict[str, Callable] = {
     "aten.upsample_nearest2d.default": _upsample_nearest,
     "aten.upsample_bilinear2d.vec": _upsample_bilinear,
     "aten.upsample_bilinear2d.default": _upsample_bilinear,
-    "aten.slice.Tensor": _slice,
     "aten.leaky_relu.default": lambda n, args: relax.op.nn.leakyrelu(args[0], float(_arg(args, 1, 0.01))),
     "aten.elu.default": lambda n, args: _elu_of(args[0], float(_arg(args, 1, 1.0)), float(_arg(args, 2, 1.0)),
                                                 float(_arg(args, 3, 1.0))),
@@ -313,6 +314,7 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,
     "aten.scaled_dot_product_attention.default": _attention,
+    "aten.slice.Tensor": _slice,
     "aten.constant_pad_nd.default": _pad,
     "aten.pad.default": _pad,
     "aten.linalg_vector_norm.default": _vector_norm,

@@ -26,7 +26,7 @@ from tvm import relax
 from ..ir.graph import Graph, Node, op_label
 from ..ir.layout import aligned_4d, block_of, stored_shape, to_blocked
 from ..ir.ops import Op
-from ..ir.types import TensorType, full_dtype_name
+from ..ir.types import TensorType, TupleType, full_dtype_name
 from ..target import Target
 from . import torch_fallback
 from .aten_emit import AtenEmitError, emit_aten, emits
@@ -57,6 +57,10 @@ class EmitContext:
 
 
 def _layout_of(t) -> str:
+    """A tensor's layout; a tuple's (a channel split's parts) when all its parts share one."""
+    if isinstance(t, TupleType):
+        layouts = {e.layout for e in t.elements}
+        return layouts.pop() if len(layouts) == 1 else ""
     return t.layout if isinstance(t, TensorType) else ""
 
 
@@ -244,7 +248,10 @@ def _binary(fn: Callable) -> Callable:
 
 def _split(ctx, n: Node, x):
     points = np.cumsum(n.attrs.sizes[:-1]).tolist()
-    return relax.op.split(x[0], [int(p) for p in points], axis=n.attrs.dim)
+    block = block_of(_layout_of(n.type))  # whole channel blocks of [N, C/b, H, W, b] (block_layout)
+    if block:
+        points = [p // block for p in points]
+    return relax.op.split(x[0], [int(p) for p in points], axis=n.attrs.dim % len(ctx.graph.types[n.inputs[0]].shape))
 
 
 def _avg_pool(ctx, n: Node, x):

@@ -95,6 +95,11 @@ class TupleType:
 
     elements: tuple[TensorType, ...]
 
+    @property
+    def logical(self) -> TupleType:
+        """The same tuple with every part in the default layout."""
+        return TupleType(tuple(e.logical for e in self.elements))
+
     def __str__(self) -> str:
         inner = ", ".join(map(str, self.elements))
         return f"({inner},)" if len(self.elements) == 1 else f"({inner})"

@@ -58,7 +58,7 @@ def _check_node(n: Node, types: dict[str, Type]) -> None:
     except Exception as e:  # the op's own shape checks (e.g. channels vs groups) speak for it
         raise VerifyError(f"{n.op.value} rejects its inputs {[str(t) for t in in_types]}: {e}") from e
     inferred = type_of(result)
-    if inferred != (n.type.logical if isinstance(n.type, TensorType) else n.type):
+    if inferred != n.type.logical:
         raise VerifyError(f"type is {n.type} but {n.op.value} of {[str(t) for t in in_types]} gives {inferred}")
 
 

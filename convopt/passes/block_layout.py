@@ -10,7 +10,8 @@ and v is stored blocked when both hold:
     (passes/fuse_blocks.py: its kernel stores rows of channel vectors either way), or a layout-preserving
     op (LAYOUT_PRESERVING and the elementwise ATen ops kept as they are, ir.ops.ELEMENTWISE_ATEN:
     elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
-    keepdim, a constant pad of H and W, a concatenation along the channels) whose
+    keepdim, a constant pad of H and W, a concatenation along the channels, a split of the channels into
+    whole blocks and its parts, a slice of whole channel blocks or of H or W) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
@@ -38,7 +39,7 @@ from typing import Callable
 from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout
 from ..ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS, Op, pad_arguments
-from ..ir.types import TensorType
+from ..ir.types import TensorType, TupleType
 from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import lowering
 
@@ -75,11 +76,48 @@ def is_channel_cat(n: Node) -> bool:
     return n.op is Op.CAT and isinstance(n.type, TensorType) and n.type.rank == 4 and n.attrs.dim % 4 == 1
 
 
-def preserves_layout(graph: Graph, n: Node) -> bool:
+def is_channel_split(graph: Graph, n: Node) -> bool:
+    """A split of a 4-D tensor along the channels (CSPNet, MixNet): of a blocked input whose parts all fill
+    whole blocks (``_blockable`` of its tuple type) it splits the blocks, [N, C1/b, H, W, b], ..."""
+    return (n.op is Op.SPLIT and isinstance(n.type, TupleType) and graph.types[n.inputs[0]].rank == 4
+            and n.attrs.dim % 4 == 1)
+
+
+def is_part_of_channel_split(graph: Graph, n: Node) -> bool:
+    """A getitem of a channel split: blocked exactly when the split is (block_layout keeps them together)."""
+    if n.op is not Op.GETITEM:
+        return False
+    source = graph.node_map.get(n.inputs[0])
+    return source is not None and is_channel_split(graph, source)
+
+
+SLICE_TARGETS = frozenset({"aten.slice.Tensor"})
+
+
+def is_blocked_slice(graph: Graph, n: Node, block: int) -> bool:
+    """A slice of a 4-D tensor along H or W (any step), or along the channels with step 1 from a whole block
+    (DPN's ``x[:, :c]``): it slices the same axis of [N, C/b, H, W, b], the channels in whole blocks (the
+    output's channel count, a multiple of b, is checked with its type)."""
+    if n.op is not Op.TORCH or n.attrs.target not in SLICE_TARGETS or graph.types[n.inputs[0]].rank != 4:
+        return False
+    args = n.attrs.args
+    dim, start, step = (args[i] if len(args) > i else default for i, default in ((1, 0), (2, 0), (4, 1)))
+    dim, start, step = int(dim) % 4, int(start or 0), int(step)
+    if dim in (2, 3):
+        return True
+    return dim == 1 and step == 1 and 0 <= start and start % block == 0
+
+
+def preserves_layout(graph: Graph, n: Node, block: int) -> bool:
     if n.op is Op.TORCH:
-        return is_spatial_pad(n) or (n.attrs.target in ELEMENTWISE_ATEN and len(n.inputs) == 1)
+        return (is_spatial_pad(n) or is_blocked_slice(graph, n, block)
+                or (n.attrs.target in ELEMENTWISE_ATEN and len(n.inputs) == 1))
     if n.op is Op.CAT:
         return is_channel_cat(n)
+    if n.op is Op.SPLIT:
+        return is_channel_split(graph, n)
+    if n.op is Op.GETITEM:
+        return is_part_of_channel_split(graph, n)
     if n.op is Op.MEAN:
         return is_spatial_mean(graph, n) and n.attrs.keepdim
     if n.op is Op.AVG_POOL2D and n.attrs.divisor_override is not None:
@@ -90,6 +128,8 @@ def preserves_layout(graph: Graph, n: Node) -> bool:
 def channel_operands(graph: Graph, n: Node) -> list[str] | None:
     """The inputs of a layout-preserving node that must share its output's layout (non-constant, C channels),
     or None when one of its operands can't be broadcast against a blocked tensor."""
+    if n.op in (Op.SPLIT, Op.GETITEM) or n.op is Op.TORCH and n.attrs.target in SLICE_TARGETS:
+        return [n.inputs[0]]  # the tensor split or sliced, or the split a part is taken from
     channels = n.type.shape[1]
     if n.op is Op.CAT:  # every part, each in whole blocks (only blockable values become candidates)
         return None if any(i in graph.constant_map for i in n.inputs) else list(n.inputs)
@@ -108,6 +148,8 @@ def channel_operands(graph: Graph, n: Node) -> list[str] | None:
 
 
 def _blockable(t, block: int) -> bool:
+    if isinstance(t, TupleType):  # a channel split: every part in whole blocks
+        return bool(t.elements) and all(_blockable(e, block) for e in t.elements)
     return isinstance(t, TensorType) and t.dtype == "f32" and t.rank == 4 and t.shape[1] % block == 0
 
 
@@ -121,7 +163,8 @@ def runs_blocked(graph: Graph, n: Node, lanes: int) -> bool:
 def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
                    conv_runs_blocked: Callable[[Node], bool]) -> bool:
     """Whether ``reader`` takes ``value`` blocked, given the values currently chosen to be blocked."""
-    if graph.types[value].shape[2:] == (1, 1):
+    t = graph.types[value]
+    if isinstance(t, TensorType) and t.shape[2:] == (1, 1):
         return True
     if reader.op is Op.CONV2D:
         return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
@@ -145,7 +188,7 @@ def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node],
             continue
         if (n.op is Op.CONV2D and conv_runs_blocked(n)) or n.op is Op.FUSED_BLOCK:
             candidates.add(n.name)
-        elif preserves_layout(graph, n):
+        elif preserves_layout(graph, n, block):
             ops = channel_operands(graph, n)
             if ops and all(i in candidates for i in ops):
                 operands[n.name] = ops
@@ -169,5 +212,11 @@ def block_layout(graph: Graph, *, lanes: int) -> Graph:
     if not blocked:
         return graph
     layout = blocked_layout(lanes)
-    nodes = tuple(replace(n, type=replace(n.type, layout=layout)) if n.name in blocked else n for n in graph.nodes)
+
+    def with_layout(t):
+        if isinstance(t, TupleType):
+            return TupleType(tuple(replace(e, layout=layout) for e in t.elements))
+        return replace(t, layout=layout)
+
+    nodes = tuple(replace(n, type=with_layout(n.type)) if n.name in blocked else n for n in graph.nodes)
     return graph.replace(nodes=nodes)

@@ -6,12 +6,17 @@ With ``s = gamma / sqrt(var + eps)`` and ``t = beta - mu * s`` (gamma = 1, beta 
     bn(linear(x, W, b))  => linear(x, W * s[o], (b - mu) * s + beta)    2-D input only   (linear_then_bn)
     conv(bn(x), W, b)    => conv(x, W * s[i], b + sum_{i,kh,kw} W[o,i,kh,kw] * t[i])     (bn_then_conv)
     linear(bn(x), W, b)  => linear(x, W * s[i], b + W @ t)              2-D input only   (bn_then_linear)
+    bn(cat(conv_1(x_1), ..., conv_k(x_k)))  =>  cat(conv_1 with s[C_1] and t[C_1], ...)     (cat_then_bn)
+
+with C_j the channels the j-th part fills in the concatenation along dim 1 (MixNet's mixed-kernel convs
+and grouped pointwise convs split, convolve and concatenate the channels before one BN).
 
 where ``s[o]`` scales output channels and ``s[i]`` input channels (for grouped convs, the input
 channel that weight column i of output o reads). Folding happens in float64 and is cast back.
 
 Preconditions, checked per match: W, b and the four BN tensors are constants with values; the first
-op's result has exactly one reader (the second op), so nothing else sees the unfolded value. The
+op's result has exactly one reader (the second op), so nothing else sees the unfolded value (for
+cat_then_bn: every conv's result is read by the concatenation only, and that by BN only). The
 BN-then-conv direction also needs the conv to have zero padding: the conv would pad BN's output
 with zeros, which are not BN(0) = t. A conv whose weight is shared by several call sites gets a new
 folded weight for each site, so every caller stays correct (torch.fx's fuse gets this wrong,
@@ -65,7 +70,18 @@ def _emit(ctx: Context, op: Op, x: str, weight: torch.Tensor, bias: torch.Tensor
     prefix = f"{prefix}." if prefix else ""
     w = ctx.add_constant(f"{prefix}folded_weight", weight.to(dtype))
     b = ctx.add_constant(f"{prefix}folded_bias", bias.to(dtype))
-    return ctx.emit(op, (x, w, b), like.attrs, sources[-1].type, base=like.name, sources=sources)
+    return ctx.emit(op, (x, w, b), like.attrs, like.type, base=like.name, sources=sources)
+
+
+def _scaled_by_outputs(ctx: Context, first: Node, s: torch.Tensor, t: torch.Tensor, sources) -> str | None:
+    """``first`` (a conv or linear with constant weights) followed by x * s + t per output channel."""
+    weights = _values(ctx, first.inputs[1:])
+    if weights is None:
+        return None
+    w, b = (weights + [None])[:2]
+    bias = (b if b is not None else torch.zeros_like(s)) * s + t
+    w = w * s.reshape(-1, *([1] * (w.dim() - 1)))
+    return _emit(ctx, first.op, first.inputs[0], w, bias, first, sources)
 
 
 def _weighted_then_bn(bn: Node, ctx: Context) -> str | None:
@@ -74,14 +90,29 @@ def _weighted_then_bn(bn: Node, ctx: Context) -> str | None:
         return None
     if first.op is Op.LINEAR and len(first.type.shape) != 2:
         return None  # BatchNorm1d on (N, L, C) normalizes dim 1, not linear's features
-    weights = _values(ctx, first.inputs[1:])
     affine = bn_scale_shift(ctx, bn)
-    if weights is None or affine is None:
+    if affine is None or _values(ctx, first.inputs[1:]) is None:
         return None
-    (w, b), (s, t) = (weights + [None])[:2], affine
-    bias = (b if b is not None else torch.zeros_like(s)) * s + t
-    w = w * s.reshape(-1, *([1] * (w.dim() - 1)))
-    return _emit(ctx, first.op, first.inputs[0], w, bias, first, (first, bn))
+    return _scaled_by_outputs(ctx, first, *affine, (first, bn))
+
+
+def _cat_then_bn(bn: Node, ctx: Context) -> str | None:
+    cat = ctx.producer(bn.inputs[0])
+    if cat is None or cat.op is not Op.CAT or cat.type.rank != 4 or cat.attrs.dim % 4 != 1 or ctx.num_uses(cat.name) != 1:
+        return None
+    parts = [ctx.producer(i) for i in cat.inputs]
+    if any(p is None or p.op is not Op.CONV2D or ctx.num_uses(p.name) != cat.inputs.count(p.name)
+           or cat.inputs.count(p.name) != 1 or _values(ctx, p.inputs[1:]) is None for p in parts):
+        return None
+    affine = bn_scale_shift(ctx, bn)
+    if affine is None:
+        return None
+    (s, t), start, folded = affine, 0, []
+    for p in parts:
+        end = start + p.type.shape[1]
+        folded.append(_scaled_by_outputs(ctx, p, s[start:end], t[start:end], (p, bn)))
+        start = end
+    return ctx.emit(Op.CAT, folded, cat.attrs, bn.type, base=cat.name, sources=(cat, bn))
 
 
 def _bn_then_weighted(node: Node, ctx: Context) -> str | None:
@@ -113,6 +144,7 @@ def _bn_then_weighted(node: Node, ctx: Context) -> str | None:
 
 RULES = (
     Rule("weighted_then_bn", frozenset({Op.BATCH_NORM}), _weighted_then_bn),
+    Rule("cat_then_bn", frozenset({Op.BATCH_NORM}), _cat_then_bn),
     Rule("bn_then_weighted", frozenset({Op.CONV2D, Op.LINEAR}), _bn_then_weighted),
 )
 

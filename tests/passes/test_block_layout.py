@@ -356,3 +356,90 @@ def test_elementwise_aten_ops_between_convs_are_blocked(lanes):
     aten = [n for n in graph.nodes if n.op is Op.TORCH]
     assert {n.attrs.target for n in aten} >= {"aten.leaky_relu.default", "aten.elu.default", "aten.softplus.default"}
     assert all(n.type.layout == f"NCHW{lanes}c" for n in aten)
+
+
+def _split_chain(sizes=(16, 16), reader=None):
+    """c1 (32 channels) -> split on the channels -> a conv on each part -> cat -> out; ``reader`` ("permute")
+    also reads the first part with an op that needs NCHW."""
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    c1 = _conv(b, x, 16, sum(sizes), name="c1")
+    split = b.node(Op.SPLIT, [c1], O.SplitAttrs(tuple(sizes), 1), name="split")
+    parts = [b.node(Op.GETITEM, [split], O.IndexAttrs(i), name=f"part{i}") for i in range(len(sizes))]
+    convs = [_conv(b, p, c, 16, k=3, name=f"b{i}") for i, (p, c) in enumerate(zip(parts, sizes))]
+    out = _conv(b, b.node(Op.CAT, convs, O.DimAttrs(1), name="cat"), 16 * len(sizes), 8, name="out")
+    if reader == "permute":
+        return b.graph(out, b.node(Op.PERMUTE, [parts[0]], O.PermuteAttrs((0, 2, 3, 1)), name="perm"))
+    return b.graph(out)
+
+
+def test_a_split_of_whole_channel_blocks_and_its_parts_are_blocked():
+    after = block_layout(_with_lowering(_split_chain((16, 8, 8))), lanes=LANES)
+    layouts = _layouts(after)
+    assert all(layouts[n] == "NCHW8c" for n in ("c1", "part0", "part1", "part2", "b0", "cat")), layouts
+    split = after.node_map["split"]
+    assert all(e.layout == "NCHW8c" for e in split.type.elements)
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+@pytest.mark.parametrize("sizes, reader", [((16, 12, 4), None),  # parts that are no whole number of blocks
+                                           ((16, 16), "permute")])  # one part read by an NCHW-only op
+def test_other_splits_stay_nchw_with_all_their_parts(sizes, reader):
+    after = block_layout(_with_lowering(_split_chain(sizes, reader)), lanes=LANES)
+    layouts = _layouts(after)
+    assert layouts["c1"] == "" and all(layouts[f"part{i}"] == "" for i in range(len(sizes))), layouts
+    assert all(e.layout == "" for e in after.node_map["split"].type.elements)
+    assert layouts["b0"] == "NCHW8c"  # the convs after the parts still write blocked for the cat
+
+
+def _sliced(dim, start, end, step=1):
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    c1 = _conv(b, x, 16, 32, name="c1")
+    s = b.node(Op.TORCH, [c1], O.TorchAttrs("aten.slice.Tensor", (O.Ref(0), dim, start, end, step)), name="s")
+    channels = len(range(32)[start:end:step]) if dim % 4 == 1 else 32
+    return b.graph(_conv(b, s, channels, 8, name="out"))
+
+
+@pytest.mark.parametrize("dim, start, end, step", [(1, 8, 24, 1), (1, 16, 2**63 - 1, 1), (-3, 0, 8, 1),
+                                                   (2, 1, -1, 2), (-1, 0, 6, 1)])
+def test_a_slice_of_whole_channel_blocks_or_of_h_or_w_is_blocked(dim, start, end, step):
+    layouts = _layouts(block_layout(_with_lowering(_sliced(dim, start, end, step)), lanes=LANES))
+    assert layouts["c1"] == layouts["s"] == "NCHW8c", layouts
+
+
+@pytest.mark.parametrize("dim, start, end, step", [(1, 4, 20, 1),  # starts inside a block
+                                                   (1, 0, 16, 2),  # every other channel
+                                                   (1, 0, 12, 1)])  # ends inside a block
+def test_other_channel_slices_stay_nchw(dim, start, end, step):
+    layouts = _layouts(block_layout(_with_lowering(_sliced(dim, start, end, step)), lanes=LANES))
+    assert layouts["c1"] == layouts["s"] == "", layouts
+
+
+class _SplitAndSlice(nn.Module):
+    """CSPNet's and MixNet's channel splits, DPN's channel slices and a strided slice of the rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 64, 1), nn.Conv2d(32, 32, 3, padding=1)
+        self.c, self.d = nn.Conv2d(64, 16, 1), nn.Conv2d(32, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x).relu()
+        p, q = y.split([32, 32], dim=1)
+        rows = y[:, :, 1:-1:2]
+        return self.c(torch.cat([self.b(p), q], 1)) + self.d(y[:, 16:48]), self.d(rows[:, 32:])
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_blocked_splits_and_slices_equal_eager(lanes):
+    model, x = _SplitAndSlice().eval(), torch.randn(2, 3, 13, 13)
+    fast = convopt.optimize(model, x, target=resolve_target("cpu").with_lanes(lanes), lowering="direct",
+                            fuse_blocks=False)
+    with torch.no_grad():
+        assert all(relative_error(a, b) <= 1e-5 for a, b in zip(fast(x), model(x)))
+    blocked = f"NCHW{lanes}c"
+    assert all(e.layout == blocked for n in fast.graph.nodes if n.op is Op.SPLIT for e in n.type.elements)
+    slices = [n for n in fast.graph.nodes if n.op is Op.TORCH]
+    assert len(slices) == 3 and all(n.type.layout == blocked for n in slices)

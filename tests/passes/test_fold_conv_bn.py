@@ -69,6 +69,38 @@ def test_bn_then_unpadded_conv_and_linear():
     assert ops(after) == [Op.LINEAR]
 
 
+class _MixedConv(nn.Module):
+    """MixNet's mixed-kernel conv: the channels split, a depthwise conv of another kernel size on each part,
+    concatenated, one BN (``extra``: a part that is no conv; ``peek``: the concatenation read again)."""
+
+    def __init__(self, extra=False, peek=False):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=b)
+                                   for c, k, b in ((4, 3, False), (6, 5, True), (2, 7, False)))
+        self.bn, self.extra, self.peek = nn.BatchNorm2d(12 + 3 * extra), extra, peek
+
+    def forward(self, x):
+        parts = [conv(p) for conv, p in zip(self.convs, x.split([4, 6, 2], dim=1))]
+        y = torch.cat(parts + ([x[:, :3]] if self.extra else []), dim=-3)
+        return (self.bn(y), y) if self.peek else self.bn(y)
+
+
+def test_bn_after_a_concatenation_of_convs_folds_into_each_conv():
+    before, after = folded(randomize_bn(_MixedConv()), torch.randn(2, 12, 9, 9))
+    assert Op.BATCH_NORM in ops(before) and Op.BATCH_NORM not in ops(after)
+    assert ops(after).count(Op.CONV2D) == 3 and ops(after).count(Op.CAT) == 1
+    convs = [n for n in after.nodes if n.op is Op.CONV2D]
+    assert all(n.origin.pass_name == "fold_conv_bn" and n.origin.sources[-1] == "batch_norm" for n in convs)
+
+
+@pytest.mark.parametrize("extra, peek", [(True, False), (False, True)])
+def test_bn_after_a_concatenation_with_a_part_not_a_conv_or_read_elsewhere_is_kept(extra, peek):
+    model = randomize_bn(_MixedConv(extra, peek))
+    g = canonicalize(capture(model, torch.randn(2, 12, 9, 9)))
+    after = fold_conv_bn(g)
+    assert ops(after).count(Op.BATCH_NORM) == 1 and ops(after) == ops(g)
+
+
 def test_shared_conv_gets_a_folded_weight_per_call_site():
     class Shared(nn.Module):  # the case torch.fx's fuse gets wrong (pytorch#104593)
         def __init__(self):
