@@ -53,13 +53,14 @@ class AtenEmitError(NotImplementedError):
 
 
 def _resize(method: str, n: Node, x, align_corners: bool = False):
+    """Relax's resize2d; a blocked tensor (block_layout) in its own layout, NCHW<b>c, which Relax knows."""
     if len(n.type.shape) != 4:
         raise AtenEmitError(f"node %{n.name}: {n.attrs.target} of a rank-{len(n.type.shape)} tensor")
     if method == "nearest_neighbor":
         mode, rounding = "asymmetric", "floor"
     else:
         mode, rounding = ("align_corners" if align_corners else "half_pixel"), ""
-    return relax.op.image.resize2d(x, size=n.type.shape[2:], layout="NCHW", method=method,
+    return relax.op.image.resize2d(x, size=n.type.shape[2:], layout=n.type.layout or "NCHW", method=method,
                                    coordinate_transformation_mode=mode, rounding_method=rounding)
 
 

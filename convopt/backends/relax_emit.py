@@ -191,6 +191,21 @@ def _channel_norm(ctx, n: Node, x):
 
 
 def _group_norm(ctx, n: Node, x):
+    block = block_of(n.type.layout)
+    if block:
+        # [N, C/b, H, W, b] whose groups are whole channel blocks (block_layout): the statistics are Relax's group
+        # norm of the blocks (groups along axis 1, H, W and the lanes reduced); the affine per channel, blocked
+        gamma, beta = (ctx.constant_data(i) for i in n.inputs[1:])
+        if any(t is None and i is not None for t, i in zip((gamma, beta), n.inputs[1:])):
+            raise UnsupportedOpError(f"node %{n.name}: blocked group_norm with non-constant weight or bias")
+        blocks, dtype = n.type.shape[1] // block, n.type.dtype
+        ones, zeros = ctx.const(np.ones(blocks), dtype), ctx.const(np.zeros(blocks), dtype)
+        out = relax.op.nn.group_norm(x[0], ones, zeros, n.attrs.num_groups, 1, [2, 3, 4], n.attrs.eps)
+        if gamma is not None:
+            out = relax.op.multiply(out, _per_channel(ctx, gamma, 4, dtype, n.type.layout))
+        if beta is not None:
+            out = relax.op.add(out, _per_channel(ctx, beta, 4, dtype, n.type.layout))
+        return out
     gamma, beta = _norm_params(ctx, n, x, (n.type.shape[1],))
     return relax.op.nn.group_norm(x[0], gamma, beta, n.attrs.num_groups, 1, list(range(2, n.type.rank)), n.attrs.eps)
 

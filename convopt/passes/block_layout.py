@@ -11,7 +11,7 @@ and v is stored blocked when both hold:
     op (LAYOUT_PRESERVING and the elementwise ATen ops kept as they are, ir.ops.ELEMENTWISE_ATEN:
     elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
     keepdim, a constant pad of H and W, a concatenation along the channels, a split of the channels into
-    whole blocks and its parts, a slice of whole channel blocks or of H or W) whose
+    whole blocks and its parts, a slice of whole channel blocks or of H or W, a group norm of whole blocks, a resize of H and W) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
@@ -92,6 +92,9 @@ def is_part_of_channel_split(graph: Graph, n: Node) -> bool:
 
 
 SLICE_TARGETS = frozenset({"aten.slice.Tensor"})
+# resizes of H and W, which Relax's resize2d runs in the layout NCHW<b>c as well (HRNet's fuse layers)
+RESIZE_TARGETS = frozenset({"aten.upsample_nearest2d.vec", "aten.upsample_nearest2d.default",
+                            "aten.upsample_bilinear2d.vec", "aten.upsample_bilinear2d.default"})
 
 
 def is_blocked_slice(graph: Graph, n: Node, block: int) -> bool:
@@ -108,16 +111,28 @@ def is_blocked_slice(graph: Graph, n: Node, block: int) -> bool:
     return dim == 1 and step == 1 and 0 <= start and start % block == 0
 
 
+def is_blocked_group_norm(graph: Graph, n: Node, block: int) -> bool:
+    """A group norm of a 4-D tensor whose groups are whole channel blocks and whose weight and bias are
+    constants (PoolFormer's and MobileViTv2's GroupNorm(1, C)): its statistics are over whole blocks of
+    [N, C/b, H, W, b] and its affine per channel is re-blocked once."""
+    channels = n.type.shape[1] if n.type.rank == 4 else 0
+    groups = n.attrs.num_groups
+    return (channels > 0 and channels % groups == 0 and (channels // groups) % block == 0
+            and all(i is None or i in graph.constant_map for i in n.inputs[1:]))
+
+
 def preserves_layout(graph: Graph, n: Node, block: int) -> bool:
     if n.op is Op.TORCH:
         return (is_spatial_pad(n) or is_blocked_slice(graph, n, block)
-                or (n.attrs.target in ELEMENTWISE_ATEN and len(n.inputs) == 1))
+                or (n.attrs.target in ELEMENTWISE_ATEN | RESIZE_TARGETS and len(n.inputs) == 1))
     if n.op is Op.CAT:
         return is_channel_cat(n)
     if n.op is Op.SPLIT:
         return is_channel_split(graph, n)
     if n.op is Op.GETITEM:
         return is_part_of_channel_split(graph, n)
+    if n.op is Op.GROUP_NORM:
+        return is_blocked_group_norm(graph, n, block)
     if n.op is Op.MEAN:
         return is_spatial_mean(graph, n) and n.attrs.keepdim
     if n.op is Op.AVG_POOL2D and n.attrs.divisor_override is not None:
@@ -133,7 +148,7 @@ def channel_operands(graph: Graph, n: Node) -> list[str] | None:
     channels = n.type.shape[1]
     if n.op is Op.CAT:  # every part, each in whole blocks (only blockable values become candidates)
         return None if any(i in graph.constant_map for i in n.inputs) else list(n.inputs)
-    inputs = n.inputs[:1] if n.op in (Op.BATCH_NORM, Op.CHANNEL_NORM) else [i for i in n.inputs if i is not None]
+    inputs = n.inputs[:1] if n.op in (Op.BATCH_NORM, Op.CHANNEL_NORM, Op.GROUP_NORM) else [i for i in n.inputs if i is not None]
     operands = []
     for i in inputs:
         t = graph.types[i]

@@ -443,3 +443,57 @@ def test_tvm_results_with_blocked_splits_and_slices_equal_eager(lanes):
     assert all(e.layout == blocked for n in fast.graph.nodes if n.op is Op.SPLIT for e in n.type.elements)
     slices = [n for n in fast.graph.nodes if n.op is Op.TORCH]
     assert len(slices) == 3 and all(n.type.layout == blocked for n in slices)
+
+
+def _group_normed(groups, channels=32, constant_affine=True):
+    b = Builder()
+    x = b.input("x", (1, 16, 12, 12))
+    c1 = _conv(b, x, 16, channels, name="c1")
+    if constant_affine:
+        affine = [b.const("gn.w", torch.rand(channels) + 0.5), b.const("gn.b", torch.randn(channels))]
+    else:  # the weight computed in the graph
+        affine = [b.node(Op.RELU, [b.const("gn.w", torch.randn(channels))], O.NoAttrs(), name="w"), None]
+    gn = b.node(Op.GROUP_NORM, [c1, *affine], O.GroupNormAttrs(groups), name="gn")
+    return b.graph(_conv(b, gn, channels, 8, name="out"))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_a_group_norm_of_whole_channel_blocks_is_blocked(groups):
+    layouts = _layouts(block_layout(_with_lowering(_group_normed(groups)), lanes=LANES))
+    assert layouts["c1"] == layouts["gn"] == "NCHW8c", layouts
+
+
+@pytest.mark.parametrize("groups, constant_affine", [(8, True),  # groups of 4 channels: half a block
+                                                     (1, False)])  # a weight not constant
+def test_other_group_norms_stay_nchw(groups, constant_affine):
+    layouts = _layouts(block_layout(_with_lowering(_group_normed(groups, constant_affine=constant_affine)),
+                                    lanes=LANES))
+    assert layouts["c1"] == layouts["gn"] == "", layouts
+
+
+class _NormedAndResized(nn.Module):
+    """PoolFormer's GroupNorm(1, C) and GroupNorm with several groups; HRNet's fuse layer (a low-resolution
+    branch upsampled, nearest, and added to a high-resolution one); bilinear resizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.lo, self.hi = nn.Conv2d(3, 32, 3, padding=1, stride=2), nn.Conv2d(3, 32, 3, padding=1)
+        self.norm1, self.norm2 = nn.GroupNorm(1, 32), nn.GroupNorm(2, 32)
+        self.out = nn.Conv2d(32, 16, 1)
+        with torch.no_grad():
+            for norm in (self.norm1, self.norm2):
+                norm.weight.uniform_(-2, 2)
+                norm.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        lo, hi = self.lo(x), self.hi(x)
+        up = torch.nn.functional.interpolate(lo, size=hi.shape[2:], mode="nearest")
+        smooth = torch.nn.functional.interpolate(lo, size=hi.shape[2:], mode="bilinear", align_corners=False)
+        return self.out(self.norm1(up + hi) + self.norm2(smooth))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_blocked_group_norms_and_resizes_equal_eager(lanes):
+    graph = _blocked_through_tvm(_NormedAndResized().eval(), torch.randn(2, 3, 14, 15), lanes)
+    blocked = [n for n in graph.nodes if n.op in (Op.GROUP_NORM, Op.TORCH)]
+    assert len(blocked) == 4 and all(n.type.layout == f"NCHW{lanes}c" for n in blocked)
