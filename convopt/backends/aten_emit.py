@@ -234,7 +234,10 @@ def _attention(n: Node, args, types):
 def _vector_norm(n: Node, args, types):
     """linalg_vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None) for ord 1, 2 and inf."""
     order, dims, keepdim = float(_arg(args, 1, 2.0)), _arg(args, 2, None), bool(_arg(args, 3, False))
-    axes = None if dims is None else [int(d) for d in dims]
+    # logical dims: those of a blocked [N, C/b, H, W, b] tensor's H and W are the same axes (block_layout)
+    axes = None if dims is None else [int(d) % len(types[0].shape) for d in dims]
+    if axes is None and block_of(getattr(types[0], "layout", "")):
+        raise AtenEmitError(f"node %{n.name}: vector norm of all of a blocked tensor")
     if _arg(args, 4, None) is not None:
         raise AtenEmitError(f"node %{n.name}: vector norm with a dtype")
     if order == 2.0:

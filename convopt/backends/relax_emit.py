@@ -282,8 +282,10 @@ def _pool_layout(n: Node) -> str:
 
 
 def _mean(ctx, n: Node, x):
+    from ..passes.block_layout import is_spatial_mean
+
     in_type = ctx.graph.types[n.inputs[0]]
-    if not in_type.layout:
+    if not in_type.layout or not is_spatial_mean(ctx.graph, n):  # (operands() gave a blocked 1x1 map as NCHW)
         return relax.op.mean(x[0], list(n.attrs.dims), n.attrs.keepdim)
     # a spatial mean of a blocked tensor: [N, C/b, b] without keepdim is [N, C] in NCHW order
     out = relax.op.mean(x[0], [2, 3], n.attrs.keepdim)

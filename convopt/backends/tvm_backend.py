@@ -158,7 +158,18 @@ class TVMGraphModule(nn.Module):
         before = {name: list(torch_fallback.FALLBACK_TIME[name]) for name in self.fallbacks}
         start = time.perf_counter()
         args = [to_tvm(t) for t in inputs]
-        outputs = self._main(*args)
+        # On a CPU, TVM's pool already has a thread on every core; PyTorch fallback ops running an OpenMP team of
+        # their own beside it oversubscribe the cores (each team barrier then waits for a descheduled thread):
+        # convnextv2_atto with 12 fallback ops ran 17 ms a call for a while, then 100-236 ms; with PyTorch at one
+        # thread while the module runs, 20-25 ms (docs/backends.md)
+        threads = torch.get_num_threads() if self.fallbacks and self.target.is_cpu else 1
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            outputs = self._main(*args)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
         result = tuple(torch.from_dlpack(o) for o in outputs)
         self._count("forward", 1, time.perf_counter() - start)
         for name, (calls, seconds) in before.items():

@@ -11,7 +11,7 @@ and v is stored blocked when both hold:
     op (LAYOUT_PRESERVING and the elementwise ATen ops kept as they are, ir.ops.ELEMENTWISE_ATEN:
     elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
     keepdim, a constant pad of H and W, a concatenation along the channels, a split of the channels into
-    whole blocks and its parts, a slice of whole channel blocks or of H or W, a group norm of whole blocks, a resize of H and W) whose
+    whole blocks and its parts, a slice of whole channel blocks or of H or W, a group norm of whole blocks, a resize of H and W, a vector norm over H and W) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);
@@ -121,9 +121,19 @@ def is_blocked_group_norm(graph: Graph, n: Node, block: int) -> bool:
             and all(i is None or i in graph.constant_map for i in n.inputs[1:]))
 
 
+def is_spatial_norm(graph: Graph, n: Node) -> bool:
+    """A vector norm of a 4-D tensor over H and W with keepdim (ConvNeXt V2's GRN): per channel, like a pool."""
+    if n.op is not Op.TORCH or n.attrs.target != "aten.linalg_vector_norm.default" or graph.types[n.inputs[0]].rank != 4:
+        return False
+    args = n.attrs.args
+    dims, keepdim = (args[2] if len(args) > 2 else None), (args[3] if len(args) > 3 else False)
+    dtype = args[4] if len(args) > 4 else None
+    return dims is not None and {int(d) % 4 for d in dims} == {2, 3} and bool(keepdim) and dtype is None
+
+
 def preserves_layout(graph: Graph, n: Node, block: int) -> bool:
     if n.op is Op.TORCH:
-        return (is_spatial_pad(n) or is_blocked_slice(graph, n, block)
+        return (is_spatial_pad(n) or is_blocked_slice(graph, n, block) or is_spatial_norm(graph, n)
                 or (n.attrs.target in ELEMENTWISE_ATEN | RESIZE_TARGETS and len(n.inputs) == 1))
     if n.op is Op.CAT:
         return is_channel_cat(n)

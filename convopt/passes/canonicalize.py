@@ -11,6 +11,10 @@ Rewrites (each only when the result's type equals the replacement's type):
     cat([x])                       => x
     permute(layer_norm(permute(x, (0,2,3,1)), (C,)), (0,3,1,2))
                                    => channel_norm(x)   (timm's LayerNorm2d: one op, no transposes)
+    addcmul(s, a, b, value=v)      => s + (a * v) * b   (v = 1: s + a * b; ConvNeXt V2's GRN)
+    addcdiv(s, a, b, value=v)      => s + (a * v) / b
+    (tensors of one floating dtype; ops every backend and pass knows; PyTorch's kernel fuses the multiply-add,
+    so results agree to rounding)
 
 Preconditions: none. Runs first in every pipeline and is cheap enough to run again after passes that
 leave such ops behind.
@@ -18,8 +22,11 @@ leave such ops behind.
 
 from __future__ import annotations
 
+import torch
+
 from ..ir.graph import Graph, Node
-from ..ir.ops import NormAttrs, Op
+from ..ir.ops import BinaryAttrs, NormAttrs, Op, Ref
+from ..ir.types import TensorType
 from .rewrite import Context, Rule, apply_rules
 
 _NEUTRAL_SCALAR = {Op.ADD: 0, Op.SUB: 0, Op.MUL: 1, Op.DIV: 1}
@@ -67,11 +74,37 @@ def _channel_norm(node: Node, ctx: Context) -> str | None:
                     sources=(to_nhwc, norm, node))
 
 
+_POINTWISE_ATEN = {"aten.addcmul.default": Op.MUL, "aten.addcdiv.default": Op.DIV}
+
+
+def _addcmul(node: Node, ctx: Context) -> str | None:
+    """addcmul / addcdiv of three tensors as the binary ops they are made of."""
+    if node.op is not Op.TORCH or node.attrs.target not in _POINTWISE_ATEN or not isinstance(node.type, TensorType):
+        return None
+    args = node.attrs.args
+    value = args[3] if len(args) > 3 else 1
+    if len(args) < 3 or not all(isinstance(a, Ref) for a in args[:3]) or not isinstance(value, (int, float)) \
+            or isinstance(value, bool):
+        return None
+    s, a, b = (node.inputs[r.index] for r in args[:3])
+    types = [ctx.type(v) for v in (s, a, b)]
+    if not all(isinstance(t, TensorType) and t.dtype == node.type.dtype for t in types) \
+            or not node.type.torch_dtype.is_floating_point:
+        return None
+    if value != 1:
+        a = ctx.emit(Op.MUL, (a,), BinaryAttrs(float(value)), types[1], base=node.name, sources=(node,))
+    shape = torch.broadcast_shapes(types[1].shape, types[2].shape)
+    product = ctx.emit(_POINTWISE_ATEN[node.attrs.target], (a, b), BinaryAttrs(), TensorType(shape, node.type.dtype),
+                       base=node.name, sources=(node,))
+    return ctx.emit(Op.ADD, (s, product), BinaryAttrs(), node.type, base=node.name, sources=(node,))
+
+
 RULES = (
     Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CAT,
                                      *_NEUTRAL_SCALAR}), _forward_input),
     Rule("reshape_of_reshape", frozenset({Op.RESHAPE}), _reshape_of_reshape),
     Rule("channel_norm", frozenset({Op.PERMUTE}), _channel_norm),
+    Rule("addcmul", frozenset({Op.TORCH}), _addcmul),
 )
 
 

@@ -64,6 +64,44 @@ def test_a_custom_op_runs_in_torch_and_the_rest_on_tvm():
         assert relative_error(fast(x2), model(x2)) < 1e-5
 
 
+THREADS_SEEN: list[int] = []
+
+
+@torch.library.custom_op("convopt_test::note_threads", mutates_args=())
+def note_threads(x: torch.Tensor) -> torch.Tensor:
+    """The identity, noting how many threads PyTorch's ops would use."""
+    THREADS_SEEN.append(torch.get_num_threads())
+    return x.clone()
+
+
+@note_threads.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def test_fallback_ops_run_on_one_pytorch_thread_beside_tvm_pool_and_threads_are_restored():
+    class Noted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return note_threads(self.conv(x))
+
+    model, x = Noted().eval(), torch.randn(1, 3, 8, 8)
+    fast = _optimize(model, x)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        THREADS_SEEN.clear()
+        with torch.no_grad():
+            assert relative_error(fast(x), model(x)) < 1e-6
+        assert THREADS_SEEN == [1, 2]  # in the TVM module, then in eager PyTorch
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_strict_refuses_naming_the_node():
     with pytest.raises(UnsupportedOpError, match=r"node %mirror \(convopt_test.mirror.default.*strict=False"):
         convopt.optimize(WithCustomOp().eval(), torch.randn(1, 3, 8, 8), target="cpu", strict=True)

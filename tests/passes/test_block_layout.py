@@ -497,3 +497,28 @@ def test_tvm_results_with_blocked_group_norms_and_resizes_equal_eager(lanes):
     graph = _blocked_through_tvm(_NormedAndResized().eval(), torch.randn(2, 3, 14, 15), lanes)
     blocked = [n for n in graph.nodes if n.op in (Op.GROUP_NORM, Op.TORCH)]
     assert len(blocked) == 4 and all(n.type.layout == f"NCHW{lanes}c" for n in blocked)
+
+
+class _ResponseNormed(nn.Module):
+    """ConvNeXt V2's GlobalResponseNorm between two convs: a vector norm over H and W (keepdim), its mean over
+    the channels, and addcmul with a per-channel weight and bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(3, 32, 1), nn.Conv2d(32, 16, 1)
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, 32, 1, 1)), nn.Parameter(torch.randn(1, 32, 1, 1))
+
+    def forward(self, x):
+        y = torch.nn.functional.gelu(self.fc1(x))
+        gx = torch.norm(y, p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return self.fc2(y + torch.addcmul(self.beta, self.gamma, y * nx))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_a_blocked_response_norm_equal_eager(lanes):
+    graph = _blocked_through_tvm(_ResponseNormed().eval(), torch.randn(2, 3, 9, 11), lanes)
+    norm = next(n for n in graph.nodes if n.op is Op.TORCH)
+    assert norm.attrs.target == "aten.linalg_vector_norm.default" and norm.type.layout == f"NCHW{lanes}c"
+    gelu = next(n for n in graph.nodes if n.op is Op.GELU)
+    assert gelu.type.layout == f"NCHW{lanes}c"  # addcmul became mul and add: nothing between the convs needs NCHW

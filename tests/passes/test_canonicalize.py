@@ -154,3 +154,41 @@ def test_timms_layer_norm_2d_runs_as_channel_norm_on_torch_and_tvm():
     for target in ("torch", "cpu"):
         fast = convopt.optimize(model, x, target=target)  # checked against eager on x
         assert Op.CHANNEL_NORM in ops(fast.graph) and Op.PERMUTE not in ops(fast.graph)
+
+
+class _Addc(nn.Module):
+    """addcmul / addcdiv as ConvNeXt V2's GlobalResponseNorm writes them: a per-channel bias and weight."""
+
+    def __init__(self, fn, value):
+        super().__init__()
+        self.fn, self.value = fn, value
+        self.weight, self.bias = nn.Parameter(torch.randn(1, 6, 1, 1)), nn.Parameter(torch.randn(1, 6, 1, 1))
+
+    def forward(self, x):
+        return self.fn(self.bias, self.weight, x, value=self.value)
+
+
+@pytest.mark.parametrize("fn", [torch.addcmul, torch.addcdiv])
+@pytest.mark.parametrize("value", [1, 0.5])
+def test_addcmul_and_addcdiv_become_the_binary_ops_they_are_made_of(fn, value):
+    model, x = _Addc(fn, value).eval(), torch.rand(2, 6, 5, 5) + 0.5
+    g = convopt.capture(model, x)
+    assert ops(g) == [Op.TORCH]
+    result = canonicalize(g)
+    verify(result)
+    binary = Op.MUL if fn is torch.addcmul else Op.DIV
+    assert ops(result) == ([Op.MUL] if value != 1 else []) + [binary, Op.ADD]
+    assert all(n.origin.pass_name == "canonicalize" for n in result.nodes)
+    from convopt.backends.torch_backend import to_torch
+
+    with torch.no_grad():
+        assert rel_err(to_torch(result)(x)[0], model(x)) <= 1e-6  # PyTorch's kernel fuses the multiply-add
+
+
+def test_addcmul_of_integers_is_kept():
+    class IntAddcmul(nn.Module):
+        def forward(self, x):
+            return torch.addcmul(x, x, x)
+
+    g = convopt.capture(IntAddcmul(), torch.arange(6).reshape(2, 3))
+    assert ops(canonicalize(g)) == [Op.TORCH]
