@@ -54,13 +54,14 @@ _GRAPH_PASSES: dict[str, tuple[Pass, ...]] = {
 def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, str] | None = None,
           only: Iterable[str] | None = None, skip: Iterable[str] = (),
           measured: Mapping[str, Mapping[str, float]] | None = None,
-          fuse_blocks: bool | dict[str, bool] = True) -> tuple[Pass, ...]:
+          fuse_blocks: bool | dict[str, bool] = True, avoid_lowerings: Iterable[str] = ()) -> tuple[Pass, ...]:
     """The passes to run for ``mode`` and ``target`` (None or "torch": no target-specific passes).
 
     ``lowering`` (a lowering name, or {layer: name}) configures select_lowering and is validated here,
     before any pass runs; ``measured`` gives it the lowerings' measured times by conv shape (from tuning
     records: tuning/lowering_times.py); ``fuse_blocks``: False leaves the fuse_blocks pass out, a dict
-    {module or node: bool} forces it per block; ``only`` / ``skip`` select passes by name."""
+    {module or node: bool} forces it per block; ``avoid_lowerings``: lowerings select_lowering never picks unless
+    forced; ``only`` / ``skip`` select passes by name."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
     passes = _GRAPH_PASSES[mode]
@@ -76,7 +77,8 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         pinned = frozenset(lowering) if isinstance(lowering, dict) else frozenset()
         fusion = ((_fuse_blocks(target, fuse_blocks if isinstance(fuse_blocks, dict) else None, pinned),)
                   if fuse_blocks else ())
-        passes = (*passes, *fusion, _select_lowering(target, lowering, blocks, measured), layout)
+        passes = (*passes, *fusion, _select_lowering(target, lowering, blocks, measured, frozenset(avoid_lowerings)),
+                  layout)
     elif mode == "inference" and isinstance(target, Target) and isinstance(fuse_blocks, dict):
         # CUDA: no GPU has measured a fused kernel against the unfused ops, so only the blocks
         # fuse_blocks={...: True} names are fused (schedules/fused_block_cuda.py)
@@ -130,13 +132,13 @@ def _check_lowering_names(lowering: str | dict[str, str]) -> None:
 
 
 def _select_lowering(target: Target, lowering: str | dict[str, str] | None, blocked_layouts: bool,
-                     measured: Mapping[str, Mapping[str, float]] | None) -> Pass:
+                     measured: Mapping[str, Mapping[str, float]] | None, avoid: frozenset[str]) -> Pass:
     from .cost.profile import load_profile
     from .passes.select_lowering import select_lowering
 
     return Pass("select_lowering", functools.partial(
         select_lowering, profile=load_profile(target), lanes=target.lanes, blocked_layouts=blocked_layouts,
-        measured=measured,
+        measured=measured, avoid=avoid,
         overrides=lowering if isinstance(lowering, dict) else None,
         default=lowering if isinstance(lowering, str) else None))
 

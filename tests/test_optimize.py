@@ -177,3 +177,30 @@ def test_an_empty_batch_is_refused_for_tvm_and_runs_on_torch():
         convopt.optimize(model, torch.randn(0, 3, 8, 8))
     fast = convopt.optimize(model, torch.randn(0, 3, 8, 8), target="torch")
     assert fast(torch.randn(0, 3, 8, 8)).shape[0] == 0
+
+
+def _winograd_pair():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    return model, torch.randn(1, 64, 28, 28)
+
+
+def test_a_check_failed_with_winograd_rounding_is_rebuilt_without_winograd(monkeypatch):
+    """F(4x4, 3x3) rounds its transforms in fp32: on this pair 5e-6 against eager, the other lowerings 1e-6.
+    With the tolerance between the two, the check fails with Winograd and passes without it."""
+    import importlib
+
+    model, x = _winograd_pair()
+    fast = convopt.optimize(model, x, fuse_blocks=False)
+    assert [n.attrs.lowering for n in fast.graph.nodes if n.op.value == "conv2d"] == ["winograd4"] * 2
+    monkeypatch.setitem(importlib.import_module("convopt.optimize")._TOLERANCE, torch.float32, 2.5e-6)
+    with pytest.warns(UserWarning, match=r"relative error .* exceeds 2.5e-06 with Winograd convolutions \(2 convs"):
+        fast = convopt.optimize(model, x, fuse_blocks=False)
+    lowerings = [n.attrs.lowering for n in fast.graph.nodes if n.op.value == "conv2d"]
+    assert len(lowerings) == 2 and not {"winograd2", "winograd4"} & set(lowerings)
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) <= 2.5e-6
+    # Winograd the user asked for is kept, and the check's error raised
+    with pytest.raises(CheckError, match="exceeds 2.5e-06"):
+        convopt.optimize(model, x, fuse_blocks=False, lowering="winograd4")
+    assert convopt.optimize(model, x, fuse_blocks=False, check=False).graph.nodes[0].attrs.lowering == "winograd4"

@@ -28,7 +28,8 @@ Preconditions: the graph's conv shapes are final (run after the folding and merg
 Runs after the graph passes and before block_layout in the inference pipeline when the target is a TVM
 CPU target (pipeline.build adds it with the target's SIMD width and its machine profile); ``overrides``
 maps node names or module scopes to a lowering name, ``default`` forces one lowering on every conv that it
-can run. ``measured`` maps ConvSpec.key() to {variant: {epilogue: seconds}} (tuning/lowering_times.py reads it
+can run; ``avoid`` names lowerings never chosen unless forced (optimize() retries a model whose check
+failed with Winograd's fp32 rounding without it). ``measured`` maps ConvSpec.key() to {variant: {epilogue: seconds}} (tuning/lowering_times.py reads it
 from the tuning records); None or empty: predictions alone.
 """
 
@@ -78,7 +79,8 @@ def _could_run_blocked(graph: Graph, lanes: int, profile: MachineProfile):
 
 def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
                     overrides: dict[str, str] | None = None, default: str | None = None,
-                    blocked_layouts: bool = True, measured: Mapping[str, Mapping[str, float]] | None = None) -> Graph:
+                    blocked_layouts: bool = True, measured: Mapping[str, Mapping[str, float]] | None = None,
+                    avoid: frozenset[str] = frozenset()) -> Graph:
     overrides = dict(overrides or {})
     _check_names(graph, overrides)
     if default is not None and default not in ALL_LOWERINGS:
@@ -107,8 +109,10 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
         elif default_runs:
             choice = default
         else:
-            choice = min(predicted, key=predicted.get) if predicted else "direct"
+            allowed = {name: t for name, t in predicted.items() if name not in avoid}
+            choice = min(allowed, key=allowed.get) if allowed else "direct"
         timed = _measured(spec, predicted, (measured or {}).get(spec.key(), {}), profile, lanes, blocked)
+        timed = {name: t for name, t in timed.items() if name not in avoid}
         if len(timed) > 1 and choice not in (forced, default):
             choice = min(timed, key=timed.get)
         suffix = BLOCKED if blocked else ""

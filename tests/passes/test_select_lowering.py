@@ -69,6 +69,17 @@ def test_global_override_applies_where_it_can():
     assert chosen["c1"] != "winograd4" and chosen["cd"] != "winograd4"  # 1x1 stride 2, 13x13 depthwise
 
 
+def test_avoided_lowerings_are_never_chosen_unless_forced():
+    cheap_winograd = fixed_profile(winograd4={"flops": 0.001, "bytes": 0.001, "aux_flops": 0.001})
+    assert _lowerings(select_lowering(_graph(), lanes=8, profile=cheap_winograd))["c3"] == "winograd4"
+    after = select_lowering(_graph(), lanes=8, profile=cheap_winograd, avoid=frozenset({"winograd4"}))
+    assert "winograd4" not in _lowerings(after).values()
+    assert "winograd4" in dict(after.node_map["c3"].attrs.predicted_us)  # still predicted, for the dump
+    forced = select_lowering(_graph(), lanes=8, profile=cheap_winograd, avoid=frozenset({"winograd4"}),
+                             overrides={"c3": "winograd4"})
+    assert _lowerings(forced)["c3"] == "winograd4"
+
+
 def test_override_that_cannot_run_is_refused_with_the_reason():
     with pytest.raises(LoweringError, match=r"block.dw.*winograd2 can't run it: .*3x3"):
         select_lowering(_graph(), lanes=8, profile=fixed_profile(), overrides={"block.dw": "winograd2"})
