@@ -23,7 +23,8 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     sum.dim_IntList, .default   sum over the dims, or over everything
     expand_as, reshape_as    broadcast_to / reshape to the captured shape
     matmul, stack, unbind    Relax's matmul, stack, and split + squeeze (a tuple)
-    clamp_min/max, maximum/minimum, square, pow.Tensor_Scalar, conv1d   elementwise; Relax's conv1d (ECA attention)
+    clamp_min/max, maximum/minimum, square, pow.Tensor_Scalar, conv1d, conv3d   elementwise; Relax's conv1d
+                             (ECA attention) and conv3d (LambdaNetworks' position embedding)
     scaled_dot_product_attention   softmax(q k^T * scale [+ mask | causal]) v (hybrid CNNs' attention
                              blocks; dropout and grouped heads are refused)
     flip                     Relax's flip, one axis at a time
@@ -208,6 +209,19 @@ def _conv1d(n: Node, args, types):
     return relax.op.add(out, relax.op.reshape(bias, (1, -1, 1))) if bias is not None else out
 
 
+def _conv3d(n: Node, args, types):
+    # conv3d.default(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1): LambdaNetworks'
+    # relative position embedding (timm's lambda_resnet) is a conv3d over (1, H, W) of the values
+    def three(v, default):
+        v = _arg(args, v, default)
+        return [int(e) for e in v] * (3 if len(v) == 1 else 1) if isinstance(v, (tuple, list)) else [int(v)] * 3
+
+    out = relax.op.nn.conv3d(args[0], args[1], strides=three(3, 1), padding=three(4, 0), dilation=three(5, 1),
+                             groups=int(_arg(args, 6, 1)))
+    bias = _arg(args, 2, None)
+    return relax.op.add(out, relax.op.reshape(bias, (1, -1, 1, 1, 1))) if bias is not None else out
+
+
 def _attention(n: Node, args, types):
     """scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0, is_causal=False, scale=None,
     enable_gqa=False) as softmax(q k^T * scale [+ mask]) v with Relax's matmul and softmax."""
@@ -317,6 +331,7 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.prelu.default": _prelu,
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,
+    "aten.conv3d.default": _conv3d,
     "aten.scaled_dot_product_attention.default": _attention,
     "aten.slice.Tensor": _slice,
     "aten.constant_pad_nd.default": _pad,

@@ -41,6 +41,19 @@ class Eca(nn.Module):
         return x * torch.sigmoid(y)[..., None, None]
 
 
+class PositionConv3d(nn.Module):
+    """timm's LambdaLayer position embedding: a conv3d over (1, H, W) of the values; and a grouped, dilated one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, (1, 3, 5), padding=(0, 1, 2), bias=True)
+        self.grouped = nn.Conv3d(2, 4, 3, padding=(1, 2, 2), dilation=(1, 2, 2), groups=2, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x[:, :2].unsqueeze(1)).sum(dim=(1, 2)) + self.grouped(x[:, None, :2].transpose(1, 2)).mean(dim=(1, 2))
+        return x * y.unsqueeze(1)
+
+
 def _attention(causal: bool = False, mask: str = "", tokens: int = 10 * 11):
     """Self-attention over the pixels of the 10x11 map with 2 heads of 4 channels (MobileViT / FastViT style)."""
     generator = torch.Generator().manual_seed(0)
@@ -89,6 +102,7 @@ CASES = {
     "stack_unbind": lambda x: torch.stack([a * (i + 1) for i, a in enumerate(x.unbind(1))], dim=1),
     "clamp_min_square_pow": lambda x: x.clamp_min(0.1).square() + x.pow(3.0),
     "eca_conv1d": Eca(),
+    "lambda_conv3d": PositionConv3d(),
     "sum_all": lambda x: x / x.abs().sum(),
     "normalize": lambda x: F.normalize(x, dim=1) + F.normalize(x, p=1.0, dim=3)
                           + x / torch.linalg.vector_norm(x, ord=float("inf"), dim=(2, 3), keepdim=True),
