@@ -76,9 +76,9 @@ def default_rules(target: Target) -> list:
     """The dlight rules that schedule TVM's own kernels by default: convopt's CPU rules, dlight's GPU fallback."""
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
-        from ..schedules.cpu_fallback import CheckedReduction, ParallelFallback, VectorReduction
+        from ..schedules.cpu_fallback import BoundedGEMV, CheckedReduction, ParallelFallback, VectorReduction
 
-        return [dlight.cpu.GEMV(), VectorReduction(target.lanes), CheckedReduction(), ParallelFallback(target.lanes)]
+        return [BoundedGEMV(), VectorReduction(target.lanes), CheckedReduction(), ParallelFallback(target.lanes)]
     return [dlight.gpu.Fallback()]
 
 

@@ -123,3 +123,27 @@ def test_a_softmax_over_one_row_is_not_recomputed_for_every_output(shape):
     vm = relax.VirtualMachine(tvm.compile(checked, target=target.tvm), tvm.cpu())
     result = torch.from_dlpack(vm["main"](tvm.runtime.tensor(data))).clone()
     assert torch.allclose(result, torch.from_numpy(data).softmax(-1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_a_matrix_vector_product_of_rows_unrolls_at_most_16_steps(lanes):
+    """GCNet's global context, [64, 400] x [400, 1]: dlight's GEMV rule vectorizes the rows and unrolls the
+    reduction 256 steps (LLVM took 20 s per such kernel); BoundedGEMV keeps its schedule with 16."""
+    import re
+
+    from convopt.schedules.cpu_fallback import BoundedGEMV
+
+    weight = np.random.default_rng(1).standard_normal((1, 1, 64, 400)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 1, 400, 1), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.matmul(relax.const(weight), x)))
+        bb.emit_func_output(out)
+    with host(lanes).tvm:  # scheduled, not compiled (that is the slow part)
+        mod = tvm.s_tir.dlight.ApplyDefaultSchedule(tvm.s_tir.dlight.cpu.GEMV())(relax.get_pipeline("zero")(bb.get()))
+    plain = "\n".join(f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    text, out, data = _run(lambda x: relax.op.matmul(relax.const(weight), x), (1, 1, 400, 1), lanes, BoundedGEMV())
+    steps = lambda t: [int(s) for s in re.findall(r'"pragma_auto_unroll_max_step": (\d+)', t)]  # noqa: E731
+    assert max(steps(plain)) == 256 and steps(text) and max(steps(text)) == 16
+    assert torch.allclose(out, torch.from_numpy(weight) @ data, rtol=1e-5, atol=1e-5)
