@@ -147,3 +147,18 @@ def test_a_matrix_vector_product_of_rows_unrolls_at_most_16_steps(lanes):
     steps = lambda t: [int(s) for s in re.findall(r'"pragma_auto_unroll_max_step": (\d+)', t)]  # noqa: E731
     assert max(steps(plain)) == 256 and steps(text) and max(steps(text)) == 16
     assert torch.allclose(out, torch.from_numpy(weight) @ data, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_a_concatenation_is_not_inlined_into_an_activation_that_reads_it_twice(lanes):
+    """MixNet: concat of mixed-kernel convs -> SiLU. Inlined, the concatenation's if_then_else chain is copied
+    into every read of SiLU's input (fast sigmoid reads it a dozen times: 276 if_then_else, 0.88 ms for 188k
+    elements); kept as its own vectorized block, it is chosen once per element."""
+    def silu_of_cat(x):
+        c = relax.op.concat([x, relax.op.multiply(x, relax.const(2.0)), relax.op.add(x, relax.const(1.0))], 1)
+        return relax.op.multiply(c, relax.op.sigmoid(c))
+
+    text, out, data = _run(silu_of_cat, (1, 24, 8, 8), lanes)
+    assert text.count("T.if_then_else") == 2  # one chain choosing among the 3 parts
+    expected = torch.cat([data, data * 2, data + 1], 1)
+    assert torch.allclose(out, expected * torch.sigmoid(expected), rtol=1e-5, atol=1e-6)
