@@ -51,7 +51,12 @@ def assert_layouts_change_only_at_edges(graph, lanes: int) -> int:
     from convopt.passes.block_layout import channel_operands, is_spatial_mean, runs_blocked
 
     layout = f"NCHW{lanes}c"
-    blocked = {n.name for n in graph.nodes if getattr(n.type, "layout", "") == layout}
+
+    def is_blocked(t) -> bool:  # a tensor, or a channel split's tuple of parts
+        parts = getattr(t, "elements", None)
+        return t.layout == layout if parts is None else bool(parts) and all(e.layout == layout for e in parts)
+
+    blocked = {n.name for n in graph.nodes if is_blocked(n.type)}
     assert not blocked & set(graph.outputs)
     for name in blocked:
         node = graph.node_map[name]
