@@ -270,7 +270,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for the IR after
     capture and after each pass that changed it. passes / skip_passes: select or leave out passes by
     name (also CONVOPT_SKIP_PASSES=a,b). check: compare against the eager model on ``example_inputs``
-    (relative error, 1e-4 for fp32) and raise CheckError if they disagree. verify: verify the IR between
+    (relative error, 1e-4 for fp32) and raise CheckError if they disagree (where the cost model chose Winograd
+    for some conv, first build again without it and warn if that agrees: fp32 rounding, docs/lowerings.md). verify: verify the IR between
     passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
     model picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col",
     "im2win", "winograd2", "winograd4", "fft", "depthwise") forces it wherever it applies, and a dict {layer: lowering}
@@ -344,8 +345,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
             if not winograd or _forces(lowering, WINOGRAD_LOWERINGS):
                 raise
             # Winograd's transforms round in fp32 at each of their terms: through a deep stack of convs of a
-            # model whose activations grow (random weights) that can exceed the tolerance with every
-            # transformation exact. The cost model chose it for speed; the check has the last word.
+            # model whose activations grow (random weights) that alone can exceed the tolerance, every pass
+            # being right. The cost model chose Winograd for speed; the check has the last word.
             result = compile_with(pipeline_for(WINOGRAD_LOWERINGS))
             try:
                 check_against_eager(model, result, example_inputs)
