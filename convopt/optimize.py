@@ -271,8 +271,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     capture and after each pass that changed it. passes / skip_passes: select or leave out passes by
     name (also CONVOPT_SKIP_PASSES=a,b). check: compare against the eager model on ``example_inputs``
     (relative error, 1e-4 for fp32) and raise CheckError if they disagree (where the cost model chose Winograd
-    for some conv, first build again without it and warn if that agrees: fp32 rounding, docs/lowerings.md). verify: verify the IR between
-    passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
+    for some conv, first build again without it and warn if that agrees: fp32 rounding, docs/lowerings.md).
+    verify: verify the IR between passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
     model picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col",
     "im2win", "winograd2", "winograd4", "fft", "depthwise") forces it wherever it applies, and a dict {layer: lowering}
     forces it per layer (keys: module names such as "layer1.0.conv1", or IR node names). tuning_logs: on a
