@@ -11,7 +11,8 @@ and v is stored blocked when both hold:
     op (LAYOUT_PRESERVING and the elementwise ATen ops kept as they are, ir.ops.ELEMENTWISE_ATEN:
     elementwise ops, batch_norm, channel_norm, pooling, a mean over H and W with
     keepdim, a constant pad of H and W, a concatenation along the channels, a split of the channels into
-    whole blocks and its parts, a slice of whole channel blocks or of H or W, a group norm of whole blocks, a resize of H and W, a vector norm over H and W) whose
+    whole blocks and its parts, a slice of whole channel blocks or of H or W, a group norm of whole blocks,
+    a resize of H and W, a vector norm over H and W) whose
     non-constant operands with C channels and more than one pixel are all blocked (constant operands are
     re-blocked once by the backend; operands with one channel broadcast in either layout, and so do those
     of one pixel, such as a squeeze-excite gate: [N, C, 1, 1] and [N, C/b, 1, 1, b] are the same bytes);

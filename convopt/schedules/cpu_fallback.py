@@ -66,8 +66,8 @@ def _reads(sch, consumer_rv, producer_rv) -> int:
 def _inline_spatial(sch, infos):
     """dlight's ``try_inline_contiguous_spatial`` (chains of spatial blocks inlined into one, so that they pass
     over memory once), except that a block choosing between the buffers it loads (a concatenation, a pad) is
-    merged only with a consumer that reads it once: inlining substitutes its whole if_then_else chain for every
-    read, and SiLU's fast sigmoid reads its input a dozen times. MixNet's concatenation of 4 mixed-kernel convs
+    merged only where its if_then_else chain lands once in each expression (``_try_inline``): inlining
+    substitutes the whole chain for every read, and SiLU's fast sigmoid reads its input a dozen times. MixNet's concatenation of 4 mixed-kernel convs
     followed by SiLU became one expression of 276 if_then_else (38 KB of TIR): 0.88 ms for 188k elements, and
     mixnet_s's three largest such kernels took 24 of its 34 ms. (DenseNet's concatenation -> BN -> ReLU, one
     read, still runs as one pass.)"""
