@@ -17,6 +17,8 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     select / narrow          strided_slice (select then drops the axis)
     expand                   broadcast_to the captured shape
     pixel_(un)shuffle        reshape, permute, reshape
+    unfold                   take of the windows' indices [n, size] along the dim, the window axis moved
+                             last (HaloNet's blocked attention)
     leaky_relu, elu, selu, softplus, mish, prelu   elementwise formulas (softplus linear above its
                              threshold, like PyTorch's)
     gt/lt/ge/le.Scalar, where.self   comparisons to a bool mask and the select
@@ -154,6 +156,17 @@ def _pixel_unshuffle(n: Node, args, types):
     b, c, h, w = types[0].shape
     x = relax.op.reshape(args[0], (b, c, h // r, r, w // r, r))
     return relax.op.reshape(relax.op.permute_dims(x, [0, 1, 3, 5, 2, 4]), n.type.shape)
+
+
+def _unfold(n: Node, args, types):
+    # unfold(input, dimension, size, step): windows of ``size`` every ``step`` along the dim, as a new last axis
+    rank = len(types[0].shape)
+    dim, size, step = int(args[1]) % max(rank, 1), int(args[2]), int(args[3])
+    windows = n.type.shape[dim]
+    indices = np.arange(windows, dtype=np.int64)[:, None] * step + np.arange(size, dtype=np.int64)[None, :]
+    taken = relax.op.take(args[0], relax.const(indices), axis=dim)  # [..., windows, size, ...]
+    order = [a for a in range(rank + 1) if a != dim + 1] + [dim + 1]
+    return taken if dim + 1 == rank else relax.op.permute_dims(taken, order)
 
 
 def _const(value: float, dtype: str = "float32"):
@@ -328,6 +341,7 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.narrow.default": _narrow,
     "aten.pixel_shuffle.default": _pixel_shuffle,
     "aten.pixel_unshuffle.default": _pixel_unshuffle,
+    "aten.unfold.default": _unfold,
     "aten.prelu.default": _prelu,
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,

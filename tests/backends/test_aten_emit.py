@@ -114,6 +114,8 @@ CASES = {
     "attention_causal": _attention(causal=True),
     "attention_bool_mask": _attention(mask="bool"),
     "attention_float_mask": _attention(mask="float"),
+    "unfold": lambda x: x.unfold(2, 4, 3).unfold(3, 5, 2).mean(dim=(-1, -2)),  # HaloNet's windows
+    "unfold_last_dim": lambda x: x.unfold(3, 3, 4).sum(dim=-1) * x[..., :3],
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
 
