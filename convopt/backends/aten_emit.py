@@ -17,6 +17,8 @@ an opaque op's operands). Output shapes come from the node's type (captured from
     select / narrow          strided_slice (select then drops the axis)
     expand                   broadcast_to the captured shape
     pixel_(un)shuffle        reshape, permute, reshape
+    adaptive_max_pool2d      per output cell, max and argmax of its window (PyTorch's bounds: floor(i H / oh)
+                             to ceil((i + 1) H / oh)); the indices as PyTorch's, flat over H x W
     unfold                   take of the windows' indices [n, size] along the dim, the window axis moved
                              last (HaloNet's blocked attention)
     leaky_relu, elu, selu, softplus, mish, prelu   elementwise formulas (softplus linear above its
@@ -167,6 +169,29 @@ def _unfold(n: Node, args, types):
     taken = relax.op.take(args[0], relax.const(indices), axis=dim)  # [..., windows, size, ...]
     order = [a for a in range(rank + 1) if a != dim + 1] + [dim + 1]
     return taken if dim + 1 == rank else relax.op.permute_dims(taken, order)
+
+
+def _adaptive_max_pool2d(n: Node, args, types):
+    # adaptive_max_pool2d(input, output_size) -> (values, indices): one window per output cell, cut as PyTorch
+    # cuts them; the cells are few where CNNs use it (global or row/column pools: BAT, CoordAttention)
+    *lead, h, w = types[0].shape
+    oh, ow = n.type.elements[0].shape[-2:]
+    rows = [(i * h // oh, -(-(i + 1) * h // oh)) for i in range(oh)]
+    cols = [(j * w // ow, -(-(j + 1) * w // ow)) for j in range(ow)]
+    values, indices = [], []
+    for (top, bottom), (left, right) in itertools.product(rows, cols):
+        window = relax.op.strided_slice(args[0], axes=[len(lead), len(lead) + 1], begin=[top, left],
+                                        end=[bottom, right])
+        flat = relax.op.reshape(window, (*lead, (bottom - top) * (right - left)))
+        values.append(relax.op.max(flat, axis=-1))
+        local = relax.op.argmax(flat, axis=-1)  # the first of equal maxima, as PyTorch's kernel
+        width = relax.const(right - left, "int64")
+        row = relax.op.add(relax.op.floor_divide(local, width), relax.const(top, "int64"))
+        col = relax.op.add(relax.op.floor_mod(local, width), relax.const(left, "int64"))
+        indices.append(relax.op.add(relax.op.multiply(row, relax.const(w, "int64")), col))
+    shape = (*lead, oh, ow)
+    return relax.Tuple([relax.op.reshape(relax.op.stack(values, axis=-1), shape),
+                        relax.op.reshape(relax.op.astype(relax.op.stack(indices, axis=-1), "int64"), shape)])
 
 
 def _const(value: float, dtype: str = "float32"):
@@ -342,6 +367,7 @@ TYPED_EMITTERS: dict[str, Callable] = {
     "aten.pixel_shuffle.default": _pixel_shuffle,
     "aten.pixel_unshuffle.default": _pixel_unshuffle,
     "aten.unfold.default": _unfold,
+    "aten.adaptive_max_pool2d.default": _adaptive_max_pool2d,
     "aten.prelu.default": _prelu,
     "aten.unbind.int": _unbind,
     "aten.conv1d.default": _conv1d,

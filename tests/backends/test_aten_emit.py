@@ -29,6 +29,12 @@ def _shuffle(x, groups=2):
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
+def _max_and_where(x):
+    """adaptive max pool's values and flat indices (of the first of equal maxima: ties in a 0/2 map)."""
+    values, indices = F.adaptive_max_pool2d(x, (3, 2), return_indices=True)
+    return values + indices.float() * 0.01
+
+
 class Eca(nn.Module):
     """timm's efficient channel attention: a conv1d across the pooled channels."""
 
@@ -116,6 +122,10 @@ CASES = {
     "attention_float_mask": _attention(mask="float"),
     "unfold": lambda x: x.unfold(2, 4, 3).unfold(3, 5, 2).mean(dim=(-1, -2)),  # HaloNet's windows
     "unfold_last_dim": lambda x: x.unfold(3, 3, 4).sum(dim=-1) * x[..., :3],
+    "adaptive_max_pool": lambda x: (x * F.interpolate(F.adaptive_max_pool2d(x, (4, 1)), size=(10, 11))
+                                    + F.adaptive_max_pool2d(x, (1, 3)).sum(dim=3, keepdim=True)
+                                    + F.adaptive_max_pool2d(x, 1)),  # windows of unequal size (10 rows in 4)
+    "adaptive_max_pool_indices": lambda x: x * F.interpolate(_max_and_where((x > 0.3).float() * 2.0), size=(10, 11)),
     "chunk_then_cat": lambda x: torch.cat([c * (i + 1) for i, c in enumerate(x.chunk(3, dim=1))], dim=1),
 }
 
