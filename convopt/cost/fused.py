@@ -65,10 +65,12 @@ def fusion_margin(block: "Block") -> float:
     return FUSED_MARGIN * (CHAIN_FACTOR if isinstance(block, ConvChain) else 1.0)
 
 
-def ring_rows(d, H: int, bands: int) -> int:
+def ring_rows(d, H: int, bands: int, top: int | None = None) -> int:
     """Rows of a ring's producer (H rows) computed per image for the consumer conv ``d`` read in ``bands``
-    bands: each band's rows once, its first k - s rows again where the band above computed them too."""
-    k, s, p, OH = d.kernel[0], d.stride[0], d.padding[0], d.out_height
+    bands: each band's rows once, its first k - s rows again where the band above computed them too.
+    ``top``: the rows of padding above the map (default: d's own padding)."""
+    k, s, OH = d.kernel[0], d.stride[0], d.out_height
+    p = d.padding[0] if top is None else top
     th = -(-OH // bands)
     return sum(len(range(max(p, b * th * s), min(H + p, (min(OH, b * th + th) - 1) * s + k)))
                for b in range(-(-OH // th)))
@@ -76,7 +78,7 @@ def ring_rows(d, H: int, bands: int) -> int:
 
 def expand_rows(block: InvertedResidual, bands: int) -> int:
     """Input rows the fused kernel's expand stage computes per image (fused_block.prim_func's ring)."""
-    return ring_rows(block.depthwise, block.expand.height, bands)
+    return ring_rows(block.depthwise, block.expand.height, bands, block.pads[0])
 
 
 def coefficient_key(block: Block) -> str:
@@ -163,11 +165,15 @@ def predict_fused(block: Block, profile: MachineProfile, lanes: int) -> float | 
 
 def predict_unfused(block: Block, profile: MachineProfile, lanes: int) -> float:
     """The block's convs, each with its fastest predicted lowering, in channel blocks where its channels allow
-    (as block_layout would store them between convs)."""
+    (as block_layout would store them between convs); and its pad op, where it has one, a pass over the
+    expanded map at the measured bandwidth."""
     total = 0.0
     for spec in block.convs:
         blocked = spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0
         total += min(predict_all(spec, profile, lanes, blocked=blocked).values())
+    if any(getattr(block, "pre_pad", ())):
+        e, d = block.expand, block.depthwise
+        total += F32 * e.batch * e.out_channels * (e.height * e.width + d.height * d.width) / profile.bandwidth
     return total
 
 

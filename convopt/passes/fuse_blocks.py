@@ -3,8 +3,9 @@
     y = P(a2(D(a1(E(x)))))  [+ x]        =>   y = fused_block(x, W_E, b_E, W_D, b_D, W_P, b_P)
 
 with E a 1x1 conv (groups 1, stride 1), a1 and a2 activations a kernel epilogue computes
-(schedules/activations.py), D a depthwise k x k conv (k odd, padding k // 2, dilation 1, stride 1 or 2) and
-P a 1x1 conv, every weight and bias a constant; the residual add joins when its other operand is x.
+(schedules/activations.py), D a depthwise k x k conv (k odd, padding k // 2, dilation 1, stride 1 or 2; or
+unpadded after a zero pad op of H and W, TF "SAME" padding, asymmetric on even maps: then D's padding with
+the pad's is up to k - 1 on each side and the pad is part of the block) and P a 1x1 conv, every weight and bias a constant; the residual add joins when its other operand is x.
 MobileNetV2, MnasNet, EfficientNet-Lite and MobileOne after reparameterization have this block. Where the
 projection doesn't directly follow a2 (EfficientNet's and MobileNetV3's squeeze-excite: its global pool
 needs the whole depthwise output before the scale), the block is fused up to a2 (kind "expand_depthwise":
@@ -76,7 +77,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..ir.graph import Graph, Node, Origin, Value, unique_name
-from ..ir.ops import FusedBlockAttrs, Op, body_inputs
+from ..ir.ops import PAD_TARGETS, FusedBlockAttrs, Op, body_inputs, pad_arguments
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
 from ..schedules import fused_block, fused_chain, fused_mlp
@@ -240,35 +241,62 @@ def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[
     return found
 
 
+def _zero_pad(n: Node) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of a constant zero pad of H and W (TF "SAME" padding before a strided conv),
+    else None."""
+    if n.op is not Op.TORCH or n.attrs.target not in PAD_TARGETS:
+        return None
+    pad, mode, value = pad_arguments(n.attrs)
+    if mode != "constant" or value != 0.0 or len(pad) > 4 or min(pad, default=0) < 0:
+        return None
+    left, right, top, bottom = (*pad, 0, 0, 0, 0)[:4]
+    return top, left, bottom, right
+
+
+def _depthwise_after_pad(spec: ConvSpec | None) -> bool:
+    """A depthwise conv fuse_blocks takes after a zero pad op: square odd k, dilation 1, stride 1 or 2, its
+    padding with the pad op's from 0 to k - 1 on each side (fused_block.supports checks the sum)."""
+    if spec is None or not spec.is_depthwise or spec.out_channels != spec.in_channels:
+        return False
+    k = spec.kernel[0]
+    return spec.kernel == (k, k) and k % 2 == 1 and spec.dilation == (1, 1) and spec.stride in ((1, 1), (2, 2))
+
+
 def _inverted_residuals(graph: Graph) -> list[InvertedResidual]:
     only_reader = _only_reader(graph)
     found, taken = [], set()
     for e in graph.nodes:
         if e.op is not Op.CONV2D or e.name in taken or getattr(e.type, "dtype", None) != "f32":
             continue
-        chain = [e]
+        chain, pre_pad = [e], None
         for want in ("act", "dw", "act"):
             nxt = only_reader(chain[-1])
+            if want == "dw" and nxt is not None and nxt.inputs[0] == chain[-1].name and _zero_pad(nxt) is not None:
+                chain.append(nxt)  # TF "SAME" padding: a pad op, then an unpadded conv
+                pre_pad, nxt = _zero_pad(nxt), only_reader(nxt)
             if nxt is None or nxt.inputs[0] != chain[-1].name:
                 break
             if (activation_of(nxt) is None) if want == "act" else (nxt.op is not Op.CONV2D):
                 break
             chain.append(nxt)
-        if len(chain) != 4:
+        if len(chain) != 4 + (pre_pad is not None):
             continue
-        expand, depthwise = conv_spec_of(graph, chain[0]), conv_spec_of(graph, chain[2])
-        if not (_pointwise(expand) and _depthwise(depthwise)
-                and all(_constant_operands(graph, chain[i]) for i in (0, 2))):
+        a1, dw, a2 = chain[1], chain[-2], chain[-1]
+        expand, depthwise = conv_spec_of(graph, e), conv_spec_of(graph, dw)
+        if not (_pointwise(expand) and (_depthwise(depthwise) if pre_pad is None else
+                                        _depthwise_after_pad(depthwise))
+                and all(_constant_operands(graph, conv) for conv in (e, dw))):
             continue
-        acts = (activation_of(chain[1]), activation_of(chain[3]))
-        block = InvertedResidual(tuple(chain), expand, depthwise, None, acts, False)  # up to a2: partial
-        project = only_reader(chain[3])
-        if (project is not None and project.op is Op.CONV2D and project.inputs[0] == chain[3].name
+        acts = (activation_of(a1), activation_of(a2))
+        pre_pad = pre_pad or (0, 0, 0, 0)
+        block = InvertedResidual(tuple(chain), expand, depthwise, None, acts, False, pre_pad)  # up to a2: partial
+        project = only_reader(a2)
+        if (project is not None and project.op is Op.CONV2D and project.inputs[0] == a2.name
                 and _pointwise(conv_spec_of(graph, project)) and _constant_operands(graph, project)):
             add = only_reader(project)
             residual = _residual_add(graph, add, project, e.inputs[0])
             nodes = (*chain, project, add) if residual else (*chain, project)
-            block = InvertedResidual(nodes, expand, depthwise, conv_spec_of(graph, project), acts, residual)
+            block = InvertedResidual(nodes, expand, depthwise, conv_spec_of(graph, project), acts, residual, pre_pad)
         if fused_block.supports(block) is None:
             found.append(block)
             taken.update(n.name for n in block.nodes)

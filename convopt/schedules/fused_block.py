@@ -4,21 +4,22 @@ activation (``PARTIAL_KIND``), where a squeeze-excite follows: its global pool n
 output before the projection can start, so that part and the projection stay separate kernels.
 
 Compute, with E' and O' the expanded and output channels rounded up to the SIMD width (zero weights:
-a padded channel is 0 through every stage, since each supported activation maps 0 to 0):
+a padded channel is 0 through every stage, since each supported activation maps 0 to 0) and (pt, pl, pb, pr)
+the depthwise conv's padding (``InvertedResidual.pads``: k // 2 on every side, or TF "SAME" padding's pad op):
 
-    mid[n, y, x, e]  = a1(sum_c x[n, c, y - p, x - p] w1[c, e] + b1[e])   inside the map, 0 in the padding
+    mid[n, y, x, e]  = a1(sum_c x[n, c, y - pt, x - pl] w1[c, e] + b1[e])  inside the map, 0 in the padding
     dw[n, y, x, e]   = a2(sum_{i,j} mid[n, s y + i, s x + j, e] w2[i, j, e] + b2[e])
     proj[n, y, x, o] = sum_e dw[n, y, x, e] w3[e, o]
     out[n, o, y, x]  = proj[n, y, x, o] + b3[o] (+ x[n, o, y, x])
 
 Loop structure (``prim_func``): the output rows are cut into bands, one per parallel iteration
 (``default_bands``: one per core); a band walks its output rows in order and keeps the k rows of ``mid`` the
-depthwise conv reads in a ring buffer [k, W + 2p, E'] (channels-last, so every stage is vectorized over
+depthwise conv reads in a ring buffer [k, W + pl + pr, E'] (channels-last, so every stage is vectorized over
 channels): its first row computes k rows, each next one only the s rows it adds (slot = row mod k), so an
 expanded row is computed once (a band's first k - s rows are also its upper neighbour's last: the only
 recomputation). Each output row's depthwise and projection go through one-row buffers, and the row is
 stored NCHW. Every stage runs as register tiles of ``fused_space.column_tile`` columns x channel vectors with
-its epilogue applied per tile. The ring is k (W + 2p) E' floats (131 KB for 96 channels at 112 px): it
+its epilogue applied per tile. The ring is k (W + pl + pr) E' floats (131 KB for 96 channels at 112 px): it
 stays in L2. The kernel that computed bands of th rows with ``compute_at`` recomputed each band's halo,
 15-120% of the expand's FLOPs; this one measured 1.1-1.9x faster on mobilenetv2_100's blocks.
 
@@ -56,12 +57,20 @@ PARTIAL_KIND = "expand_depthwise"  # the block up to its second activation, when
 class InvertedResidual:
     """A matched block: its nodes in order and what the kernel needs to know."""
 
-    nodes: tuple  # the IR nodes E, a1, D, a2[, P[, add]] (empty when built from shapes alone)
+    nodes: tuple  # the IR nodes E, a1, [pad,] D, a2[, P[, add]] (empty when built from shapes alone)
     expand: ConvSpec
-    depthwise: ConvSpec
+    depthwise: ConvSpec  # as the graph has it: of the padded map where a pad op comes first
     project: ConvSpec | None  # None: the block ends after a2 (a squeeze-excite follows, unfused)
     activations: tuple[str, str]
     residual: bool
+    pre_pad: tuple[int, int, int, int] = (0, 0, 0, 0)  # a zero pad op before D: (top, left, bottom, right)
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """The depthwise conv's zero padding of the expanded map, (top, left, bottom, right): its own (symmetric)
+        plus the pad op's before it (TF "SAME" padding of a strided conv: (0, 0, 1, 1) for k = 3 on even maps)."""
+        (ph, pw), (t, l, b, r) = self.depthwise.padding, self.pre_pad
+        return t + ph, l + pw, b + ph, r + pw
 
     @property
     def kind(self) -> str:
@@ -77,13 +86,19 @@ class InvertedResidual:
 
     @classmethod
     def of(cls, C: int, E: int, O: int | None, H: int, W: int, k: int, stride: int = 1, activation: str = "relu6",
-           batch: int = 1) -> "InvertedResidual":
+           batch: int = 1, pre_pad: tuple[int, int, int, int] | None = None) -> "InvertedResidual":
         """A block from its shape alone (calibration, tests); residual when the shapes allow it; O None: the
-        expand and depthwise part alone."""
+        expand and depthwise part alone. ``pre_pad`` (top, left, bottom, right): a pad op before an unpadded
+        depthwise conv instead of its k // 2 on every side."""
         expand = ConvSpec(batch, C, H, W, E, (1, 1))
-        depthwise = ConvSpec(batch, E, H, W, E, (k, k), (stride, stride), (k // 2, k // 2), groups=E)
+        if pre_pad is None:
+            depthwise = ConvSpec(batch, E, H, W, E, (k, k), (stride, stride), (k // 2, k // 2), groups=E)
+        else:
+            t, l, b, r = pre_pad
+            depthwise = ConvSpec(batch, E, H + t + b, W + l + r, E, (k, k), (stride, stride), groups=E)
         project = None if O is None else ConvSpec(batch, E, depthwise.out_height, depthwise.out_width, O, (1, 1))
-        return cls((), expand, depthwise, project, (activation, activation), O is not None and stride == 1 and C == O)
+        residual = O is not None and C == O and (depthwise.out_height, depthwise.out_width) == (H, W)
+        return cls((), expand, depthwise, project, (activation, activation), residual, pre_pad or (0, 0, 0, 0))
 
 
 SUPPORTED_ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "gelu", "gelu_tanh")  # each maps 0 to 0
@@ -95,6 +110,8 @@ def supports(block) -> str | None:
         return f"activations {block.activations}: the kernel pads channels, which needs act(0) = 0"
     if block.depthwise.kernel[0] > 7:
         return "depthwise kernels up to 7x7"
+    if max(block.pads) >= block.depthwise.kernel[0] or min(block.pads) < 0:
+        return f"depthwise padding {block.pads}: from 0 to k - 1 on each side"
     return None
 
 
@@ -173,9 +190,9 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     E, O = e_.out_channels, block.out_channels
     Ep, Op = round_up(E, lanes), round_up(O, lanes)
     k, s = d.kernel[0], d.stride[0]
-    p = k // 2
+    pt, pl, pb, pr = block.pads
     OH, OW = d.out_height, d.out_width
-    Wp = W + 2 * p
+    Wp = W + pl + pr
     th, ev, ov, rx, dx, px = plan(block, lanes, bands, tiles)  # rows per band; a register tile's vectors, columns
     B = -(-OH // th)
     a1, a2 = block.activations
@@ -199,13 +216,13 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
             dw_row = T.alloc_buffer((OW, Ep), F32)
             proj_row = T.alloc_buffer((OW, Op), F32)
             acc = T.alloc_buffer((max(rx, dx, px), 2, lanes), F32, scope="local")  # a register tile
-            for j, pc, e in T.grid(k, 2 * p, Ep):  # the padding columns, never written again
-                ring[j, T.if_then_else(pc < p, pc, W + pc), e] = zero
+            for j, pc, e in T.grid(k, pl + pr, Ep):  # the padding columns, never written again
+                ring[j, T.if_then_else(pc < pl, pc, W + pc), e] = zero
             for t in range(th):
                 if nb % B * th + t < OH:
                     for j in range(k):  # the band's first output row fills the ring, each next one adds s rows
                         if T.Or(t == 0, j >= k - s):
-                            if T.And((nb % B * th + t) * s + j >= p, (nb % B * th + t) * s + j < H + p):
+                            if T.And((nb % B * th + t) * s + j >= pt, (nb % B * th + t) * s + j < H + pt):
                                 for xo, cg in T.grid(XT, EV // ev):  # expand 1x1 -> a1, into the ring
                                     for xi in T.unroll(rx):
                                         for v in T.unroll(ev):
@@ -217,13 +234,13 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                                 for ci in T.vectorized(lanes):
                                                     if xo * rx + xi < W:
                                                         acc[xi, v, ci] = acc[xi, v, ci] + load(
-                                                            x, nb // B, c, (nb % B * th + t) * s + j - p, xo * rx + xi
+                                                            x, nb // B, c, (nb % B * th + t) * s + j - pt, xo * rx + xi
                                                         ) * w1[c, (cg * ev + v) * lanes + ci]
                                     for xi in T.unroll(rx):
                                         for v in T.unroll(ev):
                                             for ci in T.vectorized(lanes):
                                                 if xo * rx + xi < W:
-                                                    ring[(t * s + j) % k, p + xo * rx + xi, (cg * ev + v) * lanes + ci] = (
+                                                    ring[(t * s + j) % k, pl + xo * rx + xi, (cg * ev + v) * lanes + ci] = (
                                                         activate(acc[xi, v, ci] + b1[(cg * ev + v) * lanes + ci], a1))
                             else:  # a padding row
                                 for xx, e in T.grid(Wp, Ep):

@@ -3,8 +3,9 @@
 block, VGG / RepVGG pairs), act(B(a1(A(x))) [+ skip]), as one kernel whose intermediates live in shared
 memory, tile by tile. (fused_chain.py's bottleneck has no CUDA kernel: two stages with a halo.)
 
-Compute (NCHW, unpadded weights; the depthwise conv's padding p, stride s and dilation r per axis, as the
-pass matched it; ``inside`` = the padded position is inside the map):
+Compute (NCHW, unpadded weights; the depthwise conv's padding p (top and left; ``InvertedResidual.pads``,
+asymmetric after TF "SAME" padding's pad op), stride s and dilation r per axis, as the pass matched it;
+``inside`` = the padded position is inside the map):
 
     mid[n, e, yp, xp] = a1(sum_c x[n, c, yp - p, xp - p] w1[e, c] + b1[e])  if inside(yp, xp), else 0
     dw[n, e, y, x]    = a2(sum_{i,j} mid[n, e, s y + r i, s x + r j] w2[e, i, j] + b2[e])
@@ -112,14 +113,15 @@ def compute(block) -> list[te.Tensor]:
         skip = te.placeholder((N, O, H, W), F32, name="skip") if block.residual else None
         return [x, w1, b1, *_projection(block, mid, skip, (N, O, H, W))]
     d = block.depthwise
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw_) = d.kernel, d.stride, d.padding, d.dilation
+    (kh, kw), (sh, sw), (dh, dw_) = d.kernel, d.stride, d.dilation
+    ph, pw, pb, pr = block.pads  # top, left, bottom, right: TF "SAME" padding is asymmetric
     a1, a2 = block.activations
     w2, b2 = te.placeholder((E, kh, kw), F32, name="w2"), te.placeholder((E,), F32, name="b2")
 
     def inside(yp, xp):
         return tirx.all(yp >= ph, yp < ph + H, xp >= pw, xp < pw + W)
 
-    padded = (N, E, H + 2 * ph, W + 2 * pw)
+    padded = (N, E, H + ph + pb, W + pw + pr)
     # (the guard is lazy: x is read only inside the map)
     expand = te.compute(padded, lambda n, e, yp, xp: te.sum(
         tirx.if_then_else(inside(yp, xp), x[n, c, yp - ph, xp - pw], tirx.const(0.0, F32)) * w1[e, c], axis=c),

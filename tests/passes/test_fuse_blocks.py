@@ -3,6 +3,7 @@ it must not fire, and how the prediction and the user's overrides decide."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convopt.capture import capture_program
@@ -14,12 +15,14 @@ from convopt.passes.fuse_blocks import fuse_blocks, match_blocks
 class InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand, BN, ReLU6, depthwise, BN, ReLU6, 1x1 project, BN, + x."""
 
-    def __init__(self, c=16, e=64, o=16, k=3, stride=1, act=nn.ReLU6, se=False, dilation=1, groups=None):
+    def __init__(self, c=16, e=64, o=16, k=3, stride=1, act=nn.ReLU6, se=False, dilation=1, groups=None,
+                 same=False, pad_value=0.0):
         super().__init__()
         self.conv_pw = nn.Conv2d(c, e, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(e)
         self.act1 = act()
-        self.conv_dw = nn.Conv2d(e, e, k, stride, padding=dilation * (k // 2), dilation=dilation,
+        self.same, self.pad_value = same, pad_value  # TF "SAME" padding as timm's Conv2dSame pads: a pad op
+        self.conv_dw = nn.Conv2d(e, e, k, stride, padding=0 if same else dilation * (k // 2), dilation=dilation,
                                  groups=groups or e, bias=False)
         self.bn2 = nn.BatchNorm2d(e)
         self.act2 = act()
@@ -30,11 +33,23 @@ class InvertedResidual(nn.Module):
         self.residual = stride == 1 and c == o
 
     def forward(self, x):
-        y = self.act2(self.bn2(self.conv_dw(self.act1(self.bn1(self.conv_pw(x))))))
+        y = self.act1(self.bn1(self.conv_pw(x)))
+        if self.same:
+            y = F.pad(y, same_padding(y.shape[-2:], self.conv_dw), value=self.pad_value)
+        y = self.act2(self.bn2(self.conv_dw(y)))
         if self.se is not None:
             y = y * self.se(y)
         y = self.bn3(self.conv_pwl(y))
         return y + x if self.residual else y
+
+
+def same_padding(size, conv) -> list[int]:
+    """TF "SAME" padding of ``conv`` on a map of ``size`` as F.pad takes it (left, right, top, bottom): the
+    total max((ceil(i / s) - 1) s + (k - 1) d + 1 - i, 0) per axis, the odd one more after."""
+    totals = [max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+              for i, k, s, d in zip(size, conv.kernel_size, conv.stride, conv.dilation)]
+    (th, tw) = totals
+    return [tw // 2, tw - tw // 2, th // 2, th - th // 2]
 
 
 def _graph(model, shape=(1, 16, 12, 12)):
@@ -87,10 +102,32 @@ def test_the_fused_body_computes_the_block_in_the_torch_backend():
     (InvertedResidual(groups=4), "a grouped, not depthwise, middle conv"),
     (InvertedResidual(dilation=2), "a dilated depthwise conv"),
     (InvertedResidual(k=9), "a depthwise kernel larger than 7"),
+    (InvertedResidual(stride=2, same=True, pad_value=1.0), "a pad op that pads with 1, not 0"),
 ])
 def test_blocks_the_kernel_does_not_compute_are_left_alone(model, why):
     graph = _graph(model)
     assert fuse_blocks(graph) == graph, why
+
+
+@pytest.mark.parametrize("k, stride, size, pads", [(3, 2, 12, (0, 0, 1, 1)), (5, 2, 12, (1, 1, 2, 2)),
+                                                   (3, 2, 13, (1, 1, 1, 1)), (3, 1, 12, (1, 1, 1, 1))])
+def test_tf_same_padding_joins_the_block_as_its_pad_op(k, stride, size, pads):
+    """timm's Conv2dSame: a zero pad op (asymmetric on even maps at stride 2), then an unpadded depthwise conv."""
+    from convopt.backends.torch_backend import to_torch
+
+    model = InvertedResidual(16, 64, 16, k, stride, same=True).eval()
+    x = torch.randn(1, 16, size, size)
+    before = _graph(model, x.shape)
+    (block,) = match_blocks(before)
+    assert block.pads == pads and block.residual == (stride == 1)
+    after = fuse_blocks(before)
+    (fused,) = _fused(after)
+    assert [n.op for n in fused.attrs.body][:5] == [Op.CONV2D, Op.CLAMP, Op.TORCH, Op.CONV2D, Op.CLAMP]
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+    with torch.no_grad():
+        (got,) = to_torch(after)(x)
+        assert torch.allclose(got, model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_an_intermediate_read_elsewhere_is_not_fused():

@@ -52,6 +52,26 @@ def test_the_fused_kernel_matches_eager(c, e, o, k, stride, act, shape, lanes):
         assert relative_error(fast(x), model(x)) <= 1e-4
 
 
+SAME_GRID = [  # TF "SAME" padding (a pad op before an unpadded depthwise conv): (c, e, o, k, stride, shape)
+    (16, 64, 24, 3, 2, (1, 16, 14, 14)),    # (0, 0, 1, 1): asymmetric
+    (24, 96, 24, 5, 2, (2, 24, 16, 16)),    # (1, 1, 2, 2), batch 2
+    (16, 48, 16, 5, 2, (1, 16, 15, 15)),    # odd map: (2, 2, 2, 2)
+    (12, 40, 12, 3, 1, (1, 12, 9, 10)),     # stride 1: (1, 1, 1, 1), residual
+]
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("c, e, o, k, stride, shape", SAME_GRID)
+def test_tf_same_padding_is_fused_and_matches_eager(c, e, o, k, stride, shape, lanes):
+    model = _randomize(InvertedResidual(c, e, o, k, stride, nn.SiLU, same=True))
+    x = torch.randn(shape)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
+    assert [n.op for n in fast.graph.nodes] == [Op.FUSED_BLOCK]
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 def test_the_part_before_a_squeeze_excite_matches_eager(lanes):
     model = _randomize(InvertedResidual(24, 72, 24, 5, 2, nn.SiLU, se=True))

@@ -33,12 +33,14 @@ GRID = [  # (C, E, O or None, H, W, k, stride, activation, batch)
     (16, 48, 16, 15, 15, 5, 2, "gelu", 1),
     (8, 32, None, 10, 10, 3, 1, "silu", 1),    # up to the squeeze-excite: no projection
     (12, 36, None, 11, 11, 5, 2, "relu", 2),
+    (16, 64, 24, 14, 14, 3, 2, "relu6", 1, (0, 0, 1, 1)),  # TF "SAME" padding: a pad op, asymmetric
+    (12, 36, None, 16, 16, 5, 2, "silu", 2, (1, 1, 2, 2)),
 ]
 CUDA = [resolve_target({"kind": "cuda", "arch": arch}) for arch in ("sm_80", "sm_90")]
 
 
-def _case(C, E, O, H, W, k, stride, act, batch, seed=0):
-    block = Block.of(C, E, O, H, W, k, stride, act, batch=batch)
+def _case(C, E, O, H, W, k, stride, act, batch, pre_pad=None, seed=0):
+    block = Block.of(C, E, O, H, W, k, stride, act, batch=batch, pre_pad=pre_pad)
     rng = np.random.default_rng(seed)
     raw = [rng.standard_normal((E, C, 1, 1)), rng.standard_normal(E), rng.standard_normal((E, 1, k, k)),
            rng.standard_normal(E)]
@@ -51,7 +53,9 @@ def _eager(block, x, raw):
     act1, act2 = (ACTIVATIONS[a] for a in block.activations)
     d = block.depthwise
     w1, b1, w2, b2, *rest = map(torch.from_numpy, raw)
-    y = act2(F.conv2d(act1(F.conv2d(x, w1, b1)), w2, b2, d.stride, d.padding, groups=d.groups))
+    t, l, b, r = block.pre_pad
+    mid = F.pad(act1(F.conv2d(x, w1, b1)), (l, r, t, b))
+    y = act2(F.conv2d(mid, w2, b2, d.stride, d.padding, groups=d.groups))
     if rest:
         y = F.conv2d(y, rest[0], rest[1])
         y = y + x if block.residual else y
