@@ -76,9 +76,11 @@ def default_rules(target: Target) -> list:
     """The dlight rules that schedule TVM's own kernels by default: convopt's CPU rules, dlight's GPU fallback."""
     dlight = tvm.s_tir.dlight
     if target.is_cpu:
+        from ..schedules.batch_matmul import BatchMatmul
         from ..schedules.cpu_fallback import BoundedGEMV, CheckedReduction, ParallelFallback, VectorReduction
 
-        return [BoundedGEMV(), VectorReduction(target.lanes), CheckedReduction(), ParallelFallback(target.lanes)]
+        return [BatchMatmul(target.lanes), BoundedGEMV(), VectorReduction(target.lanes), CheckedReduction(),
+                ParallelFallback(target.lanes)]
     return [dlight.gpu.Fallback()]
 
 
