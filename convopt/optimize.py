@@ -203,8 +203,34 @@ class OptimizedModule(nn.Module):
         return f"mode={self.mode!r}, nodes={len(self.graph.nodes)}, constants={len(self.graph.constants)}"
 
 
+# A model whose own fp32 forward is far from its exact (float64) result (a deep random-init stack whose
+# activations grow: efficientnetv2_rw_t at 224 px, 6.1e-4) can't be held to 1e-4 against eager fp32: there,
+# the optimized module passes when it is within this factor of eager fp32's own error, both against float64.
+FLOAT64_SLACK = 2.0
+
+
+def _float64_outputs(model: nn.Module, args: tuple, mode: str | None) -> list | None:
+    """The model's outputs computed in float64 (a copy of it, and of the inputs), as float32; None if the
+    model can't run in float64."""
+    import copy
+
+    def widen(v):
+        return v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    try:
+        wide = copy.deepcopy(model).double()
+        with modes_set(wide, mode), torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            return [v.float() if v.is_floating_point() else v
+                    for v in pytree.tree_leaves(wide(*pytree.tree_map(widen, args)))]
+    except Exception:  # noqa: BLE001 - an op without a float64 kernel: no second opinion
+        return None
+
+
 def check_against_eager(model: nn.Module, result: OptimizedModule, example_inputs: Any) -> None:
-    """Run both on ``example_inputs`` (same RNG seed) and raise CheckError if any output disagrees."""
+    """Run both on ``example_inputs`` (same RNG seed) and raise CheckError if any output disagrees: a relative
+    error above the tolerance, unless eager fp32 is itself that far from the model's float64 result and the
+    optimized module is within ``FLOAT64_SLACK`` times eager's own error of it."""
     args = as_args(example_inputs)
     mode = "inference" if result.mode == "inference" else None
     with modes_set(model, mode), torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -212,6 +238,7 @@ def check_against_eager(model: nn.Module, result: OptimizedModule, example_input
         expected = pytree.tree_leaves(model(*args))
         torch.manual_seed(0)
         actual = pytree.tree_leaves(result(*args))
+    exact = None
     for i, (a, b) in enumerate(zip(actual, expected)):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise CheckError(f"output {i}: optimized gives {TensorType.of(a)}, the model {TensorType.of(b)}")
@@ -220,6 +247,20 @@ def check_against_eager(model: nn.Module, result: OptimizedModule, example_input
                 raise CheckError(f"output {i}: integer outputs differ")
             continue
         err, tol = relative_error(a, b), _TOLERANCE.get(b.dtype, 1e-4)
+        if not err <= tol and b.dtype == torch.float32:
+            exact = _float64_outputs(model, args, mode) if exact is None else exact
+            if exact is not None:
+                ours, eager = relative_error(a, exact[i]), relative_error(b, exact[i])
+                if ours <= FLOAT64_SLACK * eager:
+                    continue
+                tol_text = (f"; against float64 it is {ours:.3g}, eager fp32 {eager:.3g} (allowed: "
+                            f"{FLOAT64_SLACK:g}x eager's)")
+            else:
+                tol_text = ""
+            raise CheckError(
+                f"output {i}: relative error {err:.3g} exceeds {tol:g} (max|a-b|/max|b| against eager{tol_text}). "
+                "Find the pass at fault with optimize(..., skip_passes=[...]) or dump_ir=DIR; "
+                "check=False returns the module anyway.")
         if not err <= tol:
             raise CheckError(
                 f"output {i}: relative error {err:.3g} exceeds {tol:g} (max|a-b|/max|b| against eager). "
@@ -270,8 +311,10 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     frozen weights) or "train" (constants stay trainable parameters). dump_ir: a folder for the IR after
     capture and after each pass that changed it. passes / skip_passes: select or leave out passes by
     name (also CONVOPT_SKIP_PASSES=a,b). check: compare against the eager model on ``example_inputs``
-    (relative error, 1e-4 for fp32) and raise CheckError if they disagree (where the cost model chose Winograd
-    for some conv, first build again without it and warn if that agrees: fp32 rounding, docs/lowerings.md).
+    (relative error, 1e-4 for fp32; where eager fp32 is itself further than that from a float64 run of the
+    model, within ``FLOAT64_SLACK`` times eager's own error of that run) and raise CheckError if they disagree
+    (where the cost model chose Winograd for some conv, first build again without it and warn if that
+    agrees: fp32 rounding, docs/lowerings.md).
     verify: verify the IR between passes (default: the CONVOPT_VERIFY environment variable). lowering: on a TVM CPU target the cost
     model picks each conv's algorithm (pass select_lowering); a lowering name ("direct", "im2col",
     "im2win", "winograd2", "winograd4", "fft", "depthwise") forces it wherever it applies, and a dict {layer: lowering}

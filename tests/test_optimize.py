@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import pytest
@@ -204,3 +205,42 @@ def test_a_check_failed_with_winograd_rounding_is_rebuilt_without_winograd(monke
     with pytest.raises(CheckError, match="exceeds 2.5e-06"):
         convopt.optimize(model, x, fuse_blocks=False, lowering="winograd4")
     assert convopt.optimize(model, x, fuse_blocks=False, check=False).graph.nodes[0].attrs.lowering == "winograd4"
+
+
+class _Cancels(nn.Module):
+    """(x + 1e4) - 1e4 after a conv: fp32 keeps ~1e-3 of x's value, so eager fp32 is ~2e-4 from the exact result."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return (self.conv(x) + 1e4) - 1e4
+
+
+class _Stub:
+    """An "optimized module" that computes ``fn``, for the check alone."""
+
+    mode = "inference"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+def test_the_check_allows_what_eager_fp32_itself_rounds_away_judged_against_float64():
+    from convopt.optimize import FLOAT64_SLACK, check_against_eager
+
+    torch.manual_seed(0)
+    model = _Cancels().eval()
+    x = torch.randn(1, 3, 8, 8)
+    conv64 = copy.deepcopy(model.conv).double()
+    exact = _Stub(lambda x: conv64(x.double()).float())  # the conv alone: exact to fp32 rounding
+    with torch.no_grad():
+        assert rel_err(exact(x), model(x)) > 1e-4  # eager fp32 is the one that is off
+    check_against_eager(model, exact, (x,))
+    noisy = _Stub(lambda x: exact(x) + 1e-3 * (FLOAT64_SLACK + 1) * exact(x).abs().max() * torch.randn_like(exact(x)))
+    with pytest.raises(CheckError, match="against float64 it is .* eager fp32"):
+        check_against_eager(model, noisy, (x,))
