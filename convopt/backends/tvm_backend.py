@@ -78,9 +78,10 @@ def default_rules(target: Target) -> list:
     if target.is_cpu:
         from ..schedules.batch_matmul import BatchMatmul
         from ..schedules.cpu_fallback import BoundedGEMV, CheckedReduction, ParallelFallback, VectorReduction
+        from ..schedules.row_reduction import RowReduction
 
-        return [BatchMatmul(target.lanes), BoundedGEMV(), VectorReduction(target.lanes), CheckedReduction(),
-                ParallelFallback(target.lanes)]
+        return [BatchMatmul(target.lanes), BoundedGEMV(), RowReduction(target.lanes), VectorReduction(target.lanes),
+                CheckedReduction(), ParallelFallback(target.lanes)]
     return [dlight.gpu.Fallback()]
 
 

@@ -289,10 +289,30 @@ class VectorReduction(ParallelFallback):
         return super().apply(func, target, _tunable)
 
 
+# a reduction block run more than this many times its iteration domain (a split's guarded tail runs it at
+# most twice) recomputes its value: a loop fused over more axes than its bindings use
+RECOMPUTE_SLACK = 2
+
+
+def _extent(expr) -> int:
+    return expr.value if isinstance(expr, tvm.tirx.IntImm) else 1
+
+
+def _runs(loops) -> int:
+    return int(np.prod([_extent(loop.extent) for loop in loops]))
+
+
+def _domain(block) -> int:
+    return int(np.prod([_extent(iv.dom.extent) for iv in block.iter_vars]))
+
+
 def _recomputes_a_reduction(func: tvm.tirx.PrimFunc) -> bool:
     """Whether a reduction block sits under a loop (extent > 1) that none of its bindings reads: it then
     recomputes the same value on every iteration of that loop, and, if that loop is parallel, writes it
-    into one shared accumulator from every thread (a race)."""
+    into one shared accumulator from every thread (a race); or under loops that run it more than
+    ``RECOMPUTE_SLACK`` times its domain (a fused loop part of whose axes the bindings don't use: CoaT's
+    softmax over the tokens, [1, 8, 3137, 8] over axis 2, recomputed its sums for each of the 3137 tokens,
+    1.5 s a call)."""
     found = False
 
     def walk(stmt, loops):
@@ -309,6 +329,7 @@ def _recomputes_a_reduction(func: tvm.tirx.PrimFunc) -> bool:
                 found = found or any(
                     not (isinstance(loop.extent, tvm.tirx.IntImm) and loop.extent.value == 1)
                     and not any(v.same_as(loop.loop_var) for v in used) for loop in loops)
+                found = found or _runs(loops) > RECOMPUTE_SLACK * _domain(block)
             walk(block.body, loops)
         elif isinstance(stmt, tvm.tirx.IfThenElse):
             walk(stmt.then_case, loops)

@@ -97,10 +97,12 @@ def test_a_reduction_over_the_innermost_axes_of_nchw_sums_whole_vectors(lanes, s
     assert torch.allclose(out, data.mean(axes, keepdim=True), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(1, 1000), (3, 40)])
-def test_a_softmax_over_one_row_is_not_recomputed_for_every_output(shape):
+@pytest.mark.parametrize("shape, axis, recomputed", [((1, 1000), -1, True), ((3, 40), -1, False),
+                                                     ((1, 8, 61, 8), 2, True)])
+def test_a_softmax_over_one_row_is_not_recomputed_for_every_output(shape, axis, recomputed):
     """dlight's reduction rule puts a [1, N] softmax's sums under the output's parallel loop over N (every
-    iteration redoes them into one shared accumulator); CheckedReduction declines that schedule."""
+    iteration redoes them into one shared accumulator), and a softmax over the tokens of [1, heads, N, C]
+    (CoaT) under a loop fused over heads and N; CheckedReduction declines those schedules."""
     from convopt.schedules.cpu_fallback import CheckedReduction, VectorReduction, _recomputes_a_reduction
 
     target = host(16)
@@ -108,7 +110,7 @@ def test_a_softmax_over_one_row_is_not_recomputed_for_every_output(shape):
     x = relax.Var("x", relax.TensorType(shape, "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(bb.emit(relax.op.nn.softmax(x, -1)))
+            out = bb.emit_output(bb.emit(relax.op.nn.softmax(x, axis)))
         bb.emit_func_output(out)
     dlight = tvm.s_tir.dlight
     with target.tvm:  # a fresh module each: a pass may update a module it holds the only reference to
@@ -117,12 +119,12 @@ def test_a_softmax_over_one_row_is_not_recomputed_for_every_output(shape):
             relax.get_pipeline("zero")(bb.get()))
     funcs = [(p, c) for p, c in zip(plain.functions.values(), checked.functions.values())
              if isinstance(c, tvm.tirx.PrimFunc)]
-    assert any(_recomputes_a_reduction(p) for p, _ in funcs) == (shape[0] == 1)
+    assert any(_recomputes_a_reduction(p) for p, _ in funcs) == recomputed
     assert not any(_recomputes_a_reduction(c) for _, c in funcs)
     data = np.random.default_rng(0).standard_normal(shape).astype("float32")
     vm = relax.VirtualMachine(tvm.compile(checked, target=target.tvm), tvm.cpu())
     result = torch.from_dlpack(vm["main"](tvm.runtime.tensor(data))).clone()
-    assert torch.allclose(result, torch.from_numpy(data).softmax(-1), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(result, torch.from_numpy(data).softmax(axis), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("lanes", LANES)
