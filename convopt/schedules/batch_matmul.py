@@ -11,10 +11,13 @@ one vector load of B[k, j] per FMA, k innermost:
 
     parallel(b..., i / rows) > j / (vectors L) > k > unroll(rows) > unroll(vectors) > vectorize(L)
 
-then the tile (and its epilogue, inlined) is stored. A j that is not a whole number of vectors ends with
-a guarded tail. Left to ParallelFallback (one loop nest parallelized and its innermost loop vectorized
-over the reduction's output, k innermost, a scalar FMA chain per element), mobilevit_xxs's q k^T
-([4, 4, 196, 16] x [4, 4, 16, 196]) ran at 4.6 GFLOP/s, 45% of the model's time.
+then the tile (and its epilogue, inlined) is stored. Where i or j is not a whole number of tiles, the task's
+rows of A and its B are first copied zero-padded to whole tiles (``pad_einsum``), so that no lane of the
+accumulation is guarded (TVM's vectorizer scalarizes a loop with a guarded lane); the store of the last
+column tile still is (mobilevit_xxs's q k^T, [4, 4, 196, 16] x [4, 4, 16, 196]: 32 GFLOP/s, against 60 for
+j = 192). Left to ParallelFallback (one loop nest parallelized and its innermost loop vectorized over the
+reduction's output, k innermost, a scalar FMA chain per element), that product ran at 4.6 GFLOP/s, 45% of
+the model's time. (Splitting off the last column tile with TVM's ``loop_partition`` crashed TVM 0.27.)
 
 It is a dlight ScheduleRule, applied before convopt's other CPU rules (backends/tvm_backend.py
 default_rules). A matrix product whose B is indexed [..., j, k] (a transpose fused in) is not matched.
@@ -69,7 +72,7 @@ def matmul_axes(block) -> tuple[int, int, int] | None:
 
 def register_tile(rows: int, columns: int, lanes: int) -> tuple[int, int]:
     """(rows of C, vectors of j) per register tile: up to 2 vectors of j (fewer when j is shorter), and as
-    many rows as the accumulator budget allows (``tiling.accumulators``: 12 on AVX2, 24 on AVX-512)."""
+    many rows as the accumulator budget allows (``tiling.accumulators``: 8 on AVX2, 16 on AVX-512)."""
     vectors = max(1, min(2, -(-columns // lanes)))
     return max(1, min(rows, tiling.accumulators(lanes) // vectors)), vectors
 
@@ -93,13 +96,18 @@ class BatchMatmul(dlight.ScheduleRule):
         if not all(info.is_injective() for info in infos[1:]):
             return None
         block_rv = infos[0].block_rv
-        axes = matmul_axes(sch.get(block_rv))
-        if axes is None:
+        if matmul_axes(sch.get(block_rv)) is None:
             return None
         extents = [sch.get(loop).extent for loop in sch.get_loops(block_rv)]
         if not all(isinstance(e, tvm.tirx.IntImm) for e in extents):
             return None
-        M, N = extents[-3].value, extents[-2].value
+        try:
+            return self._schedule(sch, block_rv, infos[1:], [e.value for e in extents])
+        except tvm.TVMError:  # a pattern the primitives refuse: left to the other rules
+            return None
+
+    def _schedule(self, sch, block_rv, epilogues, extents: list[int]):
+        M, N = extents[-3], extents[-2]
         rows, vectors = register_tile(M, N, self.lanes)
         width = vectors * self.lanes
         producers = []
@@ -111,11 +119,8 @@ class BatchMatmul(dlight.ScheduleRule):
             (unpad,) = sch.get_consumers(store)
             sch.compute_inline(store)
             store = unpad
-        for epilogue in [info.block_rv for info in infos[1:]]:
-            try:
-                sch.reverse_compute_inline(epilogue)
-            except tvm.TVMError:
-                return None
+        for epilogue in epilogues:
+            sch.reverse_compute_inline(epilogue.block_rv)
         *batch, i, j, k = sch.get_loops(block_rv)
         io, ii = sch.split(i, [None, rows])
         jo, jv, jl = sch.split(j, [None, vectors, self.lanes])
