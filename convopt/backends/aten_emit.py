@@ -166,7 +166,7 @@ def _unfold(n: Node, args, types):
     dim, size, step = int(args[1]) % max(rank, 1), int(args[2]), int(args[3])
     windows = n.type.shape[dim]
     indices = np.arange(windows, dtype=np.int64)[:, None] * step + np.arange(size, dtype=np.int64)[None, :]
-    taken = relax.op.take(args[0], relax.const(indices), axis=dim)  # [..., windows, size, ...]
+    taken = relax.op.take(args[0], relax.const(indices), axis=dim, mode="clip")  # [..., windows, size, ...]
     order = [a for a in range(rank + 1) if a != dim + 1] + [dim + 1]
     return taken if dim + 1 == rank else relax.op.permute_dims(taken, order)
 

@@ -4,6 +4,7 @@ Rewrites (each only when the result's type equals the replacement's type):
 
     identity(x)                    => x     clone / alias / detach / eval-mode dropout
     dropout(x, p=0)                => x
+    aten dropout(x, p, train=False) => x    (feature_dropout, alpha_dropout: Dropout2d kept by capture)
     reshape(x) to x's own shape    => x
     reshape(reshape(x, s1), s2)    => reshape(x, s2)
     permute(x, (0, 1, ..., n-1))   => x
@@ -99,12 +100,30 @@ def _addcmul(node: Node, ctx: Context) -> str | None:
     return ctx.emit(Op.ADD, (s, product), BinaryAttrs(), node.type, base=node.name, sources=(node,))
 
 
+# ATen's dropouts that capture keeps as they are (Dropout2d's feature_dropout in eval mode: BAT's attention):
+# (input, p, train), the identity when not training or p = 0
+_ATEN_DROPOUTS = frozenset(f"aten.{name}.default" for name in
+                           ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"))
+
+
+def _eval_dropout(node: Node, ctx: Context) -> str | None:
+    """An ATen dropout that drops nothing (train=False, or p = 0): its input."""
+    if node.op is not Op.TORCH or node.attrs.target not in _ATEN_DROPOUTS:
+        return None
+    args = node.attrs.args
+    if len(args) < 3 or not isinstance(args[0], Ref) or not (args[2] is False or args[1] == 0):
+        return None
+    source = node.inputs[args[0].index]
+    return source if ctx.type(source) == node.type else None
+
+
 RULES = (
     Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CAT,
                                      *_NEUTRAL_SCALAR}), _forward_input),
     Rule("reshape_of_reshape", frozenset({Op.RESHAPE}), _reshape_of_reshape),
     Rule("channel_norm", frozenset({Op.PERMUTE}), _channel_norm),
     Rule("addcmul", frozenset({Op.TORCH}), _addcmul),
+    Rule("eval_dropout", frozenset({Op.TORCH}), _eval_dropout),
 )
 
 

@@ -192,3 +192,34 @@ def test_addcmul_of_integers_is_kept():
 
     g = convopt.capture(IntAddcmul(), torch.arange(6).reshape(2, 3))
     assert ops(canonicalize(g)) == [Op.TORCH]
+
+
+class _EvalDropouts(nn.Module):
+    """Dropout2d / AlphaDropout / FeatureAlphaDropout in eval mode (capture keeps their ATen op, train=False)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.drops = nn.Sequential(nn.Dropout2d(0.3), nn.AlphaDropout(0.2), nn.FeatureAlphaDropout(0.1))
+
+    def forward(self, x):
+        return self.drops(self.conv(x)) + 1.0
+
+
+def test_eval_mode_aten_dropouts_are_removed():
+    model, x = _EvalDropouts().eval(), torch.randn(1, 3, 6, 6)
+    g = convopt.capture(model, x)
+    assert sum(op is Op.TORCH for op in ops(g)) >= 2  # as capture keeps them
+    result = canonicalize(g)
+    verify(result)
+    assert Op.TORCH not in ops(result) and ops(result) == [Op.CONV2D, Op.ADD]
+    fast = convopt.optimize(model, x, target="cpu", strict=True)  # no fallback left; checked against eager
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) <= 1e-6
+
+
+def test_a_dropout_that_drops_is_kept():
+    b = Builder()
+    x = b.input("x", (1, 4, 6, 6))
+    y = b.node(Op.TORCH, [x], O.TorchAttrs("aten.feature_dropout.default", (O.Ref(0), 0.5, True)))
+    assert ops(canonicalize(b.graph(y))) == [Op.TORCH]
