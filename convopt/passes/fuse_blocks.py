@@ -92,12 +92,14 @@ def _pointwise(spec: ConvSpec | None) -> bool:
             and spec.groups == 1)
 
 
-def _depthwise(spec: ConvSpec | None) -> bool:
+def _depthwise(spec: ConvSpec | None, after_pad: bool = False) -> bool:
+    """A depthwise conv the fused kernels take: square odd k, dilation 1, stride 1 or 2, padding k // 2; or,
+    after a zero pad op (``after_pad``), any padding (fused_block.supports checks its sum with the pad's)."""
     if spec is None or not spec.is_depthwise or spec.out_channels != spec.in_channels:
         return False
     k = spec.kernel[0]
-    return (spec.kernel == (k, k) and k % 2 == 1 and spec.padding == (k // 2, k // 2) and spec.dilation == (1, 1)
-            and spec.stride in ((1, 1), (2, 2)))
+    return (spec.kernel == (k, k) and k % 2 == 1 and (after_pad or spec.padding == (k // 2, k // 2))
+            and spec.dilation == (1, 1) and spec.stride in ((1, 1), (2, 2)))
 
 
 def _constant_operands(graph: Graph, n: Node) -> bool:
@@ -253,15 +255,6 @@ def _zero_pad(n: Node) -> tuple[int, int, int, int] | None:
     return top, left, bottom, right
 
 
-def _depthwise_after_pad(spec: ConvSpec | None) -> bool:
-    """A depthwise conv fuse_blocks takes after a zero pad op: square odd k, dilation 1, stride 1 or 2, its
-    padding with the pad op's from 0 to k - 1 on each side (fused_block.supports checks the sum)."""
-    if spec is None or not spec.is_depthwise or spec.out_channels != spec.in_channels:
-        return False
-    k = spec.kernel[0]
-    return spec.kernel == (k, k) and k % 2 == 1 and spec.dilation == (1, 1) and spec.stride in ((1, 1), (2, 2))
-
-
 def _inverted_residuals(graph: Graph) -> list[InvertedResidual]:
     only_reader = _only_reader(graph)
     found, taken = [], set()
@@ -283,8 +276,7 @@ def _inverted_residuals(graph: Graph) -> list[InvertedResidual]:
             continue
         a1, dw, a2 = chain[1], chain[-2], chain[-1]
         expand, depthwise = conv_spec_of(graph, e), conv_spec_of(graph, dw)
-        if not (_pointwise(expand) and (_depthwise(depthwise) if pre_pad is None else
-                                        _depthwise_after_pad(depthwise))
+        if not (_pointwise(expand) and _depthwise(depthwise, after_pad=pre_pad is not None)
                 and all(_constant_operands(graph, conv) for conv in (e, dw))):
             continue
         acts = (activation_of(a1), activation_of(a2))

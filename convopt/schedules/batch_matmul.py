@@ -26,10 +26,9 @@ default_rules). A matrix product whose B is indexed [..., j, k] (a transpose fus
 from __future__ import annotations
 
 import tvm
-from tvm.s_tir import dlight
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from . import tiling
+from .cpu_fallback import LaneRule
 
 
 def _vars_of(region) -> list:
@@ -77,19 +76,14 @@ def register_tile(rows: int, columns: int, lanes: int) -> tuple[int, int]:
     return max(1, min(rows, tiling.accumulators(lanes) // vectors)), vectors
 
 
-class BatchMatmul(dlight.ScheduleRule):
+class BatchMatmul(LaneRule):
     """The schedule above, for a PrimFunc of one such matrix product and elementwise blocks after it."""
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
-
     def apply(self, func, target, tunable):
-        if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = self.normalized(func, target)
+        if normalized is None:
             return None
-        sch = tvm.s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         reductions = [info for info in infos if info.is_reduction()]
         if len(reductions) != 1 or reductions[0] is not infos[0]:
             return None

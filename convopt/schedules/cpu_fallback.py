@@ -133,9 +133,24 @@ def _try_inline(sch, blocks):
     return blocks
 
 
-class ParallelFallback(dlight.ScheduleRule):
+class LaneRule(dlight.ScheduleRule):
+    """A dlight rule for a target of ``lanes`` float32 SIMD lanes."""
+
     def __init__(self, lanes: int):
         self.lanes = lanes
+
+    def normalized(self, func, target):
+        """(a Schedule of ``func``, dlight's block infos of it), or None where the rule can't look at it."""
+        if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = tvm.s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        return None if infos is None else (sch, infos)
+
+
+class ParallelFallback(LaneRule):
+    def __init__(self, lanes: int):
+        super().__init__(lanes)
         self.chunks = (2 * lanes, lanes)
 
     def _vector_suffix(self, sch, loops) -> int | None:

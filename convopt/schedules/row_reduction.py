@@ -20,8 +20,8 @@ schedule of [4, 4, 192, 192]: 2.4 ms). It is a dlight ScheduleRule, applied befo
 from __future__ import annotations
 
 import tvm
-from tvm.s_tir import dlight
-from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from .cpu_fallback import LaneRule
 
 MIN_ROWS = 2  # rows to share among threads; fewer (a softmax over one row of logits) is left to the other rules
 
@@ -34,18 +34,15 @@ def partial_lanes(extent: int, lanes: int) -> int:
     return f
 
 
-class RowReduction(dlight.ScheduleRule):
+class RowReduction(LaneRule):
     """The schedule above (module docstring) for a PrimFunc of row-wise blocks."""
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
-
     def apply(self, func, target, tunable):
-        if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = self.normalized(func, target)
+        if normalized is None:
             return None
-        sch = tvm.s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None or len(infos) < 2 or not any(info.is_reduction() for info in infos):
+        sch, infos = normalized
+        if len(infos) < 2 or not any(info.is_reduction() for info in infos):
             return None
         last = infos[-1]
         if not last.is_injective() or "R" in last.dom_kind():
