@@ -18,9 +18,9 @@ keeps every measurement in the target's record folder (records.py), which optimi
    (``round_size``: the rounds' measured seconds per trial).
 4. A task of convopt's kernels has its points measured nearest the default first (Task.points: fewest
    changed decisions, then the smallest moves), each once. Those spaces are the schedules' register tiles,
-   tens of points (at most a few hundred), so they are enumerated rather than searched: MetaSchedule's
-   evolutionary search with its XGBoost model needs a TuneContext, whose construction imports TVM's tensor
-   intrinsics (40-160 s on 2 cores with torch loaded), more than enumerating a whole space costs. A task of
+   tens of points (at most a few hundred), so they are enumerated rather than searched: a space a job can
+   measure whole leaves an evolutionary search's XGBoost model nothing to predict (and its TuneContext imports
+   TVM's tensor intrinsics: 7 s on 2 cores with torch loaded through intrinsics.py, 40-160 s without). A task of
    TVM's own kernels (tasks.GENERATED: every kernel on CUDA, the heavy other ops on a CPU with
    ``other_ops``) has MetaSchedule's rules as its space, far too large to enumerate: it is searched
    (``_search``), paying the TuneContext once per job; so is the CUDA fused block kernel's own space
@@ -363,8 +363,10 @@ def _search(task: Task, trials: int, target: Target, database, measurer: Measure
     from tvm.s_tir import meta_schedule as ms
 
     from ..target import physical_cores
+    from .intrinsics import import_tensor_intrinsics
 
     before = trials_done(database, task.workload)
+    import_tensor_intrinsics()  # what TuneContext imports, in seconds instead of minutes
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
                              search_strategy="evolutionary", task_name=task.name, num_threads=physical_cores(),
                              logger=_search_logger(work_dir, task.name))

@@ -9,6 +9,7 @@ import tvm
 from torch import nn
 
 import convopt
+from convopt.tuning.intrinsics import import_tensor_intrinsics
 from convopt.backends.tvm_backend import compile_graph
 from convopt.capture import capture_program
 from convopt.pipeline import build, run_passes
@@ -57,6 +58,7 @@ def test_cuda_design_spaces_build_and_a_record_of_one_is_applied(tmp_path):
     target = resolve_target(CUDA)
     graph = _cuda_graph(*_convs(), target)
     task = next(t for t in extract_tasks(graph, target) if t.weight == 2)
+    import_tensor_intrinsics()  # TuneContext imports them: seconds, not minutes
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
                              task_name=task.name)
     spaces = context.generate_design_space()
@@ -134,6 +136,7 @@ def test_a_cpu_job_tunes_the_heavy_other_ops_when_asked(tmp_path):
 
     task = next(t for t in others if t.name == "max_pool2d")
     database = open_database(target, tmp_path)
+    import_tensor_intrinsics()  # TuneContext imports them: seconds, not minutes
     context = ms.TuneContext(task.workload, target=target.tvm, space_generator=task.space(target),
                              search_strategy="evolutionary", task_name=task.name)
     records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)

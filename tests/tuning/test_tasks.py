@@ -22,7 +22,7 @@ def test_equal_layers_are_one_task_weighted_by_calls(tiny, lanes_target):
 def test_the_default_decisions_are_the_untuned_schedule(tiny, lanes_target):
     """The design space MetaSchedule starts from, the task's default and what optimize() compiles without
     records are the same TIR. (Without a TuneContext: building one imports TVM's tensor intrinsics,
-    minutes on 2 cores with torch loaded.)"""
+    seconds a process even through tuning/intrinsics.py.)"""
     graph = tiny_graph(*tiny, lanes_target)
     mod, kernels = emit(graph, lanes_target)
     untuned = schedule_kernels(mod, lanes_target, kernels)
