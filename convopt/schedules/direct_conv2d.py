@@ -50,7 +50,7 @@ import tvm
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import Lowering, loop_extent, optional_block, output_compute, sample
+from .conv_spec import Lowering, columns_innermost, loop_extent, optional_block, output_compute, sample
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -327,7 +327,9 @@ def schedule_direct_conv2d(
     else:
         # small channel blocks (depthwise, tiny groups): vectorize over output columns
         if ow_tile is None:
-            ow_tile = tiling.row_tile(OW, lanes)
+            ow_tile = tiling.row_tile(OW, lanes) if OB == 1 else tiling.group_row_tile(OW, lanes)
+        if OB > 1:
+            columns_innermost(sch, acc)
         xo, xi = sch.split(x, [None, ow_tile])
         sch.reorder(n, b, y, xo, rc, ry, rx, l, xi)
         sch.parallel(sch.fuse(n, b, y))

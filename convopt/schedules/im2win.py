@@ -42,6 +42,7 @@ from tvm import te, tirx
 
 from .conv_spec import (
     OUTPUT_BLOCK,
+    columns_innermost,
     loop_extent,
     optional_block,
     output_compute,
@@ -179,7 +180,11 @@ def schedule_cpu(sch, func_name, target) -> None:
         sch.vectorize(lane)
     else:
         # depthwise / small groups: a run of outputs per vector, the channel block unrolled
-        wt = ow_ if ow_ <= 4 * lanes else tiling.pick_tile(ow_, 4 * lanes)
+        if ob == 1:
+            wt = ow_ if ow_ <= 4 * lanes else tiling.pick_tile(ow_, 4 * lanes)
+        else:  # small groups: the direct kernel's rule and accumulator layout (measured the same way)
+            wt = tiling.group_row_tile(ow_, lanes)
+            columns_innermost(sch, acc)
         xo, xi = sch.split(x, [None, wt])
         sch.reorder(n, b, y, xo, rc, rs, rr, lane, xi)
         sch.parallel(sch.fuse(n, b, y))

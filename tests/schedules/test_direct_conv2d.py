@@ -90,6 +90,10 @@ CASES = [
     pytest.param(1, 24, 10, 12, 40, 3, 1, 1, 1, 2, True, True, "relu6", id="groups2-ocpg20"),
     pytest.param(2, 8, 10, 10, 6, 3, 1, 1, 1, 2, True, False, "relu", id="groups2-ocpg3"),
     pytest.param(1, 32, 8, 8, 64, 3, 1, 1, 1, 4, False, False, "none", id="groups4-ocpg16"),
+    # ResNeXt-like groups of 4 (AVX-512: vectorized over columns, a divisor of the row; AVX2: over channels)
+    pytest.param(1, 32, 28, 28, 32, 3, 1, 1, 1, 8, True, True, "relu", id="groups8-ocpg4-w28"),
+    pytest.param(2, 24, 13, 13, 24, 3, 1, 1, 1, 8, True, False, "relu", id="groups8-ocpg3-w13-batch2"),
+    pytest.param(1, 16, 19, 37, 16, 3, 1, 1, 1, 8, False, False, "none", id="groups8-ocpg2-w37"),
     pytest.param(1, 24, 15, 15, 24, 3, 1, 1, 1, 24, True, False, "relu6", id="depthwise-3x3"),
     pytest.param(2, 16, 14, 11, 16, 3, 2, 1, 1, 16, False, True, "none", id="depthwise-s2-residual"),
     pytest.param(1, 12, 17, 19, 12, 5, 1, 4, 2, 12, True, False, "relu", id="depthwise-5x5-dilation2"),
@@ -193,6 +197,35 @@ def test_relax_emit_te():
 def test_column_phases(N, C, H, W, O, k, s, p, d, g, lanes):
     """A strided conv vectorized over columns reads its input split into column phases: same result."""
     _run_case(N, C, H, W, O, k, s, p, d, g, True, True, "relu", lanes=lanes, column_phases=True)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_column_vectorized_groups_keep_their_columns_contiguous(lanes):
+    """Vectorized over output columns with several channels per group, the accumulators store the columns
+    innermost (a [.., channel, column] tile): in the compute's [.., column, channel] order every vector was a
+    strided gather and scatter (10-20x slower on ResNeXt's 4-channel groups). The tile divides the row."""
+    from convopt.schedules.kernel import scheduled_module
+    from convopt.schedules.conv_spec import ConvSpec
+    from convopt.schedules.tiling import group_row_tile
+
+    spec = ConvSpec(1, 64, 28, 28, 64, (3, 3), (1, 1), (1, 1), (1, 1), 32)  # 2 channels per group
+    mod, _ = scheduled_module("direct", spec, np.ones((64, 2, 3, 3), np.float32), host(lanes))
+    acc = next(b for b in mod["main"].body.block.alloc_buffers if b.name == "dconv_acc")
+    assert [int(v) for v in acc.shape] == [1, 32, 28, 2, 28]  # (n, group blocks, rows, channels, columns)
+    assert f"T.vectorized({group_row_tile(28, lanes)})" in mod.script()
+    assert group_row_tile(28, lanes) == {16: 14, 8: 7}[lanes]
+    dense = ConvSpec(1, 16, 28, 28, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # one channel block: as before
+    mod, _ = scheduled_module("direct", dense, np.ones((16, 16, 3, 3), np.float32), host(lanes))
+    acc = next(b for b in mod["main"].body.block.alloc_buffers if b.name == "dconv_acc")
+    assert [int(v) for v in acc.shape][-1] == lanes
+
+
+@pytest.mark.parametrize("width, lanes, tile", [(56, 16, 14), (112, 16, 16), (55, 16, 11), (56, 8, 8), (28, 8, 7),
+                                                (13, 16, 13), (7, 8, 7), (17, 16, 17), (36, 16, 12)])
+def test_group_row_tile(width, lanes, tile):
+    from convopt.schedules.tiling import group_row_tile
+
+    assert group_row_tile(width, lanes) == tile
 
 
 def test_forced_ow_mode_dense():

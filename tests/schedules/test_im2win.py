@@ -29,6 +29,7 @@ def test_matches_torch(spec, bias, residual, activation, lanes):
     ConvSpec(1, 12, 10, 9, 20, (3, 3), (1, 1), (1, 1), groups=2),   # Og = 10 per group: 5-channel blocks
     ConvSpec(1, 8, 16, 12, 8, (3, 3), (1, 1), (1, 1), groups=8),    # depthwise: "ow" mode
     ConvSpec(1, 6, 40, 37, 12, (2, 3), (2, 2), (1, 2), (2, 1), groups=6),
+    ConvSpec(1, 24, 28, 28, 24, (3, 3), (1, 1), (1, 1), groups=8),  # 3 per group: columns innermost, 14 | 28
 ], ids=lambda s: s.describe())
 @pytest.mark.parametrize("lanes", LANES)
 def test_schedule_modes(spec, lanes):
