@@ -193,6 +193,7 @@ def test_relax_emit_te():
     (1, 24, 15, 17, 24, 3, 2, 1, 1, 24),   # depthwise stride 2, odd width
     (2, 8, 12, 20, 8, 5, 2, 2, 2, 8),      # dilated: column taps cross phases
     (1, 6, 9, 13, 6, 3, 3, 0, 1, 6),       # stride 3, no padding
+    (1, 32, 17, 29, 32, 3, 2, 1, 1, 16),   # groups of 2 channels: the accumulators columns innermost
 ])
 def test_column_phases(N, C, H, W, O, k, s, p, d, g, lanes):
     """A strided conv vectorized over columns reads its input split into column phases: same result."""
