@@ -195,10 +195,19 @@ def schedule_cpu(sch, func_name, target) -> None:
             sch.unroll(xi)
     sch.decompose_reduction(acc, rc)
 
+    blocked = len(sch.get(out).iter_vars) == 5
+    if blocked and int(sch.get(out).iter_vars[-1].dom.extent) != ob:
+        # a blocked output whose blocks straddle the accumulator's (groups of 24 channels: 8-channel blocks,
+        # 16-lane output, RegNetX/Y): its own parallel pass, as the direct kernel does; compute-at can't invert
+        # that index map (TVM failed to vectorize the epilogue: regnetx_016 and regnety_016 did not compile)
+        en, eo, ey, _, lane_out = sch.get_loops(out)
+        sch.parallel(sch.fuse(en, eo, ey))
+        sch.vectorize(lane_out)
+        return
     # the epilogue per register tile; the tile-sized accumulator stays on the stack
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
     last = sch.get_loops(out)[-1]  # NCHW: output columns of the tile; blocked: the channel block
-    if len(sch.get(out).iter_vars) == 5 or (1 < loop_extent(sch, last) <= 8 * lanes and ow_ % wt == 0):
+    if blocked or (1 < loop_extent(sch, last) <= 8 * lanes and ow_ % wt == 0):
         sch.vectorize(last)
 
 
