@@ -272,6 +272,14 @@ class ParallelFallback(LaneRule):
                 sch.vectorize(sch.split(inner, [None, self.lanes])[1])
                 changed = True
                 continue
+            last = sch.get(spatial[-1]).extent
+            if elementwise and len(spatial) > 1 and isinstance(last, tvm.tirx.IntImm) and last.value >= self.lanes:
+                # rows that are not whole vectors (a pad to 113 columns): the threads take the rows and LLVM's
+                # loop vectorizer the row, with a scalar tail; vectorizing the fused loop instead computed
+                # each lane's row and column by division: a gather (HGNetV2's stem pad: 376-392 us)
+                sch.parallel(sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0])
+                changed = True
+                continue
             fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
             extent = sch.get(fused).extent
             lanes = next((v for v in self.chunks if isinstance(extent, tvm.tirx.IntImm) and extent.value % v == 0

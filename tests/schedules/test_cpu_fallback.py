@@ -164,3 +164,18 @@ def test_a_concatenation_is_not_inlined_into_an_activation_that_reads_it_twice(l
     assert text.count("T.if_then_else") == 2  # one chain choosing among the 3 parts
     expected = torch.cat([data, data * 2, data + 1], 1)
     assert torch.allclose(out, expected * torch.sigmoid(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_elementwise_rows_that_are_not_whole_vectors_go_to_the_threads_row_by_row(lanes):
+    """A pad to odd rows (HGNetV2's stem: 112 -> 113 columns) after a scale: the threads take whole rows and
+    the row is left to LLVM's loop vectorizer; the fused loop vectorized over lanes computed each lane's row
+    and column by division (a gather: 17x slower)."""
+    shape = (1, 4, 20, 20)
+    text, out, data = _run(lambda x: relax.op.nn.pad(relax.op.multiply(x, relax.const(2.0)), (0, 0, 0, 0, 0, 1, 0, 1)),
+                           shape, lanes)
+    assert "T.parallel(T.int64(84))" in text and "T.vectorized" not in text  # 4 channels x 21 rows: threads
+    assert torch.equal(out, torch.nn.functional.pad(data * 2, (0, 1, 0, 1)))
+    # rows of whole vectors still vectorize as before
+    text, _, _ = _run(lambda x: relax.op.multiply(x, relax.const(2.0)), (1, 4, 6, 4 * lanes), lanes)
+    assert "T.vectorized" in text
