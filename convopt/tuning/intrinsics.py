@@ -5,7 +5,7 @@ MetaSchedule's ``TuneContext`` imports ``tvm.s_tir.tensor_intrin`` on constructi
 ``inspect.getmodule`` for every frame on the stack. For a frame of the import machinery itself (file
 ``<frozen importlib._bootstrap>``) no module's ``__file__`` matches, so ``getmodule`` scans all of
 ``sys.modules`` again on every call, never caching a miss. With torch and timm loaded (~3900 modules) that
-made the import take 80-120 s on a 2-core Zen 4 (7 s in a bare interpreter).
+made the import take 80-120 s on a 2-core Zen 4.
 
 Telling ``inspect`` which module those frozen files belong to (their real module: ``importlib._bootstrap`` is
 what runs in them) turns each lookup into a dictionary hit: the same import then takes ~7 s with torch loaded.
