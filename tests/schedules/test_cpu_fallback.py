@@ -7,6 +7,7 @@ import torch
 import tvm
 from tvm import relax
 
+from convopt.numerics import relative_error
 from convopt.schedules.cpu_fallback import ParallelFallback
 
 from .conv_cases import LANES, host
@@ -59,7 +60,7 @@ def test_blocked_spatial_mean_runs_the_channel_block_vectorized(lanes):
 def test_a_reduction_over_the_innermost_axis_stays_scalar_and_correct():
     text, out, data = _run(lambda x: relax.op.sum(x, [3]), (2, 4, 6, 33), 8)
     assert "T.parallel" in text
-    assert torch.allclose(out, data.sum(3), rtol=1e-5, atol=1e-5)
+    assert relative_error(out, data.sum(3)) < 1e-6  # (a sum's rounding depends on the FMA order LLVM picks)
 
 
 def test_blocked_reduction_takes_blocked_reductions_before_dlights_reduction_rule():
@@ -148,7 +149,7 @@ def test_a_matrix_vector_product_of_rows_unrolls_at_most_16_steps(lanes):
     text, out, data = _run(lambda x: relax.op.matmul(relax.const(weight), x), (1, 1, 400, 1), lanes, BoundedGEMV())
     steps = lambda t: [int(s) for s in re.findall(r'"pragma_auto_unroll_max_step": (\d+)', t)]  # noqa: E731
     assert max(steps(plain)) == 256 and steps(text) and max(steps(text)) == 16
-    assert torch.allclose(out, torch.from_numpy(weight) @ data, rtol=1e-5, atol=1e-5)
+    assert relative_error(out, torch.from_numpy(weight) @ data) < 1e-6  # (2.3e-5 absolute on Intel's LLVM)
 
 
 @pytest.mark.parametrize("lanes", LANES)
