@@ -28,8 +28,8 @@ x86 schedule (``schedule_cpu``), the register tiling of the direct lowering over
     parallel(n, OCB/2, oh) > OW/4 > c > kw > kh > unroll(2 blocks) > unroll(4 outputs) > vectorize(ob)
 
 per step 2 vector weight loads and 4 broadcasts, each from its window, which is read in order
-(for 1x1 kernels the output rows are outermost: parallel(n, oh, OCB/2), an input row serves every
-channel block). "ow" mode (depthwise, small groups) vectorizes a run of up to 4 vectors of
+(for 1x1 kernels whose weights are smaller than their input the output rows are outermost:
+parallel(n, oh, OCB/2), an input row serves every channel block). "ow" mode (depthwise, small groups) vectorizes a run of up to 4 vectors of
 outputs instead; those read the window buffer with stride SW*KH (gathers), so direct is much
 faster there. The epilogue (bias, residual, activation) is computed per register tile; the repack
 is its own parallel pass over (n, c, oh). ``schedule_cuda`` is conv_spec's default schedule.
@@ -168,8 +168,10 @@ def schedule_cpu(sch, func_name, target) -> None:
         # tunable like the direct kernel's tile (the epilogue's choices below hold for every candidate)
         bo, bi = sch.split(b, [None, sample(sch, tiling.channel_tiles(ocb, ot), ot)])
         xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(ow_, wt, lanes), wt)])
-        if loop_extent(sch, rs) * loop_extent(sch, rr) == 1:
-            # 1x1: output rows outermost, so an input row serves every channel block from cache
+        if loop_extent(sch, rs) * loop_extent(sch, rr) == 1 and tiling.rows_outermost(
+                weights=ocb * ob * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * ow_):
+            # 1x1 with weights smaller than the input: output rows outermost, so an input row serves
+            # every channel block from cache (tiling.rows_outermost)
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
         else:

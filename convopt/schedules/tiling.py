@@ -17,6 +17,15 @@ def accumulators(lanes: int) -> int:
     return vector_registers(lanes) // 2
 
 
+def rows_outermost(*, weights: int, inputs: int) -> bool:
+    """Whether a 1x1 conv's parallel loop runs over output rows outside channel blocks (each input row read
+    once, the weights once per row) rather than blocks outside rows (each block's weights read once, the
+    input once per block): the operand read again and again should be the smaller one, which stays in
+    cache. ResNet-50's last stage (512 <-> 2048 channels at 7x7: 4 MB of weights, 100 KB of input) ran at
+    22% of the FMA peak rows-outermost on a 2 MB-L2 Intel core: every row streamed the weights from L3."""
+    return weights <= inputs
+
+
 def pick_tile(extent: int, target: int) -> int:
     """Largest divisor of ``extent`` in [3/4 target, target]; else ``target`` (a guarded tail)."""
     if extent <= target:

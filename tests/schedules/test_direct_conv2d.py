@@ -84,6 +84,7 @@ CASES = [
     pytest.param(2, 3, 20, 15, 40, 7, 2, 3, 1, 1, True, False, "none", id="7x7-s2-c3-batch2"),
     pytest.param(1, 24, 12, 10, 40, 1, 1, 0, 1, 1, False, True, "relu6", id="1x1-residual-relu6"),
     pytest.param(1, 40, 14, 13, 24, 1, 2, 0, 1, 1, True, False, "relu", id="1x1-s2"),
+    pytest.param(1, 64, 5, 4, 96, 1, 1, 0, 1, 1, True, True, "relu", id="1x1-weights-larger-than-input"),
     pytest.param(2, 16, 11, 9, 20, 3, 2, 1, 1, 1, True, True, "relu", id="3x3-s2-o20-residual-batch2"),
     pytest.param(1, 24, 14, 16, 40, 3, 1, 2, 2, 1, True, False, "relu", id="3x3-dilation2"),
     pytest.param(1, 8, 9, 12, 16, 5, 1, (1, 2, 3, 0), 1, 1, True, False, "none", id="5x5-asym-pad"),
@@ -227,6 +228,25 @@ def test_group_row_tile(width, lanes, tile):
     from convopt.schedules.tiling import group_row_tile
 
     assert group_row_tile(width, lanes) == tile
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("name", ["direct", "im2win"])
+def test_a_1x1_conv_reads_the_larger_operand_once(name, lanes):
+    """Rows outermost when the weights are the smaller operand (each row of the input read once), channel
+    blocks outermost when they are the larger one (ResNet-50's last stage: 4 MB of weights against 100 KB
+    of input ran 1.5-1.65x faster so on Intel and AMD alike)."""
+    from convopt.schedules.conv_spec import ConvSpec
+    from convopt.schedules.kernel import scheduled_module
+
+    def parallel_loop(spec):
+        weight = np.ones((spec.out_channels, spec.in_channels, 1, 1), np.float32)
+        mod, _ = scheduled_module(name, spec, weight, host(lanes))
+        return next(line.split()[1] for line in mod.script().splitlines() if "T.parallel" in line
+                    and "_fused" in line and ("_b_" in line or "_y_" in line))
+
+    assert parallel_loop(ConvSpec(1, 64, 15, 14, 32, (1, 1))) == "n_y_b_0_fused"  # 2 K weights, 13 K inputs
+    assert parallel_loop(ConvSpec(1, 64, 5, 4, 96, (1, 1))) == "n_b_0_y_fused"    # 6 K weights, 1 K inputs
 
 
 def test_forced_ow_mode_dense():

@@ -25,6 +25,7 @@ def test_matches_torch(spec, bias, residual, activation, lanes):
 @pytest.mark.parametrize("spec", [
     ConvSpec(1, 16, 9, 14, 32, (3, 3), (1, 1), (1, 1)),    # "oc": 2 blocks x 4 outputs, OW = 14: a tail
     ConvSpec(2, 24, 6, 7, 16, (1, 1)),                     # 1x1: the window buffer is the input
+    ConvSpec(1, 64, 5, 4, 96, (1, 1)),                     # 1x1, weights larger than the input: blocks outermost
     ConvSpec(1, 8, 12, 11, 16, (1, 3), (1, 2), (0, 1)),    # KH = 1 with padding: repacked
     ConvSpec(1, 12, 10, 9, 20, (3, 3), (1, 1), (1, 1), groups=2),   # Og = 10 per group: 5-channel blocks
     ConvSpec(1, 8, 16, 12, 8, (3, 3), (1, 1), (1, 1), groups=8),    # depthwise: "ow" mode
