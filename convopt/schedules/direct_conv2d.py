@@ -50,7 +50,7 @@ import tvm
 from tvm import te, tirx
 
 from . import tiling
-from .conv_spec import Lowering, columns_innermost, loop_extent, optional_block, output_compute, sample
+from .conv_spec import BlockedView, Lowering, columns_innermost, loop_extent, optional_block, output_compute, sample
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -127,6 +127,7 @@ def direct_conv2d_compute(
     residual: te.Tensor | None = None,
     column_phases: bool = False,
     out_block: int | None = None,
+    blocked_padding: bool = False,
 ) -> te.Tensor:
     """NCHW fp32 conv2d with packed weights; bias, residual and activation fused.
 
@@ -136,6 +137,8 @@ def direct_conv2d_compute(
     ``column_phases`` (for a column stride S > 1): the padded input is stored as S column phases,
     ``[N, C, HP, S, ceil(WP / S)]`` with column x at ``[.., x % S, x // S]``, so that a kernel vectorized
     over output columns reads contiguous vectors instead of gathering every S-th value.
+    ``blocked_padding``: a channel-blocked input is padded into a blocked copy (for kernels vectorized over
+    output channels, which read it a broadcast per input channel); else the padded copy is NCHW.
     """
     N, C, H, W = (int(x) for x in data.shape)
     O = int(out_channels)
@@ -171,6 +174,16 @@ def direct_conv2d_compute(
 
         def dp_at(n, c, y, x):
             return split[n, c, y, x % phases, x // phases]
+    elif (PT or PL or PB or PR) and blocked_padding and isinstance(data, BlockedView):
+        # the padded copy keeps the input's channel blocks: a contiguous copy, and the kernel's broadcasts
+        # for consecutive input channels read one cache line (an NCHW copy gathered every 16th value and
+        # put each channel in a plane of its own: stride-2 3x3 convs ran at half the stride-1 speed)
+        blk = data.block
+        padded = te.compute((N, C // blk, HP, WP, blk), lambda n, cb, y, x, cl: _padded(n, cb * blk + cl, y, x),
+                            name=PAD_BLOCK)
+
+        def dp_at(n, c, y, x):
+            return padded[n, c // blk, y, x, c % blk]
     elif PT or PL or PB or PR:
         padded = te.compute((N, C, HP, WP), _padded, name=PAD_BLOCK)
 
@@ -393,7 +406,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
     return direct_conv2d_compute(data, packed, bias, out_channels=spec.out_channels, kernel=spec.kernel,
                                  stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
                                  groups=spec.groups, oc_block=ob, activation=activation, residual=residual,
-                                 column_phases=splits_columns(spec, lanes), out_block=out_block)
+                                 column_phases=splits_columns(spec, lanes), out_block=out_block,
+                                 blocked_padding=tiling.vectorizes_channels(ob, lanes))
 
 
 def blocked_io(spec, lanes: int) -> bool:
