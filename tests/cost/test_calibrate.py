@@ -18,7 +18,8 @@ def test_a_blocked_variant_is_its_lowering_scaled_by_one_factor():
     assert all(r["seconds"] > 0 for r in records)
     base, blocked = profile.coefficients["direct"], profile.coefficients["direct@blocked"]
     scales = [blocked[f] / base[f] for f in base if base[f] > 0]  # one factor, up to float rounding
-    assert max(scales) - min(scales) <= 1e-12 * max(scales) and 0.2 < scales[0] < 5
+    # (the factor itself comes from timings taken beside other tests: only a sanity bound on it)
+    assert max(scales) - min(scales) <= 1e-12 * max(scales) and 0.05 < scales[0] < 20
     assert profile.coefficients["fft"] == fixed_profile().coefficients["fft"]  # not calibrated: kept
 
 

@@ -274,6 +274,19 @@ def test_a_blocked_input_is_padded_in_its_blocks(spec, lanes):
     assert len(next(b for b in mod["main"].body.block.alloc_buffers if b.name == "dconv_pad").shape) == 4
 
 
+@pytest.mark.parametrize("blocks, lanes, tile", [(2, 16, 2), (6, 16, 2), (3, 16, 3), (15, 16, 3), (5, 16, 1),
+                                                 (1, 16, 1), (3, 8, 1), (4, 8, 2), (9, 8, 1)])
+def test_channel_tile_balances_weight_loads_and_broadcasts(blocks, lanes, tile):
+    """Pairs of blocks where they pair up; threes with AVX-512 (3 x 5 accumulators) where they come in threes
+    (a one-block tile made 14 FMAs for 15 loads); one block else. 40 output channels make 3 16-lane blocks:
+    the "3x3-s1-c24-o40" case of test_matches_torch runs that tile."""
+    from convopt.schedules import tiling
+
+    assert tiling.channel_tile(blocks, lanes, lanes) == (tile, 1)
+    assert tile in tiling.channel_tiles(blocks, tile) and 1 in tiling.channel_tiles(blocks, tile)
+    assert tiling.column_tile(56, blocks, lanes, lanes) * tile <= tiling.accumulators(lanes)
+
+
 def test_forced_ow_mode_dense():
     _run_case(1, 8, 9, 11, 12, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=dict(mode="ow"), oc_block=4)
 
