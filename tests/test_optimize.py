@@ -187,22 +187,30 @@ def _winograd_pair():
 
 
 def test_a_check_failed_with_winograd_rounding_is_rebuilt_without_winograd(monkeypatch):
-    """F(4x4, 3x3) rounds its transforms in fp32: on this pair 5e-6 against eager, the other lowerings 1e-6.
+    """F(4x4, 3x3) rounds its transforms in fp32: on this pair ~5e-6 against eager, the other lowerings ~1e-6.
     With the tolerance between the two, the check fails with Winograd and passes without it."""
     import importlib
 
     model, x = _winograd_pair()
     fast = convopt.optimize(model, x, fuse_blocks=False)
     assert [n.attrs.lowering for n in fast.graph.nodes if n.op.value == "conv2d"] == ["winograd4"] * 2
-    monkeypatch.setitem(importlib.import_module("convopt.optimize")._TOLERANCE, torch.float32, 2.5e-6)
-    with pytest.warns(UserWarning, match=r"relative error .* exceeds 2.5e-06 with Winograd convolutions \(2 convs"):
+    # the errors depend on the ISA's summation order (8 or 16 lanes, FMA) and on eager's kernel: the
+    # tolerance is put between the two measured here
+    with torch.no_grad():
+        want = model(x)
+        winograd = rel_err(convopt.optimize(model, x, fuse_blocks=False, lowering="winograd4", check=False)(x), want)
+        direct = rel_err(convopt.optimize(model, x, fuse_blocks=False, lowering="direct", check=False)(x), want)
+    assert winograd > 2 * direct
+    tol = float(f"{(winograd * direct) ** 0.5:.2g}")
+    monkeypatch.setitem(importlib.import_module("convopt.optimize")._TOLERANCE, torch.float32, tol)
+    with pytest.warns(UserWarning, match=rf"relative error .* exceeds {tol:g} with Winograd convolutions \(2 convs"):
         fast = convopt.optimize(model, x, fuse_blocks=False)
     lowerings = [n.attrs.lowering for n in fast.graph.nodes if n.op.value == "conv2d"]
     assert len(lowerings) == 2 and not {"winograd2", "winograd4"} & set(lowerings)
     with torch.no_grad():
-        assert rel_err(fast(x), model(x)) <= 2.5e-6
+        assert rel_err(fast(x), want) <= tol
     # Winograd the user asked for is kept, and the check's error raised
-    with pytest.raises(CheckError, match="exceeds 2.5e-06"):
+    with pytest.raises(CheckError, match=f"exceeds {tol:g}"):
         convopt.optimize(model, x, fuse_blocks=False, lowering="winograd4")
     assert convopt.optimize(model, x, fuse_blocks=False, check=False).graph.nodes[0].attrs.lowering == "winograd4"
 

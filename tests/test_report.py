@@ -62,12 +62,18 @@ def test_cli_report(tmp_path, capsys):
     assert "GFLOP/s" in text and (out / "report.json").is_file() and (out / "roofline.png").is_file()
 
 
-def test_timing_starts_after_a_warm_up_long_enough_for_other_pools_to_stop_spinning():
+def test_timing_starts_after_a_warm_up_long_enough_for_other_pools_to_stop_spinning(monkeypatch):
+    import itertools
+
+    import convopt.report
     from convopt.report import settle
 
+    clock = itertools.count()  # a clock that moves one second per reading: no wall-clock timing in the test
+    monkeypatch.setattr(convopt.report.time, "perf_counter", lambda: float(next(clock)))
     calls = []
-    settle(lambda: calls.append(time.perf_counter()), seconds=0.05)
-    assert len(calls) >= 2 and calls[-1] - calls[0] >= 0.04
+    settle(lambda: calls.append(0), seconds=5)
+    assert len(calls) == 6  # the two calls always made, then one per reading until 5 s have passed
+    monkeypatch.undo()
     calls.clear()
     settle(lambda: (calls.append(0), time.sleep(0.03)), seconds=0.0)  # at least two calls, however short
     assert len(calls) == 2

@@ -26,7 +26,9 @@ def test_measure_machine_is_plausible():
     assert p.fma_peak_flops > 1e9 and p.roof_flops == p.fma_peak_flops
     if not os.environ.get("CONVOPT_HOST_CPU"):  # the GEMM runs the host's own ISA, the roof the named CPU's
         # the FMA roof: what a GEMM library reaches at best (126-148 vs 230 GFLOP/s on Zen 4), never far above it
-        assert p.fma_peak_flops > 0.7 * p.peak_flops
+        # (both are live timings on a shared machine: a slow phase during the short FMA loop gets a second try)
+        fma = p.fma_peak_flops if p.fma_peak_flops > 0.7 * p.peak_flops else peak.fma_peak_flops(HOST)
+        assert fma > 0.7 * p.peak_flops
 
 
 @pytest.mark.parametrize("lanes, register", [(8, "ymm"), (16, "zmm")])

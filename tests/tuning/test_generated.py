@@ -142,4 +142,8 @@ def test_a_cpu_job_tunes_the_heavy_other_ops_when_asked(tmp_path):
     records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)
     assert len(records) >= 2
     model = trained_cost_model(context, database, task.workload)
-    assert model._inst.data_size == len(records)  # TVM's XGBModel behind its FFI wrapper: what it learned from
+    # TVM's XGBModel behind its FFI wrapper: what it learned from (a trial that failed or timed out under load
+    # teaches nothing and is left out)
+    from convopt.tuning.job import FAILED
+
+    assert model._inst.data_size == sum(max(float(s) for s in r.run_secs) < FAILED for r in records) >= 2

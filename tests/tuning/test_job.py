@@ -181,7 +181,9 @@ def test_the_lowering_choice_is_tuned_and_optimize_follows_the_measurements(tiny
             continue
         decided += 1
         measured = dict(n.attrs.measured_us)
-        assert n.attrs.lowering == min(measured, key=measured.get).removesuffix("@blocked")
+        # (the times are rounded for the record: two lowerings may tie, so the chosen one's time is compared)
+        assert min(t for name, t in measured.items() if name.removesuffix("@blocked") == n.attrs.lowering) \
+            == min(measured.values())
         variants = table[conv_spec_of(fast.graph, n).key()]
         assert {name.removesuffix("@blocked") for name in measured} <= {v.removesuffix("@blocked") for v in variants}
     assert decided >= 2  # the two equal 16->16 convs
@@ -293,7 +295,8 @@ def test_records_measured_against_an_older_default_are_stale_and_the_default_run
     token = database.commit_workload(task.workload)
     # five records each: more than the task's share below, so counting them as trials done would leave
     # nothing owed and nothing confirmed
-    for sch, seconds in ((old_default, 9e-6), *((o, 5e-6) for o in others)):
+    # (faster than any real kernel, so the job's re-measurement of its fastest records includes them)
+    for sch, seconds in ((old_default, 9e-9), *((o, 5e-9) for o in others)):
         for _ in range(5):
             _commit(database, token, sch, types.SimpleNamespace(error_msg=None, run_secs=[seconds]), target)
     func, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name)
