@@ -313,6 +313,7 @@ def schedule_direct_conv2d(
         mode = "oc" if tiling.vectorizes_channels(OB, lanes) else "ow"
     if mode not in ("oc", "ow"):
         raise ValueError(f"mode must be 'oc' or 'ow', got {mode!r}")
+    chunked = False
     if mode == "oc":
         # Register tile: oc_tile blocks of OB channels x ow_tile output columns,
         # vectorized over the OB channels (tiling.channel_tile / column_tile).
@@ -326,12 +327,20 @@ def schedule_direct_conv2d(
         ow_tile = default_ow  # the epilogue's choices below hold for every candidate (column_tiles)
         red = {"rc": rc, "ry": ry, "rx": rx}
         order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
-        if loop_extent(sch, ry) * loop_extent(sch, rx) == 1 and tiling.rows_outermost(
+        one_by_one = loop_extent(sch, ry) * loop_extent(sch, rx) == 1
+        if one_by_one and tiling.rows_outermost(
                 weights=OCB * OB * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * OW):
             # 1x1 with weights smaller than the input: output rows outermost, so one input row serves
             # every channel block while it is in cache; measured ~1.2x on 256->64.
             sch.reorder(n, y, bo, xo, *order, bi, xi, l)
             sch.parallel(sch.fuse(n, y, bo))
+        elif one_by_one and int(sch.get(out).annotations[TILED_EPILOGUE]) and (chunk := tiling.reduction_chunk(loop_extent(sch, rc), oc_tile * OB,
+                                                             target.caches["L1d"])):
+            # the tile's weights in passes that fit the L1, each over every output row (tiling.reduction_chunk)
+            rco, rci = sch.split(rc, [None, chunk])
+            sch.reorder(n, bo, rco, y, xo, rci, ry, rx, bi, xi, l)
+            sch.parallel(sch.fuse(n, bo))
+            chunked = True
         else:
             sch.reorder(n, bo, y, xo, *order, bi, xi, l)
             sch.parallel(sch.fuse(n, bo, y))
@@ -353,13 +362,16 @@ def schedule_direct_conv2d(
         else:
             sch.unroll(xi)
     # vectorize/unroll first: after decompose_reduction vectorize fails
-    sch.decompose_reduction(acc, sch.get_loops(acc)[2])
+    sch.decompose_reduction(acc, sch.get_loops(acc)[1 if chunked else 2])
 
     # --- epilogue computed per register tile (the accumulator tile stays local).
     # The tile-sized accumulator keeps "global" scope: small global allocations become stack allocas,
     # whereas a "local" one turns into a TVMBackendAllocWorkspace call per tile (1.6x slower on depthwise).
     blocked = len(sch.get(out).iter_vars) == 5
-    if int(sch.get(out).annotations[TILED_EPILOGUE]):
+    if chunked:  # the epilogue once the last pass is done, over the task's rows
+        sch.reverse_compute_at(out, sch.get_loops(acc)[0], preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(out)[-1])
+    elif int(sch.get(out).annotations[TILED_EPILOGUE]):
         sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
         last = sch.get_loops(out)[-1]  # NCHW: output columns of the tile; blocked: the channel block
         if blocked or (1 < loop_extent(sch, last) <= 8 * lanes and OW % ow_tile == 0):

@@ -161,6 +161,7 @@ def schedule_cpu(sch, func_name, target) -> None:
 
     n, b, y, x, lane, rc, rs, rr = sch.get_loops(acc)
     ocb, ow_, ob = loop_extent(sch, b), loop_extent(sch, x), loop_extent(sch, lane)
+    chunked = False
     if tiling.vectorizes_channels(ob, lanes):
         # the direct kernel's register tile: 2 vector blocks x 4 outputs with AVX2, x 8 with AVX-512
         ot, _ = tiling.channel_tile(ocb, ob, lanes)
@@ -174,6 +175,13 @@ def schedule_cpu(sch, func_name, target) -> None:
             # every channel block from cache (tiling.rows_outermost)
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
+        elif loop_extent(sch, rs) * loop_extent(sch, rr) == 1 and (chunk := tiling.reduction_chunk(
+                loop_extent(sch, rc), ot * ob, target.caches["L1d"])):
+            # the tile's weights in passes that fit the L1, each over every output row (tiling.reduction_chunk)
+            rco, rci = sch.split(rc, [None, chunk])
+            sch.reorder(n, bo, rco, y, xo, rci, rs, rr, bi, xi, lane)
+            sch.parallel(sch.fuse(n, bo))
+            chunked = True
         else:
             sch.reorder(n, bo, y, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, bo, y))
@@ -195,7 +203,7 @@ def schedule_cpu(sch, func_name, target) -> None:
             sch.vectorize(xi)
         else:
             sch.unroll(xi)
-    sch.decompose_reduction(acc, rc)
+    sch.decompose_reduction(acc, sch.get_loops(acc)[1] if chunked else rc)
 
     blocked = len(sch.get(out).iter_vars) == 5
     if blocked and int(sch.get(out).iter_vars[-1].dom.extent) != ob:
@@ -205,6 +213,10 @@ def schedule_cpu(sch, func_name, target) -> None:
         en, eo, ey, _, lane_out = sch.get_loops(out)
         sch.parallel(sch.fuse(en, eo, ey))
         sch.vectorize(lane_out)
+        return
+    if chunked:  # the epilogue once the last pass is done, over the task's rows
+        sch.reverse_compute_at(out, sch.get_loops(acc)[0], preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(out)[-1])
         return
     # the epilogue per register tile; the tile-sized accumulator stays on the stack
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)

@@ -1,5 +1,7 @@
 """Numerical tests of convopt.schedules.direct_conv2d against torch.nn.functional.conv2d."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from convopt.schedules.direct_conv2d import (
     pack_weight,
     schedule_direct_conv2d,
 )
+from convopt.schedules import tiling
 from convopt.schedules.tiling import channel_block
 
 from convopt.schedules.conv_spec import ConvSpec
@@ -249,6 +252,35 @@ def test_a_1x1_conv_reads_the_larger_operand_once(name, lanes):
 
     assert parallel_loop(ConvSpec(1, 64, 15, 14, 32, (1, 1))) == "n_y_b_0_fused"  # 2 K weights, 13 K inputs
     assert parallel_loop(ConvSpec(1, 64, 5, 4, 96, (1, 1))) == "n_b_0_y_fused"    # 6 K weights, 1 K inputs
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("name", ["direct", "im2win"])
+def test_a_1x1_conv_with_a_long_reduction_passes_over_it_in_l1_sized_chunks(name, lanes, blocked, monkeypatch):
+    """With weights larger than the input and more per register tile than twice the L1 (here a 4 KB one),
+    the reduction runs in passes whose weights fit half the L1, each over all the rows (ResNet-50's 1024- and
+    2048-channel 1x1 convs 1.1-1.3x faster on Intel); the result is the same conv."""
+    from dataclasses import replace
+
+    from convopt.schedules.kernel import scheduled_module
+
+    from . import conv_cases
+
+    monkeypatch.setattr(conv_cases, "HOST", replace(HOST, caches={**HOST.caches, "L1d": 4096}))
+    spec = ConvSpec(1, 192, 5, 7, 64, (1, 1))  # 12 K weights, 7 K inputs
+    tile = tiling.channel_tile(64 // lanes, lanes, lanes)[0] * lanes  # output channels per register tile
+    chunk = tiling.reduction_chunk(192, tile, 4096)
+    assert chunk == {16: 16, 8: 32}[lanes]  # the largest divisor of 192 whose weights fit 2 KB
+    assert error_against_torch(name, spec, True, True, "relu", lanes=lanes, blocked=blocked) < 1e-5
+    weight = np.ones((64, 192, 1, 1), np.float32)
+    block = lanes if blocked else None
+    script = scheduled_module(name, spec, weight, host(lanes), in_block=block, out_block=block)[0].script()
+    # passes > rows > column tiles > a pass's channels (> kernel rows, columns), under the parallel loop
+    assert "T.parallel(" in script and re.search(rf"T.grid\({192 // chunk}, 5, \d+, {chunk}, 1, 1\)", script)
+    # the L1 of this host: ResNet's 256->1024 (32 KB of weights per tile) keeps one pass
+    assert tiling.reduction_chunk(256, 32, 48 * 1024) is None and tiling.reduction_chunk(2048, 32, 48 * 1024) == 128
+    assert tiling.reduction_chunk(2 * 997, 32, 48 * 1024) is None  # no divisor near the L1's share: one pass
 
 
 @pytest.mark.parametrize("lanes", LANES)
