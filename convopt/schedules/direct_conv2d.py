@@ -334,9 +334,11 @@ def schedule_direct_conv2d(
             # every channel block while it is in cache; measured ~1.2x on 256->64.
             sch.reorder(n, y, bo, xo, *order, bi, xi, l)
             sch.parallel(sch.fuse(n, y, bo))
-        elif one_by_one and int(sch.get(out).annotations[TILED_EPILOGUE]) and (chunk := tiling.reduction_chunk(loop_extent(sch, rc), oc_tile * OB,
-                                                             target.caches["L1d"])):
-            # the tile's weights in passes that fit the L1, each over every output row (tiling.reduction_chunk)
+        elif int(sch.get(out).annotations[TILED_EPILOGUE]) and (chunk := tiling.reduction_chunk(
+                loop_extent(sch, rc), oc_tile * OB * loop_extent(sch, ry) * loop_extent(sch, rx),
+                target.caches["L1d"])):
+            # the tile's weights in passes over the input channels that fit the L1, each pass over every output
+            # row (tiling.reduction_chunk)
             rco, rci = sch.split(rc, [None, chunk])
             sch.reorder(n, bo, rco, y, xo, rci, ry, rx, bi, xi, l)
             sch.parallel(sch.fuse(n, bo))

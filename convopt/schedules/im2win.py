@@ -29,9 +29,11 @@ x86 schedule (``schedule_cpu``), the register tiling of the direct lowering over
 
 per step 2 vector weight loads and 4 broadcasts, each from its window, which is read in order
 (for 1x1 kernels whose weights are smaller than their input the output rows are outermost:
-parallel(n, oh, OCB/2), an input row serves every channel block). "ow" mode (depthwise, small groups) vectorizes a run of up to 4 vectors of
-outputs instead; those read the window buffer with stride SW*KH (gathers), so direct is much
-faster there. The epilogue (bias, residual, activation) is computed per register tile; the repack
+parallel(n, oh, OCB/2), an input row serves every channel block; where a tile's weights exceed twice the
+L1, the reduction runs in passes over all rows: tiling.reduction_chunk). "ow" mode (depthwise, small
+groups) vectorizes a run of up to 4 vectors of outputs instead; those read the window buffer with
+stride SW*KH (gathers), so direct is much faster there. The epilogue (bias, residual, activation) is
+computed per register tile (after the last pass, when chunked); the repack
 is its own parallel pass over (n, c, oh). ``schedule_cuda`` is conv_spec's default schedule.
 """
 
@@ -175,9 +177,10 @@ def schedule_cpu(sch, func_name, target) -> None:
             # every channel block from cache (tiling.rows_outermost)
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
-        elif loop_extent(sch, rs) * loop_extent(sch, rr) == 1 and (chunk := tiling.reduction_chunk(
-                loop_extent(sch, rc), ot * ob, target.caches["L1d"])):
-            # the tile's weights in passes that fit the L1, each over every output row (tiling.reduction_chunk)
+        elif chunk := tiling.reduction_chunk(
+                loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"]):
+            # the tile's weights in passes over the input channels that fit the L1, each pass over every output
+            # row (tiling.reduction_chunk)
             rco, rci = sch.split(rc, [None, chunk])
             sch.reorder(n, bo, rco, y, xo, rci, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, bo))

@@ -26,20 +26,23 @@ def rows_outermost(*, weights: int, inputs: int) -> bool:
     return weights <= inputs
 
 
-def reduction_chunk(channels: int, tile_channels: int, l1_bytes: int) -> int | None:
-    """Input channels per pass of a 1x1 conv's reduction, when the weights one register tile reads over its
-    whole reduction (channels x tile_channels floats) exceed twice the L1: the largest divisor of ``channels``
-    whose weights fit half the L1 (at least half that many), so that they serve every output row of the tile's
-    channels from L1; the accumulators of all the rows are stored between passes. None: one pass.
+def reduction_chunk(channels: int, weights_per_channel: int, l1_bytes: int) -> int | None:
+    """Input channels per pass of a channel-vectorized conv's reduction, when the weights one register tile
+    reads over the whole reduction (``channels`` x ``weights_per_channel`` floats: the tile's output channels
+    x kernel taps) exceed twice the L1: the largest divisor of ``channels`` whose weights fit half the L1
+    (at least half that many, and 4), so that they serve every output row of the tile's channels from L1;
+    the accumulators of all the rows are stored between passes. None: one pass.
 
-    Measured alone on an Intel AVX-512 core (48 KB L1, 32-channel tiles, blocked tensors): 2048->512 at 7x7
-    505 -> 415 us (128-channel passes; 64: 464, 256: 433), 1024->256 at 14x14 429-488 -> 357-366, 1024->2048
-    stride 2 917 -> 855; with 512 input channels (64 KB of weights) level, with 256 (32 KB) 15% slower."""
-    if 4 * channels * tile_channels <= 2 * l1_bytes:
+    Measured alone on an Intel AVX-512 core (48 KB L1, 32-channel tiles, blocked tensors), one pass -> passes:
+    1x1 2048->512 at 7x7 505 -> 415 us (128-channel passes; 64: 464, 256: 433), 1024->256 at 14x14 429-488 ->
+    357-366, 1024->2048 stride 2 917 -> 855; 3x3 512->512 stride 2 at 14x14 918 -> 779 (direct), 1192 -> 830
+    (im2win), im2win's stride-2 3x3s at 28 and 56 px 1.4-1.5x; 1x1s with 512 input channels (64 KB of
+    weights) level, with 256 (32 KB, within twice the L1) 15% slower."""
+    if 4 * channels * weights_per_channel <= 2 * l1_bytes:
         return None
-    fits = l1_bytes // 2 // (4 * tile_channels)
+    fits = l1_bytes // 2 // (4 * weights_per_channel)
     chunk = divisor_tile(channels, range(fits, 0, -1))
-    return chunk if chunk and 2 * chunk >= fits else None
+    return chunk if chunk and chunk >= max(4, fits / 2) else None
 
 
 def pick_tile(extent: int, target: int) -> int:

@@ -257,30 +257,42 @@ def test_a_1x1_conv_reads_the_larger_operand_once(name, lanes):
 @pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("name", ["direct", "im2win"])
-def test_a_1x1_conv_with_a_long_reduction_passes_over_it_in_l1_sized_chunks(name, lanes, blocked, monkeypatch):
-    """With weights larger than the input and more per register tile than twice the L1 (here a 4 KB one),
-    the reduction runs in passes whose weights fit half the L1, each over all the rows (ResNet-50's 1024- and
-    2048-channel 1x1 convs 1.1-1.3x faster on Intel); the result is the same conv."""
+@pytest.mark.parametrize("spec, l1", [
+    (ConvSpec(1, 384, 5, 7, 64, (1, 1)), 8192),                 # 24 K weights, 13 K inputs: blocks outermost
+    (ConvSpec(1, 96, 9, 8, 64, (3, 3), (2, 2), (1, 1)), 16384),  # 55 K weights
+], ids=lambda v: v.describe() if isinstance(v, ConvSpec) else f"L1 {v // 1024}K")
+def test_a_long_reduction_runs_in_l1_sized_passes(spec, l1, name, lanes, blocked, monkeypatch):
+    """Where a register tile's weights exceed twice the L1 (here a small one), the reduction runs in passes
+    whose weights fit half the L1, each over all the rows (ResNet-50's 1024- and 2048-channel 1x1 convs
+    1.1-1.3x, its stride-2 3x3s up to 1.5x on Intel); the result is the same conv."""
     from dataclasses import replace
 
     from convopt.schedules.kernel import scheduled_module
 
     from . import conv_cases
 
-    monkeypatch.setattr(conv_cases, "HOST", replace(HOST, caches={**HOST.caches, "L1d": 4096}))
-    spec = ConvSpec(1, 192, 5, 7, 64, (1, 1))  # 12 K weights, 7 K inputs
-    tile = tiling.channel_tile(64 // lanes, lanes, lanes)[0] * lanes  # output channels per register tile
-    chunk = tiling.reduction_chunk(192, tile, 4096)
-    assert chunk == {16: 16, 8: 32}[lanes]  # the largest divisor of 192 whose weights fit 2 KB
+    monkeypatch.setattr(conv_cases, "HOST", replace(HOST, caches={**HOST.caches, "L1d": l1}))
+    tile = tiling.channel_tile(spec.out_channels // lanes, lanes, lanes)[0] * lanes  # output channels per tile
+    taps = spec.kernel[0] * spec.kernel[1]
+    chunk = tiling.reduction_chunk(spec.in_channels, tile * taps, l1)
+    assert 1 < chunk < spec.in_channels and spec.in_channels % chunk == 0 and 4 * chunk * tile * taps <= l1 // 2
     assert error_against_torch(name, spec, True, True, "relu", lanes=lanes, blocked=blocked) < 1e-5
-    weight = np.ones((64, 192, 1, 1), np.float32)
+    weight = np.ones((spec.out_channels, spec.in_channels, *spec.kernel), np.float32)
     block = lanes if blocked else None
     script = scheduled_module(name, spec, weight, host(lanes), in_block=block, out_block=block)[0].script()
-    # passes > rows > column tiles > a pass's channels (> kernel rows, columns), under the parallel loop
-    assert "T.parallel(" in script and re.search(rf"T.grid\({192 // chunk}, 5, \d+, {chunk}, 1, 1\)", script)
-    # the L1 of this host: ResNet's 256->1024 (32 KB of weights per tile) keeps one pass
-    assert tiling.reduction_chunk(256, 32, 48 * 1024) is None and tiling.reduction_chunk(2048, 32, 48 * 1024) == 128
+    # passes > rows > column tiles > a pass's channels (> kernel taps), under the parallel loop
+    kh, kw = spec.kernel
+    passes = rf"T.grid\({spec.in_channels // chunk}, {spec.out_height}, \d+, {chunk}, {kh}, {kw}\)"
+    assert "T.parallel(" in script and re.search(passes, script)
+
+
+def test_the_passes_of_a_long_reduction_fit_half_the_l1():
+    assert tiling.reduction_chunk(2048, 32, 48 * 1024) == 128 and tiling.reduction_chunk(1024, 32, 32 * 1024) == 128
+    assert tiling.reduction_chunk(512, 32 * 9, 48 * 1024) == 16  # ResNet-50's 3x3s: 21 channels' weights fit
+    # within twice the L1 one pass: ResNet's 256->1024 (32 KB of weights per tile) measured 15% slower in passes
+    assert tiling.reduction_chunk(256, 32, 48 * 1024) is None
     assert tiling.reduction_chunk(2 * 997, 32, 48 * 1024) is None  # no divisor near the L1's share: one pass
+    assert tiling.reduction_chunk(48, 32 * 49, 8 * 1024) is None  # passes of fewer than 4 channels: one pass
 
 
 @pytest.mark.parametrize("lanes", LANES)
