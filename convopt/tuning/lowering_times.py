@@ -66,11 +66,25 @@ def write_times(folder: Path, target: Target, entries: Table) -> Path:
     table = read_times(folder, target)
     for key, variant, epilogue, entry in _entries(entries):
         table.setdefault(key, {}).setdefault(variant, {})[epilogue] = entry
+    return _write(folder, target, table)
+
+
+def _write(folder: Path, target: Target, table: Table) -> Path:
     path = folder / TIMES
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps({"format": FORMAT, "target": target.key, "convs": table}, indent=1, sort_keys=True))
     os.replace(partial, path)
     return path
+
+
+def forget(folder: Path, target: Target, keys: Iterable[str]) -> int:
+    """Drop the entries of the conv shapes ``keys`` from the folder's table (written atomically): optimize()
+    then lets the cost model choose their lowerings again. Returns how many shapes were dropped."""
+    folder = Path(folder)
+    table = read_times(folder, target)
+    dropped = [key for key in set(keys) if table.pop(key, None) is not None]
+    _write(folder, target, table)
+    return len(dropped)
 
 
 def _entries(table: Table):
