@@ -459,13 +459,19 @@ def _alternately(untuned, tuned, args, rounds: int = 3) -> tuple[float, float]:
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
-def _switched_shapes(untuned: Graph, tuned: Graph) -> set[str]:
-    """ConvSpec keys of the convs whose lowering in ``tuned`` (chosen by measurements) is not the one the cost
-    model chose in ``untuned``."""
+def _lowering_changes(untuned: Graph, tuned: Graph) -> list[tuple[str, str, str]]:
+    """(node, lowering in ``untuned``: the cost model's, lowering in ``tuned``: the measurements') of the nodes
+    whose lowering differs."""
     before = untuned.node_map
-    return {conv_spec_of(tuned, n).key() for n in tuned.nodes
-            if n.op is Op.CONV2D and n.name in before and before[n.name].op is Op.CONV2D
-            and n.attrs.lowering != before[n.name].attrs.lowering and conv_spec_of(tuned, n) is not None}
+    return [(n.name, before[n.name].attrs.lowering, n.attrs.lowering) for n in tuned.nodes
+            if n.name in before and n.op is before[n.name].op and hasattr(n.attrs, "lowering")
+            and n.attrs.lowering != before[n.name].attrs.lowering]
+
+
+def _switched_shapes(untuned: Graph, tuned: Graph) -> set[str]:
+    """ConvSpec keys of the convs whose lowering the measurements changed (``_lowering_changes``)."""
+    specs = (conv_spec_of(tuned, tuned.node_map[name]) for name, *_ in _lowering_changes(untuned, tuned))
+    return {spec.key() for spec in specs if spec is not None}
 
 
 def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, trials: int | None,
@@ -762,8 +768,5 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
             chosen, _ = run_passes(captured, build("inference", target, lowering=lowering, fuse_blocks=fuse_blocks,
                                                    measured=_measured_lowerings(target, log_root)))
     pack(folder)
-    before = graph.node_map
-    summary.lowering_changes = [(n.name, before[n.name].attrs.lowering, n.attrs.lowering) for n in chosen.nodes
-                                if n.name in before and n.op is before[n.name].op and hasattr(n.attrs, "lowering")
-                                and n.attrs.lowering != before[n.name].attrs.lowering]
+    summary.lowering_changes = _lowering_changes(graph, chosen)
     return summary
