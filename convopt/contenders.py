@@ -10,6 +10,7 @@
     convopt-untuned   the same with every kernel's default schedule (tuning_logs=False)
     convopt-nchw      the same without the blocked activation layout (skip_passes=["block_layout"])
     convopt-unfused   the same without block fusion (skip_passes=["fuse_blocks"])
+    convopt-unfused-untuned  without block fusion and without tuning records (fusion's end-to-end table)
     convopt-torch     convopt.optimize(model, x, target="torch")
 
 Every contender uses ``THREADS`` threads. ONNX Runtime and OpenVINO read one shared export
@@ -109,6 +110,7 @@ CONTENDERS: dict[str, Callable] = {
     "convopt-nchw": _convopt("cpu", ("block_layout",)),
     "convopt-untuned": _convopt("cpu", tuning_logs=False),
     "convopt-unfused": _convopt("cpu", ("fuse_blocks",)),
+    "convopt-unfused-untuned": _convopt("cpu", ("fuse_blocks",), tuning_logs=False),
     "convopt-torch": _convopt("torch"),
 }
 

@@ -118,10 +118,10 @@ def _fuse_blocks_on_request(overrides: dict[str, bool]) -> Pass:
     """fuse_blocks fusing only the blocks ``overrides`` forces (a target with no cost model for fusion), of the
     kinds CUDA has a fused kernel for."""
     from .passes.fuse_blocks import fuse_blocks
-    from .schedules.fused_block_cuda import KINDS
+    from .schedules.fused_block_cuda import KINDS, supports
 
     return Pass("fuse_blocks", functools.partial(fuse_blocks, predict=lambda graph, block: None, overrides=overrides,
-                                                 kinds=KINDS))
+                                                 kinds=KINDS, refuse=supports))
 
 
 def _check_lowering_names(lowering: str | dict[str, str]) -> None:

@@ -250,8 +250,8 @@ def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: di
     block = describe(graph, n)
     prepared = fused_block_cuda.prepare_weights(block, *_block_arrays(graph, block))
     args = [env[n.inputs[0]], *map(relax.const, prepared)]
-    skip = _block_skip(block) if block.kind in (fused_block_cuda.MLP_KIND, fused_block_cuda.PAIR_KIND) else None
-    if skip is not None:  # an MLP's or a conv pair's skip is an argument (any value of the output's shape)
+    skip = _block_skip(block) if block.kind in (fused_block_cuda.MLP_KIND, *fused_block_cuda.CHAIN_KINDS) else None
+    if skip is not None:  # an MLP's or a conv chain's skip is an argument (any value of the output's shape)
         args.append(env[skip])
     return _call_fused(bb, n, block, fused_block_cuda.prim_func(block), args, fused_block_cuda.io_shapes(block)[1],
                        fused_block_cuda.schedule_cuda, kernels)

@@ -62,7 +62,8 @@ most one block.
 ``pinned`` (names or module scopes of convs whose lowering the user chose: optimize(lowering={...})) keeps
 a block holding one of them unfused unless ``overrides`` forces it: a fused kernel has no per-conv lowering.
 
-``kinds`` limits the kinds matched (CUDA: those schedules/fused_block_cuda.py has a kernel for). A name
+``kinds`` limits the kinds matched (CUDA: those schedules/fused_block_cuda.py has a kernel for), ``refuse``
+the blocks the target's kernel can't run (CUDA: a bottleneck too wide for shared memory). A name
 ``overrides`` forces that names no matched block draws a warning (a typo, or a block of a kind the target
 can't fuse), not an error: one dict may serve several models.
 
@@ -361,9 +362,10 @@ def _unmatched(blocks: list[Block], overrides: dict[str, bool]) -> list[str]:
 
 def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: dict[str, bool] | None = None,
                 margin: float | Callable[[Block], float] = 1.0, kinds: tuple[str, ...] | None = None,
-                pinned: frozenset[str] = frozenset()) -> Graph:
+                pinned: frozenset[str] = frozenset(), refuse: Callable[[Block], str | None] | None = None) -> Graph:
     """``graph`` with the blocks that ``predict``, ``margin`` and ``overrides`` choose each made one fused_block
-    node (module docstring)."""
+    node (module docstring); ``refuse`` (the target's kernel: why it can't run a block, or None) keeps a block
+    chosen or forced unfused, with a warning naming it."""
     overrides = dict(overrides or {})
     matched = [(block, *_alternatives(block)) for block in match_blocks(graph, kinds)]
     everything = [b for choices in matched for b in choices]
@@ -383,7 +385,11 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
             if forced is None:
                 needed = margin(block) if callable(margin) else margin
                 forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])
-            if forced:
+            reason = refuse(block) if forced and refuse is not None else None
+            if reason is not None:
+                warnings.warn(f"fuse_blocks: block {_common_scope(block.nodes) or block.nodes[0].name} "
+                              f"({block.kind}) is not fused: {reason}", stacklevel=2)
+            elif forced:
                 blocks[block.nodes[-1].name] = (block, predicted)
                 break
     if not blocks:

@@ -1,7 +1,7 @@
 """The fused blocks on CUDA (passes/fuse_blocks.py): an inverted residual, expand 1x1 -> act -> depthwise kxk
 -> act [-> project 1x1 [+ x]], a pointwise MLP, 1x1 -> act -> 1x1 [+ skip], or a conv pair (ResNet's basic
-block, VGG / RepVGG pairs), act(B(a1(A(x))) [+ skip]), as one kernel whose intermediates live in shared
-memory, tile by tile. (fused_chain.py's bottleneck has no CUDA kernel: two stages with a halo.)
+block, VGG / RepVGG pairs), act(B(a1(A(x))) [+ skip]), or a bottleneck (ResNet's), act(P(a2(B(a1(A(x)))))
+[+ skip]), as one kernel whose intermediates live in shared memory, tile by tile.
 
 Compute (NCHW, unpadded weights; the depthwise conv's padding p (top and left; ``InvertedResidual.pads``,
 asymmetric after TF "SAME" padding's pad op), stride s and dilation r per axis, as the pass matched it;
@@ -14,7 +14,7 @@ asymmetric after TF "SAME" padding's pad op), stride s and dilation r per axis, 
 (without a projection, the kind the pass makes where a squeeze-excite follows, ``out = dw``; a pointwise
 MLP has no depthwise stage, p = 0, and projects ``mid``, + its skip, an argument of the kernel; a conv pair
 computes A's activations as ``mid`` on B's padded grid and B as the projection, its sum over A's channels
-and B's taps: ``_pair_compute``).
+and B's taps; a bottleneck's dense B takes the depthwise stage's place and P projects: ``_chain_compute``).
 
 Schedule (``schedule_cuda``), a design space whose default decisions are the rules below. One thread block
 computes a TH x TW tile of the output for OT x OR of its channels: its threads are OT output-channel
@@ -28,7 +28,13 @@ computes, cooperatively, the chunk's expanded activations for the tile and its h
 memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo recomputed by
 neighbouring tiles; an MLP stages only its expanded activations, TH x TW x EC; a conv pair A's activations
 on the tile and B's halo), and every thread adds the chunk to its accumulators. Each element's expansion and depthwise sums
-run inside one thread. Without a projection a thread block computes EC channels x the tile, one element
+run inside one thread. A bottleneck's middle conv sums over all of A's channels, so A's activations are
+computed once per tile, every channel on the tile and its halo, into shared memory (``compute_at`` at the
+thread block's loop), and the chunks are of B's output channels: per chunk B's activations, TH x TW x EC,
+then P's share. Its default tile is the largest (then squarest) whose two buffers fit 48 KB
+(``SHARED_BYTES``): resnet50's bottlenecks take 8 x 8 (64 channels at 56 px, 29 KB), 4 x 4 (128 channels,
+stride 2), 7 x 7, 7 x 2 and 1 x 1 (512 channels at 7 px: each tile recomputes A on 3 x 3 pixels);
+``supports`` refuses a block whose one-pixel tile does not fit. Without a projection a thread block computes EC channels x the tile, one element
 per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, and the
 output channels' split over thread blocks, threads and each thread.
 Shared memory per thread block, EC ((TH - 1) s + k) ((TW - 1) s + k) + EC TH TW floats: 10.5 KB for
@@ -51,27 +57,34 @@ from tvm import te, tirx
 from .activations import activate
 from . import tiling
 from .fused_block import KIND, PARTIAL_KIND, padded_vector
-from .fused_chain import PAIR_KIND
+from .fused_chain import BOTTLENECK_KIND
+from .fused_chain import KINDS as CHAIN_KINDS
 from .fused_mlp import KIND as MLP_KIND
 
 F32 = "float32"
-KINDS = (KIND, PARTIAL_KIND, MLP_KIND, PAIR_KIND)  # the kinds this kernel runs (not yet fused_chain's bottleneck)
+KINDS = (KIND, PARTIAL_KIND, MLP_KIND, *CHAIN_KINDS)  # the kinds this kernel runs
 EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
     "fb_expand", "fb_expand_act", "fb_depthwise", "fb_depthwise_act", "fb_project", "fb_output")
 MAX_TILE = 8  # output rows / columns per thread block, by default
 MAX_CHUNK = 16  # expanded channels per chunk, by default
 TARGET_THREADS = 256  # threads per block the default channel groups aim for
 MAX_PER_THREAD = 32  # output channels one thread accumulates, by default
+SHARED_BYTES = 48 * 1024  # shared memory per thread block without opting in (every arch since sm_20)
 
 
 def prepare_weights(block, *arrays) -> list[np.ndarray]:
     """The kernel's constants from the convs' OIHW weights and biases in order (a bias None: zeros):
     [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] for an inverted residual (w1, b1, w2, b2[,
     w3, b3] given), [w1 [E, C], b1 [E], w3 [O, E], b3 [O]] for a pointwise MLP (w1, b1, w3, b3 given)."""
-    if block.kind == PAIR_KIND:  # OIHW as they are: [wA [M, C, k, k], bA [M], wB [O, M, k, k], bB [O]]
-        wa, ba, wb, bb = arrays
-        return [np.ascontiguousarray(np.asarray(wa, np.float32)), padded_vector(ba, block.convs[0].out_channels),
-                np.ascontiguousarray(np.asarray(wb, np.float32)), padded_vector(bb, block.out_channels)]
+    if block.kind in CHAIN_KINDS:  # OIHW as they are: [wA [M, C, k, k], bA [M], wB [O, M, k, k], bB [O]] for a
+        # pair; a bottleneck's [wA, bA, wB [M2, M, k, k], bB [M2], wP [O, M2], bP [O]]
+        weights = []
+        for spec, w, bias in zip(block.convs, arrays[::2], arrays[1::2]):
+            w = np.asarray(w, np.float32)
+            weights += [np.ascontiguousarray(w), padded_vector(bias, spec.out_channels)]
+        if block.kind == BOTTLENECK_KIND:  # P is a matrix [O, M2]
+            weights[4] = np.ascontiguousarray(weights[4].reshape(weights[4].shape[:2]))
+        return weights
     E, C, O = block.expand.out_channels, block.expand.in_channels, block.out_channels
     if block.kind == MLP_KIND:
         w1, b1, w3, b3 = arrays
@@ -97,8 +110,8 @@ def io_shapes(block) -> tuple[tuple[int, ...], tuple[int, ...]]:
 def compute(block) -> list[te.Tensor]:
     """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), [the skip of a pointwise
     MLP or a conv pair with one], the output."""
-    if block.kind == PAIR_KIND:
-        return _pair_compute(block)
+    if block.kind in CHAIN_KINDS:
+        return _chain_compute(block)
     e_ = block.expand
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
@@ -155,23 +168,30 @@ def _projection(block, source: te.Tensor, skip: te.Tensor | None, shape) -> list
     return [w3, b3, *own_skip, out]
 
 
-def _pair_compute(chain) -> list[te.Tensor]:
-    """A conv pair (schedules/fused_chain.py): A's activations on B's padded input grid, then B as the
-    "projection" (its sum over A's channels and B's taps), + the skip, the last activation:
+def _chain_compute(chain) -> list[te.Tensor]:
+    """A conv pair or a bottleneck (schedules/fused_chain.py): A's activations on B's padded input grid, then
+    B as the "projection" (its sum over A's channels and B's taps), + the skip, the last activation:
 
         mid[n, m, yp, xp] = a1(sum_{c,i,j} x[n, c, (yp - pB) sA + i - pA, (xp - pB) sA + j - pA] wA[m, c, i, j]
                                + bA[m])    where (yp - pB, xp - pB) is inside A's output, else 0
         out[n, o, y, x]   = act(sum_{m,i,j} mid[n, m, y sB + i, x sB + j] wB[o, m, i, j] + bB[o] (+ s[n, o, y, x]))
+
+    A bottleneck's B is its middle stage (the depthwise stage's names: a dense k x k sum over all of A's
+    channels, then a2) and its 1x1 P the projection:
+
+        mid2[n, e, y, x] = a2(sum_{m,i,j} mid[n, m, y sB + i, x sB + j] wB[e, m, i, j] + bB[e])
+        out[n, o, y, x]  = act(sum_e mid2[n, e, y, x] wP[o, e] + bP[o] (+ s[n, o, y, x]))
     """
-    a, b = chain.convs
+    a, b = chain.convs[:2]
     N, C, H, W = a.batch, a.in_channels, a.height, a.width
-    M, O = a.out_channels, b.out_channels
+    M, O = a.out_channels, chain.out_channels
     (ka, _), (sa, _), (pa, _) = a.kernel, a.stride, a.padding
     (kb, _), (sb, _), (pb, _) = b.kernel, b.stride, b.padding
     HA, WA = a.out_height, a.out_width
     x = te.placeholder((N, C, H, W), F32, name="x")
     wa, ba = te.placeholder((M, C, ka, ka), F32, name="wa"), te.placeholder((M,), F32, name="ba")
-    wb, bb = te.placeholder((O, M, kb, kb), F32, name="wb"), te.placeholder((O,), F32, name="bb")
+    wb, bb = (te.placeholder((b.out_channels, M, kb, kb), F32, name="wb"),
+              te.placeholder((b.out_channels,), F32, name="bb"))
     c, i, j = (te.reduce_axis((0, e), name=v) for e, v in ((C, "c"), (ka, "i"), (ka, "j")))
     zero = tirx.const(0.0, F32)
 
@@ -188,17 +208,31 @@ def _pair_compute(chain) -> list[te.Tensor]:
     mid = te.compute(padded, lambda n, m, yp, xp: tirx.if_then_else(
         inside_a(yp, xp), activate(expand[n, m, yp, xp] + ba[m], chain.activations[0]), zero), name=EXPAND_ACT)
     r, u, v = (te.reduce_axis((0, e), name=n_) for e, n_ in ((M, "r"), (kb, "u"), (kb, "v")))
+    shape_b = (N, b.out_channels, b.out_height, b.out_width)
     shape = (N, O, b.out_height, b.out_width)
-    project = te.compute(shape, lambda n, o, y, x_: te.sum(
-        mid[n, r, y * sb + u, x_ * sb + v] * wb[o, r, u, v], axis=[r, u, v]), name=PROJECT)
+    weights = [wa, ba, wb, bb]
+    if chain.kind == BOTTLENECK_KIND:
+        middle = te.compute(shape_b, lambda n, e, y, x_: te.sum(
+            mid[n, r, y * sb + u, x_ * sb + v] * wb[e, r, u, v], axis=[r, u, v]), name=DEPTHWISE)
+        middle_act = te.compute(shape_b, lambda n, e, y, x_: activate(middle[n, e, y, x_] + bb[e],
+                                                                        chain.activations[1]), name=DEPTHWISE_ACT)
+        wp, bp = te.placeholder((O, b.out_channels), F32, name="wp"), te.placeholder((O,), F32, name="bp")
+        q = te.reduce_axis((0, b.out_channels), name="q")
+        project = te.compute(shape, lambda n, o, y, x_: te.sum(middle_act[n, q, y, x_] * wp[o, q], axis=q),
+                             name=PROJECT)
+        weights, last_bias = weights + [wp, bp], bp
+    else:
+        project = te.compute(shape, lambda n, o, y, x_: te.sum(
+            mid[n, r, y * sb + u, x_ * sb + v] * wb[o, r, u, v], axis=[r, u, v]), name=PROJECT)
+        last_bias = bb
     skip = te.placeholder(shape, F32, name="skip") if chain.residual else None
 
     def output(n, o, y, x_):
-        value = project[n, o, y, x_] + bb[o]
+        value = project[n, o, y, x_] + last_bias[o]
         return activate(value + skip[n, o, y, x_] if skip is not None else value, chain.out_activation)
 
     out = te.compute(shape, output, name=OUTPUT)
-    return [x, wa, ba, wb, bb, *([skip] if skip is not None else []), out]
+    return [x, *weights, *([skip] if skip is not None else []), out]
 
 
 def prim_func(block) -> tirx.PrimFunc:
@@ -232,12 +266,27 @@ def _extents(sch, block) -> list[int]:
     return [int(iv.dom.extent) for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0]
 
 
-def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: int
-                  ) -> tuple[int, int, int, int, int]:
+def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: int,
+                  resident: tuple[int, int, int] | None = None) -> tuple[int, int, int, int, int]:
     """(TH, TW, EC, OT, OB): the schedule's default decisions (module docstring) for a block's output map,
-    expanded channels and output channels; OB thread blocks share a tile's output channels."""
-    th, tw = _largest_divisor(out_height, MAX_TILE), _largest_divisor(out_width, MAX_TILE)
+    expanded channels and output channels; OB thread blocks share a tile's output channels. ``resident``:
+    (channels, kernel, stride) of a stage kept whole for the tile and its halo (a bottleneck's A), whose
+    shared buffer, with the chunk's, must fit ``SHARED_BYTES``: the largest such tile (ValueError if none)."""
     ec = _largest_divisor(expanded, MAX_CHUNK)
+    th, tw = _largest_divisor(out_height, MAX_TILE), _largest_divisor(out_width, MAX_TILE)
+    if resident is not None:
+        channels, k, s = resident
+
+        def shared_bytes(th_, tw_):
+            return 4 * (channels * ((th_ - 1) * s + k) * ((tw_ - 1) * s + k) + ec * th_ * tw_)
+
+        fitting = [(th_ * tw_, min(th_, tw_), th_, tw_)
+                   for th_ in range(1, MAX_TILE + 1) if out_height % th_ == 0
+                   for tw_ in range(1, MAX_TILE + 1) if out_width % tw_ == 0 and shared_bytes(th_, tw_) <= SHARED_BYTES]
+        if not fitting:
+            raise ValueError(f"{channels} channels of a {k}x{k} conv's input do not fit {SHARED_BYTES} bytes of "
+                             f"shared memory even for a one-pixel tile")
+        *_, th, tw = max(fitting)  # the most pixels, then the squarest (the least halo)
     # OT divides EC too: the chunk's depthwise outputs (EC x TH x TW) then split evenly over the OT x TH x TW
     # threads; an uneven split leaves a guarded loop whose region TVM over-approximates (more channels of
     # the expansion computed than the chunk needs)
@@ -247,6 +296,21 @@ def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: 
     # (small late-stage maps have few tiles anyway)
     per_thread = _largest_divisor(out_channels // groups, MAX_PER_THREAD)
     return th, tw, ec, groups, out_channels // (groups * per_thread)
+
+
+def supports(block) -> str | None:
+    """None when this kernel runs ``block`` with its default schedule, else why not (a bottleneck whose first
+    conv's activations, for a one-pixel tile and its halo, exceed the shared memory)."""
+    if block.kind not in KINDS:
+        return f"no CUDA kernel for {block.kind} blocks"
+    if block.kind == BOTTLENECK_KIND:
+        a, b, p = block.convs
+        try:
+            default_tiles(b.out_height, b.out_width, b.out_channels, p.out_channels,
+                          (a.out_channels, b.kernel[0], b.stride[0]))
+        except ValueError as error:
+            return str(error)
+    return None
 
 
 def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> None:
@@ -266,7 +330,15 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     # the staged tile has a halo (a conv pair's A activations on B's padded grid): computed like the
     # depthwise stage's input, every thread a share of its elements
     haloed = depthwise or _extents(sch, mid)[2:] != [oh, ow]
-    th, tw, ec, groups, blocks = default_tiles(oh, ow, expanded, out_channels)
+    # a bottleneck's middle conv is dense (its sum runs over A's channels too): A's activations are computed
+    # once per tile, all channels with the halo, before the chunks of the middle conv's outputs
+    dense_middle = depthwise and sum(int(iv.iter_type) == 2 for iv in sch.get(get(DEPTHWISE)).iter_vars) == 3
+    resident = None
+    if dense_middle:
+        _, channels, padded_height, _ = _extents(sch, mid)
+        k = int(sch.get(get(DEPTHWISE)).iter_vars[-1].dom.extent)
+        resident = (channels, k, 1 if padded_height - k + 1 == oh else 2)
+    th, tw, ec, groups, blocks = default_tiles(oh, ow, expanded, out_channels, resident)
     if projects:
         out, project = get(OUTPUT), get(PROJECT)
         n, o, y, x, r, *taps = sch.get_loops(project)  # a conv pair's B: its taps too
@@ -276,7 +348,8 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
         (ob, ot, orr), (_, ot_, _) = _tile(sch, o, [blocks, groups, out_channels // (blocks * groups)])
         (ro, ri), _ = _tile(sch, r, [expanded // ec, ec])
         sch.reorder(n, yo, xo, ob, ot, yi, xi, ro, ri, *taps, orr)
-        sch.bind(sch.fuse(n, yo, xo, ob), "blockIdx.x")
+        grid = sch.fuse(n, yo, xo, ob)
+        sch.bind(grid, "blockIdx.x")
         threads = sch.fuse(ot, yi, xi)
         sch.bind(threads, "threadIdx.x")
         sch.reverse_compute_at(out, threads, preserve_unit_loops=True)
@@ -305,10 +378,13 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
         sch.compute_at(dw_acc, sch.get_loops(staged)[-1], preserve_unit_loops=True)
         sch.set_scope(dw_acc, 0, "local")
         sch.set_scope(mid, 0, "shared")
-        sch.compute_at(mid, chunk, preserve_unit_loops=True)  # the chunk's expanded tile and its halo
+        # the chunk's expanded tile and its halo; a bottleneck's A: every channel, once per tile
+        sch.compute_at(mid, grid if dense_middle else chunk, preserve_unit_loops=True)
     sch.compute_at(expand, sch.get_loops(mid)[-1], preserve_unit_loops=True)
     sch.set_scope(expand, 0, "local")
-    if projects and not haloed:  # channels split by OT, then (OT x TH x TW) threads: affine, so mid's region is exact
+    if projects and (depthwise or not haloed):
+        # what the projection reads, EC x TH x TW: its channels split by OT, then (OT x TH x TW) threads, each a
+        # share of the elements (affine, so the regions of the stages before it stay exact)
         _, e, y, x = sch.get_loops(staged)[-4:]
         e_outer, e_inner = sch.split(e, [None, thread_factors[0]])
         sch.reorder(e_outer, e_inner, y, x)
@@ -318,6 +394,6 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     if haloed:
         _bind_threads(sch, mid, thread_factors)
     if depthwise:
-        sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-2])
+        sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-3 if dense_middle else -2])
     reductions = sum(int(iv.iter_type) == 2 for iv in sch.get(expand).iter_vars)  # a pair's A: c, i, j
     sch.decompose_reduction(expand, sch.get_loops(expand)[-reductions])

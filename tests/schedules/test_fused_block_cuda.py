@@ -1,4 +1,4 @@
-"""The CUDA fused block kernel (inverted residual, pointwise MLP, conv pair): its compute against eager PyTorch
+"""The CUDA fused block kernel (inverted residual, pointwise MLP, conv pair, bottleneck): its compute against eager PyTorch
 (relative error, run on the CPU unscheduled) over a grid of block shapes; its default schedule built for
 sm_80 and sm_90 and compiled by nvcc within the GPU's limits; its design space (default decisions, the
 workload left untouched, other decisions built or rejected by MetaSchedule's GPU check, never a schedule
@@ -215,6 +215,90 @@ def test_the_conv_pair_compute_matches_eager_and_builds(chain):
                                          compiler="nvcc")
 
 
+BOTTLENECKS = [ConvChain.of(16, 8, 16, 12, 12, bottleneck=True),  # + x
+               ConvChain.of(12, 8, 20, 13, 11, stride=2, bottleneck=True, residual=True, batch=2),  # a skip
+               ConvChain.of(8, 12, 16, 9, 9, k=5, bottleneck=True, residual=False, activation="silu")]
+
+
+def _bottleneck_eager(chain, arrays, x, skip):
+    b = chain.convs[1]
+    act1, act2 = (ACTIVATIONS[a] for a in chain.activations)
+    last = ACTIVATIONS.get(chain.out_activation, lambda t: t)
+    w = [torch.from_numpy(np.asarray(arr)) for arr in arrays]
+    y = act2(F.conv2d(act1(F.conv2d(x, w[0], w[1])), w[2], w[3], b.stride, b.padding))
+    y = F.conv2d(y, w[4], w[5])
+    return last(y + skip if chain.residual else y)
+
+
+@pytest.mark.parametrize("chain", BOTTLENECKS, ids=["residual", "strided-skip-batch2", "5x5-silu"])
+def test_the_bottleneck_compute_matches_eager(chain):
+    arrays = random_arrays(chain, np.random.default_rng(0))
+    x_shape, out_shape = fbc.io_shapes(chain)
+    x, skip = torch.randn(*x_shape), torch.randn(*out_shape)
+    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(chain)}), target="llvm")["main"]
+    out = tvm.runtime.empty(out_shape, "float32", tvm.cpu())
+    args = [x.numpy(), *fbc.prepare_weights(chain, *arrays)] + ([skip.numpy()] if chain.residual else [])
+    run(*map(tvm.runtime.tensor, args), out)
+    assert relative_error(torch.from_numpy(out.numpy()), _bottleneck_eager(chain, arrays, x, skip)) <= 1e-5
+
+
+RESNET50_BOTTLENECKS = [ConvChain.of(256, 64, 256, 56, 56, bottleneck=True),
+                        ConvChain.of(256, 128, 512, 56, 56, stride=2, bottleneck=True),
+                        ConvChain.of(512, 128, 512, 28, 28, bottleneck=True),
+                        ConvChain.of(1024, 256, 1024, 14, 14, bottleneck=True),
+                        ConvChain.of(2048, 512, 2048, 7, 7, bottleneck=True)]
+
+
+@pytest.mark.parametrize("chain", RESNET50_BOTTLENECKS, ids=lambda c: f"{c.convs[1].in_channels}@{c.convs[1].height}"
+                         f"s{c.convs[1].stride[0]}")
+def test_the_bottlenecks_default_schedule_keeps_the_first_conv_whole_per_tile_within_48_kb(chain):
+    """A's activations for the tile and its halo, every channel, and one chunk of B's: two shared buffers of
+    exactly those sizes, together within 48 KB, on the largest tile that fits; nvcc accepts the source."""
+    a, b, p = chain.convs
+    tiles = fbc.default_tiles(b.out_height, b.out_width, b.out_channels, p.out_channels,
+                              (a.out_channels, b.kernel[0], b.stride[0]))
+    th, tw, ec = tiles[:3]
+
+    def halo(th_, tw_):
+        return ((th_ - 1) * b.stride[0] + b.kernel[0]) * ((tw_ - 1) * b.stride[0] + b.kernel[0])
+
+    def fits(th_, tw_):
+        return 4 * (a.out_channels * halo(th_, tw_) + ec * th_ * tw_) <= 48 * 1024
+
+    larger = [(h, w) for h in range(1, 9) for w in range(1, 9) if b.out_height % h == 0 and b.out_width % w == 0
+              and h * w > th * tw]
+    assert fits(th, tw) and not any(fits(h, w) for h, w in larger)
+    target = CUDA[0]
+    source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
+    shared = [int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source)]
+    assert sorted(shared) == sorted([a.out_channels * halo(th, tw), ec * th * tw])
+    assert max(int(n) for n in re.findall(r"__launch_bounds__\((\d+)\)", source)) <= 1024
+    if shutil.which("nvcc") and chain is RESNET50_BOTTLENECKS[0]:  # ~8 s a build: one shape, both archs
+        from tvm.support import nvcc
+
+        for target in CUDA:
+            source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
+            with target.tvm:
+                assert nvcc.compile_cuda(source, target_format="cubin", arch=target.tvm.attrs["arch"],
+                                         compiler="nvcc")
+
+
+def test_a_bottleneck_too_wide_for_shared_memory_is_refused():
+    wide = ConvChain.of(64, 1024, 64, 7, 7, k=7, bottleneck=True)  # 1024 channels x 7 x 7 x 4 bytes = 196 KB
+    assert "shared memory" in fbc.supports(wide)
+    assert fbc.supports(RESNET50_BOTTLENECKS[-1]) is None and fbc.supports(BOTTLENECKS[0]) is None
+    with pytest.raises(ValueError, match="shared memory"):
+        fbc.default_tiles(7, 7, 1024, 64, (1024, 7, 1))
+
+
+def test_the_bottlenecks_design_space_builds():
+    target = CUDA[0]
+    workload, context, space = _space(ConvChain.of(32, 16, 32, 14, 14, bottleneck=True), target)
+    assert sum(i.kind.name == "SamplePerfectTile" for i in space.trace.insts) == 4
+    tvm.ir.assert_structural_equal(workload["main"], fbc.prim_func(ConvChain.of(32, 16, 32, 14, 14, bottleneck=True)))
+    assert _random_points_build(workload, context, space, target, 8) >= 4
+
+
 def test_the_conv_pairs_design_space_builds():
     target = CUDA[0]
     workload, context, space = _space(ConvChain.of(32, 32, 32, 28, 28), target)
@@ -263,3 +347,35 @@ def test_a_forced_block_of_a_model_compiles_for_cuda_as_the_fused_kernel_and_is_
     (space,) = context.generate_design_space()  # the kernel's own space (its samples), not TVM's rules
     assert sum(i.kind.name == "SamplePerfectTile" for i in space.trace.insts) == 4
     tvm.ir.assert_structural_equal(space.mod["main"], task.default().mod["main"])
+
+
+def test_a_forced_bottleneck_compiles_for_cuda_as_the_fused_kernel_and_one_too_wide_warns():
+    from torch import nn
+
+    from convopt.backends.tvm_backend import compile_graph
+    from convopt.capture import capture_program
+    from convopt.ir import Op
+    from convopt.pipeline import build, run_passes
+    from convopt.tuning.tasks import extract_tasks
+    from tests.conftest import cuda_sources
+
+    from ..passes.test_fuse_blocks import Bottleneck
+
+    model = nn.Sequential(Bottleneck(32, 8, 32), Bottleneck(32, 16, 64, stride=2)).eval()
+    captured = capture_program(model, (torch.randn(1, 32, 14, 14),), mode="inference").graph
+    target = CUDA[0]
+    graph, _ = run_passes(captured, build("inference", target, fuse_blocks={"0": True, "1": True}))
+    assert [(n.scope, n.attrs.kind) for n in graph.nodes if n.op is Op.FUSED_BLOCK] == [
+        ("0", "bottleneck"), ("1", "bottleneck")]  # the second's skip: its downsampled input, a kernel argument
+    executable, kernels, _ = compile_graph(graph, target)
+    assert sorted(k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused")) == [
+        "fused_bottleneck"] * 2
+    assert any("fb_expand_act_shared" in s and "fb_depthwise_act_shared" in s for s in cuda_sources(executable))
+    assert [t.kind for t in extract_tasks(graph, target)].count("fused_bottleneck") == 2
+
+    wide = nn.Sequential(Bottleneck(32, 1024, 32)).eval()  # A's 1024 channels on a 3x3 halo: 36 KB, fits;
+    wide.add_module("1", Bottleneck(32, 2048, 32))  # 2048: 72 KB for one pixel, refused
+    captured = capture_program(wide, (torch.randn(1, 32, 7, 7),), mode="inference").graph
+    with pytest.warns(UserWarning, match=r"block 1 \(bottleneck\) is not fused: .*shared memory"):
+        graph, _ = run_passes(captured, build("inference", target, fuse_blocks={"0": True, "1": True}))
+    assert [n.scope for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["0"]

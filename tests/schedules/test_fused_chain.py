@@ -125,23 +125,19 @@ def test_a_band_per_core_left_after_the_batch():
     assert default_bands(ConvChain.of(16, 16, 16, 6, 6, stride=2), cores=8) == 3
 
 
-def test_on_cuda_a_forced_pair_runs_the_cuda_kernel_and_a_bottleneck_its_body():
-    """CUDA has a fused kernel for conv pairs (schedules/fused_block_cuda.py), not for bottlenecks: forced
-    there, a bottleneck is not fused (with a warning), and a fused bottleneck node (from a CPU's fuse_blocks)
-    compiles for CUDA as its body, op by op."""
+def test_on_cuda_a_forced_pair_and_bottleneck_run_the_cuda_kernel():
+    """CUDA has a fused kernel for conv pairs and bottlenecks (schedules/fused_block_cuda.py): forced there,
+    both are fused and compile as that kernel (tests/schedules/test_fused_block_cuda.py tests it)."""
     from convopt.backends.tvm_backend import compile_graph
     from convopt.capture import capture_program
-    from convopt.passes.fuse_blocks import fuse_blocks
     from convopt.pipeline import build, run_passes
 
     model = _randomize(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), BasicBlock(32, 32),
                                            Bottleneck(32, 8, 32)))
     captured = capture_program(model, (torch.randn(1, 3, 14, 14),), mode="inference").graph
     cuda = resolve_target({"kind": "cuda", "arch": "sm_80"})
-    with pytest.warns(UserWarning, match="'?3'? names no block"):
-        graph, _ = run_passes(captured, build("inference", cuda, fuse_blocks={"2": True, "3": True}))
-    assert [n.attrs.kind for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["conv_pair"]
-    fused = fuse_blocks(graph, overrides={"3": True})
-    assert [n.attrs.kind for n in fused.nodes if n.op is Op.FUSED_BLOCK] == ["conv_pair", "bottleneck"]
-    _, kernels, _ = compile_graph(fused, cuda)
-    assert [k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused_")] == ["fused_conv_pair"]
+    graph, _ = run_passes(captured, build("inference", cuda, fuse_blocks={"2": True, "3": True}))
+    assert [n.attrs.kind for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["conv_pair", "bottleneck"]
+    _, kernels, _ = compile_graph(graph, cuda)
+    assert sorted(k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused_")) == [
+        "fused_bottleneck", "fused_conv_pair"]
