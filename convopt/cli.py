@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--vs", default="eager,inductor,ort,ort-reparam,openvino-reparam",
                        help="peers (comma-separated; one listed twice runs twice, a check that the two agree): "
                             "eager, inductor, ort, ort-reparam, openvino, openvino-reparam, convopt, convopt-nchw, "
-                            "convopt-untuned, convopt-unfused, convopt-torch")
+                            "convopt-untuned, convopt-unfused, convopt-unfused-untuned, convopt-torch")
     bench.add_argument("--convopt", default="convopt",
                        help="convopt contender(s), the base of the ratios: convopt (TVM cpu), convopt-torch")
     bench.add_argument("--seconds", type=float, default=4.0, help="seconds of timed calls per process (default 4)")

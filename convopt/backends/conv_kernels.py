@@ -168,9 +168,14 @@ def _constant(graph: Graph, name: str | None) -> np.ndarray | None:
 
 
 def _block_arrays(graph: Graph, block) -> list:
-    """The weight and bias (None: no bias) of each conv of a fused block, in order, as numpy arrays."""
-    return [_constant(graph, conv.inputs[i] if i < len(conv.inputs) else None) for conv in _block_convs(block)
-            for i in (1, 2)]
+    """The weight and bias (None: no bias) of each conv of a fused block, in order, as numpy arrays; in a
+    ConvNeXt block the norm's scale and shift follow the depthwise conv's."""
+    arrays = [_constant(graph, conv.inputs[i] if i < len(conv.inputs) else None) for conv in _block_convs(block)
+              for i in (1, 2)]
+    if getattr(block, "mixer", None) is not None:
+        norm = next(b for b in block.nodes if b.op is Op.CHANNEL_NORM)
+        arrays = arrays[:2] + [_constant(graph, i) for i in norm.inputs[1:3]] + arrays[2:]
+    return arrays
 
 
 def _block_convs(block) -> list[Node]:
@@ -219,9 +224,6 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     elif block.kind in (fused_mlp.KIND, fused_mlp.MIXER_KIND):
         skip = _block_skip(block)
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
-        if block.mixer is not None:  # the norm's scale and shift after the depthwise conv's weight and bias
-            norm = next(b for b in block.nodes if b.op is Op.CHANNEL_NORM)
-            arrays = arrays[:2] + [_constant(graph, i) for i in norm.inputs[1:3]] + arrays[2:]
         prepared = [relax.const(arr) for arr in fused_mlp.prepare_weights(block, *arrays, lanes=lanes)]
         module, knobs, extra = fused_mlp, tuple(fused_space.CANDIDATES), {"skip_block": skip_block}
         skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
@@ -241,6 +243,14 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     return _call_fused(bb, n, block, space.build(fused_space.DEFAULT), args, out_shape, space.sample, kernels, space)
 
 
+def runs_fused_on_cuda(graph: Graph, n: Node) -> bool:
+    """Whether schedules/fused_block_cuda.py's kernel runs fused block ``n`` (its kind and its sizes)."""
+    from ..passes.fuse_blocks import describe
+    from ..schedules import fused_block_cuda
+
+    return fused_block_cuda.supports(describe(graph, n)) is None
+
+
 def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, kernels: dict[str, KernelUse]):
     """Emit fused block ``n`` on CUDA as one call of schedules/fused_block_cuda.py's kernel (a TE compute:
     scheduled, or tuned, like a conv kernel by ``schedule_kernels``)."""
@@ -250,8 +260,9 @@ def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: di
     block = describe(graph, n)
     prepared = fused_block_cuda.prepare_weights(block, *_block_arrays(graph, block))
     args = [env[n.inputs[0]], *map(relax.const, prepared)]
-    skip = _block_skip(block) if block.kind in (fused_block_cuda.MLP_KIND, *fused_block_cuda.CHAIN_KINDS) else None
-    if skip is not None:  # an MLP's or a conv chain's skip is an argument (any value of the output's shape)
+    skip = _block_skip(block) if block.kind not in (fused_block_cuda.KIND, fused_block_cuda.PARTIAL_KIND) else None
+    if skip is not None:  # an MLP's, a ConvNeXt block's or a conv chain's skip is an argument (any value of
+        # the output's shape)
         args.append(env[skip])
     return _call_fused(bb, n, block, fused_block_cuda.prim_func(block), args, fused_block_cuda.io_shapes(block)[1],
                        fused_block_cuda.schedule_cuda, kernels)

@@ -354,12 +354,6 @@ def _unfused(ctx, n: Node, x):
 EMITTERS[Op.FUSED_BLOCK] = _unfused
 
 
-def _cuda_fused_kinds() -> tuple[str, ...]:
-    from ..schedules.fused_block_cuda import KINDS
-
-    return KINDS
-
-
 def unsupported_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if n.op not in EMITTERS or (n.op is Op.TORCH and not emits(n))]
 
@@ -424,8 +418,6 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     fallbacks: dict[str, list[str]] = {}
     # on CUDA, convopt's only kernels are the fused blocks' (every other op is TVM's)
     cuda_blocks = target is not None and target.kind == "cuda" and any(n.op is Op.FUSED_BLOCK for n in graph.nodes)
-    # kinds without a CUDA kernel (in a graph fused for a CPU) run their body unfused
-    cuda_kinds = _cuda_fused_kinds() if cuda_blocks else ()
     if own_kernels or cuda_blocks:
         from . import conv_kernels
     if own_kernels:
@@ -460,7 +452,8 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.op is Op.FUSED_BLOCK:
                     env[n.name] = conv_kernels.emit_fused_block(bb, graph, n, env, lanes, target.cores, kernels)
-                elif cuda_blocks and n.op is Op.FUSED_BLOCK and n.attrs.kind in cuda_kinds:
+                # (a block the CUDA kernel can't run, in a graph fused for a CPU, runs its body unfused)
+                elif cuda_blocks and n.op is Op.FUSED_BLOCK and conv_kernels.runs_fused_on_cuda(graph, n):
                     env[n.name] = conv_kernels.emit_fused_block_cuda(bb, graph, n, env, kernels)
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)

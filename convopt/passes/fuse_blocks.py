@@ -63,7 +63,7 @@ most one block.
 a block holding one of them unfused unless ``overrides`` forces it: a fused kernel has no per-conv lowering.
 
 ``kinds`` limits the kinds matched (CUDA: those schedules/fused_block_cuda.py has a kernel for), ``refuse``
-the blocks the target's kernel can't run (CUDA: a bottleneck too wide for shared memory). A name
+the blocks the target's kernel can't run (CUDA: a bottleneck or ConvNeXt block too wide for shared memory). A name
 ``overrides`` forces that names no matched block draws a warning (a typo, or a block of a kind the target
 can't fuse), not an error: one dict may serve several models.
 
@@ -386,9 +386,10 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
                 needed = margin(block) if callable(margin) else margin
                 forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])
             reason = refuse(block) if forced and refuse is not None else None
-            if reason is not None:
+            if reason is not None:  # (its alternatives, parts of it, are weighed next)
+                whole = " whole" if block is not choices[-1] else ""
                 warnings.warn(f"fuse_blocks: block {_common_scope(block.nodes) or block.nodes[0].name} "
-                              f"({block.kind}) is not fused: {reason}", stacklevel=2)
+                              f"({block.kind}) is not fused{whole}: {reason}", stacklevel=2)
             elif forced:
                 blocks[block.nodes[-1].name] = (block, predicted)
                 break

@@ -1,7 +1,8 @@
 """The fused blocks on CUDA (passes/fuse_blocks.py): an inverted residual, expand 1x1 -> act -> depthwise kxk
 -> act [-> project 1x1 [+ x]], a pointwise MLP, 1x1 -> act -> 1x1 [+ skip], or a conv pair (ResNet's basic
 block, VGG / RepVGG pairs), act(B(a1(A(x))) [+ skip]), or a bottleneck (ResNet's), act(P(a2(B(a1(A(x)))))
-[+ skip]), as one kernel whose intermediates live in shared memory, tile by tile.
+[+ skip]), or ConvNeXt's whole block (its depthwise conv and channel norm before the MLP: ``_convnext_compute``,
+``_schedule_head``), as one kernel whose intermediates live in shared memory, tile by tile.
 
 Compute (NCHW, unpadded weights; the depthwise conv's padding p (top and left; ``InvertedResidual.pads``,
 asymmetric after TF "SAME" padding's pad op), stride s and dilation r per axis, as the pass matched it;
@@ -29,12 +30,15 @@ memory (TIR ``compute_at`` at the chunk loop: the regions are inferred, the halo
 neighbouring tiles; an MLP stages only its expanded activations, TH x TW x EC; a conv pair A's activations
 on the tile and B's halo), and every thread adds the chunk to its accumulators. Each element's expansion and depthwise sums
 run inside one thread. A bottleneck's middle conv sums over all of A's channels, so A's activations are
-computed once per tile, every channel on the tile and its halo, into shared memory (``compute_at`` at the
-thread block's loop), and the chunks are of B's output channels: per chunk B's activations, TH x TW x EC,
-then P's share. Its default tile is the largest (then squarest) whose two buffers fit 48 KB
-(``SHARED_BYTES``): resnet50's bottlenecks take 8 x 8 (64 channels at 56 px, 29 KB), 4 x 4 (128 channels,
-stride 2), 7 x 7, 7 x 2 and 1 x 1 (512 channels at 7 px: each tile recomputes A on 3 x 3 pixels);
-``supports`` refuses a block whose one-pixel tile does not fit. Without a projection a thread block computes EC channels x the tile, one element
+computed once per thread block, every channel on the tile and its halo, into shared memory (``compute_at``
+at the thread block's loop), and the chunks are of B's output channels: per chunk B's activations,
+TH x TW x EC, then P's share. Its default tile is the largest (then squarest) whose two buffers fit 48 KB
+(``SHARED_BYTES``): resnet50's seven bottleneck shapes take 8 x 8 (64 channels at 56 px, 29 KB), 4 x 4
+(128, stride 2), 7 x 7 (128 at 28 px), 7 x 1 (256, stride 2: 46 KB), 7 x 2 (256 at 14 px) and 1 x 1 (512,
+both: A recomputed on each pixel's 3 x 3 neighbourhood). The OB thread blocks that share a tile's output
+channels each compute A and B for it (OB = 2 at 56 px, 4 at 7 px: there A runs 36 times over). ConvNeXt's
+head is likewise computed once per thread block (``_schedule_head``), C + 2 floats a pixel. ``supports``
+refuses a block whose one-pixel tile does not fit. Without a projection a thread block computes EC channels x the tile, one element
 per thread. Tunable (``sample_perfect_tile``, each a factorization of its extent): TH, TW, EC, and the
 output channels' split over thread blocks, threads and each thread.
 Shared memory per thread block, EC ((TH - 1) s + k) ((TW - 1) s + k) + EC TH TW floats: 10.5 KB for
@@ -60,11 +64,13 @@ from .fused_block import KIND, PARTIAL_KIND, padded_vector
 from .fused_chain import BOTTLENECK_KIND
 from .fused_chain import KINDS as CHAIN_KINDS
 from .fused_mlp import KIND as MLP_KIND
+from .fused_mlp import MIXER_KIND, fold_norm
 
 F32 = "float32"
-KINDS = (KIND, PARTIAL_KIND, MLP_KIND, *CHAIN_KINDS)  # the kinds this kernel runs
+KINDS = (KIND, PARTIAL_KIND, MLP_KIND, MIXER_KIND, *CHAIN_KINDS)  # the kinds this kernel runs
 EXPAND, EXPAND_ACT, DEPTHWISE, DEPTHWISE_ACT, PROJECT, OUTPUT = (
     "fb_expand", "fb_expand_act", "fb_depthwise", "fb_depthwise_act", "fb_project", "fb_output")
+MIXER_SUM, MIXER, MEAN, VARIANCE = "fb_mixer_sum", "fb_mixer", "fb_mean", "fb_variance"  # ConvNeXt's head
 MAX_TILE = 8  # output rows / columns per thread block, by default
 MAX_CHUNK = 16  # expanded channels per chunk, by default
 TARGET_THREADS = 256  # threads per block the default channel groups aim for
@@ -75,7 +81,8 @@ SHARED_BYTES = 48 * 1024  # shared memory per thread block without opting in (ev
 def prepare_weights(block, *arrays) -> list[np.ndarray]:
     """The kernel's constants from the convs' OIHW weights and biases in order (a bias None: zeros):
     [w1 [E, C], b1 [E], w2 [E, k, k], b2 [E], (w3 [O, E], b3 [O])] for an inverted residual (w1, b1, w2, b2[,
-    w3, b3] given), [w1 [E, C], b1 [E], w3 [O, E], b3 [O]] for a pointwise MLP (w1, b1, w3, b3 given)."""
+    w3, b3] given), [w1 [E, C], b1 [E], w3 [O, E], b3 [O]] for a pointwise MLP (w1, b1, w3, b3 given), with
+    ConvNeXt's head [wd [C, k, k], bd [C]] before them (given: wd, bd, the norm's scale and shift, w1, ...)."""
     if block.kind in CHAIN_KINDS:  # OIHW as they are: [wA [M, C, k, k], bA [M], wB [O, M, k, k], bB [O]] for a
         # pair; a bottleneck's [wA, bA, wB [M2, M, k, k], bB [M2], wP [O, M2], bP [O]]
         weights = []
@@ -86,7 +93,13 @@ def prepare_weights(block, *arrays) -> list[np.ndarray]:
             weights[4] = np.ascontiguousarray(weights[4].reshape(weights[4].shape[:2]))
         return weights
     E, C, O = block.expand.out_channels, block.expand.in_channels, block.out_channels
-    if block.kind == MLP_KIND:
+    if block.kind == MIXER_KIND:  # [wd, bd, the norm's scale and shift (None: none), w1, b1, w3, b3]
+        wd, bd, scale, shift, w1, b1, w3, b3 = arrays
+        k = block.mixer.kernel[0]
+        w1, b1 = fold_norm(w1, b1, scale, shift)  # the norm's scale and shift folded into the expand
+        weights = [np.asarray(wd, np.float32).reshape(C, k, k), padded_vector(bd, C), w1.astype(np.float32),
+                   b1.astype(np.float32), np.asarray(w3, np.float32).reshape(O, E), padded_vector(b3, O)]
+    elif block.kind == MLP_KIND:
         w1, b1, w3, b3 = arrays
         weights = [np.asarray(w1, np.float32).reshape(E, C), padded_vector(b1, E),
                    np.asarray(w3, np.float32).reshape(O, E), padded_vector(b3, O)]
@@ -101,15 +114,16 @@ def prepare_weights(block, *arrays) -> list[np.ndarray]:
 
 
 def io_shapes(block) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The kernel's input and output shapes (NCHW; a pointwise MLP's or a conv pair's skip has the output's)."""
+    """The kernel's input and output shapes (NCHW; the skip of an MLP, a ConvNeXt block or a conv chain has the
+    output's)."""
     e_, last = block.convs[0], block.convs[-1]
     return ((e_.batch, e_.in_channels, e_.height, e_.width),
             (e_.batch, block.out_channels, last.out_height, last.out_width))
 
 
 def compute(block) -> list[te.Tensor]:
-    """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), [the skip of a pointwise
-    MLP or a conv pair with one], the output."""
+    """The kernel's arguments as TE tensors: x, the weights (``prepare_weights``), [the skip of an MLP, a ConvNeXt
+    block or a conv chain with one], the output."""
     if block.kind in CHAIN_KINDS:
         return _chain_compute(block)
     e_ = block.expand
@@ -118,6 +132,8 @@ def compute(block) -> list[te.Tensor]:
     x = te.placeholder((N, C, H, W), F32, name="x")
     w1, b1 = te.placeholder((E, C), F32, name="w1"), te.placeholder((E,), F32, name="b1")
     c = te.reduce_axis((0, C), name="c")
+    if block.kind == MIXER_KIND:
+        return _convnext_compute(block, x, w1, b1, c)
     if block.kind == MLP_KIND:
         expand = te.compute((N, E, H, W), lambda n, e, y, x_: te.sum(x[n, c, y, x_] * w1[e, c], axis=c),
                             name=EXPAND)
@@ -164,8 +180,55 @@ def _projection(block, source: te.Tensor, skip: te.Tensor | None, shape) -> list
         return value + skip[n, o, y, x_] if skip is not None else value
 
     out = te.compute(shape, output, name=OUTPUT)
-    own_skip = [skip] if skip is not None and block.kind == MLP_KIND else []  # an MLP's skip is an argument
+    own_skip = [skip] if skip is not None and block.kind in (MLP_KIND, MIXER_KIND) else []  # an argument
     return [w3, b3, *own_skip, out]
+
+
+def _zero_outside(x: te.Tensor, H: int, W: int):
+    """x[n, c, y, x], 0 outside the H x W map (a conv's padding); the guard is lazy: x is read only inside."""
+    zero = tirx.const(0.0, F32)
+    return lambda n, c, y, x_: tirx.if_then_else(tirx.all(y >= 0, y < H, x_ >= 0, x_ < W), x[n, c, y, x_], zero)
+
+
+def _convnext_compute(block, x, w1, b1, c) -> list[te.Tensor]:
+    """ConvNeXt's whole block (kind MIXER_KIND): its depthwise conv d, the norm over each pixel's channels
+    (mean, then the variance of the differences, as PyTorch computes it; its scale and shift are in w1, b1),
+    then the MLP, + the skip (the block's input):
+
+        d[n, c, y, x]   = sum_{i,j} x[n, c, y + i - p, x + j - p] wd[c, i, j] + bd[c]     (0 outside the map)
+        mean[n, y, x]   = sum_c d[n, c, y, x],   var[n, y, x] = sum_c (d[n, c, y, x] - mean / C)^2
+        mid[n, e, y, x] = act(sum_c (d[n, c, y, x] - mean / C) w1[e, c] / sqrt(var / C + eps) + b1[e])
+        out[n, o, y, x] = sum_e mid[n, e, y, x] w3[o, e] + b3[o] + skip[n, o, y, x]
+
+    (the norm's 1 / sqrt applied after the expand's sum over c, where it is one multiply per element)."""
+    m = block.mixer
+    N, C, H, W = m.batch, m.in_channels, m.height, m.width
+    E, k = block.expand.out_channels, m.kernel[0]
+    p = k // 2
+    assert m.padding == (p, p) and m.stride == (1, 1) and m.dilation == (1, 1), "fuse_blocks matches only these"
+    wd, bd = te.placeholder((C, k, k), F32, name="wd"), te.placeholder((C,), F32, name="bd")
+    i, j = te.reduce_axis((0, k), name="i"), te.reduce_axis((0, k), name="j")
+    inverse = tirx.const(1.0 / C, F32)
+    x_at = _zero_outside(x, H, W)
+    mixer_sum = te.compute((N, C, H, W), lambda n, c_, y, x_: te.sum(
+        x_at(n, c_, y + i - p, x_ + j - p) * wd[c_, i, j], axis=[i, j]), name=MIXER_SUM)
+    d = te.compute((N, C, H, W), lambda n, c_, y, x_: mixer_sum[n, c_, y, x_] + bd[c_], name=MIXER)
+    cm, cv = te.reduce_axis((0, C), name="cm"), te.reduce_axis((0, C), name="cv")
+    mean = te.compute((N, H, W), lambda n, y, x_: te.sum(d[n, cm, y, x_], axis=cm), name=MEAN)
+
+    def squared_difference(n, y, x_):
+        difference = d[n, cv, y, x_] - mean[n, y, x_] * inverse
+        return te.sum(difference * difference, axis=cv)
+
+    variance = te.compute((N, H, W), squared_difference, name=VARIANCE)
+    expand = te.compute((N, E, H, W), lambda n, e, y, x_: te.sum(
+        (d[n, c, y, x_] - mean[n, y, x_] * inverse) * w1[e, c], axis=c), name=EXPAND)
+    eps = tirx.const(block.eps, F32)
+    mid = te.compute((N, E, H, W), lambda n, e, y, x_: activate(
+        expand[n, e, y, x_] * tirx.rsqrt(variance[n, y, x_] * inverse + eps) + b1[e], block.activation),
+        name=EXPAND_ACT)
+    skip = te.placeholder((N, block.out_channels, H, W), F32, name="skip") if block.residual else None
+    return [x, wd, bd, w1, b1, *_projection(block, mid, skip, (N, block.out_channels, H, W))]
 
 
 def _chain_compute(chain) -> list[te.Tensor]:
@@ -198,8 +261,7 @@ def _chain_compute(chain) -> list[te.Tensor]:
     def inside_a(yp, xp):  # a position of B's padded input that is an output of A
         return tirx.all(yp >= pb, yp < pb + HA, xp >= pb, xp < pb + WA)
 
-    def x_at(n, c_, y, x_):  # x, zero outside (A's padding); the guard is lazy: x is read only inside
-        return tirx.if_then_else(tirx.all(y >= 0, y < H, x_ >= 0, x_ < W), x[n, c_, y, x_], zero)
+    x_at = _zero_outside(x, H, W)  # A's padding
 
     padded = (N, M, HA + 2 * pb, WA + 2 * pb)
     expand = te.compute(padded, lambda n, m, yp, xp: te.sum(tirx.if_then_else(
@@ -253,10 +315,13 @@ def _tile(sch, loop, decision: list[int]):
 
 
 def _bind_threads(sch, block, threads: list) -> None:
-    """The loops ``compute_at`` gave a spatial block (its innermost, one per block variable) fused and spread
-    over the block's threads, whose count is the product of ``threads`` (sampled factors: a tuned trace
+    """The loops ``compute_at`` gave a block (its innermost, one per block variable; a reduction's own loops
+    left inside) fused and spread over the block's threads, whose count is the product of ``threads`` (sampled factors: a tuned trace
     replays with its own decisions, so the count must not be a Python int taken from the defaults)."""
-    spatial = sch.get_loops(block)[-len(sch.get(block).iter_vars):]
+    iter_vars = sch.get(block).iter_vars
+    reductions = sum(int(iv.iter_type) == 2 for iv in iter_vars)  # a reduction's own loops stay in the thread
+    loops = sch.get_loops(block)[-len(iter_vars):]
+    spatial = loops[:len(loops) - reductions]
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     sch.bind(sch.fuse(*sch.split(fused, [None, *threads])[1:]), "threadIdx.x")
 
@@ -270,7 +335,8 @@ def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: 
                   resident: tuple[int, int, int] | None = None) -> tuple[int, int, int, int, int]:
     """(TH, TW, EC, OT, OB): the schedule's default decisions (module docstring) for a block's output map,
     expanded channels and output channels; OB thread blocks share a tile's output channels. ``resident``:
-    (channels, kernel, stride) of a stage kept whole for the tile and its halo (a bottleneck's A), whose
+    (channels, kernel, stride) of a stage kept whole for the tile and its halo (a bottleneck's A; ConvNeXt's
+    d with its mean and variance: channels + 2, no halo), whose
     shared buffer, with the chunk's, must fit ``SHARED_BYTES``: the largest such tile (ValueError if none)."""
     ec = _largest_divisor(expanded, MAX_CHUNK)
     th, tw = _largest_divisor(out_height, MAX_TILE), _largest_divisor(out_width, MAX_TILE)
@@ -284,7 +350,7 @@ def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: 
                    for th_ in range(1, MAX_TILE + 1) if out_height % th_ == 0
                    for tw_ in range(1, MAX_TILE + 1) if out_width % tw_ == 0 and shared_bytes(th_, tw_) <= SHARED_BYTES]
         if not fitting:
-            raise ValueError(f"{channels} channels of a {k}x{k} conv's input do not fit {SHARED_BYTES} bytes of "
+            raise ValueError(f"{channels} floats a pixel (on a {k}x{k} window) do not fit {SHARED_BYTES} bytes of "
                              f"shared memory even for a one-pixel tile")
         *_, th, tw = max(fitting)  # the most pixels, then the squarest (the least halo)
     # OT divides EC too: the chunk's depthwise outputs (EC x TH x TW) then split evenly over the OT x TH x TW
@@ -300,16 +366,20 @@ def default_tiles(out_height: int, out_width: int, expanded: int, out_channels: 
 
 def supports(block) -> str | None:
     """None when this kernel runs ``block`` with its default schedule, else why not (a bottleneck whose first
-    conv's activations, for a one-pixel tile and its halo, exceed the shared memory)."""
+    conv's activations, for a one-pixel tile and its halo, or a ConvNeXt head whose channels for one pixel,
+    exceed the shared memory)."""
     if block.kind not in KINDS:
         return f"no CUDA kernel for {block.kind} blocks"
-    if block.kind == BOTTLENECK_KIND:
-        a, b, p = block.convs
-        try:
+    try:
+        if block.kind == BOTTLENECK_KIND:
+            a, b, p = block.convs
             default_tiles(b.out_height, b.out_width, b.out_channels, p.out_channels,
                           (a.out_channels, b.kernel[0], b.stride[0]))
-        except ValueError as error:
-            return str(error)
+        elif block.kind == MIXER_KIND:
+            e_ = block.expand
+            default_tiles(e_.height, e_.width, e_.out_channels, block.out_channels, (e_.in_channels + 2, 1, 1))
+    except ValueError as error:
+        return f"{block.kind} block of {block.convs[0].describe()}: {error}"
     return None
 
 
@@ -333,7 +403,10 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     # a bottleneck's middle conv is dense (its sum runs over A's channels too): A's activations are computed
     # once per tile, all channels with the halo, before the chunks of the middle conv's outputs
     dense_middle = depthwise and sum(int(iv.iter_type) == 2 for iv in sch.get(get(DEPTHWISE)).iter_vars) == 3
+    mixing = MIXER in names  # ConvNeXt's head: d, its mean and variance, every channel, once per tile
     resident = None
+    if mixing:  # (no halo: the depthwise conv reads x from global memory; + 2 for the mean and the variance)
+        resident = (_extents(sch, get(MIXER))[1] + 2, 1, 1)
     if dense_middle:
         _, channels, padded_height, _ = _extents(sch, mid)
         k = int(sch.get(get(DEPTHWISE)).iter_vars[-1].dom.extent)
@@ -397,3 +470,23 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
         sch.decompose_reduction(dw_acc, sch.get_loops(dw_acc)[-3 if dense_middle else -2])
     reductions = sum(int(iv.iter_type) == 2 for iv in sch.get(expand).iter_vars)  # a pair's A: c, i, j
     sch.decompose_reduction(expand, sch.get_loops(expand)[-reductions])
+    if mixing:
+        _schedule_head(sch, get, grid, thread_factors)
+
+
+def _schedule_head(sch, get, grid, thread_factors: list) -> None:
+    """ConvNeXt's head, once per tile before the chunks: d (every channel of the tile) and its mean and
+    variance in shared memory, computed at the thread block's loop (the consumers first: compute_at needs
+    every consumer of a block under the loop), each spread over the threads, each sum in one thread."""
+    for name in (VARIANCE, MEAN, MIXER):
+        stage = get(name)
+        sch.set_scope(stage, 0, "shared")
+        sch.compute_at(stage, grid, preserve_unit_loops=True)
+    mixer_sum = get(MIXER_SUM)
+    sch.compute_at(mixer_sum, sch.get_loops(get(MIXER))[-1], preserve_unit_loops=True)
+    sch.set_scope(mixer_sum, 0, "local")
+    for name in (VARIANCE, MEAN, MIXER):
+        _bind_threads(sch, get(name), thread_factors)
+    sch.decompose_reduction(mixer_sum, sch.get_loops(mixer_sum)[-2])
+    for name in (MEAN, VARIANCE):
+        sch.decompose_reduction(get(name), sch.get_loops(get(name))[-1])

@@ -115,9 +115,7 @@ def prepare_weights(block: PointwiseMLP, *arrays, lanes: int) -> list[np.ndarray
         wd_ = np.zeros((k, k, round_up(C, lanes)), np.float32)
         wd_[:, :, :C] = np.asarray(wd, np.float32).reshape(C, k, k).transpose(1, 2, 0)
         mixer = [wd_, padded_vector(bd, round_up(C, lanes))]
-        w1 = np.asarray(w1, np.float64).reshape(E, C)
-        b1 = (np.zeros(E) if b1 is None else np.asarray(b1, np.float64)) + (0 if shift is None else w1 @ shift)
-        w1 = w1 * (1 if scale is None else np.asarray(scale, np.float64))[None, :]
+        w1, b1 = fold_norm(w1, b1, scale, shift)
     else:
         w1, b1, w3, b3 = arrays
         mixer = [np.zeros((1, 1, 1), np.float32), np.zeros(1, np.float32)]
@@ -126,6 +124,14 @@ def prepare_weights(block: PointwiseMLP, *arrays, lanes: int) -> list[np.ndarray
     w3_ = np.zeros((Ep, Op), np.float32)
     w3_[:E, :O] = np.asarray(w3, np.float32).reshape(O, E).T
     return mixer + [w1_, padded_vector(b1, Ep), w3_, padded_vector(b3, Op)]
+
+
+def fold_norm(w1, b1, scale, shift) -> tuple[np.ndarray, np.ndarray]:
+    """(w1 diag(scale), b1 + w1 shift) in float64: the expand [E, C(, 1, 1)] of a normalized input u' = u scale +
+    shift as the expand of u (a bias, scale or shift None: none)."""
+    w1 = np.asarray(w1, np.float64).reshape(len(w1), -1)
+    b1 = (np.zeros(len(w1)) if b1 is None else np.asarray(b1, np.float64)) + (0 if shift is None else w1 @ shift)
+    return w1 * (1 if scale is None else np.asarray(scale, np.float64))[None, :], b1
 
 
 def default_bands(block: PointwiseMLP, cores: int = 1) -> int:

@@ -440,6 +440,14 @@ def test_kinds_limit_what_is_fused_and_forced_names_that_match_nothing_warn():
         fuse_blocks(graph, overrides={"layer9": True})
 
 
+def test_a_block_the_target_refuses_stays_unfused_with_a_warning_naming_it():
+    graph = _graph(nn.Sequential(BasicBlock(), BasicBlock()))
+    refuse = lambda block: "too wide" if block.nodes[0].scope.startswith("1") else None  # noqa: E731
+    with pytest.warns(UserWarning, match=r"block 1 \(conv_pair\) is not fused: too wide"):
+        after = fuse_blocks(graph, predict=lambda g, b: None, overrides={"0": True, "1": True}, refuse=refuse)
+    assert [n.scope for n in _fused(after)] == ["0"]
+
+
 class ConvNeXtBlock(nn.Module):
     """timm's ConvNeXt block (conv MLP form): depthwise kxk, LayerNorm2d, 1x1 expand, GELU, 1x1 project,
     layer scale, + the block's input."""

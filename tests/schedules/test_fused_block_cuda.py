@@ -1,4 +1,4 @@
-"""The CUDA fused block kernel (inverted residual, pointwise MLP, conv pair, bottleneck): its compute against eager PyTorch
+"""The CUDA fused block kernel (inverted residual, pointwise MLP, ConvNeXt block, conv pair, bottleneck): its compute against eager PyTorch
 (relative error, run on the CPU unscheduled) over a grid of block shapes; its default schedule built for
 sm_80 and sm_90 and compiled by nvcc within the GPU's limits; its design space (default decisions, the
 workload left untouched, other decisions built or rejected by MetaSchedule's GPU check, never a schedule
@@ -122,6 +122,19 @@ def test_the_default_schedule_builds_for_sm80_and_sm90_within_the_limits(case):
                                          compiler="nvcc")
 
 
+def test_each_thread_computes_its_share_of_the_chunks_depthwise_activations():
+    """The depthwise stage (EC x TH x TW a chunk) is spread over the thread block's threads: each thread's
+    serial loops over it cover EC / OT of its elements (before, every thread computed the whole chunk)."""
+    block, _, _ = _case(24, 144, 24, 28, 28, 3, 1, "relu6", 1)
+    sch = _scheduled(block, CUDA[0])
+    th, tw, ec, groups, _ = fbc.default_tiles(28, 28, 144, 24)
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock(fbc.DEPTHWISE_ACT))]
+    serial = [int(loop.extent) for loop in loops if loop.thread_binding is None]
+    assert [loop.thread_binding.thread_tag for loop in loops if loop.thread_binding is not None] == [
+        "blockIdx.x", "threadIdx.x", "threadIdx.x"]  # the projection's threads, then the stage's own
+    assert serial[0] == 144 // ec and int(np.prod(serial[1:])) == ec // groups  # the chunks, then its share
+
+
 def _space(block, target):
     """(the workload, its tuning context with the kernel's space, the space's default schedule)."""
     from tvm.s_tir import meta_schedule as ms
@@ -242,38 +255,36 @@ def test_the_bottleneck_compute_matches_eager(chain):
     assert relative_error(torch.from_numpy(out.numpy()), _bottleneck_eager(chain, arrays, x, skip)) <= 1e-5
 
 
-RESNET50_BOTTLENECKS = [ConvChain.of(256, 64, 256, 56, 56, bottleneck=True),
-                        ConvChain.of(256, 128, 512, 56, 56, stride=2, bottleneck=True),
-                        ConvChain.of(512, 128, 512, 28, 28, bottleneck=True),
-                        ConvChain.of(1024, 256, 1024, 14, 14, bottleneck=True),
-                        ConvChain.of(2048, 512, 2048, 7, 7, bottleneck=True)]
+RESNET50_BOTTLENECKS = [  # (the block, the default tile: the largest whose buffers fit 48 KB)
+    (ConvChain.of(256, 64, 256, 56, 56, bottleneck=True), (8, 8)),
+    (ConvChain.of(256, 128, 512, 56, 56, stride=2, bottleneck=True), (4, 4)),
+    (ConvChain.of(512, 128, 512, 28, 28, bottleneck=True), (7, 7)),
+    (ConvChain.of(512, 256, 1024, 28, 28, stride=2, bottleneck=True), (7, 1)),
+    (ConvChain.of(1024, 256, 1024, 14, 14, bottleneck=True), (7, 2)),
+    (ConvChain.of(1024, 512, 2048, 14, 14, stride=2, bottleneck=True), (1, 1)),
+    (ConvChain.of(2048, 512, 2048, 7, 7, bottleneck=True), (1, 1))]
 
 
-@pytest.mark.parametrize("chain", RESNET50_BOTTLENECKS, ids=lambda c: f"{c.convs[1].in_channels}@{c.convs[1].height}"
-                         f"s{c.convs[1].stride[0]}")
-def test_the_bottlenecks_default_schedule_keeps_the_first_conv_whole_per_tile_within_48_kb(chain):
+@pytest.mark.parametrize("chain, tile", RESNET50_BOTTLENECKS,
+                         ids=lambda c: f"{c.convs[1].in_channels}@{c.convs[1].height}s{c.convs[1].stride[0]}"
+                         if isinstance(c, ConvChain) else "")
+def test_the_bottlenecks_default_schedule_keeps_the_first_conv_whole_per_tile_within_48_kb(chain, tile):
     """A's activations for the tile and its halo, every channel, and one chunk of B's: two shared buffers of
-    exactly those sizes, together within 48 KB, on the largest tile that fits; nvcc accepts the source."""
+    exactly those sizes, together within 48 KB; nvcc accepts the source."""
     a, b, p = chain.convs
-    tiles = fbc.default_tiles(b.out_height, b.out_width, b.out_channels, p.out_channels,
-                              (a.out_channels, b.kernel[0], b.stride[0]))
-    th, tw, ec = tiles[:3]
+    th, tw, ec, *_ = fbc.default_tiles(b.out_height, b.out_width, b.out_channels, p.out_channels,
+                                       (a.out_channels, b.kernel[0], b.stride[0]))
+    assert (th, tw) == tile
 
     def halo(th_, tw_):
         return ((th_ - 1) * b.stride[0] + b.kernel[0]) * ((tw_ - 1) * b.stride[0] + b.kernel[0])
 
-    def fits(th_, tw_):
-        return 4 * (a.out_channels * halo(th_, tw_) + ec * th_ * tw_) <= 48 * 1024
-
-    larger = [(h, w) for h in range(1, 9) for w in range(1, 9) if b.out_height % h == 0 and b.out_width % w == 0
-              and h * w > th * tw]
-    assert fits(th, tw) and not any(fits(h, w) for h, w in larger)
     target = CUDA[0]
     source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
     shared = [int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source)]
-    assert sorted(shared) == sorted([a.out_channels * halo(th, tw), ec * th * tw])
+    assert sorted(shared) == sorted([a.out_channels * halo(th, tw), ec * th * tw]) and 4 * sum(shared) <= 48 * 1024
     assert max(int(n) for n in re.findall(r"__launch_bounds__\((\d+)\)", source)) <= 1024
-    if shutil.which("nvcc") and chain is RESNET50_BOTTLENECKS[0]:  # ~8 s a build: one shape, both archs
+    if shutil.which("nvcc") and chain is RESNET50_BOTTLENECKS[0][0]:  # ~8 s a build: one shape, both archs
         from tvm.support import nvcc
 
         for target in CUDA:
@@ -286,7 +297,7 @@ def test_the_bottlenecks_default_schedule_keeps_the_first_conv_whole_per_tile_wi
 def test_a_bottleneck_too_wide_for_shared_memory_is_refused():
     wide = ConvChain.of(64, 1024, 64, 7, 7, k=7, bottleneck=True)  # 1024 channels x 7 x 7 x 4 bytes = 196 KB
     assert "shared memory" in fbc.supports(wide)
-    assert fbc.supports(RESNET50_BOTTLENECKS[-1]) is None and fbc.supports(BOTTLENECKS[0]) is None
+    assert fbc.supports(RESNET50_BOTTLENECKS[-1][0]) is None and fbc.supports(BOTTLENECKS[0]) is None
     with pytest.raises(ValueError, match="shared memory"):
         fbc.default_tiles(7, 7, 1024, 64, (1024, 7, 1))
 
@@ -379,3 +390,111 @@ def test_a_forced_bottleneck_compiles_for_cuda_as_the_fused_kernel_and_one_too_w
     with pytest.warns(UserWarning, match=r"block 1 \(bottleneck\) is not fused: .*shared memory"):
         graph, _ = run_passes(captured, build("inference", target, fuse_blocks={"0": True, "1": True}))
     assert [n.scope for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["0"]
+
+
+CONVNEXTS = [PointwiseMLP.of(16, 64, 16, 14, 14, "gelu", True, mixer_kernel=7),
+             PointwiseMLP.of(24, 96, 24, 9, 13, "gelu", True, batch=2, mixer_kernel=5),  # odd map, batch 2
+             PointwiseMLP.of(12, 40, 20, 5, 4, "relu", False, mixer_kernel=7)]  # a map smaller than the kernel
+
+
+def _convnext_case(block, seed=0):
+    """(the arrays prepare_weights takes: wd, bd, the norm's scale and shift, w1, b1, w3, b3; x; skip), the
+    block's input far from zero mean (the norm must subtract its mean exactly)."""
+    rng = np.random.default_rng(seed)
+    C, E, O, k = block.expand.in_channels, block.expand.out_channels, block.out_channels, block.mixer.kernel[0]
+    shapes = [(C, 1, k, k), C, C, C, (E, C, 1, 1), E, (O, E, 1, 1), O]
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    arrays[2] = (arrays[2] * 0.5 + 1).astype(np.float32)  # the norm's scale
+    x_shape, out_shape = fbc.io_shapes(block)
+    return arrays, torch.randn(*x_shape, generator=torch.manual_seed(seed)) + 30, torch.randn(*out_shape)
+
+
+def _convnext_eager(block, arrays, x, skip):
+    wd, bd, scale, shift, w1, b1, w3, b3 = map(torch.from_numpy, arrays)
+    d = F.conv2d(x, wd, bd, padding=block.mixer.padding, groups=block.mixer.groups)
+    u = F.layer_norm(d.permute(0, 2, 3, 1), (d.shape[1],), scale, shift, block.eps).permute(0, 3, 1, 2)
+    y = F.conv2d(ACTIVATIONS[block.activation](F.conv2d(u, w1, b1)), w3, b3)
+    return y + skip if block.residual else y
+
+
+@pytest.mark.parametrize("block", CONVNEXTS, ids=["7x7", "5x5-odd-batch2", "small-map-no-skip"])
+def test_the_convnext_block_compute_matches_eager_and_builds(block):
+    arrays, x, skip = _convnext_case(block)
+    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
+    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
+    args = [x.numpy(), *fbc.prepare_weights(block, *arrays)] + ([skip.numpy()] if block.residual else [])
+    run(*map(tvm.runtime.tensor, args), out)
+    assert relative_error(torch.from_numpy(out.numpy()), _convnext_eager(block, arrays, x, skip)) <= 1e-4
+    # the default schedule: d (every channel of the tile), its mean and variance, and one chunk of the
+    # expanded activations in shared memory, within 48 KB; nvcc accepts it (one shape, both archs)
+    e_ = block.expand
+    th, tw, ec, *_ = fbc.default_tiles(e_.height, e_.width, e_.out_channels, block.out_channels,
+                                       (e_.in_channels + 2, 1, 1))
+    for target in CUDA if block is CONVNEXTS[0] else CUDA[:1]:
+        source = tvm.compile(_scheduled(block, target).mod, target=target.tvm).mod.imports[0].inspect_source()
+        shared = [int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source)]
+        assert sorted(shared) == sorted([e_.in_channels * th * tw, th * tw, th * tw, ec * th * tw])
+        assert 4 * sum(shared) <= 48 * 1024
+        if shutil.which("nvcc") and block is CONVNEXTS[0]:
+            from tvm.support import nvcc
+
+            with target.tvm:
+                assert nvcc.compile_cuda(source, target_format="cubin", arch=target.tvm.attrs["arch"],
+                                         compiler="nvcc")
+
+
+def test_a_wide_convnext_block_takes_a_tile_that_fits_and_its_space_builds():
+    wide = PointwiseMLP.of(320, 1280, 320, 7, 7, "gelu", True, mixer_kernel=7)  # convnext_atto's last stage
+    assert fbc.default_tiles(7, 7, 1280, 320, (322, 1, 1))[:2] == (7, 1)  # 7 x 7 x 338 floats: 66 KB
+    assert fbc.supports(wide) is None
+    assert "shared memory" in fbc.supports(PointwiseMLP.of(16384, 64, 16384, 7, 7, mixer_kernel=3))
+    target = CUDA[0]
+    workload, context, space = _space(CONVNEXTS[0], target)
+    tvm.ir.assert_structural_equal(workload["main"], fbc.prim_func(CONVNEXTS[0]))
+    assert sum(i.kind.name == "SamplePerfectTile" for i in space.trace.insts) == 4
+    assert _random_points_build(workload, context, space, target, 8) >= 4
+
+
+def test_a_forced_convnext_block_compiles_for_cuda_as_the_fused_kernel():
+    from torch import nn
+
+    from convopt.backends.tvm_backend import compile_graph
+    from convopt.capture import capture_program
+    from convopt.ir import Op
+    from convopt.pipeline import build, run_passes
+    from convopt.tuning.tasks import extract_tasks
+
+    from ..passes.test_fuse_blocks import ConvNeXtBlock
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), ConvNeXtBlock(16, 64, 7)).eval()
+    captured = capture_program(model, (torch.randn(1, 3, 14, 14),), mode="inference").graph
+    target = CUDA[0]
+    graph, _ = run_passes(captured, build("inference", target, fuse_blocks={"1": True}))
+    assert [n.attrs.kind for n in graph.nodes if n.op is Op.FUSED_BLOCK] == ["convnext_block"]
+    _, kernels, _ = compile_graph(graph, target)
+    assert [k["lowering"] for k in kernels.values() if k["lowering"].startswith("fused")] == ["fused_convnext_block"]
+    (task,) = [t for t in extract_tasks(graph, target) if t.kind == "fused_convnext_block"]
+    assert task.searched
+
+
+def test_a_fused_block_the_cuda_kernel_refuses_compiles_there_as_its_body():
+    """A bottleneck too wide for the CUDA kernel's shared memory (schedules/fused_block_cuda.py ``supports``),
+    in a graph fused for a CPU, compiles for CUDA op by op, from its body."""
+    from convopt.backends.tvm_backend import compile_graph
+    from convopt.capture import capture_program
+    from convopt.passes.fuse_blocks import fuse_blocks
+    from convopt.ir import Op
+    from convopt.pipeline import build, run_passes
+
+    from torch import nn
+
+    from ..passes.test_fuse_blocks import Bottleneck
+
+    model = nn.Sequential(Bottleneck(16, 2048, 16)).eval()  # 2048 channels x 3 x 3 x 4 bytes > 48 KB
+    captured = capture_program(model, (torch.randn(1, 16, 5, 5),), mode="inference").graph
+    target = CUDA[0]
+    graph, _ = run_passes(captured, build("inference", target))
+    fused = fuse_blocks(graph, overrides={"0": True})
+    assert [n.attrs.kind for n in fused.nodes if n.op is Op.FUSED_BLOCK] == ["bottleneck"]
+    _, kernels, _ = compile_graph(fused, target)
+    assert not any(k["lowering"].startswith("fused_") for k in kernels.values())

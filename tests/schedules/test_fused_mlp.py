@@ -129,25 +129,6 @@ def test_a_forced_mlp_compiles_for_cuda_as_the_cuda_fused_kernel():
     assert any("fb_expand_act_shared" in s for s in cuda_sources(executable))
 
 
-def test_a_fused_block_of_a_kind_cuda_has_no_kernel_for_compiles_there_as_its_body():
-    """A ConvNeXt block (depthwise conv and norm before the MLP) has no CUDA fused kernel: forced on CUDA it
-    is not matched, and a node fused for a CPU compiles for CUDA op by op, from its body."""
-    from convopt.backends.tvm_backend import compile_graph
-    from convopt.capture import capture_program
-    from convopt.passes.fuse_blocks import fuse_blocks
-    from convopt.pipeline import build, run_passes
-
-    from ..passes.test_fuse_blocks import ConvNeXtBlock
-
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), ConvNeXtBlock(16, 64, 7)).eval()
-    captured = capture_program(model, (torch.randn(1, 3, 14, 14),), mode="inference").graph
-    target = resolve_target({"kind": "cuda", "arch": "sm_80"})
-    graph, _ = run_passes(captured, build("inference", target))
-    fused = fuse_blocks(graph, overrides={"1": True})
-    assert [n.attrs.kind for n in fused.nodes if n.op is Op.FUSED_BLOCK] == ["convnext_block"]
-    _, kernels, _ = compile_graph(fused, target)
-    assert not any(k["lowering"].startswith("fused_") for k in kernels.values())
-
 CONVNEXT_GRID = [  # (c, e, k, input shape): the block's input comes from a 3x3 conv of 3 channels
     (16, 64, 7, (1, 3, 14, 14)),
     (24, 96, 5, (2, 3, 9, 13)),   # batch 2, odd map, C a multiple of 8 but not of 16
