@@ -2,7 +2,7 @@
 (one kernel each: schedules/fused_block.py for inverted residuals, schedules/fused_mlp.py for pointwise MLPs
 and ConvNeXt blocks,
 schedules/fused_chain.py for dense conv pairs and bottlenecks)
-and with none (convopt's kernels of each block's nodes, each kernel counted once, exchanging
+and with none (convopt's kernels of each block's nodes, each call counted, exchanging
 channel-blocked tensors), each kernel timed in place by the VM's instrument (report.time_kernels, the
 median of runs), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
 model's predictions (cost/fused.py, cost/model.py), the bytes each variant moves from memory, and the
@@ -35,8 +35,10 @@ def per_call(rows) -> dict[str, tuple[int, float]]:
 
 
 def kernels_time(per_node: dict[str, tuple[int, float]], nodes) -> float:
-    """Seconds of the kernels that run ``nodes`` (each kernel once, however many of the nodes it runs)."""
-    return sum(dict(per_node[n] for n in nodes if n in per_node).values())
+    """Seconds of the kernel calls that run ``nodes``: a kernel's table lists one node per call (the conv
+    whose call it is; what its epilogue absorbed is not listed), so equal convs sharing one kernel function
+    (a block's two 48->48 1x1s) count once each."""
+    return sum(per_node[n][1] for n in nodes if n in per_node)
 
 
 def main() -> int:
