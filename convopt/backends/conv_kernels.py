@@ -173,9 +173,35 @@ def _block_arrays(graph: Graph, block) -> list:
     arrays = [_constant(graph, conv.inputs[i] if i < len(conv.inputs) else None) for conv in _block_convs(block)
               for i in (1, 2)]
     if getattr(block, "mixer", None) is not None:
-        norm = next(b for b in block.nodes if b.op is Op.CHANNEL_NORM)
-        arrays = arrays[:2] + [_constant(graph, i) for i in norm.inputs[1:3]] + arrays[2:]
+        if block.norm:  # ConvNeXt: the depthwise conv, the norm's scale and shift, the MLP
+            norm = next(b for b in block.nodes if b.op is Op.CHANNEL_NORM)
+            return arrays[:2] + [_constant(graph, i) for i in norm.inputs[1:3]] + arrays[2:]
+        return [*mixer_arrays(graph, block), None, None, *arrays[-4:]]  # InceptionNeXt: no norm
     return arrays
+
+
+def mixer_arrays(graph: Graph, block) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [C, 1, k, k], bias [C]) of the one depthwise conv that computes InceptionNeXt's token mixer
+    (passes/fuse_blocks.py ``_inception_mixer``): the cat's parts in order, each conv's kernel centred in the
+    k x k one (its padding is "same", so the outputs agree), a part passed as it is the centre tap 1."""
+    spec = block.mixer
+    k, C = spec.kernel[0], spec.in_channels
+    weight, bias = np.zeros((C, 1, k, k), np.float32), np.zeros(C, np.float32)
+    cat = next(b for b in block.nodes if b.op is Op.CAT)
+    nodes, offset = {b.name: b for b in block.nodes}, 0
+    for name in cat.inputs:
+        part = nodes[name]
+        width = part.type.shape[1]
+        if part.op is Op.CONV2D:
+            w = _constant(graph, part.inputs[1])
+            kh, kw = w.shape[2:]
+            weight[offset:offset + width, :, (k - kh) // 2:(k + kh) // 2, (k - kw) // 2:(k + kw) // 2] = w
+            b = _constant(graph, part.inputs[2] if len(part.inputs) > 2 else None)
+            bias[offset:offset + width] = 0 if b is None else b
+        else:
+            weight[offset:offset + width, 0, k // 2, k // 2] = 1.0
+        offset += width
+    return weight, bias
 
 
 def _block_convs(block) -> list[Node]:

@@ -370,5 +370,6 @@ def describe_block(block) -> str:
     d = getattr(block, "depthwise", None)
     middle = f" k{d.kernel[0]} s{d.stride[0]}" if d is not None else ""
     mixer = getattr(block, "mixer", None)
-    head = f"dw k{mixer.kernel[0]} + norm, " if mixer is not None else ""
+    head = ("" if mixer is None else f"dw k{mixer.kernel[0]} + norm, " if block.norm else
+            f"mixer k{mixer.kernel[0]} (split, dw, cat), ")
     return f"{head}{e.in_channels}->{e.out_channels}->{block.out_channels}{middle} @{e.height}x{e.width}"

@@ -36,10 +36,16 @@ with F1 and F2 1x1 convs (groups 1, stride 1, constant weights) on a map of more
 squeeze-excite's convs are matrix-vector products with nothing to keep in cache) and s any value of y's
 shape the add reads
 (ConvNeXt's block input). Preconditions as above (F1 and a each read only by the next op). Where x is
-ConvNeXt's token mixer, a channel norm of a depthwise conv (k x k up to 7, stride 1, same padding, constant
+ConvNeXt's token mixer, a channel norm of a depthwise conv (k x k up to 11, stride 1, same padding, constant
 weights), each read only by the next op, the block takes them too (kind "convnext_block"):
 
     y = F2(a(F1(norm(D(x)))))  [+ s]    =>   y = fused_block(x, W_D, b_D, g, b, W_1, b_1, W_2, b_2[, s])
+
+and likewise InceptionNeXt's token mixer (its BatchNorm already folded into F1): a split of x along the
+channels whose parts, in order, reach a cat either as they are or through one depthwise conv each (3x3,
+1 x k, k x 1: stride 1, same padding), which is one k x k depthwise conv D' over all channels (each part's
+kernel centred in it, a part passed as it is the centre tap 1): y = F2(a(F1(D'(x)))) [+ s], the same kind
+without the norm.
 
 Where the whole block is not chosen by the prediction, its MLP alone is weighed next, as above. (A name of
 a module inside a block, e.g. "stages.0.blocks.1.mlp", forces or refuses the block that holds it: the
@@ -213,6 +219,49 @@ def _mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tuple[Node, 
     return dw, norm, spec
 
 
+def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tuple[tuple[Node, ...], ConvSpec] | None:
+    """(its nodes in graph order, the spec of the one depthwise conv that computes it) of InceptionNeXt's token
+    mixer feeding ``f1``: a split of x along the channels whose parts, in order, reach one cat (f1's input) as
+    they are or through one depthwise conv each (stride 1, "same" padding, odd kernels, constant operands),
+    every part and conv read only by the next op and every part of the split used; else None. The convs are
+    one k x k depthwise conv over all channels (k their largest extent, each part's kernel centred in it, a
+    part passed as it is the centre tap 1: conv_kernels.mixer_arrays)."""
+    cat = graph.node_map.get(f1.inputs[0])
+    if (cat is None or cat.op is not Op.CAT or cat.attrs.dim != 1 or cat.name in taken or only_reader(cat) is not f1
+            or len(cat.inputs) < 2):
+        return None
+    nodes, split, k = [cat], None, 1
+    for index, name in enumerate(cat.inputs):
+        part = graph.node_map.get(name)
+        if part is not None and part.op is Op.CONV2D:
+            spec = conv_spec_of(graph, part)
+            kh, kw = spec.kernel
+            if not (spec.groups == spec.in_channels == spec.out_channels and spec.stride == (1, 1)
+                    and spec.dilation == (1, 1) and kh % 2 == 1 and kw % 2 == 1 and spec.padding == (kh // 2, kw // 2)
+                    and _constant_operands(graph, part) and part.name not in taken and only_reader(part) is cat):
+                return None
+            nodes.append(part)
+            k, reader, part = max(k, kh, kw), part, graph.node_map.get(part.inputs[0])
+        else:
+            reader = cat
+        if (part is None or part.op is not Op.GETITEM or part.attrs.index != index or part.name in taken
+                or only_reader(part) is not reader):
+            return None
+        nodes.append(part)
+        source = graph.node_map.get(part.inputs[0])
+        if source is None or source.op is not Op.SPLIT or source.attrs.dim != 1 or (split not in (None, source)):
+            return None
+        split = source
+    if split.name in taken or len(split.attrs.sizes) != len(cat.inputs) or len(graph.users.get(split.name, ())) != len(
+            cat.inputs) or split.name in set(graph.outputs):
+        return None
+    x = graph.types[split.inputs[0]]
+    N, C, H, W = x.shape
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    ordered = tuple(sorted([split, *nodes], key=lambda n: position[n.name]))
+    return ordered, ConvSpec(N, C, H, W, C, (k, k), padding=(k // 2, k // 2), groups=C)
+
+
 def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[PointwiseMLP]:
     """Pointwise MLPs among the nodes not ``taken``, each with the token mixer before it where ``mixers`` and
     there is one (ConvNeXt's depthwise conv and norm, kind convnext_block)."""
@@ -234,10 +283,16 @@ def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[
         nodes = (f1, act, f2, add) if residual else (f1, act, f2)
         block = PointwiseMLP(nodes, expand, project, activation_of(act), residual)
         mixer = _mixer(graph, f1, only_reader, taken) if mixers else None
+        inception = _inception_mixer(graph, f1, only_reader, taken) if mixers and mixer is None else None
+        mixed = None
         if mixer is not None:
             dw, norm, spec = mixer
             mixed = replace(block, nodes=(dw, norm, *nodes), mixer=spec, eps=norm.attrs.eps)
-            block = mixed if fused_mlp.supports(mixed) is None else block
+        elif inception is not None:
+            mixer_nodes, spec = inception
+            mixed = replace(block, nodes=(*mixer_nodes, *nodes), mixer=spec, norm=False)
+        if mixed is not None and fused_mlp.supports(mixed) is None:
+            block = mixed
         if fused_mlp.supports(block) is None:
             found.append(block)
             taken.update(n.name for n in block.nodes)
@@ -324,8 +379,8 @@ Prediction = Callable[[Graph, Block], "tuple[float, float] | None"]
 def _alternatives(block: Block) -> tuple[Block, ...]:
     """Smaller blocks fuse_blocks weighs where ``block`` is not fused: a ConvNeXt block's MLP alone (its
     depthwise conv and norm then run as before); none for the other kinds."""
-    if isinstance(block, PointwiseMLP) and block.mixer is not None:
-        return (replace(block, nodes=block.nodes[2:], mixer=None, eps=0.0),)
+    if isinstance(block, PointwiseMLP) and block.mixer is not None:  # its nodes from f1 on: f1, act, f2[, add]
+        return (replace(block, nodes=block.nodes[-(4 if block.residual else 3):], mixer=None, eps=0.0, norm=True),)
     return ()
 
 

@@ -213,6 +213,12 @@ def _convnext_compute(block, x, w1, b1, c) -> list[te.Tensor]:
     mixer_sum = te.compute((N, C, H, W), lambda n, c_, y, x_: te.sum(
         x_at(n, c_, y + i - p, x_ + j - p) * wd[c_, i, j], axis=[i, j]), name=MIXER_SUM)
     d = te.compute((N, C, H, W), lambda n, c_, y, x_: mixer_sum[n, c_, y, x_] + bd[c_], name=MIXER)
+    skip = te.placeholder((N, block.out_channels, H, W), F32, name="skip") if block.residual else None
+    if not block.norm:  # InceptionNeXt's mixer: its BatchNorm is in w1, b1
+        expand = te.compute((N, E, H, W), lambda n, e, y, x_: te.sum(d[n, c, y, x_] * w1[e, c], axis=c), name=EXPAND)
+        mid = te.compute((N, E, H, W), lambda n, e, y, x_: activate(expand[n, e, y, x_] + b1[e], block.activation),
+                         name=EXPAND_ACT)
+        return [x, wd, bd, w1, b1, *_projection(block, mid, skip, (N, block.out_channels, H, W))]
     cm, cv = te.reduce_axis((0, C), name="cm"), te.reduce_axis((0, C), name="cv")
     mean = te.compute((N, H, W), lambda n, y, x_: te.sum(d[n, cm, y, x_], axis=cm), name=MEAN)
 
@@ -227,7 +233,6 @@ def _convnext_compute(block, x, w1, b1, c) -> list[te.Tensor]:
     mid = te.compute((N, E, H, W), lambda n, e, y, x_: activate(
         expand[n, e, y, x_] * tirx.rsqrt(variance[n, y, x_] * inverse + eps) + b1[e], block.activation),
         name=EXPAND_ACT)
-    skip = te.placeholder((N, block.out_channels, H, W), F32, name="skip") if block.residual else None
     return [x, wd, bd, w1, b1, *_projection(block, mid, skip, (N, block.out_channels, H, W))]
 
 
@@ -471,22 +476,24 @@ def schedule_cuda(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> Non
     reductions = sum(int(iv.iter_type) == 2 for iv in sch.get(expand).iter_vars)  # a pair's A: c, i, j
     sch.decompose_reduction(expand, sch.get_loops(expand)[-reductions])
     if mixing:
-        _schedule_head(sch, get, grid, thread_factors)
+        _schedule_head(sch, get, grid, thread_factors, names)
 
 
-def _schedule_head(sch, get, grid, thread_factors: list) -> None:
+def _schedule_head(sch, get, grid, thread_factors: list, names) -> None:
     """ConvNeXt's head, once per tile before the chunks: d (every channel of the tile) and its mean and
-    variance in shared memory, computed at the thread block's loop (the consumers first: compute_at needs
-    every consumer of a block under the loop), each spread over the threads, each sum in one thread."""
-    for name in (VARIANCE, MEAN, MIXER):
+    variance (InceptionNeXt's: d alone) in shared memory, computed at the thread block's loop (the consumers
+    first: compute_at needs every consumer of a block under the loop), each spread over the threads, each
+    sum in one thread."""
+    stages = [name for name in (VARIANCE, MEAN, MIXER) if name in names]
+    for name in stages:
         stage = get(name)
         sch.set_scope(stage, 0, "shared")
         sch.compute_at(stage, grid, preserve_unit_loops=True)
     mixer_sum = get(MIXER_SUM)
     sch.compute_at(mixer_sum, sch.get_loops(get(MIXER))[-1], preserve_unit_loops=True)
     sch.set_scope(mixer_sum, 0, "local")
-    for name in (VARIANCE, MEAN, MIXER):
+    for name in stages:
         _bind_threads(sch, get(name), thread_factors)
     sch.decompose_reduction(mixer_sum, sch.get_loops(mixer_sum)[-2])
-    for name in (MEAN, VARIANCE):
+    for name in stages[:-1]:
         sch.decompose_reduction(get(name), sch.get_loops(get(name))[-1])

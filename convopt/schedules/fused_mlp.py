@@ -28,6 +28,9 @@ each pixel's channels (timm's LayerNorm2d) before the MLP, the skip being the bl
     u[n, y, x, c]   = (d[n, y, x, c] - mean_c d) / sqrt(var_c d + eps)      (the norm's scale and shift are
     mid, out        as above, with u for x                                    folded into w1 and b1)
 
+(InceptionNeXt's mixer, ``norm`` False: its branches as one k x k depthwise conv, zero taps included, and
+u = d: its BatchNorm is folded into w1 and b1 by fold_conv_bn.)
+
 A band keeps the k input rows its depthwise conv reads in a zero-padded channels-last ring [k, W + 2p, C']
 (its first row copies k rows in, each next one the one row it adds; channels-last so the conv is the same
 register tile over channel vectors), convolves them into a row [W, C'], and normalizes each pixel of it
@@ -54,7 +57,8 @@ from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
 F32 = "float32"
 KIND = "pointwise_mlp"
-MIXER_KIND = "convnext_block"  # the MLP with ConvNeXt's depthwise conv and channel norm before it
+MIXER_KIND = "convnext_block"  # the MLP with a token mixer before it (ConvNeXt's, InceptionNeXt's)
+MAX_MIXER_KERNEL = 11  # InceptionNeXt's band convs are 1 x 11 and 11 x 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class PointwiseMLP:
     residual: bool  # + skip, the add's other operand (any tensor of the output's type)
     mixer: ConvSpec | None = None  # the depthwise conv before the norm (kind MIXER_KIND), else None
     eps: float = 0.0  # the norm's
+    # the mixer's output normalized over each pixel's channels (ConvNeXt's LayerNorm2d); False: InceptionNeXt's
+    # mixer (its branches as one k x k depthwise conv; its BatchNorm is folded into the expand)
+    norm: bool = True
 
     @property
     def kind(self) -> str:
@@ -83,13 +90,13 @@ class PointwiseMLP:
 
     @classmethod
     def of(cls, C: int, E: int, O: int, H: int, W: int, activation: str = "gelu", residual: bool = True,
-           batch: int = 1, mixer_kernel: int | None = None) -> "PointwiseMLP":
+           batch: int = 1, mixer_kernel: int | None = None, norm: bool = True) -> "PointwiseMLP":
         """A block from its shape alone (calibration, tests); ``mixer_kernel``: with ConvNeXt's depthwise conv
-        of that size and its norm."""
+        of that size and (``norm``) its norm."""
         mixer = None if mixer_kernel is None else ConvSpec(
             batch, C, H, W, C, (mixer_kernel, mixer_kernel), padding=(mixer_kernel // 2, mixer_kernel // 2), groups=C)
         return cls((), ConvSpec(batch, C, H, W, E, (1, 1)), ConvSpec(batch, E, H, W, O, (1, 1)), activation, residual,
-                   mixer, 1e-6 if mixer is not None else 0.0)
+                   mixer, 1e-6 if mixer is not None and norm else 0.0, norm)
 
 
 def supports(block: PointwiseMLP) -> str | None:
@@ -97,8 +104,8 @@ def supports(block: PointwiseMLP) -> str | None:
     if block.activation.partition(":")[0] not in SUPPORTED_ACTIVATIONS:
         return f"activation {block.activation}: the kernel pads channels, which needs act(0) = 0"
     m = block.mixer
-    if m is not None and (m.kernel[0] > 7 or m.stride != (1, 1) or m.out_channels != m.in_channels):
-        return "a token mixer: a depthwise conv up to 7x7, stride 1"
+    if m is not None and (m.kernel[0] > MAX_MIXER_KERNEL or m.stride != (1, 1) or m.out_channels != m.in_channels):
+        return f"a token mixer: a depthwise conv up to {MAX_MIXER_KERNEL}x{MAX_MIXER_KERNEL}, stride 1"
     return None
 
 
@@ -131,7 +138,7 @@ def fold_norm(w1, b1, scale, shift) -> tuple[np.ndarray, np.ndarray]:
     shift as the expand of u (a bias, scale or shift None: none)."""
     w1 = np.asarray(w1, np.float64).reshape(len(w1), -1)
     b1 = (np.zeros(len(w1)) if b1 is None else np.asarray(b1, np.float64)) + (0 if shift is None else w1 @ shift)
-    return w1 * (1 if scale is None else np.asarray(scale, np.float64))[None, :], b1
+    return (w1 if scale is None else w1 * np.asarray(scale, np.float64)[None, :]), b1
 
 
 def default_bands(block: PointwiseMLP, cores: int = 1) -> int:
@@ -181,6 +188,7 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     skip_shape = io_shapes(block, lanes, False, skip_block)[1] if residual else (1,)
     mixing = block.mixer is not None
+    normalizing = mixing and block.norm
     Cp = round_up(C, lanes)
     kd = block.mixer.kernel[0] if mixing else 1
     pd = kd // 2
@@ -237,6 +245,7 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
                                 for ci in T.vectorized(lanes):
                                     if xo * dx + xi < W:
                                         mixed[xo * dx + xi, co * lanes + ci] = acc[xi, 0, ci] + bd[co * lanes + ci]
+                    if normalizing:
                         for xx in range(W):  # the norm over each pixel's C channels (padded ones are 0): the
                             for ci in T.vectorized(lanes):  # mean, then the deviation, as lane sums
                                 part[ci] = zero

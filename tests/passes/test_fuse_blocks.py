@@ -492,10 +492,51 @@ def test_a_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
     assert [b.kind for b in match_blocks(strided)] == ["pointwise_mlp"]  # a strided depthwise conv
     shared = merge_branches(fold_constants(_graph(NormReadTwice())))
     assert [b.kind for b in match_blocks(shared)] == ["pointwise_mlp"]  # the norm's output read elsewhere
-    whole = merge_branches(fold_constants(_graph(ConvNeXtBlock(k=9))))
-    assert [b.kind for b in match_blocks(whole)] == ["pointwise_mlp"]  # a 9x9 mixer
+    whole = merge_branches(fold_constants(_graph(ConvNeXtBlock(k=13))))
+    assert [b.kind for b in match_blocks(whole)] == ["pointwise_mlp"]  # a 13x13 mixer
     graph = merge_branches(fold_constants(_graph(ConvNeXtBlock())))
-    assert [b.kind for b in match_blocks(graph, ("pointwise_mlp",))] == ["pointwise_mlp"]  # CUDA: no mixer kernel
+    assert [b.kind for b in match_blocks(graph, ("pointwise_mlp",))] == ["pointwise_mlp"]  # kinds limit the match
+
+
+def _inception_block(c=16, band=5):
+    from timm.models.inception_next import InceptionDWConv2d, MetaNeXtBlock
+
+    return MetaNeXtBlock(c, token_mixer=lambda dim, **kw: InceptionDWConv2d(dim, band_kernel_size=band, **kw),
+                         ls_init_value=0.5)
+
+
+def test_an_inception_next_block_becomes_one_node_with_its_token_mixer():
+    """InceptionNeXt's token mixer (split into an identity part and three depthwise convs, concatenated; its
+    BatchNorm folded into the MLP's first conv) joins the MLP: one node whose body keeps the split and the cat."""
+    before = merge_branches(fold_constants(_graph(_inception_block())))
+    (block,) = match_blocks(before)
+    assert block.kind == "convnext_block" and not block.norm and block.mixer.kernel == (5, 5)
+    (fused,) = _fused(fuse_blocks(before, predict=lambda g, b: None, overrides={"": True}))
+    ops = [n.op for n in fused.attrs.body]
+    assert ops[:5] == [Op.SPLIT] + [Op.GETITEM] * 4 and ops.count(Op.CONV2D) == 5 and Op.CAT in ops
+    assert ops[-4:] == [Op.CONV2D, Op.GELU, Op.CONV2D, Op.ADD]
+    after = fuse_blocks(before, predict=lambda g, b: None, overrides={"": True})
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_an_inception_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
+    from timm.models.inception_next import InceptionDWConv2d
+
+    class PartReadTwice(nn.Module):  # the identity part also read after the MLP
+        def __init__(self, c=16):
+            super().__init__()
+            self.mixer = InceptionDWConv2d(c, band_kernel_size=5)
+            self.fc1, self.act, self.fc2 = nn.Conv2d(c, 4 * c, 1), nn.GELU(), nn.Conv2d(4 * c, c, 1)
+
+        def forward(self, x):
+            mixed = self.mixer(x)
+            return self.fc2(self.act(self.fc1(mixed))) + x + mixed
+
+    shared = merge_branches(fold_constants(_graph(PartReadTwice())))
+    assert [b.kind for b in match_blocks(shared)] == ["pointwise_mlp"]
+    wide = merge_branches(fold_constants(_graph(_inception_block(band=13), shape=(1, 16, 14, 14))))
+    assert [b.kind for b in match_blocks(wide)] == ["pointwise_mlp"]  # a 13-wide band: above the kernel's 11
 
 
 def test_a_convnext_block_not_chosen_whole_is_weighed_as_its_mlp():

@@ -394,7 +394,8 @@ def test_a_forced_bottleneck_compiles_for_cuda_as_the_fused_kernel_and_one_too_w
 
 CONVNEXTS = [PointwiseMLP.of(16, 64, 16, 14, 14, "gelu", True, mixer_kernel=7),
              PointwiseMLP.of(24, 96, 24, 9, 13, "gelu", True, batch=2, mixer_kernel=5),  # odd map, batch 2
-             PointwiseMLP.of(12, 40, 20, 5, 4, "relu", False, mixer_kernel=7)]  # a map smaller than the kernel
+             PointwiseMLP.of(12, 40, 20, 5, 4, "relu", False, mixer_kernel=7),  # a map smaller than the kernel
+             PointwiseMLP.of(40, 160, 40, 14, 14, "gelu", True, mixer_kernel=11, norm=False)]  # InceptionNeXt's
 
 
 def _convnext_case(block, seed=0):
@@ -412,12 +413,15 @@ def _convnext_case(block, seed=0):
 def _convnext_eager(block, arrays, x, skip):
     wd, bd, scale, shift, w1, b1, w3, b3 = map(torch.from_numpy, arrays)
     d = F.conv2d(x, wd, bd, padding=block.mixer.padding, groups=block.mixer.groups)
-    u = F.layer_norm(d.permute(0, 2, 3, 1), (d.shape[1],), scale, shift, block.eps).permute(0, 3, 1, 2)
+    if block.norm:
+        u = F.layer_norm(d.permute(0, 2, 3, 1), (d.shape[1],), scale, shift, block.eps).permute(0, 3, 1, 2)
+    else:  # InceptionNeXt: the BatchNorm's affine, folded into the expand
+        u = d * scale[:, None, None] + shift[:, None, None]
     y = F.conv2d(ACTIVATIONS[block.activation](F.conv2d(u, w1, b1)), w3, b3)
     return y + skip if block.residual else y
 
 
-@pytest.mark.parametrize("block", CONVNEXTS, ids=["7x7", "5x5-odd-batch2", "small-map-no-skip"])
+@pytest.mark.parametrize("block", CONVNEXTS, ids=["7x7", "5x5-odd-batch2", "small-map-no-skip", "inception-11"])
 def test_the_convnext_block_compute_matches_eager_and_builds(block):
     arrays, x, skip = _convnext_case(block)
     run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
@@ -433,7 +437,8 @@ def test_the_convnext_block_compute_matches_eager_and_builds(block):
     for target in CUDA if block is CONVNEXTS[0] else CUDA[:1]:
         source = tvm.compile(_scheduled(block, target).mod, target=target.tvm).mod.imports[0].inspect_source()
         shared = [int(n) for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source)]
-        assert sorted(shared) == sorted([e_.in_channels * th * tw, th * tw, th * tw, ec * th * tw])
+        stats = [th * tw, th * tw] if block.norm else []  # the mean and the variance
+        assert sorted(shared) == sorted([e_.in_channels * th * tw, *stats, ec * th * tw])
         assert 4 * sum(shared) <= 48 * 1024
         if shutil.which("nvcc") and block is CONVNEXTS[0]:
             from tvm.support import nvcc

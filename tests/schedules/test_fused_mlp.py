@@ -137,6 +137,32 @@ CONVNEXT_GRID = [  # (c, e, k, input shape): the block's input comes from a 3x3 
 ]
 
 
+INCEPTION_GRID = [  # (c, band kernel, input shape): timm's InceptionNeXt blocks (split into an identity part,
+    (40, 9, (1, 3, 14, 14)),  # a 3x3, a 1 x band and a band x 1 depthwise conv; BatchNorm; MLP; layer scale)
+    (32, 11, (2, 3, 9, 13)),   # batch 2, odd map, InceptionNeXt's usual 11
+    (16, 5, (1, 3, 4, 3)),     # a map smaller than the kernel, parts of 2 channels
+]
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("c, band, shape", INCEPTION_GRID)
+def test_an_inception_next_block_with_its_token_mixer_matches_eager(c, band, shape, lanes):
+    from timm.models.inception_next import InceptionDWConv2d, MetaNeXtBlock
+
+    torch.manual_seed(2)
+
+    def block():
+        b = MetaNeXtBlock(c, token_mixer=lambda dim, **kw: InceptionDWConv2d(dim, band_kernel_size=band, **kw),
+                          ls_init_value=0.5)
+        with torch.no_grad():
+            b.norm.running_mean.uniform_(-1, 1)
+            b.norm.running_var.uniform_(0.5, 2)
+        return b
+
+    model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), block(), block()).eval()
+    _two_blocks_fused_match_eager(model, torch.randn(shape), lanes, "convnext_block")
+
+
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("c, e, k, shape", CONVNEXT_GRID)
 def test_a_convnext_block_with_its_depthwise_conv_and_norm_matches_eager(c, e, k, shape, lanes):
