@@ -120,8 +120,9 @@ def mlp_terms(block: PointwiseMLP, lanes: int, l2_bytes: int) -> dict[str, float
     outputs = n * O * H * W
     bytes_ = F32 * (n * C * H * W + outputs * (2 if block.residual else 1) + weights * reads + Ep + Op)
     flops = 2 * n * H * W * (C * Ep + Ep * Op)
-    if block.mixer is not None:
-        flops += 2 * n * H * W * round_up(C, lanes) * (block.mixer.kernel[0] ** 2 + 2)
+    if block.mixer is not None:  # the taps the kernel computes (InceptionNeXt's: those of some branch) + the norm
+        taps = block.mixer_taps or block.mixer.kernel[0] ** 2
+        flops += 2 * n * H * W * round_up(C, lanes) * (taps + (2 if block.norm else 0))
     return {"flops": flops, "bytes": bytes_, "outputs": outputs, "calls": 1}
 
 

@@ -219,8 +219,10 @@ def _mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tuple[Node, 
     return dw, norm, spec
 
 
-def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tuple[tuple[Node, ...], ConvSpec] | None:
-    """(its nodes in graph order, the spec of the one depthwise conv that computes it) of InceptionNeXt's token
+def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]
+                     ) -> tuple[tuple[Node, ...], ConvSpec, int] | None:
+    """(its nodes in graph order, the spec of the one depthwise conv that computes it, the taps of that conv
+    some branch has: the union of their kernels, centred) of InceptionNeXt's token
     mixer feeding ``f1``: a split of x along the channels whose parts, in order, reach one cat (f1's input) as
     they are or through one depthwise conv each (stride 1, "same" padding, odd kernels, constant operands),
     every part and conv read only by the next op and every part of the split used; else None. The convs are
@@ -230,7 +232,7 @@ def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tu
     if (cat is None or cat.op is not Op.CAT or cat.attrs.dim != 1 or cat.name in taken or only_reader(cat) is not f1
             or len(cat.inputs) < 2):
         return None
-    nodes, split, k = [cat], None, 1
+    nodes, split, k, footprints = [cat], None, 1, []
     for index, name in enumerate(cat.inputs):
         part = graph.node_map.get(name)
         if part is not None and part.op is Op.CONV2D:
@@ -241,8 +243,10 @@ def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tu
                     and _constant_operands(graph, part) and part.name not in taken and only_reader(part) is cat):
                 return None
             nodes.append(part)
+            footprints.append((kh, kw))
             k, reader, part = max(k, kh, kw), part, graph.node_map.get(part.inputs[0])
         else:
+            footprints.append((1, 1))
             reader = cat
         if (part is None or part.op is not Op.GETITEM or part.attrs.index != index or part.name in taken
                 or only_reader(part) is not reader):
@@ -259,7 +263,8 @@ def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tu
     N, C, H, W = x.shape
     position = {n.name: i for i, n in enumerate(graph.nodes)}
     ordered = tuple(sorted([split, *nodes], key=lambda n: position[n.name]))
-    return ordered, ConvSpec(N, C, H, W, C, (k, k), padding=(k // 2, k // 2), groups=C)
+    taps = {(i - kh // 2, j - kw // 2) for kh, kw in footprints for i in range(kh) for j in range(kw)}
+    return ordered, ConvSpec(N, C, H, W, C, (k, k), padding=(k // 2, k // 2), groups=C), len(taps)
 
 
 def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[PointwiseMLP]:
@@ -289,8 +294,8 @@ def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[
             dw, norm, spec = mixer
             mixed = replace(block, nodes=(dw, norm, *nodes), mixer=spec, eps=norm.attrs.eps)
         elif inception is not None:
-            mixer_nodes, spec = inception
-            mixed = replace(block, nodes=(*mixer_nodes, *nodes), mixer=spec, norm=False)
+            mixer_nodes, spec, taps = inception
+            mixed = replace(block, nodes=(*mixer_nodes, *nodes), mixer=spec, norm=False, mixer_taps=taps)
         if mixed is not None and fused_mlp.supports(mixed) is None:
             block = mixed
         if fused_mlp.supports(block) is None:
@@ -380,7 +385,8 @@ def _alternatives(block: Block) -> tuple[Block, ...]:
     """Smaller blocks fuse_blocks weighs where ``block`` is not fused: a ConvNeXt block's MLP alone (its
     depthwise conv and norm then run as before); none for the other kinds."""
     if isinstance(block, PointwiseMLP) and block.mixer is not None:  # its nodes from f1 on: f1, act, f2[, add]
-        return (replace(block, nodes=block.nodes[-(4 if block.residual else 3):], mixer=None, eps=0.0, norm=True),)
+        return (replace(block, nodes=block.nodes[-(4 if block.residual else 3):], mixer=None, eps=0.0, norm=True,
+                        mixer_taps=0),)
     return ()
 
 

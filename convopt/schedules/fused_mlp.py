@@ -55,7 +55,7 @@ from .conv_spec import ConvSpec
 from .fused_block import SUPPORTED_ACTIVATIONS, compiled_alone, padded_vector, round_up
 from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
-F32 = "float32"
+F32, I32 = "float32", "int32"
 KIND = "pointwise_mlp"
 MIXER_KIND = "convnext_block"  # the MLP with a token mixer before it (ConvNeXt's, InceptionNeXt's)
 MAX_MIXER_KERNEL = 11  # InceptionNeXt's band convs are 1 x 11 and 11 x 1
@@ -75,6 +75,7 @@ class PointwiseMLP:
     # the mixer's output normalized over each pixel's channels (ConvNeXt's LayerNorm2d); False: InceptionNeXt's
     # mixer (its branches as one k x k depthwise conv; its BatchNorm is folded into the expand)
     norm: bool = True
+    mixer_taps: int = 0  # the mixer's taps the kernel computes (InceptionNeXt's: the branches' union); 0: k x k
 
     @property
     def kind(self) -> str:
@@ -110,10 +111,12 @@ def supports(block: PointwiseMLP) -> str | None:
 
 
 def prepare_weights(block: PointwiseMLP, *arrays, lanes: int) -> list[np.ndarray]:
-    """The kernel's constants [wd [k, k, C'], bd [C'], w1 [C, E'], b1 [E'], w3 [E', O'], b3 [O']] from the
-    arrays: with a mixer its weight, bias, the norm's scale and shift, then each conv's OIHW weight and bias
-    (None: no bias, no scale or shift). Without a mixer wd and bd are unused 1-element zeros. The norm's
-    scale and shift are folded into the expand: w1 diag(g) and b1 + w1 s."""
+    """The kernel's constants [wd [k, k, C'], bd [C'], taps [k, k], w1 [C, E'], b1 [E'], w3 [E', O'], b3 [O']]
+    from the arrays: with a mixer its weight, bias, the norm's scale and shift, then each conv's OIHW weight
+    and bias (None: no bias, no scale or shift). Without a mixer wd, bd and taps are unused 1-element
+    arrays. taps[i, j] is 0 where every channel's weight is 0 (InceptionNeXt's branches as one k x k conv:
+    the kernel skips those taps). The norm's scale and shift are folded into the expand: w1 diag(g) and
+    b1 + w1 s."""
     C, E, O = block.expand.in_channels, block.expand.out_channels, block.out_channels
     Ep, Op = round_up(E, lanes), round_up(O, lanes)
     if block.mixer is not None:
@@ -121,11 +124,12 @@ def prepare_weights(block: PointwiseMLP, *arrays, lanes: int) -> list[np.ndarray
         k = block.mixer.kernel[0]
         wd_ = np.zeros((k, k, round_up(C, lanes)), np.float32)
         wd_[:, :, :C] = np.asarray(wd, np.float32).reshape(C, k, k).transpose(1, 2, 0)
-        mixer = [wd_, padded_vector(bd, round_up(C, lanes))]
+        taps = np.any(wd_ != 0, axis=2).astype(np.int32)
+        mixer = [wd_, padded_vector(bd, round_up(C, lanes)), taps]
         w1, b1 = fold_norm(w1, b1, scale, shift)
     else:
         w1, b1, w3, b3 = arrays
-        mixer = [np.zeros((1, 1, 1), np.float32), np.zeros(1, np.float32)]
+        mixer = [np.zeros((1, 1, 1), np.float32), np.zeros(1, np.float32), np.ones((1, 1), np.int32)]
     w1_ = np.zeros((C, Ep), np.float32)
     w1_[:, :E] = np.asarray(w1, np.float32).reshape(E, C).T
     w3_ = np.zeros((Ep, Op), np.float32)
@@ -171,7 +175,7 @@ def plan(block: PointwiseMLP, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT
 
 def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False,
               skip_block: bool = False, tiles: Tiles = DEFAULT) -> tirx.PrimFunc:
-    """The block's kernel: arguments x, wd, bd, w1, b1, w3, b3 (``prepare_weights``), skip and out. ``in_block`` /
+    """The block's kernel: arguments x, wd, bd, taps, w1, b1, w3, b3 (``prepare_weights``), skip and out. ``in_block`` /
     ``skip_block`` / ``out_block``: that tensor stored in channel blocks of ``lanes``, [N, C/lanes, H, W,
     lanes] (passes/block_layout.py). Without a residual, skip is an unused 1-element buffer. ``bands``: the
     rule's bands per image (``default_bands``); ``tiles``: the point of the kernel's space (fused_space.py)."""
@@ -204,6 +208,7 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
 
     @T.prim_func(s_tir=False)
     def fused(x: T.Buffer(x_shape, F32), wd: T.Buffer(wd_shape, F32), bd: T.Buffer(bd_shape, F32),
+              taps: T.Buffer(wd_shape[:2], I32),
               w1: T.Buffer((C, Ep), F32), b1: T.Buffer((Ep,), F32), w3: T.Buffer((Ep, Op), F32),
               b3: T.Buffer((Op,), F32), skip: T.Buffer(skip_shape, F32), out: T.Buffer(out_shape, F32)):
         T.func_attr({"tirx.noalias": True})
@@ -235,12 +240,13 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
                                 for ci in T.vectorized(lanes):
                                     acc[xi, 0, ci] = zero
                             for i, j in T.grid(kd, kd):
-                                for xi in T.unroll(dx):
-                                    for ci in T.vectorized(lanes):
-                                        if xo * dx + xi < W:
-                                            acc[xi, 0, ci] = acc[xi, 0, ci] + win[
-                                                (nb % B * th + t + i) % kd, xo * dx + xi + j, co * lanes + ci
-                                            ] * wd[i, j, co * lanes + ci]
+                                if taps[i, j] != 0:  # (a tap whose weights are all 0 is skipped)
+                                    for xi in T.unroll(dx):
+                                        for ci in T.vectorized(lanes):
+                                            if xo * dx + xi < W:
+                                                acc[xi, 0, ci] = acc[xi, 0, ci] + win[
+                                                    (nb % B * th + t + i) % kd, xo * dx + xi + j, co * lanes + ci
+                                                ] * wd[i, j, co * lanes + ci]
                             for xi in T.unroll(dx):
                                 for ci in T.vectorized(lanes):
                                     if xo * dx + xi < W:

@@ -511,6 +511,7 @@ def test_an_inception_next_block_becomes_one_node_with_its_token_mixer():
     before = merge_branches(fold_constants(_graph(_inception_block())))
     (block,) = match_blocks(before)
     assert block.kind == "convnext_block" and not block.norm and block.mixer.kernel == (5, 5)
+    assert block.mixer_taps == 9 + 2 + 2  # the 3x3, 1x5 and 5x1 kernels, centred: the taps the kernel computes
     (fused,) = _fused(fuse_blocks(before, predict=lambda g, b: None, overrides={"": True}))
     ops = [n.op for n in fused.attrs.body]
     assert ops[:5] == [Op.SPLIT] + [Op.GETITEM] * 4 and ops.count(Op.CONV2D) == 5 and Op.CAT in ops

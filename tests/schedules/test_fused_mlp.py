@@ -161,6 +161,16 @@ def test_an_inception_next_block_with_its_token_mixer_matches_eager(c, band, sha
 
     model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), block(), block()).eval()
     _two_blocks_fused_match_eager(model, torch.randn(shape), lanes, "convnext_block")
+    # the kernel skips the taps no branch has: 3x3, 1 x band and band x 1 kernels, centred
+    mixer = model[1].token_mixer
+    arrays = [np.zeros((c, 1, band, band), np.float32), np.zeros(c, np.float32), None, None,
+              np.zeros((4 * c, c, 1, 1), np.float32), None, np.zeros((c, 4 * c, 1, 1), np.float32), None]
+    g = mixer.split_indexes[0]
+    arrays[0][g:, 0, band // 2 - 1:band // 2 + 2, band // 2 - 1:band // 2 + 2] = 1  # a 3x3 footprint somewhere
+    arrays[0][g:, 0, band // 2, :] = arrays[0][g:, 0, :, band // 2] = 1  # the bands' row and column
+    block_spec = PointwiseMLP.of(c, 4 * c, c, 5, 5, mixer_kernel=band, norm=False)
+    taps = prepare_weights(block_spec, *arrays, lanes=lanes)[2]
+    assert taps.sum() == 9 + 2 * (band - 3) and taps.dtype == np.int32
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
