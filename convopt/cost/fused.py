@@ -58,11 +58,18 @@ FUSED_MARGIN = 1.25
 # coefficients (fitted on chains timed alone) predict, the bottlenecks most; at 1.25 the cost model fused
 # resnet50's 256->128->128->512 stride-2 block (predicted 1.27x faster), which measured 0.83x
 CHAIN_FACTOR = 1.3
+# a whole ConvNeXt / InceptionNeXt block (the MLP's coefficients with the mixer's FLOPs: no fit of its own) ran
+# 1.38-1.5x slower inside inception_next_atto than predicted (Intel, benchmarks/results/
+# block_fusion_inception_next_atto_rocketlake.md); at 1.25 the cost model fused its 56 px blocks (predicted
+# 1.43x faster), which measured 0.93-0.95x
+MIXER_FACTOR = 1.4
 
 
 def fusion_margin(block: "Block") -> float:
     """How much faster a block's fused kernel must be predicted for fuse_blocks to fuse it."""
-    return FUSED_MARGIN * (CHAIN_FACTOR if isinstance(block, ConvChain) else 1.0)
+    if isinstance(block, ConvChain):
+        return FUSED_MARGIN * CHAIN_FACTOR
+    return FUSED_MARGIN * (MIXER_FACTOR if isinstance(block, PointwiseMLP) and block.mixer is not None else 1.0)
 
 
 def ring_rows(d, H: int, bands: int, top: int | None = None) -> int:

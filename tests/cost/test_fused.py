@@ -85,3 +85,13 @@ def test_dense_chains_need_a_wider_margin():
     assert margin(InvertedResidual.of(16, 64, 16, 28, 28, 3)) == margin(PointwiseMLP.of(16, 64, 16, 8, 8)) == FUSED_MARGIN
     chain = margin(ConvChain.of(16, 16, 16, 28, 28))
     assert chain == pytest.approx(FUSED_MARGIN * CHAIN_FACTOR) and chain > FUSED_MARGIN
+
+
+def test_whole_convnext_and_inception_next_blocks_need_a_wider_margin_than_their_mlp():
+    from convopt.cost.fused import FUSED_MARGIN, MIXER_FACTOR, fusion_margin as margin
+    from convopt.schedules.fused_mlp import PointwiseMLP
+
+    for norm in (True, False):
+        whole = PointwiseMLP.of(40, 160, 40, 56, 56, mixer_kernel=9, norm=norm)
+        assert margin(whole) == pytest.approx(FUSED_MARGIN * MIXER_FACTOR)
+        assert margin(whole) > margin(PointwiseMLP.of(40, 160, 40, 56, 56)) == FUSED_MARGIN

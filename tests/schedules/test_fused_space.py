@@ -84,7 +84,8 @@ def test_every_point_computes_what_the_default_does(case, lanes):
     rng = np.random.default_rng(0)
     from tvm.s_tir import meta_schedule as ms
 
-    inputs = [rng.standard_normal([int(d) for d in info.shape]).astype(np.float32)
+    inputs = [rng.standard_normal([int(d) for d in info.shape]).astype(np.float32) if info.dtype == "float32"
+              else np.ones([int(d) for d in info.shape], info.dtype)  # the mixer's tap mask: every tap
               for info in ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])]
     expected = _run(default, target, inputs)
     # one knob moved at a time, and the point farthest from the default (every knob at its last value)
