@@ -69,13 +69,20 @@ def _scheduled(block, target=None) -> tvm.s_tir.Schedule:
     return sch
 
 
+def _computed(block, x, weights, skip=None) -> torch.Tensor:
+    """The block's unscheduled compute run on the CPU (LLVM) on x, the prepared weights and the skip of a
+    block with one."""
+    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
+    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
+    args = [x.numpy(), *weights] + ([skip.numpy()] if skip is not None else [])
+    run(*map(tvm.runtime.tensor, args), out)
+    return torch.from_numpy(out.numpy())
+
+
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "x".join(map(str, c)))
 def test_the_compute_matches_eager(case):
     block, raw, x = _case(*case)
-    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
-    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
-    run(tvm.runtime.tensor(x.numpy()), *map(tvm.runtime.tensor, fbc.prepare_weights(block, *raw)), out)
-    assert relative_error(torch.from_numpy(out.numpy()), _eager(block, x, raw)) <= 1e-5
+    assert relative_error(_computed(block, x, fbc.prepare_weights(block, *raw)), _eager(block, x, raw)) <= 1e-5
 
 
 @pytest.mark.parametrize("C, E, O, H, W, act, residual, batch", [
@@ -87,11 +94,8 @@ def test_the_pointwise_mlp_compute_matches_eager(C, E, O, H, W, act, residual, b
     x, skip = torch.randn(batch, C, H, W), torch.randn(batch, O, H, W)
     expected = F.conv2d(ACTIVATIONS[act](F.conv2d(x, torch.from_numpy(w1), torch.from_numpy(b1))),
                         torch.from_numpy(w3), torch.from_numpy(b3)) + (skip if residual else 0)
-    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
-    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
-    args = [x.numpy(), *fbc.prepare_weights(block, w1, b1, w3, b3)] + ([skip.numpy()] if residual else [])
-    run(*map(tvm.runtime.tensor, args), out)
-    assert relative_error(torch.from_numpy(out.numpy()), expected) <= 1e-5
+    got = _computed(block, x, fbc.prepare_weights(block, w1, b1, w3, b3), skip if residual else None)
+    assert relative_error(got, expected) <= 1e-5
     source = tvm.compile(_scheduled(block, CUDA[0]).mod, target=CUDA[0].tvm).mod.imports[0].inspect_source()
     th, tw, ec, *_ = fbc.default_tiles(H, W, E, O)
     assert re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", source) == [str(ec * th * tw)]
@@ -207,11 +211,8 @@ def test_the_conv_pair_compute_matches_eager_and_builds(chain):
     arrays = random_arrays(chain, np.random.default_rng(0))
     x_shape, out_shape = fbc.io_shapes(chain)
     x, skip = torch.randn(*x_shape), torch.randn(*out_shape)
-    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(chain)}), target="llvm")["main"]
-    out = tvm.runtime.empty(out_shape, "float32", tvm.cpu())
-    args = [x.numpy(), *fbc.prepare_weights(chain, *arrays)] + ([skip.numpy()] if chain.residual else [])
-    run(*map(tvm.runtime.tensor, args), out)
-    assert relative_error(torch.from_numpy(out.numpy()), _pair_eager(chain, arrays, x, skip)) <= 1e-5
+    got = _computed(chain, x, fbc.prepare_weights(chain, *arrays), skip if chain.residual else None)
+    assert relative_error(got, _pair_eager(chain, arrays, x, skip)) <= 1e-5
     for target in CUDA if chain is PAIRS[0] else CUDA[:1]:  # the default schedule: A's activations on the tile
         # and its halo in shared memory (nvcc takes ~8 s a build: both archs for one pair, sm_80 for the rest)
         source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
@@ -248,11 +249,8 @@ def test_the_bottleneck_compute_matches_eager(chain):
     arrays = random_arrays(chain, np.random.default_rng(0))
     x_shape, out_shape = fbc.io_shapes(chain)
     x, skip = torch.randn(*x_shape), torch.randn(*out_shape)
-    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(chain)}), target="llvm")["main"]
-    out = tvm.runtime.empty(out_shape, "float32", tvm.cpu())
-    args = [x.numpy(), *fbc.prepare_weights(chain, *arrays)] + ([skip.numpy()] if chain.residual else [])
-    run(*map(tvm.runtime.tensor, args), out)
-    assert relative_error(torch.from_numpy(out.numpy()), _bottleneck_eager(chain, arrays, x, skip)) <= 1e-5
+    got = _computed(chain, x, fbc.prepare_weights(chain, *arrays), skip if chain.residual else None)
+    assert relative_error(got, _bottleneck_eager(chain, arrays, x, skip)) <= 1e-5
 
 
 RESNET50_BOTTLENECKS = [  # (the block, the default tile: the largest whose buffers fit 48 KB)
@@ -424,11 +422,8 @@ def _convnext_eager(block, arrays, x, skip):
 @pytest.mark.parametrize("block", CONVNEXTS, ids=["7x7", "5x5-odd-batch2", "small-map-no-skip", "inception-11"])
 def test_the_convnext_block_compute_matches_eager_and_builds(block):
     arrays, x, skip = _convnext_case(block)
-    run = tvm.compile(tvm.IRModule({"main": fbc.prim_func(block)}), target="llvm")["main"]
-    out = tvm.runtime.empty(fbc.io_shapes(block)[1], "float32", tvm.cpu())
-    args = [x.numpy(), *fbc.prepare_weights(block, *arrays)] + ([skip.numpy()] if block.residual else [])
-    run(*map(tvm.runtime.tensor, args), out)
-    assert relative_error(torch.from_numpy(out.numpy()), _convnext_eager(block, arrays, x, skip)) <= 1e-4
+    got = _computed(block, x, fbc.prepare_weights(block, *arrays), skip if block.residual else None)
+    assert relative_error(got, _convnext_eager(block, arrays, x, skip)) <= 1e-4
     # the default schedule: d (every channel of the tile), its mean and variance, and one chunk of the
     # expanded activations in shared memory, within 48 KB; nvcc accepts it (one shape, both archs)
     e_ = block.expand
