@@ -198,21 +198,25 @@ PAIRS = [ConvChain.of(16, 16, 16, 14, 14), ConvChain.of(8, 24, 32, 13, 11, strid
                    ("relu",), False, "none")]  # 1x1 then a strided 3x3, no closing activation
 
 
-def _pair_eager(chain, arrays, x, skip):
-    a, b = chain.convs
-    act, last = ACTIVATIONS[chain.activations[0]], ACTIVATIONS.get(chain.out_activation, lambda t: t)
-    y = act(F.conv2d(x, *map(torch.from_numpy, arrays[:2]), a.stride, a.padding))
-    y = F.conv2d(y, *map(torch.from_numpy, arrays[2:]), b.stride, b.padding)
-    return last(y + skip if chain.residual else y)
-
-
-@pytest.mark.parametrize("chain", PAIRS, ids=["basic", "strided-batch2", "stem-5x5", "1x1-then-strided"])
-def test_the_conv_pair_compute_matches_eager_and_builds(chain):
+def _chain_computed_and_eager(chain) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv pair's or bottleneck's compute run on the CPU, and the same chain in PyTorch (each conv, the
+    activations between them, + the skip, the last activation), on the same random arrays and inputs."""
     arrays = random_arrays(chain, np.random.default_rng(0))
     x_shape, out_shape = fbc.io_shapes(chain)
     x, skip = torch.randn(*x_shape), torch.randn(*out_shape)
     got = _computed(chain, x, fbc.prepare_weights(chain, *arrays), skip if chain.residual else None)
-    assert relative_error(got, _pair_eager(chain, arrays, x, skip)) <= 1e-5
+    y = x
+    for i, spec in enumerate(chain.convs):
+        y = F.conv2d(y, *(torch.from_numpy(np.asarray(a)) for a in arrays[2 * i:2 * i + 2]), spec.stride,
+                     spec.padding)
+        y = ACTIVATIONS[chain.activations[i]](y) if i < len(chain.activations) else y
+    y = y + skip if chain.residual else y
+    return got, ACTIVATIONS.get(chain.out_activation, lambda t: t)(y)
+
+
+@pytest.mark.parametrize("chain", PAIRS, ids=["basic", "strided-batch2", "stem-5x5", "1x1-then-strided"])
+def test_the_conv_pair_compute_matches_eager_and_builds(chain):
+    assert relative_error(*_chain_computed_and_eager(chain)) <= 1e-5
     for target in CUDA if chain is PAIRS[0] else CUDA[:1]:  # the default schedule: A's activations on the tile
         # and its halo in shared memory (nvcc takes ~8 s a build: both archs for one pair, sm_80 for the rest)
         source = tvm.compile(_scheduled(chain, target).mod, target=target.tvm).mod.imports[0].inspect_source()
@@ -234,23 +238,9 @@ BOTTLENECKS = [ConvChain.of(16, 8, 16, 12, 12, bottleneck=True),  # + x
                ConvChain.of(8, 12, 16, 9, 9, k=5, bottleneck=True, residual=False, activation="silu")]
 
 
-def _bottleneck_eager(chain, arrays, x, skip):
-    b = chain.convs[1]
-    act1, act2 = (ACTIVATIONS[a] for a in chain.activations)
-    last = ACTIVATIONS.get(chain.out_activation, lambda t: t)
-    w = [torch.from_numpy(np.asarray(arr)) for arr in arrays]
-    y = act2(F.conv2d(act1(F.conv2d(x, w[0], w[1])), w[2], w[3], b.stride, b.padding))
-    y = F.conv2d(y, w[4], w[5])
-    return last(y + skip if chain.residual else y)
-
-
 @pytest.mark.parametrize("chain", BOTTLENECKS, ids=["residual", "strided-skip-batch2", "5x5-silu"])
 def test_the_bottleneck_compute_matches_eager(chain):
-    arrays = random_arrays(chain, np.random.default_rng(0))
-    x_shape, out_shape = fbc.io_shapes(chain)
-    x, skip = torch.randn(*x_shape), torch.randn(*out_shape)
-    got = _computed(chain, x, fbc.prepare_weights(chain, *arrays), skip if chain.residual else None)
-    assert relative_error(got, _bottleneck_eager(chain, arrays, x, skip)) <= 1e-5
+    assert relative_error(*_chain_computed_and_eager(chain)) <= 1e-5
 
 
 RESNET50_BOTTLENECKS = [  # (the block, the default tile: the largest whose buffers fit 48 KB)
