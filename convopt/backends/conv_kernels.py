@@ -35,7 +35,7 @@ from ..schedules import dense
 from ..schedules.fused_space import Space
 from ..ir.layout import block_of
 from ..schedules.activations import activation_of
-from ..schedules.conv_spec import conv_spec_of, nchw
+from ..schedules.conv_spec import conv_spec_of, nchw, pad_to_blocks
 from ..schedules.lowerings import lowering
 from ..target import Target
 
@@ -127,21 +127,24 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
               kernels: dict[str, KernelUse]):
     """Emit conv ``n`` with its lowering; ``kernels`` collects what each PrimFunc computes, for scheduling."""
     weight = graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
-    spec = conv_spec_of(graph, n)
+    bias = None
+    if len(n.inputs) > 2 and n.inputs[2] is not None:
+        bias = graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32)
+    out_block = block_of(n.type.layout)
+    # a side stored in padded channel blocks: the kernel computes the conv over whole blocks (pad lanes zero)
+    spec, weight, bias = pad_to_blocks(conv_spec_of(graph, n), weight, bias,
+                                       block_of(graph.types[n.inputs[0]].layout), out_block)
     low = lowering(n.attrs.lowering or "direct")
     reason = low.supports(spec)
     if reason is not None:
         raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
     prepared = [relax.const(arr) for arr in low.prepared(weight, spec, lanes)]
-    bias = None
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
-        bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
+    bias = relax.const(bias) if bias is not None else None
     residual = env[plan.residual] if plan.residual is not None else None
-    out_block = block_of(n.type.layout)
     blocked = {"out_block": out_block} if out_block else {}
 
     def compute(data, *prepared, bias=None, residual=None):  # data: NCHW or blocked, per the graph's layout
-        return low.compute(nchw(data), *prepared, bias=bias, residual=residual, spec=spec,
+        return low.compute(nchw(data, spec.in_channels), *prepared, bias=bias, residual=residual, spec=spec,
                            activation=plan.activation, lanes=lanes, **blocked)
 
     out = bb.emit_te(compute, env[n.inputs[0]], *prepared, bias=bias, residual=residual,

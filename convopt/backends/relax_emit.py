@@ -85,6 +85,8 @@ def operands(ctx: EmitContext, n: Node, env: dict[str, relax.Expr]) -> list:
             shape = aligned_4d(t.shape)
             data = ctx.constant_data(name)
             if shape[1] > 1 and shape[2:] == (1, 1) and data is None:  # one pixel: the same bytes blocked
+                if shape[1] % out_block:  # (block_layout pads no output with such an operand)
+                    raise UnsupportedOpError(f"node %{n.name} ({op_label(n)}) broadcasts %{name} over padded blocks")
                 expr = relax.op.reshape(expr, (shape[0], shape[1] // out_block, 1, 1, out_block))
             elif shape[1] > 1:  # C channels: a constant (block_layout keeps every other such operand blocked)
                 if data is None:
@@ -174,8 +176,12 @@ def _channel_norm(ctx, n: Node, x):
     gamma, beta = (ctx.constant_data(i) for i in n.inputs[1:])
     if any(t is None and i is not None for t, i in zip((gamma, beta), n.inputs[1:])):
         raise UnsupportedOpError(f"node %{n.name}: channel_norm with non-constant weight or bias")
-    gamma = ctx.const(np.ones(channels) if gamma is None else gamma.detach().double().numpy(), n.type.dtype)
-    beta = ctx.const(np.zeros(channels) if beta is None else beta.detach().double().numpy(), n.type.dtype)
+    gamma = np.ones(channels) if gamma is None else gamma.detach().double().numpy()
+    beta = np.zeros(channels) if beta is None else beta.detach().double().numpy()
+    stored = stored_shape(n.type.shape, n.type.layout)
+    if len(stored) == 5 and stored[1] * stored[4] != channels:  # padded blocks: zero weight and bias for the pad lanes
+        gamma, beta = (np.concatenate([v, np.zeros(stored[1] * stored[4] - channels)]) for v in (gamma, beta))
+    gamma, beta = ctx.const(gamma, n.type.dtype), ctx.const(beta, n.type.dtype)
     if not ctx.own_kernels or n.type.dtype != "f32":
         if n.type.layout:
             raise UnsupportedOpError(f"node %{n.name}: channel_norm in layout {n.type.layout} needs the CPU kernel")
@@ -184,7 +190,7 @@ def _channel_norm(ctx, n: Node, x):
     from ..schedules.layer_norm import channel_prim_func as prim_func
 
     shape = tuple(stored_shape(n.type.shape, n.type.layout))  # the input's: channel_norm keeps its layout
-    func = (prim_func(shape, n.attrs.eps).without_attr("global_symbol").with_attr("op_pattern", 8)
+    func = (prim_func(shape, n.attrs.eps, channels).without_attr("global_symbol").with_attr("op_pattern", 8)
             .with_attr("tirx.is_scheduled", True))
     gvar = ctx.bb.add_func(func, "convopt_channel_norm")  # equal shapes share one function
     return relax.call_tir(gvar, [x[0], gamma, beta], relax.TensorType(shape, "float32"))
@@ -287,9 +293,15 @@ def _mean(ctx, n: Node, x):
     in_type = ctx.graph.types[n.inputs[0]]
     if not in_type.layout or not is_spatial_mean(ctx.graph, n):  # (operands() gave a blocked 1x1 map as NCHW)
         return relax.op.mean(x[0], list(n.attrs.dims), n.attrs.keepdim)
-    # a spatial mean of a blocked tensor: [N, C/b, b] without keepdim is [N, C] in NCHW order
+    # a spatial mean of a blocked tensor: [N, C/b, b] without keepdim is [N, C] in NCHW order (the first C of
+    # ceil(C/b) * b when the last block is padded)
     out = relax.op.mean(x[0], [2, 3], n.attrs.keepdim)
-    return out if n.attrs.keepdim else relax.op.reshape(out, n.type.shape)
+    if n.attrs.keepdim:
+        return out
+    batch, stored = stored_shape(in_type.shape, in_type.layout)[:2]
+    out = relax.op.reshape(out, (batch, stored * block_of(in_type.layout)))
+    return out if stored * block_of(in_type.layout) == n.type.shape[1] else relax.op.strided_slice(
+        out, axes=[1], begin=[0], end=[n.type.shape[1]])
 
 
 EMITTERS: dict[Op, Callable] = {

@@ -1,8 +1,18 @@
 """block_layout: keep the activations between convs in channel blocks, NCHW[b]c with b = the SIMD lanes.
 
-For a value v (4-D, fp32, channels C with C % b == 0) the rewrite is only a change of storage:
+For a value v (4-D, fp32) the rewrite is only a change of storage:
 
-    type(v) = f32[N,C,H,W]   =>   f32[N,C,H,W]{NCHWbc}        stored as [N, C/b, H, W, b] (ir/layout.py)
+    type(v) = f32[N,C,H,W]   =>   f32[N,C,H,W]{NCHWbc}        stored as [N, ceil(C/b), H, W, b] (ir/layout.py)
+
+When C % b != 0 the last block is padded with zero lanes ("padded blocks": 40 channels are 3 blocks of 16
+with AVX-512; without them every tensor of such a stage stayed NCHW on AVX-512 while AVX2 blocked it). A
+padded value needs more than whole blocks do, because its pad lanes must stay zero and nobody may read it as
+C channels packed: at least three quarters of its stored channels are real (``PADDED_FILL``) and it has more
+than one pixel; its producer is a conv of one group or a depthwise conv whose input is padded alike (the
+kernel computes the conv over whole blocks with zero weights and bias: schedules/conv_spec.pad_to_blocks),
+or a layout-preserving op that maps zeros to zeros (``keeps_zero_lanes``: not sigmoid, a division, a scalar
+add, a pad with a non-zero value; no cat, split or slice of channels, no group norm, no one-pixel operand
+broadcast over it); its readers are such convs and ops, or a mean over H and W, never a fused block.
 
 and v is stored blocked when both hold:
   - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
@@ -38,7 +48,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..ir.graph import Graph, Node
-from ..ir.layout import aligned_4d, blocked_layout
+from ..ir.layout import aligned_4d, blocked_layout, padded_channels
 from ..ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS, Op, pad_arguments
 from ..ir.types import TensorType, TupleType
 from ..schedules.conv_spec import conv_spec_of
@@ -151,14 +161,18 @@ def preserves_layout(graph: Graph, n: Node, block: int) -> bool:
     return n.op in LAYOUT_PRESERVING
 
 
-def channel_operands(graph: Graph, n: Node) -> list[str] | None:
+def channel_operands(graph: Graph, n: Node, block: int | None = None) -> list[str] | None:
     """The inputs of a layout-preserving node that must share its output's layout (non-constant, C channels),
-    or None when one of its operands can't be broadcast against a blocked tensor."""
+    or None when one of its operands can't be broadcast against a blocked tensor: in blocks of ``block``, a
+    part of a concatenation in padded blocks, or one of C channels and one pixel broadcast over a padded
+    output (not the same bytes as its padded blocks)."""
+    padded = block is not None and is_padded(n.type, block)
     if n.op in (Op.SPLIT, Op.GETITEM) or n.op is Op.TORCH and n.attrs.target in SLICE_TARGETS:
         return [n.inputs[0]]  # the tensor split or sliced, or the split a part is taken from
     channels = n.type.shape[1]
     if n.op is Op.CAT:  # every part, each in whole blocks (only blockable values become candidates)
-        return None if any(i in graph.constant_map for i in n.inputs) else list(n.inputs)
+        whole = block is None or not any(is_padded(graph.types[i], block) for i in n.inputs)
+        return None if any(i in graph.constant_map for i in n.inputs) or not whole else list(n.inputs)
     inputs = n.inputs[:1] if n.op in (Op.BATCH_NORM, Op.CHANNEL_NORM, Op.GROUP_NORM) else [i for i in n.inputs if i is not None]
     operands = []
     for i in inputs:
@@ -168,15 +182,76 @@ def channel_operands(graph: Graph, n: Node) -> list[str] | None:
             return None
         # one pixel broadcast over a map (an SE gate): stored alike in both layouts, the backend reshapes it
         broadcast_pixel = shape[2:] == (1, 1) and n.type.shape[2:] != (1, 1)
+        if padded and broadcast_pixel and shape[1] == channels > 1 and i not in graph.constant_map:
+            return None
         if shape[1] == channels and channels > 1 and i not in graph.constant_map and not broadcast_pixel:
             operands.append(i)
     return operands
 
 
+PADDED_FILL = 0.75  # the least share of a padded value's stored channels that are real (24 of 32, 40 of 48)
+
+# layout-preserving ops that map zero inputs to zero outputs, so a padded value's pad lanes stay zero
+_ZERO_TO_ZERO = frozenset({
+    Op.RELU, Op.GELU, Op.SILU, Op.TANH, Op.HARDSWISH, Op.IDENTITY, Op.MUL, Op.BATCH_NORM,
+    Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D, Op.CHANNEL_NORM,  # (the constants padded with zeros)
+})
+_ZERO_TO_ZERO_ATEN = frozenset(f"aten.{name}" for name in (
+    "leaky_relu.default", "elu.default", "selu.default", "mish.default", "square.default", "abs.default",
+    "neg.default", "sqrt.default", "sin.default", "floor.default", "ceil.default", "round.default",
+    "sign.default", "erf.default", "contiguous.default", "clone.default"))
+
+
+def keeps_zero_lanes(graph: Graph, n: Node) -> bool:
+    """Whether layout-preserving op ``n`` writes zeros where its blocked operands hold zeros (the pad lanes of a
+    padded value), given constants padded with zeros."""
+    if n.op in _ZERO_TO_ZERO:
+        return True
+    if n.op in (Op.ADD, Op.SUB):
+        return n.attrs.scalar in (None, 0)
+    if n.op is Op.CLAMP:
+        return (n.attrs.min is None or n.attrs.min <= 0) and (n.attrs.max is None or n.attrs.max >= 0)
+    if n.op is Op.MEAN:
+        return True  # over H and W (preserves_layout checked it)
+    if n.op is Op.TORCH:
+        if is_spatial_pad(n):
+            return pad_arguments(n.attrs)[2] in (None, 0)
+        return (n.attrs.target in _ZERO_TO_ZERO_ATEN | RESIZE_TARGETS or is_spatial_norm(graph, n)
+                or (n.attrs.target in SLICE_TARGETS and not _slices_channels(graph, n)))
+    return False
+
+
+def _slices_channels(graph: Graph, n: Node) -> bool:
+    return int(n.attrs.args[1] if len(n.attrs.args) > 1 else 0) % 4 == 1
+
+
+def is_padded(t, block: int) -> bool:
+    """A 4-D tensor type whose channels don't fill whole blocks of ``block``."""
+    return isinstance(t, TensorType) and t.rank == 4 and t.shape[1] % block != 0
+
+
 def _blockable(t, block: int) -> bool:
     if isinstance(t, TupleType):  # a channel split: every part in whole blocks
-        return bool(t.elements) and all(_blockable(e, block) for e in t.elements)
-    return isinstance(t, TensorType) and t.dtype == "f32" and t.rank == 4 and t.shape[1] % block == 0
+        return bool(t.elements) and all(_blockable(e, block) and not is_padded(e, block) for e in t.elements)
+    if not (isinstance(t, TensorType) and t.dtype == "f32" and t.rank == 4):
+        return False
+    channels = t.shape[1]
+    return channels % block == 0 or (channels >= PADDED_FILL * padded_channels(channels, block)
+                                     and t.shape[2] * t.shape[3] > 1)
+
+
+def _pads_alike(graph: Graph, n: Node) -> bool:
+    """A conv that can write a padded output: one group (its extra output channels get zero weights), or a
+    depthwise conv of as many outputs as inputs (its input then padded alike: see ``_conv_operands``)."""
+    spec = conv_spec_of(graph, n)
+    return spec is not None and (spec.groups == 1 or (spec.is_depthwise and spec.out_channels == spec.in_channels))
+
+
+def _conv_operands(graph: Graph, n: Node, block: int) -> list[str]:
+    """The values a conv's own layout depends on: a grouped conv with a padded side runs over whole blocks on
+    both sides (conv_spec.pad_to_blocks), so its input and output are blocked together or not at all."""
+    padded = is_padded(n.type, block) or is_padded(graph.types[n.inputs[0]], block)
+    return [n.inputs[0]] if padded and n.attrs.groups > 1 else []
 
 
 def runs_blocked(graph: Graph, n: Node, lanes: int) -> bool:
@@ -187,15 +262,18 @@ def runs_blocked(graph: Graph, n: Node, lanes: int) -> bool:
 
 
 def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
-                   conv_runs_blocked: Callable[[Node], bool]) -> bool:
+                   conv_runs_blocked: Callable[[Node], bool], block: int) -> bool:
     """Whether ``reader`` takes ``value`` blocked, given the values currently chosen to be blocked."""
     t = graph.types[value]
     if isinstance(t, TensorType) and t.shape[2:] == (1, 1):
         return True
+    padded = is_padded(t, block)
     if reader.op is Op.CONV2D:
+        if padded and reader.attrs.groups > 1 and reader.name not in blocked:  # see _conv_operands
+            return False
         return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
     if reader.op is Op.FUSED_BLOCK:  # its kernels read each input (and the residual) in either layout
-        return True
+        return not padded  # (in whole blocks only)
     if is_spatial_mean(graph, reader) and not reader.attrs.keepdim:
         return True
     return reader.name in blocked
@@ -212,10 +290,17 @@ def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node],
     for n in graph.nodes:  # topological order: an op's operands are decided before it
         if not _blockable(n.type, block):
             continue
-        if (n.op is Op.CONV2D and conv_runs_blocked(n)) or n.op is Op.FUSED_BLOCK:
+        padded = is_padded(n.type, block)
+        padded_io = padded or (n.op is Op.CONV2D and is_padded(graph.types[n.inputs[0]], block))
+        if n.op is Op.CONV2D and conv_runs_blocked(n) and (not padded_io or _pads_alike(graph, n)):
+            ops = _conv_operands(graph, n, block)
+            if all(i in candidates for i in ops):
+                operands[n.name] = ops
+                candidates.add(n.name)
+        elif n.op is Op.FUSED_BLOCK and not padded:
             candidates.add(n.name)
-        elif preserves_layout(graph, n, block):
-            ops = channel_operands(graph, n)
+        elif preserves_layout(graph, n, block) and (not padded or keeps_zero_lanes(graph, n)):
+            ops = channel_operands(graph, n, block)
             if ops and all(i in candidates for i in ops):
                 operands[n.name] = ops
                 candidates.add(n.name)
@@ -226,7 +311,7 @@ def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node],
         for name in sorted(candidates):
             readers = graph.users.get(name, ())
             dropped_operand = any(i not in candidates for i in operands.get(name, ()))
-            if dropped_operand or not all(_reads_blocked(graph, r, name, candidates, conv_runs_blocked)
+            if dropped_operand or not all(_reads_blocked(graph, r, name, candidates, conv_runs_blocked, block)
                                           for r in readers):
                 candidates.discard(name)
                 changed = True

@@ -27,7 +27,7 @@ The table of lowerings is ``convopt.schedules.lowerings``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -134,6 +134,38 @@ def conv_spec_of(graph: Graph, node: Node) -> ConvSpec | None:
                        a.stride, a.padding, a.dilation, a.groups)
 
 
+def pad_to_blocks(spec: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, in_block: int | None,
+                  out_block: int | None) -> tuple[ConvSpec, np.ndarray, np.ndarray | None]:
+    """The conv a kernel computes when its input or output is stored in padded channel blocks (ir/layout.py:
+    C not a multiple of b, the pad lanes zero): the same conv over whole blocks, its extra channels zero.
+
+    A padded output adds output channels of zero weight and bias, whose activation of 0 is 0 (block_layout
+    pads only such outputs), so the pad lanes it writes stay zero. A padded input of one group is read as its
+    C real channels (``nchw(data, spec.in_channels)``), not padded: zero weights would only add FLOPs. A
+    depthwise conv pads both sides alike (groups = the padded channels, zero weights: its kernel runs whole
+    channel blocks anyway); other grouped convs are refused: padding would move channels between groups."""
+    def padded(c, block):
+        return -(-c // block) * block if block else c
+
+    c, o = padded(spec.in_channels, in_block), padded(spec.out_channels, out_block)
+    if spec.groups == 1:
+        c = spec.in_channels
+    if (c, o) == (spec.in_channels, spec.out_channels):
+        return spec, weight, bias
+    if spec.groups > 1:
+        if not (spec.is_depthwise and spec.out_channels == spec.in_channels and c == o):
+            raise ValueError(f"{spec.describe()}: only a depthwise conv with both sides in the same blocks "
+                             f"takes padded channel blocks ({in_block}, {out_block})")
+        weight = np.concatenate([weight, np.zeros((o - spec.out_channels, *weight.shape[1:]), weight.dtype)])
+        groups = o
+    else:
+        weight = np.pad(weight, ((0, o - spec.out_channels), (0, c - spec.in_channels), (0, 0), (0, 0)))
+        groups = 1
+    if bias is not None:
+        bias = np.concatenate([bias, np.zeros(o - spec.out_channels, bias.dtype)])
+    return replace(spec, in_channels=c, out_channels=o, groups=groups), weight, bias
+
+
 def pad_input(data: te.Tensor, spec: ConvSpec, name: str, extra: tuple[int, int] = (0, 0)) -> te.Tensor:
     """Zero-padded NCHW input ([N, C, H + 2ph + extra_h, W + 2pw + extra_w]); ``data`` itself when no padding.
 
@@ -152,12 +184,13 @@ def pad_input(data: te.Tensor, spec: ConvSpec, name: str, extra: tuple[int, int]
 
 
 class BlockedView:
-    """A blocked tensor [N, C/b, H, W, b] read as NCHW: ``view[n, c, y, x]`` is ``t[n, c // b, y, x, c % b]``."""
+    """A blocked tensor [N, ceil(C/b), H, W, b] read as NCHW: ``view[n, c, y, x]`` is ``t[n, c // b, y, x, c % b]``;
+    its shape has ``channels`` (default: every stored one, a padded block's pad lanes included)."""
 
-    def __init__(self, tensor: te.Tensor):
+    def __init__(self, tensor: te.Tensor, channels: int | None = None):
         self.tensor = tensor
         n, cb, h, w, self.block = (int(v) for v in tensor.shape)
-        self.shape = (n, cb * self.block, h, w)
+        self.shape = (n, channels or cb * self.block, h, w)
         self.dtype = tensor.dtype
 
     def __getitem__(self, index):
@@ -165,9 +198,9 @@ class BlockedView:
         return self.tensor[n, c // self.block, y, x, c % self.block]
 
 
-def nchw(data: te.Tensor):
-    """``data`` (4-D NCHW, or 5-D blocked) indexed as NCHW."""
-    return BlockedView(data) if len(data.shape) == 5 else data
+def nchw(data: te.Tensor, channels: int | None = None):
+    """``data`` (4-D NCHW, or 5-D blocked: its first ``channels``) indexed as NCHW."""
+    return BlockedView(data, channels) if len(data.shape) == 5 else data
 
 
 def blocked_shape(shape: tuple[int, int, int, int], block: int) -> tuple[int, int, int, int, int]:

@@ -178,8 +178,8 @@ def direct_conv2d_compute(
         # the padded copy keeps the input's channel blocks: a contiguous copy, and the kernel's broadcasts
         # for consecutive input channels read one cache line (an NCHW copy gathered every 16th value and
         # put each channel in a plane of its own: stride-2 3x3 convs ran at half the stride-1 speed)
-        blk = data.block
-        padded = te.compute((N, C // blk, HP, WP, blk), lambda n, cb, y, x, cl: _padded(n, cb * blk + cl, y, x),
+        blk = data.block  # (a padded last block is copied whole: its pad lanes are stored zeros, never read)
+        padded = te.compute((N, -(-C // blk), HP, WP, blk), lambda n, cb, y, x, cl: _padded(n, cb * blk + cl, y, x),
                             name=PAD_BLOCK)
 
         def dp_at(n, c, y, x):

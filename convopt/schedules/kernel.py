@@ -22,9 +22,9 @@ import tvm
 from tvm import te
 
 from ..dlpack import to_tvm
-from ..ir.layout import blocked_layout, stored_shape
+from ..ir.layout import blocked_layout, padded_channels, stored_shape
 from ..target import Target
-from .conv_spec import ConvSpec, nchw
+from .conv_spec import ConvSpec, nchw, pad_to_blocks
 from .lowerings import LoweringError, lowering
 
 
@@ -33,18 +33,23 @@ def _layout(block: int | None) -> str:
 
 
 def to_layout(t: torch.Tensor, block: int | None) -> torch.Tensor:
-    """An NCHW tensor stored as [N, C/b, H, W, b] (contiguous); ``t`` itself when ``block`` is None."""
+    """An NCHW tensor stored as [N, ceil(C/b), H, W, b] (contiguous, pad lanes zero: ir/layout.py); ``t``
+    itself when ``block`` is None."""
     if not block:
         return t
     n, c, h, w = t.shape
-    return t.reshape(n, c // block, block, h, w).permute(0, 1, 3, 4, 2).contiguous()
+    padded = padded_channels(c, block)
+    if padded != c:
+        t = torch.cat([t, t.new_zeros(n, padded - c, h, w)], dim=1)
+    return t.reshape(n, padded // block, block, h, w).permute(0, 1, 3, 4, 2).contiguous()
 
 
-def from_layout(t: torch.Tensor, block: int | None) -> torch.Tensor:
+def from_layout(t: torch.Tensor, block: int | None, channels: int | None = None) -> torch.Tensor:
+    """The NCHW tensor of a blocked one: its first ``channels`` (default: all, pad lanes included)."""
     if not block:
         return t
     n, cb, h, w, b = t.shape
-    return t.permute(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
+    return t.permute(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)[:, :channels]
 
 
 def cold_copies(footprint: int, target: Target) -> int:
@@ -76,7 +81,7 @@ class Kernel:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._func(*self._args(x, residual))
-        return from_layout(torch.from_dlpack(self._out), self.out_block).clone()
+        return from_layout(torch.from_dlpack(self._out), self.out_block, self.spec.out_channels).clone()
 
     def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, copies: int = 1):
         """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing).
@@ -145,7 +150,7 @@ def lower_to_primfunc(name: str, spec: ConvSpec, weight: np.ndarray, *, bias: bo
     b = te.placeholder((spec.out_channels,), name="bias") if bias else None
     r = te.placeholder(stored_shape(spec.output_shape, _layout(out_block)), name="residual") if residual else None
     blocked = {"out_block": out_block} if out_block else {}
-    out = low.compute(nchw(data), *consts, bias=b, residual=r, spec=spec, activation=activation, lanes=lanes,
+    out = low.compute(nchw(data, spec.in_channels), *consts, bias=b, residual=r, spec=spec, activation=activation, lanes=lanes,
                       **blocked)
     args = [data, *consts] + ([b] if b is not None else []) + ([r] if r is not None else []) + [out]
     return te.create_prim_func(args), prepared
@@ -176,7 +181,9 @@ def build_kernel(name: str, spec: ConvSpec, weight, bias=None, *, target: Target
     For a target this machine can't run (CUDA without a GPU, another CPU's ISA) this compiles and
     returns ``BuiltOnly``."""
     weight, bias = _numpy(weight), _numpy(bias)
-    mod, prepared = scheduled_module(name, spec, weight, target, bias=bias is not None, residual=residual,
+    # channels that don't fill whole blocks: the kernel computes the conv padded to them (its pad lanes zero)
+    padded, weight, bias = pad_to_blocks(spec, weight, bias, in_block, out_block)
+    mod, prepared = scheduled_module(name, padded, weight, target, bias=bias is not None, residual=residual,
                                      activation=activation, in_block=in_block, out_block=out_block)
     target.configure_runtime()
     lib = tvm.compile(mod, target=target.tvm)

@@ -42,9 +42,10 @@ def _nchw(x, gamma, beta, eps: float):
                       * gamma[ch] + beta[ch], name=OUT)
 
 
-def _blocked(x, gamma, beta, eps: float):
+def _blocked(x, gamma, beta, eps: float, channels: int):
     n_, cb_, h_, w_, b_ = (int(d) for d in x.shape)
-    c_ = cb_ * b_
+    c_ = channels  # the real channels: a padded last block's pad lanes (zeros) are left out of the statistics
+    padded = c_ != cb_ * b_
 
     def lane_sums(name, value):  # sum over the channel blocks, one vector per pixel
         cb = te.reduce_axis((0, cb_), name="cb")
@@ -57,8 +58,12 @@ def _blocked(x, gamma, beta, eps: float):
 
     total = across_lanes(SUM, lane_sums(LANE_SUM, lambda n, cb, y, x_, lane: x[n, cb, y, x_, lane]))
     mean = te.compute((n_, h_, w_), lambda n, y, x_: total[n, y, x_] / c_, name=MEAN)
+    def deviation(n, cb, y, x_, lane):  # x - mean; 0 in a pad lane (a select: it vectorizes, if_then_else doesn't)
+        d = x[n, cb, y, x_, lane] - mean[n, y, x_]
+        return tirx.Select(cb * b_ + lane < c_, d, tirx.const(0.0, x.dtype)) if padded else d
+
     squares = across_lanes(SQUARES, lane_sums(LANE_SQUARES, lambda n, cb, y, x_, lane: (
-        x[n, cb, y, x_, lane] - mean[n, y, x_]) * (x[n, cb, y, x_, lane] - mean[n, y, x_])))
+        deviation(n, cb, y, x_, lane) * deviation(n, cb, y, x_, lane))))
     rstd = te.compute((n_, h_, w_), lambda n, y, x_: tirx.rsqrt(squares[n, y, x_] / c_ + eps), name=RSTD)
     return te.compute((n_, cb_, h_, w_, b_), lambda n, cb, y, x_, lane: (
         x[n, cb, y, x_, lane] - mean[n, y, x_]) * rstd[n, y, x_] * gamma[cb * b_ + lane] + beta[cb * b_ + lane],
@@ -93,14 +98,18 @@ def _schedule(sch: tvm.s_tir.Schedule, blocked: bool) -> None:
             sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
 
 
-def channel_prim_func(shape: tuple[int, ...], eps: float) -> tirx.PrimFunc:
-    """The scheduled kernel for an input of ``shape``: [N, C, H, W], or [N, C/b, H, W, b] (channel blocks);
-    arguments x, gamma [C], beta [C], out (x's shape)."""
+def channel_prim_func(shape: tuple[int, ...], eps: float, channels: int | None = None) -> tirx.PrimFunc:
+    """The scheduled kernel for an input of ``shape``: [N, C, H, W], or [N, ceil(C/b), H, W, b] (channel blocks,
+    ``channels`` = C when the last block is padded); arguments x, gamma, beta (one per stored channel: a
+    padded block's get zeros, so its pad lanes stay zero), out (x's shape)."""
     blocked = len(shape) == 5
-    channels = shape[1] * shape[4] if blocked else shape[1]
+    stored = shape[1] * shape[4] if blocked else shape[1]
     x = te.placeholder(shape, name="x")
-    gamma, beta = te.placeholder((channels,), name="gamma"), te.placeholder((channels,), name="beta")
-    out = (_blocked if blocked else _nchw)(x, gamma, beta, float(eps))
+    gamma, beta = te.placeholder((stored,), name="gamma"), te.placeholder((stored,), name="beta")
+    if blocked:
+        out = _blocked(x, gamma, beta, float(eps), channels or stored)
+    else:
+        out = _nchw(x, gamma, beta, float(eps))
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, out]))
     _schedule(sch, blocked)
     return sch.mod["main"]

@@ -6,7 +6,8 @@ import torch
 
 from convopt.ir import Op, VerifyError, parse, verify
 from convopt.ir import ops as O
-from convopt.ir.layout import aligned_4d, block_of, blocked_layout, stored_shape, to_blocked
+from convopt.ir.layout import aligned_4d, block_of, blocked_layout, padded_channels, stored_shape, to_blocked
+from convopt.schedules.kernel import from_layout, to_layout
 from convopt.ir.types import TensorType
 from tests.graphs import Builder
 
@@ -28,10 +29,22 @@ def test_to_blocked_puts_element_nchw_at_its_block():
         assert blocked[n, c // 8, y, x, c % 8] == array[n, c, y, x]
 
 
+def test_channels_that_dont_fill_the_last_block_are_stored_padded_with_zeros():
+    assert stored_shape((2, 40, 5, 7), "NCHW16c") == (2, 3, 5, 7, 16) and padded_channels(40, 16) == 48
+    array = np.arange(1, 1 + 2 * 12 * 3 * 5, dtype=np.float32).reshape(2, 12, 3, 5)
+    blocked = to_blocked(array, 8)
+    assert blocked.shape == (2, 2, 3, 5, 8)
+    for n, c, y, x in [(0, 0, 0, 0), (1, 11, 2, 4), (0, 8, 1, 3)]:
+        assert blocked[n, c // 8, y, x, c % 8] == array[n, c, y, x]
+    assert not blocked[:, 1, :, :, 4:].any()  # the pad lanes
+    torch_blocked = to_layout(torch.from_numpy(array), 8)
+    assert np.array_equal(torch_blocked.numpy(), blocked)
+    assert torch.equal(from_layout(torch_blocked, 8, 12), torch.from_numpy(array))
+    assert TensorType((1, 24, 4, 4), "f32", "NCHW16c").layout == "NCHW16c"
+
+
 def test_a_layout_the_shape_cannot_have_is_refused():
     TensorType((1, 32, 4, 4), "f32", "NCHW16c")
-    with pytest.raises(ValueError, match="multiple of 16"):
-        TensorType((1, 24, 4, 4), "f32", "NCHW16c")
     with pytest.raises(ValueError, match="4-D"):
         TensorType((32, 4), "f32", "NCHW16c")
 

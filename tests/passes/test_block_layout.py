@@ -86,14 +86,83 @@ def test_convs_whose_lowering_vectorizes_over_pixels_read_and_write_nchw():
     assert _layouts(block_layout(g, lanes=LANES))["c2"] == ""
 
 
-def test_channels_not_a_multiple_of_the_block_stay_nchw():
+@pytest.mark.parametrize("channels", [10, 4])  # 10 of 16 stored channels, 4 of 8: under PADDED_FILL
+def test_channels_that_fill_too_little_of_their_last_block_stay_nchw(channels):
     b = Builder()
     x = b.input("x", (1, 16, 8, 8))
-    c1 = _conv(b, x, 16, 12, name="c1")
-    c2 = _conv(b, c1, 12, 16, name="c2")
+    c1 = _conv(b, x, 16, channels, name="c1")
+    c2 = _conv(b, c1, channels, 16, name="c2")
     c3 = _conv(b, c2, 16, 16, name="c3")
     layouts = _layouts(block_layout(_with_lowering(b.graph(c3)), lanes=LANES))
     assert layouts == {"c1": "", "c2": "NCHW8c", "c3": ""}
+
+
+def _padded_stage(between=None, channels=12):
+    """x (16) -> c1 (16 -> 12: a padded block of 8) -> [between] -> relu -> dw (3x3 depthwise) -> channel norm
+    -> c2 (12 -> 16) -> c3: ``between(b, value) -> value`` puts one op in the padded stage."""
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    v = _conv(b, x, 16, channels, name="c1")
+    if between is not None:
+        v = between(b, v)
+    r = b.node(Op.RELU, [v], O.NoAttrs(), name="r")
+    dw = _conv(b, r, channels, channels, k=3, groups=channels, name="dw")
+    w, bias = (b.const(f"n.{k}", torch.rand(channels)) for k in ("w", "b"))
+    norm = b.node(Op.CHANNEL_NORM, [dw, w, bias], O.NormAttrs(1e-6), name="norm")
+    c2 = _conv(b, norm, channels, 16, name="c2")
+    return _with_lowering(b.graph(_conv(b, c2, 16, 16, name="c3")), dw="depthwise")
+
+
+def test_channels_that_fill_most_of_their_last_block_are_stored_padded():
+    before = _padded_stage()
+    after = block_layout(before, lanes=LANES)
+    assert _layouts(after) == {"c1": "NCHW8c", "r": "NCHW8c", "dw": "NCHW8c", "norm": "NCHW8c", "c2": "NCHW8c",
+                               "c3": ""}
+    assert after.types["c1"].shape == (1, 12, 8, 8)  # the logical shape: the padding is the layout's
+    verify(after)
+    assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def _between(op, *, attrs=O.NoAttrs(), operand=None):
+    def insert(b, v):
+        inputs = [v] if operand is None else [v, operand(b)]
+        return b.node(op, inputs, attrs, name="op")
+    return insert
+
+
+@pytest.mark.parametrize("between", [
+    _between(Op.SIGMOID),  # sigmoid(0) = 1/2: the pad lanes would not stay zero
+    _between(Op.ADD, attrs=O.BinaryAttrs(scalar=1.0)),
+    _between(Op.DIV, attrs=O.BinaryAttrs(), operand=lambda b: b.const("d", torch.rand(12, 1, 1) + 1)),  # 0 / 0 in the pad lanes
+    _between(Op.MUL, attrs=O.BinaryAttrs(), operand=lambda b: b.node(Op.MEAN, [b.input("g", (1, 12, 8, 8))], O.ReduceAttrs((2, 3), True))),
+], ids=["sigmoid", "scalar-add", "div", "one-pixel-gate"])
+def test_a_padded_value_is_not_blocked_through_ops_that_break_its_zero_lanes_or_read_its_blocks(between):
+    layouts = _layouts(block_layout(_padded_stage(between), lanes=LANES))
+    assert layouts["c1"] == "", layouts
+
+
+def test_a_concatenation_of_padded_values_is_not_blocked():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    parts = [_conv(b, x, 16, 12, name=f"c{i}") for i in range(2)]
+    cat = b.node(Op.CAT, parts, O.DimAttrs(1), name="cat")  # 24 channels: whole blocks, but not of its parts'
+    layouts = _layouts(block_layout(_with_lowering(b.graph(_conv(b, cat, 24, 16, name="c3"))), lanes=LANES))
+    assert layouts == {"c0": "", "c1": "", "cat": "", "c3": ""}
+
+
+def test_a_grouped_conv_reads_a_padded_value_only_as_a_depthwise_conv_writing_it_padded_alike():
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    c1 = _conv(b, x, 16, 12, name="c1")
+    g2 = _conv(b, c1, 12, 12, k=3, groups=2, name="g2")  # 6 channels a group: padding would shift groups
+    g = _with_lowering(b.graph(_conv(b, g2, 12, 16, name="c3")))
+    assert _layouts(block_layout(g, lanes=LANES))["c1"] == ""
+    # a depthwise conv whose output can't be blocked (a graph output) keeps its padded input NCHW too
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    dw = _conv(b, _conv(b, x, 16, 12, name="c1"), 12, 12, k=3, groups=12, name="dw")
+    layouts = _layouts(block_layout(_with_lowering(b.graph(dw), dw="depthwise"), lanes=LANES))
+    assert layouts == {"c1": "", "dw": ""}
 
 
 def test_broadcast_operands_constant_scales_and_a_squeeze_excite():
@@ -228,6 +297,47 @@ def test_channel_norm_computes_the_same_in_blocks(lanes):
     assert norm.type.layout == f"NCHW{lanes}c"
     plain = convopt.optimize(model, x, target=target, lowering=lowering, skip_passes=["block_layout"])
     x2 = torch.randn_like(x)
+    assert relative_error(blocked(x2), plain(x2)) <= 1e-5
+
+
+class _PaddedStage(nn.Module):
+    """A stage of C channels that fill 2.5 blocks (ConvNeXt-atto's 40 with AVX-512): stem, pool, BN, ConvNeXt
+    block (depthwise, channel norm, GELU MLP, residual), a layer scale, a strided conv, a mean to [N, C]."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.block = _ChannelNormBlock(channels)
+        self.gamma = nn.Parameter(torch.rand(channels, 1, 1))
+        self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.bn(torch.max_pool2d(torch.relu(self.stem(x)), 3, 1, 1))
+        y = self.down(y + self.gamma * self.block(y))
+        return torch.nn.functional.hardswish(y).mean((2, 3))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_padded_channel_blocks_equal_eager(lanes):
+    torch.manual_seed(0)
+    channels = 2 * lanes + lanes // 2
+    model = _PaddedStage(channels).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 13, 11)
+    target = resolve_target("cpu").with_lanes(lanes)
+    lowering = {"stem": "direct", "block.dw": "depthwise", "block.fc1": "direct", "block.fc2": "direct",
+                "down": "direct"}
+    blocked = convopt.optimize(model, x, target=target, lowering=lowering)  # check=True: within 1e-4 of eager
+    padded = {n.op for n in blocked.graph.nodes if getattr(n.type, "layout", "") and n.type.shape[1] == channels}
+    assert {Op.CONV2D, Op.MAX_POOL2D, Op.BATCH_NORM, Op.CHANNEL_NORM, Op.ADD, Op.MUL} <= padded, padded
+    plain = convopt.optimize(model, x, target=target, lowering=lowering, skip_passes=["block_layout"])
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        expected = model(x2)
+    assert relative_error(blocked(x2), expected) <= 1e-5
     assert relative_error(blocked(x2), plain(x2)) <= 1e-5
 
 

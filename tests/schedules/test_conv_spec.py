@@ -52,6 +52,44 @@ def test_blocked_input_and_output_match_torch(name, spec, lanes):
         assert relative_error(kernel(x, r), ref) <= tolerance, (in_block, out_block)
 
 
+PADDED_SPECS = [  # channels that don't fill whole blocks of 8 or 16
+    ConvSpec(1, 20, 9, 9, 12, (3, 3), padding=(1, 1)),
+    ConvSpec(2, 20, 7, 9, 28, (1, 1)),
+    ConvSpec(1, 20, 11, 11, 20, (3, 3), stride=(2, 2), padding=(1, 1), groups=20),  # depthwise: padded alike
+]
+PADDED_CASES = [(name, spec) for name in LOWERINGS + RULE_LOWERINGS for spec in PADDED_SPECS
+                if lowering(name).supports(spec) is None and lowering(name).writes_blocked]
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("name,spec", PADDED_CASES, ids=[f"{n}-{s.describe()}" for n, s in PADDED_CASES])
+def test_padded_channel_blocks_in_and_out_match_torch_and_keep_the_pad_lanes_zero(name, spec, lanes):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=g)
+    w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=g)
+    b, r = torch.randn(spec.out_channels, generator=g), torch.randn(spec.output_shape, generator=g)
+    ref = torch.nn.functional.silu(torch.nn.functional.conv2d(x.double(), w.double(), b.double(), spec.stride,
+                                                              spec.padding, spec.dilation, spec.groups) + r.double())
+    kernel = build_kernel(name, spec, w, b, activation="silu", residual=True, target=host(lanes), in_block=lanes,
+                          out_block=lanes)
+    tolerance = 5e-5 if name.startswith("winograd") else 1e-5
+    assert relative_error(kernel(x, r), ref) <= tolerance
+    stored = torch.from_dlpack(kernel._out)
+    assert stored.shape[1] * lanes > spec.out_channels and not stored[:, -1, ..., spec.out_channels % lanes:].any()
+
+
+def test_a_grouped_conv_is_refused_padded_blocks():
+    from convopt.schedules.conv_spec import pad_to_blocks
+
+    spec = ConvSpec(1, 20, 8, 8, 20, (3, 3), padding=(1, 1), groups=2)
+    with pytest.raises(ValueError, match="depthwise"):
+        pad_to_blocks(spec, np.zeros((20, 10, 3, 3), np.float32), None, 8, 8)
+    dense = ConvSpec(1, 20, 8, 8, 12, (1, 1))
+    padded, weight, bias = pad_to_blocks(dense, np.ones((12, 20, 1, 1), np.float32), np.ones(12, np.float32), 8, 8)
+    assert (padded.in_channels, padded.out_channels) == (20, 16)  # the input is read as its 20 real channels
+    assert weight.shape == (16, 20, 1, 1) and not weight[12:].any() and not bias[12:].any()
+
+
 def test_a_lowering_that_writes_nchw_only_refuses_a_blocked_output():
     from convopt.schedules.lowerings import LoweringError
 

@@ -35,6 +35,25 @@ def test_the_kernel_matches_pytorchs_layer_norm_over_channels(lanes, shape, bloc
     assert relative_error(torch.from_numpy(out.numpy()), torch.from_numpy(expected)) <= 1e-5
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_padded_channel_blocks_are_normalized_over_their_real_channels_and_keep_zero_pad_lanes(lanes):
+    torch.manual_seed(0)
+    channels = 2 * lanes + lanes // 2  # 20 or 40: the last block half pad lanes
+    x = torch.randn(2, channels, 5, 7) * 3 + 2
+    gamma, beta = torch.rand(channels) + 0.5, torch.randn(channels)
+    stored = to_blocked(x.numpy(), lanes)
+    padded = stored.shape[1] * lanes
+    func = prim_func(stored.shape, 1e-6, channels)
+    run = tvm.compile(tvm.IRModule({"main": func}), target=host(lanes).tvm)["main"]
+    out = tvm.runtime.empty(stored.shape, "float32", tvm.cpu())
+    zeros = torch.zeros(padded - channels)
+    run(tvm.runtime.tensor(stored), *(tvm.runtime.tensor(torch.cat([v, zeros]).numpy()) for v in (gamma, beta)), out)
+    result = torch.from_numpy(out.numpy())
+    assert not result[:, -1, :, :, channels % lanes:].any()  # the pad lanes stay zero
+    expected = torch.from_numpy(to_blocked(_reference(x, gamma, beta, 1e-6).numpy(), lanes))
+    assert relative_error(result, expected) <= 1e-5
+
+
 @pytest.mark.parametrize("rows, size", [(1, 960), (6, 64), (3, 37), (2, 8)])
 def test_the_row_kernel_matches_pytorchs_layer_norm(rows, size):
     from convopt.schedules.layer_norm import row_prim_func
