@@ -24,7 +24,7 @@ import torch
 from tvm import relax
 
 from ..ir.graph import Graph, Node, op_label
-from ..ir.layout import aligned_4d, block_of, stored_shape, to_blocked
+from ..ir.layout import aligned_4d, block_of, padded_channels, stored_shape, to_blocked
 from ..ir.ops import Op
 from ..ir.types import TensorType, TupleType, full_dtype_name
 from ..target import Target
@@ -85,9 +85,10 @@ def operands(ctx: EmitContext, n: Node, env: dict[str, relax.Expr]) -> list:
             shape = aligned_4d(t.shape)
             data = ctx.constant_data(name)
             if shape[1] > 1 and shape[2:] == (1, 1) and data is None:  # one pixel: the same bytes blocked
-                if shape[1] % out_block:  # (block_layout pads no output with such an operand)
-                    raise UnsupportedOpError(f"node %{n.name} ({op_label(n)}) broadcasts %{name} over padded blocks")
-                expr = relax.op.reshape(expr, (shape[0], shape[1] // out_block, 1, 1, out_block))
+                pad = padded_channels(shape[1], out_block) - shape[1]
+                if pad:  # over padded blocks: zeros for the pad lanes, then the same bytes
+                    expr = relax.op.nn.pad(relax.op.reshape(expr, shape), [0, 0, 0, pad, 0, 0, 0, 0])
+                expr = relax.op.reshape(expr, (shape[0], (shape[1] + pad) // out_block, 1, 1, out_block))
             elif shape[1] > 1:  # C channels: a constant (block_layout keeps every other such operand blocked)
                 if data is None:
                     raise UnsupportedOpError(f"node %{n.name} ({op_label(n)}) is blocked but reads %{name} in NCHW")
@@ -296,12 +297,13 @@ def _mean(ctx, n: Node, x):
     # a spatial mean of a blocked tensor: [N, C/b, b] without keepdim is [N, C] in NCHW order (the first C of
     # ceil(C/b) * b when the last block is padded)
     out = relax.op.mean(x[0], [2, 3], n.attrs.keepdim)
-    if n.attrs.keepdim:
+    if n.attrs.keepdim and n.type.layout:
         return out
+    # an NCHW result: [N, C] or, of padded blocks, [N, C, 1, 1] (block_layout)
     batch, stored = stored_shape(in_type.shape, in_type.layout)[:2]
-    out = relax.op.reshape(out, (batch, stored * block_of(in_type.layout)))
-    return out if stored * block_of(in_type.layout) == n.type.shape[1] else relax.op.strided_slice(
-        out, axes=[1], begin=[0], end=[n.type.shape[1]])
+    channels, stored = n.type.shape[1], stored * block_of(in_type.layout)
+    out = relax.op.reshape(out, (batch, stored) + (1, 1) * n.attrs.keepdim)
+    return out if stored == channels else relax.op.strided_slice(out, axes=[1], begin=[0], end=[channels])
 
 
 EMITTERS: dict[Op, Callable] = {

@@ -11,8 +11,9 @@ C channels packed: at least three quarters of its stored channels are real (``PA
 than one pixel; its producer is a conv of one group or a depthwise conv whose input is padded alike (the
 kernel computes the conv over whole blocks with zero weights and bias: schedules/conv_spec.pad_to_blocks),
 or a layout-preserving op that maps zeros to zeros (``keeps_zero_lanes``: not sigmoid, a division, a scalar
-add, a pad with a non-zero value; no cat, split or slice of channels, no group norm, no one-pixel operand
-broadcast over it); its readers are such convs and ops, or a mean over H and W, never a fused block.
+add, a pad with a non-zero value; no cat, split or slice of channels, no group norm; a one-pixel operand
+broadcast over it, a squeeze-excite gate, is padded with zeros by the backend); its readers are such convs
+and ops, or a mean over H and W (which writes its [N, C] or [N, C, 1, 1] in NCHW), never a fused block.
 
 and v is stored blocked when both hold:
   - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
@@ -163,10 +164,8 @@ def preserves_layout(graph: Graph, n: Node, block: int) -> bool:
 
 def channel_operands(graph: Graph, n: Node, block: int | None = None) -> list[str] | None:
     """The inputs of a layout-preserving node that must share its output's layout (non-constant, C channels),
-    or None when one of its operands can't be broadcast against a blocked tensor: in blocks of ``block``, a
-    part of a concatenation in padded blocks, or one of C channels and one pixel broadcast over a padded
-    output (not the same bytes as its padded blocks)."""
-    padded = block is not None and is_padded(n.type, block)
+    or None when one of its operands can't be broadcast against a blocked tensor (in blocks of ``block``: a
+    part of a concatenation in padded blocks)."""
     if n.op in (Op.SPLIT, Op.GETITEM) or n.op is Op.TORCH and n.attrs.target in SLICE_TARGETS:
         return [n.inputs[0]]  # the tensor split or sliced, or the split a part is taken from
     channels = n.type.shape[1]
@@ -182,8 +181,6 @@ def channel_operands(graph: Graph, n: Node, block: int | None = None) -> list[st
             return None
         # one pixel broadcast over a map (an SE gate): stored alike in both layouts, the backend reshapes it
         broadcast_pixel = shape[2:] == (1, 1) and n.type.shape[2:] != (1, 1)
-        if padded and broadcast_pixel and shape[1] == channels > 1 and i not in graph.constant_map:
-            return None
         if shape[1] == channels and channels > 1 and i not in graph.constant_map and not broadcast_pixel:
             operands.append(i)
     return operands
@@ -274,8 +271,8 @@ def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
         return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
     if reader.op is Op.FUSED_BLOCK:  # its kernels read each input (and the residual) in either layout
         return not padded  # (in whole blocks only)
-    if is_spatial_mean(graph, reader) and not reader.attrs.keepdim:
-        return True
+    if is_spatial_mean(graph, reader) and (not reader.attrs.keepdim or padded):
+        return True  # it writes [N, C] (or [N, C, 1, 1], a squeeze-excite's, of a padded value) in NCHW
     return reader.name in blocked
 
 
