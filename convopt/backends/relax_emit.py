@@ -108,7 +108,7 @@ def _reads_blocked(graph: Graph, n: Node) -> bool:
     """Ops that take a blocked input and write an NCHW output themselves."""
     from ..passes.block_layout import is_spatial_mean
 
-    return is_spatial_mean(graph, n)
+    return is_spatial_mean(graph, n) or n.op is Op.ADAPTIVE_AVG_POOL2D
 
 
 def _conv2d(ctx, n: Node, x):
@@ -288,6 +288,18 @@ def _pool_layout(n: Node) -> str:
     return n.type.layout or "NCHW"
 
 
+def _adaptive_avg_pool(ctx, n: Node, x):
+    in_layout = ctx.graph.types[n.inputs[0]].layout
+    if not in_layout or n.type.layout:
+        return relax.op.nn.adaptive_avg_pool2d(x[0], n.attrs.output_size, layout=_pool_layout(n))
+    # of padded blocks to one pixel in NCHW (block_layout: a squeeze-excite's pool): pooled in the blocks, then
+    # [N, C/b, 1, 1, b] -> [N, C, 1, 1] without the pad lanes
+    out = relax.op.nn.adaptive_avg_pool2d(x[0], n.attrs.output_size, layout=in_layout)
+    batch, blocks, height, width, block = stored_shape(n.type.shape, in_layout)
+    out = relax.op.reshape(relax.op.permute_dims(out, [0, 1, 4, 2, 3]), (batch, blocks * block, height, width))
+    return relax.op.strided_slice(out, axes=[1], begin=[0], end=[n.type.shape[1]])
+
+
 def _mean(ctx, n: Node, x):
     from ..passes.block_layout import is_spatial_mean
 
@@ -330,8 +342,7 @@ EMITTERS: dict[Op, Callable] = {
         x[0], n.attrs.kernel_size, n.attrs.stride, n.attrs.padding * 2, n.attrs.dilation, n.attrs.ceil_mode,
         layout=_pool_layout(n)),
     Op.AVG_POOL2D: _avg_pool,
-    Op.ADAPTIVE_AVG_POOL2D: lambda ctx, n, x: relax.op.nn.adaptive_avg_pool2d(x[0], n.attrs.output_size,
-                                                                              layout=_pool_layout(n)),
+    Op.ADAPTIVE_AVG_POOL2D: lambda ctx, n, x: _adaptive_avg_pool(ctx, n, x),
     Op.MEAN: _mean,
     Op.SOFTMAX: lambda ctx, n, x: relax.op.nn.softmax(x[0], n.attrs.dim),
     Op.RESHAPE: lambda ctx, n, x: relax.op.reshape(x[0], n.attrs.shape),

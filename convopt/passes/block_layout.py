@@ -13,7 +13,9 @@ kernel computes the conv over whole blocks with zero weights and bias: schedules
 or a layout-preserving op that maps zeros to zeros (``keeps_zero_lanes``: not sigmoid, a division, a scalar
 add, a pad with a non-zero value; no cat, split or slice of channels, no group norm; a one-pixel operand
 broadcast over it, a squeeze-excite gate, is padded with zeros by the backend); its readers are such convs
-and ops, or a mean over H and W (which writes its [N, C] or [N, C, 1, 1] in NCHW), never a fused block.
+and ops, or a mean or adaptive pool over H and W (which writes its [N, C] or [N, C, 1, 1] in NCHW). Of the fused blocks,
+the inverted residual's kernel (``PADDED_FUSED_KINDS``) reads and writes padded blocks; its output is
+padded only with its input, which its residual adds.
 
 and v is stored blocked when both hold:
   - its producer can write it blocked: a conv that convopt compiles with a lowering that runs at full
@@ -52,6 +54,7 @@ from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout, padded_channels
 from ..ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS, Op, pad_arguments
 from ..ir.types import TensorType, TupleType
+from ..schedules import fused_block
 from ..schedules.conv_spec import conv_spec_of
 from ..schedules.lowerings import lowering
 
@@ -186,6 +189,9 @@ def channel_operands(graph: Graph, n: Node, block: int | None = None) -> list[st
     return operands
 
 
+# fused kernels that read and write padded blocks: the inverted residual's (schedules/fused_block.py: its
+# channels are padded to vectors with zeros inside anyway)
+PADDED_FUSED_KINDS = frozenset({fused_block.KIND, fused_block.PARTIAL_KIND})
 PADDED_FILL = 0.75  # the least share of a padded value's stored channels that are real (24 of 32, 40 of 48)
 
 # layout-preserving ops that map zero inputs to zero outputs, so a padded value's pad lanes stay zero
@@ -270,9 +276,11 @@ def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
             return False
         return conv_runs_blocked(reader) and reader.inputs[0] == value and value not in reader.inputs[1:]
     if reader.op is Op.FUSED_BLOCK:  # its kernels read each input (and the residual) in either layout
-        return not padded  # (in whole blocks only)
+        return not padded or (reader.attrs.kind in PADDED_FUSED_KINDS and reader.inputs[0] == value)
     if is_spatial_mean(graph, reader) and (not reader.attrs.keepdim or padded):
         return True  # it writes [N, C] (or [N, C, 1, 1], a squeeze-excite's, of a padded value) in NCHW
+    if padded and reader.op is Op.ADAPTIVE_AVG_POOL2D and reader.type.shape[2:] == (1, 1):
+        return True  # as the mean: a squeeze-excite's pool writes [N, C, 1, 1] in NCHW
     return reader.name in blocked
 
 
@@ -294,7 +302,9 @@ def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node],
             if all(i in candidates for i in ops):
                 operands[n.name] = ops
                 candidates.add(n.name)
-        elif n.op is Op.FUSED_BLOCK and not padded:
+        elif n.op is Op.FUSED_BLOCK and (not padded or n.attrs.kind in PADDED_FUSED_KINDS):
+            residual = n.attrs.body and n.attrs.body[-1].op is Op.ADD
+            operands[n.name] = [n.inputs[0]] if padded and residual else []  # x, padded alike (fused_block.py)
             candidates.add(n.name)
         elif preserves_layout(graph, n, block) and (not padded or keeps_zero_lanes(graph, n)):
             ops = channel_operands(graph, n, block)

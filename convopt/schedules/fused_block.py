@@ -159,8 +159,9 @@ def io_shapes(block, lanes: int, in_block: bool = False, out_block: bool = False
     """The stored shapes of the kernel's input and output (``prim_func``)."""
     e_, d = block.expand, block.depthwise
     N, C, O = e_.batch, e_.in_channels, block.out_channels
-    x = (N, C // lanes, e_.height, e_.width, lanes) if in_block else (N, C, e_.height, e_.width)
-    out = (N, O // lanes, d.out_height, d.out_width, lanes) if out_block else (N, O, d.out_height, d.out_width)
+    # blocked: ceil(C / lanes) blocks, a padded last block's pad lanes zero (ir/layout.py)
+    x = (N, -(-C // lanes), e_.height, e_.width, lanes) if in_block else (N, C, e_.height, e_.width)
+    out = (N, -(-O // lanes), d.out_height, d.out_width, lanes) if out_block else (N, O, d.out_height, d.out_width)
     return x, out
 
 
@@ -183,7 +184,9 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     the prepared weights (``prepare_weights``) and the output [N, O, OH, OW] (without a projection: the
     depthwise stage's activations, [N, E, OH, OW]). ``in_block`` / ``out_block``: x (and the residual) / the
     output stored in channel blocks of ``lanes``, [N, C/lanes, H, W, lanes] (passes/block_layout.py); the
-    output's rows then store whole vectors instead of transposing the row. ``bands``: the rule's bands per
+    output's rows then store whole vectors instead of transposing the row; with O not a multiple of ``lanes``
+    the last block's pad lanes get the padded channels' zeros (a residual then needs x blocked alike, whose
+    pad lanes are zeros too). ``bands``: the rule's bands per
     image (``default_bands``); ``tiles``: the point of the kernel's design space (fused_space.py)."""
     e_, d = block.expand, block.depthwise
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
@@ -202,6 +205,8 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     XT, DXT, PXT = -(-W // rx), -(-OW // dx), -(-OW // px)
     zero = tirx.const(0.0, F32)
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
+    if out_block and residual and O % lanes and not in_block:  # the pad lanes would add x's channels past C
+        raise ValueError(f"{block.describe()}: a padded blocked output with a residual needs the input blocked")
 
     def load(buffer, n, c, y, x_):  # x[n, c, y, x_] in either layout
         return buffer[n, c // lanes, y, x_, c % lanes] if in_block else buffer[n, c, y, x_]
@@ -280,7 +285,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                         if xo * px + xi < OW:
                                             proj_row[xo * px + xi, (cg * ov + v) * lanes + ci] = acc[xi, v, ci]
                         if out_block:  # the row stored in channel blocks (+ bias, + the input)
-                            for cb, xx in T.grid(O // lanes, OW):
+                            for cb, xx in T.grid(Op // lanes, OW):
                                 for ci in T.vectorized(lanes):
                                     if residual:
                                         out[nb // B, cb, nb % B * th + t, xx, ci] = (
@@ -298,7 +303,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                     else:
                                         out[nb // B, o, nb % B * th + t, xx] = proj_row[xx, o] + b3[o]
                     elif out_block:
-                        for cb, xx in T.grid(O // lanes, OW):
+                        for cb, xx in T.grid(Op // lanes, OW):
                             for ci in T.vectorized(lanes):
                                 out[nb // B, cb, nb % B * th + t, xx, ci] = dw_row[xx, cb * lanes + ci]
                     else:

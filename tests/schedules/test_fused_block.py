@@ -139,21 +139,45 @@ def test_blocks_in_a_model_compile_fused_between_other_ops(lanes):
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_blocks_exchange_padded_channel_blocks(lanes):
+    """Channels that fill 2.5 blocks (20 or 40) between fused blocks and convs: stored in padded blocks
+    (passes/block_layout.py), the residual block's input padded alike; the part before a squeeze-excite too."""
+    c = 2 * lanes + lanes // 2
+    model = _randomize(nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), InvertedResidual(c, 4 * c, c),
+                                     InvertedResidual(c, 3 * c, c, se=True), nn.Conv2d(c, 32, 3, padding=1)))
+    x = torch.randn(2, 3, 13, 15)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"2": True, "3": True},
+                            lowering={"0": "im2win", "3.conv_pwl": "direct", "4": "im2win"})  # check=True: 1e-4
+    graph = fast.graph
+    fused = [n for n in graph.nodes if n.op is Op.FUSED_BLOCK]
+    assert [n.attrs.kind for n in fused] == ["inverted_residual", "expand_depthwise"]
+    blocked = f"NCHW{lanes}c"
+    assert [(graph.types[n.inputs[0]].layout, n.type.layout) for n in fused] == [(blocked, blocked)] * 2
+    assert all(graph.types[n.inputs[0]].shape[1] % lanes for n in fused)
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        assert relative_error(fast(x2), model(x2)) <= 1e-5
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("project", [True, False], ids=["block", "partial"])
 @pytest.mark.parametrize("k, stride, batch", [(3, 1, 1), (5, 2, 2)])
-def test_blocked_input_and_output_store_the_same_values(lanes, project, k, stride, batch):
-    """The kernel with its input (and residual) and its output in channel blocks against the NCHW kernel."""
+@pytest.mark.parametrize("c, e", [(16, 48), (20, 44)], ids=["whole", "padded"])  # 20 and 44: padded blocks
+def test_blocked_input_and_output_store_the_same_values(lanes, project, k, stride, batch, c, e):
+    """The kernel with its input (and residual) and its output in channel blocks against the NCHW kernel; in
+    padded blocks (ir/layout.py) the pad lanes it stores are zeros, as ``to_blocked`` pads."""
     import numpy as np
     import tvm
 
     from convopt.ir.layout import to_blocked
     from convopt.schedules.fused_block import io_shapes, prepare_weights, prim_func
 
-    block = Block.of(16, 48, 16 if project else None, 11, 11, k, stride, batch=batch)
+    block = Block.of(c, e, c if project else None, 11, 11, k, stride, batch=batch)
     rng = np.random.default_rng(0)
-    shapes = ((48, 16), (48,), (48, k, k), (48,)) + (((16, 48), (16,)) if project else ())
+    shapes = ((e, c), (e,), (e, k, k), (e,)) + (((c, e), (c,)) if project else ())
     weights = prepare_weights(block, *(rng.standard_normal(s).astype(np.float32) for s in shapes), lanes=lanes)
-    x = rng.standard_normal((batch, 16, 11, 11)).astype(np.float32)
+    x = rng.standard_normal((batch, c, 11, 11)).astype(np.float32)
     target = resolve_target("cpu")  # the host runs either width
     outputs = {}
     for blocked in (False, True):
