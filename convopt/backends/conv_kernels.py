@@ -132,8 +132,8 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
         bias = graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32)
     out_block = block_of(n.type.layout)
     # a side stored in padded channel blocks: the kernel computes the conv over whole blocks (pad lanes zero)
-    spec, weight, bias = pad_to_blocks(conv_spec_of(graph, n), weight, bias,
-                                       block_of(graph.types[n.inputs[0]].layout), out_block)
+    logical = conv_spec_of(graph, n)
+    spec, weight, bias = pad_to_blocks(logical, weight, bias, block_of(graph.types[n.inputs[0]].layout), out_block)
     low = lowering(n.attrs.lowering or "direct")
     reason = low.supports(spec)
     if reason is not None:
@@ -151,7 +151,8 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
                      primfunc_name_hint=f"convopt_{low.name}_{n.name}")
     call = bb.lookup_binding(out)
     # emit_te shares one PrimFunc between equal convs
-    kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, low.schedule, 2 * spec.macs, [])).nodes.append(
+    # the conv's own FLOPs, not its padded channels' (a report's GFLOP/s and roofline count useful work)
+    kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, low.schedule, 2 * logical.macs, [])).nodes.append(
         n.name)
     return out
 
