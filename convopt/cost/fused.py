@@ -61,15 +61,24 @@ CHAIN_FACTOR = 1.3
 # a whole ConvNeXt / InceptionNeXt block (the MLP's coefficients with the mixer's FLOPs: no fit of its own) ran
 # 1.38-1.5x slower inside inception_next_atto than predicted (Intel, benchmarks/results/
 # block_fusion_inception_next_atto_rocketlake.md); at 1.25 the cost model fused its 56 px blocks (predicted
-# 1.43x faster), which measured 0.93-0.95x
+# 1.43x faster), which measured 0.93-0.95x. That held for ConvNeXt's blocks (convnext_atto, Intel, session 24:
+# every block fused at margin 1.0 ran the model 1.02-1.06x slower), not for InceptionNeXt's, below
 MIXER_FACTOR = 1.4
+# InceptionNeXt's whole blocks (the band mixer, no norm): measured in place block by block they looked like
+# losers at 56 px (0.91x) and small winners at 28/14 px (1.06-1.14x), but the whole model says otherwise:
+# inception_next_atto with its blocks at 56-14 px fused (predicted 1.06-1.43x faster; the 7 px ones, predicted
+# 0.53x, not) ran 0.865-0.884x the time of none fused, interleaved in one process (Intel, session 24); stages
+# 1-2 alone 0.89-0.92x, stage 0 added 0.98x. So they fuse wherever predicted faster at all (margin 1.0)
+BAND_MIXER_FACTOR = 1.0 / FUSED_MARGIN
 
 
 def fusion_margin(block: "Block") -> float:
     """How much faster a block's fused kernel must be predicted for fuse_blocks to fuse it."""
     if isinstance(block, ConvChain):
         return FUSED_MARGIN * CHAIN_FACTOR
-    return FUSED_MARGIN * (MIXER_FACTOR if isinstance(block, PointwiseMLP) and block.mixer is not None else 1.0)
+    if isinstance(block, PointwiseMLP) and block.mixer is not None:
+        return FUSED_MARGIN * (MIXER_FACTOR if block.norm else BAND_MIXER_FACTOR)
+    return FUSED_MARGIN
 
 
 def ring_rows(d, H: int, bands: int, top: int | None = None) -> int:

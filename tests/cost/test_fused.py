@@ -87,11 +87,12 @@ def test_dense_chains_need_a_wider_margin():
     assert chain == pytest.approx(FUSED_MARGIN * CHAIN_FACTOR) and chain > FUSED_MARGIN
 
 
-def test_whole_convnext_and_inception_next_blocks_need_a_wider_margin_than_their_mlp():
+def test_whole_convnext_blocks_need_a_wider_margin_than_their_mlp_and_inception_next_blocks_none():
     from convopt.cost.fused import FUSED_MARGIN, MIXER_FACTOR, fusion_margin as margin
     from convopt.schedules.fused_mlp import PointwiseMLP
 
-    for norm in (True, False):
-        whole = PointwiseMLP.of(40, 160, 40, 56, 56, mixer_kernel=9, norm=norm)
-        assert margin(whole) == pytest.approx(FUSED_MARGIN * MIXER_FACTOR)
-        assert margin(whole) > margin(PointwiseMLP.of(40, 160, 40, 56, 56)) == FUSED_MARGIN
+    convnext = PointwiseMLP.of(40, 160, 40, 56, 56, mixer_kernel=7, norm=True)
+    assert margin(convnext) == pytest.approx(FUSED_MARGIN * MIXER_FACTOR)
+    assert margin(convnext) > margin(PointwiseMLP.of(40, 160, 40, 56, 56)) == FUSED_MARGIN
+    # InceptionNeXt's band mixer: fused wherever predicted faster at all (measured in the whole model)
+    assert margin(PointwiseMLP.of(40, 160, 40, 56, 56, mixer_kernel=9, norm=False)) == pytest.approx(1.0)
