@@ -210,8 +210,9 @@ def keeps_zero_lanes(graph: Graph, n: Node) -> bool:
     padded value), given constants padded with zeros."""
     if n.op in _ZERO_TO_ZERO:
         return True
-    if n.op in (Op.ADD, Op.SUB):
-        return n.attrs.scalar in (None, 0)
+    if n.op in (Op.ADD, Op.SUB):  # no non-zero scalar, and no operand of one channel broadcast over the lanes
+        return n.attrs.scalar in (None, 0) and all(
+            (aligned_4d(graph.types[i].shape) or (0, 0))[1] == n.type.shape[1] for i in n.inputs if i is not None)
     if n.op is Op.CLAMP:
         return (n.attrs.min is None or n.attrs.min <= 0) and (n.attrs.max is None or n.attrs.max >= 0)
     if n.op is Op.MEAN:
@@ -220,11 +221,11 @@ def keeps_zero_lanes(graph: Graph, n: Node) -> bool:
         if is_spatial_pad(n):
             return pad_arguments(n.attrs)[2] in (None, 0)
         return (n.attrs.target in _ZERO_TO_ZERO_ATEN | RESIZE_TARGETS or is_spatial_norm(graph, n)
-                or (n.attrs.target in SLICE_TARGETS and not _slices_channels(graph, n)))
+                or (n.attrs.target in SLICE_TARGETS and not _slices_channels(n)))
     return False
 
 
-def _slices_channels(graph: Graph, n: Node) -> bool:
+def _slices_channels(n: Node) -> bool:
     return int(n.attrs.args[1] if len(n.attrs.args) > 1 else 0) % 4 == 1
 
 

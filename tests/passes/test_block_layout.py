@@ -134,7 +134,8 @@ def _between(op, *, attrs=O.NoAttrs(), operand=None):
     _between(Op.SIGMOID),  # sigmoid(0) = 1/2: the pad lanes would not stay zero
     _between(Op.ADD, attrs=O.BinaryAttrs(scalar=1.0)),
     _between(Op.DIV, attrs=O.BinaryAttrs(), operand=lambda b: b.const("d", torch.rand(12, 1, 1) + 1)),  # 0 / 0 in the pad lanes
-], ids=["sigmoid", "scalar-add", "div"])
+    _between(Op.ADD, attrs=O.BinaryAttrs(), operand=lambda b: b.const("m", torch.rand(1, 1, 8, 8))),  # one channel
+], ids=["sigmoid", "scalar-add", "div", "add-one-channel"])
 def test_a_padded_value_is_not_blocked_through_ops_that_break_its_zero_lanes_or_read_its_blocks(between):
     layouts = _layouts(block_layout(_padded_stage(between), lanes=LANES))
     assert layouts["c1"] == "", layouts
