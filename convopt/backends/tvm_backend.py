@@ -18,6 +18,7 @@ from torch import nn
 
 from ..dlpack import to_tvm
 from ..ir.graph import Graph
+from ..schedules import prefetch
 from ..target import Target, resolve_target
 from . import torch_fallback
 from .nan_semantics import PropagateNaN
@@ -139,7 +140,7 @@ def compile_graph(graph: Graph, target: Target, records=None, *, fallback: bool 
         mod = tvm.s_tir.dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = PropagateNaN(mod)  # max/min keep NaN like PyTorch (nan_semantics.py)
     target.configure_runtime()
-    return tvm.compile(mod, target=target.tvm), kernel_table(mod), fallbacks
+    return prefetch.compile(mod, target.tvm), kernel_table(mod), fallbacks
 
 
 class TVMGraphModule(nn.Module):

@@ -308,3 +308,17 @@ class Lowering:
     def schedule(self, sch, func_name: str | None, target) -> None:
         """Schedule the PrimFunc ``func_name`` for ``target`` (a convopt Target) in place."""
         (self.schedule_cpu if target.is_cpu else self.schedule_cuda)(sch, func_name, target)
+
+
+def packed_weight_buffer(sch, acc) -> str:
+    """The name of the packed weight among the buffers the accumulation block ``acc`` reads: the one shaped like
+    its loops (n, b, y, x, lane, rc, r1, r2) taken as [b, rc, r1, r2, lane] (direct's [OCB, I, KH, KW, ob],
+    im2win's [OCB, I, KW, KH, ob])."""
+    block = sch.get(acc)  # (not get_loops: a trace instruction, which would change the kernel's default trace)
+    _, b, _, _, l, rc, ry, rx = (int(iv.dom.extent) for iv in block.iter_vars)
+    extents = [b, rc, ry, rx, l]
+    written = {w.source.name for w in block.writes}
+    for read in block.reads:
+        if read.source.name not in written and [int(d) for d in read.source.shape] == extents:
+            return read.source.name
+    raise ValueError(f"no packed weight of shape {extents} read by {block.name_hint}")

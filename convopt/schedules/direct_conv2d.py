@@ -31,7 +31,7 @@ How to use it from Relax::
     sch = tvm.s_tir.Schedule(mod)
     schedule_direct_conv2d(sch, gv.name_hint, target)   # works on that function
     mod = sch.mod
-    ex = tvm.compile(mod, target=target)
+    ex = prefetch.compile(mod, target.tvm)   # tvm.compile with convopt's TIR passes
 
 :func:`schedule_direct_conv2d` calls ``sch.work_on(func_name)`` and looks the
 blocks up by the names above (``sch.get_sblock("dconv_acc", func_name)``).  If
@@ -49,8 +49,9 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
-from . import tiling
-from .conv_spec import BlockedView, Lowering, columns_innermost, loop_extent, optional_block, output_compute, sample
+from . import prefetch, tiling
+from .conv_spec import (BlockedView, Lowering, columns_innermost, loop_extent, optional_block, output_compute,
+                        packed_weight_buffer, sample)
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -297,6 +298,7 @@ def schedule_direct_conv2d(
     acc = sch.get_sblock(ACC_BLOCK, func_name)
     out = sch.get_sblock(OUT_BLOCK, func_name)
 
+    weight = packed_weight_buffer(sch, acc)
     n, b, y, x, l, rc, ry, rx = sch.get_loops(acc)
     OCB, OW, OB = (loop_extent(sch, v) for v in (b, x, l))
 
@@ -327,7 +329,8 @@ def schedule_direct_conv2d(
         ow_tile = default_ow  # the epilogue's choices below hold for every candidate (column_tiles)
         red = {"rc": rc, "ry": ry, "rx": rx}
         order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
-        one_by_one = loop_extent(sch, ry) * loop_extent(sch, rx) == 1
+        taps = loop_extent(sch, ry) * loop_extent(sch, rx)
+        one_by_one = taps == 1
         if one_by_one and tiling.rows_outermost(
                 weights=OCB * OB * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * OW):
             # 1x1 with weights smaller than the input: output rows outermost, so one input row serves
@@ -336,7 +339,8 @@ def schedule_direct_conv2d(
             sch.parallel(sch.fuse(n, y, bo))
         elif int(sch.get(out).annotations[TILED_EPILOGUE]) and (chunk := tiling.reduction_chunk(
                 loop_extent(sch, rc), oc_tile * OB * loop_extent(sch, ry) * loop_extent(sch, rx),
-                target.caches["L1d"])):
+                target.caches["L1d"], layer_weights=taps * loop_extent(sch, rc) * OCB * OB,
+                l2_bytes=target.caches.get("L2"))):
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk)
             rco, rci = sch.split(rc, [None, chunk])
@@ -365,6 +369,8 @@ def schedule_direct_conv2d(
             sch.unroll(xi)
     # vectorize/unroll first: after decompose_reduction vectorize fails
     sch.decompose_reduction(acc, sch.get_loops(acc)[1 if chunked else 2])
+    if chunked:  # (after decompose_reduction, which would copy the mark to the initialisation's loops)
+        prefetch.annotate(sch, y, weight, bi, rci, ry, rx, l)
 
     # --- epilogue computed per register tile (the accumulator tile stays local).
     # The tile-sized accumulator keeps "global" scope: small global allocations become stack allocas,

@@ -45,6 +45,7 @@ from tvm.script import tirx as T
 
 from .activations import activate
 from .conv_spec import ConvSpec
+from . import prefetch
 from .kernel import cold_copies
 from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
@@ -346,7 +347,7 @@ def compiled_alone(func: tirx.PrimFunc, target, inputs: list[np.ndarray], out_sh
     footprint = 4 * (inputs[0].size + int(np.prod(out_shape)))
     copies = cold_copies(footprint, target) if cold else 1
     target.configure_runtime()
-    compiled = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
+    compiled = prefetch.compile(tvm.IRModule({"main": func}), target.tvm)["main"]
     device = target.device()
     rest = [tvm.runtime.tensor(a, device) for a in inputs[1:]]
     arg_sets = [[tvm.runtime.tensor(inputs[0], device), *rest, tvm.runtime.empty(out_shape, "float32", device)]

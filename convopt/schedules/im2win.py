@@ -49,9 +49,10 @@ from .conv_spec import (
     optional_block,
     output_compute,
     Lowering,
+    packed_weight_buffer,
     sample,
 )
-from . import tiling
+from . import prefetch, tiling
 
 WIN_BLOCK = "im2win_win"
 ACC_BLOCK = "im2win_acc"
@@ -161,6 +162,7 @@ def schedule_cpu(sch, func_name, target) -> None:
         if kh_ > 1:
             sch.unroll(sch.split(j, [None, kh_])[1])
 
+    weight = packed_weight_buffer(sch, acc)
     n, b, y, x, lane, rc, rs, rr = sch.get_loops(acc)
     ocb, ow_, ob = loop_extent(sch, b), loop_extent(sch, x), loop_extent(sch, lane)
     chunked = False
@@ -178,9 +180,11 @@ def schedule_cpu(sch, func_name, target) -> None:
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
         elif chunk := tiling.reduction_chunk(
-                loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"]):
+                loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"],
+                layer_weights=loop_extent(sch, rc) * loop_extent(sch, rs) * loop_extent(sch, rr) * ocb * ob,
+                l2_bytes=target.caches.get("L2")):
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
-            # row (tiling.reduction_chunk)
+            # row (tiling.reduction_chunk), the next pass's weights prefetched (prefetch.py)
             rco, rci = sch.split(rc, [None, chunk])
             sch.reorder(n, bo, rco, y, xo, rci, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, bo))
@@ -207,6 +211,8 @@ def schedule_cpu(sch, func_name, target) -> None:
         else:
             sch.unroll(xi)
     sch.decompose_reduction(acc, sch.get_loops(acc)[1] if chunked else rc)
+    if chunked:  # (after decompose_reduction, which would copy the mark to the initialisation's loops)
+        prefetch.annotate(sch, y, weight, bi, rci, rs, rr, lane)
 
     blocked = len(sch.get(out).iter_vars) == 5
     if blocked and int(sch.get(out).iter_vars[-1].dom.extent) != ob:

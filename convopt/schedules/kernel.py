@@ -25,6 +25,7 @@ from ..dlpack import to_tvm
 from ..ir.layout import blocked_layout, padded_channels, stored_shape
 from ..target import Target
 from .conv_spec import ConvSpec, nchw, pad_to_blocks
+from . import prefetch
 from .lowerings import LoweringError, lowering
 
 
@@ -186,7 +187,7 @@ def build_kernel(name: str, spec: ConvSpec, weight, bias=None, *, target: Target
     mod, prepared = scheduled_module(name, padded, weight, target, bias=bias is not None, residual=residual,
                                      activation=activation, in_block=in_block, out_block=out_block)
     target.configure_runtime()
-    lib = tvm.compile(mod, target=target.tvm)
+    lib = prefetch.compile(mod, target.tvm)
     if not target.runs_here:
         return BuiltOnly(name, spec, lib)
     return Kernel(name, spec, lib["main"], prepared, bias, residual, target.device(), in_block, out_block)

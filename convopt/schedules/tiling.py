@@ -26,21 +26,32 @@ def rows_outermost(*, weights: int, inputs: int) -> bool:
     return weights <= inputs
 
 
-def reduction_chunk(channels: int, weights_per_channel: int, l1_bytes: int) -> int | None:
+def reduction_chunk(channels: int, weights_per_channel: int, l1_bytes: int, *, layer_weights: int = 0,
+                    l2_bytes: int | None = None) -> int | None:
     """Input channels per pass of a channel-vectorized conv's reduction, when the weights one register tile
     reads over the whole reduction (``channels`` x ``weights_per_channel`` floats: the tile's output channels
     x kernel taps) exceed twice the L1: the largest divisor of ``channels`` whose weights fit half the L1
     (at least half that many, and 4), so that they serve every output row of the tile's channels from L1;
     the accumulators of all the rows are stored between passes. None: one pass.
 
-    Measured alone on an Intel AVX-512 core (48 KB L1, 32-channel tiles, blocked tensors), one pass -> passes:
-    1x1 2048->512 at 7x7 505 -> 415 us (128-channel passes; 64: 464, 256: 433), 1024->256 at 14x14 429-488 ->
-    357-366, 1024->2048 stride 2 917 -> 855; 3x3 512->512 stride 2 at 14x14 918 -> 779 (direct), 1192 -> 830
-    (im2win), im2win's stride-2 3x3s at 28 and 56 px 1.4-1.5x; 1x1s with 512 input channels (64 KB of
-    weights) level, with 256 (32 KB, within twice the L1) 15% slower."""
-    if 4 * channels * weights_per_channel <= 2 * l1_bytes:
-        return None
+    Also in at least two passes when the layer's weights (``layer_weights`` floats) fill half the L2
+    (``l2_bytes``) or more: in a model they come from L3 or memory on every call, and the kernel then prefetches
+    each pass's weights during the one before (prefetch.py), which one pass can't. Measured with the weights
+    cycled through 96 MB (Intel AVX-512, 48 KB L1, 2 MB L2), one pass -> passes: 1x1 512->2048 at 7x7 373 ->
+    294 us (4 MB), 512->1024 stride 2 at 28x28 623 -> 537 (2 MB), 256->1024 at 14x14 277-283 -> 262-266
+    (1 MB); level: 256->512 stride 2 at 56x56 (512 KB), 128->512 at 28x28 (256 KB).
+
+    Measured alone on an Intel AVX-512 core (48 KB L1, 32-channel tiles, blocked tensors, warm weights), one
+    pass -> passes: 1x1 2048->512 at 7x7 505 -> 415 us (128-channel passes; 64: 464, 256: 433), 1024->256 at
+    14x14 429-488 -> 357-366, 1024->2048 stride 2 917 -> 855; 3x3 512->512 stride 2 at 14x14 918 -> 779
+    (direct), 1192 -> 830 (im2win), im2win's stride-2 3x3s at 28 and 56 px 1.4-1.5x; 1x1s with 512 input
+    channels (64 KB of weights) level, with 256 (32 KB, within twice the L1) 15% slower."""
     fits = l1_bytes // 2 // (4 * weights_per_channel)
+    if 4 * channels * weights_per_channel <= 2 * l1_bytes:
+        if l2_bytes is None or 4 * layer_weights < l2_bytes // 2:
+            return None
+        chunk = divisor_tile(channels, range(min(fits, channels // 2), 0, -1))
+        return chunk if chunk and chunk >= 4 else None
     chunk = divisor_tile(channels, range(fits, 0, -1))
     return chunk if chunk and chunk >= max(4, fits / 2) else None
 

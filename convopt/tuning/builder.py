@@ -21,12 +21,13 @@ from tvm.ir.utils import derived_object
 def build_and_export(mod, target, folder: str) -> str:
     """Runs in a worker: compile ``mod`` for ``target`` into a tar of objects under ``folder`` (what
     MetaSchedule's runners, local or RPC, load)."""
-    import tvm
     from tvm.support.tar import tar
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from ..schedules.prefetch import compile
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    library = tvm.compile(mod, target=target)
+    library = compile(mod, target)  # with convopt's TIR passes, as optimize() builds it
     path = os.path.join(tempfile.mkdtemp(dir=folder), "kernel." + tar.output_format)
     library.export_library(path, fcompile=tar)
     return path

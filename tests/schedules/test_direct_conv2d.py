@@ -15,6 +15,7 @@ from convopt.schedules.direct_conv2d import (
     schedule_direct_conv2d,
 )
 from convopt.schedules import tiling
+from convopt.schedules.prefetch import PREFETCH_NEXT_CHUNK
 from convopt.schedules.tiling import channel_block
 
 from convopt.schedules.conv_spec import ConvSpec
@@ -280,9 +281,11 @@ def test_a_long_reduction_runs_in_l1_sized_passes(spec, l1, name, lanes, blocked
     weight = np.ones((spec.out_channels, spec.in_channels, *spec.kernel), np.float32)
     block = lanes if blocked else None
     script = scheduled_module(name, spec, weight, host(lanes), in_block=block, out_block=block)[0].script()
-    # passes > rows > column tiles > a pass's channels (> kernel taps), under the parallel loop
+    # passes > rows (marked: the next pass's weights are prefetched) > column tiles > a pass's channels (> kernel
+    # taps), under the parallel loop
     kh, kw = spec.kernel
-    passes = rf"T.grid\({spec.in_channels // chunk}, {spec.out_height}, \d+, {chunk}, {kh}, {kw}\)"
+    passes = (rf"for \w+ in range\({spec.in_channels // chunk}\):\s*for \w+ in T.serial\({spec.out_height}, "
+              rf"annotations={{\"{PREFETCH_NEXT_CHUNK}\"[^\n]*\s*for [^\n]* in T.grid\(\d+, {chunk}, {kh}, {kw}\)")
     assert "T.parallel(" in script and re.search(passes, script)
 
 
