@@ -25,7 +25,7 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 
-def _subexpressions(expr):
+def subexpressions(expr):
     """``expr`` and every expression under it."""
     stack = [expr]
     while stack:
@@ -51,8 +51,8 @@ def _is_selection(sch, block_rv) -> bool:
     return value is not None and any(
         (isinstance(e, tvm.ir.expr.Call) and getattr(e.op, "name", "").endswith("if_then_else")
          or isinstance(e, tvm.tirx.expr.Select))
-        and any(isinstance(sub, tvm.ir.expr.TensorLoad) for sub in _subexpressions(e))
-        for e in _subexpressions(value))
+        and any(isinstance(sub, tvm.ir.expr.TensorLoad) for sub in subexpressions(e))
+        for e in subexpressions(value))
 
 
 def _reads(sch, consumer_rv, producer_rv) -> int:
@@ -60,7 +60,7 @@ def _reads(sch, consumer_rv, producer_rv) -> int:
     value, buffer = _stored_value(sch, consumer_rv), sch.get(producer_rv).writes[0].source
     if value is None:
         return None
-    return sum(isinstance(e, tvm.ir.expr.TensorLoad) and e.source.same_as(buffer) for e in _subexpressions(value))
+    return sum(isinstance(e, tvm.ir.expr.TensorLoad) and e.source.same_as(buffer) for e in subexpressions(value))
 
 
 def _inline_spatial(sch, infos):

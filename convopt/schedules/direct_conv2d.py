@@ -338,8 +338,7 @@ def schedule_direct_conv2d(
             sch.reorder(n, y, bo, xo, *order, bi, xi, l)
             sch.parallel(sch.fuse(n, y, bo))
         elif int(sch.get(out).annotations[TILED_EPILOGUE]) and (chunk := tiling.reduction_chunk(
-                loop_extent(sch, rc), oc_tile * OB * loop_extent(sch, ry) * loop_extent(sch, rx),
-                target.caches["L1d"], layer_weights=taps * loop_extent(sch, rc) * OCB * OB,
+                loop_extent(sch, rc), oc_tile * OB * taps, target.caches["L1d"], layer_weights=taps * loop_extent(sch, rc) * OCB * OB,
                 l2_bytes=target.caches.get("L2"))):
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk)

@@ -33,6 +33,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
+from .cpu_fallback import subexpressions
+
 PREFETCH_NEXT_CHUNK = "convopt.prefetch_next_chunk"
 LINE_FLOATS = 16  # fp32 per 64-byte cache line
 LOCALITY = 2  # llvm.prefetch locality 2: prefetcht1, into L2 (the next chunk would evict the current one from L1)
@@ -47,25 +49,9 @@ def annotate(sch, rows, weight: str, stream, channel, tap_y, tap_x, lane) -> Non
     sch.annotate(rows, PREFETCH_NEXT_CHUNK, ",".join(names))
 
 
-def _int(value: int, dtype: str = "int32"):
-    return tirx.const(value, dtype)
-
-
 def _substitute(expr, mapping: dict):
     keys = list(mapping)
     return tirx.IndexMap(keys, [expr], None).map_indices([mapping[k] for k in keys])[0]
-
-
-def _loads(expr, name: str):
-    if isinstance(expr, tvm.ir.TensorLoad):
-        if expr.source.name == name:
-            yield expr
-        for index in expr.indices:
-            yield from _loads(index, name)
-        return
-    for attr in ("a", "b", "value", "condition", "true_value", "false_value"):
-        if hasattr(expr, attr):
-            yield from _loads(getattr(expr, attr), name)
 
 
 def _nest(stmt):
@@ -82,7 +68,8 @@ def _prefetch_loop(chunk_loop, rows_loop):
     if not isinstance(realize, s_tir.SBlockRealize):
         raise ValueError(f"{PREFETCH_NEXT_CHUNK}: the rows loop {rows_loop.loop_var.name} holds no single block")
     block = realize.block
-    loads = list(_loads(block.body.value, weight)) if hasattr(block.body, "value") else []
+    loads = [e for e in subexpressions(getattr(block.body, "value", tirx.const(0, "int32")))
+             if isinstance(e, tvm.ir.TensorLoad) and e.source.name == weight]
     if not loads:
         raise ValueError(f"{PREFETCH_NEXT_CHUNK}: block {block.name_hint} reads no buffer {weight!r}")
     bound = tirx.IndexMap([iv.var for iv in block.iter_vars], list(loads[0].indices), None)
@@ -91,28 +78,29 @@ def _prefetch_loop(chunk_loop, rows_loop):
     if any(n not in by_name for n in names):
         raise ValueError(f"{PREFETCH_NEXT_CHUNK}: loops {names} not all inside {rows_loop.loop_var.name}")
     stream, channel, tap_y, tap_x, lane = (by_name[n] for n in names)
-    kh, kw, block = int(tap_y.extent), int(tap_x.extent), int(lane.extent)
+    kh, kw, lanes = int(tap_y.extent), int(tap_x.extent), int(lane.extent)
     chunk, streams, chunks = int(channel.extent), int(stream.extent), int(chunk_loop.extent)
-    lines_per_row = -(-chunk * kh * kw * block // LINE_FLOATS // int(rows_loop.extent))
+    lines_per_row = -(-chunk * kh * kw * lanes // LINE_FLOATS // int(rows_loop.extent))
 
     dtype = str(rows_loop.loop_var.ty.dtype)  # int32, or int64 in a module Relax made
     j, s = tirx.Var("prefetch_line", dtype), tirx.Var("prefetch_stream", dtype)
     element = (rows_loop.loop_var * lines_per_row + j) * LINE_FLOATS  # of a stream's next chunk
-    weight_set = tirx.floordiv(element, block)  # (channel, tap_y, tap_x) of the line's first element
+    weight_set = tirx.floordiv(element, lanes)  # (channel, tap_y, tap_x) of the line's first element
     last = chunk_loop.loop_var >= chunks - 1
     # column tiles, lanes: the weight index ignores them
-    mapping = {loop.loop_var: _int(0, str(loop.loop_var.ty.dtype)) for loop in loops}
-    mapping[chunk_loop.loop_var] = tirx.Select(last, _int(0, dtype), chunk_loop.loop_var + 1)
+    mapping = {loop.loop_var: tirx.const(0, str(loop.loop_var.ty.dtype)) for loop in loops}
+    mapping[chunk_loop.loop_var] = tirx.Select(last, tirx.const(0, dtype), chunk_loop.loop_var + 1)
     mapping[stream.loop_var] = tirx.Select(last, s + streams, s)  # the thread's next tile after the last chunk
     mapping[channel.loop_var] = tirx.floordiv(weight_set, kh * kw)
     mapping[tap_y.loop_var] = tirx.floormod(tirx.floordiv(weight_set, kw), kh)
     mapping[tap_x.loop_var] = tirx.floormod(weight_set, kw)
-    mapping[lane.loop_var] = tirx.floormod(element, block)
+    mapping[lane.loop_var] = tirx.floormod(element, lanes)
     target = [_substitute(index, mapping) for index in indices]
     address = tirx.address_of(tirx.BufferLoad(loads[0].source, target))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
-    return tirx.For(j, _int(0, dtype), _int(lines_per_row, dtype), tirx.ForKind.SERIAL,
-                    tirx.For(s, _int(0, dtype), _int(streams, dtype), tirx.ForKind.UNROLLED, prefetch))
+    zero = tirx.const(0, dtype)
+    return tirx.For(j, zero, tirx.const(lines_per_row, dtype), tirx.ForKind.SERIAL,
+                    tirx.For(s, zero, tirx.const(streams, dtype), tirx.ForKind.UNROLLED, prefetch))
 
 
 def _rewrite(stmt):

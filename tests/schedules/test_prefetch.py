@@ -33,9 +33,9 @@ def _module(name, spec, target, blocked=False):
                             in_block=block, out_block=block)
 
 
-def _prefetches(stmt, found=None):
+def _prefetches(stmt):
     """(address expression, enclosing loops) of every prefetch under ``stmt``."""
-    found = [] if found is None else found
+    found = []
 
     def walk(s, loops):
         if isinstance(s, tirx.For):
