@@ -7,7 +7,9 @@ iteratively reweighted linear least squares (Loeb's method: minimize sum ((f Q -
 the weights approach the relative error), prints the coefficients and their largest error evaluated in
 float32 (Horner, as the kernels do), then times each epilogue activation as a vectorized TVM kernel over
 2^20 floats on one core of this host, in microseconds and cycles per vector at the clock /proc/cpuinfo
-reports.
+reports. It also finds each centred gate's clamp (activations.py: ``SIGMOID_LIMIT``, ``CDF_LIMIT``): the
+first float32 at which the compiled gate, numerator scaled by its margin, gives exactly 1/2, and checks that
+no float32 from 1 up to it gives more.
 """
 
 from __future__ import annotations
@@ -65,6 +67,34 @@ def cycles_per_vector(activation: str, lanes: int, n: int = 1 << 20) -> tuple[fl
     return best, best * mhz * 1e6 / (n / lanes)
 
 
+def saturation_limit(gate: str, lo: float, hi: float) -> tuple[float, float]:
+    """(the first float32 in [lo, hi] where activations.centred_<gate> with its clamp lifted is exactly 1/2,
+    the most it gives on [1, that float] minus 1/2: at most 0 for the margin to be enough)."""
+    import tvm
+    from tvm import te
+
+    from convopt.schedules import activations
+    from convopt.target import resolve_target
+
+    limit = f"{gate.upper().replace('NORMAL_', '')}_LIMIT"
+    saved = getattr(activations, limit)
+    setattr(activations, limit, 1e30)  # lift the clamp: the gate's own polynomial at every float
+    try:
+        first, last = np.array([1.0, hi], np.float32).view(np.int32)
+        x = np.arange(first, last + 1, dtype=np.int32).view(np.float32)
+        data = te.placeholder(x.shape, name="x")
+        out = te.compute(x.shape, lambda i: getattr(activations, f"centred_{gate}")(data[i]), name="y")
+        run = tvm.compile(te.create_prim_func([data, out]), target=resolve_target("cpu").tvm)["main"]
+        result = tvm.runtime.empty(x.shape, "float32")
+        run(tvm.runtime.tensor(x), result)
+        y = result.numpy()
+    finally:
+        setattr(activations, limit, saved)
+    hits = x[(y == 0.5) & (x >= lo)]
+    found = float(hits[0]) if len(hits) else float("nan")
+    return found, float(y[x <= found].max() - 0.5)
+
+
 def _seconds(run, *args) -> float:
     start = time.perf_counter()
     run(*args)
@@ -79,6 +109,9 @@ def main() -> None:
         print(f"  P = {tuple(float(v) for v in p)}\n  Q = {tuple(float(v) for v in q)}")
     from convopt.target import resolve_target
 
+    for gate, lo, hi in (("sigmoid", 15.0, 18.0), ("normal_cdf", 4.5, 4 * math.sqrt(2))):
+        found, over = saturation_limit(gate, lo, hi)
+        print(f"centred_{gate}: exactly 1/2 first at {found!r}; most above 1/2 below it: {over:.1e}")
     lanes = resolve_target("cpu").lanes
     for activation in ("none", "relu", "sigmoid", "silu", "gelu", "gelu_tanh", "hardswish"):
         seconds, cycles = cycles_per_vector(activation, lanes)

@@ -1,5 +1,6 @@
 """The epilogue activations as vectorized TIR: each against PyTorch (in float64) over the range where it
-changes and far beyond it, for 8 and 16 lanes; the erf approximation's error bound; NaN stays NaN."""
+changes and far beyond it, for 8 and 16 lanes; the centred gates' error bound, their exact saturation and
+that no float32 takes them past 1/2; NaN stays NaN."""
 
 import math
 
@@ -43,14 +44,44 @@ def test_matches_torch(name, lanes):
     assert (np.abs(got[finite] - want[finite]) <= 1e-6 * scale).all()
 
 
+CENTRED = {  # centred gate -> (its definition in float64, its clamp)
+    "normal_cdf": (lambda x: np.array([math.erf(v / math.sqrt(2)) / 2 for v in x]), activations.CDF_LIMIT),
+    "sigmoid": (lambda x: np.tanh(x / 2) / 2, activations.SIGMOID_LIMIT),
+}
+
+
+def _float32s(lo: float, hi: float) -> np.ndarray:
+    """Every float32 in [lo, hi]."""
+    first, last = np.array([lo, hi], np.float32).view(np.int32)
+    return np.arange(first, last + 1, dtype=np.int32).view(np.float32)
+
+
 @pytest.mark.parametrize("lanes", LANES)
-def test_erf_is_within_its_bound_and_saturates(lanes):
-    x = np.linspace(-6, 6, 60001).astype(np.float32)
-    got = _run(activations.fast_erf, x, lanes).astype(np.float64)
-    want = np.array([math.erf(v) for v in x.astype(np.float64)])
-    assert np.abs(got - want).max() <= 4e-7
-    assert np.all(np.abs(got) <= 1.0)  # never past +-1: 1 + erf(x) of GELU stays >= 0
-    assert got[0] == -1.0 and got[-1] == 1.0
+@pytest.mark.parametrize("gate", sorted(CENTRED))
+def test_centred_gate_is_within_its_bound_and_saturates_exactly(gate, lanes):
+    function = getattr(activations, f"centred_{gate}")
+    exact, limit = CENTRED[gate]
+    x = np.linspace(-2 * limit, 2 * limit, 40001).astype(np.float32)
+    got = _run(function, x, lanes).astype(np.float64)
+    assert np.abs(got - exact(x.astype(np.float64))).max() <= 3e-7
+    far = np.array([limit, 2 * limit, 1e30, np.inf] * 4, np.float32)
+    assert (_run(function, far, lanes) == 0.5).all() and (_run(function, -far, lanes) == -0.5).all()
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("gate", sorted(CENTRED))
+def test_no_float_below_the_clamp_passes_one_half(gate, lanes):
+    """The margin on the numerator keeps the fit's overshoot off every float32 up to the clamp (odd: the
+    negative side mirrors it), so 1/2 + r stays in [0, 1] with no clamp on the output."""
+    x = _float32s(1.0, CENTRED[gate][1])
+    assert _run(getattr(activations, f"centred_{gate}"), x, lanes).max() <= 0.5
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu", "gelu_tanh"])
+def test_gates_saturate_to_zero_and_to_x(name):
+    x = np.array([-1e30, -1e8, -100.0, 1e8, 1e30, 100.0, 0.0, -0.0] * 2, np.float32)
+    got = _run(lambda v: activations.activate(v, name), x, 16)
+    assert (got[0:3] == 0).all() and (got[3:6] == x[3:6]).all() and (got[6:8] == 0).all()
 
 
 @pytest.mark.parametrize("name", ["gelu", "silu", "sigmoid", "gelu_tanh"])
