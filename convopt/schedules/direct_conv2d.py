@@ -50,8 +50,8 @@ import tvm
 from tvm import te, tirx
 
 from . import prefetch, tiling
-from .conv_spec import (BlockedView, Lowering, columns_innermost, loop_extent, optional_block, output_compute,
-                        packed_weight_buffer, sample)
+from .conv_spec import (BlockedView, Lowering, chunked_passes, columns_innermost, loop_extent, optional_block,
+                        output_compute, packed_weight_buffer, sample)
 
 ACC_BLOCK = "dconv_acc"
 PAD_BLOCK = "dconv_pad"
@@ -343,8 +343,7 @@ def schedule_direct_conv2d(
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk)
             rco, rci = sch.split(rc, [None, chunk])
-            sch.reorder(n, bo, rco, y, xo, rci, ry, rx, bi, xi, l)
-            sch.parallel(sch.fuse(n, bo))
+            y = chunked_passes(sch, n, bo, y, rco, [xo, rci, ry, rx, bi, xi, l], target.cores)
             chunked = True
         else:
             sch.reorder(n, bo, y, xo, *order, bi, xi, l)

@@ -44,6 +44,7 @@ from tvm import te, tirx
 
 from .conv_spec import (
     OUTPUT_BLOCK,
+    chunked_passes,
     columns_innermost,
     loop_extent,
     optional_block,
@@ -186,8 +187,7 @@ def schedule_cpu(sch, func_name, target) -> None:
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk), the next pass's weights prefetched (prefetch.py)
             rco, rci = sch.split(rc, [None, chunk])
-            sch.reorder(n, bo, rco, y, xo, rci, rs, rr, bi, xi, lane)
-            sch.parallel(sch.fuse(n, bo))
+            y = chunked_passes(sch, n, bo, y, rco, [xo, rci, rs, rr, bi, xi, lane], target.cores)
             chunked = True
         else:
             sch.reorder(n, bo, y, xo, rc, rs, rr, bi, xi, lane)

@@ -289,6 +289,35 @@ def test_a_long_reduction_runs_in_l1_sized_passes(spec, l1, name, lanes, blocked
     assert "T.parallel(" in script and re.search(passes, script)
 
 
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("name", ["direct", "im2win"])
+def test_a_reduction_in_passes_over_few_tiles_shares_its_rows_among_the_cores(name, lanes, monkeypatch):
+    """Five channel tiles on two cores (mobilenetv2's 960->160 at 7x7: 3 tiles against 2, 21 rows against 14)
+    run as ten tasks of 4 and 3 rows (18 against 17): a row-group loop joins the parallel loop, the passes and
+    their prefetched rows inside each group; the result is the same conv."""
+    from dataclasses import replace
+
+    from convopt.schedules.kernel import scheduled_module
+
+    from . import conv_cases
+
+    spec = ConvSpec(1, 384, 7, 7, 80, (1, 1))  # 5 tiles: 5 x 1 x 16 or 5 x 2 x 8 channels
+    monkeypatch.setattr(conv_cases, "HOST", replace(HOST, caches={**HOST.caches, "L1d": 8192}, cores=2))
+    assert error_against_torch(name, spec, True, True, "relu", lanes=lanes, blocked=True) < 1e-5
+    weight = np.ones((spec.out_channels, spec.in_channels, 1, 1), np.float32)
+    script = scheduled_module(name, spec, weight, host(lanes), in_block=lanes, out_block=lanes)[0].script()
+    parallel = re.search(r"for (\w+) in T.parallel\((\d+)\)", script)
+    assert parallel.group(2) == "10" and parallel.group(1).count("_") >= 3  # tiles x 2 row groups, fused
+    assert re.search(rf"for \w+ in range\(\d+\):\s*for \w+ in T.serial\(4, annotations={{\"{PREFETCH_NEXT_CHUNK}\"", script)
+
+
+def test_row_groups_only_where_the_tiles_alone_divide_badly():
+    assert tiling.row_groups(5, 7, 2) == 2 and tiling.row_groups(1, 7, 2) == 2 and tiling.row_groups(3, 14, 2) == 2
+    assert tiling.row_groups(16, 7, 2) == 1 and tiling.row_groups(6, 7, 2) == 1 and tiling.row_groups(8, 14, 8) == 1
+    assert tiling.row_groups(5, 7, 8) == 7  # 8 cores: a task per row is the most even
+    assert tiling.static_makespan([4, 3] * 5, 2) == 18 and tiling.static_makespan([7] * 5, 2) == 21
+
+
 def test_the_passes_of_a_long_reduction_fit_half_the_l1():
     assert tiling.reduction_chunk(2048, 32, 48 * 1024) == 128 and tiling.reduction_chunk(1024, 32, 32 * 1024) == 128
     assert tiling.reduction_chunk(512, 32 * 9, 48 * 1024) == 16  # ResNet-50's 3x3s: 21 channels' weights fit
