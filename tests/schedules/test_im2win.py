@@ -1,7 +1,7 @@
 """The Im2win lowering (convopt.schedules.im2win) against torch.nn.functional.conv2d."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from convopt.schedules import im2col, im2win
@@ -18,6 +18,7 @@ ACC_BLOCK = im2win.ACC_BLOCK
 @given(spec=conv_specs(), bias=st.booleans(), residual=st.booleans(),
        activation=st.sampled_from(["none", "relu", "relu6"]), lanes=st.sampled_from(LANES))
 def test_matches_torch(spec, bias, residual, activation, lanes):
+    assume(im2win.supports(spec) is None)
     assert error_against_torch(NAME, spec, bias, residual, activation, lanes=lanes) < 1e-5
 
 
@@ -51,9 +52,18 @@ def test_blocked_tensors_with_groups_not_whole_vectors(spec, lanes):
 
 
 @pytest.mark.parametrize("lanes", LANES)
-@pytest.mark.parametrize("spec", WORKSPACE_SPECS, ids=lambda s: s.describe())
+@pytest.mark.parametrize("spec", [s for s in WORKSPACE_SPECS if im2win.supports(s) is None], ids=lambda s: s.describe())
 def test_workspace_is_what_is_allocated(spec, lanes):
     assert_workspace_is_what_is_allocated(NAME, ACC_BLOCK, spec, lanes)
+
+
+@pytest.mark.parametrize("spec", [ConvSpec(1, 64, 56, 56, 128, (1, 1), (2, 2)), ConvSpec(1, 16, 9, 8, 32, (1, 1), (1, 2))],
+                         ids=lambda s: s.describe())
+def test_a_strided_1x1_is_left_to_the_direct_kernel(spec):
+    """(direct reads the same strided columns without the window copy: never slower where measured)"""
+    assert "strided 1x1" in im2win.supports(spec)
+    assert im2win.supports(ConvSpec(1, 64, 56, 56, 128, (1, 1))) is None  # unstrided: the window is the input
+    assert im2win.supports(ConvSpec(1, 64, 56, 56, 128, (3, 3), (2, 2), (1, 1))) is None
 
 
 def test_workspace_formula():
