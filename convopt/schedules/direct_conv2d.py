@@ -331,15 +331,16 @@ def schedule_direct_conv2d(
         order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
         taps = loop_extent(sch, ry) * loop_extent(sch, rx)
         one_by_one = taps == 1
-        if one_by_one and tiling.rows_outermost(
-                weights=OCB * OB * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * OW):
+        chunk = int(sch.get(out).annotations[TILED_EPILOGUE]) and tiling.reduction_chunk(
+            loop_extent(sch, rc), oc_tile * OB * taps, target.caches["L1d"],
+            layer_weights=taps * loop_extent(sch, rc) * OCB * OB, l2_bytes=target.caches.get("L2"))
+        if one_by_one and tiling.rows_outermost(weights=OCB * OB * loop_extent(sch, rc), in_passes=bool(chunk),
+                                                inputs=loop_extent(sch, rc) * loop_extent(sch, y) * OW):
             # 1x1 with weights smaller than the input: output rows outermost, so one input row serves
             # every channel block while it is in cache; measured ~1.2x on 256->64.
             sch.reorder(n, y, bo, xo, *order, bi, xi, l)
             sch.parallel(sch.fuse(n, y, bo))
-        elif int(sch.get(out).annotations[TILED_EPILOGUE]) and (chunk := tiling.reduction_chunk(
-                loop_extent(sch, rc), oc_tile * OB * taps, target.caches["L1d"], layer_weights=taps * loop_extent(sch, rc) * OCB * OB,
-                l2_bytes=target.caches.get("L2"))):
+        elif chunk:
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk)
             rco, rci = sch.split(rc, [None, chunk])

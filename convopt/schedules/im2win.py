@@ -182,16 +182,18 @@ def schedule_cpu(sch, func_name, target) -> None:
         # tunable like the direct kernel's tile (the epilogue's choices below hold for every candidate)
         bo, bi = sch.split(b, [None, sample(sch, tiling.channel_tiles(ocb, ot), ot)])
         xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(ow_, wt, lanes), wt)])
+        chunk = tiling.reduction_chunk(
+            loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"],
+            layer_weights=loop_extent(sch, rc) * loop_extent(sch, rs) * loop_extent(sch, rr) * ocb * ob,
+            l2_bytes=target.caches.get("L2"))
         if loop_extent(sch, rs) * loop_extent(sch, rr) == 1 and tiling.rows_outermost(
-                weights=ocb * ob * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * ow_):
+                weights=ocb * ob * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * ow_,
+                in_passes=bool(chunk)):
             # 1x1 with weights smaller than the input: output rows outermost, so an input row serves
             # every channel block from cache (tiling.rows_outermost)
             sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
-        elif chunk := tiling.reduction_chunk(
-                loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"],
-                layer_weights=loop_extent(sch, rc) * loop_extent(sch, rs) * loop_extent(sch, rr) * ocb * ob,
-                l2_bytes=target.caches.get("L2")):
+        elif chunk:
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk), the next pass's weights prefetched (prefetch.py)
             rco, rci = sch.split(rc, [None, chunk])

@@ -17,13 +17,19 @@ def accumulators(lanes: int) -> int:
     return vector_registers(lanes) // 2
 
 
-def rows_outermost(*, weights: int, inputs: int) -> bool:
+def rows_outermost(*, weights: int, inputs: int, in_passes: bool = False) -> bool:
     """Whether a 1x1 conv's parallel loop runs over output rows outside channel blocks (each input row read
     once, the weights once per row) rather than blocks outside rows (each block's weights read once, the
     input once per block): the operand read again and again should be the smaller one, which stays in
     cache. ResNet-50's last stage (512 <-> 2048 channels at 7x7: 4 MB of weights, 100 KB of input) ran at
-    22% of the FMA peak rows-outermost on a 2 MB-L2 Intel core: every row streamed the weights from L3."""
-    return weights <= inputs
+    22% of the FMA peak rows-outermost on a 2 MB-L2 Intel core: every row streamed the weights from L3.
+
+    Unless the reduction runs in passes (``in_passes``: tile weights beyond the L1, reduction_chunk), also for
+    weights up to twice the input: in a model the input was just written by the kernel before, partly by the
+    other cores, and blocks outermost make every core read all of it. benchmarks/producer_consumer.py (Intel
+    AVX-512, 2 cores), a 1x1 right after the depthwise conv writing its input: 256 channels at 14 px (weights
+    1.3x the input) 103 us blocks outermost, 91 rows outermost (76 alone either way); 512 at 7 px (10x) level."""
+    return weights <= inputs or (not in_passes and weights <= 2 * inputs)
 
 
 def reduction_chunk(channels: int, weights_per_channel: int, l1_bytes: int, *, layer_weights: int = 0,

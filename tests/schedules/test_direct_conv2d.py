@@ -253,6 +253,15 @@ def test_a_1x1_conv_reads_the_larger_operand_once(name, lanes):
 
     assert parallel_loop(ConvSpec(1, 64, 15, 14, 32, (1, 1))) == "n_y_b_0_fused"  # 2 K weights, 13 K inputs
     assert parallel_loop(ConvSpec(1, 64, 5, 4, 96, (1, 1))) == "n_b_0_y_fused"    # 6 K weights, 1 K inputs
+    # up to twice the input, rows too: in a model the input is fresh from the other cores (producer_consumer.py)
+    assert parallel_loop(ConvSpec(1, 64, 8, 8, 96, (1, 1))) == "n_y_b_0_fused"    # 6 K weights, 4 K inputs
+
+
+def test_rows_outermost_up_to_twice_the_input_unless_in_passes():
+    assert tiling.rows_outermost(weights=100, inputs=100) and tiling.rows_outermost(weights=200, inputs=100)
+    assert not tiling.rows_outermost(weights=201, inputs=100)
+    assert tiling.rows_outermost(weights=100, inputs=100, in_passes=True)
+    assert not tiling.rows_outermost(weights=150, inputs=100, in_passes=True)  # the prefetched passes stay
 
 
 @pytest.mark.parametrize("blocked", [False, True])
