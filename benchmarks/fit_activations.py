@@ -67,16 +67,16 @@ def cycles_per_vector(activation: str, lanes: int, n: int = 1 << 20) -> tuple[fl
     return best, best * mhz * 1e6 / (n / lanes)
 
 
-def saturation_limit(gate: str, lo: float, hi: float) -> tuple[float, float]:
-    """(the first float32 in [lo, hi] where activations.centred_<gate> with its clamp lifted is exactly 1/2,
-    the most it gives on [1, that float] minus 1/2: at most 0 for the margin to be enough)."""
+def saturation_limit(gate: str, limit: str, lo: float, hi: float) -> tuple[float, float]:
+    """(the first float32 in [lo, hi] where activations.centred_<gate>, its clamp (the module constant
+    ``limit``) lifted, is exactly 1/2; the most it gives on [1, that float] minus 1/2: at most 0 for the
+    margin to be enough)."""
     import tvm
     from tvm import te
 
     from convopt.schedules import activations
     from convopt.target import resolve_target
 
-    limit = f"{gate.upper().replace('NORMAL_', '')}_LIMIT"
     saved = getattr(activations, limit)
     setattr(activations, limit, 1e30)  # lift the clamp: the gate's own polynomial at every float
     try:
@@ -109,8 +109,9 @@ def main() -> None:
         print(f"  P = {tuple(float(v) for v in p)}\n  Q = {tuple(float(v) for v in q)}")
     from convopt.target import resolve_target
 
-    for gate, lo, hi in (("sigmoid", 15.0, 18.0), ("normal_cdf", 4.5, 4 * math.sqrt(2))):
-        found, over = saturation_limit(gate, lo, hi)
+    for gate, limit, lo, hi in (("sigmoid", "SIGMOID_LIMIT", 15.0, 18.0),
+                                ("normal_cdf", "CDF_LIMIT", 4.5, 4 * math.sqrt(2))):
+        found, over = saturation_limit(gate, limit, lo, hi)
         print(f"centred_{gate}: exactly 1/2 first at {found!r}; most above 1/2 below it: {over:.1e}")
     lanes = resolve_target("cpu").lanes
     for activation in ("none", "relu", "sigmoid", "silu", "gelu", "gelu_tanh", "hardswish"):
