@@ -248,6 +248,16 @@ def sample(sch: "tvm.s_tir.Schedule", candidates: list[int], default: int):
                                   decision=candidates.index(default))
 
 
+def unrolled_channels(sch: "tvm.s_tir.Schedule", channels):
+    """(outer, inner): a 1x1 conv's loop over input channels split by a tunable depth (tiling.reduction_unroll),
+    the inner loop unrolled; order the inner one right inside the kernel taps (unit loops for a 1x1)."""
+    extent = loop_extent(sch, channels)
+    default = tiling.reduction_unroll(extent)
+    outer, inner = sch.split(channels, [None, sample(sch, tiling.reduction_unrolls(extent, default), default)])
+    sch.unroll(inner)
+    return outer, inner
+
+
 def columns_innermost(sch: "tvm.s_tir.Schedule", acc) -> None:
     """Store the accumulator tile of a kernel vectorized over output columns as [.., channel, column], so
     each vector over columns is contiguous. The computes write [n, block, y, x, lane] (the order that is

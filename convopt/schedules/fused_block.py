@@ -45,7 +45,7 @@ from tvm.script import tirx as T
 
 from .activations import activate
 from .conv_spec import ConvSpec
-from . import prefetch
+from . import prefetch, tiling
 from .kernel import cold_copies
 from .fused_space import DEFAULT, Tiles, bands_of, channel_vectors, column_tile
 
@@ -205,6 +205,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     EV, OV = Ep // lanes, Op // lanes  # channel vectors
     XT, DXT, PXT = -(-W // rx), -(-OW // dx), -(-OW // px)
     zero = tirx.const(0.0, F32)
+    cu, eu = tiling.reduction_unroll(C), tiling.reduction_unroll(Ep)  # the 1x1s' channels unrolled by a few
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     if out_block and residual and O % lanes and not in_block:  # the pad lanes would add x's channels past C
         raise ValueError(f"{block.describe()}: a padded blocked output with a residual needs the input blocked")
@@ -234,14 +235,15 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                         for v in T.unroll(ev):
                                             for ci in T.vectorized(lanes):
                                                 acc[xi, v, ci] = zero
-                                    for c in range(C):
-                                        for xi in T.unroll(rx):
-                                            for v in T.unroll(ev):
-                                                for ci in T.vectorized(lanes):
-                                                    if xo * rx + xi < W:
-                                                        acc[xi, v, ci] = acc[xi, v, ci] + load(
-                                                            x, nb // B, c, (nb % B * th + t) * s + j - pt, xo * rx + xi
-                                                        ) * w1[c, (cg * ev + v) * lanes + ci]
+                                    for c0 in range(C // cu):
+                                        for c1 in T.unroll(cu):
+                                            for xi in T.unroll(rx):
+                                                for v in T.unroll(ev):
+                                                    for ci in T.vectorized(lanes):
+                                                        if xo * rx + xi < W:
+                                                            acc[xi, v, ci] = acc[xi, v, ci] + load(
+                                                                x, nb // B, c0 * cu + c1, (nb % B * th + t) * s + j - pt,
+                                                                xo * rx + xi) * w1[c0 * cu + c1, (cg * ev + v) * lanes + ci]
                                     for xi in T.unroll(rx):
                                         for v in T.unroll(ev):
                                             for ci in T.vectorized(lanes):
@@ -273,13 +275,14 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                 for v in T.unroll(ov):
                                     for ci in T.vectorized(lanes):
                                         acc[xi, v, ci] = zero
-                            for e in range(Ep):
-                                for xi in T.unroll(px):
-                                    for v in T.unroll(ov):
-                                        for ci in T.vectorized(lanes):
-                                            if xo * px + xi < OW:
-                                                acc[xi, v, ci] = acc[xi, v, ci] + dw_row[xo * px + xi, e] * w3[
-                                                    e, (cg * ov + v) * lanes + ci]
+                            for e0 in range(Ep // eu):
+                                for e1 in T.unroll(eu):
+                                    for xi in T.unroll(px):
+                                        for v in T.unroll(ov):
+                                            for ci in T.vectorized(lanes):
+                                                if xo * px + xi < OW:
+                                                    acc[xi, v, ci] = acc[xi, v, ci] + dw_row[xo * px + xi, e0 * eu + e1] * w3[
+                                                        e0 * eu + e1, (cg * ov + v) * lanes + ci]
                             for xi in T.unroll(px):
                                 for v in T.unroll(ov):
                                     for ci in T.vectorized(lanes):

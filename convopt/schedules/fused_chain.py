@@ -46,6 +46,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from . import tiling
 from .activations import activate
 from .conv_spec import ConvSpec
 from .fused_block import SUPPORTED_ACTIVATIONS, compiled_alone, padded_vector, round_up
@@ -193,6 +194,7 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
     HA, WA = sa.out_height, sa.out_width  # A's output: the rows the ring holds
     OH, OW = sb.out_height, sb.out_width
     MA, MB = padded_channels(chain, lanes)[:2]
+    mu = tiling.reduction_unroll(MB)  # the projection's channels unrolled by a few
     O = chain.out_channels
     Op = padded_channels(chain, lanes)[-1]
     Wx, Wr = W + 2 * pA, WA + 2 * pB  # the window's and the ring's padded widths
@@ -299,13 +301,14 @@ def prim_func(chain: ConvChain, lanes: int, bands: int = 1, *, in_block: bool = 
                                 for v in T.unroll(vp):
                                     for ci in T.vectorized(lanes):
                                         acc[xi, v, ci] = zero
-                            for m in range(MB):
-                                for xi in T.unroll(px):
-                                    for v in T.unroll(vp):
-                                        for ci in T.vectorized(lanes):
-                                            if xo * px + xi < OW:
-                                                acc[xi, v, ci] = acc[xi, v, ci] + mid[xo * px + xi, m] * wp[
-                                                    cg, 0, 0, m, v * lanes + ci]
+                            for m0 in range(MB // mu):
+                                for m1 in T.unroll(mu):
+                                    for xi in T.unroll(px):
+                                        for v in T.unroll(vp):
+                                            for ci in T.vectorized(lanes):
+                                                if xo * px + xi < OW:
+                                                    acc[xi, v, ci] = acc[xi, v, ci] + mid[xo * px + xi, m0 * mu + m1] * wp[
+                                                        cg, 0, 0, m0 * mu + m1, v * lanes + ci]
                             for xi in T.unroll(px):
                                 for v in T.unroll(vp):
                                     for ci in T.vectorized(lanes):

@@ -50,6 +50,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from . import tiling
 from .activations import activate
 from .conv_spec import ConvSpec
 from .fused_block import SUPPORTED_ACTIVATIONS, compiled_alone, padded_vector, round_up
@@ -199,6 +200,7 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
     wd_shape, bd_shape = ((kd, kd, Cp), (Cp,)) if mixing else ((1, 1, 1), (1,))  # unused without a mixer
     win_shape, mixed_shape = ((kd, W + 2 * pd, Cp), (W, Cp)) if mixing else ((1, 1, 1), (1, 1))
     eps = tirx.const(block.eps, F32)
+    cu, eu = tiling.reduction_unroll(C), tiling.reduction_unroll(Ep)  # the 1x1s' channels unrolled by a few
 
     def load(buffer, blocked, n, c, y, x_):  # buffer[n, c, y, x_] in either layout
         return buffer[n, c // lanes, y, x_, c % lanes] if blocked else buffer[n, c, y, x_]
@@ -281,14 +283,15 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
                             for v in T.unroll(ev):
                                 for ci in T.vectorized(lanes):
                                     acc[xi, v, ci] = zero
-                        for c in range(C):
-                            for xi in T.unroll(rx):
-                                for v in T.unroll(ev):
-                                    for ci in T.vectorized(lanes):
-                                        if xo * rx + xi < W:
-                                            acc[xi, v, ci] = acc[xi, v, ci] + source(
-                                                x, mixed, nb // B, c, nb % B * th + t, xo * rx + xi
-                                            ) * w1[c, (cg * ev + v) * lanes + ci]
+                        for c0 in range(C // cu):
+                            for c1 in T.unroll(cu):
+                                for xi in T.unroll(rx):
+                                    for v in T.unroll(ev):
+                                        for ci in T.vectorized(lanes):
+                                            if xo * rx + xi < W:
+                                                acc[xi, v, ci] = acc[xi, v, ci] + source(
+                                                    x, mixed, nb // B, c0 * cu + c1, nb % B * th + t, xo * rx + xi
+                                                ) * w1[c0 * cu + c1, (cg * ev + v) * lanes + ci]
                         for xi in T.unroll(rx):
                             for v in T.unroll(ev):
                                 for ci in T.vectorized(lanes):
@@ -303,13 +306,14 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
                             for v in T.unroll(ov):
                                 for ci in T.vectorized(lanes):
                                     acc[xi, v, ci] = zero
-                        for e in range(Ep):
-                            for xi in T.unroll(px):
-                                for v in T.unroll(ov):
-                                    for ci in T.vectorized(lanes):
-                                        if xo * px + xi < W:
-                                            acc[xi, v, ci] = acc[xi, v, ci] + mid[xo * px + xi, e] * w3[
-                                                e, (cg * ov + v) * lanes + ci]
+                        for e0 in range(Ep // eu):
+                            for e1 in T.unroll(eu):
+                                for xi in T.unroll(px):
+                                    for v in T.unroll(ov):
+                                        for ci in T.vectorized(lanes):
+                                            if xo * px + xi < W:
+                                                acc[xi, v, ci] = acc[xi, v, ci] + mid[xo * px + xi, e0 * eu + e1] * w3[
+                                                    e0 * eu + e1, (cg * ov + v) * lanes + ci]
                         for xi in T.unroll(px):
                             for v in T.unroll(ov):
                                 for ci in T.vectorized(lanes):

@@ -52,6 +52,7 @@ from .conv_spec import (
     Lowering,
     packed_weight_buffer,
     sample,
+    unrolled_channels,
 )
 from . import prefetch, tiling
 
@@ -186,21 +187,30 @@ def schedule_cpu(sch, func_name, target) -> None:
             loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"],
             layer_weights=loop_extent(sch, rc) * loop_extent(sch, rs) * loop_extent(sch, rr) * ocb * ob,
             l2_bytes=target.caches.get("L2"))
-        if loop_extent(sch, rs) * loop_extent(sch, rr) == 1 and tiling.rows_outermost(
-                weights=ocb * ob * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * ow_,
-                in_passes=bool(chunk)):
+        one_by_one = loop_extent(sch, rs) * loop_extent(sch, rr) == 1
+        rows_first = one_by_one and tiling.rows_outermost(
+            weights=ocb * ob * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * ow_,
+            in_passes=bool(chunk))
+        chunked = bool(chunk) and not rows_first
+        unrolled = []  # a 1x1's channels unrolled by a few, inside the taps (tiling.reduction_unroll)
+        if one_by_one and not chunked:
+            rc, inner = unrolled_channels(sch, rc)
+            unrolled = [inner]
+        if rows_first:
             # 1x1 with weights smaller than the input: output rows outermost, so an input row serves
             # every channel block from cache (tiling.rows_outermost)
-            sch.reorder(n, y, bo, xo, rc, rs, rr, bi, xi, lane)
+            sch.reorder(n, y, bo, xo, rc, rs, rr, *unrolled, bi, xi, lane)
             sch.parallel(sch.fuse(n, y, bo))
         elif chunk:
             # the tile's weights in passes over the input channels that fit the L1, each pass over every output
             # row (tiling.reduction_chunk), the next pass's weights prefetched (prefetch.py)
             rco, rci = sch.split(rc, [None, chunk])
-            y = chunked_passes(sch, n, bo, y, rco, [xo, rci, rs, rr, bi, xi, lane], target.cores)
-            chunked = True
+            if one_by_one:
+                rci, inner = unrolled_channels(sch, rci)
+                unrolled = [inner]
+            y = chunked_passes(sch, n, bo, y, rco, [xo, rci, rs, rr, *unrolled, bi, xi, lane], target.cores)
         else:
-            sch.reorder(n, bo, y, xo, rc, rs, rr, bi, xi, lane)
+            sch.reorder(n, bo, y, xo, rc, rs, rr, *unrolled, bi, xi, lane)
             sch.parallel(sch.fuse(n, bo, y))
         sch.unroll(bi)
         sch.unroll(xi)
@@ -222,7 +232,7 @@ def schedule_cpu(sch, func_name, target) -> None:
             sch.unroll(xi)
     sch.decompose_reduction(acc, sch.get_loops(acc)[1] if chunked else rc)
     if chunked:  # (after decompose_reduction, which would copy the mark to the initialisation's loops)
-        prefetch.annotate(sch, y, weight, bi, rci, rs, rr, lane)
+        prefetch.annotate(sch, y, weight, bi, rci, rs, rr, lane, *unrolled)
 
     blocked = len(sch.get(out).iter_vars) == 5
     if blocked and int(sch.get(out).iter_vars[-1].dom.extent) != ob:

@@ -40,12 +40,14 @@ LINE_FLOATS = 16  # fp32 per 64-byte cache line
 LOCALITY = 2  # llvm.prefetch locality 2: prefetcht1, into L2 (the next chunk would evict the current one from L1)
 
 
-def annotate(sch, rows, weight: str, stream, channel, tap_y, tap_x, lane) -> None:
+def annotate(sch, rows, weight: str, stream, channel, tap_y, tap_x, lane, unrolled=None) -> None:
     """Mark ``rows`` (the loop over output rows inside a reduction chunk) for :func:`prefetch_next_chunk`.
     ``stream``: the loop over the tile's output-channel blocks; ``channel``: over the input channels of a
     chunk; ``tap_y``/``tap_x``: over the kernel taps, in the weight's order; ``lane``: over a block's output
-    channels. The weight is laid out [block, channel, tap_y, tap_x, lane]."""
-    names = [weight] + [sch.get(loop).loop_var.name for loop in (stream, channel, tap_y, tap_x, lane)]
+    channels; ``unrolled``: when the chunk's channels are split in two (conv_spec.unrolled_channels), the
+    inner loop (``channel`` is then the outer). The weight is laid out [block, channel, tap_y, tap_x, lane]."""
+    loops = (stream, channel, tap_y, tap_x, lane) + ((unrolled,) if unrolled is not None else ())
+    names = [weight] + [sch.get(loop).loop_var.name for loop in loops]
     sch.annotate(rows, PREFETCH_NEXT_CHUNK, ",".join(names))
 
 
@@ -77,9 +79,10 @@ def _prefetch_loop(chunk_loop, rows_loop):
     by_name = {loop.loop_var.name: loop for loop in loops}
     if any(n not in by_name for n in names):
         raise ValueError(f"{PREFETCH_NEXT_CHUNK}: loops {names} not all inside {rows_loop.loop_var.name}")
-    stream, channel, tap_y, tap_x, lane = (by_name[n] for n in names)
+    stream, channel, tap_y, tap_x, lane, *unrolled = (by_name[n] for n in names)
     kh, kw, lanes = int(tap_y.extent), int(tap_x.extent), int(lane.extent)
-    chunk, streams, chunks = int(channel.extent), int(stream.extent), int(chunk_loop.extent)
+    inner = int(unrolled[0].extent) if unrolled else 1  # the chunk's channels = channel x unrolled
+    chunk, streams, chunks = int(channel.extent) * inner, int(stream.extent), int(chunk_loop.extent)
     lines_per_row = -(-chunk * kh * kw * lanes // LINE_FLOATS // int(rows_loop.extent))
 
     dtype = str(rows_loop.loop_var.ty.dtype)  # int32, or int64 in a module Relax made
@@ -91,7 +94,9 @@ def _prefetch_loop(chunk_loop, rows_loop):
     mapping = {loop.loop_var: tirx.const(0, str(loop.loop_var.ty.dtype)) for loop in loops}
     mapping[chunk_loop.loop_var] = tirx.Select(last, tirx.const(0, dtype), chunk_loop.loop_var + 1)
     mapping[stream.loop_var] = tirx.Select(last, s + streams, s)  # the thread's next tile after the last chunk
-    mapping[channel.loop_var] = tirx.floordiv(weight_set, kh * kw)
+    mapping[channel.loop_var] = tirx.floordiv(tirx.floordiv(weight_set, kh * kw), inner)
+    if unrolled:
+        mapping[unrolled[0].loop_var] = tirx.floormod(tirx.floordiv(weight_set, kh * kw), inner)
     mapping[tap_y.loop_var] = tirx.floormod(tirx.floordiv(weight_set, kw), kh)
     mapping[tap_x.loop_var] = tirx.floormod(weight_set, kw)
     mapping[lane.loop_var] = tirx.floormod(element, lanes)

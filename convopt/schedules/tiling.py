@@ -62,6 +62,27 @@ def reduction_chunk(channels: int, weights_per_channel: int, l1_bytes: int, *, l
     return chunk if chunk and chunk >= max(4, fits / 2) else None
 
 
+UNROLLS = (1, 2, 4, 8, 16)
+
+
+def reduction_unroll(channels: int) -> int:
+    """Input channels per unrolled step of a 1x1 conv's reduction (channel-vectorized direct and im2win
+    kernels): 4 when they divide the reduction (2, else 1). Not unrolled, every input channel recomputes its
+    blocked input's address (an integer multiply, shifts and masks: 8 instructions beside a 2 x 7 tile's 14
+    FMAs and 9 loads), which left the loop bound by instruction issue, not by the FMA ports. Measured alone
+    (Intel AVX-512, 2 cores, blocked tensors, fastest of 5 interleaved rounds), not unrolled -> by 4: 256->256
+    at 14 px 80.4 -> 72.7 us, 128->128 at 28 px 77.3 -> 72.3, 96->24 at 56 px 60.4 -> 55.1, 32->192 at 28 px
+    31.3 -> 29.0; in passes 960->160 at 7 px 50.0 -> 45.5, 1024->256 at 14 px 320 -> 305, 512->2048 at 7 px
+    319 -> 307; by 8 or 16 no better than by 4. (Unrolling a 3x3 conv's channels inside its taps: 64->64 at
+    56 px 661 -> 707 us, so k x k convs keep their loops.)"""
+    return next(u for u in (4, 2, 1) if channels % u == 0)
+
+
+def reduction_unrolls(channels: int, default: int) -> list[int]:
+    """Unroll depths of a 1x1 conv's reduction the design space may choose: those of ``UNROLLS`` that divide it."""
+    return sorted({default} | {u for u in UNROLLS if channels % u == 0})
+
+
 def static_makespan(sizes: list[int], cores: int) -> int:
     """The longest share of a parallel loop over tasks of ``sizes``, as TVM's pool splits it: ceil(T / cores)
     consecutive tasks per thread."""
