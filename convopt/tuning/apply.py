@@ -1,10 +1,14 @@
 """Applying tuning records when a model is compiled: each kernel runs the fastest schedule measured for its
 workload on this target, or its hand-written default.
 
-A schedule's time is the median over its records (a tuning job measures the best few again beside the
-default, so one lucky measurement doesn't make a winner), and a tuned schedule replaces the default only
-when it is at least ``MIN_GAIN`` faster: below that, the difference is within the noise of a shared machine
-and the measured default is the safer choice.
+A schedule's time is the median of its latest ``RECENT`` records (a tuning job measures the best few again
+beside the default, so one lucky measurement doesn't make a winner), and a tuned schedule replaces the default
+only when it is at least ``MIN_GAIN`` faster: below that, the difference is within the noise of a shared
+machine and the measured default is the safer choice. Only the latest: the records of one workload pile up
+over jobs run in other hours of a shared machine, and pooled, a schedule measured in a faster hour beat the
+default measured now (resnet50's 1024->256 at 14 px on an Intel VM: records of sessions before at 256-278 us
+made a 1.15x "win", while side by side in the last job's confirmation it ran 327-338 against the default's
+314-332, and in the model 3% slower; 15 of resnet50's 20 "tuned" kernels ran slower in the model so).
 
 The records come from every folder of this target's key (records.py) under, in order: the repository's
 shipped ``tuning_logs/``, ``$CONVOPT_TUNING_LOGS``, ``./tuning_logs`` (where ``convopt tune`` writes by
@@ -38,6 +42,7 @@ from ..target import Target
 from .records import PACKED, RECORDS, SHIPPED_LOGS, WORKLOADS, other_keys, read_index, records_dir
 
 MIN_GAIN = 1.03
+RECENT = 2  # a schedule's latest measurements that count: a job's confirmation rounds (job.CONFIRM_ROUNDS)
 STATUSES = ("tuned", "default", "untuned", "stale")  # KernelTuning.status, in the order summaries list them
 ENV_LOGS = "CONVOPT_TUNING_LOGS"
 LOCAL_LOGS = Path("tuning_logs")  # relative to the working directory: `convopt tune`'s default
@@ -82,21 +87,24 @@ class Choice:
     best_s: float | None
 
 
-def choose(records: list, default_key: str) -> Choice:
-    """The schedule the records of one workload pick (see the module docstring), given its default trace's key."""
+def choose(records: list, default_key: str, recent: int | None = RECENT) -> Choice:
+    """The schedule the records of one workload pick (see the module docstring), given its default trace's key;
+    ``records`` in the order they were measured (``recent=None``: in any order, every record counts)."""
     groups: dict[str, list] = {}
     for record in records:
         groups.setdefault(trace_key(record.trace), []).append(record)
     times = {key: [mean_seconds(r) for r in group] for key, group in groups.items()}
-    best_key, default_s, best_s = choose_key(times, default_key)
+    best_key, default_s, best_s = choose_key(times, default_key, recent)
     return Choice(None if best_key is None else groups[best_key][0].trace, default_s, best_s)
 
 
-def choose_key(times: dict[str, list[float]], default_key: str | None
+def choose_key(times: dict[str, list[float]], default_key: str | None, recent: int | None = RECENT
                ) -> tuple[str | None, float | None, float | None]:
     """(the key of the schedule to run, None for the default; the default's seconds; the chosen one's) from
-    the mean seconds of each schedule's records, by key (see the module docstring)."""
-    timed = {key: statistics.median(seconds) for key, seconds in times.items()}
+    the mean seconds of each schedule's records, by key, in the order they were measured (see the module
+    docstring: the latest ``recent`` count; None: all)."""
+    timed = {key: statistics.median(seconds[-recent:] if recent else seconds)
+             for key, seconds in times.items() if seconds}
     default_s = timed.get(default_key)
     if not timed:
         return None, None, None

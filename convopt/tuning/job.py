@@ -62,7 +62,7 @@ from ..cost.model import MEASURE_MARGIN
 from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..schedules.conv_spec import conv_spec_of
-from .apply import LOCAL_LOGS, choose, generator_reads, trace_key
+from .apply import LOCAL_LOGS, TunedSchedules, choose, generator_reads, trace_key
 from .lowering_times import forget, kernel_variants, write_times
 from .records import FAILED, open_database, pack, records_dir, trials_done
 from .tasks import GENERATED, Task, extract_tasks, generated_tasks
@@ -254,15 +254,27 @@ def _readable(task: Task):
 
 
 def _times(database, task: Task) -> tuple[float, float]:
-    """(default, chosen) microseconds per call, as optimize() will choose from the database (apply.choose)."""
+    """(default, chosen) microseconds per call while the job runs (its trial shares and progress), from every
+    record of the task's workload: TVM's database keeps them by speed, not in the order measured, so not
+    yet as optimize() chooses (``_final_times``)."""
     records = database.get_top_k(database.commit_workload(task.workload), 1 << 30)
     if task.generator is not None:  # as optimize() reads them: records of another generator version left out
         records = [r for r in records if _readable(task)(r.trace)]
-    choice = choose(records, trace_key(task.default().trace))
+    choice = choose(records, trace_key(task.default().trace), recent=None)
     if choice.default_s is None:
         raise RuntimeError(f"task {task.name}: its default schedule failed to build or run; see the logs under "
                            f"{database.path_tuning_record}")
     return choice.default_s * 1e6, choice.best_s * 1e6
+
+
+def _final_times(schedules: TunedSchedules, task: Task) -> tuple[float, float]:
+    """(default, chosen) microseconds per call as optimize() chooses: from the record files, in the order
+    measured (apply.py: each schedule's latest measurements)."""
+    _, tuning = schedules.schedule(task.workload, task.schedule, task.name, generator=task.generator)
+    if tuning.default_us is None:
+        raise RuntimeError(f"task {task.name}: its default schedule failed to build or run; see the logs under "
+                           f"{schedules.log_dirs[0]}")
+    return tuning.default_us, tuning.best_us if tuning.best_us is not None else tuning.default_us
 
 
 def _confirm(task: Task, database, measurer: Measurer, target: Target, on_batch, top: int = CONFIRM_TOP,
@@ -541,8 +553,9 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
         added = _confirm(task, database, measurer, target, bar.update)
         done[task.name] += added
         new_trials += added
-        times[task.name] = _times(database, task)
     bar.close()
+    schedules = TunedSchedules(target, [work_dir.parent])  # the job's folder as optimize() reads it
+    times = {t.name: _final_times(schedules, t) for t in tasks}
 
     reports = [TaskReport(t.name, t.kind, t.nodes, t.weight, done[t.name] + 1, *times[t.name], t.alternative)
                for t in tasks]

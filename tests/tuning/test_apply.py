@@ -29,6 +29,21 @@ def test_a_gain_within_the_noise_keeps_the_default():
     assert choose([_record("default", 10e-6)], "default").trace is None
 
 
+def test_only_each_schedules_latest_measurements_count():
+    """A workload's records pile up over jobs run in other hours of a shared machine: a schedule measured fast
+    in an earlier job, then side by side with the default in the last job's confirmation no faster, keeps the
+    default (pooled, its median was the old hour's)."""
+    earlier = [_record("default", 10e-6), _record("a", 7e-6), _record("a", 7.2e-6), _record("a", 7.1e-6)]
+    confirmed = [_record("default", 9e-6), _record("a", 9.4e-6), _record("default", 9.1e-6), _record("a", 9.3e-6)]
+    choice = choose(earlier + confirmed, "default")
+    assert apply.RECENT == 2 and choice.trace is None and choice.default_s == pytest.approx(9.05e-6)
+    assert choose(earlier + confirmed, "default", recent=None).trace == "a"  # every record: the old hour wins
+    # a schedule measured faster in the last job's confirmation wins on those measurements
+    faster = [_record("default", 9e-6), _record("a", 7.4e-6), _record("default", 9.1e-6), _record("a", 7.6e-6)]
+    choice = choose(earlier + faster, "default")
+    assert choice.trace == "a" and choice.best_s == pytest.approx(7.5e-6)
+
+
 def test_records_without_a_measured_default_still_apply():
     choice = choose([_record("a", 8e-6), _record("b", 6e-6)], "default")
     assert choice.trace == "b" and choice.default_s is None
