@@ -38,7 +38,10 @@ from typing import Callable, Iterable
 
 import tvm
 
+import tvm_ffi
+
 from ..target import Target
+from .in_model import REJECTED, read_rejected, record_id
 from .records import PACKED, RECORDS, SHIPPED_LOGS, WORKLOADS, other_keys, read_index, records_dir
 
 MIN_GAIN = 1.03
@@ -57,6 +60,8 @@ class KernelTuning:
     status: str
     default_us: float | None = None  # measured by the tuning job
     best_us: float | None = None
+    workload: str | None = None  # "tuned": the workload's structural hash and the record's id (in_model.py)
+    record: str | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -65,7 +70,8 @@ class KernelTuning:
         return self.default_us / self.best_us
 
     def to_attr(self) -> str:
-        return json.dumps({"status": self.status, "default_us": self.default_us, "best_us": self.best_us})
+        return json.dumps({"status": self.status, "default_us": self.default_us, "best_us": self.best_us,
+                           "workload": self.workload, "record": self.record})
 
 
 def trace_key(trace) -> str:
@@ -161,6 +167,16 @@ def warn_stale(names: list[str]) -> None:
                   "default. Run `convopt tune` on the model again to remeasure", stacklevel=2)
 
 
+def _rejected(folder: Path) -> dict:
+    path = Path(folder) / REJECTED
+    return _cached_rejected(str(folder), (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_rejected(folder: str, stamp: tuple) -> dict:
+    return read_rejected(Path(folder))
+
+
 def generator_reads(generator, trace) -> bool:
     """Whether a written-out kernel's generator reads ``trace``'s decisions (a record of its version)."""
     try:
@@ -211,9 +227,13 @@ class TunedSchedules:
         sch = tvm.s_tir.Schedule(workload)
         default(sch)
         groups: dict[str, list] = {}  # stored trace -> its records, from every folder
+        shash = str(tvm_ffi.structural_hash(workload))
         for index in self.indexes:
             for record in index.records(workload):
                 groups.setdefault(record.key, []).append(record)
+        # schedules a job found slower inside the model than the default (in_model.py): never chosen
+        aside = {rid for index in self.indexes for rid in _rejected(index.folder).get(shash, {})}
+        groups = {key: group for key, group in groups.items() if record_id(key) not in aside}
         if generator is not None:
             readable = {key: group for key, group in groups.items() if generator_reads(generator, group[0].trace())}
             if groups and not readable:  # every record made by another version of the generator
@@ -238,4 +258,4 @@ class TunedSchedules:
             warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its "
                           "default schedule", stacklevel=2)
             return sch.mod["main"], KernelTuning("untuned")
-        return func, KernelTuning("tuned", default_us, best_us)
+        return func, KernelTuning("tuned", default_us, best_us, shash, record_id(best_key))

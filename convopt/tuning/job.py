@@ -63,6 +63,7 @@ from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..schedules.conv_spec import conv_spec_of
 from .apply import LOCAL_LOGS, TunedSchedules, choose, generator_reads, trace_key
+from .in_model import REJECTED, reject, slower_in_model
 from .lowering_times import forget, kernel_variants, write_times
 from .records import FAILED, open_database, pack, records_dir, trials_done
 from .tasks import GENERATED, Task, extract_tasks, generated_tasks
@@ -111,6 +112,9 @@ class TuningSummary:
     # (conv shapes whose measured lowerings were dropped, the model's ms with them) when the whole model ran
     # slower with the lowerings the measurements chose than without (SWITCH_MARGIN); None: kept or not measured
     rejected_switches: tuple[int, float] | None = None
+    # (tuned schedules set aside because their kernels ran slower inside the model than their defaults, the
+    # model's ms with them: in_model.py); None: none, or not measured
+    rejected_in_model: tuple[int, float] | None = None
 
     @property
     def estimated_ms(self) -> float | None:
@@ -139,6 +143,10 @@ class TuningSummary:
             lines.append(f"lowerings: with the lowerings measured fastest kernel by kernel the model ran {slower:.2f} "
                          f"ms, slower than untuned: their times for {shapes} conv shapes were dropped, and the cost "
                          "model chooses those lowerings again")
+        if self.rejected_in_model:
+            count, slower = self.rejected_in_model
+            lines.append(f"in the model: {count} tuned kernels ran slower than their defaults (the model "
+                         f"{slower:.2f} ms with them); their schedules are set aside ({REJECTED}) and the defaults run")
         lines.append(f"{len(self.tasks)} tasks, {self.new_trials} new trials in {self.seconds:.0f} s"
                      + (f" ({self.per_trial_s:.2f} s per trial)" if self.new_trials else "")
                      + (f"; stopped: {self.stopped}" if self.stopped else ""))
@@ -471,6 +479,19 @@ def _alternately(untuned, tuned, args, rounds: int = 3) -> tuple[float, float]:
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
+def _kernel_seconds(untuned, tuned, example_inputs, rounds: int = 2, runs: int = 15) -> tuple[dict, dict]:
+    """(untuned, tuned): seconds per model run of each kernel inside the model (report.time_kernels), the two
+    builds alternating, the best round of each kernel."""
+    from ..report import time_kernels
+
+    best: tuple[dict, dict] = ({}, {})
+    for _ in range(rounds):
+        for seconds, fast in zip(best, (untuned, tuned)):
+            for row in time_kernels(fast, example_inputs, runs=runs)[0]:
+                seconds[row.name] = min(seconds.get(row.name, float("inf")), row.seconds)
+    return best
+
+
 def _lowering_changes(untuned: Graph, tuned: Graph) -> list[tuple[str, str, str]]:
     """(node, lowering in ``untuned``: the cost model's, lowering in ``tuned``: the measurements') of the nodes
     whose lowering differs."""
@@ -771,6 +792,18 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
                              fuse_blocks=fuse_blocks)
             summary.untuned_ms, summary.tuned_ms = _alternately(fast, tuned, args)
             summary.rejected_switches = (len(switched), slower)
+        untuned_s, tuned_s = _kernel_seconds(fast, tuned, example_inputs)
+        aside = slower_in_model(untuned_s, tuned_s, tuned._compiled.kernels)
+        if aside:  # tuned kernels that ran slower inside the model than their defaults: their defaults run
+            reject(folder, aside)
+            slower = summary.tuned_ms
+            tuned = optimize(model, example_inputs, target=target, lowering=lowering, tuning_logs=log_root,
+                             fuse_blocks=fuse_blocks)
+            summary.untuned_ms, summary.tuned_ms = _alternately(fast, tuned, args)
+            summary.rejected_in_model = (sum(len(records) for records in aside.values()), slower)
+            schedules = TunedSchedules(target, [log_root])  # the tasks' times as optimize() now chooses
+            summary.tasks = [replace(report, **dict(zip(("default_us", "best_us"), _final_times(schedules, task))))
+                             for report, task in zip(summary.tasks, tasks)]
         chosen = tuned.graph
     else:
         chosen = graph
