@@ -330,7 +330,6 @@ def schedule_direct_conv2d(
         xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(OW, default_ow, lanes), default_ow)])
         ow_tile = default_ow  # the epilogue's choices below hold for every candidate (column_tiles)
         red = {"rc": rc, "ry": ry, "rx": rx}
-        order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
         taps = loop_extent(sch, ry) * loop_extent(sch, rx)
         one_by_one = taps == 1
         chunk = int(sch.get(out).annotations[TILED_EPILOGUE]) and tiling.reduction_chunk(
@@ -343,7 +342,8 @@ def schedule_direct_conv2d(
         unrolled = []  # a 1x1's channels unrolled by a few, inside the taps (tiling.reduction_unroll)
         if one_by_one and not chunked:
             red["rc"], inner = unrolled_channels(sch, rc)
-            order, unrolled = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")], [inner]
+            unrolled = [inner]
+        order = [red[k] for k in (reduction_order or "rc,ry,rx").split(",")]
         if rows_first:
             # 1x1 with weights smaller than the input: output rows outermost, so one input row serves
             # every channel block while it is in cache; measured ~1.2x on 256->64.

@@ -792,8 +792,10 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
                              fuse_blocks=fuse_blocks)
             summary.untuned_ms, summary.tuned_ms = _alternately(fast, tuned, args)
             summary.rejected_switches = (len(switched), slower)
-        untuned_s, tuned_s = _kernel_seconds(fast, tuned, example_inputs)
-        aside = slower_in_model(untuned_s, tuned_s, tuned._compiled.kernels)
+        kernels = tuned._compiled.kernels
+        aside = {}
+        if any(row.get("tuning", {}).get("status") == "tuned" for row in kernels.values()):  # else nothing to time
+            aside = slower_in_model(*_kernel_seconds(fast, tuned, example_inputs), kernels)
         if aside:  # tuned kernels that ran slower inside the model than their defaults: their defaults run
             reject(folder, aside)
             slower = summary.tuned_ms
