@@ -173,7 +173,7 @@ def plan(block, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT) -> tuple[int
     d = block.depthwise
     Ep, Op = round_up(block.expand.out_channels, lanes), round_up(block.out_channels, lanes)
     th = -(-d.out_height // bands_of(bands, d.out_height, tiles))
-    ev, ov = (channel_vectors(v // lanes, tiles.vectors) for v in (Ep, Op))
+    ev, ov = (channel_vectors(v // lanes, tiles.vectors, lanes) for v in (Ep, Op))
     most = tiles.columns
     return (th, ev, ov, column_tile(block.expand.width, lanes, ev, most), column_tile(d.out_width, lanes, 1, most),
             column_tile(d.out_width, lanes, ov, most))
@@ -222,7 +222,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
             ring = T.alloc_buffer((k, Wp, Ep), F32)  # padded input rows of mid: row r at slot r mod k
             dw_row = T.alloc_buffer((OW, Ep), F32)
             proj_row = T.alloc_buffer((OW, Op), F32)
-            acc = T.alloc_buffer((max(rx, dx, px), 2, lanes), F32, scope="local")  # a register tile
+            acc = T.alloc_buffer((max(rx, dx, px), max(2, ev, ov), lanes), F32, scope="local")  # a register tile
             for j, pc, e in T.grid(k, pl + pr, Ep):  # the padding columns, never written again
                 ring[j, T.if_then_else(pc < pl, pc, W + pc), e] = zero
             for t in range(th):

@@ -168,7 +168,7 @@ def plan(block: PointwiseMLP, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT
     e_ = block.expand
     Ep, Op = round_up(e_.out_channels, lanes), round_up(block.out_channels, lanes)
     th = -(-e_.height // bands_of(bands, e_.height, tiles))
-    ev, ov = (channel_vectors(v // lanes, tiles.vectors) for v in (Ep, Op))
+    ev, ov = (channel_vectors(v // lanes, tiles.vectors, lanes) for v in (Ep, Op))
     most = tiles.columns
     return (th, ev, ov, column_tile(e_.width, lanes, ev, most), column_tile(e_.width, lanes, ov, most),
             column_tile(e_.width, lanes, 1, most) if block.mixer is not None else 1)
@@ -217,7 +217,7 @@ def prim_func(block: PointwiseMLP, lanes: int, bands: int = 1, *, in_block: bool
         for nb in T.parallel(N * B):  # one band of one image per iteration
             mid = T.alloc_buffer((W, Ep), F32)  # one row of act(expand), channels-last
             proj_row = T.alloc_buffer((W, Op), F32)
-            acc = T.alloc_buffer((max(rx, px, dx), 2, lanes), F32, scope="local")  # a register tile
+            acc = T.alloc_buffer((max(rx, px, dx), max(2, ev, ov), lanes), F32, scope="local")  # a register tile
             win = T.alloc_buffer(win_shape, F32)  # a ring of the input rows the mixer's conv reads, channels-last
             mixed = T.alloc_buffer(mixed_shape, F32)  # one row of the mixer's normalized output
             part = T.alloc_buffer((lanes,), F32, scope="local")  # a pixel's sums, one per lane

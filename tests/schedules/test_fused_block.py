@@ -35,6 +35,7 @@ GRID = [  # (c, e, o, k, stride, act, input shape)
     (8, 48, 8, 7, 1, nn.Hardswish, (1, 8, 9, 11)),
     (32, 96, 40, 3, 2, nn.ReLU, (1, 32, 28, 28)),
     (40, 240, 40, 5, 1, nn.SiLU, (1, 40, 7, 7)),
+    (48, 48, 48, 3, 1, nn.ReLU, (1, 48, 13, 11)),         # 3 vectors of 16 in every stage: tiles of three
 ]
 
 
@@ -103,6 +104,11 @@ def test_a_band_per_core_left_after_the_batch_and_tiles_that_fit_the_registers()
     assert column_tile(56, 16, 2) == 8  # 16 accumulators of AVX-512's 32 registers
     assert column_tile(56, 8, 2) == 4 and column_tile(30, 8) == 6  # AVX2: 8 accumulators of its 16
     assert channel_vectors(6) == 2 and channel_vectors(3) == 1
+    # three where the vectors group in threes and AVX-512's 16 accumulators hold 3 x 4 columns of them; on
+    # AVX2 (8 accumulators) one vector of 8 columns; never where the space's point asks for one
+    assert channel_vectors(3, lanes=16) == 3 and channel_vectors(9, lanes=16) == 3 and column_tile(56, 16, 3) == 4
+    assert channel_vectors(6, lanes=16) == 2 and channel_vectors(5, lanes=16) == 1
+    assert channel_vectors(3, lanes=8) == 1 and channel_vectors(3, most=1, lanes=16) == 1
 
 
 def test_the_kernel_is_a_tuning_task_over_its_generator():

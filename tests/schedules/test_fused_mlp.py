@@ -28,6 +28,7 @@ GRID = [  # (c, e, act, residual, input shape)
     (24, 96, nn.ReLU, True, (2, 3, 9, 13)),       # batch 2, odd map, C a multiple of 8 but not of 16
     (12, 40, nn.SiLU, False, (1, 3, 7, 7)),       # channels below one vector, no residual
     (32, 80, nn.Hardswish, True, (1, 3, 5, 17)),  # E not a multiple of 16
+    (48, 144, nn.ReLU, True, (1, 3, 6, 10)),      # 3 and 9 vectors of 16: tiles of three
 ]
 
 
