@@ -1,11 +1,13 @@
 """fuse_blocks: run an inverted residual block as one kernel whose intermediates stay in cache.
 
-    y = P(a2(D(a1(E(x)))))  [+ x]        =>   y = fused_block(x, W_E, b_E, W_D, b_D, W_P, b_P)
+    y = [a3](P(a2(D(a1(E(x))))) [+ x])   =>   y = fused_block(x, W_E, b_E, W_D, b_D, W_P, b_P)
 
 with E a 1x1 conv (groups 1, stride 1), a1 and a2 activations a kernel epilogue computes
 (schedules/activations.py), D a depthwise k x k conv (k odd, padding k // 2, dilation 1, stride 1 or 2; or
 unpadded after a zero pad op of H and W, TF "SAME" padding, asymmetric on even maps: then D's padding with
-the pad's is up to k - 1 on each side and the pad is part of the block) and P a 1x1 conv, every weight and bias a constant; the residual add joins when its other operand is x.
+the pad's is up to k - 1 on each side and the pad is part of the block) and P a 1x1 conv, every weight and bias a constant; the residual add joins when its other operand is x,
+and an activation a3 that maps 0 to 0 when it is the only reader of P (or of the add): MobileOne's blocks
+after reparameterization, whose every conv ends in a ReLU (left out, it ran as a kernel of its own).
 MobileNetV2, MnasNet, EfficientNet-Lite and MobileOne after reparameterization have this block. Where the
 projection doesn't directly follow a2 (EfficientNet's and MobileNetV3's squeeze-excite: its global pool
 needs the whole depthwise output before the scale), the block is fused up to a2 (kind "expand_depthwise":
@@ -349,7 +351,14 @@ def _inverted_residuals(graph: Graph) -> list[InvertedResidual]:
             add = only_reader(project)
             residual = _residual_add(graph, add, project, e.inputs[0])
             nodes = (*chain, project, add) if residual else (*chain, project)
-            block = InvertedResidual(nodes, expand, depthwise, conv_spec_of(graph, project), acts, residual, pre_pad)
+            after = only_reader(nodes[-1])  # an activation the kernel's epilogue applies (maps 0 to 0)
+            a3 = activation_of(after) if after is not None and after.inputs[0] == nodes[-1].name else None
+            if a3 is not None and a3.partition(":")[0] in fused_block.SUPPORTED_ACTIVATIONS:
+                nodes = (*nodes, after)
+            else:
+                a3 = "none"
+            block = InvertedResidual(nodes, expand, depthwise, conv_spec_of(graph, project), acts, residual, pre_pad,
+                                     a3)
         if fused_block.supports(block) is None:
             found.append(block)
             taken.update(n.name for n in block.nodes)

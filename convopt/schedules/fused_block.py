@@ -10,7 +10,10 @@ the depthwise conv's padding (``InvertedResidual.pads``: k // 2 on every side, o
     mid[n, y, x, e]  = a1(sum_c x[n, c, y - pt, x - pl] w1[c, e] + b1[e])  inside the map, 0 in the padding
     dw[n, y, x, e]   = a2(sum_{i,j} mid[n, s y + i, s x + j, e] w2[i, j, e] + b2[e])
     proj[n, y, x, o] = sum_e dw[n, y, x, e] w3[e, o]
-    out[n, o, y, x]  = proj[n, y, x, o] + b3[o] (+ x[n, o, y, x])
+    out[n, o, y, x]  = a3(proj[n, y, x, o] + b3[o] (+ x[n, o, y, x]))
+
+with a3 the activation that follows the block where it is the projection's (or the add's) only reader
+(MobileOne's and MobileNetV1-style chains, whose 1x1 convs all end in an activation), else none.
 
 Loop structure (``prim_func``): the output rows are cut into bands, one per parallel iteration
 (``default_bands``: one per core); a band walks its output rows in order and keeps the k rows of ``mid`` the
@@ -65,6 +68,7 @@ class InvertedResidual:
     activations: tuple[str, str]
     residual: bool
     pre_pad: tuple[int, int, int, int] = (0, 0, 0, 0)  # a zero pad op before D: (top, left, bottom, right)
+    out_activation: str = "none"  # a3: after the projection (and the add); none without a projection
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
@@ -107,8 +111,11 @@ SUPPORTED_ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "gelu", "gelu_tan
 
 def supports(block) -> str | None:
     """None when the kernel computes ``block``, else why not."""
-    if any(a.partition(":")[0] not in SUPPORTED_ACTIVATIONS for a in block.activations):
-        return f"activations {block.activations}: the kernel pads channels, which needs act(0) = 0"
+    acts = block.activations + ((block.out_activation,) if block.out_activation != "none" else ())
+    if any(a.partition(":")[0] not in SUPPORTED_ACTIVATIONS for a in acts):
+        return f"activations {acts}: the kernel pads channels, which needs act(0) = 0"
+    if block.out_activation != "none" and block.project is None:
+        return "an activation after the block needs its projection"
     if block.depthwise.kernel[0] > 7:
         return "depthwise kernels up to 7x7"
     if max(block.pads) >= block.depthwise.kernel[0] or min(block.pads) < 0:
@@ -200,6 +207,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     th, ev, ov, rx, dx, px = plan(block, lanes, bands, tiles)  # rows per band; a register tile's vectors, columns
     B = -(-OH // th)
     a1, a2 = block.activations
+    a3 = block.out_activation
     projects, residual = block.project is not None, block.residual
     w3_shape, b3_shape = ((Ep, Op), (Op,)) if projects else ((1, 1), (1,))  # unused without a projection
     EV, OV = Ep // lanes, Op // lanes  # channel vectors
@@ -208,7 +216,8 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     cu, eu = tiling.reduction_unroll(C), tiling.reduction_unroll(Ep)  # the 1x1s' channels unrolled by a few
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     if out_block and residual and O % lanes and not in_block:  # the pad lanes would add x's channels past C
-        raise ValueError(f"{block.describe()}: a padded blocked output with a residual needs the input blocked")
+        raise ValueError(f"block of {block.expand.describe()}: a padded blocked output with a residual needs the "
+                         "input blocked")
 
     def load(buffer, n, c, y, x_):  # x[n, c, y, x_] in either layout
         return buffer[n, c // lanes, y, x_, c % lanes] if in_block else buffer[n, c, y, x_]
@@ -292,20 +301,20 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                             for cb, xx in T.grid(Op // lanes, OW):
                                 for ci in T.vectorized(lanes):
                                     if residual:
-                                        out[nb // B, cb, nb % B * th + t, xx, ci] = (
+                                        out[nb // B, cb, nb % B * th + t, xx, ci] = activate(
                                             proj_row[xx, cb * lanes + ci] + b3[cb * lanes + ci]
-                                            + load(x, nb // B, cb * lanes + ci, nb % B * th + t, xx))
+                                            + load(x, nb // B, cb * lanes + ci, nb % B * th + t, xx), a3)
                                     else:
-                                        out[nb // B, cb, nb % B * th + t, xx, ci] = (proj_row[xx, cb * lanes + ci]
-                                                                                     + b3[cb * lanes + ci])
+                                        out[nb // B, cb, nb % B * th + t, xx, ci] = activate(
+                                            proj_row[xx, cb * lanes + ci] + b3[cb * lanes + ci], a3)
                         else:  # the row stored NCHW: its channels-last tile transposed
                             for o in range(O):
                                 for xx in T.vectorized(OW):
                                     if residual:
-                                        out[nb // B, o, nb % B * th + t, xx] = (
-                                            proj_row[xx, o] + b3[o] + load(x, nb // B, o, nb % B * th + t, xx))
+                                        out[nb // B, o, nb % B * th + t, xx] = activate(
+                                            proj_row[xx, o] + b3[o] + load(x, nb // B, o, nb % B * th + t, xx), a3)
                                     else:
-                                        out[nb // B, o, nb % B * th + t, xx] = proj_row[xx, o] + b3[o]
+                                        out[nb // B, o, nb % B * th + t, xx] = activate(proj_row[xx, o] + b3[o], a3)
                     elif out_block:
                         for cb, xx in T.grid(Op // lanes, OW):
                             for ci in T.vectorized(lanes):

@@ -175,9 +175,10 @@ def _projection(block, source: te.Tensor, skip: te.Tensor | None, shape) -> list
     r = te.reduce_axis((0, E), name="r")
     project = te.compute(shape, lambda n, o, y, x_: te.sum(source[n, r, y, x_] * w3[o, r], axis=r), name=PROJECT)
 
-    def output(n, o, y, x_):
+    def output(n, o, y, x_):  # + the activation after an inverted residual block (fused_block.py), if any
         value = project[n, o, y, x_] + b3[o]
-        return value + skip[n, o, y, x_] if skip is not None else value
+        value = value + skip[n, o, y, x_] if skip is not None else value
+        return activate(value, getattr(block, "out_activation", "none"))
 
     out = te.compute(shape, output, name=OUTPUT)
     own_skip = [skip] if skip is not None and block.kind in (MLP_KIND, MIXER_KIND) else []  # an argument

@@ -167,13 +167,48 @@ def test_a_block_holding_a_conv_whose_lowering_was_chosen_is_fused_only_when_for
 
 
 def test_two_blocks_in_a_row_fuse_separately_and_keep_their_order():
-    model = nn.Sequential(InvertedResidual(), InvertedResidual(o=24), nn.ReLU())
+    model = nn.Sequential(InvertedResidual(), InvertedResidual(o=24), nn.Sigmoid())  # sigmoid(0) != 0: not taken
     after = fuse_blocks(_graph(model))
-    assert [n.op for n in after.nodes] == [Op.FUSED_BLOCK, Op.FUSED_BLOCK, Op.RELU]
-    first, second, relu = after.nodes
-    assert second.inputs[0] == first.name and relu.inputs == (second.name,)
+    assert [n.op for n in after.nodes] == [Op.FUSED_BLOCK, Op.FUSED_BLOCK, Op.SIGMOID]
+    first, second, sigmoid = after.nodes
+    assert second.inputs[0] == first.name and sigmoid.inputs == (second.name,)
     assert (first.scope, second.scope) == ("0", "1")
     verify(after)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_activation_after_a_block_joins_it(residual):
+    """MobileOne's blocks end in a ReLU after the projection (after the add with a residual): the kernel
+    applies it, so it runs in no kernel of its own."""
+    from convopt.backends.torch_backend import to_torch
+
+    model = nn.Sequential(InvertedResidual(o=16 if residual else 24, act=nn.ReLU), nn.ReLU()).eval()
+    x = torch.randn(1, 16, 12, 12)
+    before = _graph(model, x.shape)
+    after = fuse_blocks(before)
+    (fused,) = after.nodes
+    assert fused.op is Op.FUSED_BLOCK and [n.op for n in fused.attrs.body][-2:] == (
+        [Op.ADD, Op.RELU] if residual else [Op.CONV2D, Op.RELU])
+    (block,) = match_blocks(before)
+    assert block.out_activation == "relu" and block.residual == residual
+    verify(after)
+    with torch.no_grad():
+        (got,) = to_torch(after)(x)
+        assert torch.allclose(got, model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_an_activation_after_a_block_that_reads_more_than_it_stays_out():
+    class Tapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = InvertedResidual(o=24, act=nn.ReLU)
+
+        def forward(self, x):
+            y = self.block(x)
+            return torch.relu(y), y  # the projection's value is an output: the block ends at it
+
+    (block,) = match_blocks(_graph(Tapped()))
+    assert block.out_activation == "none" and block.nodes[-1].op is Op.CONV2D
 
 
 def test_a_squeeze_excite_block_is_fused_up_to_its_second_activation():

@@ -62,6 +62,20 @@ SAME_GRID = [  # TF "SAME" padding (a pad op before an unpadded depthwise conv):
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("c, o, act", [(48, 48, nn.ReLU), (16, 24, nn.SiLU), (12, 20, nn.ReLU6)])
+def test_a_block_with_the_activation_after_it_matches_eager(c, o, act, lanes):
+    """MobileOne-style: every conv ends in an activation, the last one after the add (a residual where c == o;
+    20 channels: the blocked output's pad lanes must stay 0 through it)."""
+    model = _randomize(nn.Sequential(InvertedResidual(c, 2 * c, o, 3, 1, act), act()))
+    x = torch.randn(1, c, 11, 9)
+    target = resolve_target("cpu").with_lanes(lanes)
+    fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"0": True}, check=False)
+    assert [n.op for n in fast.graph.nodes] == [Op.FUSED_BLOCK]
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("c, e, o, k, stride, shape", SAME_GRID)
 def test_tf_same_padding_is_fused_and_matches_eager(c, e, o, k, stride, shape, lanes):
     model = _randomize(InvertedResidual(c, e, o, k, stride, nn.SiLU, same=True))

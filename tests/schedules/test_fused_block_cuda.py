@@ -85,6 +85,20 @@ def test_the_compute_matches_eager(case):
     assert relative_error(_computed(block, x, fbc.prepare_weights(block, *raw)), _eager(block, x, raw)) <= 1e-5
 
 
+@pytest.mark.parametrize("case", [(24, 144, 24, 12, 12, 3, 1, "relu6", 1), (16, 96, 24, 14, 14, 3, 2, "relu", 1)],
+                         ids=lambda c: "x".join(map(str, c)))
+def test_the_activation_after_a_block_is_applied_and_scheduled(case):
+    """MobileOne-style blocks end in an activation after the projection (and the add): the kernel applies it."""
+    from dataclasses import replace
+
+    plain, raw, x = _case(*case)
+    block = replace(plain, out_activation="relu")
+    expected = torch.relu(_eager(block, x, raw))
+    assert relative_error(_computed(block, x, fbc.prepare_weights(block, *raw)), expected) <= 1e-5
+    source = lambda b: tvm.compile(_scheduled(b, CUDA[0]).mod, target=CUDA[0].tvm).mod.imports[0].inspect_source()  # noqa: E731
+    assert source(block).count("max(") == source(plain).count("max(") + 1  # one more max, in the output stage
+
+
 @pytest.mark.parametrize("C, E, O, H, W, act, residual, batch", [
     (16, 64, 16, 14, 14, "gelu", True, 1), (24, 72, 40, 9, 7, "relu", False, 2)])
 def test_the_pointwise_mlp_compute_matches_eager(C, E, O, H, W, act, residual, batch):
