@@ -61,20 +61,17 @@ def column_tile(width: int, lanes: int, vectors: int = 1, most: int = COLUMNS) -
 
 
 def channel_vectors(vectors: int, most: int = 2, lanes: int | None = None) -> int:
-    """Channel vectors per register tile of a 1x1 stage, where ``most`` (2) allows more than one: two where they
-    pair up (each broadcast input feeds two FMAs); else, given ``lanes``, three where they group in threes and
-    the accumulators hold three vectors of at least 4 columns (AVX-512's 16: 48, 144 or 240 channels);
-    else one. Without ``lanes``, pairs only (fused_chain.py lays its weights out in pairs).
-
-    Three rather than one: a tile of 1 vector x 8 columns loads a broadcast input for every FMA, while the
-    tile's weight vector is one load per channel; 3 x 4 loads one broadcast per three FMAs. Alone, on an Intel
-    AVX-512 core pair (cold inputs, fastest of 7 rounds), one -> three: 48-48-48 at 56 px 116 -> 110 us,
-    24-144-24 at 56 px 202 -> 186, 24-144 (5x5 s2, SiLU) 168 -> 161, 40-240 at 28 px (3x3 s2, SiLU) 93 -> 86."""
-    if most >= 2 and vectors % 2 == 0:
-        return 2
-    if most >= 2 and lanes is not None and vectors % 3 == 0 and tiling.accumulators(lanes) // 3 >= 4:
-        return 3
-    return 1
+    """Channel vectors per register tile of a 1x1 stage, where ``most`` (2) allows more than one: given
+    ``lanes``, the direct kernel's rule (``tiling.channel_tile``: two where they pair up, else three where they
+    group in threes and 3 x 4 columns fit the accumulators, AVX-512's 48, 144 or 240 channels, else one);
+    without, pairs only (fused_chain.py lays its weights out in pairs). Three rather than one, alone on an
+    Intel AVX-512 core pair (cold inputs, fastest of 7 rounds): 48-48-48 at 56 px 107 -> 92 us, 24-144-24 at
+    56 px 186 -> 174, 40-240 at 28 px (3x3 s2, SiLU) 90 -> 82 (docs/block_fusion.md)."""
+    if most < 2:
+        return 1
+    if lanes is None:
+        return 2 if vectors % 2 == 0 else 1
+    return tiling.channel_tile(vectors, lanes, lanes)[0]
 
 
 def bands_of(default_bands: int, rows: int, tiles: Tiles) -> int:
