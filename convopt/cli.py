@@ -182,6 +182,8 @@ def _calibrate(args) -> int:
     target = resolve_target("cpu")
     if args.from_logs is not None:
         return _calibrate_from_logs(target, args.from_logs, args.output)
+    if args.refit:
+        return _calibrate_refit(Path(args.refit), args.output)
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
     if args.lowerings:
@@ -198,14 +200,43 @@ def _calibrate(args) -> int:
 
     fused = [key for key in FUSED_KEYS if lowerings is None or key in lowerings]
     lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
+    output = Path(args.output) if args.output else profile_path(target)
     if lowerings is None or lowerings:
-        profile, _ = calibrate(profile, target, shapes=shapes, lowerings=lowerings, passes=args.passes,
-                               progress=print)
+        from .cost.calibrate import measurements_path, save_measurements
+
+        profile, records = calibrate(profile, target, shapes=shapes, lowerings=lowerings, passes=args.passes,
+                                     progress=print)
+        print(f"wrote {save_measurements(records, target, measurements_path(output))}")
     if fused:
         profile = calibrate_fused(profile, target, keys=fused, progress=print)
+    _print_coefficients(profile)
+    print(f"wrote {save_profile(profile, output)}")
+    return 0
+
+
+def _print_coefficients(profile) -> None:
     for name, coefs in profile.coefficients.items():
         print(f"  {name:10s} " + "  ".join(f"{k}={v:.3g}" for k, v in coefs.items()))
-    print(f"wrote {save_profile(profile, Path(args.output) if args.output else profile_path(target))}")
+
+
+def _calibrate_refit(measurements: Path, output: str | None) -> int:
+    """Refit the conv lowerings' coefficients of the profile ``measurements`` belong to (``DIR/<key>.json`` for
+    ``DIR/measurements/<key>.json``, as calibrate writes them) to them, with today's formulas."""
+    from .cost.calibrate import fit_measured, load_measurements, profile_beside
+    from .cost.profile import MachineProfile, save_profile
+
+    key, lanes, points = load_measurements(measurements)
+    profile_file = profile_beside(measurements)
+    if not profile_file.is_file():
+        print(f"{measurements}: no profile {profile_file.name} beside it to refit", file=sys.stderr)
+        return 1
+    profile = MachineProfile.from_json(profile_file.read_text(), str(profile_file))
+    if profile.target_key and profile.target_key != key:
+        print(f"{measurements} was measured on {key}, {profile_file} describes {profile.target_key}", file=sys.stderr)
+        return 1
+    refitted = fit_measured(profile, lanes, points)
+    _print_coefficients(refitted)
+    print(f"{len(points)} measurements of {key}; wrote {save_profile(refitted, Path(output) if output else profile_file)}")
     return 0
 
 
@@ -339,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="measure nothing: refit the coefficients to the times tuning jobs measured (their "
                           "lowering_times.json) under these tuning_logs folders (default: the shipped ones, "
                           "$CONVOPT_TUNING_LOGS and ./tuning_logs)")
+    cal.add_argument("--refit", metavar="MEASUREMENTS",
+                     help="measure nothing: refit the conv lowerings' coefficients of the profile these measurements "
+                          "belong to (calibrate writes DIR/<key>.json and DIR/measurements/<key>.json) with the "
+                          "current formulas: a formula change refits a machine you no longer have")
     cal.set_defaults(run=_calibrate)
 
     bench = sub.add_parser("bench", help="time convopt against eager, inductor, ONNX Runtime and OpenVINO on one "

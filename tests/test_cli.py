@@ -78,6 +78,30 @@ def test_calibrate_from_logs_refits_from_lowering_times(tmp_path, capsys, monkey
     assert main(["calibrate", "--from-logs", str(tmp_path / "empty")]) == 1  # nothing to fit: says so
 
 
+def test_calibrate_refit_fits_the_profile_its_measurements_belong_to(tmp_path, capsys):
+    import json
+    import shutil
+
+    from convopt.cost.profile import SHIPPED_PROFILES
+
+    stored = sorted((SHIPPED_PROFILES / "measurements").glob("*.json"))[0]
+    (tmp_path / "measurements").mkdir()
+    copy = shutil.copy(stored, tmp_path / "measurements" / stored.name)
+    shutil.copy(SHIPPED_PROFILES / stored.name, tmp_path / stored.name)
+    data = json.loads(stored.read_text())
+    for record in data["measurements"]:  # every direct kernel twice as slow as measured
+        record["seconds"] *= 2 if record["lowering"] == "direct" else 1
+    (tmp_path / "measurements" / stored.name).write_text(json.dumps(data))
+    assert main(["calibrate", "--refit", str(copy)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    before = json.loads((SHIPPED_PROFILES / stored.name).read_text())["coefficients"]
+    after = json.loads((tmp_path / stored.name).read_text())["coefficients"]
+    assert sum(after["direct"].values()) > 1.5 * sum(before["direct"].values())  # written in place, refitted
+    assert after["fused_inverted_residual"] == before["fused_inverted_residual"]  # not a conv lowering: kept
+    (tmp_path / stored.name).unlink()
+    assert main(["calibrate", "--refit", str(copy)]) == 1  # no profile to refit: says so
+
+
 BLOCK_FILE = '''
 from torch import nn
 

@@ -16,8 +16,10 @@ of transformed weights make it 1.4x slower than F(2x2)).
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -183,17 +185,22 @@ def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvS
                     progress(f"{name:18s} {spec.describe():32s} {seconds * 1e3:9.3f} ms"
                              + (f"  (pass {sweep + 1} of {passes})" if passes > 1 else ""))
                 fastest[spec, name] = min(seconds, fastest.get((spec, name), seconds))
-    rows: dict[str, list] = {name: [] for name in lowerings}
-    records = []
-    for (spec, name), seconds in fastest.items():
-        base = name.removesuffix(BLOCKED)
-        rows[name].append((feature_vector(base, spec, profile, target.lanes), seconds))
-        records.append({"lowering": name, "spec": spec.describe(), "seconds": seconds})
+    records = [{"lowering": name, "spec": spec.key(), "seconds": seconds} for (spec, name), seconds in fastest.items()]
+    fitted = fit_measured(profile, target.lanes, [(spec, name, s) for (spec, name), s in fastest.items()])
+    return replace(fitted, calibrated_on=f"{profile.cpu} ({target.key})"), records
+
+
+def fit_measured(profile: MachineProfile, lanes: int, measured: Iterable[tuple[ConvSpec, str, float]]) -> MachineProfile:
+    """The profile with the coefficients of every variant in ``measured`` ((spec, lowering or
+    "<lowering>@blocked", seconds)) fitted to them: a lowering's own by ``fit_coefficients``, an "@blocked"
+    variant as its lowering's scaled by one factor. The measurements are relative to ``profile``'s peak and
+    bandwidth, so they must come from the machine it describes."""
+    rows: dict[str, list] = {}
+    for spec, name, seconds in measured:
+        rows.setdefault(name, []).append((feature_vector(name.removesuffix(BLOCKED), spec, profile, lanes), seconds))
     coefficients = dict(profile.coefficients)
-    for name, measured in sorted(rows.items(), key=lambda item: item[0].endswith(BLOCKED)):  # bases first
-        if not measured:
-            continue
-        features, seconds = (np.array(v) for v in zip(*measured))
+    for name, points in sorted(rows.items(), key=lambda item: item[0].endswith(BLOCKED)):  # bases first
+        features, seconds = (np.array(v) for v in zip(*points))
         base = coefficients.get(name.removesuffix(BLOCKED)) if name.endswith(BLOCKED) else None
         if name.endswith(BLOCKED) and base is None:
             raise ValueError(f"{name}: calibrate {name.removesuffix(BLOCKED)} (its NCHW coefficients) first")
@@ -202,8 +209,53 @@ def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvS
             coefficients[name] = {f: scale * base.get(f, 0.0) for f in FEATURES}
         else:
             coefficients[name] = fit_coefficients(features, seconds)
-    return profile.with_fitted(coefficients, [name for name, measured in rows.items() if measured],
-                               calibrated_on=f"{profile.cpu} ({target.key})"), records
+    return profile.with_fitted(coefficients, list(rows))
+
+
+MEASUREMENTS_FORMAT = "convopt-calibration-measurements-1"
+
+
+def measurements_path(profile_path: Path) -> Path:
+    """Where the measurements behind a profile are kept: ``DIR/<key>.json`` -> ``DIR/measurements/<key>.json``."""
+    return profile_path.parent / "measurements" / profile_path.name
+
+
+def profile_beside(measurements: Path) -> Path:
+    """The profile whose measurements ``measurements`` are (``measurements_path``'s inverse)."""
+    return measurements.parent.parent / measurements.name
+
+
+def save_measurements(records: list[dict], target: Target, path: Path) -> Path:
+    """Write ``calibrate``'s records, so that a later change to the formulas can refit this machine's
+    coefficients (``load_measurements`` + ``fit_measured``) without the machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": MEASUREMENTS_FORMAT, "target": target.key, "lanes": target.lanes,
+                                "measurements": sorted(records, key=lambda r: (r["spec"], r["lowering"]))}, indent=1))
+    return path
+
+
+def load_measurements(path: Path) -> tuple[str, int, list[tuple[ConvSpec, str, float]]]:
+    """(target key, SIMD lanes, [(spec, variant, seconds)]) from a file ``save_measurements`` wrote; a corrupt or foreign
+    file is refused with a ValueError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or data.get("format") != MEASUREMENTS_FORMAT:
+            raise ValueError(f"not a {MEASUREMENTS_FORMAT} file")
+        known = set(all_variants())
+        points = []
+        for record in data["measurements"]:
+            name, seconds = record["lowering"], float(record["seconds"])
+            if name not in known:
+                raise ValueError(f"unknown lowering {name!r}")
+            if not (np.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"non-positive time {seconds} for {name} on {record['spec']}")
+            points.append((ConvSpec.from_key(record["spec"]), name, seconds))
+        lanes = int(data["lanes"])
+        if lanes not in (4, 8, 16):
+            raise ValueError(f"lanes {lanes}")
+        return str(data["target"]), lanes, points
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unusable calibration measurements ({e})") from e
 
 
 MIN_POINTS = 3  # measurements a variant needs before its coefficients are refitted

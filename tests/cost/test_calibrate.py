@@ -24,8 +24,7 @@ def test_a_blocked_variant_is_its_lowering_scaled_by_one_factor():
     assert max(scales) - min(scales) <= 1e-12 * max(scales) and scales[0] > 0
     # the factor is the least-squares one between the NCHW prediction and the blocked measurements (its
     # size comes from timings of tiny shapes taken beside other tests, so no bound on it is asserted)
-    specs = {s.describe(): s for s in SHAPES}
-    measured = [(specs[r["spec"]], r["seconds"]) for r in records if r["lowering"] == "direct@blocked"]
+    measured = [(ConvSpec.from_key(r["spec"]), r["seconds"]) for r in records if r["lowering"] == "direct@blocked"]
     weights = np.array([base.get(f, 0.0) for f in FEATURES])
     predicted = np.array([feature_vector("direct", s, fixed_profile(), 8) @ weights for s, _ in measured])
     assert scales[0] == pytest.approx(fit_scale(predicted, np.array([t for _, t in measured])), rel=1e-9)
@@ -83,6 +82,62 @@ def test_passes_keep_each_measurements_fastest(monkeypatch):
     _, records = calibrate(fixed_profile(), resolve_target("cpu").with_lanes(8), shapes=SHAPES[:1],
                            lowerings=["direct"], passes=3)
     assert [r["seconds"] for r in records] == [1e-3]
+
+
+def test_stored_measurements_refit_to_the_same_coefficients(tmp_path):
+    from convopt.cost.calibrate import fit_measured, load_measurements, measurements_path, profile_beside, save_measurements
+
+    target = resolve_target("cpu").with_lanes(8)
+    profile, records = calibrate(fixed_profile(), target, shapes=SHAPES, lowerings=["direct", "direct@blocked"])
+    where = measurements_path(tmp_path / "llvm-x-avx2-2c.json")
+    assert where.parent.name == "measurements" and profile_beside(where) == tmp_path / "llvm-x-avx2-2c.json"
+    save_measurements(records, target, where)
+    key, lanes, points = load_measurements(where)
+    assert key == target.key and lanes == 8 and len(points) == len(records) == 4
+    refitted = fit_measured(fixed_profile(), lanes, points)
+    assert refitted.coefficients["direct"] == pytest.approx(profile.coefficients["direct"], rel=1e-9)
+    assert refitted.coefficients["direct@blocked"] == pytest.approx(profile.coefficients["direct@blocked"], rel=1e-9)
+    assert refitted.coefficients["im2win"] == fixed_profile().coefficients["im2win"]  # not measured: kept
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{", "unusable"),
+    ('{"format": "something-else", "target": "k", "lanes": 8, "measurements": []}', "not a convopt"),
+    ('{"format": "convopt-calibration-measurements-1", "target": "k", "lanes": 8, "measurements": '
+     '[{"lowering": "nosuch", "spec": "n1 c16 12x12 o16 k3x3 s1x1 p1x1 d1x1 g1", "seconds": 1e-4}]}', "nosuch"),
+    ('{"format": "convopt-calibration-measurements-1", "target": "k", "lanes": 8, "measurements": '
+     '[{"lowering": "direct", "spec": "n1 c16 12x12 o16 k3x3 s1x1 p1x1 d1x1 g1", "seconds": -1}]}', "non-positive"),
+    ('{"format": "convopt-calibration-measurements-1", "target": "k", "lanes": 8, "measurements": '
+     '[{"lowering": "direct", "spec": "3x3 conv", "seconds": 1e-4}]}', "not a conv spec key"),
+])
+def test_corrupt_measurements_are_refused_naming_the_file(tmp_path, text, reason):
+    from convopt.cost.calibrate import load_measurements
+
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=reason) as error:
+        load_measurements(path)
+    assert str(path) in str(error.value)
+
+
+def test_every_shipped_profile_refits_from_its_measurements_within_their_rounding():
+    """The shipped measurements belong to their profiles: refitting gives coefficients that predict what the
+    profile predicts, within the 1 us rounding some were stored with."""
+    from convopt.cost.calibrate import fit_measured, load_measurements, profile_beside
+    from convopt.cost.model import predict
+    from convopt.cost.profile import SHIPPED_PROFILES, MachineProfile
+
+    stored = sorted((SHIPPED_PROFILES / "measurements").glob("*.json"))
+    assert stored, "no shipped measurements"
+    for path in stored:
+        key, lanes, points = load_measurements(path)
+        profile = MachineProfile.from_json(profile_beside(path).read_text())
+        assert profile.target_key == key
+        refitted = fit_measured(profile, lanes, points)
+        for spec, name, _ in points:
+            base, blocked = name.removesuffix("@blocked"), name.endswith("@blocked")
+            assert predict(base, spec, refitted, lanes, blocked) == pytest.approx(
+                predict(base, spec, profile, lanes, blocked), rel=0.15), (path.name, name, spec.describe())
 
 
 def test_cold_copies_exceed_the_cores_l2():
