@@ -17,6 +17,9 @@ the padding of vector blocks and tiles:
     copied        workspace elements written (padding, unrolling, repacking, transforms: often gathers,
                   bound by instructions rather than bandwidth)
     workspace     bytes of intermediate buffers (equal to the lowering module's workspace_bytes)
+    weights       bytes of the lowering's packed weights, read on every call (Winograd's U: alpha^2 / 9
+                  times the conv's; FFT's spectrum): what a call reads from memory when the model's weights
+                  don't stay in the last-level cache between runs (model.weight_stream_seconds)
 
 The model (model.py) turns the terms into seconds with a machine profile: flops over peak FLOP/s and
 bytes over bandwidth, each scaled by an efficiency factor calibrated per lowering.
@@ -44,7 +47,7 @@ CG, OG = C / G, O / G  # channels per group
 HP, WP = H + 2 * PH, W + 2 * PW
 F32 = 4
 
-TERMS = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "workspace")
+TERMS = ("flops", "narrow_flops", "slow_flops", "aux_flops", "bytes", "outputs", "copied", "workspace", "weights")
 
 _io_bytes = F32 * (N * C * H * W + O * CG * KH * KW + N * O * OH * OW)
 _padded_input = sp.Piecewise((0, sp.Eq(PH + PW, 0)), (F32 * N * C * HP * WP, True))
@@ -162,7 +165,8 @@ def _winograd(m: int):
     transforms = tiles * (cp * 2 * 2 * alpha**3 + op * 2 * m * alpha * (alpha + m))
     weights = F32 * alpha**2 * cp * op  # U, read on every call, alpha^2 / 9 times the conv's weight
     return {"flops": gemm, "narrow_flops": 0, "aux_flops": transforms,
-            "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * workspace, "workspace": workspace}
+            "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * workspace, "workspace": workspace,
+            "weights": weights}
 
 
 def _fft():
@@ -183,7 +187,8 @@ def _fft():
     spectra = F32 * N * (C * (he + 2 * kh) * j + O * (2 * kh + OH) * j)  # traffic: every channel's buffers
     weights = F32 * O * CG * 4 * kh * j / 2  # the kernel's spectrum Q, read on every call
     return {"flops": 2 * (forward + inverse), "narrow_flops": 0, "aux_flops": 2 * product,
-            "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * spectra, "workspace": workspace}
+            "bytes": _io_bytes - F32 * O * CG * KH * KW + weights + 2 * spectra, "workspace": workspace,
+            "weights": weights}
 
 
 def _depthwise():
@@ -195,7 +200,8 @@ def _depthwise():
 
 
 FORMULAS: dict[str, dict[str, sp.Expr]] = {
-    name: {"slow_flops": 0, **terms, "outputs": N * O * OH * OW, "copied": terms["workspace"] / F32}
+    name: {"slow_flops": 0, "weights": F32 * O * CG * KH * KW, **terms, "outputs": N * O * OH * OW,
+           "copied": terms["workspace"] / F32}
     for name, terms in {
         "direct": _direct(),
         "im2col": _im2col(),

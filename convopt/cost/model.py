@@ -17,6 +17,13 @@ Between blocked neighbours (``blocked=True``) those predict it; a lowering that 
 ``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A profile without
 ``@blocked`` coefficients predicts every layout with the NCHW ones.
 
+Weights from memory: calibration and tuning time a kernel alone, its weights staying in cache from call to
+call. In a model whose weights exceed the last-level cache, every conv reads its packed weights from memory on
+every run, which costs ``weight_stream_seconds`` (its ``weights`` term at the measured bandwidth) on top, and
+more for the lowerings that expand them (Winograd F(4,3)'s U is 4x the conv's weights, F(2,3)'s 1.8x).
+select_lowering decides per model whether that holds (``weights_stream``) and adds it to predictions and
+measurements alike.
+
 Measurements: a tuning job measures every lowering predicted within ``MEASURE_MARGIN`` of the best
 (``near_best``); where all of them were measured for a conv's shape, ``measured_all`` gives their measured
 times, which select_lowering prefers to the predictions.
@@ -82,10 +89,16 @@ def variant(name: str, spec: ConvSpec, lanes: int, blocked: bool) -> str:
     return name + BLOCKED if runs_blocked(name, spec, lanes, blocked) else name
 
 
+def weight_stream_seconds(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> float:
+    """Seconds to read lowering ``name``'s packed weights for ``spec`` from memory at the measured bandwidth."""
+    return evaluate(name, spec, lanes)["weights"] / profile.bandwidth
+
+
 def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
-                candidates=LOWERINGS, blocked: bool = False) -> dict[str, float]:
+                candidates=LOWERINGS, blocked: bool = False, weights_stream: bool = False) -> dict[str, float]:
     """Predicted seconds of every lowering that supports ``spec`` and is calibrated; ``blocked``: for a conv
-    between blocked neighbours (see the module docstring)."""
+    between blocked neighbours; ``weights_stream``: in a model whose weights come from memory (see the
+    module docstring)."""
     predicted = {}
     for name in candidates:
         if name not in profile.coefficients or lowering(name).supports(spec) is not None:
@@ -94,6 +107,8 @@ def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
         predicted[name] = predict(name, spec, profile, lanes, in_blocks)
         if blocked and not in_blocks:
             predicted[name] += relayout_seconds(spec, profile)
+        if weights_stream:
+            predicted[name] += weight_stream_seconds(name, spec, profile, lanes)
     return predicted
 
 
@@ -107,13 +122,15 @@ def near_best(predicted: dict[str, float], margin: float = MEASURE_MARGIN) -> li
 
 
 def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, Mapping[str, float]],
-                 profile: MachineProfile, lanes: int, blocked: bool = False) -> dict[str, float]:
+                 profile: MachineProfile, lanes: int, blocked: bool = False,
+                 weights_stream: bool = False) -> dict[str, float]:
     """Measured seconds of each lowering in ``names`` as it would run here, plus the relayout a lowering that
     can't run blocked forces between blocked neighbours (predicted, as in predict_all: it is not part of the
     kernel). ``measured``: variant -> {epilogue: seconds of its best tuned kernel on this shape}; lowerings
     are compared on the epilogues measured for all of them (the mean over those), since a fused residual add
     costs time of its own. Empty unless every name was measured with a common epilogue: a partial comparison
-    would favour whichever was measured."""
+    would favour whichever was measured. ``weights_stream``: plus ``weight_stream_seconds``, which a kernel
+    timed alone didn't pay."""
     rows = [measured.get(variant(name, spec, lanes, blocked)) for name in names]
     if not names or any(not row for row in rows):
         return {}
@@ -122,6 +139,7 @@ def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, Mappin
         return {}
     return {name: sum(row[e] for e in common) / len(common)
             + (relayout_seconds(spec, profile) if blocked and not runs_blocked(name, spec, lanes, blocked) else 0.0)
+            + (weight_stream_seconds(name, spec, profile, lanes) if weights_stream else 0.0)
             for name, row in zip(names, rows)}
 
 

@@ -15,6 +15,14 @@ measures (cost/model.near_best), joined by any other lowering of L(s) that was m
 wider margin), and t the measured time of l's fastest tuned kernel on s in the layout it would run in, plus
 the predicted relayout where it can't run blocked (cost/model.measured_all)
 
+Weights from memory: t_hat and t describe a kernel timed alone, its weights cached from call to call. When
+the packed weights of the lowerings so chosen add up to more than the last-level cache (sum_n weights(l(n),
+s(n)) > L3), every conv reads them from memory on every run of the model, so the choice is made again with
+t_hat(l, s) + weights(l, s) / bandwidth and t(l, s) + weights(l, s) / bandwidth (cost/model.py:
+weight_stream_seconds): Winograd's transformed weights are 1.8x (F(2,3)) and 4x (F(4,3)) the conv's own.
+On the AMD Zen 5 here (L3 32 MB) repvgg_a0's thirteen 192->192 3x3 convs at 14x14 ran F(4,3) at 338 us each
+in the model against 140 us alone; with F(2,3) the model ran 5.4-5.5 ms instead of 6.0-6.3.
+
 where b(n) says whether n sits between blocked neighbours: its input and its output would be stored in
 channel blocks (NCHW[lanes]c, passes/block_layout.py) if every conv ran a lowering that works on blocked
 tensors. There the cost model predicts the lowerings that do with their blocked coefficients, and charges
@@ -38,6 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
+from ..cost.formulas import evaluate
 from ..cost.model import BLOCKED, measured_all, near_best, predict_all
 from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
@@ -86,6 +95,24 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
     if default is not None and default not in ALL_LOWERINGS:
         raise LoweringError(f"unknown lowering {default!r}; convopt has: {', '.join(ALL_LOWERINGS)}")
     context = blocked_values(graph, lanes, _could_run_blocked(graph, lanes, profile)) if blocked_layouts else set()
+    chosen = _choose(graph, profile, lanes, overrides, default, context, measured, avoid, weights_stream=False)
+    if _packed_weight_bytes(chosen, lanes) > profile.caches.get("L3", float("inf")):
+        chosen = _choose(graph, profile, lanes, overrides, default, context, measured, avoid, weights_stream=True)
+    return chosen
+
+
+def _packed_weight_bytes(graph: Graph, lanes: int) -> float:
+    """Bytes of the packed weights of every conv that has a lowering chosen by prediction or measurement."""
+    total = 0.0
+    for n in graph.nodes:
+        spec = conv_spec_of(graph, n)
+        if spec is not None and getattr(n.attrs, "lowering", None) in LOWERINGS:
+            total += evaluate(n.attrs.lowering, spec, lanes)["weights"]
+    return total
+
+
+def _choose(graph: Graph, profile: MachineProfile, lanes: int, overrides: dict[str, str], default: str | None,
+            context: set, measured, avoid: frozenset[str], *, weights_stream: bool) -> Graph:
     nodes = []
     for n in graph.nodes:
         spec = conv_spec_of(graph, n)
@@ -99,7 +126,7 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
             nodes.append(replace(n, attrs=replace(n.attrs, lowering=rule, predicted_us=(), measured_us=())))
             continue
         blocked = n.name in context and n.inputs[0] in context
-        predicted = predict_all(spec, profile, lanes, blocked=blocked)
+        predicted = predict_all(spec, profile, lanes, blocked=blocked, weights_stream=weights_stream)
         if forced is not None:
             reason = lowering(forced).supports(spec)
             if reason is not None:
@@ -111,7 +138,8 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
         else:
             allowed = {name: t for name, t in predicted.items() if name not in avoid}
             choice = min(allowed, key=allowed.get) if allowed else "direct"
-        timed = _measured(spec, predicted, (measured or {}).get(spec.key(), {}), profile, lanes, blocked)
+        timed = _measured(spec, predicted, (measured or {}).get(spec.key(), {}), profile, lanes, blocked,
+                          weights_stream)
         timed = {name: t for name, t in timed.items() if name not in avoid}
         if len(timed) > 1 and choice not in (forced, default):
             choice = min(timed, key=timed.get)
@@ -122,13 +150,13 @@ def select_lowering(graph: Graph, *, profile: MachineProfile, lanes: int,
 
 
 def _measured(spec, predicted: dict[str, float], measured: Mapping[str, Mapping[str, float]], profile: MachineProfile, lanes: int,
-              blocked: bool) -> dict[str, float]:
+              blocked: bool, weights_stream: bool) -> dict[str, float]:
     """Measured seconds of N(s) and of every other candidate measured on s (a job may measure beyond the
     margin: those are as real), or {} when a lowering of N(s) wasn't measured."""
     near = near_best(predicted)
     others = [name for name in predicted if name not in near
               and measured_all(spec, [name], measured, profile, lanes, blocked)]
-    return measured_all(spec, near + others, measured, profile, lanes, blocked)
+    return measured_all(spec, near + others, measured, profile, lanes, blocked, weights_stream)
 
 
 def _microseconds(seconds: dict[str, float], suffix: str) -> tuple[tuple[str, float], ...]:

@@ -221,3 +221,50 @@ def test_a_lowering_chosen_for_a_conv_inside_a_forced_fused_block_is_refused_by_
     assert {n.scope: n.attrs.lowering for n in kept.graph.nodes if n.op is Op.CONV2D}["2"] == "depthwise"
     with pytest.raises(PassError, match=r"lowering override '2': that conv runs inside fused block %block_\w+"):
         convopt.optimize(model, x, tuning_logs=False, lowering={"2": "depthwise"}, fuse_blocks={"0": True})
+
+
+def _wide_chain(convs: int, channels: int):
+    b = Builder()
+    value = b.input("x", (1, channels, 14, 14))
+    for i in range(convs):
+        w = b.const(f"w{i}", torch.randn(channels, channels, 3, 3))
+        value = b.node(Op.CONV2D, [value, w, None], O.Conv2dAttrs((1, 1), (1, 1), (1, 1), 1), name=f"c{i}")
+    return b.graph(value)
+
+
+def test_weights_beyond_the_l3_are_charged_their_reads_from_memory():
+    """Winograd F(4,3) ahead when its 4x weights stay cached; F(2,3) (1.8x) or a lowering without expanded
+    weights once the model's packed weights exceed the L3 and every call reads them from memory."""
+    from convopt.cost.formulas import evaluate
+
+    cheap = {"flops": 0.2, "aux_flops": 0.2, "bytes": 0.01}
+    cheap_f4 = fixed_profile(winograd4=cheap, winograd2=cheap)  # F(4,3) ahead on fewer GEMM flops
+    spec = conv_spec_of(_wide_chain(1, 256), _wide_chain(1, 256).node_map["c0"])
+    f4, direct = evaluate("winograd4", spec, 8)["weights"], evaluate("direct", spec, 8)["weights"]
+    assert f4 == 4 * direct == 4 * 4 * 256 * 256 * 9
+
+    few = select_lowering(_wide_chain(2, 256), lanes=8, profile=cheap_f4)  # 2 x 9.4 MB packed: fits 32 MB
+    assert set(_lowerings(few).values()) == {"winograd4"}
+    many = select_lowering(_wide_chain(8, 256), lanes=8, profile=cheap_f4)  # 8 x 9.4 MB: from memory
+    assert set(_lowerings(many).values()) == {"winograd2"}
+    node = many.node_map["c0"]
+    stream = f4 / cheap_f4.bandwidth * 1e6
+    predicted = dict(node.attrs.predicted_us)
+    assert predicted["winograd4"] == pytest.approx(dict(few.node_map["c0"].attrs.predicted_us)["winograd4"] + stream,
+                                                   rel=1e-3)
+    huge_l3 = fixed_profile(winograd4=cheap, winograd2=cheap)
+    huge_l3.caches["L3"] = 1 << 30  # a large L3 (the Intel host's 480 MB): the weights stay cached
+    assert set(_lowerings(select_lowering(_wide_chain(8, 256), lanes=8, profile=huge_l3)).values()) == {"winograd4"}
+
+
+def test_measured_times_are_charged_the_weight_reads_too():
+    cheap_f4 = fixed_profile(winograd4={"flops": 0.2, "aux_flops": 0.2, "bytes": 0.01})
+    graph = _wide_chain(8, 256)
+    spec = conv_spec_of(graph, graph.node_map["c0"])
+    # measured alone, F(4,3) 10% faster than F(2,3) and direct: in a model streaming its weights it loses
+    times = {"winograd4": 0.9e-3, "winograd2": 1e-3, "direct": 1e-3, "im2win": 1e-3, "im2col": 1e-3, "fft": 1e-3}
+    measured = {spec.key(): {name: {"none": t} for name, t in times.items()}}
+    after = select_lowering(graph, lanes=8, profile=cheap_f4, blocked_layouts=False, measured=measured)
+    node = after.node_map["c0"]
+    assert node.attrs.lowering != "winograd4" and dict(node.attrs.measured_us)
+    assert dict(node.attrs.measured_us)["winograd4"] > 900  # us: its weight reads added
