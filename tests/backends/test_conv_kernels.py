@@ -62,7 +62,8 @@ class Activations(nn.Module):
 
 def test_activations_are_absorbed_and_exact():
     model, x = Activations().eval(), 3 * torch.randn(2, 16, 9, 11)
-    fast = convopt.optimize(model, x, target="cpu")  # checked against eager (relative error <= 1e-4)
+    # each conv its own kernel (a host's cost model may fuse consecutive convs into one block kernel)
+    fast = convopt.optimize(model, x, target="cpu", fuse_blocks=False)  # checked against eager (rel. error <= 1e-4)
     plans = plan_epilogues(fast.graph)
     by_scope = {fast.graph.node_map[name].scope: plan.activation for name, plan in plans.items()}
     assert [by_scope[f"convs.{i}"] for i in range(9)] == [
