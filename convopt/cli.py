@@ -175,7 +175,7 @@ def _lowering_arg(args):
 
 
 def _calibrate(args) -> int:
-    from .cost.calibrate import CALIBRATION_SHAPES, calibrate
+    from .cost.calibrate import CALIBRATION_SHAPES, calibrate, measurements_path, save_measurements
     from .cost.profile import load_profile, measure_machine, profile_path, save_profile, shipped_profiles
     from .target import resolve_target
 
@@ -202,8 +202,6 @@ def _calibrate(args) -> int:
     lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
     output = Path(args.output) if args.output else profile_path(target)
     if lowerings is None or lowerings:
-        from .cost.calibrate import measurements_path, save_measurements
-
         profile, records = calibrate(profile, target, shapes=shapes, lowerings=lowerings, passes=args.passes,
                                      progress=print)
         print(f"wrote {save_measurements(records, target, measurements_path(output))}")

@@ -89,9 +89,14 @@ def variant(name: str, spec: ConvSpec, lanes: int, blocked: bool) -> str:
     return name + BLOCKED if runs_blocked(name, spec, lanes, blocked) else name
 
 
+def packed_weight_bytes(name: str, spec: ConvSpec, lanes: int) -> float:
+    """Bytes of lowering ``name``'s packed weights for ``spec`` (the formulas' ``weights`` term)."""
+    return evaluate(name, spec, lanes)["weights"]
+
+
 def weight_stream_seconds(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> float:
     """Seconds to read lowering ``name``'s packed weights for ``spec`` from memory at the measured bandwidth."""
-    return evaluate(name, spec, lanes)["weights"] / profile.bandwidth
+    return packed_weight_bytes(name, spec, lanes) / profile.bandwidth
 
 
 def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,

@@ -46,8 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
-from ..cost.formulas import evaluate
-from ..cost.model import BLOCKED, measured_all, near_best, predict_all
+from ..cost.model import BLOCKED, measured_all, near_best, packed_weight_bytes, predict_all
 from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
 from ..ir.ops import Op
@@ -107,7 +106,7 @@ def _packed_weight_bytes(graph: Graph, lanes: int) -> float:
     for n in graph.nodes:
         spec = conv_spec_of(graph, n)
         if spec is not None and getattr(n.attrs, "lowering", None) in LOWERINGS:
-            total += evaluate(n.attrs.lowering, spec, lanes)["weights"]
+            total += packed_weight_bytes(n.attrs.lowering, spec, lanes)
     return total
 
 
