@@ -14,8 +14,11 @@ Layouts: a lowering that runs on blocked tensors (``Lowering.blocked_io``) has a
 ``"<lowering>@blocked"``: its NCHW coefficients times one factor fitted on kernels whose input and output
 are NCHW[lanes]c (calibrate.py; the depthwise kernel's blocking pass becomes a copy, for instance).
 Between blocked neighbours (``blocked=True``) those predict it; a lowering that can't run blocked pays
-``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A profile without
-``@blocked`` coefficients predicts every layout with the NCHW ones.
+``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A conv whose input is NCHW
+(the graph's input: every stem) but whose output's readers take blocked tensors (``blocked_output``) is
+predicted with the NCHW coefficients, and a lowering that can't write blocked tensors pays the output's half
+of the relayout (its reader changes the layout). A profile without ``@blocked`` coefficients predicts every
+layout with the NCHW ones.
 
 Weights from memory: calibration and tuning time a kernel alone, its weights staying in cache from call to
 call. In a model whose weights exceed the last-level cache, every conv reads its packed weights from memory on
@@ -52,9 +55,10 @@ def coefficients_key(name: str, blocked: bool, profile: MachineProfile) -> str:
     return name + BLOCKED if blocked and name + BLOCKED in profile.coefficients else name
 
 
-def relayout_seconds(spec: ConvSpec, profile: MachineProfile) -> float:
-    """A pass over the conv's input and output (a layout change of both) at the measured bandwidth."""
-    elements = spec.batch * (spec.in_channels * spec.height * spec.width
+def relayout_seconds(spec: ConvSpec, profile: MachineProfile, *, inputs: bool = True) -> float:
+    """A pass over the conv's output and (``inputs``) its input, a layout change of both, at the measured
+    bandwidth."""
+    elements = spec.batch * ((spec.in_channels * spec.height * spec.width if inputs else 0)
                              + spec.out_channels * spec.out_height * spec.out_width)
     return 2 * F32 * elements / profile.bandwidth  # read and write
 
@@ -99,22 +103,34 @@ def weight_stream_seconds(name: str, spec: ConvSpec, profile: MachineProfile, la
     return packed_weight_bytes(name, spec, lanes) / profile.bandwidth
 
 
-def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int,
-                candidates=LOWERINGS, blocked: bool = False, weights_stream: bool = False) -> dict[str, float]:
+def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int, candidates=LOWERINGS, blocked: bool = False,
+                weights_stream: bool = False, blocked_output: bool = False) -> dict[str, float]:
     """Predicted seconds of every lowering that supports ``spec`` and is calibrated; ``blocked``: for a conv
-    between blocked neighbours; ``weights_stream``: in a model whose weights come from memory (see the
-    module docstring)."""
+    between blocked neighbours; ``blocked_output``: for a conv with an NCHW input whose output's readers
+    take blocked tensors; ``weights_stream``: in a model whose weights come from memory (see the module
+    docstring)."""
     predicted = {}
     for name in candidates:
         if name not in profile.coefficients or lowering(name).supports(spec) is not None:
             continue
         in_blocks = runs_blocked(name, spec, lanes, blocked)
         predicted[name] = predict(name, spec, profile, lanes, in_blocks)
-        if blocked and not in_blocks:
-            predicted[name] += relayout_seconds(spec, profile)
+        predicted[name] += _relayout(name, spec, profile, lanes, blocked, blocked_output)
         if weights_stream:
             predicted[name] += weight_stream_seconds(name, spec, profile, lanes)
     return predicted
+
+
+def _relayout(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int, blocked: bool,
+              blocked_output: bool) -> float:
+    """The layout change lowering ``name`` forces on its neighbours: both sides between blocked neighbours
+    when it can't run blocked; the output alone, when only the output's readers are blocked and it can't
+    write blocked tensors at full speed."""
+    if blocked:
+        return 0.0 if runs_blocked(name, spec, lanes, True) else relayout_seconds(spec, profile)
+    if blocked_output and not runs_blocked(name, spec, lanes, True):
+        return relayout_seconds(spec, profile, inputs=False)
+    return 0.0
 
 
 def near_best(predicted: dict[str, float], margin: float = MEASURE_MARGIN) -> list[str]:
@@ -128,10 +144,10 @@ def near_best(predicted: dict[str, float], margin: float = MEASURE_MARGIN) -> li
 
 def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, Mapping[str, float]],
                  profile: MachineProfile, lanes: int, blocked: bool = False,
-                 weights_stream: bool = False) -> dict[str, float]:
+                 weights_stream: bool = False, blocked_output: bool = False) -> dict[str, float]:
     """Measured seconds of each lowering in ``names`` as it would run here, plus the relayout a lowering that
-    can't run blocked forces between blocked neighbours (predicted, as in predict_all: it is not part of the
-    kernel). ``measured``: variant -> {epilogue: seconds of its best tuned kernel on this shape}; lowerings
+    can't run blocked forces on its neighbours (predicted, as in predict_all: it is not part of the
+    kernel; ``blocked_output`` as there). ``measured``: variant -> {epilogue: seconds of its best tuned kernel on this shape}; lowerings
     are compared on the epilogues measured for all of them (the mean over those), since a fused residual add
     costs time of its own. Empty unless every name was measured with a common epilogue: a partial comparison
     would favour whichever was measured. ``weights_stream``: plus ``weight_stream_seconds``, which a kernel
@@ -143,7 +159,7 @@ def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, Mappin
     if not common:
         return {}
     return {name: sum(row[e] for e in common) / len(common)
-            + (relayout_seconds(spec, profile) if blocked and not runs_blocked(name, spec, lanes, blocked) else 0.0)
+            + _relayout(name, spec, profile, lanes, blocked, blocked_output)
             + (weight_stream_seconds(name, spec, profile, lanes) if weights_stream else 0.0)
             for name, row in zip(names, rows)}
 

@@ -26,7 +26,10 @@ in the model against 140 us alone; with F(2,3) the model ran 5.4-5.5 ms instead 
 where b(n) says whether n sits between blocked neighbours: its input and its output would be stored in
 channel blocks (NCHW[lanes]c, passes/block_layout.py) if every conv ran a lowering that works on blocked
 tensors. There the cost model predicts the lowerings that do with their blocked coefficients, and charges
-the others for the layout change they force (cost/model.py); ``blocked_layouts=False`` (when the
+the others for the layout change they force (cost/model.py); a conv whose input is NCHW but whose output
+would be blocked (a stem, reading the graph's input) charges the lowerings that can't write blocked tensors
+for its output's layout change (on Zen 5 mobilenetv2_100's 3->32 stem ran im2col at 129 us, its NCHW output
+relaid by its reader, against direct's 80 us writing blocked); ``blocked_layouts=False`` (when the
 block_layout pass doesn't run) predicts NCHW everywhere. The node's attrs record the choice and t_hat of
 every candidate (``predicted_us``; a name ends in "@blocked" where b(n) held) and, where measurements decided,
 the measured ones (``measured_us``), so the IR dump shows why.
@@ -125,7 +128,9 @@ def _choose(graph: Graph, profile: MachineProfile, lanes: int, overrides: dict[s
             nodes.append(replace(n, attrs=replace(n.attrs, lowering=rule, predicted_us=(), measured_us=())))
             continue
         blocked = n.name in context and n.inputs[0] in context
-        predicted = predict_all(spec, profile, lanes, blocked=blocked, weights_stream=weights_stream)
+        blocked_output = n.name in context and not blocked  # an NCHW input (a stem): only its readers are blocked
+        predicted = predict_all(spec, profile, lanes, blocked=blocked, weights_stream=weights_stream,
+                                blocked_output=blocked_output)
         if forced is not None:
             reason = lowering(forced).supports(spec)
             if reason is not None:
@@ -138,7 +143,7 @@ def _choose(graph: Graph, profile: MachineProfile, lanes: int, overrides: dict[s
             allowed = {name: t for name, t in predicted.items() if name not in avoid}
             choice = min(allowed, key=allowed.get) if allowed else "direct"
         timed = _measured(spec, predicted, (measured or {}).get(spec.key(), {}), profile, lanes, blocked,
-                          weights_stream)
+                          weights_stream, blocked_output)
         timed = {name: t for name, t in timed.items() if name not in avoid}
         if len(timed) > 1 and choice not in (forced, default):
             choice = min(timed, key=timed.get)
@@ -149,13 +154,13 @@ def _choose(graph: Graph, profile: MachineProfile, lanes: int, overrides: dict[s
 
 
 def _measured(spec, predicted: dict[str, float], measured: Mapping[str, Mapping[str, float]], profile: MachineProfile, lanes: int,
-              blocked: bool, weights_stream: bool) -> dict[str, float]:
+              blocked: bool, weights_stream: bool, blocked_output: bool) -> dict[str, float]:
     """Measured seconds of N(s) and of every other candidate measured on s (a job may measure beyond the
     margin: those are as real), or {} when a lowering of N(s) wasn't measured."""
     near = near_best(predicted)
     others = [name for name in predicted if name not in near
               and measured_all(spec, [name], measured, profile, lanes, blocked)]
-    return measured_all(spec, near + others, measured, profile, lanes, blocked, weights_stream)
+    return measured_all(spec, near + others, measured, profile, lanes, blocked, weights_stream, blocked_output)
 
 
 def _microseconds(seconds: dict[str, float], suffix: str) -> tuple[tuple[str, float], ...]:

@@ -126,6 +126,37 @@ def test_a_conv_between_blocked_neighbours_is_predicted_blocked():
     assert all(not name.endswith("@blocked") for name in dict(plain.node_map["dw"].attrs.predicted_us))
 
 
+def _stem_then_pointwise():
+    b = Builder()
+    x = b.input("x", (1, 3, 56, 56))
+    ws, w1 = b.const("ws", torch.randn(32, 3, 3, 3)), b.const("w1", torch.randn(32, 32, 1, 1))
+    stem = b.node(Op.CONV2D, [x, ws, None], O.Conv2dAttrs((2, 2), (1, 1), (1, 1), 1), name="stem")
+    c1 = b.node(Op.CONV2D, [stem, w1, None], O.Conv2dAttrs((1, 1), (0, 0), (1, 1), 1), name="c1")
+    return b.graph(b.node(Op.RELU, [c1], O.NoAttrs(), name="out"))
+
+
+def test_a_stem_is_charged_the_relayout_of_an_nchw_output_its_blocked_readers_would_pay():
+    from convopt.cost.model import predict_all, relayout_seconds
+
+    graph = _stem_then_pointwise()
+    spec = conv_spec_of(graph, graph.node_map["stem"])
+    profile = fixed_profile()
+    for name in ("im2win", "winograd2", "winograd4", "fft", "depthwise"):
+        del profile.coefficients[name]
+    # im2col predicted faster than direct on NCHW tensors, by less than the relayout its NCHW output costs
+    plain = predict_all(spec, profile, 8)
+    scale = (plain["direct"] - relayout_seconds(spec, profile, inputs=False) / 2) / plain["im2col"]
+    profile.coefficients["im2col"] = {f: v * scale for f, v in profile.coefficients["im2col"].items()}
+    after = select_lowering(graph, lanes=8, profile=profile)
+    assert after.node_map["stem"].attrs.lowering == "direct"
+    predicted = dict(after.node_map["stem"].attrs.predicted_us)
+    assert set(predicted) == {"direct", "im2col"}  # its input is NCHW: no "@blocked" prediction
+    assert predicted["im2col"] > predicted["direct"]
+    # where no layer is blocked (no block_layout pass) the output stays NCHW and im2col wins
+    plain_graph = select_lowering(graph, lanes=8, profile=profile, blocked_layouts=False)
+    assert plain_graph.node_map["stem"].attrs.lowering == "im2col"
+
+
 # ---------------------------------------------------------------- measured lowerings (tuning records)
 
 def _near(graph, name):
