@@ -3,6 +3,13 @@ this process): per model, the kernels timed, those above 2x their bound (max of 
 and bytes at the measured bandwidth) and their share of the run, and the worst few.
 
     python benchmarks/roofline_summary.py [--models resnet18,...] [--out benchmarks/results/roofline_summary.md]
+                                          [--peers benchmarks/results/compare_*.json ...]
+
+The floor is the sum of the kernels' bounds: the run if every kernel ran at its bound. It is a floor for
+kernels that do the conv's own multiply-adds (direct, im2col, im2win, depthwise, GEMMs); Winograd does
+fewer and can beat it, so for a model whose 3x3 convs run Winograd it is not one. With ``--peers`` (results of
+benchmarks/compare.py on the same machine), the fastest peer per model beside it: a target such as "0.80x the
+fastest peer" below the floor can't be met by faster kernels, only by less work.
 
 VM builtins (allocation) have no bound and are left out; kernels under 10 us a run are listed but not
 counted (at that size the call itself, not the roofline, is the limit).
@@ -29,13 +36,17 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(DEV_MODELS))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out")
+    parser.add_argument("--peers", nargs="*", default=[], help="compare.py JSON results: the fastest peer per model")
+    parser.add_argument("--target-ratio", type=float, default=0.80, help="of the fastest peer (default 0.80)")
     args = parser.parse_args()
+    peers = fastest_peers(args.peers)
     import timm
 
     import convopt
     from convopt.report import report
 
-    lines = ["| model | run ms | kernels | above 2x bound | their share | worst (x bound, ms) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | run ms | floor ms | fastest peer ms | target ms | target / floor | kernels | above 2x bound "
+             "| their share | worst (x bound, ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     cpu = target = ""
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -47,14 +58,39 @@ def main() -> int:
         slow = sorted((k for k in kernels if (k["x_bound"] or 0) > 2), key=lambda k: -k["seconds"])
         share = sum(k["share"] for k in slow)
         worst = ", ".join(f"{k['name']} ({k['x_bound']:.1f}x, {k['ms']:.3f})" for k in slow[:3]) or "-"
-        lines.append(f"| {name} | {result['run_ms']:.2f} | {len(kernels)} | {len(slow)} | {share:.1%} | {worst} |")
+        floor = sum(k["bound_ms"] or 0.0 for k in result["kernels"] if k["kind"] != "builtin")
+        peer = peers.get(f"timm:{name}")
+        if peer:
+            target_ms = args.target_ratio * peer[1]
+            vs = f"{peer[1]:.2f} ({peer[0]}) | {target_ms:.2f} | {target_ms / floor:.2f}"
+        else:
+            vs = "- | - | -"
+        lines.append(f"| {name} | {result['run_ms']:.2f} | {floor:.2f} | {vs} | {len(kernels)} | {len(slow)} "
+                     f"| {share:.1%} | {worst} |")
         print(lines[-1], flush=True)
-    text = (f"Kernels against their roofline bound, {target} ({cpu}); `python benchmarks/roofline_summary.py`; "
-            f"kernels under {MIN_SECONDS * 1e6:.0f} us a run and VM builtins not counted.\n\n" + "\n".join(lines) + "\n")
+    text = (f"Kernels against their roofline bound, {target} ({cpu}); `python benchmarks/roofline_summary.py"
+            f"{' --peers ' + ' '.join(args.peers) if args.peers else ''}`; kernels under {MIN_SECONDS * 1e6:.0f} us "
+            f"a run and VM builtins not counted in the kernel columns; floor: the sum of every kernel's bound; "
+            f"target: {args.target_ratio:.2f}x the fastest peer.\n\n" + "\n".join(lines) + "\n")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
     return 0
+
+
+def fastest_peers(paths) -> dict[str, tuple[str, float]]:
+    """model -> (peer, ms): the fastest contender not named convopt* in benchmarks/compare.py's JSON results
+    (the lowest over the files given, which should come from this machine)."""
+    import json
+
+    best: dict[str, tuple[str, float]] = {}
+    for path in paths:
+        for model, contenders in json.loads(Path(path).read_text())["results"].items():
+            for peer, row in contenders.items():
+                if not peer.startswith("convopt") and row.get("median_ms") and (
+                        model not in best or row["median_ms"] < best[model][1]):
+                    best[model] = (peer, row["median_ms"])
+    return best
 
 
 if __name__ == "__main__":
