@@ -182,12 +182,13 @@ def predict_fused(block: Block, profile: MachineProfile, lanes: int) -> float | 
 
 def predict_unfused(block: Block, profile: MachineProfile, lanes: int) -> float:
     """The block's convs, each with its fastest predicted lowering, in channel blocks where its channels allow
-    (as block_layout would store them between convs); and its pad op, where it has one, a pass over the
+    (as block_layout would store them between convs; a conv from 3 input channels, a stem, writes blocks); and its pad op, where it has one, a pass over the
     expanded map at the measured bandwidth."""
     total = 0.0
     for spec in block.convs:
-        blocked = spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0
-        total += min(predict_all(spec, profile, lanes, blocked=blocked).values())
+        blocked_output = spec.out_channels % lanes == 0
+        blocked = spec.in_channels % lanes == 0 and blocked_output
+        total += min(predict_all(spec, profile, lanes, blocked=blocked, blocked_output=blocked_output).values())
     if any(getattr(block, "pre_pad", ())):
         e, d = block.expand, block.depthwise
         total += F32 * e.batch * e.out_channels * (e.height * e.width + d.height * d.width) / profile.bandwidth

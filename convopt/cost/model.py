@@ -15,10 +15,10 @@ Layouts: a lowering that runs on blocked tensors (``Lowering.blocked_io``) has a
 are NCHW[lanes]c (calibrate.py; the depthwise kernel's blocking pass becomes a copy, for instance).
 Between blocked neighbours (``blocked=True``) those predict it; a lowering that can't run blocked pays
 ``relayout_seconds`` for the NCHW input and output it forces on its neighbours. A conv whose input is NCHW
-(the graph's input: every stem) but whose output's readers take blocked tensors (``blocked_output``) is
-predicted with the NCHW coefficients, and a lowering that can't write blocked tensors pays the output's half
-of the relayout (its reader changes the layout). A profile without ``@blocked`` coefficients predicts every
-layout with the NCHW ones.
+(e.g. a stem, reading the graph's input) but whose output's readers take blocked tensors (``blocked_output``)
+is predicted with the NCHW coefficients, and a lowering that can't write blocked tensors pays the output's
+half of the relayout (its reader changes the layout); tuning records measure that mix as "@blocked-output".
+A profile without ``@blocked`` coefficients predicts every layout with the NCHW ones.
 
 Weights from memory: calibration and tuning time a kernel alone, its weights staying in cache from call to
 call. In a model whose weights exceed the last-level cache, every conv reads its packed weights from memory on
@@ -47,6 +47,7 @@ from .profile import FEATURES, MachineProfile
 CALL_UNIT = 1e-6  # seconds: the "calls" feature is one microsecond per kernel call
 OUTPUT_UNIT = 1e-9  # seconds per output or copied element
 BLOCKED = "@blocked"  # suffix of the coefficients for blocked input and output
+BLOCKED_OUTPUT = "@blocked-output"  # suffix of a measured kernel with an NCHW input and a blocked output
 MEASURE_MARGIN = 1.25  # lowerings predicted within this factor of the best are all measured when tuning
 
 
@@ -55,10 +56,10 @@ def coefficients_key(name: str, blocked: bool, profile: MachineProfile) -> str:
     return name + BLOCKED if blocked and name + BLOCKED in profile.coefficients else name
 
 
-def relayout_seconds(spec: ConvSpec, profile: MachineProfile, *, inputs: bool = True) -> float:
-    """A pass over the conv's output and (``inputs``) its input, a layout change of both, at the measured
-    bandwidth."""
-    elements = spec.batch * ((spec.in_channels * spec.height * spec.width if inputs else 0)
+def relayout_seconds(spec: ConvSpec, profile: MachineProfile, *, include_input: bool = True) -> float:
+    """A pass over the conv's output and (``include_input``) its input at the measured bandwidth: the layout
+    change of those tensors."""
+    elements = spec.batch * ((spec.in_channels * spec.height * spec.width if include_input else 0)
                              + spec.out_channels * spec.out_height * spec.out_width)
     return 2 * F32 * elements / profile.bandwidth  # read and write
 
@@ -81,16 +82,28 @@ def predict(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int, bloc
     return float(feature_vector(name, spec, profile, lanes) @ weights)
 
 
+def works_blocked(name: str, spec: ConvSpec, lanes: int) -> bool:
+    """Whether lowering ``name`` writes blocked tensors for ``spec`` and keeps its speed on them (it vectorizes
+    over channels): the convs whose outputs block_layout stores blocked."""
+    low = lowering(name)
+    return low.writes_blocked and low.blocked_io(spec, lanes)
+
+
 def runs_blocked(name: str, spec: ConvSpec, lanes: int, blocked: bool) -> bool:
     """Whether lowering ``name`` reads and writes blocked tensors for a conv between blocked neighbours
     (``blocked``); otherwise it runs on NCHW and its neighbours change layout around it."""
-    low = lowering(name)
-    return blocked and low.writes_blocked and low.blocked_io(spec, lanes)
+    return blocked and works_blocked(name, spec, lanes)
 
 
-def variant(name: str, spec: ConvSpec, lanes: int, blocked: bool) -> str:
-    """The name of what runs: the lowering, with "@blocked" when it runs on blocked tensors."""
-    return name + BLOCKED if runs_blocked(name, spec, lanes, blocked) else name
+def variant(name: str, spec: ConvSpec, lanes: int, blocked: bool, blocked_output: bool = False) -> str:
+    """The name of what runs: the lowering, with "@blocked" when it runs on blocked tensors, "@blocked-output"
+    when it reads an NCHW input and writes a blocked output (``blocked_output``: a stem, whose readers are
+    blocked; tuning records that mix under this name, and no coefficients predict it)."""
+    if runs_blocked(name, spec, lanes, blocked):
+        return name + BLOCKED
+    if blocked_output and not blocked and works_blocked(name, spec, lanes):
+        return name + BLOCKED_OUTPUT
+    return name
 
 
 def packed_weight_bytes(name: str, spec: ConvSpec, lanes: int) -> float:
@@ -127,9 +140,9 @@ def _relayout(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int, bl
     when it can't run blocked; the output alone, when only the output's readers are blocked and it can't
     write blocked tensors at full speed."""
     if blocked:
-        return 0.0 if runs_blocked(name, spec, lanes, True) else relayout_seconds(spec, profile)
-    if blocked_output and not runs_blocked(name, spec, lanes, True):
-        return relayout_seconds(spec, profile, inputs=False)
+        return 0.0 if works_blocked(name, spec, lanes) else relayout_seconds(spec, profile)
+    if blocked_output and not works_blocked(name, spec, lanes):
+        return relayout_seconds(spec, profile, include_input=False)
     return 0.0
 
 
@@ -147,12 +160,12 @@ def measured_all(spec: ConvSpec, names: list[str], measured: Mapping[str, Mappin
                  weights_stream: bool = False, blocked_output: bool = False) -> dict[str, float]:
     """Measured seconds of each lowering in ``names`` as it would run here, plus the relayout a lowering that
     can't run blocked forces on its neighbours (predicted, as in predict_all: it is not part of the
-    kernel; ``blocked_output`` as there). ``measured``: variant -> {epilogue: seconds of its best tuned kernel on this shape}; lowerings
-    are compared on the epilogues measured for all of them (the mean over those), since a fused residual add
+    kernel; ``blocked_output`` as there). ``measured``: variant -> {epilogue: seconds of its best tuned kernel
+    on this shape}; lowerings are compared on the epilogues measured for all of them (the mean over those), since a fused residual add
     costs time of its own. Empty unless every name was measured with a common epilogue: a partial comparison
     would favour whichever was measured. ``weights_stream``: plus ``weight_stream_seconds``, which a kernel
     timed alone didn't pay."""
-    rows = [measured.get(variant(name, spec, lanes, blocked)) for name in names]
+    rows = [measured.get(variant(name, spec, lanes, blocked, blocked_output)) for name in names]
     if not names or any(not row for row in rows):
         return {}
     common = set.intersection(*(set(row) for row in rows))

@@ -13,7 +13,8 @@ own kernels), with s = the conv's shape and L(s) the lowerings that can run s:
 with N(s) = {l in L(s) : t_hat(l, s, b(n)) <= MEASURE_MARGIN * min t_hat}, the lowerings a tuning job
 measures (cost/model.near_best), joined by any other lowering of L(s) that was measured too (a job given a
 wider margin), and t the measured time of l's fastest tuned kernel on s in the layout it would run in, plus
-the predicted relayout where it can't run blocked (cost/model.measured_all)
+the predicted relayout where it can't run blocked, or of its output alone where only that is blocked
+(cost/model.measured_all)
 
 Weights from memory: t_hat and t describe a kernel timed alone, its weights cached from call to call. When
 the packed weights of the lowerings so chosen add up to more than the last-level cache (sum_n weights(l(n),
@@ -27,9 +28,9 @@ where b(n) says whether n sits between blocked neighbours: its input and its out
 channel blocks (NCHW[lanes]c, passes/block_layout.py) if every conv ran a lowering that works on blocked
 tensors. There the cost model predicts the lowerings that do with their blocked coefficients, and charges
 the others for the layout change they force (cost/model.py); a conv whose input is NCHW but whose output
-would be blocked (a stem, reading the graph's input) charges the lowerings that can't write blocked tensors
-for its output's layout change (on Zen 5 mobilenetv2_100's 3->32 stem ran im2col at 129 us, its NCHW output
-relaid by its reader, against direct's 80 us writing blocked); ``blocked_layouts=False`` (when the
+would be blocked (e.g. a stem, reading the graph's input) charges the lowerings that can't write blocked
+tensors for its output's layout change (on Zen 5, alone, mobilenetv2_100's 3->32 stem ran im2col at 99 us,
+its NCHW output then relaid by its reader, against direct's 69-80 us writing blocked; docs/lowerings.md); ``blocked_layouts=False`` (when the
 block_layout pass doesn't run) predicts NCHW everywhere. The node's attrs record the choice and t_hat of
 every candidate (``predicted_us``; a name ends in "@blocked" where b(n) held) and, where measurements decided,
 the measured ones (``measured_us``), so the IR dump shows why.
@@ -49,7 +50,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
-from ..cost.model import BLOCKED, measured_all, near_best, packed_weight_bytes, predict_all
+from ..cost.model import BLOCKED, measured_all, near_best, packed_weight_bytes, predict_all, works_blocked
 from ..cost.profile import MachineProfile
 from ..ir.graph import Graph
 from ..ir.ops import Op
@@ -82,8 +83,8 @@ def _could_run_blocked(graph: Graph, lanes: int, profile: MachineProfile):
     def could(n) -> bool:
         spec = conv_spec_of(graph, n)
         return spec is not None and any(
-            low.supports(spec) is None and low.writes_blocked and low.blocked_io(spec, lanes)
-            for low in map(lowering, LOWERINGS) if low.name in profile.coefficients)
+            lowering(name).supports(spec) is None and works_blocked(name, spec, lanes)
+            for name in LOWERINGS if name in profile.coefficients)
 
     return could
 
@@ -128,7 +129,7 @@ def _choose(graph: Graph, profile: MachineProfile, lanes: int, overrides: dict[s
             nodes.append(replace(n, attrs=replace(n.attrs, lowering=rule, predicted_us=(), measured_us=())))
             continue
         blocked = n.name in context and n.inputs[0] in context
-        blocked_output = n.name in context and not blocked  # an NCHW input (a stem): only its readers are blocked
+        blocked_output = n.name in context and n.inputs[0] not in context  # an NCHW input, e.g. a stem's
         predicted = predict_all(spec, profile, lanes, blocked=blocked, weights_stream=weights_stream,
                                 blocked_output=blocked_output)
         if forced is not None:

@@ -97,7 +97,7 @@ class BatchMatmul(LaneRule):
             return None
         try:
             return self._schedule(sch, block_rv, infos[1:], [e.value for e in extents])
-        except tvm.TVMError:  # a pattern the primitives refuse: left to the other rules
+        except tvm.s_tir.schedule.ScheduleError:  # a pattern the primitives refuse: left to the other rules
             return None
 
     def _schedule(self, sch, block_rv, epilogues, extents: list[int]):

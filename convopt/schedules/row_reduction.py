@@ -69,7 +69,7 @@ class RowReduction(LaneRule):
             return None
         try:
             return self._schedule(sch, infos, rows, shape[rows])
-        except tvm.TVMError:  # a pattern the primitives refuse: left to the other rules
+        except tvm.s_tir.schedule.ScheduleError:  # a pattern the primitives refuse: left to the other rules
             return None
 
     def _schedule(self, sch, infos, rows: int, width: int):

@@ -8,8 +8,10 @@ kept beside its records and read by optimize() to choose lowerings (passes/selec
                                                                               "best_us": 745.1, "trials": 40}}}}}
 
 An entry is one kernel as it ran in the tuned model: its lowering, "@blocked" when it read and wrote blocked
-tensors (NCHW[lanes]c; a kernel with one blocked side and one NCHW side is not entered: nothing predicts
-that mix), its fused epilogue (the activation, "+residual" when it adds one), its default schedule's time
+tensors (NCHW[lanes]c), "@blocked-output" when it read an NCHW input and wrote a blocked output (a stem:
+select_lowering compares those where its readers are blocked; not used to refit the cost model, which has
+no coefficients for that mix), none with a blocked input and an NCHW output (nothing looks that up), its
+fused epilogue (the activation, "+residual" when it adds one), its default schedule's time
 and its fastest schedule's time, both as apply.choose picks them from the records (medians over repeated
 measurements), so the entry says what optimize() will run. Lowerings are compared on equal epilogues
 (cost/model.measured_all). The file is a summary of the records, rewritten after each job; a corrupt or
@@ -24,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from ..cost.model import BLOCKED
+from ..cost.model import BLOCKED, BLOCKED_OUTPUT
 from ..ir.graph import Graph
 from ..ir.layout import block_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
@@ -97,7 +99,8 @@ def _entries(table: Table):
 
 def kernel_variants(graph: Graph, lowering: str, nodes: Iterable[str]) -> list[tuple[str, str, str]]:
     """(ConvSpec.key(), variant, epilogue) of the conv nodes among ``nodes`` (one kernel's callers in ``graph``)
-    running ``lowering``: the variant ends in "@blocked" when the kernel reads and writes blocked tensors."""
+    running ``lowering``: the variant ends in "@blocked" when the kernel reads and writes blocked tensors, in
+    "@blocked-output" when it reads NCHW and writes blocked (a stem: cost/model.variant)."""
     from ..backends.conv_kernels import plan_epilogues
 
     types, plans = graph.types, plan_epilogues(graph)
@@ -107,12 +110,13 @@ def kernel_variants(graph: Graph, lowering: str, nodes: Iterable[str]) -> list[t
         spec = None if node is None else conv_spec_of(graph, node)
         if spec is None:
             continue
-        blocks = block_of(types[node.inputs[0]].layout), block_of(node.type.layout)
-        if (blocks[0] is None) != (blocks[1] is None):
-            continue
+        in_block, out_block = block_of(types[node.inputs[0]].layout), block_of(node.type.layout)
+        if in_block is not None and out_block is None:
+            continue  # nothing predicts or looks up a blocked input with an NCHW output
         plan = plans.get(name)
         epilogue = "none" if plan is None else plan.activation + ("+residual" if plan.residual else "")
-        found.append((spec.key(), lowering if blocks[0] is None else lowering + BLOCKED, epilogue))
+        suffix = BLOCKED if in_block is not None else BLOCKED_OUTPUT if out_block is not None else ""
+        found.append((spec.key(), lowering + suffix, epilogue))
     return found
 
 
@@ -135,6 +139,8 @@ def default_times(target: Target, log_dirs: Iterable[Path]) -> list[tuple[ConvSp
     fastest: dict[tuple[str, str, str], float] = {}
     for folder in log_dirs:
         for key, variant, epilogue, entry in _entries(read_times(records_dir(target, folder), target)):
+            if variant.endswith(BLOCKED_OUTPUT):
+                continue  # no coefficients of their own: predicted with the NCHW ones, which they'd skew
             seconds = float(entry["default_us"]) * 1e-6
             fastest[key, variant, epilogue] = min(seconds, fastest.get((key, variant, epilogue), seconds))
     return [(ConvSpec.from_key(key), variant, seconds) for (key, variant, _), seconds in sorted(fastest.items())]

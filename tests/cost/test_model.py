@@ -72,19 +72,23 @@ def test_an_nchw_input_with_blocked_readers_charges_only_the_output_relayout_to_
 
     spec = ConvSpec(1, 3, 56, 56, 32, (3, 3), stride=(2, 2), padding=(1, 1))  # a stem: reads the graph's input
     profile = fixed_profile()
+    profile.coefficients["direct@blocked"] = {"flops": 0.01}  # must not predict a conv with an NCHW input
     plain = predict_all(spec, profile, 16)
     stem = predict_all(spec, profile, 16, blocked_output=True)
-    output_only = relayout_seconds(spec, profile, inputs=False)
+    output_only = relayout_seconds(spec, profile, include_input=False)
     assert output_only == pytest.approx(2 * 4 * 32 * 28 * 28 / profile.bandwidth)
     assert output_only < relayout_seconds(spec, profile)
     assert stem["im2col"] == pytest.approx(plain["im2col"] + output_only)  # vectorized over pixels: writes NCHW
     assert stem["direct"] == plain["direct"]  # writes the blocked output itself, predicted with NCHW coefficients
     assert stem["fft"] == pytest.approx(plain["fft"] + output_only)  # never writes blocked tensors
     # both sides blocked wins over blocked_output (the flag describes only a conv with an NCHW input)
-    assert predict_all(spec, profile, 16, blocked=True, blocked_output=True) == predict_all(spec, profile, 16, blocked=True)
-    table = {spec.key(): {"direct": {"relu": 3e-4}, "im2col": {"relu": 2e-4}}}
-    measured = measured_all(spec, ["direct", "im2col"], table[spec.key()], profile, 16, blocked_output=True)
+    both_sides = predict_all(spec, profile, 16, blocked=True)
+    assert predict_all(spec, profile, 16, blocked=True, blocked_output=True) == both_sides
+    # measured: direct's kernel as it runs there, NCHW in and blocked out (tuning records "@blocked-output")
+    table = {"direct@blocked-output": {"relu": 3e-4}, "direct": {"relu": 9e-4}, "im2col": {"relu": 2e-4}}
+    measured = measured_all(spec, ["direct", "im2col"], table, profile, 16, blocked_output=True)
     assert measured == {"direct": 3e-4, "im2col": pytest.approx(2e-4 + output_only)}
+    assert measured_all(spec, ["direct", "im2col"], table, profile, 16) == {"direct": 9e-4, "im2col": 2e-4}
 
 
 def test_calibration_measures_blocked_variants_where_they_run_blocked():

@@ -145,7 +145,7 @@ def test_a_stem_is_charged_the_relayout_of_an_nchw_output_its_blocked_readers_wo
         del profile.coefficients[name]
     # im2col predicted faster than direct on NCHW tensors, by less than the relayout its NCHW output costs
     plain = predict_all(spec, profile, 8)
-    scale = (plain["direct"] - relayout_seconds(spec, profile, inputs=False) / 2) / plain["im2col"]
+    scale = (plain["direct"] - relayout_seconds(spec, profile, include_input=False) / 2) / plain["im2col"]
     profile.coefficients["im2col"] = {f: v * scale for f, v in profile.coefficients["im2col"].items()}
     after = select_lowering(graph, lanes=8, profile=profile)
     assert after.node_map["stem"].attrs.lowering == "direct"

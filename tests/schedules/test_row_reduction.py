@@ -75,6 +75,9 @@ def test_partial_results_are_the_largest_power_of_two_dividing_the_row():
     ((1, 1000), lambda x: relax.op.nn.softmax(x, axis=-1), "one row: nothing to share among threads"),
     ((2, 32, 7, 7), lambda x: relax.op.nn.softmax(x, axis=1), "a softmax over the channels, not the last axis"),
     ((2, 32, 7, 7), lambda x: relax.op.mean(x, axis=[2, 3]), "a mean over two axes, no elementwise output"),
+    # the schedule primitives refuse it (a ScheduleError, caught): vgg11 at 128 px pools a blocked 1x1 map
+    ((1, 256, 1, 1, 16), lambda x: relax.op.nn.adaptive_avg_pool2d(x, (1, 1), layout="NCHW16c"),
+     "a pool over a one-pixel map, whose reduction loops have extent 1"),
 ])
 def test_what_it_leaves_to_the_other_rules(shape, build, why):
     assert RowReduction(16).apply(_legalized(shape, build), TARGET.tvm, False) is None, why

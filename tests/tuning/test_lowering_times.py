@@ -69,6 +69,15 @@ def test_kernel_variants_name_the_layout_each_kernel_ran_in(tiny):
     convs = [n for n in graph.nodes if n.op is Op.CONV2D]
     found = kernel_variants(graph, "direct", [n.name for n in convs])
     # the 16-channel convs between convs are blocked for 8 and 16 lanes alike, with their ReLU fused; the stem
-    # reads the NCHW input and writes a blocked output: a mix nothing predicts, so not entered
-    inner = conv_spec_of(graph, convs[1]).key()
-    assert found == [(inner, "direct@blocked", "relu")] * 2
+    # reads the NCHW input and writes a blocked output
+    stem, inner = (conv_spec_of(graph, n).key() for n in convs[:2])
+    assert found == [(stem, "direct@blocked-output", "relu")] + [(inner, "direct@blocked", "relu")] * 2
+
+
+def test_a_stems_measurements_are_looked_up_for_select_lowering_but_not_refitted(tmp_path):
+    folder = records_dir(TARGET, tmp_path)
+    folder.mkdir(parents=True)
+    key = ConvSpec(1, 3, 32, 32, 16, (3, 3), (2, 2), (1, 1)).key()
+    write_times(folder, TARGET, {key: {"direct@blocked-output": _entry(20.0, 18.0), "im2col": _entry(30.0, 30.0)}})
+    assert measured_lowerings(TARGET, [tmp_path])[key]["direct@blocked-output"] == {"relu": pytest.approx(18e-6)}
+    assert [name for _, name, _ in default_times(TARGET, [tmp_path])] == ["im2col"]
