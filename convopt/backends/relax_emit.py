@@ -43,10 +43,11 @@ def struct_info(t: TensorType):
 
 
 class EmitContext:
-    def __init__(self, graph: Graph, bb: relax.BlockBuilder, own_kernels: bool = False, lanes: int = 0):
+    def __init__(self, graph: Graph, bb: relax.BlockBuilder, cpu: Target | None = None):
         self.graph, self.bb = graph, bb
-        self.own_kernels = own_kernels  # a CPU target: convopt's hand-scheduled kernels where it has them
-        self.lanes = lanes  # its SIMD width
+        self.cpu = cpu  # a CPU target: convopt's hand-scheduled kernels where it has them
+        self.own_kernels = cpu is not None
+        self.lanes = cpu.lanes if cpu is not None else 0  # its SIMD width
 
     def const(self, value, dtype: str) -> relax.Constant:
         return relax.const(np.asarray(value, dtype=full_dtype_name(dtype)))
@@ -284,6 +285,22 @@ def _avg_pool(ctx, n: Node, x):
                                   a.count_include_pad, layout=_pool_layout(n))
 
 
+def _max_pool(ctx, n: Node, x):
+    """On the CPU over NCHW, convopt's kernel (schedules/pool.py: TVM's pool gathers strided lanes behind a bounds
+    test per tap there); over channel blocks, or elsewhere, Relax's max_pool2d."""
+    a = n.attrs
+    if ctx.own_kernels and n.type.dtype == "f32" and not n.type.layout and n.type.rank == 4:
+        from ..schedules.pool import max_pool_prim_func
+
+        in_shape = ctx.graph.types[n.inputs[0]].shape
+        func = (max_pool_prim_func(in_shape, n.type.shape, a.kernel_size, a.stride, a.padding, a.dilation, ctx.cpu)
+                .without_attr("global_symbol").with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True))
+        gvar = ctx.bb.add_func(func, "convopt_max_pool2d")  # equal shapes share one function
+        return relax.call_tir(gvar, [x[0]], struct_info(n.type))
+    return relax.op.nn.max_pool2d(x[0], a.kernel_size, a.stride, a.padding * 2, a.dilation, a.ceil_mode,
+                                  layout=_pool_layout(n))
+
+
 def _pool_layout(n: Node) -> str:
     return n.type.layout or "NCHW"
 
@@ -338,9 +355,7 @@ EMITTERS: dict[Op, Callable] = {
     Op.SUB: _binary(relax.op.subtract),
     Op.MUL: _binary(relax.op.multiply),
     Op.DIV: _binary(relax.op.divide),
-    Op.MAX_POOL2D: lambda ctx, n, x: relax.op.nn.max_pool2d(
-        x[0], n.attrs.kernel_size, n.attrs.stride, n.attrs.padding * 2, n.attrs.dilation, n.attrs.ceil_mode,
-        layout=_pool_layout(n)),
+    Op.MAX_POOL2D: _max_pool,
     Op.AVG_POOL2D: _avg_pool,
     Op.ADAPTIVE_AVG_POOL2D: lambda ctx, n, x: _adaptive_avg_pool(ctx, n, x),
     Op.MEAN: _mean,
@@ -438,7 +453,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, struct_info(v.type)) for v in graph.inputs]
     own_kernels = target is not None and target.is_cpu
-    ctx = EmitContext(graph, bb, own_kernels, target.lanes if own_kernels else 0)
+    ctx = EmitContext(graph, bb, target if own_kernels else None)
     kernels = {}
     fallbacks: dict[str, list[str]] = {}
     # on CUDA, convopt's only kernels are the fused blocks' (every other op is TVM's)
