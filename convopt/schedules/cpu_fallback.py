@@ -166,6 +166,19 @@ class ParallelFallback(LaneRule):
                 return count if product % self.lanes == 0 and count < len(loops) else None
         return None
 
+    def _row_suffix(self, sch, loops, min_rows: int = 8) -> int | None:
+        """How many trailing loops make a row for LLVM's loop vectorizer: the last loop when it spans a vector;
+        else the fewest whose extents' product does, leaving at least ``min_rows`` rows for the threads (a
+        channel shuffle's 14x14 planes); None if there is no such run."""
+        extents = [sch.get(loop).extent for loop in loops]
+        if len(loops) < 2 or not all(isinstance(e, tvm.tirx.IntImm) for e in extents):
+            return None
+        extents = [e.value for e in extents]
+        for count in range(1, len(loops)):
+            if int(np.prod(extents[-count:])) >= self.lanes:
+                return count if count == 1 or int(np.prod(extents[:-count])) >= min_rows else None
+        return None
+
     # -- reductions: each kind is a test (on a block whose reduction loops are all trailing) and a schedule
 
     @staticmethod
@@ -272,12 +285,16 @@ class ParallelFallback(LaneRule):
                 sch.vectorize(sch.split(inner, [None, self.lanes])[1])
                 changed = True
                 continue
-            last = sch.get(spatial[-1]).extent
-            if elementwise and len(spatial) > 1 and isinstance(last, tvm.tirx.IntImm) and last.value >= self.lanes:
-                # rows that are not whole vectors (a pad to 113 columns): the threads take the rows and LLVM's
-                # loop vectorizer the row, with a scalar tail; vectorizing the fused loop instead computed
-                # each lane's row and column by division: a gather (HGNetV2's stem pad: 376-392 us)
-                sch.parallel(sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0])
+            rows = self._row_suffix(sch, spatial) if elementwise else None
+            if rows is not None:
+                # rows that are not whole vectors (a pad to 113 columns; a channel shuffle's 14x14 planes): the
+                # threads take the rows and LLVM's loop vectorizer the row, with a scalar tail; vectorizing the
+                # fused loop instead computed each lane's row and column by division: a gather (HGNetV2's stem
+                # pad: 376-392 us; shufflenet_v2's shuffle of 48 + 48 channels at 14x14: see _row_suffix)
+                outer, inner = spatial[:-rows], spatial[-rows:]
+                sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+                if len(inner) > 1:
+                    sch.fuse(*inner)
                 changed = True
                 continue
             fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]

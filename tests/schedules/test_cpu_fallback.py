@@ -180,3 +180,23 @@ def test_elementwise_rows_that_are_not_whole_vectors_go_to_the_threads_row_by_ro
     # rows of whole vectors still vectorize as before
     text, _, _ = _run(lambda x: relax.op.multiply(x, relax.const(2.0)), (1, 4, 6, 4 * lanes), lanes)
     assert "T.vectorized" in text
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_planes_shorter_than_a_vector_per_row_go_to_the_threads_plane_by_plane(lanes):
+    """shufflenet_v2's channel shuffle of 2 x 48 channels at 7x7 (cat, [1, 2, 48, 7, 7], transpose): rows of 7,
+    planes of 49, neither whole vectors. The threads take whole planes (96 of them) and LLVM's loop vectorizer
+    each plane; the fused loop vectorized over lanes had gathered every lane by division (78-96 us against 4-5
+    at 14x14, Zen 5)."""
+    def shuffle(x):
+        c = relax.op.concat([x, relax.op.multiply(x, relax.const(2.0))], 1)
+        c = relax.op.permute_dims(relax.op.reshape(c, (1, 2, 48, 7, 7)), [0, 2, 1, 3, 4])
+        return relax.op.reshape(c, (1, 96, 7, 7))
+
+    text, out, data = _run(shuffle, (1, 48, 7, 7), lanes)
+    assert "T.parallel(T.int64(96))" in text and "T.vectorized" not in text
+    expected = torch.cat([data, data * 2], 1).view(1, 2, 48, 7, 7).transpose(1, 2).reshape(1, 96, 7, 7)
+    assert torch.equal(out, expected)
+    # too few planes to share among threads: as before, the fused loop goes to them
+    text, _, _ = _run(lambda x: relax.op.multiply(x, relax.const(2.0)), (1, 2, 3, 7), lanes)
+    assert "T.parallel(T.int64(42))" in text
