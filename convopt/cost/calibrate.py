@@ -62,10 +62,6 @@ CALIBRATION_SHAPES: tuple[ConvSpec, ...] = (
     _conv(192, 192, 17, 16, groups=192), _conv(48, 48, 27, 48, groups=48),
     # dense large kernels
     _conv(3, 32, 7, 224, stride=2), _conv(16, 32, 5, 56), _conv(32, 32, 9, 28),
-    # small maps (a late stage at a low resolution): few pixels per weight, where per-call costs and partial
-    # register tiles dominate (im2col ran 2-3x slower than direct at 4x4 and 7x7 on Zen 5)
-    _conv(320, 640, 1, 4), _conv(1024, 256, 1, 4), _conv(224, 224, 1, 7), _conv(128, 32, 3, 4),
-    _conv(256, 256, 3, 4), _conv(512, 128, 3, 7),
 )
 
 
