@@ -292,11 +292,18 @@ def _max_pool(ctx, n: Node, x):
     if ctx.own_kernels and n.type.dtype == "f32" and not n.type.layout and n.type.rank == 4:
         from ..schedules.pool import max_pool_prim_func
 
+        from tvm.s_tir.schedule import ScheduleError
+
         in_shape = ctx.graph.types[n.inputs[0]].shape
-        func = (max_pool_prim_func(in_shape, n.type.shape, a.kernel_size, a.stride, a.padding, a.dilation, ctx.cpu)
-                .without_attr("global_symbol").with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True))
-        gvar = ctx.bb.add_func(func, "convopt_max_pool2d")  # equal shapes share one function
-        return relax.call_tir(gvar, [x[0]], struct_info(n.type))
+        try:
+            func = max_pool_prim_func(in_shape, n.type.shape, a.kernel_size, a.stride, a.padding, a.dilation, ctx.cpu)
+        except ScheduleError:  # a window the schedule's primitives refuse: TVM's pool, slower but right
+            func = None
+        if func is not None:
+            func = (func.without_attr("global_symbol").with_attr("op_pattern", 8)
+                    .with_attr("tirx.is_scheduled", True))
+            gvar = ctx.bb.add_func(func, "convopt_max_pool2d")  # equal shapes share one function
+            return relax.call_tir(gvar, [x[0]], struct_info(n.type))
     return relax.op.nn.max_pool2d(x[0], a.kernel_size, a.stride, a.padding * 2, a.dilation, a.ceil_mode,
                                   layout=_pool_layout(n))
 

@@ -105,3 +105,18 @@ def test_a_channel_blocked_pool_is_left_to_tvms_pool():
     if not pool.type.layout:
         pytest.skip("the layout pass kept this pool in NCHW")
     assert not any(name.startswith("convopt_max_pool2d") for name in fast._compiled.kernels)
+
+
+def test_a_pool_the_schedule_refuses_falls_back_to_tvms_pool(monkeypatch):
+    from tvm.s_tir.schedule import ScheduleError
+
+    import convopt.schedules.pool as pool
+
+    def refuse(*args, **kwargs):
+        raise ScheduleError("refused")
+
+    monkeypatch.setattr(pool, "max_pool_prim_func", refuse)
+    model = _Stem(6).eval()
+    x = torch.randn(1, 3, 40, 40)
+    fast = convopt.optimize(model, x, strict=True)  # checked against eager
+    assert not any(name.startswith("convopt_max_pool2d") for name in fast._compiled.kernels)
