@@ -46,8 +46,14 @@ class EmitContext:
     def __init__(self, graph: Graph, bb: relax.BlockBuilder, cpu: Target | None = None):
         self.graph, self.bb = graph, bb
         self.cpu = cpu  # a CPU target: convopt's hand-scheduled kernels where it has them
-        self.own_kernels = cpu is not None
-        self.lanes = cpu.lanes if cpu is not None else 0  # its SIMD width
+
+    @property
+    def own_kernels(self) -> bool:
+        return self.cpu is not None
+
+    @property
+    def lanes(self) -> int:  # the CPU's SIMD width
+        return self.cpu.lanes if self.cpu is not None else 0
 
     def const(self, value, dtype: str) -> relax.Constant:
         return relax.const(np.asarray(value, dtype=full_dtype_name(dtype)))
@@ -298,10 +304,9 @@ def _max_pool(ctx, n: Node, x):
         try:
             func = max_pool_prim_func(in_shape, n.type.shape, a.kernel_size, a.stride, a.padding, a.dilation, ctx.cpu)
         except ScheduleError:  # a window the schedule's primitives refuse: TVM's pool, slower but right
-            func = None
-        if func is not None:
-            func = (func.without_attr("global_symbol").with_attr("op_pattern", 8)
-                    .with_attr("tirx.is_scheduled", True))
+            pass
+        else:
+            func = func.without_attr("global_symbol").with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
             gvar = ctx.bb.add_func(func, "convopt_max_pool2d")  # equal shapes share one function
             return relax.call_tir(gvar, [x[0]], struct_info(n.type))
     return relax.op.nn.max_pool2d(x[0], a.kernel_size, a.stride, a.padding * 2, a.dilation, a.ceil_mode,

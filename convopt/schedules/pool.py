@@ -28,17 +28,9 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
+from .tiling import divisor_tile
+
 PADDED, PHASES, POOL = "pool_padded", "pool_phases", "pool_max"
-
-
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
-    """PyTorch's output size of a pool along one axis (a ceil-mode window must start inside the input or its
-    left padding)."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 def _compute(x, out_shape, kernel, stride, padding, dilation):
@@ -77,8 +69,7 @@ def _band_rows(out_rows: int, stride: int, window_rows: int, row_bytes: int, bud
     half that many."""
     most = min(out_rows, max(1, (budget // row_bytes - window_rows) // stride + 1),
                max(1, out_rows * planes // (4 * cores)))
-    divisors = [d for d in range(most, (most + 1) // 2 - 1, -1) if out_rows % d == 0]
-    return divisors[0] if divisors else most
+    return divisor_tile(out_rows, range(most, (most + 1) // 2 - 1, -1)) or most
 
 
 def _vector_split(sch, loop, extent: int, lanes: int, most: int = 64):
@@ -86,17 +77,15 @@ def _vector_split(sch, loop, extent: int, lanes: int, most: int = 64):
     that is a whole number of vectors and at most ``most``; None when neither exists (left scalar)."""
     if extent <= most:
         return loop
-    for inner in range(most - most % lanes, lanes - 1, -lanes):
-        if extent % inner == 0:
-            return sch.split(loop, [None, inner])[1]
-    return None
+    inner = divisor_tile(extent, range(most - most % lanes, lanes - 1, -lanes))
+    return None if inner is None else sch.split(loop, [None, inner])[1]
 
 
 def max_pool_prim_func(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: tuple[int, int],
                        stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
                        target, dtype: str = "float32") -> tirx.PrimFunc:
-    """The scheduled max pool of an NCHW ``in_shape`` into ``out_shape`` (its size as PyTorch's, ceil mode
-    included: ``pool_output_size``) for a CPU ``target`` (its lanes, L1 and cores): arguments x, out."""
+    """The scheduled max pool of an NCHW ``in_shape`` into ``out_shape`` (PyTorch's, ceil mode included: the
+    IR node's type) for a CPU ``target`` (its lanes, L1 and cores): arguments x, out."""
     (ph, pw), (sh, sw) = padding, stride
     rows, columns = _padded_extent(out_shape, kernel, stride, dilation)
     needs_padding = ph > 0 or pw > 0 or rows - ph > in_shape[2] or columns * sw - pw > in_shape[3]
