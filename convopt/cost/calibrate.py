@@ -33,7 +33,7 @@ from ..schedules.kernel import build_kernel, cold_copies
 from ..schedules.lowerings import LOWERINGS, lowering
 from ..target import Target
 from .fused import KEY as FUSED_KEY, KEYS as FUSED_KEYS, MLP_KEY, fused_features
-from .model import BLOCKED, coefficients_key, feature_vector, fit_coefficients, fit_scale, predict
+from .model import BLOCKED, coefficients_key, feature_vector, fit_coefficients, fit_scale, predict, works_blocked
 from .profile import FEATURES, MachineProfile
 
 
@@ -124,10 +124,9 @@ def variants(spec: ConvSpec, names: Iterable[str], lanes: int) -> list[str]:
     runs = []
     for name in names:
         base, blocked = name.removesuffix(BLOCKED), name.endswith(BLOCKED)
-        low = lowering(base)
-        if low.supports(spec) is not None:
+        if lowering(base).supports(spec) is not None:
             continue
-        if blocked and not (low.writes_blocked and low.blocked_io(spec, lanes)
+        if blocked and not (works_blocked(base, spec, lanes)
                             and spec.in_channels % lanes == 0 and spec.out_channels % lanes == 0):
             continue
         runs.append(name)

@@ -50,13 +50,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+from ..cost.model import works_blocked
 from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout, padded_channels
 from ..ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS, Op, pad_arguments
 from ..ir.types import TensorType, TupleType
 from ..schedules import fused_block
 from ..schedules.conv_spec import conv_spec_of
-from ..schedules.lowerings import lowering
 
 # ops that compute each element of a 4-D output from the same (n, c, y, x) of their inputs' channels, or
 # pool within one channel: they run on blocked tensors as they are
@@ -261,8 +261,7 @@ def _conv_operands(graph: Graph, n: Node, block: int) -> list[str]:
 def runs_blocked(graph: Graph, n: Node, lanes: int) -> bool:
     """A conv whose lowering reads and writes blocked tensors at full speed (Lowering.blocked_io)."""
     spec = conv_spec_of(graph, n)
-    low = lowering(n.attrs.lowering or "direct") if spec is not None else None
-    return low is not None and low.writes_blocked and low.blocked_io(spec, lanes)
+    return spec is not None and works_blocked(n.attrs.lowering or "direct", spec, lanes)
 
 
 def _reads_blocked(graph: Graph, reader: Node, value: str, blocked: set[str],
