@@ -10,8 +10,14 @@ Rewrites (each only when the result's type equals the replacement's type):
     permute(x, (0, 1, ..., n-1))   => x
     x + 0, x - 0, x * 1, x / 1     => x     (scalar right operand)
     cat([x])                       => x
-    permute(layer_norm(permute(x, (0,2,3,1)), (C,)), (0,3,1,2))
-                                   => channel_norm(x)   (timm's LayerNorm2d: one op, no transposes)
+    permute(f_k(... f_1(permute(x, (0,2,3,1)))), (0,3,1,2))
+                                   => g_k(... g_1(x))   a channels-last island over NCHW: each f_i maps every
+                                      pixel's channel vector on its own, its g_i does the same over dim 1:
+        layer_norm(., (C,))        => channel_norm(.)            (timm's LayerNorm2d: one op, no transposes)
+        linear(., W[O,C], b)       => conv2d(., reshape(W, (O,C,1,1)), b)   1x1 (ConvNeXt's MLP on NHWC)
+        elementwise(.)             => elementwise(.)             (relu, gelu, ..., a scalar operand)
+        binary(., v)               => binary(., reshape(v, (C,1,1)))        v of shape (C,), ..., (1,1,1,C)
+      (x of rank 4 and floating dtype; every value of the island read once)
     addcmul(s, a, b, value=v)      => s + (a * v) * b   (v = 1: s + a * b; ConvNeXt V2's GRN)
     addcdiv(s, a, b, value=v)      => s + (a * v) / b
     (tensors of one floating dtype; ops every backend and pass knows; PyTorch's kernel fuses the multiply-add,
@@ -26,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..ir.graph import Graph, Node
-from ..ir.ops import BinaryAttrs, NormAttrs, Op, Ref
+from ..ir.ops import BinaryAttrs, Conv2dAttrs, NormAttrs, Op, Ref, ShapeAttrs
 from ..ir.types import TensorType
 from .rewrite import Context, Rule, apply_rules
 
@@ -57,22 +63,97 @@ def _reshape_of_reshape(node: Node, ctx: Context) -> str | None:
     return ctx.emit(Op.RESHAPE, inner.inputs, node.attrs, node.type, base=node.name, sources=(inner, node))
 
 
-def _channel_norm(node: Node, ctx: Context) -> str | None:
-    """A layer norm over the channels of NCHW written as NHWC transposes around it, each inner value read once."""
-    if node.attrs.dims != (0, 3, 1, 2):
+# ops that map each element on its own: they commute with any transpose
+_PER_ELEMENT = frozenset({Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH,
+                          Op.HARDSIGMOID})
+_BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV})
+_CHANNELS_LAST, _CHANNELS_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _nchw(t: TensorType) -> TensorType:
+    n, h, w, c = t.shape
+    return TensorType((n, c, h, w), t.dtype)
+
+
+def _per_channel_vector(t, channels: int) -> bool:
+    """A tensor that broadcasts along the last dim of an N,H,W,C value only: shape (C,), (1, C), ... (1, 1, 1, C)."""
+    return isinstance(t, TensorType) and 1 <= len(t.shape) <= 4 and t.shape[-1] == channels \
+        and all(d == 1 for d in t.shape[:-1])
+
+
+def _pixel_operand(node: Node, ctx: Context) -> int | None:
+    """The index of the input through which ``node`` maps each pixel's channel vector of an N,H,W,C value on
+    its own (the other inputs are weights), or None when it mixes pixels or isn't such an op."""
+    out = node.type
+    if not isinstance(out, TensorType) or len(out.shape) != 4 or not out.torch_dtype.is_floating_point:
         return None
-    norm = ctx.producer(node.inputs[0])
-    if norm is None or norm.op is not Op.LAYER_NORM or ctx.num_uses(norm.name) != 1:
+    x = ctx.type(node.inputs[0])
+    if node.op in _PER_ELEMENT:
+        return 0
+    if node.op is Op.LAYER_NORM:
+        return 0 if node.attrs.normalized_shape == (x.shape[-1],) else None
+    if node.op is Op.LINEAR:
+        weight = ctx.type(node.inputs[1])
+        return 0 if isinstance(weight, TensorType) and len(weight.shape) == 2 else None
+    if node.op in _BINARY:
+        if len(node.inputs) == 1:
+            return 0 if x == out else None  # a scalar right operand
+        for i, other in ((0, 1), (1, 0)):
+            if ctx.type(node.inputs[i]) == out and _per_channel_vector(ctx.type(node.inputs[other]), out.shape[-1]):
+                return i
+    return None
+
+
+def _emit_channels_first(step: Node, x: str, ctx: Context, sources: tuple[Node, ...]) -> str:
+    """``step`` (an op of a channels-last island) applied to the N,C,H,W value ``x``."""
+    out = _nchw(step.type)
+    if step.op is Op.LAYER_NORM:
+        return ctx.emit(Op.CHANNEL_NORM, (x, *step.inputs[1:]), NormAttrs(step.attrs.eps), out, base=step.name,
+                        sources=sources)
+    if step.op is Op.LINEAR:
+        weight = ctx.type(step.inputs[1])
+        as_conv = ctx.emit(Op.RESHAPE, (step.inputs[1],), ShapeAttrs((*weight.shape, 1, 1)),
+                           TensorType((*weight.shape, 1, 1), weight.dtype), base=step.name, sources=sources)
+        return ctx.emit(Op.CONV2D, (x, as_conv, *step.inputs[2:]), Conv2dAttrs((1, 1), (0, 0), (1, 1), 1), out,
+                        base=step.name, sources=sources)
+    inputs = list(step.inputs)
+    pixel = _pixel_operand(step, ctx)
+    inputs[pixel] = x
+    if len(inputs) == 2:  # the per-channel operand, as (C, 1, 1)
+        other = inputs[1 - pixel]
+        channels = out.shape[1]
+        inputs[1 - pixel] = ctx.emit(Op.RESHAPE, (other,), ShapeAttrs((channels, 1, 1)),
+                                     TensorType((channels, 1, 1), ctx.type(other).dtype), base=step.name,
+                                     sources=sources)
+    return ctx.emit(step.op, inputs, step.attrs, out, base=step.name, sources=sources)
+
+
+def _channels_first(node: Node, ctx: Context) -> str | None:
+    """An island of per-pixel ops between NHWC transposes, each value read once, as the same ops over NCHW."""
+    if node.attrs.dims != _CHANNELS_FIRST:
         return None
-    to_nhwc = ctx.producer(norm.inputs[0])
-    if to_nhwc is None or to_nhwc.op is not Op.PERMUTE or to_nhwc.attrs.dims != (0, 2, 3, 1) \
-            or ctx.num_uses(to_nhwc.name) != 1:
-        return None
-    x = to_nhwc.inputs[0]
-    if norm.attrs.normalized_shape != (ctx.type(x).shape[1],) or ctx.type(x) != node.type:
-        return None
-    return ctx.emit(Op.CHANNEL_NORM, (x, *norm.inputs[1:]), NormAttrs(norm.attrs.eps), node.type, base=norm.name,
-                    sources=(to_nhwc, norm, node))
+    island = []
+    value = node.inputs[0]
+    while True:
+        step = ctx.producer(value)
+        if step is None or ctx.num_uses(step.name) != 1:
+            return None
+        if step.op is Op.PERMUTE:
+            if step.attrs.dims != _CHANNELS_LAST or not island:
+                return None
+            to_nhwc = step
+            break
+        pixel = _pixel_operand(step, ctx)
+        if pixel is None:
+            return None
+        island.append(step)
+        value = step.inputs[pixel]
+    island.reverse()
+    current = to_nhwc.inputs[0]
+    for i, step in enumerate(island):
+        sources = (*((to_nhwc,) if i == 0 else ()), step, *((node,) if i == len(island) - 1 else ()))
+        current = _emit_channels_first(step, current, ctx, sources)
+    return current
 
 
 _POINTWISE_ATEN = {"aten.addcmul.default": Op.MUL, "aten.addcdiv.default": Op.DIV}
@@ -121,7 +202,7 @@ RULES = (
     Rule("forward_input", frozenset({Op.IDENTITY, Op.DROPOUT, Op.RESHAPE, Op.PERMUTE, Op.CAT,
                                      *_NEUTRAL_SCALAR}), _forward_input),
     Rule("reshape_of_reshape", frozenset({Op.RESHAPE}), _reshape_of_reshape),
-    Rule("channel_norm", frozenset({Op.PERMUTE}), _channel_norm),
+    Rule("channels_first", frozenset({Op.PERMUTE}), _channels_first),
     Rule("addcmul", frozenset({Op.TORCH}), _addcmul),
     Rule("eval_dropout", frozenset({Op.TORCH}), _eval_dropout),
 )

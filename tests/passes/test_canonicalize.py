@@ -156,6 +156,75 @@ def test_timms_layer_norm_2d_runs_as_channel_norm_on_torch_and_tvm():
         assert Op.CHANNEL_NORM in ops(fast.graph) and Op.PERMUTE not in ops(fast.graph)
 
 
+class _ChannelsLastMLP(nn.Module):
+    """torchvision's ConvNeXt block: a depthwise conv, then LayerNorm, Linear, GELU, Linear on NHWC, a per-channel
+    scale, back to NCHW."""
+
+    def __init__(self, c=16, scale_shape=None, read_twice=False, mix_pixels=False):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm, self.fc1, self.act, self.fc2 = nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c), nn.GELU(), \
+            nn.Linear(4 * c, c)
+        self.scale = nn.Parameter(torch.rand(scale_shape) + 0.5) if scale_shape else None
+        self.read_twice, self.mix_pixels = read_twice, mix_pixels
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        hidden = self.act(self.fc1(y))
+        if self.mix_pixels:
+            hidden = hidden - hidden.mean(dim=(1, 2), keepdim=True)  # ConvNeXt V2's GRN reads every pixel
+        y = self.fc2(hidden) * 0.5
+        if self.scale is not None:
+            y = self.scale * y
+        y = y.permute(0, 3, 1, 2)
+        return x + y + (hidden.sum() if self.read_twice else 0)
+
+
+@pytest.mark.parametrize("scale_shape", [None, (16,), (1, 1, 1, 16)])
+def test_a_channels_last_mlp_between_transposes_runs_over_nchw(scale_shape):
+    model, x = _ChannelsLastMLP(scale_shape=scale_shape).eval(), torch.randn(2, 16, 9, 11)
+    g = canonicalize(convopt.capture(model, x))
+    verify(g)
+    assert Op.PERMUTE not in ops(g) and Op.LINEAR not in ops(g) and Op.LAYER_NORM not in ops(g)
+    convs = [n for n in g.nodes if n.op is Op.CONV2D]
+    assert [g.types[n.inputs[1]].shape for n in convs] == [(16, 1, 7, 7), (64, 16, 1, 1), (16, 64, 1, 1)]
+    assert ops(g).count(Op.CHANNEL_NORM) == 1 and Op.GELU in ops(g)
+    assert all(g.types[n.name].shape == (2, 64 if i == 1 else 16, 9, 11) for i, n in enumerate(convs))
+    from convopt.backends.torch_backend import to_torch
+
+    with torch.no_grad():
+        assert rel_err(to_torch(g)(x)[0], model(x)) < 1e-5
+    for target in ("torch", "cpu"):
+        fast = convopt.optimize(model, x, target=target)  # checked against eager on x
+        assert Op.PERMUTE not in ops(fast.graph) and Op.LINEAR not in ops(fast.graph)
+        with torch.no_grad():
+            assert rel_err(fast(x), model(x)) < 1e-4
+
+
+@pytest.mark.parametrize("case", [dict(read_twice=True), dict(mix_pixels=True)], ids=["read-twice", "mixes-pixels"])
+def test_a_channels_last_island_stays_when_a_value_is_read_twice_or_pixels_mix(case):
+    model, x = _ChannelsLastMLP(**case).eval(), torch.randn(2, 16, 5, 6)
+    g = canonicalize(convopt.capture(model, x))
+    verify(g)
+    assert Op.LINEAR in ops(g) and Op.PERMUTE in ops(g)
+
+
+def test_a_linear_on_a_transposed_tensor_that_is_not_moved_back_stays():
+    """A head: NHWC features into a linear, never transposed back."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), _Permute((0, 2, 3, 1)), nn.Linear(8, 4)).eval()
+    g = canonicalize(convopt.capture(model, torch.randn(1, 3, 4, 4)))
+    assert Op.LINEAR in ops(g) and Op.PERMUTE in ops(g)
+
+
+class _Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
 class _Addc(nn.Module):
     """addcmul / addcdiv as ConvNeXt V2's GlobalResponseNorm writes them: a per-channel bias and weight."""
 
