@@ -26,6 +26,8 @@ and the output, with 4 output channels x 2 vectors of pixels (broadcast weights,
 
     parallel(n, P/16) > O/4 > K > unroll(4) > unroll(2) > vectorize(8)    then the tile's epilogue
 
+(with O/4 in the parallel loop too where the pixel tiles alone would leave a core idle: a 4x4 map is one tile)
+
 Mode "o" (e.g. 14x14 outputs: P not a multiple of 8, Og is): vectorized along output channels, the
 accumulator laid out [N, O/8, P, 8], 2 vectors of channels x up to 4 pixels (vector weights,
 broadcast col). The epilogue (bias, residual, activation, NCHW store) is computed per register
@@ -140,6 +142,18 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
                           out_block=out_block)
 
 
+def _parallel(sch, n, pixel_tiles, channel_tiles, cores: int):
+    """Parallel over (batch, pixel tiles), and over the output-channel tiles too where the pixel tiles alone
+    leave a core idle (tiling.spreads_over_channels); returns the register tile's loop (the epilogue's place)."""
+    tasks = int(sch.get(n).extent) * int(sch.get(pixel_tiles).extent)
+    if tiling.spreads_over_channels(tasks, cores):
+        tile = sch.fuse(n, pixel_tiles, channel_tiles)
+        sch.parallel(tile)
+        return tile
+    sch.parallel(sch.fuse(n, pixel_tiles))
+    return channel_tiles
+
+
 def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
@@ -166,21 +180,19 @@ def schedule_cpu(sch, func_name, target) -> None:
         po, pi = sch.split(p, [None, tp])
         pv, pl = sch.split(pi, [None, min(lanes, tp)])
         sch.reorder(n, po, oo, k, oi, pv, pl)
-        sch.parallel(sch.fuse(n, po))
+        tile = _parallel(sch, n, po, oo, target.cores)
         sch.unroll(oi)
         sch.unroll(pv)
         sch.vectorize(pl)
-        tile = oo
     else:
         n, b, p, lane, k = sch.get_loops(gemm)
         bo, bi = sch.split(b, [None, to])
         po, pi = sch.split(p, [None, tp])
         sch.reorder(n, po, bo, k, bi, pi, lane)
-        sch.parallel(sch.fuse(n, po))
+        tile = _parallel(sch, n, po, bo, target.cores)
         sch.unroll(bi)
         sch.unroll(pi)
         sch.vectorize(lane)
-        tile = bo
     sch.decompose_reduction(gemm, k)
 
     # the epilogue per register tile: iterated over (n, o, p) the tile is a rectangle of it

@@ -90,6 +90,13 @@ def static_makespan(sizes: list[int], cores: int) -> int:
     return max(sum(sizes[i:i + share]) for i in range(0, len(sizes), share))
 
 
+def spreads_over_channels(pixel_tiles: int, cores: int) -> bool:
+    """Whether a GEMM parallel over its tiles of output pixels also takes its tiles of output channels in
+    parallel: when the pixel tiles alone split unevenly over the cores (small maps: 4x4 is one tile of 16
+    pixels, which ran on one core; 7x7 seven tiles of 7, four against three)."""
+    return static_makespan([1] * pixel_tiles, cores) * cores > 1.1 * pixel_tiles
+
+
 def row_groups(tiles: int, rows: int, cores: int) -> int:
     """Groups of output rows a chunked reduction's parallel loop adds to its ``tiles`` channel tiles, so that the
     cores share the work evenly: the fewest (each group reads the tile's weights again) whose static split is

@@ -1,14 +1,19 @@
 """The im2col + GEMM lowering (convopt.schedules.im2col) against torch.nn.functional.conv2d."""
 
+import dataclasses
+
+import numpy as np
 import pytest
+import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convopt.schedules import im2col
+from convopt.schedules import im2col, tiling
+from convopt.schedules.kernel import scheduled_module
 from convopt.schedules.conv_spec import ConvSpec
 
 from .conv_cases import (LANES, WORKSPACE_SPECS, assert_workspace_is_what_is_allocated,
-                         conv_specs, error_against_torch, lowered_bytes)
+                         conv_specs, error_against_torch, host, lowered_bytes)
 
 NAME = "im2col"
 ACC_BLOCK = im2col.GEMM_BLOCK
@@ -53,3 +58,51 @@ def test_workspace_formula():
     spec = ConvSpec(2, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1))
     col = 2 * 64 * 9 * 56 * 56
     assert im2col.workspace_bytes(spec, 8) == 4 * (col + 2 * 64 * 58 * 58)
+
+
+def _two_cores(lanes):
+    return dataclasses.replace(host(lanes), cores=2)  # the rule's outcome depends on the cores: fix them
+
+
+def _gemm_parallel_extent(spec, lanes) -> int:
+    """The extent of the parallel loop around the GEMM scheduled for 2 cores."""
+    w = np.zeros((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
+    mod, _ = scheduled_module(NAME, spec, w, _two_cores(lanes), bias=True)
+    sch = tvm.s_tir.Schedule(mod)
+    sch.work_on(next(gv.name_hint for gv in mod.get_global_vars()))
+    first = sch.get(sch.get_loops(sch.get_sblock(ACC_BLOCK + "_update"))[0])
+    assert first.kind == tvm.tirx.ForKind.PARALLEL
+    return int(first.extent)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_small_maps_spread_the_gemm_over_output_channels_too(lanes):
+    """A 4x4 map is one tile of pixels: its output-channel tiles run in parallel too (else one core does it all);
+    7x7 (mode "o") likewise where its pixel tiles are 7; a 28x28 map has pixel tiles enough for both cores, and keeps them alone."""
+    cores = 2
+    small = ConvSpec(1, 64, 4, 4, 64, (3, 3), (1, 1), (1, 1))
+    mode, _, tile_o, tile_p = im2col.plan(small, lanes)
+    assert _gemm_parallel_extent(small, lanes) == (64 // tile_o) * (16 // tile_p) >= 2 * cores
+    seven = ConvSpec(1, 64, 7, 7, 64, (1, 1))
+    mode, _, tile_o, tile_p = im2col.plan(seven, lanes)
+    spread = tiling.spreads_over_channels(49 // tile_p, cores)
+    assert mode == "o" and spread == (tile_p == 7)  # 7 tiles of 7 pixels (16 lanes), or 49 of one (8 lanes)
+    assert _gemm_parallel_extent(seven, lanes) == (49 // tile_p) * (64 // lanes // tile_o if spread else 1)
+    large = ConvSpec(1, 64, 28, 28, 64, (3, 3), (1, 1), (1, 1))
+    mode, _, _, tile_p = im2col.plan(large, lanes)
+    assert _gemm_parallel_extent(large, lanes) == 784 // tile_p
+    assert not tiling.spreads_over_channels(784 // tile_p, cores)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("spec", [ConvSpec(1, 64, 4, 4, 48, (3, 3), (1, 1), (1, 1)),
+                                  ConvSpec(2, 32, 7, 7, 64, (1, 1)), ConvSpec(1, 24, 2, 2, 40, (1, 1))],
+                         ids=lambda s: s.describe())
+def test_small_maps_match_torch(spec, lanes):
+    assert error_against_torch(NAME, spec, True, True, "relu", lanes=lanes) < 1e-5
+
+
+def test_spreads_over_channels_where_pixel_tiles_split_unevenly():
+    assert tiling.spreads_over_channels(1, 2) and tiling.spreads_over_channels(7, 2)
+    assert not tiling.spreads_over_channels(8, 2) and not tiling.spreads_over_channels(49, 2)
+    assert not tiling.spreads_over_channels(1, 1)
