@@ -240,6 +240,10 @@ class TorchAttrs:
 
 Attrs = Any  # one of the dataclasses above
 
+# ops that map each element on its own (shape and layout kept): they commute with any transpose
+UNARY_ELEMENTWISE = frozenset({Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH,
+                               Op.HARDSIGMOID})
+BINARY_ELEMENTWISE = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV})
 PAD_TARGETS = frozenset({"aten.constant_pad_nd.default", "aten.pad.default"})
 
 # ATen ops kept as they are (Op.TORCH) that compute each element of their output from the same element of

@@ -53,7 +53,7 @@ from typing import Callable
 from ..cost.model import works_blocked
 from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout, padded_channels
-from ..ir.ops import ELEMENTWISE_ATEN, PAD_TARGETS, Op, pad_arguments
+from ..ir.ops import BINARY_ELEMENTWISE, ELEMENTWISE_ATEN, PAD_TARGETS, UNARY_ELEMENTWISE, Op, pad_arguments
 from ..ir.types import TensorType, TupleType
 from ..schedules import fused_block
 from ..schedules.conv_spec import conv_spec_of
@@ -61,8 +61,7 @@ from ..schedules.conv_spec import conv_spec_of
 # ops that compute each element of a 4-D output from the same (n, c, y, x) of their inputs' channels, or
 # pool within one channel: they run on blocked tensors as they are
 LAYOUT_PRESERVING = frozenset({
-    Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH, Op.HARDSIGMOID,
-    Op.IDENTITY, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.BATCH_NORM,
+    *UNARY_ELEMENTWISE, *BINARY_ELEMENTWISE, Op.IDENTITY, Op.BATCH_NORM,
     Op.MAX_POOL2D, Op.AVG_POOL2D, Op.ADAPTIVE_AVG_POOL2D,
     Op.CHANNEL_NORM,  # not elementwise, but its kernel (schedules/layer_norm.py) runs on channel blocks
 })

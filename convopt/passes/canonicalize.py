@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..ir.graph import Graph, Node
-from ..ir.ops import BinaryAttrs, Conv2dAttrs, NormAttrs, Op, Ref, ShapeAttrs
+from ..ir.ops import BINARY_ELEMENTWISE, UNARY_ELEMENTWISE, BinaryAttrs, Conv2dAttrs, NormAttrs, Op, Ref, ShapeAttrs
 from ..ir.types import TensorType
 from .rewrite import Context, Rule, apply_rules
 
@@ -63,10 +63,6 @@ def _reshape_of_reshape(node: Node, ctx: Context) -> str | None:
     return ctx.emit(Op.RESHAPE, inner.inputs, node.attrs, node.type, base=node.name, sources=(inner, node))
 
 
-# ops that map each element on its own: they commute with any transpose
-_PER_ELEMENT = frozenset({Op.RELU, Op.CLAMP, Op.GELU, Op.SILU, Op.SIGMOID, Op.TANH, Op.RSQRT, Op.HARDSWISH,
-                          Op.HARDSIGMOID})
-_BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV})
 _CHANNELS_LAST, _CHANNELS_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
@@ -88,14 +84,14 @@ def _pixel_operand(node: Node, ctx: Context) -> int | None:
     if not isinstance(out, TensorType) or len(out.shape) != 4 or not out.torch_dtype.is_floating_point:
         return None
     x = ctx.type(node.inputs[0])
-    if node.op in _PER_ELEMENT:
+    if node.op in UNARY_ELEMENTWISE:
         return 0
     if node.op is Op.LAYER_NORM:
         return 0 if node.attrs.normalized_shape == (x.shape[-1],) else None
     if node.op is Op.LINEAR:
         weight = ctx.type(node.inputs[1])
         return 0 if isinstance(weight, TensorType) and len(weight.shape) == 2 else None
-    if node.op in _BINARY:
+    if node.op in BINARY_ELEMENTWISE:
         if len(node.inputs) == 1:
             return 0 if x == out else None  # a scalar right operand
         for i, other in ((0, 1), (1, 0)):
@@ -104,8 +100,9 @@ def _pixel_operand(node: Node, ctx: Context) -> int | None:
     return None
 
 
-def _emit_channels_first(step: Node, x: str, ctx: Context, sources: tuple[Node, ...]) -> str:
-    """``step`` (an op of a channels-last island) applied to the N,C,H,W value ``x``."""
+def _emit_channels_first(step: Node, pixel: int, x: str, ctx: Context, sources: tuple[Node, ...]) -> str:
+    """``step`` (an op of a channels-last island) applied to the N,C,H,W value ``x`` in place of its input
+    ``pixel`` (``_pixel_operand``)."""
     out = _nchw(step.type)
     if step.op is Op.LAYER_NORM:
         return ctx.emit(Op.CHANNEL_NORM, (x, *step.inputs[1:]), NormAttrs(step.attrs.eps), out, base=step.name,
@@ -117,7 +114,6 @@ def _emit_channels_first(step: Node, x: str, ctx: Context, sources: tuple[Node, 
         return ctx.emit(Op.CONV2D, (x, as_conv, *step.inputs[2:]), Conv2dAttrs((1, 1), (0, 0), (1, 1), 1), out,
                         base=step.name, sources=sources)
     inputs = list(step.inputs)
-    pixel = _pixel_operand(step, ctx)
     inputs[pixel] = x
     if len(inputs) == 2:  # the per-channel operand, as (C, 1, 1)
         other = inputs[1 - pixel]
@@ -146,13 +142,13 @@ def _channels_first(node: Node, ctx: Context) -> str | None:
         pixel = _pixel_operand(step, ctx)
         if pixel is None:
             return None
-        island.append(step)
+        island.append((step, pixel))
         value = step.inputs[pixel]
     island.reverse()
     current = to_nhwc.inputs[0]
-    for i, step in enumerate(island):
+    for i, (step, pixel) in enumerate(island):
         sources = (*((to_nhwc,) if i == 0 else ()), step, *((node,) if i == len(island) - 1 else ()))
-        current = _emit_channels_first(step, current, ctx, sources)
+        current = _emit_channels_first(step, pixel, current, ctx, sources)
     return current
 
 
