@@ -323,7 +323,7 @@ def schedule_direct_conv2d(
         # vectorized over the OB channels (tiling.channel_tile / column_tile).
         # Tunable: both tiles are MetaSchedule samples whose default decision is the heuristic's tile
         # (tiling.py), so the untuned schedule is the default trace and tuning searches around it.
-        default_oc, _ = tiling.channel_tile(OCB, OB, lanes)
+        default_oc, _ = tiling.channel_tile(OCB, OB, lanes, OW)
         oc_tile = oc_tile or default_oc
         default_ow = ow_tile or tiling.column_tile(OW, OCB, OB, lanes)
         bo, bi = sch.split(b, [None, sample(sch, tiling.channel_tiles(OCB, oc_tile), oc_tile)])

@@ -178,7 +178,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     chunked = False
     if tiling.vectorizes_channels(ob, lanes):
         # the direct kernel's register tile: 2 vector blocks x 4 outputs with AVX2, x 8 with AVX-512
-        ot, _ = tiling.channel_tile(ocb, ob, lanes)
+        ot, _ = tiling.channel_tile(ocb, ob, lanes, ow_)
         wt = tiling.column_tile(ow_, ocb, ob, lanes)
         # tunable like the direct kernel's tile (the epilogue's choices below hold for every candidate)
         bo, bi = sch.split(b, [None, sample(sch, tiling.channel_tiles(ocb, ot), ot)])

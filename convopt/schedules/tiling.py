@@ -144,10 +144,11 @@ def vectorizes_channels(block: int, lanes: int) -> bool:
     return block >= max(4, lanes // 2)
 
 
-def channel_tile(blocks: int, block: int, lanes: int) -> tuple[int, int]:
+def channel_tile(blocks: int, block: int, lanes: int, out_width: int | None = None) -> tuple[int, int]:
     """(channel blocks per register tile, vectors per block) of the channel-vectorized direct/im2win kernels:
     two blocks of one vector each when the blocks pair up, else three when they come in threes and 3 x 4
-    columns fit the accumulators (AVX-512), else one.
+    columns fit the accumulators (AVX-512), else one; on rows too narrow to fill the accumulators with
+    that (``out_width``: a tile never spans rows), as many blocks as ``whole_row_blocks`` allows.
 
     Each step of the reduction loads a weight vector per block and broadcasts an input per column, so a tile
     of t blocks x w columns makes t * w FMAs for t + w loads: one block (1 x 14: 14 FMAs, 15 loads) left the
@@ -157,14 +158,32 @@ def channel_tile(blocks: int, block: int, lanes: int) -> tuple[int, int]:
     if vectors != 1:
         return 1, vectors
     if blocks % 2 == 0:
-        return 2, 1
-    return (3 if blocks % 3 == 0 and 3 * 4 <= accumulators(lanes) else 1), 1
+        tile = 2
+    else:
+        tile = 3 if blocks % 3 == 0 and 3 * 4 <= accumulators(lanes) else 1
+    if out_width is not None and tile * out_width < accumulators(lanes):
+        tile = max(tile, whole_row_blocks(blocks, out_width, lanes))
+    return tile, 1
+
+
+def whole_row_blocks(blocks: int, out_width: int, lanes: int) -> int:
+    """Channel blocks per register tile on a row narrower than the accumulators: the most blocks dividing
+    ``blocks`` whose tile of the whole row fits the registers with a weight vector per block and a broadcast
+    beside it (t x (w + 1) + 1 < the vector registers). On 4x4 maps (a 128 px input's last stage) one block
+    x 4 columns left the kernel bound by its loads and the FMA latency (4 chains): measured alone (Zen 5,
+    AVX-512, blocked in and out) 400->400 1x1 19.6 -> 12.5 us with 5 blocks, 2048->512 1x1 78.6 -> 70.5 us
+    and 512->512 3x3 173 -> 154 us with 4 blocks instead of 2; 7-column rows keep 2 (4 x 7 overflows)."""
+    limit = vector_registers(lanes) - 2
+    return max((t for t in range(1, blocks + 1) if blocks % t == 0 and t * (out_width + 1) <= limit), default=1)
 
 
 def column_tile(out_width: int, blocks: int, block: int, lanes: int) -> int:
     """Output columns per register tile of the channel-vectorized direct/im2win kernels: the accumulators
-    left after the channel tile (2 x 4 with AVX2, 2 x 8 with AVX-512), a divisor of the row when one is close."""
-    tile, vectors = channel_tile(blocks, block, lanes)
+    left after the channel tile (2 x 4 with AVX2, 2 x 8 with AVX-512), a divisor of the row when one is close;
+    the whole row where the channel tile was widened for it (channel_tile)."""
+    tile, vectors = channel_tile(blocks, block, lanes, out_width)
+    if tile != channel_tile(blocks, block, lanes)[0]:  # widened for a narrow row
+        return out_width
     return pick_tile(out_width, max(1, accumulators(lanes) // (tile * vectors)))
 
 

@@ -269,7 +269,7 @@ def test_rows_outermost_up_to_twice_the_input_unless_in_passes():
 @pytest.mark.parametrize("name", ["direct", "im2win"])
 @pytest.mark.parametrize("spec, l1", [
     (ConvSpec(1, 384, 5, 7, 64, (1, 1)), 8192),                 # 24 K weights, 13 K inputs: blocks outermost
-    (ConvSpec(1, 96, 9, 8, 64, (3, 3), (2, 2), (1, 1)), 16384),  # 55 K weights
+    (ConvSpec(1, 96, 17, 16, 64, (3, 3), (2, 2), (1, 1)), 16384),  # 55 K weights
 ], ids=lambda v: v.describe() if isinstance(v, ConvSpec) else f"L1 {v // 1024}K")
 def test_a_long_reduction_runs_in_l1_sized_passes(spec, l1, name, lanes, blocked, monkeypatch):
     """Where a register tile's weights exceed twice the L1 (here a small one), the reduction runs in passes
@@ -282,7 +282,7 @@ def test_a_long_reduction_runs_in_l1_sized_passes(spec, l1, name, lanes, blocked
     from . import conv_cases
 
     monkeypatch.setattr(conv_cases, "HOST", replace(HOST, caches={**HOST.caches, "L1d": l1}))
-    tile = tiling.channel_tile(spec.out_channels // lanes, lanes, lanes)[0] * lanes  # output channels per tile
+    tile = tiling.channel_tile(spec.out_channels // lanes, lanes, lanes, spec.out_width)[0] * lanes  # channels a tile
     taps = spec.kernel[0] * spec.kernel[1]
     chunk = tiling.reduction_chunk(spec.in_channels, tile * taps, l1)
     assert 1 < chunk < spec.in_channels and spec.in_channels % chunk == 0 and 4 * chunk * tile * taps <= l1 // 2
@@ -375,6 +375,41 @@ def test_channel_tile_balances_weight_loads_and_broadcasts(blocks, lanes, tile):
     assert tiling.column_tile(56, blocks, lanes, lanes) * tile <= tiling.accumulators(lanes)
 
 
+@pytest.mark.parametrize("blocks, width, lanes, tile", [
+    (25, 4, 16, 5), (32, 4, 16, 4), (32, 2, 16, 8), (32, 7, 16, 2), (25, 7, 16, 1), (32, 14, 16, 2),
+    (64, 2, 8, 4), (25, 4, 8, 1), (32, 4, 8, 2)])
+def test_narrow_rows_widen_the_channel_tile(blocks, width, lanes, tile):
+    """A tile never spans rows, so on a row narrower than the accumulators (a 4x4 map: 1 block x 4 columns,
+    4 FMA chains) the tile takes more channel blocks instead: the most dividing the blocks whose whole-row tile
+    fits the registers beside a weight vector per block and a broadcast; rows that fill the accumulators keep
+    the pairs/threes rule, and the column tile is then the whole row (no guarded tail)."""
+    assert tiling.channel_tile(blocks, lanes, lanes, width) == (tile, 1)
+    assert tile * (width + 1) + 1 < 2 * tiling.accumulators(lanes)  # accumulators, weights, a broadcast
+    widened = tile != tiling.channel_tile(blocks, lanes, lanes)[0]
+    if widened:
+        assert tiling.column_tile(width, blocks, lanes, lanes) == width
+    assert tile in tiling.channel_tiles(blocks, tile)
+
+
+@pytest.mark.parametrize("name", ["direct", "im2win"])
+@pytest.mark.parametrize("lanes", LANES)
+def test_narrow_rows_run_the_wide_tile_correctly(name, lanes):
+    """80 -> 80 channels at 4x4 (5 blocks of 16 lanes: one 5 x 4 tile; 10 of 8 lanes: the pairs rule), a 1x1
+    and a 3x3, blocked and NCHW: the widened tile is the scheduled one and computes the same conv."""
+    from convopt.schedules.kernel import scheduled_module
+
+    for spec in (ConvSpec(1, 48, 4, 4, 80, (1, 1)), ConvSpec(1, 48, 4, 4, 80, (3, 3), padding=(1, 1))):
+        for blocked in (True, False):
+            assert error_against_torch(name, spec, True, True, "relu", lanes=lanes, blocked=blocked) < 1e-5
+        tile = tiling.channel_tile(80 // lanes, lanes, lanes, 4)[0]
+        assert tile == (5 if lanes == 16 else 2)
+        weight = np.ones((spec.out_channels, spec.in_channels, *spec.kernel), np.float32)
+        script = scheduled_module(name, spec, weight, host(lanes), in_block=lanes, out_block=lanes)[0].script()
+        # the register tile: tile blocks x the 4 columns, unrolled, over a vector of channels
+        assert re.search(rf"for \w+ in T.unroll\({tile}\):\s*for \w+ in T.unroll\(4\):\s*"
+                         rf"for \w+ in T.vectorized\({lanes}\)", script), script[:3000]
+
+
 def test_forced_ow_mode_dense():
     _run_case(1, 8, 9, 11, 12, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=dict(mode="ow"), oc_block=4)
 
@@ -403,7 +438,8 @@ def test_compiles_for_other_x86(isa):
 def _space_cases():
     from convopt.schedules.conv_spec import ConvSpec
 
-    return [ConvSpec(1, 32, 14, 14, 64, (3, 3), padding=(1, 1)), ConvSpec(1, 64, 9, 9, 32, (1, 1))]
+    return [ConvSpec(1, 32, 14, 14, 64, (3, 3), padding=(1, 1)), ConvSpec(1, 64, 9, 9, 32, (1, 1)),
+            ConvSpec(1, 32, 4, 4, 80, (1, 1))]  # a narrow row: a widened channel tile (AVX-512)
 
 
 def _categoricals(trace):
@@ -419,7 +455,8 @@ def test_the_default_decisions_are_the_heuristics_tiles(lanes):
         weight = np.random.default_rng(0).standard_normal((spec.out_channels, spec.in_channels, *spec.kernel))
         ob = channel_block(spec.out_per_group, lanes)
         blocks = spec.out_channels // ob
-        expected = [tiling.channel_tile(blocks, ob, lanes)[0], tiling.column_tile(spec.out_width, blocks, ob, lanes)]
+        expected = [tiling.channel_tile(blocks, ob, lanes, spec.out_width)[0],
+                    tiling.column_tile(spec.out_width, blocks, ob, lanes)]
         if spec.kernel == (1, 1):  # and the depth its channels are unrolled by
             expected.append(tiling.reduction_unroll(spec.in_channels))
         prim, _ = lower_to_primfunc("direct", spec, weight.astype("float32"), bias=False, residual=False,
