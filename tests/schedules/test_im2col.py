@@ -106,3 +106,31 @@ def test_spreads_over_channels_where_pixel_tiles_split_unevenly():
     assert tiling.spreads_over_channels(1, 2) and tiling.spreads_over_channels(7, 2)
     assert not tiling.spreads_over_channels(8, 2) and not tiling.spreads_over_channels(49, 2)
     assert not tiling.spreads_over_channels(1, 1)
+
+
+def _col_vector_width(spec, lanes) -> int | None:
+    """The vectorized loop's extent in the unroll stage (col), None when it copies element by element."""
+    w = np.zeros((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
+    mod, _ = scheduled_module(NAME, spec, w, host(lanes))
+    sch = tvm.s_tir.Schedule(mod)
+    sch.work_on(next(gv.name_hint for gv in mod.get_global_vars()))
+    loops = [sch.get(v) for v in sch.get_loops(sch.get_sblock(im2col.COL_BLOCK))]
+    vectorized = [int(v.extent) for v in loops if v.kind == tvm.tirx.ForKind.VECTORIZED]
+    return vectorized[0] if vectorized else None
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("spec, columns", [
+    (ConvSpec(1, 14, 32, 32, 14, (3, 3), (1, 1), (1, 1)), 32),     # a whole vector (AVX2, AVX-512) divides 32
+    (ConvSpec(1, 16, 64, 64, 16, (3, 3), (2, 2), (1, 1)), 32),     # stride 2: input columns gathered
+    (ConvSpec(1, 8, 56, 56, 8, (3, 3), (1, 1), (1, 1)), 56),       # half a vector of AVX-512, a vector of AVX2
+    (ConvSpec(1, 8, 14, 14, 8, (3, 3), (1, 1), (1, 1)), 14),       # neither: copied one by one
+], ids=lambda v: v.describe() if isinstance(v, ConvSpec) else str(v))
+def test_the_unroll_stage_copies_vectors_of_columns(spec, columns, lanes):
+    """Each col row's output columns are copied a vector (or half a vector) at a time where one divides the
+    row (tiling.col_copy_vector); the result is the same conv, strided or not."""
+    expected = next((v for v in (lanes, lanes // 2) if columns % v == 0), None)
+    assert tiling.col_copy_vector(columns, lanes) == expected
+    assert _col_vector_width(spec, lanes) == expected
+    assert error_against_torch(NAME, spec, True, True, "relu", lanes=lanes) < 1e-5
+    assert error_against_torch(NAME, spec, True, True, "relu", lanes=lanes, blocked=True) < 1e-5
