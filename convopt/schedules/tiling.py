@@ -147,7 +147,7 @@ def vectorizes_channels(block: int, lanes: int) -> bool:
 def channel_tile(blocks: int, block: int, lanes: int, out_width: int | None = None) -> tuple[int, int]:
     """(channel blocks per register tile, vectors per block) of the channel-vectorized direct/im2win kernels:
     two blocks of one vector each when the blocks pair up, else three when they come in threes and 3 x 4
-    columns fit the accumulators (AVX-512), else one; on rows too narrow to fill the accumulators with
+    columns fit the accumulators (AVX-512), else one; on rows too narrow to fill half the accumulators with
     that (``out_width``: a tile never spans rows), as many blocks as ``whole_row_blocks`` allows.
 
     Each step of the reduction loads a weight vector per block and broadcasts an input per column, so a tile
@@ -161,7 +161,7 @@ def channel_tile(blocks: int, block: int, lanes: int, out_width: int | None = No
         tile = 2
     else:
         tile = 3 if blocks % 3 == 0 and 3 * 4 <= accumulators(lanes) else 1
-    if out_width is not None and tile * out_width < accumulators(lanes):
+    if out_width is not None and 2 * tile * out_width <= accumulators(lanes):  # half the accumulators idle or more
         tile = max(tile, whole_row_blocks(blocks, out_width, lanes))
     return tile, 1
 
@@ -172,7 +172,9 @@ def whole_row_blocks(blocks: int, out_width: int, lanes: int) -> int:
     beside it (t x (w + 1) + 1 < the vector registers). On 4x4 maps (a 128 px input's last stage) one block
     x 4 columns left the kernel bound by its loads and the FMA latency (4 chains): measured alone (Zen 5,
     AVX-512, blocked in and out) 400->400 1x1 19.6 -> 12.5 us with 5 blocks, 2048->512 1x1 78.6 -> 70.5 us
-    and 512->512 3x3 173 -> 154 us with 4 blocks instead of 2; 7-column rows keep 2 (4 x 7 overflows)."""
+    and 512->512 3x3 173 -> 154 us with 4 blocks instead of 2. 7-column rows (a 224 px input's last stage) keep
+    their tile: 2 x 7 fills 14 of the 16 accumulators, and 3 x 7 measured level (direct and im2win, six 7x7
+    layers) but for one layer 1.3x slower (1152->192 1x1, direct)."""
     limit = vector_registers(lanes) - 2
     return max((t for t in range(1, blocks + 1) if blocks % t == 0 and t * (out_width + 1) <= limit), default=1)
 

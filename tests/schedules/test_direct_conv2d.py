@@ -376,12 +376,12 @@ def test_channel_tile_balances_weight_loads_and_broadcasts(blocks, lanes, tile):
 
 
 @pytest.mark.parametrize("blocks, width, lanes, tile", [
-    (25, 4, 16, 5), (32, 4, 16, 4), (32, 2, 16, 8), (32, 7, 16, 2), (25, 7, 16, 1), (32, 14, 16, 2),
+    (25, 4, 16, 5), (32, 4, 16, 4), (32, 2, 16, 8), (32, 7, 16, 2), (12, 7, 16, 2), (25, 7, 16, 1), (32, 14, 16, 2),
     (64, 2, 8, 4), (25, 4, 8, 1), (32, 4, 8, 2)])
 def test_narrow_rows_widen_the_channel_tile(blocks, width, lanes, tile):
     """A tile never spans rows, so on a row narrower than the accumulators (a 4x4 map: 1 block x 4 columns,
     4 FMA chains) the tile takes more channel blocks instead: the most dividing the blocks whose whole-row tile
-    fits the registers beside a weight vector per block and a broadcast; rows that fill the accumulators keep
+    fits the registers beside a weight vector per block and a broadcast; rows that fill half the accumulators keep
     the pairs/threes rule, and the column tile is then the whole row (no guarded tail)."""
     assert tiling.channel_tile(blocks, lanes, lanes, width) == (tile, 1)
     assert tile * (width + 1) + 1 < 2 * tiling.accumulators(lanes)  # accumulators, weights, a broadcast
