@@ -157,13 +157,18 @@ def channel_tile(blocks: int, block: int, lanes: int, out_width: int | None = No
     vectors = -(-block // lanes)
     if vectors != 1:
         return 1, vectors
-    if blocks % 2 == 0:
-        tile = 2
-    else:
-        tile = 3 if blocks % 3 == 0 and 3 * 4 <= accumulators(lanes) else 1
+    tile = paired_blocks(blocks, lanes)
     if out_width is not None and 2 * tile * out_width <= accumulators(lanes):  # half the accumulators idle or more
         tile = max(tile, whole_row_blocks(blocks, out_width, lanes))
     return tile, 1
+
+
+def paired_blocks(blocks: int, lanes: int) -> int:
+    """The channel tile whatever the row: 2 blocks where they pair up, 3 where they come in threes and 3 x 4
+    columns fit the accumulators, else 1 (channel_tile)."""
+    if blocks % 2 == 0:
+        return 2
+    return 3 if blocks % 3 == 0 and 3 * 4 <= accumulators(lanes) else 1
 
 
 def whole_row_blocks(blocks: int, out_width: int, lanes: int) -> int:
@@ -184,7 +189,7 @@ def column_tile(out_width: int, blocks: int, block: int, lanes: int) -> int:
     left after the channel tile (2 x 4 with AVX2, 2 x 8 with AVX-512), a divisor of the row when one is close;
     the whole row where the channel tile was widened for it (channel_tile)."""
     tile, vectors = channel_tile(blocks, block, lanes, out_width)
-    if tile != channel_tile(blocks, block, lanes)[0]:  # widened for a narrow row
+    if vectors == 1 and tile != paired_blocks(blocks, lanes):  # widened for a narrow row
         return out_width
     return pick_tile(out_width, max(1, accumulators(lanes) // (tile * vectors)))
 
