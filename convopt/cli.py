@@ -186,7 +186,7 @@ def _calibrate(args) -> int:
         return _calibrate_refit(Path(args.refit), args.output)
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
-    if args.lowerings:
+    if args.lowerings or args.missing:
         profile = shipped_profiles().get(target.key) or load_profile(target)
     else:
         profile = measure_machine(target)
@@ -198,18 +198,36 @@ def _calibrate(args) -> int:
     from .cost.calibrate import calibrate_fused
     from .cost.fused import KEYS as FUSED_KEYS
 
-    fused = [key for key in FUSED_KEYS if lowerings is None or key in lowerings]
+    # the fused kernels keep no measurements to join: --missing leaves them alone unless named
+    fused = [key for key in FUSED_KEYS if (lowerings is None and not args.missing) or key in (lowerings or ())]
     lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
     output = Path(args.output) if args.output else profile_path(target)
+    # a partial run joins the measurements of the earlier ones, so that the fit is over all of them
+    earlier = _earlier_measurements(target, measurements_path(output)) if args.lowerings or args.missing else []
     if lowerings is None or lowerings:
         profile, records = calibrate(profile, target, shapes=shapes, lowerings=lowerings, passes=args.passes,
-                                     progress=print)
+                                     earlier=earlier, missing_only=args.missing, progress=print)
         print(f"wrote {save_measurements(records, target, measurements_path(output))}")
     if fused:
         profile = calibrate_fused(profile, target, keys=fused, progress=print)
     _print_coefficients(profile)
     print(f"wrote {save_profile(profile, output)}")
     return 0
+
+
+def _earlier_measurements(target, path: Path) -> list:
+    """This machine's measurements from earlier calibrations: ``path``'s, else the shipped ones for its key."""
+    from .cost.calibrate import load_measurements
+    from .cost.profile import SHIPPED_PROFILES
+
+    for where in (path, SHIPPED_PROFILES / "measurements" / f"{target.key}.json"):
+        if where.is_file():
+            key, lanes, points = load_measurements(where)
+            if key == target.key and lanes == target.lanes:
+                print(f"joining {len(points)} earlier measurements from {where}")
+                return points
+            print(f"{where}: measured on {key}, not this machine's {target.key}: not joined", file=sys.stderr)
+    return []
 
 
 def _print_coefficients(profile) -> None:
@@ -364,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "fused_inverted_residual / fused_pointwise_mlp / fused_conv_pair / fused_bottleneck (the fused "
                                          "block kernels) (comma-separated; "
                                          "default: all); the profile keeps the others' coefficients")
+    cal.add_argument("--missing", action="store_true",
+                     help="measure only the shapes and lowerings the earlier measurements of this machine lack "
+                          "(the output's, else the shipped ones) and fit over all of them")
     cal.add_argument("--from-logs", nargs="*", metavar="DIR",
                      help="measure nothing: refit the coefficients to the times tuning jobs measured (their "
                           "lowering_times.json) under these tuning_logs folders (default: the shipped ones, "

@@ -102,6 +102,29 @@ def test_calibrate_refit_fits_the_profile_its_measurements_belong_to(tmp_path, c
     assert main(["calibrate", "--refit", str(copy)]) == 1  # no profile to refit: says so
 
 
+def test_calibrate_missing_measures_only_what_the_earlier_measurements_lack(tmp_path, capsys, monkeypatch):
+    """`convopt calibrate --missing` joins the measurements beside the output and measures the rest."""
+    import json
+
+    import convopt.cost.calibrate as cal
+    from convopt.cost.calibrate import CALIBRATION_SHAPES, all_variants, save_measurements, variants
+    from convopt.target import resolve_target
+
+    target = resolve_target("cpu")
+    out = tmp_path / f"{target.key}.json"
+    lowerings = ["direct", "im2col"]
+    known = [{"lowering": name, "spec": spec.key(), "seconds": 1e-4}
+             for spec in CALIBRATION_SHAPES[1:] for name in variants(spec, lowerings, target.lanes)]
+    save_measurements(known, target, cal.measurements_path(out))
+    asked = []
+    monkeypatch.setattr(cal, "measure", lambda spec, names, target: asked.append(spec) or {n: 2e-4 for n in names})
+    assert main(["calibrate", "--missing", "--lowerings", ",".join(lowerings), "--passes", "1", "-o", str(out)]) == 0
+    assert asked == [CALIBRATION_SHAPES[0]] and "joining" in capsys.readouterr().out
+    stored = json.loads(cal.measurements_path(out).read_text())["measurements"]
+    assert len(stored) == len(known) + len(variants(CALIBRATION_SHAPES[0], lowerings, target.lanes))
+    assert out.is_file() and set(all_variants()) >= {r["lowering"] for r in stored}
+
+
 BLOCK_FILE = '''
 from torch import nn
 

@@ -62,6 +62,11 @@ CALIBRATION_SHAPES: tuple[ConvSpec, ...] = (
     _conv(192, 192, 17, 16, groups=192), _conv(48, 48, 27, 48, groups=48),
     # dense large kernels
     _conv(3, 32, 7, 224, stride=2), _conv(16, 32, 5, 56), _conv(32, 32, 9, 28),
+    # few channels or few pixels (split-channel blocks, low resolutions, late stages): fixed costs per call
+    # and per row dominate here, and shapes from 7x7 up with 24 channels or more don't constrain them
+    _conv(12, 12, 3, 48), _conv(20, 20, 3, 36), _conv(24, 24, 3, 20), _conv(48, 48, 3, 10), _conv(96, 96, 3, 5),
+    _conv(128, 128, 3, 4), _conv(384, 384, 3, 4), _conv(24, 24, 3, 24, stride=2),
+    _conv(64, 64, 1, 8), _conv(480, 480, 1, 4), _conv(1536, 384, 1, 4),
 )
 
 
@@ -165,18 +170,25 @@ def measure(spec: ConvSpec, names: Iterable[str], target: Target, *, rounds: int
 
 def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvSpec] = CALIBRATION_SHAPES,
               lowerings: Iterable[str] | None = None, passes: int = 1,
+              earlier: Iterable[tuple[ConvSpec, str, float]] = (), missing_only: bool = False,
               progress: Callable[[str], None] | None = None) -> tuple[MachineProfile, list[dict]]:
     """(profile with fitted coefficients, one measurement record per (lowering, shape)); ``lowerings``:
     names and "@blocked" variants (default ``all_variants()``); the profile's other coefficients stay.
 
     ``passes``: sweeps over all the shapes, each (lowering, shape) keeping its fastest: a shared machine's slow
-    phases last seconds, longer than one shape's measurement, so only a later sweep escapes them."""
+    phases last seconds, longer than one shape's measurement, so only a later sweep escapes them.
+    ``earlier``: measurements of this machine from an earlier run ((spec, variant, seconds), as
+    ``load_measurements`` gives them): the records and the fit are over them and the new ones, a new
+    measurement replacing an earlier one of the same shape and variant; ``missing_only``: measure only
+    the (shape, variant) pairs ``earlier`` lacks (shapes added to the calibration set since)."""
     lowerings = all_variants() if lowerings is None else list(lowerings)
     shapes = list(shapes)
+    known = {(spec, name): seconds for spec, name, seconds in earlier}
     fastest: dict[tuple[ConvSpec, str], float] = {}
     for sweep in range(passes):
         for spec in shapes:
-            names = variants(spec, lowerings, target.lanes)
+            names = [name for name in variants(spec, lowerings, target.lanes)
+                     if not (missing_only and (spec, name) in known)]
             if not names:
                 continue
             for name, seconds in measure(spec, names, target).items():
@@ -184,8 +196,9 @@ def calibrate(profile: MachineProfile, target: Target, *, shapes: Iterable[ConvS
                     progress(f"{name:18s} {spec.describe():32s} {seconds * 1e3:9.3f} ms"
                              + (f"  (pass {sweep + 1} of {passes})" if passes > 1 else ""))
                 fastest[spec, name] = min(seconds, fastest.get((spec, name), seconds))
-    records = [{"lowering": name, "spec": spec.key(), "seconds": seconds} for (spec, name), seconds in fastest.items()]
-    fitted = fit_measured(profile, target.lanes, [(spec, name, s) for (spec, name), s in fastest.items()])
+    merged = {**known, **fastest}
+    records = [{"lowering": name, "spec": spec.key(), "seconds": seconds} for (spec, name), seconds in merged.items()]
+    fitted = fit_measured(profile, target.lanes, [(spec, name, s) for (spec, name), s in merged.items()])
     return replace(fitted, calibrated_on=f"{profile.cpu} ({target.key})"), records
 
 

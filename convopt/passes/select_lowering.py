@@ -160,7 +160,7 @@ def _measured(spec, predicted: dict[str, float], measured: Mapping[str, Mapping[
     margin: those are as real), or {} when a lowering of N(s) wasn't measured."""
     near = near_best(predicted)
     others = [name for name in predicted if name not in near
-              and measured_all(spec, [name], measured, profile, lanes, blocked)]
+              and measured_all(spec, [name], measured, profile, lanes, blocked, blocked_output=blocked_output)]
     return measured_all(spec, near + others, measured, profile, lanes, blocked, weights_stream, blocked_output)
 
 

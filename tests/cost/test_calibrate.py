@@ -84,6 +84,35 @@ def test_passes_keep_each_measurements_fastest(monkeypatch):
     assert [r["seconds"] for r in records] == [1e-3]
 
 
+def test_earlier_measurements_join_and_missing_only_measures_what_they_lack(monkeypatch):
+    """A partial calibration (a shape added, one lowering re-measured) fits over the earlier measurements
+    too: a new measurement replaces the earlier one of its (shape, variant), the others stay."""
+    import convopt.cost.calibrate as cal
+
+    asked = []
+
+    def measure(spec, names, target):
+        asked.append((spec, tuple(names)))
+        return {name: 1e-3 for name in names}
+
+    monkeypatch.setattr(cal, "measure", measure)
+    host = resolve_target("cpu").with_lanes(8)
+    earlier = [(SHAPES[0], "direct", 5e-3), (SHAPES[0], "im2win", 7e-3)]
+    _, records = calibrate(fixed_profile(), host, shapes=SHAPES, lowerings=["direct", "im2win"], earlier=earlier,
+                           missing_only=True)
+    assert asked == [(SHAPES[1], ("direct", "im2win"))]  # the first shape was measured before
+    seconds = {(r["spec"], r["lowering"]): r["seconds"] for r in records}
+    assert seconds == {(SHAPES[0].key(), "direct"): 5e-3, (SHAPES[0].key(), "im2win"): 7e-3,
+                       (SHAPES[1].key(), "direct"): 1e-3, (SHAPES[1].key(), "im2win"): 1e-3}
+    asked.clear()
+    profile, records = calibrate(fixed_profile(), host, shapes=SHAPES, lowerings=["direct"], earlier=earlier)
+    assert asked == [(SHAPES[0], ("direct",)), (SHAPES[1], ("direct",))]  # all shapes: re-measured
+    seconds = {(r["spec"], r["lowering"]): r["seconds"] for r in records}
+    assert seconds[SHAPES[0].key(), "direct"] == 1e-3 and seconds[SHAPES[0].key(), "im2win"] == 7e-3
+    # the earlier im2win point is fitted too: its coefficients predict it (one point, a perfect fit)
+    assert cal.predict("im2win", SHAPES[0], profile, 8) == pytest.approx(7e-3, rel=1e-6)
+
+
 def test_stored_measurements_refit_to_the_same_coefficients(tmp_path):
     from convopt.cost.calibrate import fit_measured, load_measurements, measurements_path, profile_beside, save_measurements
 

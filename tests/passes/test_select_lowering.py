@@ -212,6 +212,28 @@ def test_partial_measurements_and_forced_lowerings_leave_the_choice_alone():
     assert everywhere.node_map["c3"].attrs.lowering == "im2col"
 
 
+def test_a_stems_measurements_beyond_the_margin_compete_under_their_blocked_output_names():
+    """A stem (NCHW input, blocked readers) is measured under "<lowering>@blocked-output" names: a lowering
+    predicted far off but measured fastest wins there too, as between NCHW neighbours."""
+    from convopt.cost.model import near_best, variant, works_blocked
+
+    graph = _stem_then_pointwise()
+    profile = fixed_profile()  # direct predicted 3x slower than it is: beyond the margin
+    profile.coefficients["direct"] = {f: 3 * v for f, v in profile.coefficients["direct"].items()}
+    predicted_only = select_lowering(graph, lanes=8, profile=profile)
+    spec = conv_spec_of(graph, graph.node_map["stem"])
+    predicted = dict(predicted_only.node_map["stem"].attrs.predicted_us)
+    near = near_best(predicted)
+    far = [name for name in predicted if name not in near and works_blocked(name, spec, 8)]
+    assert far == ["direct"]
+    times = {name: 1e-3 for name in near} | {far[0]: 1e-9}
+    measured = {spec.key(): {variant(name, spec, 8, False, blocked_output=True): {"relu": t}
+                             for name, t in times.items()}}
+    assert any(v.endswith("@blocked-output") for v in measured[spec.key()])
+    after = select_lowering(graph, lanes=8, profile=profile, measured=measured)
+    assert after.node_map["stem"].attrs.lowering == far[0]
+
+
 def _squeeze_excite():
     b = Builder()
     x = b.input("x", (1, 32, 1, 1))  # a pooled map
