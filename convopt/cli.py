@@ -186,7 +186,8 @@ def _calibrate(args) -> int:
         return _calibrate_refit(Path(args.refit), args.output)
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
-    if args.lowerings or args.missing:
+    partial = bool(args.lowerings or args.missing)
+    if partial:
         profile = shipped_profiles().get(target.key) or load_profile(target)
     else:
         profile = measure_machine(target)
@@ -203,7 +204,7 @@ def _calibrate(args) -> int:
     lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
     output = Path(args.output) if args.output else profile_path(target)
     # a partial run joins the measurements of the earlier ones, so that the fit is over all of them
-    earlier = _earlier_measurements(target, measurements_path(output)) if args.lowerings or args.missing else []
+    earlier = _earlier_measurements(target, measurements_path(output)) if partial else []
     if lowerings is None or lowerings:
         profile, records = calibrate(profile, target, shapes=shapes, lowerings=lowerings, passes=args.passes,
                                      earlier=earlier, missing_only=args.missing, progress=print)

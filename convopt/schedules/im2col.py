@@ -70,10 +70,10 @@ def plan(spec, lanes: int) -> tuple[str, int, int, int]:
     """(mode, m, tile_o, tile_p): the GEMM's register tile, 8 accumulators with AVX2 (measured best:
     4 x 32 and 2 x 56 pixels spill, 8 x 8 is load bound), 16 with AVX-512.
 
-    "p" (pixels vectorized; when P % lanes == 0, or when Og % lanes != 0 too): m = tile_o output
-    channels (m | Og) x tile_p pixels, a multiple of lanes dividing P (one vector and a guarded
-    tail when P isn't a multiple of lanes). "o" (output channels vectorized): m = lanes channels
-    per vector, tile_o vectors x tile_p pixels (a divisor of P)."""
+    "p" (pixels vectorized; when P % lanes == 0, or when no vector of lanes, lanes/2 or lanes/4 (>= 4)
+    divides Og): m = tile_o output channels (m | Og) x tile_p pixels, a multiple of lanes dividing P (one
+    vector and a guarded tail when P isn't a multiple of lanes). "o" (output channels vectorized): m =
+    the widest of those vectors dividing Og, tile_o vectors x tile_p pixels (a divisor of P)."""
     return tiling.gemm_tile(spec.out_height * spec.out_width, spec.out_per_group, spec.out_channels, lanes)
 
 

@@ -254,20 +254,18 @@ def col_copy_vector(out_width: int, lanes: int) -> int | None:
 def gemm_tile(pixels: int, out_per_group: int, out_channels: int, lanes: int) -> tuple[str, int, int, int]:
     """im2col's GEMM register tile (mode, m, tile_o, tile_p): see schedules/im2col.py."""
     budget = accumulators(lanes)
-    narrow = next((w for w in (lanes // 2, lanes // 4) if w >= 4 and out_per_group % w == 0), None)
-    if pixels % lanes and out_per_group % lanes and narrow:
-        # narrower channel vectors, not one guarded pixel vector per row of a 4 x lanes tile: 56 -> 56 3x3
-        # at 14x14 ran 217 us so (8% of peak), 4.5x its 48 and 64 channel neighbours, 72 -> 72 at 7x7 610 us
-        ot = 2 if (out_channels // narrow) % 2 == 0 else 1
-        return "o", narrow, ot, max(d for d in range(1, budget // ot + 1) if pixels % d == 0)
-    if pixels % lanes == 0 or out_per_group % lanes:
-        mr = next(m for m in (4, 2, 1) if out_per_group % m == 0)
-        if pixels % lanes:
-            return "p", mr, mr, lanes
-        v = max(v for v in range(1, budget // mr + 1) if pixels % (v * lanes) == 0)
-        return "p", mr, mr, v * lanes
-    ot = 2 if (out_channels // lanes) % 2 == 0 else 1
-    return "o", lanes, ot, max(d for d in range(1, budget // ot + 1) if pixels % d == 0)
+    # channel vectors where the pixels don't fill whole ones: the lanes, else a half or a quarter of them (at
+    # least 4) dividing the channels, not one guarded pixel vector per row of a 4 x lanes tile (56 -> 56 3x3
+    # at 14x14 ran 217 us so, 8% of peak, 4.5x its 48 and 64 channel neighbours; 72 -> 72 at 7x7 610 us)
+    width = next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 4 and out_per_group % w == 0), None)
+    if pixels % lanes and width:
+        ot = 2 if (out_channels // width) % 2 == 0 else 1
+        return "o", width, ot, max(d for d in range(1, budget // ot + 1) if pixels % d == 0)
+    mr = next(m for m in (4, 2, 1) if out_per_group % m == 0)
+    if pixels % lanes:
+        return "p", mr, mr, lanes
+    v = max(v for v in range(1, budget // mr + 1) if pixels % (v * lanes) == 0)
+    return "p", mr, mr, v * lanes
 
 
 def gemm_accumulators(pixels: int, out_per_group: int, out_channels: int, lanes: int) -> float:
