@@ -149,7 +149,7 @@ def _report(args) -> int:
     model, x = _prepare(args)
     fast = optimize(model, x, target=args.target, skip_passes=args.skip_pass, lowering=_lowering_arg(args),
                     fuse_blocks=_fuse_blocks_arg(args))
-    result = report(fast, x, out=args.out, runs=args.runs, model=args.model)
+    result = report(fast, x, out=args.out, runs=args.runs, rounds=args.rounds, model=args.model)
     print(format_table(result, top=args.top))
     if args.out:
         print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'roofline.png'}")
@@ -177,6 +177,7 @@ def _lowering_arg(args):
 def _calibrate(args) -> int:
     from .cost.calibrate import CALIBRATION_SHAPES, calibrate, measurements_path, save_measurements
     from .cost.profile import load_profile, measure_machine, profile_path, save_profile, shipped_profiles
+    from .cost.weight_stream import calibrate_weight_stream
     from .target import resolve_target
 
     target = resolve_target("cpu")
@@ -186,7 +187,7 @@ def _calibrate(args) -> int:
         return _calibrate_refit(Path(args.refit), args.output)
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
-    partial = bool(args.lowerings or args.missing)
+    partial = bool(args.lowerings or args.missing or args.weight_stream)
     if partial:
         profile = shipped_profiles().get(target.key) or load_profile(target)
     else:
@@ -194,6 +195,11 @@ def _calibrate(args) -> int:
     print(f"{profile.cpu}, target {target.key}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
           f"FMA peak {profile.roof_flops / 1e9:.0f} GFLOP/s, "
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
+    output = Path(args.output) if args.output else profile_path(target)
+    if args.weight_stream:
+        profile = calibrate_weight_stream(profile, target, progress=print)
+        print(f"wrote {save_profile(profile, output)}")
+        return 0
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
     lowerings = args.lowerings.split(",") if args.lowerings else None
     from .cost.calibrate import calibrate_fused
@@ -202,7 +208,6 @@ def _calibrate(args) -> int:
     # the fused kernels keep no measurements to join: --missing leaves them alone unless named
     fused = [key for key in FUSED_KEYS if (lowerings is None and not args.missing) or key in (lowerings or ())]
     lowerings = None if lowerings is None else [name for name in lowerings if name not in FUSED_KEYS]
-    output = Path(args.output) if args.output else profile_path(target)
     # a partial run joins the measurements of the earlier ones, so that the fit is over all of them
     earlier = _earlier_measurements(target, measurements_path(output)) if partial else []
     if lowerings is None or lowerings:
@@ -211,6 +216,8 @@ def _calibrate(args) -> int:
         print(f"wrote {save_measurements(records, target, measurements_path(output))}")
     if fused:
         profile = calibrate_fused(profile, target, keys=fused, progress=print)
+    if lowerings is None and not (args.missing and "stream_bandwidth" in profile.fitted_here):
+        profile = calibrate_weight_stream(profile, target, progress=print)
     _print_coefficients(profile)
     print(f"wrote {save_profile(profile, output)}")
     return 0
@@ -359,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     _common(rep)
     rep.add_argument("--target", default="cpu", help="a TVM target: cpu (default) or cuda")
     rep.add_argument("--out", metavar="DIR", help="write DIR/report.json and DIR/roofline.png")
-    rep.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
+    rep.add_argument("--runs", type=int, default=10, help="timed runs per round (default 10)")
+    rep.add_argument("--rounds", type=int, default=5,
+                     help="rounds of runs, spread over a few seconds; each kernel's lowest round median counts "
+                          "(default 5)")
     rep.add_argument("--top", type=int, default=25, help="kernels in the table (default 25)")
     rep.set_defaults(run=_report)
     for p in (dump, opt, tun, rep, pru):
@@ -386,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--missing", action="store_true",
                      help="measure only the shapes and lowerings the earlier measurements of this machine lack "
                           "(the output's, else the shipped ones) and fit over all of them")
+    cal.add_argument("--weight-stream", action="store_true",
+                     help="measure only how fast conv kernels read weights from memory (the profile's "
+                          "stream_bandwidth; a few seconds; a full calibration, and --missing where the profile "
+                          "lacks it, measure it too)")
     cal.add_argument("--from-logs", nargs="*", metavar="DIR",
                      help="measure nothing: refit the coefficients to the times tuning jobs measured (their "
                           "lowering_times.json) under these tuning_logs folders (default: the shipped ones, "

@@ -4,7 +4,8 @@ Every packed call the Relax VM makes is timed (``VirtualMachine.set_instrument``
 each call, about 10% overhead in total) over several runs; per kernel (a conv with its fused epilogue, a fused
 chain of other ops, a VM builtin) the report gives
 
-    ms          median time per model run (all calls of the kernel in one run)
+    ms          time per model run (all calls of the kernel in one run): the lowest, over ``rounds`` rounds
+                spread over a few seconds, of the round's median
     share       of the instrumented run's total
     GFLOP/s     its FLOPs (a conv's direct 2 x multiply-adds, whatever its lowering; TVM's estimate for the
                 rest) per second
@@ -12,6 +13,14 @@ chain of other ops, a VM builtin) the report gives
     bound       the roofline time: max(FLOPs / peak, bytes / bandwidth) with the machine profile's measured
                 peak (register-resident FMAs on all cores, cost/peak.py) and bandwidth (a large copy)
     x bound     ms / bound: how far the kernel is from the roofline (1 is on it)
+
+Why rounds: this machine is shared, and a neighbour's phases (seconds long) slow memory-bound kernels much
+more than compute-bound ones: mobilenetv2's first depthwise conv (32 channels at 112 px) took 35 us in one
+run of ``convopt report`` and 121 us in the next, while its convs with 300+ FLOP/byte moved 10%. The runs of
+one round fall in one phase, so one round's medians can call a kernel 3x off its roofline that is on it
+when the machine is quiet; the lowest round median is what the kernel takes on a quiet machine (the same
+policy as ``convopt bench``: the lowest of per-process medians). Each kernel's lowest may come from a
+different round, so ``instrumented_ms`` (their sum) can be below any one run's.
 
 and writes ``report.json`` and ``roofline.png`` (arithmetic intensity against achieved FLOP/s, a point per
 kernel coloured by lowering, the roofs from the profile).
@@ -51,6 +60,11 @@ class KernelTime:
 # cores from TVM's: on 2 cores mobilenetv2_100 ran 2.5x slower right after an eager run, still 1.35x slower
 # 50 ms later, and at full speed after 100 ms. So every timing here starts after this much warm-up.
 SETTLE_SECONDS = 0.5
+# Rounds of timing, spread over a few seconds so that a neighbour's slow phase doesn't decide (module docstring);
+# between rounds the pools idle for the gap, and the next round settles again first.
+ROUNDS = 5
+ROUND_GAP_SECONDS = 0.3
+ROUND_SETTLE_SECONDS = 0.2
 
 
 def settle(run, seconds: float = SETTLE_SECONDS) -> None:
@@ -61,49 +75,69 @@ def settle(run, seconds: float = SETTLE_SECONDS) -> None:
         calls += 1
 
 
-def time_kernels(fast, example_inputs: Any, *, runs: int = 10) -> tuple[list[KernelTime], float]:
-    """(per-kernel times of ``fast`` on ``example_inputs``, median seconds of a plain run without the
-    instrument) for a module optimized for a TVM target."""
+def time_kernels(fast, example_inputs: Any, *, runs: int = 10, rounds: int = ROUNDS
+                 ) -> tuple[list[KernelTime], float]:
+    """(per-kernel times of ``fast`` on ``example_inputs``, seconds of a plain run without the instrument) for
+    a module optimized for a TVM target: per kernel and for the plain run, the lowest over ``rounds`` rounds
+    (``ROUND_GAP_SECONDS`` apart) of the median over the round's ``runs`` runs."""
     compiled = getattr(fast, "_compiled", None)
     vm = getattr(compiled, "vm", None)
     if vm is None:
         raise ValueError("convopt report times modules compiled with TVM (target 'cpu' or 'cuda'), "
                          f"not target {fast.target!r}")
     args = as_args(example_inputs)
+    samples: list[list[dict[str, list[float]]]] = []
+    plain: list[float] = []
     with torch.no_grad():
-        settle(lambda: fast(*args))
-        plain = []
+        for round_index in range(max(1, rounds)):
+            if round_index:
+                time.sleep(ROUND_GAP_SECONDS)
+            settle(lambda: fast(*args), ROUND_SETTLE_SECONDS if round_index else SETTLE_SECONDS)
+            plain.append(_median_plain(lambda: fast(*args), runs))
+            samples.append(_instrumented_runs(vm, lambda: fast(*args), runs))
+    return _aggregate(samples, compiled.kernels), min(plain)
+
+
+def _median_plain(run, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _instrumented_runs(vm, run, runs: int) -> list[dict[str, list[float]]]:
+    """Per run, the seconds of every call of each packed function the VM made."""
+    samples: list[dict[str, list[float]]] = []
+    started: dict[str, float] = {}
+
+    def instrument(func, name, before_run, ret_value, *call_args):
+        now = time.perf_counter()
+        if before_run:
+            started[name] = now
+        else:
+            samples[-1][name].append(now - started.pop(name))
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+    try:
         for _ in range(runs):
-            start = time.perf_counter()
-            fast(*args)
-            plain.append(time.perf_counter() - start)
-        samples: list[dict[str, list[float]]] = []
-        started: dict[str, float] = {}
-
-        def instrument(func, name, before_run, ret_value, *call_args):
-            now = time.perf_counter()
-            if before_run:
-                started[name] = now
-            else:
-                samples[-1][name].append(now - started.pop(name))
-            return 0  # VMInstrumentReturnKind.NO_OP
-
-        vm.set_instrument(instrument)
-        try:
-            for _ in range(runs):
-                samples.append(defaultdict(list))
-                fast(*args)
-        finally:
-            vm.set_instrument(None)
-    return _aggregate(samples, compiled.kernels), statistics.median(plain)
+            samples.append(defaultdict(list))
+            run()
+    finally:
+        vm.set_instrument(None)
+    return samples
 
 
-def _aggregate(samples: list[dict[str, list[float]]], table: dict[str, dict]) -> list[KernelTime]:
+def _aggregate(rounds: list[list[dict[str, list[float]]]], table: dict[str, dict]) -> list[KernelTime]:
+    """One row per kernel: its calls per run and, over the rounds, the lowest median of its per-run seconds."""
     rows = []
-    for name in samples[0]:
+    first = rounds[0][0]
+    for name in first:
         info = table.get(name)
-        calls = len(samples[0][name])
-        per_run = statistics.median(sum(run[name]) for run in samples)
+        calls = len(first[name])
+        per_run = min(statistics.median(sum(run[name]) for run in samples) for samples in rounds)
         if info is None:
             kind, flops, nbytes, nodes = "builtin", 0, 0, ()
         else:
@@ -178,11 +212,14 @@ def plot_roofline(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(fast, example_inputs: Any, *, out: str | Path | None = None, runs: int = 10, model: str = "") -> dict:
-    """Time ``fast`` kernel by kernel; write ``out/report.json`` and ``out/roofline.png`` when ``out`` is given."""
-    rows, plain = time_kernels(fast, example_inputs, runs=runs)
+def report(fast, example_inputs: Any, *, out: str | Path | None = None, runs: int = 10, rounds: int = ROUNDS,
+           model: str = "") -> dict:
+    """Time ``fast`` kernel by kernel (``rounds`` rounds of ``runs`` runs); write ``out/report.json`` and
+    ``out/roofline.png`` when ``out`` is given."""
+    rows, plain = time_kernels(fast, example_inputs, runs=runs, rounds=rounds)
     target = fast._compiled.target
     result = build_report(rows, plain, load_profile(target), target.key, model)
+    result.update(runs=runs, rounds=rounds)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

@@ -155,3 +155,17 @@ def test_fuse_block_forces_a_block(tmp_path, capsys, monkeypatch):
         assert main(args) == 0
         dumps[bool(extra)] = out.read_text().count("= fused_block(")
     assert dumps == {False: 0, True: 1}
+
+
+def test_calibrate_weight_stream_measures_only_that_rate(tmp_path, capsys, monkeypatch):
+    import convopt.cost.weight_stream as ws
+    from convopt.cost.profile import MachineProfile
+    from convopt.schedules.conv_spec import ConvSpec
+
+    monkeypatch.setattr(ws, "STREAM_CASES", ((ConvSpec(1, 32, 8, 8, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1), "winograd2"),))
+    out = tmp_path / "profile.json"
+    assert main(["calibrate", "--weight-stream", "-o", str(out)]) == 0
+    assert "weights streamed from memory at" in capsys.readouterr().out
+    profile = MachineProfile.from_json(out.read_text())
+    assert profile.stream_bandwidth > 0 and "stream_bandwidth" in profile.fitted_here
+    assert not (tmp_path / "measurements").exists()  # no conv lowering measured

@@ -22,8 +22,9 @@ A profile without ``@blocked`` coefficients predicts every layout with the NCHW 
 
 Weights from memory: calibration and tuning time a kernel alone, its weights staying in cache from call to
 call. In a model whose weights exceed the last-level cache, every conv reads its packed weights from memory on
-every run, which costs ``weight_stream_seconds`` (its ``weights`` term at the measured bandwidth) on top, and
-more for the lowerings that expand them (Winograd F(4,3)'s U is 4x the conv's weights, F(2,3)'s 1.8x).
+every run, which costs ``weight_stream_seconds`` (its ``weights`` term at the rate conv kernels were measured
+to stream weights, cost/weight_stream.py: on Zen 5 about 50-56 GB/s against a copy's 62-89) on top, and more
+for the lowerings that expand them (Winograd F(4,3)'s U is 4x the conv's weights, F(2,3)'s 1.8x).
 select_lowering decides per model whether that holds (``weights_stream``) and adds it to predictions and
 measurements alike.
 
@@ -112,8 +113,9 @@ def packed_weight_bytes(name: str, spec: ConvSpec, lanes: int) -> float:
 
 
 def weight_stream_seconds(name: str, spec: ConvSpec, profile: MachineProfile, lanes: int) -> float:
-    """Seconds to read lowering ``name``'s packed weights for ``spec`` from memory at the measured bandwidth."""
-    return packed_weight_bytes(name, spec, lanes) / profile.bandwidth
+    """Seconds to read lowering ``name``'s packed weights for ``spec`` from memory at the rate a kernel was
+    measured to stream them (profile.weight_bandwidth: the copy bandwidth where that wasn't measured)."""
+    return packed_weight_bytes(name, spec, lanes) / profile.weight_bandwidth
 
 
 def predict_all(spec: ConvSpec, profile: MachineProfile, lanes: int, candidates=LOWERINGS, blocked: bool = False,

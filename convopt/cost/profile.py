@@ -52,6 +52,14 @@ class MachineProfile:
     # others from the shipped profile, so a newer convopt's fit (a kernel that changed) reaches old caches
     fitted_here: tuple[str, ...] = ()
     fma_peak_flops: float = 0.0  # FLOP/s, fp32 FMAs from registers on all cores (0: not measured)
+    # bytes/s at which a conv kernel reads weights no cache holds, measured by `convopt calibrate`
+    # (weight_stream.py; a copy's ``bandwidth`` overstates it); 0: not measured, the copy's stands in
+    stream_bandwidth: float = 0.0
+
+    @property
+    def weight_bandwidth(self) -> float:
+        """Bytes/s of weights streamed from memory by a conv kernel (cost/model.weight_stream_seconds)."""
+        return self.stream_bandwidth or self.bandwidth
 
     @property
     def roof_flops(self) -> float:
@@ -77,6 +85,8 @@ class MachineProfile:
                 raise ValueError("peak_flops and bandwidth must be positive")
             if not np.isfinite(profile.fma_peak_flops) or profile.fma_peak_flops < 0:
                 raise ValueError("fma_peak_flops must be finite and >= 0")
+            if not np.isfinite(profile.stream_bandwidth) or profile.stream_bandwidth < 0:
+                raise ValueError("stream_bandwidth must be finite and >= 0")
             for name, coefs in profile.coefficients.items():
                 unknown = set(coefs) - set(FEATURES)
                 if unknown or any(not np.isfinite(v) or v < 0 for v in coefs.values()):
@@ -174,7 +184,8 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
             cached = replace(cached, fma_peak_flops=_roof(target))
             if cached.fma_peak_flops:
                 save_profile(cached, path)
-        return replace(cached, coefficients={**shipped.coefficients, **fitted})
+        return replace(cached, coefficients={**shipped.coefficients, **fitted},
+                       stream_bandwidth=_stream_bandwidth(cached, shipped, target))
     if shipped.target_key != target.key and target.key not in _warned:
         _warned.add(target.key)
         warnings.warn(f"convopt's cost model has no profile for target {target.key}; using the coefficients "
@@ -182,8 +193,18 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
                       "and bandwidth. Run `convopt calibrate` to fit this machine.", stacklevel=2)
     profile = replace(measure_machine(target), coefficients=shipped.coefficients,
                       calibrated_on=shipped.calibrated_on or shipped.target_key)
+    profile = replace(profile, stream_bandwidth=_stream_bandwidth(profile, shipped, target))
     save_profile(profile, path)
     return profile
+
+
+def _stream_bandwidth(cached: MachineProfile, shipped: MachineProfile, target: Target) -> float:
+    """The weight-streaming rate: measured here, else the shipped profile's for this very target (the same
+    machine: a copy's bandwidth measured twice on this Zen 5 gave 62 and 89 GB/s, so no scaling by it), else
+    none (the copy bandwidth stands in)."""
+    if "stream_bandwidth" in cached.fitted_here:
+        return cached.stream_bandwidth
+    return shipped.stream_bandwidth if shipped.target_key == target.key else 0.0
 
 
 def save_profile(profile: MachineProfile, path: Path) -> Path:

@@ -19,10 +19,13 @@ the predicted relayout where it can't run blocked, or of its output alone where 
 Weights from memory: t_hat and t describe a kernel timed alone, its weights cached from call to call. When
 the packed weights of the lowerings so chosen add up to more than the last-level cache (sum_n weights(l(n),
 s(n)) > L3), every conv reads them from memory on every run of the model, so the choice is made again with
-t_hat(l, s) + weights(l, s) / bandwidth and t(l, s) + weights(l, s) / bandwidth (cost/model.py:
-weight_stream_seconds): Winograd's transformed weights are 1.8x (F(2,3)) and 4x (F(4,3)) the conv's own.
-On the AMD Zen 5 here (L3 32 MB) repvgg_a0's thirteen 192->192 3x3 convs at 14x14 ran F(4,3) at 338 us each
-in the model against 140 us alone; with F(2,3) the model ran 5.4-5.5 ms instead of 6.0-6.3.
+t_hat(l, s) + weights(l, s) / B and t(l, s) + weights(l, s) / B (cost/model.py: weight_stream_seconds), B the
+rate at which conv kernels were measured to read weights from memory (cost/weight_stream.py; a copy's
+bandwidth where not measured): Winograd's transformed weights are 1.8x (F(2,3)) and 4x (F(4,3)) the conv's
+own. On the AMD Zen 5 here (L3 32 MB) repvgg_a0's thirteen 192->192 3x3 convs at 14x14 ran F(4,3) at 250-340
+us each in the model against 125-140 us alone; at the copy's 89 GB/s the measured F(4,3) (136 us + 60) still
+beat F(2,3) (175 + 27), at the measured 56 GB/s F(2,3) wins (175 + 42 against 136 + 94), and the model runs
+4.2 ms instead of 5.3.
 
 where b(n) says whether n sits between blocked neighbours: its input and its output would be stored in
 channel blocks (NCHW[lanes]c, passes/block_layout.py) if every conv ran a lowering that works on blocked

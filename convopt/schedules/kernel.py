@@ -84,12 +84,23 @@ class Kernel:
         self._func(*self._args(x, residual))
         return from_layout(torch.from_dlpack(self._out), self.out_block, self.spec.out_channels).clone()
 
-    def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, copies: int = 1):
+    def bound(self, x: torch.Tensor, residual: torch.Tensor | None = None, *, copies: int = 1,
+              weight_copies: int = 1):
         """A call with no arguments that runs the kernel on ``x`` into its output buffer (for timing).
 
         ``copies`` > 1: each call takes the next of that many copies of the input, residual and output in
         turn, so that a small conv's tensors are not in the core's cache from the call before, as in a model,
-        where the layer before has just written them (from the other cores' caches too)."""
+        where the layer before has just written them (from the other cores' caches too). ``weight_copies``
+        > 1 (instead): each call takes the next of that many copies of the packed weights and bias, the
+        activations the same, so that enough copies find the weights in no cache, as in a model whose
+        weights exceed the last-level cache (cost/weight_stream.py)."""
+        if weight_copies > 1:
+            args = self._args(x, residual)
+            constants = len(self._constants) + len(self._bias)
+            arg_sets = [[args[0], *(tvm.runtime.tensor(c.numpy(), self._device) for c in args[1:1 + constants]),
+                         *args[1 + constants:]] for _ in range(weight_copies)]
+            turn = itertools.cycle(arg_sets)
+            return lambda: self._func(*next(turn))
         if copies <= 1:
             args = self._args(x, residual)
             return lambda: self._func(*args)

@@ -141,3 +141,16 @@ def test_a_target_without_a_shipped_profile_gets_the_nearest_with_a_warning_once
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_profile(AVX512_OTHER, refresh=True)  # said once
+
+
+def test_the_weight_stream_rate_comes_from_here_else_from_the_shipped_profile_of_this_very_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVOPT_CACHE_DIR", str(tmp_path))
+    shipped = prof.nearest_shipped(HOST)
+    prof.save_profile(fixed_profile(), prof.profile_path(HOST))
+    expected = shipped.stream_bandwidth if shipped.target_key == HOST.key else 0.0
+    assert load_profile(HOST).stream_bandwidth == expected
+    measured_here = fixed_profile().with_fitted(fixed_profile().coefficients, ["stream_bandwidth"],
+                                                stream_bandwidth=12.5e9)
+    prof.save_profile(measured_here, prof.profile_path(HOST))
+    assert load_profile(HOST).stream_bandwidth == 12.5e9 and load_profile(HOST).weight_bandwidth == 12.5e9
+    assert any(p.stream_bandwidth > 0 for p in prof.shipped_profiles().values())  # measured on one machine at least

@@ -321,3 +321,24 @@ def test_measured_times_are_charged_the_weight_reads_too():
     node = after.node_map["c0"]
     assert node.attrs.lowering != "winograd4" and dict(node.attrs.measured_us)
     assert dict(node.attrs.measured_us)["winograd4"] > 900  # us: its weight reads added
+
+
+def test_a_slower_measured_weight_stream_turns_the_choice_to_the_smaller_weights():
+    """F(4,3) measured faster alone by 1.5x the difference of its weight reads at the copy bandwidth: it wins
+    there, and loses where kernels were measured to stream weights at half that rate (cost/weight_stream.py)."""
+    from dataclasses import replace
+
+    from convopt.cost.model import packed_weight_bytes
+
+    profile = fixed_profile()
+    graph = _wide_chain(8, 256)  # 8 x 9.4 MB of F(4,3) weights: beyond the L3
+    spec = conv_spec_of(graph, graph.node_map["c0"])
+    extra = (packed_weight_bytes("winograd4", spec, 8) - packed_weight_bytes("winograd2", spec, 8)) / profile.bandwidth
+    times = {"winograd2": 1e-3, "winograd4": 1e-3 - 1.5 * extra, "direct": 9e-3, "im2win": 9e-3, "im2col": 9e-3,
+             "fft": 9e-3}
+    measured = {spec.key(): {name: {"none": t} for name, t in times.items()}}
+    at_copy = select_lowering(graph, lanes=8, profile=profile, blocked_layouts=False, measured=measured)
+    assert set(_lowerings(at_copy).values()) == {"winograd4"}
+    slower = replace(profile, stream_bandwidth=profile.bandwidth / 2)
+    at_half = select_lowering(graph, lanes=8, profile=slower, blocked_layouts=False, measured=measured)
+    assert set(_lowerings(at_half).values()) == {"winograd2"}
