@@ -4,7 +4,7 @@ and ConvNeXt blocks,
 schedules/fused_chain.py for dense conv pairs and bottlenecks)
 and with none (convopt's kernels of each block's nodes, each call counted, exchanging
 channel-blocked tensors), each kernel timed in place by the VM's instrument (report.time_kernels, the
-median of runs), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
+lowest of its round medians), so a block's neighbours, layouts and cache state are the model's. Beside them: the cost
 model's predictions (cost/fused.py, cost/model.py), the bytes each variant moves from memory, and the
 fused kernel's extra FLOPs (rows computed twice, channels padded to whole vectors). Then the whole model
 with the cost model's choice, all blocks fused and none, timed interleaved in this process (best of rounds).

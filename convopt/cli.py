@@ -176,7 +176,9 @@ def _lowering_arg(args):
 
 def _calibrate(args) -> int:
     from .cost.calibrate import CALIBRATION_SHAPES, calibrate, measurements_path, save_measurements
-    from .cost.profile import load_profile, measure_machine, profile_path, save_profile, shipped_profiles
+    from dataclasses import replace
+
+    from .cost.profile import MachineProfile, load_profile, measure_machine, profile_path, save_profile, shipped_profiles
     from .cost.weight_stream import calibrate_weight_stream
     from .target import resolve_target
 
@@ -185,21 +187,31 @@ def _calibrate(args) -> int:
         return _calibrate_from_logs(target, args.from_logs, args.output)
     if args.refit:
         return _calibrate_refit(Path(args.refit), args.output)
+    if args.weight_stream and (args.lowerings or args.missing or args.quick):
+        print("--weight-stream measures that rate alone: not with --lowerings, --missing or --quick",
+              file=sys.stderr)
+        return 2
+    output = Path(args.output) if args.output else profile_path(target)
+    existing = MachineProfile.from_json(output.read_text(), str(output)) if output.is_file() else None
+    if args.weight_stream:  # an absolute rate: joins the profile there is, whatever it was fitted against
+        profile = calibrate_weight_stream(existing or load_profile(target), target, progress=print)
+        print(f"wrote {save_profile(profile, output)}")
+        return 0
     # a subset is fitted against the profile it joins, the shipped one for this target if there is one: the
     # other coefficients are ratios to its peak and bandwidth
-    partial = bool(args.lowerings or args.missing or args.weight_stream)
+    partial = bool(args.lowerings or args.missing)
     if partial:
         profile = shipped_profiles().get(target.key) or load_profile(target)
+        if existing is not None and "stream_bandwidth" in existing.fitted_here:  # measured for this output: kept
+            profile = profile.with_fitted(profile.coefficients, ["stream_bandwidth"],
+                                          stream_bandwidth=existing.stream_bandwidth)
+        elif "stream_bandwidth" in profile.fitted_here:  # the shipped profile's rate, not measured for this output
+            profile = replace(profile, fitted_here=tuple(n for n in profile.fitted_here if n != "stream_bandwidth"))
     else:
         profile = measure_machine(target)
     print(f"{profile.cpu}, target {target.key}: {profile.cores} cores, GEMM {profile.peak_flops / 1e9:.0f} GFLOP/s, "
           f"FMA peak {profile.roof_flops / 1e9:.0f} GFLOP/s, "
           f"copy {profile.bandwidth / 1e9:.1f} GB/s, caches {profile.caches}")
-    output = Path(args.output) if args.output else profile_path(target)
-    if args.weight_stream:
-        profile = calibrate_weight_stream(profile, target, progress=print)
-        print(f"wrote {save_profile(profile, output)}")
-        return 0
     shapes = CALIBRATION_SHAPES[::3] if args.quick else CALIBRATION_SHAPES
     lowerings = args.lowerings.split(",") if args.lowerings else None
     from .cost.calibrate import calibrate_fused
@@ -216,7 +228,7 @@ def _calibrate(args) -> int:
         print(f"wrote {save_measurements(records, target, measurements_path(output))}")
     if fused:
         profile = calibrate_fused(profile, target, keys=fused, progress=print)
-    if lowerings is None and not (args.missing and "stream_bandwidth" in profile.fitted_here):
+    if lowerings is None and not (args.missing and "stream_bandwidth" in profile.fitted_here):  # (kept above)
         profile = calibrate_weight_stream(profile, target, progress=print)
     _print_coefficients(profile)
     print(f"wrote {save_profile(profile, output)}")

@@ -6,7 +6,7 @@ chain of other ops, a VM builtin) the report gives
 
     ms          time per model run (all calls of the kernel in one run): the lowest, over ``rounds`` rounds
                 spread over a few seconds, of the round's median
-    share       of the instrumented run's total
+    share       of the sum of the kernels' times (each its lowest round: a composite run)
     GFLOP/s     its FLOPs (a conv's direct 2 x multiply-adds, whatever its lowering; TVM's estimate for the
                 rest) per second
     GB/s        the bytes of its arguments (each read or written at least once) per second
@@ -133,11 +133,12 @@ def _instrumented_runs(vm, run, runs: int) -> list[dict[str, list[float]]]:
 def _aggregate(rounds: list[list[dict[str, list[float]]]], table: dict[str, dict]) -> list[KernelTime]:
     """One row per kernel: its calls per run and, over the rounds, the lowest median of its per-run seconds."""
     rows = []
-    first = rounds[0][0]
-    for name in first:
+    names = dict.fromkeys(name for samples in rounds for run in samples for name in run)  # in order of first call
+    for name in names:
         info = table.get(name)
-        calls = len(first[name])
-        per_run = min(statistics.median(sum(run[name]) for run in samples) for samples in rounds)
+        present = [samples for samples in rounds if name in samples[0]]  # a round that called it
+        calls = len(present[0][0][name])
+        per_run = min(statistics.median(sum(run.get(name, ())) for run in samples) for samples in present)
         if info is None:
             kind, flops, nbytes, nodes = "builtin", 0, 0, ()
         else:

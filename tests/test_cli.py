@@ -169,3 +169,37 @@ def test_calibrate_weight_stream_measures_only_that_rate(tmp_path, capsys, monke
     profile = MachineProfile.from_json(out.read_text())
     assert profile.stream_bandwidth > 0 and "stream_bandwidth" in profile.fitted_here
     assert not (tmp_path / "measurements").exists()  # no conv lowering measured
+    # an existing profile (this machine's own calibration) keeps everything but the rate
+    from tests.cost.profiles import fixed_profile
+    from convopt.cost.profile import save_profile
+
+    own = fixed_profile(direct={"flops": 7.0})
+    save_profile(own, out)
+    assert main(["calibrate", "--weight-stream", "-o", str(out)]) == 0
+    again = MachineProfile.from_json(out.read_text())
+    assert again.coefficients == own.coefficients and again.bandwidth == own.bandwidth and again.stream_bandwidth > 0
+    assert main(["calibrate", "--weight-stream", "--missing", "-o", str(out)]) == 2
+
+
+def test_calibrate_missing_measures_the_stream_rate_only_where_the_output_lacks_it(tmp_path, monkeypatch):
+    import convopt.cost.calibrate as cal
+    import convopt.cost.weight_stream as ws
+    from convopt.cost.calibrate import CALIBRATION_SHAPES, all_variants, save_measurements, variants
+    from convopt.cost.profile import MachineProfile, save_profile
+    from convopt.target import resolve_target
+    from tests.cost.profiles import fixed_profile
+
+    target = resolve_target("cpu")
+    out = tmp_path / f"{target.key}.json"
+    known = [{"lowering": name, "spec": spec.key(), "seconds": 1e-4}
+             for spec in CALIBRATION_SHAPES for name in variants(spec, all_variants(), target.lanes)]
+    save_measurements(known, target, cal.measurements_path(out))  # nothing missing: no conv measured
+    monkeypatch.setattr(cal, "measure", lambda spec, names, target: pytest.fail(f"measured {spec}"))
+    measured = []
+    monkeypatch.setattr(ws, "calibrate_weight_stream", lambda profile, target, progress=None: measured.append(1)
+                        or profile.with_fitted(profile.coefficients, ["stream_bandwidth"], stream_bandwidth=3e10))
+    save_profile(fixed_profile(), out)  # an output without a measured rate: measured
+    assert main(["calibrate", "--missing", "-o", str(out)]) == 0 and measured == [1]
+    assert MachineProfile.from_json(out.read_text()).stream_bandwidth == 3e10
+    assert main(["calibrate", "--missing", "-o", str(out)]) == 0 and measured == [1]  # measured for it: kept
+    assert MachineProfile.from_json(out.read_text()).stream_bandwidth == 3e10

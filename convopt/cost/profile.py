@@ -48,8 +48,9 @@ class MachineProfile:
     coefficients: dict[str, dict[str, float]] = field(default_factory=dict)
     calibrated_on: str = ""  # the CPU and target key the coefficients were fitted on
     target_key: str = ""  # the Target this profile describes
-    # coefficient keys `convopt calibrate` fitted on this machine: a cached profile keeps those and takes the
-    # others from the shipped profile, so a newer convopt's fit (a kernel that changed) reaches old caches
+    # coefficient keys `convopt calibrate` fitted on this machine (and "stream_bandwidth" when it measured that):
+    # a cached profile keeps those and takes the others from the shipped profile, so a newer convopt's fit (a
+    # kernel that changed) reaches old caches
     fitted_here: tuple[str, ...] = ()
     fma_peak_flops: float = 0.0  # FLOP/s, fp32 FMAs from registers on all cores (0: not measured)
     # bytes/s at which a conv kernel reads weights no cache holds, measured by `convopt calibrate`
@@ -199,9 +200,9 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
 
 
 def _stream_bandwidth(cached: MachineProfile, shipped: MachineProfile, target: Target) -> float:
-    """The weight-streaming rate: measured here, else the shipped profile's for this very target (the same
-    machine: a copy's bandwidth measured twice on this Zen 5 gave 62 and 89 GB/s, so no scaling by it), else
-    none (the copy bandwidth stands in)."""
+    """The weight-streaming rate: measured here, else the shipped profile's for the same target key (the same
+    kind of machine, as for the coefficients; unscaled: a copy's bandwidth measured twice on this Zen 5 gave
+    62 and 89 GB/s), else none (the copy bandwidth stands in)."""
     if "stream_bandwidth" in cached.fitted_here:
         return cached.stream_bandwidth
     return shipped.stream_bandwidth if shipped.target_key == target.key else 0.0

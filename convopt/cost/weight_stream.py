@@ -33,7 +33,7 @@ from .profile import MachineProfile
 # a fitted rate is kept within these fractions of the copy's bandwidth (a noisy run's penalties can be near
 # zero or negative)
 STREAM_FRACTION_MIN, STREAM_FRACTION_MAX = 0.05, 2.0
-MAX_WEIGHT_COPIES = 32
+MAX_COPIES_BYTES = 512 << 20  # all copies of one case's weights together
 
 
 def _conv3x3(channels: int, size: int) -> ConvSpec:
@@ -61,9 +61,10 @@ class StreamPoint:
 
 
 def weight_copies(weight_bytes: float, target: Target) -> int:
-    """Copies of a kernel's weights that together exceed the last-level cache twice over."""
-    l3 = target.caches.get("L3", 32 << 20)
-    return max(2, min(MAX_WEIGHT_COPIES, -(-2 * l3 // max(int(weight_bytes), 1))))
+    """Copies of a kernel's weights that together exceed the last-level cache twice over (at most
+    ``MAX_COPIES_BYTES`` of them: a case too small for that on a machine with a huge L3 is not measured)."""
+    l3, size = target.caches.get("L3", 32 << 20), max(int(weight_bytes), 1)
+    return max(2, min(-(-2 * l3 // size), MAX_COPIES_BYTES // size))
 
 
 def measure_weight_stream(target: Target, cases=STREAM_CASES, rounds: int = 9) -> list[StreamPoint]:
@@ -73,17 +74,21 @@ def measure_weight_stream(target: Target, cases=STREAM_CASES, rounds: int = 9) -
 
     gen = torch.Generator().manual_seed(0)
     calls, sizes = {}, {}
+    l3 = target.caches.get("L3", 32 << 20)
     for spec, name in cases:
+        size = packed_weight_bytes(name, spec, target.lanes)
+        if weight_copies(size, target) * size < 2 * l3:
+            continue  # its copies would stay in the L3: no penalty to see
         x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=gen)
         w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=gen) / 9
         kernel = build_kernel(name, spec, w, torch.randn(spec.out_channels, generator=gen), target=target,
                               activation="relu", in_block=target.lanes, out_block=target.lanes)
-        sizes[spec, name] = packed_weight_bytes(name, spec, target.lanes)
+        sizes[spec, name] = size
         calls[spec, name, "hot"] = kernel.bound(x)
-        calls[spec, name, "cold"] = kernel.bound(x, weight_copies=weight_copies(sizes[spec, name], target))
-    seconds = time_interleaved(calls, rounds)
+        calls[spec, name, "cold"] = kernel.bound(x, weight_copies=weight_copies(size, target))
+    seconds = time_interleaved(calls, rounds) if calls else {}
     return [StreamPoint(spec, name, sizes[spec, name], seconds[spec, name, "hot"], seconds[spec, name, "cold"])
-            for spec, name in cases]
+            for spec, name in cases if (spec, name) in sizes]
 
 
 def fit_stream_bandwidth(points: list[StreamPoint], bandwidth: float) -> float:
@@ -100,6 +105,9 @@ def calibrate_weight_stream(profile: MachineProfile, target: Target, cases=None,
     """``profile`` with ``stream_bandwidth`` measured on this machine (marked as fitted here); ``cases``:
     default ``STREAM_CASES``."""
     points = measure_weight_stream(target, STREAM_CASES if cases is None else cases)
+    if not points:
+        raise ValueError(f"no weight-stream case outgrows this machine's L3 ({target.caches.get('L3')} bytes) "
+                         f"within {MAX_COPIES_BYTES >> 20} MB of copies")
     rate = fit_stream_bandwidth(points, profile.bandwidth)
     if progress:
         for point in points:

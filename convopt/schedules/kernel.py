@@ -94,6 +94,8 @@ class Kernel:
         > 1 (instead): each call takes the next of that many copies of the packed weights and bias, the
         activations the same, so that enough copies find the weights in no cache, as in a model whose
         weights exceed the last-level cache (cost/weight_stream.py)."""
+        if weight_copies > 1 and copies > 1:
+            raise ValueError("copies of the activations or of the weights, not both")
         if weight_copies > 1:
             args = self._args(x, residual)
             constants = len(self._constants) + len(self._bias)

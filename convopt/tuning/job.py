@@ -487,7 +487,7 @@ def _kernel_seconds(untuned, tuned, example_inputs, rounds: int = 2, runs: int =
     best: tuple[dict, dict] = ({}, {})
     for _ in range(rounds):
         for seconds, fast in zip(best, (untuned, tuned)):
-            for row in time_kernels(fast, example_inputs, runs=runs, rounds=1)[0]:  # alternating rounds: here
+            for row in time_kernels(fast, example_inputs, runs=runs, rounds=1)[0]:  # this loop alternates the builds
                 seconds[row.name] = min(seconds.get(row.name, float("inf")), row.seconds)
     return best
 

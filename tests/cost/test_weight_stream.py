@@ -36,7 +36,16 @@ def test_a_noisy_fit_stays_within_bounds_of_the_copy_bandwidth():
 def test_enough_weight_copies_to_exceed_the_l3_twice_within_a_cap():
     target = replace(host_target(), caches={"L3": 32 << 20})
     assert ws.weight_copies(5.3e6, target) == 13  # 13 x 5.3 MB > 64 MB
-    assert ws.weight_copies(100e6, target) == 2 and ws.weight_copies(1e3, target) == ws.MAX_WEIGHT_COPIES
+    assert ws.weight_copies(1.64e6, target) == 41 and ws.weight_copies(100e6, target) == 2
+    huge_l3 = replace(target, caches={"L3": 1 << 30})
+    assert ws.weight_copies(1.64e6, huge_l3) * 1.64e6 <= ws.MAX_COPIES_BYTES  # capped: it can't outgrow 1 GB
+
+
+def test_cases_whose_copies_cant_outgrow_the_l3_are_not_measured():
+    huge_l3 = replace(host_target(), caches={"L3": 1 << 30})
+    assert ws.measure_weight_stream(huge_l3, ((SMALL, "winograd2"),)) == []
+    with pytest.raises(ValueError, match="outgrows this machine's L3"):
+        ws.calibrate_weight_stream(fixed_profile(), huge_l3, cases=((SMALL, "winograd2"),))
 
 
 def test_weights_stream_at_the_measured_rate_else_at_the_copy_bandwidth():
@@ -61,9 +70,12 @@ def test_each_call_takes_the_next_copy_of_the_weights_and_computes_the_same():
         call()
         out = torch.from_dlpack(kernel._out)
         assert ((out - expected).abs().max() / expected.abs().max()).item() < 1e-5
+    with pytest.raises(ValueError, match="not both"):
+        kernel.bound(x, copies=2, weight_copies=2)
 
 
 def test_calibration_measures_and_marks_the_rate_as_fitted_here():
+    """Plumbing (a small case, its copies past the L3; the rate itself is whatever this host gives, clamped)."""
     profile = ws.calibrate_weight_stream(fixed_profile(), host_target(), cases=((SMALL, "winograd2"),))
     assert "stream_bandwidth" in profile.fitted_here
     assert ws.STREAM_FRACTION_MIN * profile.bandwidth <= profile.stream_bandwidth <= ws.STREAM_FRACTION_MAX * profile.bandwidth
