@@ -158,11 +158,16 @@ def test_fuse_block_forces_a_block(tmp_path, capsys, monkeypatch):
 
 
 def test_calibrate_weight_stream_measures_only_that_rate(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
     import convopt.cost.weight_stream as ws
     from convopt.cost.profile import MachineProfile
     from convopt.schedules.conv_spec import ConvSpec
 
-    monkeypatch.setattr(ws, "STREAM_CASES", ((ConvSpec(1, 32, 8, 8, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1), "winograd2"),))
+    measured = ws.calibrate_weight_stream  # measured on a small case past an L3 said to be 4 MB (the host's may be 480)
+    small = ((ConvSpec(1, 32, 8, 8, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1), "winograd2"),)
+    monkeypatch.setattr(ws, "calibrate_weight_stream", lambda profile, target, progress=None: measured(
+        profile, replace(target, caches={**target.caches, "L3": 4 << 20}), cases=small, progress=progress))
     out = tmp_path / "profile.json"
     assert main(["calibrate", "--weight-stream", "-o", str(out)]) == 0
     assert "weights streamed from memory at" in capsys.readouterr().out
