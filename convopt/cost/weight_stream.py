@@ -60,11 +60,12 @@ class StreamPoint:
                 f"{self.hot_seconds * 1e6:7.1f} us  from memory {self.cold_seconds * 1e6:7.1f} us")
 
 
-def weight_copies(weight_bytes: float, target: Target) -> int:
-    """Copies of a kernel's weights that together exceed the last-level cache twice over (at most
-    ``MAX_COPIES_BYTES`` of them: a case too small for that on a machine with a huge L3 is not measured)."""
+def weight_copies(weight_bytes: float, target: Target) -> int | None:
+    """Copies of a kernel's weights that together exceed the last-level cache twice over; None when that
+    takes more than ``MAX_COPIES_BYTES`` (a small case on a machine with a huge L3: not measured)."""
     l3, size = target.caches.get("L3", 32 << 20), max(int(weight_bytes), 1)
-    return max(2, min(-(-2 * l3 // size), MAX_COPIES_BYTES // size))
+    copies = max(2, -(-2 * l3 // size))
+    return copies if copies * size <= MAX_COPIES_BYTES else None
 
 
 def measure_weight_stream(target: Target, cases=STREAM_CASES, rounds: int = 9) -> list[StreamPoint]:
@@ -74,10 +75,10 @@ def measure_weight_stream(target: Target, cases=STREAM_CASES, rounds: int = 9) -
 
     gen = torch.Generator().manual_seed(0)
     calls, sizes = {}, {}
-    l3 = target.caches.get("L3", 32 << 20)
     for spec, name in cases:
         size = packed_weight_bytes(name, spec, target.lanes)
-        if weight_copies(size, target) * size < 2 * l3:
+        copies = weight_copies(size, target)
+        if copies is None:
             continue  # its copies would stay in the L3: no penalty to see
         x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=gen)
         w = torch.randn(spec.out_channels, spec.in_per_group, *spec.kernel, generator=gen) / 9
@@ -85,7 +86,7 @@ def measure_weight_stream(target: Target, cases=STREAM_CASES, rounds: int = 9) -
                               activation="relu", in_block=target.lanes, out_block=target.lanes)
         sizes[spec, name] = size
         calls[spec, name, "hot"] = kernel.bound(x)
-        calls[spec, name, "cold"] = kernel.bound(x, weight_copies=weight_copies(size, target))
+        calls[spec, name, "cold"] = kernel.bound(x, weight_copies=copies)
     seconds = time_interleaved(calls, rounds) if calls else {}
     return [StreamPoint(spec, name, sizes[spec, name], seconds[spec, name, "hot"], seconds[spec, name, "cold"])
             for spec, name in cases if (spec, name) in sizes]
@@ -103,11 +104,14 @@ def fit_stream_bandwidth(points: list[StreamPoint], bandwidth: float) -> float:
 def calibrate_weight_stream(profile: MachineProfile, target: Target, cases=None,
                             progress: Callable[[str], None] | None = None) -> MachineProfile:
     """``profile`` with ``stream_bandwidth`` measured on this machine (marked as fitted here); ``cases``:
-    default ``STREAM_CASES``."""
+    default ``STREAM_CASES``. Where no case's weights outgrow the L3 (within ``MAX_COPIES_BYTES``), ``profile``
+    as it was, said through ``progress``: a full calibration on such a machine still ends with its profile."""
     points = measure_weight_stream(target, STREAM_CASES if cases is None else cases)
     if not points:
-        raise ValueError(f"no weight-stream case outgrows this machine's L3 ({target.caches.get('L3')} bytes) "
-                         f"within {MAX_COPIES_BYTES >> 20} MB of copies")
+        if progress:
+            progress(f"weight streaming not measured: no case's weights outgrow this machine's L3 "
+                     f"({target.caches.get('L3')} bytes) within {MAX_COPIES_BYTES >> 20} MB of copies")
+        return profile
     rate = fit_stream_bandwidth(points, profile.bandwidth)
     if progress:
         for point in points:
