@@ -5,10 +5,13 @@ model with other choices ("old"), both compiled in this process and timed in alt
     python benchmarks/lowering_ab.py timm:repvgg_a0 --old-stream-bandwidth 0     # the choices before session 35
     python benchmarks/lowering_ab.py timm:resnet18 --input-shape 1,3,128,128 --old-stream-bandwidth 0
     python benchmarks/lowering_ab.py timm:repvgg_a0 --old-lowering conv2d_8=winograd4 --old-lowering ...
+    python benchmarks/lowering_ab.py timm:resnet18 --old-logs /tmp/old/tuning_logs     # records of another commit
 
 "old" is made by one of: ``--old-stream-bandwidth GBPS`` (the cost model's choice with that rate of weight
 streaming, cost/weight_stream.py; 0: none measured, a copy's bandwidth, as before the rate was measured), or
-``--old-lowering NODE=NAME`` (repeatable; forced on those nodes). Prints the nodes whose lowering differs and the
+``--old-lowering NODE=NAME`` (repeatable; forced on those nodes), or ``--old-logs DIR`` (the tuning records and
+lowering times of DIR instead of every folder optimize() reads: e.g. ``git worktree add /tmp/old HEAD~1`` and
+its tuning_logs). Prints the nodes whose lowering differs and the
 lowest and median round of each build, with new / old.
 """
 
@@ -39,11 +42,12 @@ def main() -> int:
     parser.add_argument("--input-shape", default="1,3,224,224")
     parser.add_argument("--old-stream-bandwidth", type=float, help="GB/s (0: the copy bandwidth)")
     parser.add_argument("--old-lowering", action="append", default=[], metavar="NODE=NAME")
+    parser.add_argument("--old-logs", metavar="DIR", help="tuning records read by the old build instead")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    if (args.old_stream_bandwidth is None) == (not args.old_lowering):
-        parser.error("give --old-stream-bandwidth or --old-lowering")
+    if sum((args.old_stream_bandwidth is not None, bool(args.old_lowering), bool(args.old_logs))) != 1:
+        parser.error("give one of --old-stream-bandwidth, --old-lowering, --old-logs")
 
     import convopt
     import convopt.cost.profile as profile
@@ -55,6 +59,16 @@ def main() -> int:
     new = convopt.optimize(model, x)
     if args.old_lowering:
         old = convopt.optimize(model, x, lowering=dict(item.split("=", 1) for item in args.old_lowering))
+    elif args.old_logs:
+        import convopt.tuning.apply as apply
+        from pathlib import Path
+
+        folders = apply.default_log_dirs
+        apply.default_log_dirs = lambda tuning_logs=None: [Path(args.old_logs)]
+        try:
+            old = convopt.optimize(model, x)
+        finally:
+            apply.default_log_dirs = folders
     else:
         measured = profile._stream_bandwidth
         profile._stream_bandwidth = lambda cached, shipped, target: args.old_stream_bandwidth * 1e9

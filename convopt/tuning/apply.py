@@ -259,3 +259,11 @@ class TunedSchedules:
                           "default schedule", stacklevel=2)
             return sch.mod["main"], KernelTuning("untuned")
         return func, KernelTuning("tuned", default_us, best_us, shash, record_id(best_key))
+
+    def chosen_trace(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], generator=None):
+        """The trace of the record ``schedule`` runs for ``workload``; None when it runs the default."""
+        _, tuning = self.schedule(workload, default, generator=generator)
+        if tuning.status != "tuned":
+            return None
+        return next(record.trace() for index in self.indexes for record in index.records(workload)
+                    if record_id(record.key) == tuning.record)

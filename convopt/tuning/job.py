@@ -34,7 +34,11 @@ keeps every measurement in the target's record folder (records.py), which optimi
    "stale", apply.py) owes its whole share again and is confirmed (5), so its old records are measured
    again beside the new default (a job killed after committing the new default forgets this: started
    again, it counts the old records as trials done).
-7. Each conv kernel's default and best time go into the folder's lowering_times.json (by conv shape and
+7. The lowerings of one conv (the model's and the alternatives of step 1) have the schedules optimize() would
+   run measured again together, in one batch per round (rivals.py): compared from measurements minutes
+   apart, a neighbour's slow phase could decide the lowering. Every job does this, even one with no trials
+   left to run, so a job started again on a tuned model re-measures its lowering choices.
+8. Each conv kernel's default and best time go into the folder's lowering_times.json (by conv shape and
    lowering); optimize() picks, among the lowerings measured for a conv, the fastest
    (passes/select_lowering.py), and ``convopt calibrate --from-logs`` refits the cost model to them.
 
@@ -62,10 +66,11 @@ from ..cost.model import MEASURE_MARGIN
 from ..ir.graph import Graph
 from ..ir.ops import Op
 from ..schedules.conv_spec import conv_spec_of
-from .apply import LOCAL_LOGS, TunedSchedules, choose, generator_reads, trace_key
+from .apply import LOCAL_LOGS, RECENT, TunedSchedules, choose, generator_reads, trace_key
 from .in_model import REJECTED, reject, slower_in_model
 from .lowering_times import forget, kernel_variants, write_times
 from .records import FAILED, open_database, pack, records_dir, trials_done
+from .rivals import measure_rivals, rival_groups
 from .tasks import GENERATED, Task, extract_tasks, generated_tasks
 
 ROUND = 16  # trials per round of one task
@@ -508,8 +513,10 @@ def _switched_shapes(untuned: Graph, tuned: Graph) -> set[str]:
 
 
 def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, trials: int | None,
-         deadline: float | None, untuned_ms: float | None, progress: bool, work_dir: Path):
-    """Steps 2-6 of the module docstring: (a TaskReport per task, new trials, why it stopped early or "")."""
+         deadline: float | None, untuned_ms: float | None, progress: bool, work_dir: Path,
+         rivals: list[list[Task]] = ()):
+    """Steps 2-7 of the module docstring: (a TaskReport per task, new trials, why it stopped early or "").
+    ``rivals``: groups of tasks that are lowerings of the same convs (rivals.rival_groups)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="measuring defaults", unit="task", disable=not progress, leave=False)
@@ -574,6 +581,11 @@ def _run(tasks: list[Task], database, measurer: Measurer, target: Target, *, tri
         added = _confirm(task, database, measurer, target, bar.update)
         done[task.name] += added
         new_trials += added
+    if rivals:  # the lowerings of one conv measured together: the choice compares times taken side by side
+        bar.set_description("rival lowerings")
+        bar.total = bar.n + sum(len(group) for group in rivals) * 2 * RECENT  # at most: default + record each
+        new_trials += measure_rivals(rivals, TunedSchedules(target, [work_dir.parent]), database, measurer.run,
+                                     lambda *args: _commit(*args, target), bar.update)
     bar.close()
     schedules = TunedSchedules(target, [work_dir.parent])  # the job's folder as optimize() reads it
     times = {t.name: _final_times(schedules, t) for t in tasks}
@@ -769,7 +781,8 @@ def tune(model: torch.nn.Module, example_inputs: Any, *, target: Any = None, tri
     try:
         reports, new_trials, stopped = _run(tasks, database, measurer, target, trials=trials,
                                             deadline=None if budget_s is None else start + budget_s,
-                                            untuned_ms=untuned_ms, progress=progress, work_dir=folder)
+                                            untuned_ms=untuned_ms, progress=progress, work_dir=folder,
+                                            rivals=rival_groups(tasks, graphs))
     finally:
         measurer.close()
     write_times(folder, target, _lowering_entries(reports, graphs))
