@@ -224,6 +224,14 @@ class TunedSchedules:
         ``generator``: for a kernel written out rather than scheduled, its space (schedules/fused_space.py),
         which builds the kernel a schedule's sampled decisions name (its default schedule leaves the workload
         as it is); records whose decisions it doesn't read (another version of it) are left out."""
+        _, func, tuning = self.chosen_schedule(workload, default, name, generator)
+        return func, tuning
+
+    def chosen_schedule(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None],
+                        name: str = "kernel", generator=None
+                        ) -> tuple[tvm.s_tir.Schedule, tvm.tirx.PrimFunc, KernelTuning]:
+        """(the schedule ``schedule`` runs: its fastest record's when status is "tuned", else ``default``'s; its
+        PrimFunc; how it was scheduled)."""
         sch = tvm.s_tir.Schedule(workload)
         default(sch)
         groups: dict[str, list] = {}  # stored trace -> its records, from every folder
@@ -237,33 +245,26 @@ class TunedSchedules:
         if generator is not None:
             readable = {key: group for key, group in groups.items() if generator_reads(generator, group[0].trace())}
             if groups and not readable:  # every record made by another version of the generator
-                return sch.mod["main"], KernelTuning("stale")
+                return sch, sch.mod["main"], KernelTuning("stale")
             groups = readable
         if not groups:
-            return sch.mod["main"], KernelTuning("untuned")
+            return sch, sch.mod["main"], KernelTuning("untuned")
         default_trace = trace_key(sch.trace)
         # the default is usually the first schedule stored (a job measures it first): parse until found
         default_key = next((key for key, group in groups.items() if trace_key(group[0].trace()) == default_trace), None)
         if default_key is None:
-            return sch.mod["main"], KernelTuning("stale")
+            return sch, sch.mod["main"], KernelTuning("stale")
         best_key, default_s, best_s = choose_key({k: [r.seconds for r in g] for k, g in groups.items()}, default_key)
         default_us, best_us = (None if s is None else s * 1e6 for s in (default_s, best_s))
         if best_key is None:
-            return sch.mod["main"], KernelTuning("default", default_us, best_us)
+            return sch, sch.mod["main"], KernelTuning("default", default_us, best_us)
         tuned = tvm.s_tir.Schedule(workload)
         try:
             groups[best_key][0].trace().apply_to_schedule(tuned, remove_postproc=False)
             func = tuned.mod["main"] if generator is None else generator.realize(tuned)
         except Exception as e:  # noqa: BLE001 - a record that no longer replays (the kernel changed): default
             warnings.warn(f"the tuning record of {name} no longer applies ({type(e).__name__}); it runs its "
-                          "default schedule", stacklevel=2)
-            return sch.mod["main"], KernelTuning("untuned")
-        return func, KernelTuning("tuned", default_us, best_us, shash, record_id(best_key))
+                          "default schedule", stacklevel=3)  # (the caller of ``schedule``)
+            return sch, sch.mod["main"], KernelTuning("untuned")
+        return tuned, func, KernelTuning("tuned", default_us, best_us, shash, record_id(best_key))
 
-    def chosen_trace(self, workload: tvm.IRModule, default: Callable[[tvm.s_tir.Schedule], None], generator=None):
-        """The trace of the record ``schedule`` runs for ``workload``; None when it runs the default."""
-        _, tuning = self.schedule(workload, default, generator=generator)
-        if tuning.status != "tuned":
-            return None
-        return next(record.trace() for index in self.indexes for record in index.records(workload)
-                    if record_id(record.key) == tuning.record)

@@ -71,7 +71,7 @@ from .in_model import REJECTED, reject, slower_in_model
 from .lowering_times import forget, kernel_variants, write_times
 from .records import FAILED, open_database, pack, records_dir, trials_done
 from .rivals import measure_rivals, rival_groups
-from .tasks import GENERATED, Task, extract_tasks, generated_tasks
+from .tasks import Task, extract_tasks, generated_tasks, is_conv_lowering
 
 ROUND = 16  # trials per round of one task
 MIN_TRIALS = 16  # each task's share of the budget, at least
@@ -636,7 +636,7 @@ def _lowering_entries(reports: list[TaskReport], graphs: dict[str, Any]) -> dict
     """lowering_times.json entries of the tuned conv kernels (lowering_times.py)."""
     entries: dict[str, dict] = {}
     for r in reports:
-        if r.kind in ("dense", GENERATED) or r.kind.startswith("fused_"):  # not convs' lowerings
+        if not is_conv_lowering(r.kind):
             continue
         for key, variant, epilogue in kernel_variants(graphs[r.name], r.kind, r.nodes):
             entries.setdefault(key, {}).setdefault(variant, {})[epilogue] = {

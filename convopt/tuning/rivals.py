@@ -8,7 +8,7 @@ together by the same runner took 140 and 126. A 1.25x error in one of them decid
 
 So after the search, each group of rivals (tasks computing the same conv shape, layout variant and epilogue
 with different lowerings) has the schedules optimize() would run (each rival's default and its chosen record,
-apply.TunedSchedules.chosen_trace) measured again in one batch, ``apply.RECENT`` rounds, the order reversed
+apply.TunedSchedules.chosen_schedule) measured again in one batch, ``apply.RECENT`` rounds, the order reversed
 every other round. The records keep those measurements last, so each schedule's time (the median of its latest
 ``RECENT`` records, apply.py) and the lowering_times.json entries written from them compare measurements
 taken within a second of each other.
@@ -16,14 +16,13 @@ taken within a second of each other.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 import tvm
 
 from .apply import RECENT, TunedSchedules
 from .lowering_times import kernel_variants
-from .tasks import GENERATED, Task
+from .tasks import Task, is_conv_lowering
 
 
 def rival_groups(tasks: list[Task], graphs: dict[str, Any]) -> list[list[Task]]:
@@ -31,8 +30,8 @@ def rival_groups(tasks: list[Task], graphs: dict[str, Any]) -> list[list[Task]]:
     epilogue (lowering_times.kernel_variants), each group once, in the tasks' order."""
     groups: dict[tuple[str, str, str], dict[str, Task]] = {}
     for task in tasks:
-        if task.kind in ("dense", GENERATED) or task.kind.startswith("fused_"):
-            continue  # not a conv's lowering
+        if not is_conv_lowering(task.kind):
+            continue
         for key, variant, epilogue in kernel_variants(graphs[task.name], task.kind, task.nodes):
             layout = variant.removeprefix(task.kind)  # "", "@blocked" or "@blocked-output"
             groups.setdefault((key, layout, epilogue), {})[task.name] = task
@@ -45,17 +44,8 @@ def rival_groups(tasks: list[Task], graphs: dict[str, Any]) -> list[list[Task]]:
 
 def running_schedules(task: Task, schedules: TunedSchedules) -> list[tvm.s_tir.Schedule]:
     """The task's default schedule and, when a record wins, the record's: what optimize() chooses between."""
-    default = task.default()
-    trace = schedules.chosen_trace(task.workload, task.schedule, generator=task.generator)
-    if trace is None:
-        return [default]
-    chosen = tvm.s_tir.Schedule(task.workload)
-    try:
-        trace.apply_to_schedule(chosen, remove_postproc=False)
-    except Exception as e:  # noqa: BLE001 - a record that no longer replays: optimize() runs the default too
-        logging.getLogger(__name__).info("%s: its chosen record no longer replays: %s", task.name, e)
-        return [default]
-    return [default, chosen]
+    chosen, _, tuning = schedules.chosen_schedule(task.workload, task.schedule, task.name, task.generator)
+    return [chosen] if tuning.status != "tuned" else [task.default(), chosen]
 
 
 def measure_rivals(groups: list[list[Task]], schedules: TunedSchedules, database, run: Callable[[list], list],

@@ -44,6 +44,11 @@ SEARCHED_SIZE = 1 << 20  # a searched space's size for the job's trial shares: m
 SEARCHED_KINDS = (GENERATED, *("fused_" + kind for kind in fused_block_cuda.KINDS))
 
 
+def is_conv_lowering(kind: str) -> bool:
+    """Whether a task of this kind is one lowering of convs (not a dense layer, a fused block or TVM's kernel)."""
+    return kind not in ("dense", GENERATED) and not kind.startswith("fused_")
+
+
 @dataclass
 class Task:
     name: str  # the PrimFunc in the model's module, e.g. "convopt_direct_conv2d_3"

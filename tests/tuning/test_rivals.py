@@ -2,9 +2,11 @@
 
 import types
 
+import tvm
+
 from convopt.schedules.conv_spec import conv_spec_of
 from convopt.target import resolve_target
-from convopt.tuning.apply import RECENT
+from convopt.tuning.apply import RECENT, KernelTuning
 from convopt.tuning.job import job_tasks
 from convopt.tuning.rivals import measure_rivals, rival_groups, running_schedules
 
@@ -42,8 +44,12 @@ def test_no_rivals_when_each_conv_has_one_lowering(tiny):
 
 
 class _NoRecords:
-    def chosen_trace(self, workload, default, generator=None):
-        return None
+    """What TunedSchedules says of a workload without records: its default runs."""
+
+    def chosen_schedule(self, workload, default, name="kernel", generator=None):
+        sch = tvm.s_tir.Schedule(workload)
+        default(sch)
+        return sch, sch.mod["main"], KernelTuning("untuned")
 
 
 def test_a_group_is_measured_in_one_batch_a_round_reversed_every_other_round(tiny):
@@ -76,9 +82,11 @@ def test_the_running_schedules_are_the_default_and_the_chosen_record(tiny):
     task = rival_groups(tasks, graphs)[0][0]
     assert [s.mod.script() for s in running_schedules(task, _NoRecords())] == [task.default().mod.script()]
 
+    recorded = task.default()  # a record's schedule (here, the default's trace replayed)
+
     class Chosen:
-        def chosen_trace(self, workload, default, generator=None):
-            return task.default().trace
+        def chosen_schedule(self, workload, default, name="kernel", generator=None):
+            return recorded, recorded.mod["main"], KernelTuning("tuned", 10.0, 5.0)
 
     default, chosen = running_schedules(task, Chosen())
-    assert chosen.mod.script() == default.mod.script()  # the recorded trace replayed on the workload
+    assert chosen is recorded and default.mod.script() == task.default().mod.script()
