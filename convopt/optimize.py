@@ -290,10 +290,11 @@ def _measured_lowerings(target, tuning_logs) -> dict | None:
     """The lowerings' measured times from the tuning records of a TVM CPU target (None: none to read)."""
     if tuning_logs is False or not (isinstance(target, Target) and target.is_cpu):
         return None
-    from .tuning.apply import default_log_dirs
+    from .tuning.apply import TunedSchedules, default_log_dirs
     from .tuning.lowering_times import measured_lowerings
 
-    return measured_lowerings(target, default_log_dirs(tuning_logs))
+    folders = tuning_logs.log_dirs if isinstance(tuning_logs, TunedSchedules) else default_log_dirs(tuning_logs)
+    return measured_lowerings(target, folders)
 
 
 def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None = None, mode: str = "inference",
@@ -321,7 +322,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
     forces it per layer (keys: module names such as "layer1.0.conv1", or IR node names). tuning_logs: on a
     TVM CPU target each kernel runs the fastest schedule its tuning records hold for this machine (written by
     ``convopt tune``), read from the shipped tuning_logs/, $CONVOPT_TUNING_LOGS, ./tuning_logs and this
-    folder (or list of folders); False runs every kernel's default schedule. ``.tuning`` says per conv which
+    folder (or list of folders), or from a ``tuning.apply.TunedSchedules`` already read; False runs every
+    kernel's default schedule. ``.tuning`` says per conv which
     ran tuned code. strict: on a TVM target, refuse (UnsupportedOpError naming the node) a graph with an
     op TVM can't compile instead of running that op in PyTorch. fuse_blocks: on a TVM CPU target, inverted
     residual blocks run as one kernel where the cost model predicts it faster (pass fuse_blocks); False
@@ -366,7 +368,11 @@ def optimize(model: nn.Module, example_inputs: Any, *, target: str | dict | None
 
             from .tuning.apply import TunedSchedules
 
-            tuned = None if tuning_logs is False else TunedSchedules.for_target(target, tuning_logs)
+            if isinstance(tuning_logs, TunedSchedules) and tuning_logs.target.key != target.key:
+                raise ValueError(f"tuning_logs holds the records of {tuning_logs.target.key}, not of the target "
+                                 f"{target.key}")
+            tuned = (None if tuning_logs is False else tuning_logs if isinstance(tuning_logs, TunedSchedules)
+                     else TunedSchedules.for_target(target, tuning_logs))
             executable, kernels, fallbacks = compile_graph(graph, target, tuned, fallback=not strict)
             compiled = TVMGraphModule(executable, target, kernels, fallbacks)
             if fallbacks:

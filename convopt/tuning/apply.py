@@ -41,7 +41,7 @@ import tvm
 import tvm_ffi
 
 from ..target import Target
-from .in_model import REJECTED, read_rejected, record_id
+from .in_model import REJECTED, read_rejected, record_id, set_aside
 from .records import PACKED, RECORDS, SHIPPED_LOGS, WORKLOADS, other_keys, read_index, records_dir
 
 MIN_GAIN = 1.03
@@ -174,7 +174,7 @@ def _rejected(folder: Path) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _cached_rejected(folder: str, stamp: tuple) -> dict:
-    return read_rejected(Path(folder))
+    return set_aside(read_rejected(Path(folder)))
 
 
 def generator_reads(generator, trace) -> bool:
@@ -189,8 +189,11 @@ def generator_reads(generator, trace) -> bool:
 class TunedSchedules:
     """The tuning records of one target, from several log folders; ``schedule`` picks a kernel's schedule."""
 
-    def __init__(self, target: Target, log_dirs: Iterable[str | os.PathLike]):
+    def __init__(self, target: Target, log_dirs: Iterable[str | os.PathLike], *, confirmed_only: bool = True):
+        """``confirmed_only``: leave out the schedules set aside as slower inside the model (in_model.py); a
+        tuning job's check turns it off to measure them in the model again."""
         self.target = target
+        self.confirmed_only = confirmed_only
         self.log_dirs = [Path(d) for d in log_dirs]
         indexes = (_cached_index(str(d.resolve()), target, _stamp(records_dir(target, d))) for d in self.log_dirs)
         self.indexes = [index for index in indexes if index is not None]
@@ -240,7 +243,8 @@ class TunedSchedules:
             for record in index.records(workload):
                 groups.setdefault(record.key, []).append(record)
         # schedules a job found slower inside the model than the default (in_model.py): never chosen
-        aside = {rid for index in self.indexes for rid in _rejected(index.folder).get(shash, {})}
+        aside = {rid for index in self.indexes for rid in _rejected(index.folder).get(shash, ())
+                 if self.confirmed_only}
         groups = {key: group for key, group in groups.items() if record_id(key) not in aside}
         if generator is not None:
             readable = {key: group for key, group in groups.items() if generator_reads(generator, group[0].trace())}

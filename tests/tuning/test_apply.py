@@ -77,3 +77,15 @@ def test_only_other_targets_records_give_a_warning_naming_them(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the shipped records of another machine are no news
         apply.TunedSchedules.for_target(here, tmp_path / "logs")
+
+
+def test_records_read_for_another_target_are_refused_by_optimize():
+    import torch
+
+    import convopt
+
+    other = resolve_target({"kind": "llvm", "mcpu": "haswell" if resolve_target("cpu").lanes == 16 else
+                            "skylake-avx512", "num-cores": 2})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).eval()
+    with pytest.raises(ValueError, match=f"records of {other.key}, not of the target"):
+        convopt.optimize(model, torch.randn(1, 3, 8, 8), tuning_logs=apply.TunedSchedules(other, []))
