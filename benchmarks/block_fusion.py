@@ -94,7 +94,8 @@ def main() -> int:
         name = f"{describe_block(block)}{end}" + (skip if block.residual else "")
         kernel = {fused_mlp.KIND: fused_mlp, fused_mlp.MIXER_KIND: fused_mlp,
                   **dict.fromkeys(fused_chain.KINDS, fused_chain)}.get(block.kind, fused_block)
-        bands = kernel.default_bands(block, target.cores)
+        bands = (fused_block.default_bands(block, target.cores, target.lanes) if kernel is fused_block
+                 else kernel.default_bands(block, target.cores))
         rows.append((name, measured_unfused, measured_fused, predicted, unfused_bytes, terms["bytes"], extra,
                      bands, first in chosen))
         print(rows[-1], flush=True)

@@ -261,10 +261,12 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     else:
         in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
-        module, knobs, extra = fused_block, tuple(fused_space.CANDIDATES), {}
+        module, knobs, extra = fused_block, tuple(fused_space.CANDIDATES), {
+            "groups": fused_block.default_groups(block, cores, lanes)}
         args = [x, *prepared]
     _, out_shape = module.io_shapes(block, lanes, in_block, out_block)
-    bands = module.default_bands(block, cores)
+    # the inverted residual's rule also weighs splitting the channels instead of the rows (default_groups)
+    bands = module.default_bands(block, cores, lanes) if module is fused_block else module.default_bands(block, cores)
     space = fused_space.Space(
         knobs,
         lambda tiles: module.prim_func(block, lanes, bands, in_block=in_block, out_block=out_block, tiles=tiles,

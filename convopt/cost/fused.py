@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schedules import fused_chain, fused_mlp
+from ..schedules import fused_chain, fused_mlp, tiling
 from ..schedules.fused_block import InvertedResidual, default_bands, round_up
 from ..schedules.fused_chain import ConvChain
 from ..schedules.fused_mlp import PointwiseMLP
@@ -83,13 +83,9 @@ def fusion_margin(block: "Block") -> float:
 
 def ring_rows(d, H: int, bands: int, top: int | None = None) -> int:
     """Rows of a ring's producer (H rows) computed per image for the consumer conv ``d`` read in ``bands``
-    bands: each band's rows once, its first k - s rows again where the band above computed them too.
-    ``top``: the rows of padding above the map (default: d's own padding)."""
-    k, s, OH = d.kernel[0], d.stride[0], d.out_height
-    p = d.padding[0] if top is None else top
-    th = -(-OH // bands)
-    return sum(len(range(max(p, b * th * s), min(H + p, (min(OH, b * th + th) - 1) * s + k)))
-               for b in range(-(-OH // th)))
+    bands (tiling.ring_band_rows). ``top``: the rows of padding above the map (default: d's own padding)."""
+    return sum(tiling.ring_band_rows(d.kernel[0], d.stride[0], d.out_height, H,
+                                     d.padding[0] if top is None else top, bands))
 
 
 def expand_rows(block: InvertedResidual, bands: int) -> int:
@@ -150,7 +146,7 @@ def fused_terms(block: InvertedResidual, lanes: int, cores: int = 1) -> dict[str
     Op = round_up(O, lanes) if block.project is not None else 0  # no projection: no GEMM, no weights
     k = d.kernel[0]
     outputs = n * O * d.out_height * d.out_width
-    flops = 2 * n * (Ep * C * expand_rows(block, default_bands(block, cores)) * e.width
+    flops = 2 * n * (Ep * C * expand_rows(block, default_bands(block, cores, lanes)) * e.width
                      + Ep * k * k * d.out_height * d.out_width + Ep * Op * d.out_height * d.out_width)
     weights = C * Ep + k * k * Ep + Ep * Op + 2 * Ep + Op
     bytes_ = F32 * (n * C * e.height * e.width + outputs * (2 if block.residual else 1) + weights)

@@ -156,10 +156,40 @@ def prepare_weights(block, w1: np.ndarray, b1, w2: np.ndarray, b2, w3: np.ndarra
     return prepared + [w3_, padded(b3, Op)]
 
 
-def default_bands(block, cores: int = 1) -> int:
+def cores_per_image(block, cores: int) -> int:
+    """The cores left to each image after the batch's images (one per core) are shared out."""
+    return -(-cores // block.expand.batch)
+
+
+def default_groups(block, cores: int = 1, lanes: int = 16) -> int:
+    """Channel groups per image: without a projection (``PARTIAL_KIND``) each expanded channel's depthwise
+    output depends on that channel alone, so the cores left to an image can split its channels (the expand
+    stage's channel tiles shared out, a group's the same count or one more), which computes no expand row
+    twice; bands of rows recompute each band's first k - s rows (efficientnet_b0's 192 -> 1152 block at 7x7,
+    5x5 depthwise: 11 expand rows for 7 in two bands). The split with the shorter longest share wins; with a
+    projection, which needs every channel of a row, bands (``default_bands``)."""
+    share = cores_per_image(block, cores)
+    if block.project is not None or share < 2:
+        return 1
+    d = block.depthwise
+    tiles = round_up(block.expand.out_channels, lanes) // lanes // plan(block, lanes)[1]  # expand channel tiles
+    if tiles < share:
+        return 1
+    bands = min(d.out_height, share)
+    rows = tiling.ring_band_rows(d.kernel[0], d.stride[0], d.out_height, block.expand.height, block.pads[0], bands)
+    band_share = max(rows) / (sum(tiling.ring_band_rows(d.kernel[0], d.stride[0], d.out_height,
+                                                        block.expand.height, block.pads[0], 1)) / share)
+    group_share = -(-tiles // share) / (tiles / share)
+    return share if group_share < band_share else 1
+
+
+def default_bands(block, cores: int = 1, lanes: int = 16) -> int:
     """Bands per image: one per core left after the batch's images (each band's first ring fill computes
-    k - s expand rows its neighbour band also computes), at most one per output row."""
-    return max(1, min(block.depthwise.out_height, -(-cores // block.expand.batch)))
+    k - s expand rows its neighbour band also computes), at most one per output row; one where the cores
+    split the channels instead (``default_groups``)."""
+    if default_groups(block, cores, lanes) > 1:
+        return 1
+    return max(1, min(block.depthwise.out_height, cores_per_image(block, cores)))
 
 
 def io_shapes(block, lanes: int, in_block: bool = False, out_block: bool = False
@@ -187,7 +217,7 @@ def plan(block, lanes: int, bands: int = 1, tiles: Tiles = DEFAULT) -> tuple[int
 
 
 def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_block: bool = False,
-              tiles: Tiles = DEFAULT) -> tirx.PrimFunc:
+              tiles: Tiles = DEFAULT, groups: int = 1) -> tirx.PrimFunc:
     """The block's kernel, written out (not scheduled: see the module docstring): arguments x [N, C, H, W],
     the prepared weights (``prepare_weights``) and the output [N, O, OH, OW] (without a projection: the
     depthwise stage's activations, [N, E, OH, OW]). ``in_block`` / ``out_block``: x (and the residual) / the
@@ -195,7 +225,9 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     output's rows then store whole vectors instead of transposing the row; with O not a multiple of ``lanes``
     the last block's pad lanes get the padded channels' zeros (a residual then needs x blocked alike, whose
     pad lanes are zeros too). ``bands``: the rule's bands per
-    image (``default_bands``); ``tiles``: the point of the kernel's design space (fused_space.py)."""
+    image (``default_bands``); ``tiles``: the point of the kernel's design space (fused_space.py);
+    ``groups``: channel groups per band, each a parallel iteration of its own (``default_groups``; only
+    without a projection)."""
     e_, d = block.expand, block.depthwise
     N, C, H, W = e_.batch, e_.in_channels, e_.height, e_.width
     E, O = e_.out_channels, block.out_channels
@@ -212,6 +244,10 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
     w3_shape, b3_shape = ((Ep, Op), (Op,)) if projects else ((1, 1), (1,))  # unused without a projection
     EV, OV = Ep // lanes, Op // lanes  # channel vectors
     XT, DXT, PXT = -(-W // rx), -(-OW // dx), -(-OW // px)
+    G, CG = groups, EV // ev  # channel groups; the expand stage's channel tiles, group g's [CG g / G, CG (g+1) / G)
+    if G > 1 and (projects or CG < G):
+        raise ValueError(f"block of {block.expand.describe()}: {G} channel groups need no projection and at least "
+                         f"as many expand channel tiles ({CG})")
     zero = tirx.const(0.0, F32)
     cu, eu = tiling.reduction_unroll(C), tiling.reduction_unroll(Ep)  # the 1x1s' channels unrolled by a few
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
@@ -227,7 +263,10 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
               w2: T.Buffer((k, k, Ep), F32), b2: T.Buffer((Ep,), F32), w3: T.Buffer(w3_shape, F32),
               b3: T.Buffer(b3_shape, F32), out: T.Buffer(out_shape, F32)):
         T.func_attr({"tirx.noalias": True})
-        for nb in T.parallel(N * B):  # one band of one image per iteration
+        for nbg in T.parallel(N * B * G):  # one band (of one channel group) of one image per iteration
+            nb = T.meta_var(nbg // G)
+            lo = T.meta_var(nbg % G * CG // G)  # the group's first expand channel tile, and the next group's
+            hi = T.meta_var((nbg % G + 1) * CG // G)
             ring = T.alloc_buffer((k, Wp, Ep), F32)  # padded input rows of mid: row r at slot r mod k
             dw_row = T.alloc_buffer((OW, Ep), F32)
             proj_row = T.alloc_buffer((OW, Op), F32)
@@ -239,7 +278,8 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                     for j in range(k):  # the band's first output row fills the ring, each next one adds s rows
                         if T.Or(t == 0, j >= k - s):
                             if T.And((nb % B * th + t) * s + j >= pt, (nb % B * th + t) * s + j < H + pt):
-                                for xo, cg in T.grid(XT, EV // ev):  # expand 1x1 -> a1, into the ring
+                                for xo, cgl in T.grid(XT, hi - lo):  # expand 1x1 -> a1, into the ring
+                                    cg = T.meta_var(lo + cgl)
                                     for xi in T.unroll(rx):
                                         for v in T.unroll(ev):
                                             for ci in T.vectorized(lanes):
@@ -262,7 +302,8 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                             else:  # a padding row
                                 for xx, e in T.grid(Wp, Ep):
                                     ring[(t * s + j) % k, xx, e] = zero
-                    for xo, co in T.grid(DXT, EV):  # depthwise kxk -> a2, one output row
+                    for xo, col in T.grid(DXT, (hi - lo) * ev):  # depthwise kxk -> a2, one output row
+                        co = T.meta_var(lo * ev + col)
                         for xi in T.unroll(dx):
                             for ci in T.vectorized(lanes):
                                 acc[xi, 0, ci] = zero
@@ -315,14 +356,15 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                             proj_row[xx, o] + b3[o] + load(x, nb // B, o, nb % B * th + t, xx), a3)
                                     else:
                                         out[nb // B, o, nb % B * th + t, xx] = activate(proj_row[xx, o] + b3[o], a3)
-                    elif out_block:
-                        for cb, xx in T.grid(Op // lanes, OW):
+                    elif out_block:  # the group's channel blocks
+                        for cb, xx in T.grid((hi - lo) * ev, OW):
                             for ci in T.vectorized(lanes):
-                                out[nb // B, cb, nb % B * th + t, xx, ci] = dw_row[xx, cb * lanes + ci]
+                                out[nb // B, lo * ev + cb, nb % B * th + t, xx, ci] = dw_row[xx, (lo * ev + cb) * lanes + ci]
                     else:
-                        for o in range(O):
-                            for xx in T.vectorized(OW):
-                                out[nb // B, o, nb % B * th + t, xx] = dw_row[xx, o]
+                        for o in range((hi - lo) * ev * lanes):  # the group's channels
+                            if lo * ev * lanes + o < O:
+                                for xx in T.vectorized(OW):
+                                    out[nb // B, lo * ev * lanes + o, nb % B * th + t, xx] = dw_row[xx, lo * ev * lanes + o]
 
     return fused
 
@@ -344,7 +386,8 @@ def build(block: InvertedResidual, target, *, seed: int = 0, cold: bool = False)
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
     prepared = prepare_weights(block, *arrays, lanes=lanes)
     in_block, out_block = blocked_io(block, lanes)
-    func = prim_func(block, lanes, default_bands(block, target.cores), in_block=in_block, out_block=out_block)
+    func = prim_func(block, lanes, default_bands(block, target.cores, lanes), in_block=in_block, out_block=out_block,
+                     groups=default_groups(block, target.cores, lanes))
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     return compiled_alone(func, target, [rng.standard_normal(x_shape).astype(np.float32), *prepared], out_shape,
                           cold=cold)

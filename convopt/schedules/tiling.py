@@ -242,6 +242,15 @@ def band_rows(rows: int, tasks_per_row: int, cores: int) -> int:
     return 1
 
 
+def ring_band_rows(k: int, s: int, out_rows: int, rows: int, top: int, bands: int) -> list[int]:
+    """Rows of a ring's producer (``rows`` rows, ``top`` rows of zero padding above) that each of ``bands``
+    bands of a k x k, stride s consumer's ``out_rows`` output rows computes (the fused kernels' rings): a
+    band's own rows, and its first k - s rows again where the band above computed them too."""
+    th = -(-out_rows // bands)
+    return [len(range(max(top, b * th * s), min(rows + top, (min(out_rows, b * th + th) - 1) * s + k)))
+            for b in range(-(-out_rows // th))]
+
+
 def col_copy_vector(out_width: int, lanes: int) -> int | None:
     """Output columns copied per vector by im2col's unroll stage: a vector or half of one dividing the row
     (None: copied one by one). Measured alone (Zen 5, AVX-512, 3x3 convs, blocked in and out), scalar ->

@@ -10,7 +10,7 @@ import convopt
 from convopt.ir import Op
 from convopt.numerics import relative_error
 from convopt.schedules.fused_block import InvertedResidual as Block
-from convopt.schedules.fused_block import default_bands
+from convopt.schedules.fused_block import default_bands, default_groups
 from convopt.schedules.fused_space import channel_vectors, column_tile
 from convopt.target import resolve_target
 
@@ -88,9 +88,11 @@ def test_tf_same_padding_is_fused_and_matches_eager(c, e, o, k, stride, shape, l
 
 
 @pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
-def test_the_part_before_a_squeeze_excite_matches_eager(lanes):
-    model = _randomize(InvertedResidual(24, 72, 24, 5, 2, nn.SiLU, se=True))
-    x = torch.randn(1, 24, 19, 19)
+@pytest.mark.parametrize("e, stride, size", [(72, 2, 19), (64, 1, 7)], ids=["bands", "groups"])
+def test_the_part_before_a_squeeze_excite_matches_eager(lanes, e, stride, size):
+    # a 7x7 map on two or more cores: the cores split the channels (default_groups), not the rows
+    model = _randomize(InvertedResidual(24, e, 24, 5, stride, nn.SiLU, se=True))
+    x = torch.randn(1, 24, size, size)
     target = resolve_target("cpu").with_lanes(lanes)
     fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
     fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
@@ -123,6 +125,50 @@ def test_a_band_per_core_left_after_the_batch_and_tiles_that_fit_the_registers()
     assert channel_vectors(3, lanes=16) == 3 and channel_vectors(9, lanes=16) == 3 and column_tile(56, 16, 3) == 4
     assert channel_vectors(6, lanes=16) == 2 and channel_vectors(5, lanes=16) == 1
     assert channel_vectors(3, lanes=8) == 1 and channel_vectors(3, most=1, lanes=16) == 1
+
+
+def test_without_a_projection_the_cores_split_the_channels_where_bands_would_recompute_more():
+    late = Block.of(192, 1152, None, 7, 7, 5)  # efficientnet_b0's: two bands compute 11 expand rows for 7
+    assert default_groups(late, cores=2, lanes=16) == 2 and default_bands(late, cores=2, lanes=16) == 1
+    assert default_groups(late, cores=1, lanes=16) == 1  # one core: nothing to split
+    assert default_groups(Block.of(192, 1152, 192, 7, 7, 5), cores=2) == 1  # the projection needs every channel
+    assert default_groups(Block.of(192, 1152, None, 7, 7, 5, batch=2), cores=2) == 1  # an image per core
+    # 96 channels in 3 tiles of 2 vectors: a 2 : 1 split loses to two bands of 56 rows (1 row twice)
+    early = Block.of(16, 96, None, 112, 112, 3, 2)
+    assert default_groups(early, cores=2, lanes=16) == 1 and default_bands(early, cores=2, lanes=16) == 2
+    # at 14 px (5x5): 3 tiles split 2 : 1 (1.33x the even share) lose to bands of 9 + 9 rows for 14 (1.29x),
+    # 21 tiles split 11 : 10 (1.05x) win
+    assert default_groups(Block.of(16, 96, None, 14, 14, 5), cores=2, lanes=16) == 1
+    assert default_groups(Block.of(112, 672, None, 14, 14, 5), cores=2, lanes=16) == 2
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("blocked", [False, True], ids=["nchw", "blocked"])
+@pytest.mark.parametrize("e", [64, 80, 60], ids=["even", "uneven", "padded"])  # 80: 5 tiles of one vector at 16
+def test_channel_groups_store_what_bands_store(lanes, blocked, e):
+    import numpy as np
+    import tvm
+
+    from convopt.ir.layout import to_blocked
+    from convopt.schedules.fused_block import io_shapes, prepare_weights, prim_func
+
+    c, k = 16, 5
+    block = Block.of(c, e, None, 9, 9, k)
+    rng = np.random.default_rng(0)
+    weights = prepare_weights(block, *(rng.standard_normal(s).astype(np.float32)
+                                       for s in ((e, c), (e,), (e, k, k), (e,))), lanes=lanes)
+    x = rng.standard_normal((1, c, 9, 9)).astype(np.float32)
+    target = resolve_target("cpu")  # the host runs either width
+    outputs = []
+    for bands, groups in ((2, 1), (1, 2), (2, 2)):
+        func = prim_func(block, lanes, bands, in_block=blocked, out_block=blocked, groups=groups)
+        run = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm)["main"]
+        out = tvm.runtime.empty(io_shapes(block, lanes, blocked, blocked)[1], "float32", target.device())
+        run(tvm.runtime.tensor(to_blocked(x, lanes) if blocked else x), *map(tvm.runtime.tensor, weights), out)
+        outputs.append(out.numpy())
+    assert all(np.array_equal(outputs[0], other) for other in outputs[1:])  # the same sums in the same order
+    with pytest.raises(ValueError, match="channel groups need no projection"):
+        prim_func(Block.of(c, e, c, 9, 9, k), lanes, 1, groups=2)
 
 
 def test_the_kernel_is_a_tuning_task_over_its_generator():
