@@ -19,6 +19,18 @@ output-channel block of the tile). The same convs measured so: 66 -> 77% (2048->
 61 -> 73% (1x1 1024->2048 stride 2), 82 -> 86% (1024->256 at 14x14); results are bit-identical (a prefetch
 changes no value).
 
+Winograd's batched GEMM (winograd.py) reads its transformed weights the same way: each parallel task
+(xi, nu, a pair of output-channel blocks) multiplies a slab U[xi, nu, blocks, :, :] (2 x C' x 16 floats: 24 KB
+for 192 channels) into every group of tiles, the first group reading the slab from L3 or memory. So while
+its first tile group runs, the task prefetches the slab of the task after it (the next index of the parallel
+loop: the same thread's next task under TVM's static partition), a line per output-channel block for each
+input channel of the reduction:
+
+    for task f: for tile group g: for c: [if g == 0: for s < ot: prefetch U[task f + 1, block s, c, lane 0]]; ...
+
+marked by ``annotate_next_task`` on the reduction loop (``PREFETCH_NEXT_TASK``: the weight's name, then the
+names of the parallel, tile-group, output-channel-block, lane and tile loops).
+
 How: the schedule marks the rows loop of a chunked reduction (``sch.annotate(rows, PREFETCH_NEXT_CHUNK,
 "weight,stream,channel,tap_y,tap_x,lane")``: the weight buffer's name and its loops' names, for the replay
 of a tuning record as for the default), and :func:`prefetch_next_chunk`, a module pass run before TVM's lowering
@@ -36,6 +48,7 @@ from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipelin
 from .cpu_fallback import subexpressions
 
 PREFETCH_NEXT_CHUNK = "convopt.prefetch_next_chunk"
+PREFETCH_NEXT_TASK = "convopt.prefetch_next_task"
 LINE_FLOATS = 16  # fp32 per 64-byte cache line
 LOCALITY = 2  # llvm.prefetch locality 2: prefetcht1, into L2 (the next chunk would evict the current one from L1)
 
@@ -51,6 +64,15 @@ def annotate(sch, rows, weight: str, stream, channel, tap_y, tap_x, lane, unroll
     sch.annotate(rows, PREFETCH_NEXT_CHUNK, ",".join(names))
 
 
+def annotate_next_task(sch, reduction, weight: str, task, group, stream, lane, tile) -> None:
+    """Mark ``reduction`` (the loop over input channels inside a tile group) for the next task's prefetch:
+    ``task`` the parallel loop, ``group`` the loop over groups of tiles (the prefetch runs in its first),
+    ``stream`` the loop over the tile's output-channel blocks, ``lane`` over a block's channels, ``tile``
+    over the group's tiles (the weight index ignores it)."""
+    names = [weight] + [sch.get(loop).loop_var.name for loop in (task, group, stream, lane, tile)]
+    sch.annotate(reduction, PREFETCH_NEXT_TASK, ",".join(names))
+
+
 def _substitute(expr, mapping: dict):
     keys = list(mapping)
     return tirx.IndexMap(keys, [expr], None).map_indices([mapping[k] for k in keys])[0]
@@ -64,18 +86,24 @@ def _nest(stmt):
     return loops, stmt
 
 
-def _prefetch_loop(chunk_loop, rows_loop):
-    weight, *names = str(rows_loop.annotations[PREFETCH_NEXT_CHUNK]).split(",")
-    loops, realize = _nest(rows_loop.body)
+def _weight_indices(loop, annotation: str, weight: str):
+    """(the loops inside ``loop``, the indices of the first load of ``weight`` in its single block, in loop
+    variables)."""
+    loops, realize = _nest(loop.body)
     if not isinstance(realize, s_tir.SBlockRealize):
-        raise ValueError(f"{PREFETCH_NEXT_CHUNK}: the rows loop {rows_loop.loop_var.name} holds no single block")
+        raise ValueError(f"{annotation}: the loop {loop.loop_var.name} holds no single block")
     block = realize.block
     loads = [e for e in subexpressions(getattr(block.body, "value", tirx.const(0, "int32")))
              if isinstance(e, tvm.ir.TensorLoad) and e.source.name == weight]
     if not loads:
-        raise ValueError(f"{PREFETCH_NEXT_CHUNK}: block {block.name_hint} reads no buffer {weight!r}")
+        raise ValueError(f"{annotation}: block {block.name_hint} reads no buffer {weight!r}")
     bound = tirx.IndexMap([iv.var for iv in block.iter_vars], list(loads[0].indices), None)
-    indices = list(bound.map_indices(list(realize.iter_values)))
+    return loops, loads[0].source, list(bound.map_indices(list(realize.iter_values)))
+
+
+def _prefetch_loop(chunk_loop, rows_loop):
+    weight, *names = str(rows_loop.annotations[PREFETCH_NEXT_CHUNK]).split(",")
+    loops, buffer, indices = _weight_indices(rows_loop, PREFETCH_NEXT_CHUNK, weight)
     by_name = {loop.loop_var.name: loop for loop in loops}
     if any(n not in by_name for n in names):
         raise ValueError(f"{PREFETCH_NEXT_CHUNK}: loops {names} not all inside {rows_loop.loop_var.name}")
@@ -101,16 +129,41 @@ def _prefetch_loop(chunk_loop, rows_loop):
     mapping[tap_x.loop_var] = tirx.floormod(weight_set, kw)
     mapping[lane.loop_var] = tirx.floormod(element, lanes)
     target = [_substitute(index, mapping) for index in indices]
-    address = tirx.address_of(tirx.BufferLoad(loads[0].source, target))
+    address = tirx.address_of(tirx.BufferLoad(buffer, target))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
     zero = tirx.const(0, dtype)
     return tirx.For(j, zero, tirx.const(lines_per_row, dtype), tirx.ForKind.SERIAL,
                     tirx.For(s, zero, tirx.const(streams, dtype), tirx.ForKind.UNROLLED, prefetch))
 
 
-def _rewrite(stmt):
+def _next_task_prefetch(reduction, enclosing: dict):
+    """The prefetch of the next task's weights at the top of a marked reduction loop (module docstring)."""
+    weight, task, group, stream, lane, tile = str(reduction.annotations[PREFETCH_NEXT_TASK]).split(",")
+    loops, buffer, indices = _weight_indices(reduction, PREFETCH_NEXT_TASK, weight)
+    by_name = {**enclosing, **{loop.loop_var.name: loop for loop in loops}}
+    if any(n not in by_name for n in (task, group, stream, lane, tile)):
+        raise ValueError(f"{PREFETCH_NEXT_TASK}: loops {task, group, stream, lane, tile} not all around or inside "
+                         f"{reduction.loop_var.name}")
+    dtype = str(reduction.loop_var.ty.dtype)
+    s = tirx.Var("prefetch_stream", dtype)
+    zero = lambda loop: tirx.const(0, str(loop.loop_var.ty.dtype))  # noqa: E731
+    mapping = {by_name[task].loop_var: by_name[task].loop_var + 1, by_name[stream].loop_var: s,
+               by_name[lane].loop_var: zero(by_name[lane]), by_name[tile].loop_var: zero(by_name[tile])}
+    address = tirx.address_of(tirx.BufferLoad(buffer, [_substitute(index, mapping) for index in indices]))
+    prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
+    streams = tirx.For(s, tirx.const(0, dtype), tirx.const(int(by_name[stream].extent), dtype),
+                       tirx.ForKind.UNROLLED, prefetch)
+    return tirx.IfThenElse(by_name[group].loop_var == 0, streams, None)
+
+
+def _rewrite(stmt, enclosing: dict | None = None):
+    enclosing = enclosing or {}
+    if isinstance(stmt, tirx.For) and PREFETCH_NEXT_TASK in stmt.annotations:
+        annotations = {k: v for k, v in stmt.annotations.items() if k != PREFETCH_NEXT_TASK}
+        body = tirx.SeqStmt([_next_task_prefetch(stmt, enclosing), _rewrite(stmt.body, enclosing)])
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, annotations)
     if isinstance(stmt, tirx.For):
-        body = _rewrite(stmt.body)
+        body = _rewrite(stmt.body, {**enclosing, stmt.loop_var.name: stmt})
         if isinstance(stmt.body, tirx.For) and PREFETCH_NEXT_CHUNK in stmt.body.annotations:
             rows = stmt.body
             annotations = {k: v for k, v in rows.annotations.items() if k != PREFETCH_NEXT_CHUNK}
@@ -119,10 +172,11 @@ def _rewrite(stmt):
         return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
                         stmt.annotations)
     if isinstance(stmt, tirx.SeqStmt):
-        return tirx.SeqStmt([_rewrite(s) for s in stmt.seq])
+        return tirx.SeqStmt([_rewrite(s, enclosing) for s in stmt.seq])
     if isinstance(stmt, s_tir.SBlockRealize):
         b = stmt.block
-        block = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, _rewrite(b.body), b.init, b.alloc_buffers,
+        block = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, _rewrite(b.body, enclosing), b.init,
+                             b.alloc_buffers,
                              b.match_buffers, b.annotations)
         return s_tir.SBlockRealize(list(stmt.iter_values), stmt.predicate, block)
     return stmt
@@ -131,7 +185,7 @@ def _rewrite(stmt):
 def _marked(stmt) -> bool:
     """Whether any loop under ``stmt`` is marked (a walk: a module holds a hundred kernels, few marked)."""
     if isinstance(stmt, tirx.For):
-        return PREFETCH_NEXT_CHUNK in stmt.annotations or _marked(stmt.body)
+        return PREFETCH_NEXT_CHUNK in stmt.annotations or PREFETCH_NEXT_TASK in stmt.annotations or _marked(stmt.body)
     if isinstance(stmt, tirx.SeqStmt):
         return any(_marked(s) for s in stmt.seq)
     if isinstance(stmt, s_tir.SBlockRealize):
@@ -141,7 +195,8 @@ def _marked(stmt) -> bool:
 
 @tirx.transform.prim_func_pass(opt_level=0, name="convopt.PrefetchNextChunk")
 def prefetch_next_chunk(func: tirx.PrimFunc, _mod, _ctx) -> tirx.PrimFunc:
-    """Write the prefetches of every loop marked by :func:`annotate` (see the module docstring)."""
+    """Write the prefetches of every loop marked by :func:`annotate` or :func:`annotate_next_task` (see the
+    module docstring)."""
     return func.with_body(_rewrite(func.body)) if _marked(func.body) else func
 
 

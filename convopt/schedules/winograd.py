@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from . import tiling
+from . import prefetch, tiling
 from .conv_spec import OUTPUT_BLOCK, ConvSpec, Lowering, loop_extent, output_compute, sample
 
 VARIANTS = ("winograd2", "winograd4")
@@ -243,13 +243,19 @@ def schedule_cpu(sch, func_name, target) -> None:
     bo, bi = sch.split(b, [None, sample(sch, tiling.divisor_tiles(blocks, 2, ot), ot)])
     to, ti = sch.split(t, [None, sample(sch, tiling.divisor_tiles(tiles, 8, tt), tt)])
     sch.reorder(xi, nu, bo, to, rc, ti, bi, ol)
-    sch.parallel(sch.fuse(xi, nu, bo))
+    task = sch.fuse(xi, nu, bo)
+    sch.parallel(task)
     acc = sch.cache_write(gemm, 0, "global")
     sch.reverse_compute_at(acc, to, preserve_unit_loops=True)
     sch.unroll(bi)
     sch.unroll(ti)
     sch.vectorize(ol)
     sch.decompose_reduction(gemm, rc)
+    # the next task's weight slab prefetched during this task's first tile group (prefetch.py)
+    update = sch.get(gemm)  # reads its accumulator, V and the weight U
+    written = {w.source.name for w in update.writes}
+    weight = next(r.source.name for r in update.reads if r.source.name not in written and r.source.name != V_BLOCK)
+    prefetch.annotate_next_task(sch, rc, weight, task, to, bi, ol, ti)
     aloops = sch.get_loops(acc)
     sch.vectorize(aloops[-1])
 

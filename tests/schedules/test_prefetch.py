@@ -1,5 +1,5 @@
-"""The prefetch of a chunked conv's next weight chunk (convopt/schedules/prefetch.py): which kernels get it,
-which lines it fetches, and that it changes no result."""
+"""The prefetch of a chunked conv's next weight chunk and of Winograd's next task's weights (convopt/schedules/
+prefetch.py): which kernels get it, which lines it fetches, and that it changes no result."""
 
 from dataclasses import replace
 
@@ -45,6 +45,8 @@ def _prefetches(stmt):
                 walk(x, loops)
         elif isinstance(s, s_tir.SBlockRealize):
             walk(s.block.body, loops)
+        elif isinstance(s, tirx.IfThenElse):
+            walk(s.then_case, loops)
         elif isinstance(s, tirx.Evaluate) and "prefetch" in s.script():
             found.append((s.value.args[1], loops))
     walk(stmt, [])
@@ -158,3 +160,39 @@ def test_a_model_compiled_for_the_cpu_prefetches_in_its_chunked_kernels(monkeypa
     fast = convopt.optimize(model, (x,), lowering="direct")
     assert written
     assert relative_error(fast(x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("name", ["winograd2", "winograd4"])
+def test_winograd_prefetches_the_next_tasks_weight_slab_during_its_first_tile_group(name, lanes):
+    """In the GEMM, while task f runs its first group of tiles, input channel c prefetches line c of each of
+    the next task's output-channel blocks: over the group's reduction, the whole slab of task f + 1, nothing
+    else; the later groups prefetch nothing. The kernel is bit-identical to the one built without."""
+    spec = ConvSpec(1, 40, 12, 10, 48, (3, 3), padding=(1, 1))
+    mod, (packed,) = _module(name, spec, _target(lanes, 48 * 1024))
+    func = prefetch.prefetch_next_chunk(mod)["main"]
+    (address, loops), = _prefetches(func.body)
+    task, group, reduction, stream = loops[0], loops[1], loops[2], loops[-1]
+    assert task.kind == tirx.ForKind.PARALLEL and reduction.loop_var.name == "rc"
+    load = address.args[0] if hasattr(address, "args") else address
+    analyzer = tvm.sym.Analyzer()
+    alpha, _, blocks, channels, ob = packed.shape
+    tile = int(stream.extent)
+    for f in range(int(task.extent)):
+        got = {tuple(int(analyzer.simplify(prefetch._substitute(i, {task.loop_var: f, reduction.loop_var: c,
+                                                                     stream.loop_var: s, group.loop_var: 0})))
+                     for i in load.indices) for c in range(channels) for s in range(tile)}
+        nxt = f + 1  # the slab of the next task: (xi, nu, pair of blocks) in the parallel loop's order
+        xi, nu, b0 = nxt // (alpha * blocks // tile), nxt // (blocks // tile) % alpha, nxt % (blocks // tile) * tile
+        assert got == {(xi, nu, b0 + s, c, 0) for c in range(channels) for s in range(tile)}
+    assert "== 0" in func.script().split("prefetch")[0].rsplit("for rc", 1)[1]  # in the first tile group only
+    shapes = [[int(d) for d in param.ty.shape] for param in mod["main"].params]  # data, weight, bias, output
+    data = np.random.default_rng(1).standard_normal(shapes[0]).astype(np.float32)
+    bias = np.random.default_rng(2).standard_normal(shapes[2]).astype(np.float32)
+    outs = []
+    for lib in (prefetch.compile(mod, HOST.tvm), tvm.compile(mod, target=HOST.tvm)):
+        out = tvm.runtime.empty(shapes[-1], "float32", tvm.cpu(0))
+        lib["main"](tvm.runtime.tensor(data), tvm.runtime.tensor(packed), tvm.runtime.tensor(bias), out)
+        outs.append(out.numpy())
+    assert np.array_equal(outs[0], outs[1])
+    assert "prefetcht1" in prefetch.compile(mod, HOST.tvm).mod.inspect_source("asm")
