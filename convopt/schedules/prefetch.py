@@ -146,9 +146,9 @@ def _next_task_prefetch(reduction, enclosing: dict):
                          f"{reduction.loop_var.name}")
     dtype = str(reduction.loop_var.ty.dtype)
     s = tirx.Var("prefetch_stream", dtype)
-    zero = lambda loop: tirx.const(0, str(loop.loop_var.ty.dtype))  # noqa: E731
-    mapping = {by_name[task].loop_var: by_name[task].loop_var + 1, by_name[stream].loop_var: s,
-               by_name[lane].loop_var: zero(by_name[lane]), by_name[tile].loop_var: zero(by_name[tile])}
+    mapping = {by_name[task].loop_var: by_name[task].loop_var + 1, by_name[stream].loop_var: s}
+    for name in (lane, tile):  # the slab's first lane; the weight index ignores the tile
+        mapping[by_name[name].loop_var] = tirx.const(0, str(by_name[name].loop_var.ty.dtype))
     address = tirx.address_of(tirx.BufferLoad(buffer, [_substitute(index, mapping) for index in indices]))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
     streams = tirx.For(s, tirx.const(0, dtype), tirx.const(int(by_name[stream].extent), dtype),
