@@ -249,6 +249,7 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_chain.kernel_arguments(block, arrays, lanes)]
         module, knobs, extra = fused_chain, fused_chain.KNOBS, {"skip_block": skip_block}
+        bands = fused_chain.default_bands(block, cores)
         skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
         args = [x, *prepared, skip_arg]
     elif block.kind in (fused_mlp.KIND, fused_mlp.MIXER_KIND):
@@ -256,17 +257,18 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_mlp.prepare_weights(block, *arrays, lanes=lanes)]
         module, knobs, extra = fused_mlp, tuple(fused_space.CANDIDATES), {"skip_block": skip_block}
+        bands = fused_mlp.default_bands(block, cores)
         skip_arg = env[skip] if skip is not None else relax.const(np.zeros(1, np.float32))
         args = [x, *prepared, skip_arg]
     else:
         in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
         prepared = [relax.const(arr) for arr in fused_block.prepare_weights(block, *arrays, lanes=lanes)]
+        # its rule weighs splitting the channels across the cores instead of the rows (default_groups)
         module, knobs, extra = fused_block, tuple(fused_space.CANDIDATES), {
             "groups": fused_block.default_groups(block, cores, lanes)}
+        bands = fused_block.default_bands(block, cores, lanes)
         args = [x, *prepared]
     _, out_shape = module.io_shapes(block, lanes, in_block, out_block)
-    # the inverted residual's rule also weighs splitting the channels instead of the rows (default_groups)
-    bands = module.default_bands(block, cores, lanes) if module is fused_block else module.default_bands(block, cores)
     space = fused_space.Space(
         knobs,
         lambda tiles: module.prim_func(block, lanes, bands, in_block=in_block, out_block=out_block, tiles=tiles,

@@ -243,8 +243,8 @@ class TunedSchedules:
             for record in index.records(workload):
                 groups.setdefault(record.key, []).append(record)
         # schedules a job found slower inside the model than the default (in_model.py): never chosen
-        aside = {rid for index in self.indexes for rid in _rejected(index.folder).get(shash, ())
-                 if self.confirmed_only}
+        aside = ({rid for index in self.indexes for rid in _rejected(index.folder).get(shash, ())}
+                 if self.confirmed_only else set())
         groups = {key: group for key, group in groups.items() if record_id(key) not in aside}
         if generator is not None:
             readable = {key: group for key, group in groups.items() if generator_reads(generator, group[0].trace())}
