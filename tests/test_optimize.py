@@ -162,6 +162,27 @@ def test_wrong_call_signatures_say_what_was_expected():
         fast()
 
 
+def test_plain_tensor_calls_skip_the_pytree_and_anything_else_is_still_checked(monkeypatch):
+    from torch.utils import _pytree as pytree
+
+    fast = convopt.optimize(Small().eval(), torch.randn(1, 3, 8, 8))
+    x = torch.randn(1, 3, 8, 8)
+    expected = fast(x)
+
+    def no_flatten(*args, **kwargs):
+        raise AssertionError("the fast path flattened its inputs")
+
+    monkeypatch.setattr(pytree, "tree_flatten", no_flatten)
+    assert torch.equal(fast(x), expected)  # tensors of the captured shape and dtype: no pytree, same result
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"input %x: expected f32\[1,3,8,8\], got f32\[1,3,8,9\]"):
+        fast(torch.randn(1, 3, 8, 9))
+    with pytest.raises(ValueError, match=r"expected f32\[1,3,8,8\], got f64\[1,3,8,8\]"):
+        fast(x.double())
+    with pytest.raises(TypeError, match=r"expected 1 tensor\(s\) \(x: f32\[1,3,8,8\]\) structured as"):
+        fast([x])
+
+
 def test_a_model_in_training_mode_warns_for_inference():
     with pytest.warns(UserWarning, match=r"training mode; optimize\(mode='inference'\) computes eval-mode"):
         convopt.optimize(Small().train(), torch.randn(1, 3, 8, 8))

@@ -159,6 +159,13 @@ class TVMGraphModule(nn.Module):
         self._main = self.vm["main"]
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.fallbacks:  # the common case, kept short: a small model's whole VM call is a few us
+            start = time.perf_counter()
+            result = tuple(torch.from_dlpack(o) for o in self._main(*[to_tvm(t) for t in inputs]))
+            counter = self.time["forward"]
+            counter[0] += 1
+            counter[1] += time.perf_counter() - start
+            return result
         before = {name: list(torch_fallback.FALLBACK_TIME[name]) for name in self.fallbacks}
         start = time.perf_counter()
         args = [to_tvm(t) for t in inputs]
@@ -166,7 +173,7 @@ class TVMGraphModule(nn.Module):
         # their own beside it oversubscribe the cores (each team barrier then waits for a descheduled thread):
         # convnextv2_atto with 12 fallback ops ran 17 ms a call for a while, then 100-236 ms; with PyTorch at one
         # thread while the module runs, 20-25 ms (docs/backends.md)
-        threads = torch.get_num_threads() if self.fallbacks and self.target.is_cpu else 1
+        threads = torch.get_num_threads() if self.target.is_cpu else 1
         if threads > 1:
             torch.set_num_threads(1)
         try:
