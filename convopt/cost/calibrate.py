@@ -73,18 +73,24 @@ CALIBRATION_SHAPES: tuple[ConvSpec, ...] = (
 def repeated(fn: Callable[[], object], seconds: float = 0.005) -> tuple[Callable[[], None], int]:
     """(a call running ``fn`` enough times to last about ``seconds``, how many times).
 
-    The count comes from calls made for a fifth of ``seconds``, not from one: a single call timed on a busy
-    machine (a thread pool waking up, a neighbour's burst) can take many times its usual time, and too
-    small a count leaves the wake-up after each timed round's pause in the per-call time."""
+    The count comes from the fastest of three windows of calls lasting a fifth of ``seconds`` each, not from
+    one call nor one window: the first calls of a kernel just built (its pages, its cold copies) or made on
+    a busy machine (a thread pool waking up, a neighbour's burst) can take many times the usual time, and
+    too small a count leaves the wake-up after each timed round's pause in the per-call time. With one
+    window, a 1152->192 1x1 at 7 px built just before got a count of 1 where its neighbours got 107, and
+    read 71 us against their 44 (the same kernel three times, Zen 5)."""
     fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds / 5:
-            break
-    count = max(1, int(seconds / max(elapsed / calls, 1e-7)))
+    per_call = float("inf")
+    for _ in range(3):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / 5:
+                break
+        per_call = min(per_call, elapsed / calls)
+    count = max(1, int(seconds / max(per_call, 1e-7)))
 
     def run() -> None:
         for _ in range(count):

@@ -197,3 +197,23 @@ def test_a_kernel_bound_to_copies_computes_the_same():
     assert kernel.footprint_bytes() == 4 * (16 * 12 * 12 + 16 * 12 * 12)
     assert torch.equal(kernel(x), expected)  # the copies are other buffers: the kernel's own is untouched
 
+
+
+def test_repeated_counts_calls_from_the_fastest_window_not_a_slow_first_call():
+    import time
+
+    from convopt.cost.calibrate import repeated
+
+    calls = []
+
+    def kernel():  # its first two calls (a kernel just built: page faults, a cold pool) take 3 ms, then 20 us
+        calls.append(None)
+        end = time.perf_counter() + (3e-3 if len(calls) <= 2 else 2e-5)
+        while time.perf_counter() < end:
+            pass
+
+    run, count = repeated(kernel, seconds=0.005)
+    assert count >= 50  # 5 ms of 20 us calls: ~250, never the 1 that the slow first window alone gives
+    before = len(calls)
+    run()
+    assert len(calls) - before == count
