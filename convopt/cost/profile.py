@@ -185,8 +185,9 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
             cached = replace(cached, fma_peak_flops=_roof(target))
             if cached.fma_peak_flops:
                 save_profile(cached, path)
-        return replace(cached, coefficients={**shipped.coefficients, **fitted},
-                       stream_bandwidth=_stream_bandwidth(cached, shipped, target))
+        profile = replace(cached, coefficients={**shipped.coefficients, **fitted},
+                          stream_bandwidth=_stream_bandwidth(cached, shipped, target))
+        return profile if fitted else _in_fitted_units(profile, shipped, target)
     if shipped.target_key != target.key and target.key not in _warned:
         _warned.add(target.key)
         warnings.warn(f"convopt's cost model has no profile for target {target.key}; using the coefficients "
@@ -196,7 +197,18 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
                       calibrated_on=shipped.calibrated_on or shipped.target_key)
     profile = replace(profile, stream_bandwidth=_stream_bandwidth(profile, shipped, target))
     save_profile(profile, path)
-    return profile
+    return _in_fitted_units(profile, shipped, target)
+
+
+def _in_fitted_units(profile: MachineProfile, shipped: MachineProfile, target: Target) -> MachineProfile:
+    """``profile`` with the peak and bandwidth of ``shipped`` when that is the profile of this very target key:
+    the units its coefficients were fitted in, so that the cost model's choices on a machine of that kind don't
+    depend on how busy it was when its cache was written (this Zen 5's cache measured a GEMM peak of 139
+    GFLOP/s, its two calibrations 191 and 222). Another key's coefficients are scaled by this machine's own
+    measurements instead (load_profile)."""
+    if shipped.target_key != target.key:
+        return profile
+    return replace(profile, peak_flops=shipped.peak_flops, bandwidth=shipped.bandwidth)
 
 
 def _stream_bandwidth(cached: MachineProfile, shipped: MachineProfile, target: Target) -> float:

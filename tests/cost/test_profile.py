@@ -154,3 +154,23 @@ def test_the_weight_stream_rate_comes_from_here_else_from_the_shipped_profile_of
     prof.save_profile(measured_here, prof.profile_path(HOST))
     assert load_profile(HOST).stream_bandwidth == 12.5e9 and load_profile(HOST).weight_bandwidth == 12.5e9
     assert any(p.stream_bandwidth > 0 for p in prof.shipped_profiles().values())  # measured on one machine at least
+
+
+def test_the_shipped_profile_of_this_very_key_keeps_the_units_its_coefficients_were_fitted_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVOPT_CACHE_DIR", str(tmp_path))
+    shipped = prof.shipped_profiles()[AVX2_ZEN3.key]
+    busy = replace(fixed_profile(), peak_flops=shipped.peak_flops / 3, bandwidth=shipped.bandwidth / 2,
+                   target_key=AVX2_ZEN3.key)  # a cache written while the machine was busy
+    prof.save_profile(busy, prof.profile_path(AVX2_ZEN3))
+    loaded = load_profile(AVX2_ZEN3)
+    assert (loaded.peak_flops, loaded.bandwidth) == (shipped.peak_flops, shipped.bandwidth)
+    assert loaded.coefficients == shipped.coefficients
+    # coefficients fitted here are in this machine's own units: its measurements stay
+    prof.save_profile(busy.with_fitted({**busy.coefficients, "direct": {"flops": 2.0}}, ["direct"]),
+                      prof.profile_path(AVX2_ZEN3))
+    assert load_profile(AVX2_ZEN3).peak_flops == shipped.peak_flops / 3
+    # another key's coefficients: scaled by this machine's measurements (the nearest-profile test above)
+    prof.save_profile(replace(busy, target_key=AVX512_OTHER.key), prof.profile_path(AVX512_OTHER))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_profile(AVX512_OTHER).peak_flops == shipped.peak_flops / 3
