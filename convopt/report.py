@@ -219,7 +219,7 @@ def report(fast, example_inputs: Any, *, out: str | Path | None = None, runs: in
     ``out/roofline.png`` when ``out`` is given."""
     rows, plain = time_kernels(fast, example_inputs, runs=runs, rounds=rounds)
     target = fast._compiled.target
-    result = build_report(rows, plain, load_profile(target), target.key, model)
+    result = build_report(rows, plain, load_profile(target, measured_here=True), target.key, model)
     result.update(runs=runs, rounds=rounds)
     if out is not None:
         folder = Path(out)

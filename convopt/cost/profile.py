@@ -171,9 +171,11 @@ def nearest_shipped(target: Target) -> MachineProfile:
 _warned: set[str] = set()
 
 
-def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
+def load_profile(target: Target, *, refresh: bool = False, measured_here: bool = False) -> MachineProfile:
     """The profile of ``target``: from the cache, else measured now (and cached) with the coefficients of
-    the shipped profile for its key or the nearest one (saying so once)."""
+    the shipped profile for its key or the nearest one (saying so once). The cost model's peak and bandwidth
+    are those its coefficients were fitted with (``_in_fitted_units``); ``measured_here``: this machine's own,
+    as measured (a roofline of this machine: convopt report)."""
     path = profile_path(target)
     shipped = nearest_shipped(target)
     if path.is_file() and not refresh:
@@ -187,7 +189,7 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
                 save_profile(cached, path)
         profile = replace(cached, coefficients={**shipped.coefficients, **fitted},
                           stream_bandwidth=_stream_bandwidth(cached, shipped, target))
-        return profile if fitted else _in_fitted_units(profile, shipped, target)
+        return profile if fitted or measured_here else _in_fitted_units(profile, shipped, target)
     if shipped.target_key != target.key and target.key not in _warned:
         _warned.add(target.key)
         warnings.warn(f"convopt's cost model has no profile for target {target.key}; using the coefficients "
@@ -197,7 +199,7 @@ def load_profile(target: Target, *, refresh: bool = False) -> MachineProfile:
                       calibrated_on=shipped.calibrated_on or shipped.target_key)
     profile = replace(profile, stream_bandwidth=_stream_bandwidth(profile, shipped, target))
     save_profile(profile, path)
-    return _in_fitted_units(profile, shipped, target)
+    return profile if measured_here else _in_fitted_units(profile, shipped, target)
 
 
 def _in_fitted_units(profile: MachineProfile, shipped: MachineProfile, target: Target) -> MachineProfile:

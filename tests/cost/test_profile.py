@@ -165,6 +165,7 @@ def test_the_shipped_profile_of_this_very_key_keeps_the_units_its_coefficients_w
     loaded = load_profile(AVX2_ZEN3)
     assert (loaded.peak_flops, loaded.bandwidth) == (shipped.peak_flops, shipped.bandwidth)
     assert loaded.coefficients == shipped.coefficients
+    assert load_profile(AVX2_ZEN3, measured_here=True).peak_flops == busy.peak_flops  # a roofline of this machine
     # coefficients fitted here are in this machine's own units: its measurements stay
     prof.save_profile(busy.with_fitted({**busy.coefficients, "direct": {"flops": 2.0}}, ["direct"]),
                       prof.profile_path(AVX2_ZEN3))
