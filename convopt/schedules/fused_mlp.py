@@ -18,8 +18,9 @@ the inverted residual kernel uses), the expand's bias added per tile and its act
 the row (GELU's polynomial inside the tile spilled the accumulators), the projection's bias and the skip
 where the row is stored. Unlike the separate convs, the intermediate is never stored: the unfused expand
 writes and the projection reads E H W floats each. Each row streams both weight matrices once per column
-tile of the row; where they exceed half of L2 (wide late stages) that costs more than the intermediate
-saves, and the cost model (cost/fused.py, which counts one read per row there) declines such blocks.
+tile of the row, from L2 where they fit there; where they don't (wide late stages) that costs more than the
+intermediate saves, and the cost model (cost/fused.py, which counts one read per row there) declines such
+blocks.
 
 With a token mixer (kind ``convnext_block``): ConvNeXt's whole block, a depthwise kxk conv and a norm over
 each pixel's channels (timm's LayerNorm2d) before the MLP, the skip being the block's input:
