@@ -162,9 +162,7 @@ class TVMGraphModule(nn.Module):
         if not self.fallbacks:  # the common case, kept short: a small model's whole VM call is a few us
             start = time.perf_counter()
             result = tuple(torch.from_dlpack(o) for o in self._main(*[to_tvm(t) for t in inputs]))
-            counter = self.time["forward"]
-            counter[0] += 1
-            counter[1] += time.perf_counter() - start
+            self._count("forward", 1, time.perf_counter() - start)
             return result
         before = {name: list(torch_fallback.FALLBACK_TIME[name]) for name in self.fallbacks}
         start = time.perf_counter()

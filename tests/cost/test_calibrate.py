@@ -213,7 +213,7 @@ def test_repeated_counts_calls_from_the_fastest_window_not_a_slow_first_call():
             pass
 
     run, count = repeated(kernel, seconds=0.005)
-    assert count >= 50  # 5 ms of 20 us calls: ~250, never the 1 that the slow first window alone gives
+    assert count >= 10  # 5 ms of 20 us calls: ~250 (fewer on a busy machine), never the 1 of the slow first window
     before = len(calls)
     run()
     assert len(calls) - before == count
