@@ -21,12 +21,18 @@ changes no value).
 
 Winograd's batched GEMM (winograd.py) reads its transformed weights the same way: each parallel task
 (xi, nu, a pair of output-channel blocks) multiplies a slab U[xi, nu, blocks, :, :] (2 x C' x 16 floats: 24 KB
-for 192 channels) into every group of tiles, the first group reading the slab from L3 or memory. So while
-its first tile group runs, the task prefetches the slab of the task after it (the next index of the parallel
-loop: the same thread's next task under TVM's static partition), a line per output-channel block for each
-input channel of the reduction:
+for 192 channels) into every group of tiles, the first group reading the slab from L3 or memory. So while it
+runs, the task prefetches the slab of the task after it (the next index of the parallel loop: the same
+thread's next task under TVM's static partition), a line per output-channel block for each input channel of
+the reduction, input channel c's lines during tile group c mod G (of the task's G groups):
 
-    for task f: for tile group g: for c: [if g == 0: for s < ot: prefetch U[task f + 1, block s, c, lane 0]]; ...
+    for task f: for tile group g: for c: [if c % G == g: for s < ot: prefetch U[task f + 1, block s, c, lane 0]]; ...
+
+Spread so over the whole task (session 39), not issued all in its first group (session 37): the first group
+asked for the whole slab (64 KB for 512 channels) in a quarter of the task's time, more than a core's share of
+the memory bandwidth, and resnet50's 512-channel F(2,3) at 7 px ran 494 us in the model against 351 alone with
+warm weights. With the shipped tuning records, both builds in one process, 3 rounds of 11 interleaved,
+spread / first group: resnet50 0.970-0.979, resnet18 0.911-0.929, repvgg_a0 0.879-0.894 (built in the other order 0.921-0.935).
 
 marked by ``annotate_next_task`` on the reduction loop (``PREFETCH_NEXT_TASK``: the weight's name, then the
 names of the parallel, tile-group, output-channel-block, lane and tile loops).
@@ -66,7 +72,7 @@ def annotate(sch, rows, weight: str, stream, channel, tap_y, tap_x, lane, unroll
 
 def annotate_next_task(sch, reduction, weight: str, task, group, stream, lane, tile) -> None:
     """Mark ``reduction`` (the loop over input channels inside a tile group) for the next task's prefetch:
-    ``task`` the parallel loop, ``group`` the loop over groups of tiles (the prefetch runs in its first),
+    ``task`` the parallel loop, ``group`` the loop over groups of tiles (channel c prefetches in group c mod G),
     ``stream`` the loop over the tile's output-channel blocks, ``lane`` over a block's channels, ``tile``
     over the group's tiles (the weight index ignores it)."""
     names = [weight] + [sch.get(loop).loop_var.name for loop in (task, group, stream, lane, tile)]
@@ -153,7 +159,11 @@ def _next_task_prefetch(reduction, enclosing: dict):
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
     streams = tirx.For(s, tirx.const(0, dtype), tirx.const(int(by_name[stream].extent), dtype),
                        tirx.ForKind.UNROLLED, prefetch)
-    return tirx.IfThenElse(by_name[group].loop_var == 0, streams, None)
+    groups = int(by_name[group].extent)
+    if groups == 1:
+        return streams
+    # channel c's lines in tile group c mod G: the slab's stream spread over the whole task
+    return tirx.IfThenElse(tirx.floormod(reduction.loop_var, groups) == by_name[group].loop_var, streams, None)
 
 
 def _rewrite(stmt, enclosing: dict | None = None):

@@ -251,7 +251,7 @@ def schedule_cpu(sch, func_name, target) -> None:
     sch.unroll(ti)
     sch.vectorize(ol)
     sch.decompose_reduction(gemm, rc)
-    # the next task's weight slab prefetched during this task's first tile group (prefetch.py)
+    # the next task's weight slab prefetched over this task's tile groups (prefetch.py)
     update = sch.get(gemm)  # reads its accumulator, V and the weight U
     written = {w.source.name for w in update.writes}
     weight = next(r.source.name for r in update.reads if r.source.name not in written and r.source.name != V_BLOCK)

@@ -164,10 +164,10 @@ def test_a_model_compiled_for_the_cpu_prefetches_in_its_chunked_kernels(monkeypa
 
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("name", ["winograd2", "winograd4"])
-def test_winograd_prefetches_the_next_tasks_weight_slab_during_its_first_tile_group(name, lanes):
-    """In the GEMM, while task f runs its first group of tiles, input channel c prefetches line c of each of
-    the next task's output-channel blocks: over the group's reduction, the whole slab of task f + 1, nothing
-    else; the later groups prefetch nothing. The kernel is bit-identical to the one built without."""
+def test_winograd_prefetches_the_next_tasks_weight_slab_over_its_tile_groups(name, lanes):
+    """In the GEMM, task f prefetches line c of each of the next task's output-channel blocks during its tile
+    group c mod G: over the task, the whole slab of task f + 1, each line once, nothing else, spread over every
+    group. The kernel is bit-identical to the one built without."""
     spec = ConvSpec(1, 40, 12, 10, 48, (3, 3), padding=(1, 1))
     mod, (packed,) = _module(name, spec, _target(lanes, 48 * 1024))
     func = prefetch.prefetch_next_chunk(mod)["main"]
@@ -177,15 +177,20 @@ def test_winograd_prefetches_the_next_tasks_weight_slab_during_its_first_tile_gr
     load = address.args[0] if hasattr(address, "args") else address
     analyzer = tvm.sym.Analyzer()
     alpha, _, blocks, channels, ob = packed.shape
-    tile = int(stream.extent)
+    tile, groups = int(stream.extent), int(group.extent)
+    assert groups > 1  # 12 x 10 output pixels in tiles of 2 x 2 or 4 x 4: several groups of tiles
     for f in range(int(task.extent)):
-        got = {tuple(int(analyzer.simplify(prefetch._substitute(i, {task.loop_var: f, reduction.loop_var: c,
-                                                                     stream.loop_var: s, group.loop_var: 0})))
-                     for i in load.indices) for c in range(channels) for s in range(tile)}
+        got = []
+        for g in range(groups):
+            in_group = [tuple(int(analyzer.simplify(prefetch._substitute(i, {
+                task.loop_var: f, reduction.loop_var: c, stream.loop_var: s, group.loop_var: g})))
+                for i in load.indices) for c in range(channels) if c % groups == g for s in range(tile)]
+            got += in_group
         nxt = f + 1  # the slab of the next task: (xi, nu, pair of blocks) in the parallel loop's order
         xi, nu, b0 = nxt // (alpha * blocks // tile), nxt // (blocks // tile) % alpha, nxt % (blocks // tile) * tile
-        assert got == {(xi, nu, b0 + s, c, 0) for c in range(channels) for s in range(tile)}
-    assert "== 0" in func.script().split("prefetch")[0].rsplit("for rc", 1)[1]  # in the first tile group only
+        assert sorted(got) == sorted((xi, nu, b0 + s, c, 0) for c in range(channels) for s in range(tile))
+    guard = func.script().split("prefetch")[0].rsplit("for rc", 1)[1]
+    assert f"rc % {groups}" in guard and "== 0" not in guard  # channel c in the group c mod G, not all in the first
     shapes = [[int(d) for d in param.ty.shape] for param in mod["main"].params]  # data, weight, bias, output
     data = np.random.default_rng(1).standard_normal(shapes[0]).astype(np.float32)
     bias = np.random.default_rng(2).standard_normal(shapes[2]).astype(np.float32)
