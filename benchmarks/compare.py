@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def geomean_line(results: dict[str, dict[str, dict]], keys: list[str]) -> str:
         if ratios:
             counted = "" if len(ratios) == len(results) else f" ({len(ratios)} of {len(results)} models)"
             parts.append(f"{key} {geomean(ratios):.3f}{counted}")
+    # the target of issue 10 is stated against the faster peer of each model
+    fastest = [results_base / min(r[key]["median_ms"] for key in keys[1:] if "median_ms" in r.get(key, {}))
+               for r in results.values() if len([k for k in keys[1:] if "median_ms" in r.get(k, {})]) > 1
+               for results_base in [r.get(base, {}).get("median_ms")] if results_base is not None]
+    if len(fastest) == len(results) and len(keys) > 2:
+        parts.append(f"the faster peer of each model {geomean(fastest):.3f}")
     return f"Geometric means of {base} / peer over the models: " + ", ".join(parts) + "."
 
 
@@ -67,6 +74,18 @@ def merge_runs(paths: list[str]) -> tuple[dict[str, dict[str, dict]], int]:
                     into["median_ms"] = min(into.get("median_ms", float("inf")), entry["median_ms"])
     fewest = min((len(e["process_medians_ms"]) for entries in pooled.values() for e in entries.values()), default=0)
     return pooled, fewest
+
+
+def merged_settings(paths: list[str]) -> dict:
+    """The settings the pooled runs were measured with (their meta): the shortest seconds of calls, and the
+    input shape where every run recorded the same one."""
+    metas = [json.loads(Path(path).read_text()).get("meta", {}) for path in paths]
+    seconds = [m["seconds"] for m in metas if "seconds" in m]
+    # runs before the meta kept the shape: from their command line
+    shapes = {m.get("input_shape") or next(iter(re.findall(r"--input-shape (\S+)", m.get("command", ""))), None)
+              for m in metas}
+    return {"seconds": min(seconds) if seconds else None,
+            "input_shape": shapes.pop() if len(shapes) == 1 and None not in shapes else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,14 +113,21 @@ def main(argv: list[str] | None = None) -> int:
         print(spec, json.dumps(results[spec]), flush=True)
     columns = ["model"] + [f"{k} ms" for k in keys] + [f"{keys[0]} / {k}" for k in keys[1:]]
     table = "\n\n".join([markdown_table(table_rows(results, keys), columns), geomean_line(results, keys), *warnings])
-    command = "python benchmarks/compare.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None)
+    seconds, input_shape = args.seconds, args.input_shape
+    if args.merge:  # the runs' own settings: the parser's defaults describe nothing that was measured
+        command = f"python benchmarks/compare.py --merge {args.merge}"
+        settings = merged_settings(args.merge.split(","))
+        seconds = settings["seconds"] or seconds
+        input_shape = settings["input_shape"] or "as in the pooled runs"
+    else:
+        command = "python benchmarks/compare.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None)
     processes = fewest if args.merge else args.processes
-    meta = {"command": command, "machine": machine_description(), "batch": 1,
-            "torch": torch.__version__, "seconds": args.seconds, "processes": processes}
+    meta = {"command": command, "machine": machine_description(), "batch": 1, "input_shape": input_shape,
+            "torch": torch.__version__, "seconds": seconds, "processes": processes}
     pooled = f" (runs pooled: {args.merge})" if args.merge else ""
-    caption = (f"{machine_description()}; input {args.input_shape}; each contender alone in its own process, "
-               f"lowest of at least {processes} per-process medians over {args.seconds:g} s of calls{pooled}; "
+    caption = (f"{machine_description()}; input {input_shape}; each contender alone in its own process, "
+               f"lowest of at least {processes} per-process medians over {seconds:g} s of calls{pooled}; "
                f"ratio < 1 means {keys[0]} is faster")
     write_report(args.out, command, caption, table, {"meta": meta, "results": results})
     print(table)

@@ -100,14 +100,21 @@ def test_compare_merge_pools_the_process_medians_of_runs(tmp_path):
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     runs = []
-    for i, (a, b) in enumerate([((3.0, 2.5), (5.0,)), ((2.0, 4.0), (6.0, 4.5))]):
+    for i, (a, b, c) in enumerate([((3.0, 2.5), (5.0,), (4.0,)), ((2.0, 4.0), (6.0, 4.5), (3.0, 5.0))]):
         results = {"timm:m": {"convopt": {"median_ms": min(a), "process_medians_ms": list(a)},
-                              "ort": {"median_ms": min(b), "process_medians_ms": list(b)}}}
+                              "ort": {"median_ms": min(b), "process_medians_ms": list(b)},
+                              "openvino": {"median_ms": min(c), "process_medians_ms": list(c)}}}
         runs.append(tmp_path / f"run{i}.json")
-        runs[-1].write_text(json.dumps({"command": "x", "results": results}))
+        meta = {"seconds": 0.5 + i, "input_shape": "1,3,64,64"}
+        runs[-1].write_text(json.dumps({"meta": meta, "command": "x", "results": results}))
     pooled, fewest = compare.merge_runs([str(p) for p in runs])
     assert pooled["timm:m"]["convopt"]["median_ms"] == 2.0 and pooled["timm:m"]["ort"]["median_ms"] == 4.5
     assert pooled["timm:m"]["convopt"]["process_medians_ms"] == [3.0, 2.5, 2.0, 4.0] and fewest == 3
     out = tmp_path / "merged"
-    assert compare.main(["--merge", ",".join(map(str, runs)), "--vs", "ort", "--out", str(out)]) == 0
-    assert "runs pooled" in (tmp_path / "merged.md").read_text()
+    assert compare.main(["--merge", ",".join(map(str, runs)), "--vs", "ort,openvino", "--out", str(out)]) == 0
+    text = (tmp_path / "merged.md").read_text()
+    assert "runs pooled" in text
+    # the pooled runs' settings, not the parser's defaults (4 s, 224 px)
+    assert "over 0.5 s of calls" in text and "input 1,3,64,64" in text and "--seconds" not in text
+    # convopt 2.0 ms against ort 4.5 and openvino 3.0: the faster peer per model is openvino
+    assert "ort 0.444, openvino 0.667, the faster peer of each model 0.667" in text
