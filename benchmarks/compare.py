@@ -53,10 +53,12 @@ def geomean_line(results: dict[str, dict[str, dict]], keys: list[str]) -> str:
             counted = "" if len(ratios) == len(results) else f" ({len(ratios)} of {len(results)} models)"
             parts.append(f"{key} {geomean(ratios):.3f}{counted}")
     # the target of issue 10 is stated against the faster peer of each model
-    fastest = [results_base / min(r[key]["median_ms"] for key in keys[1:] if "median_ms" in r.get(key, {}))
-               for r in results.values() if len([k for k in keys[1:] if "median_ms" in r.get(k, {})]) > 1
-               for results_base in [r.get(base, {}).get("median_ms")] if results_base is not None]
-    if len(fastest) == len(results) and len(keys) > 2:
+    fastest = []
+    for entries in results.values():
+        peers = [entries[k]["median_ms"] for k in keys[1:] if "median_ms" in entries.get(k, {})]
+        if len(peers) > 1 and "median_ms" in entries.get(base, {}):
+            fastest.append(entries[base]["median_ms"] / min(peers))
+    if fastest and len(fastest) == len(results):
         parts.append(f"the faster peer of each model {geomean(fastest):.3f}")
     return f"Geometric means of {base} / peer over the models: " + ", ".join(parts) + "."
 

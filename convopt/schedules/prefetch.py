@@ -32,8 +32,8 @@ Spread so over the whole task (session 39), not issued all in its first group (s
 asked for the whole slab (64 KB for 512 channels) in a quarter of the task's time, more than a core's share of
 the memory bandwidth, and resnet50's 512-channel F(2,3) at 7 px ran 494 us in the model against 351 alone with
 warm weights. With the shipped tuning records, both builds in one process, 3 rounds of 11 interleaved,
-spread / first group: resnet50 0.970-0.979, resnet18 0.911-0.929, repvgg_a0 0.879-0.894 (built in the other order 0.921-0.935).
-Untuned, two models no test names: resnet34 0.911-0.923, dla34 0.924-0.933.
+spread / first group: resnet50 0.970-0.979, resnet18 0.911-0.929, repvgg_a0 0.879-0.894 (built in the other
+order 0.921-0.935). Untuned, two models no test names: resnet34 0.911-0.923, dla34 0.924-0.933.
 
 marked by ``annotate_next_task`` on the reduction loop (``PREFETCH_NEXT_TASK``: the weight's name, then the
 names of the parallel, tile-group, output-channel-block, lane and tile loops).
