@@ -329,6 +329,15 @@ class Lowering:
     # convs passes/block_layout.py lets exchange blocked tensors. Any lowering reads a blocked input
     # correctly (``nchw``), but one vectorized over pixels then gathers (measured 2-3x slower: im2col).
     blocked_io: Callable[[ConvSpec, int], bool] = lambda spec, lanes: False
+    # The version of what its kernels become after the schedule (prefetch.py's TIR passes, run at build time):
+    # bump it when that code changes and the schedule doesn't. A tuning record replays the schedule only, so
+    # records tuned under the old code would still apply, measured against a default that no longer exists
+    # (session 39: resnet18's Winograd records, tuned before the prefetch was spread, ran 6-7% slower in the
+    # model than the new defaults). The version is the first instruction of the schedule's trace, so the
+    # default's trace changes with it and the old records read as stale (tuning/apply.py): the default runs,
+    # and `convopt tune` measures them again beside it. Version 0 writes nothing: the records made before
+    # versions existed stay valid.
+    codegen_version: int = 0
 
     def prepared(self, weight: np.ndarray, spec: ConvSpec, lanes: int) -> tuple[np.ndarray, ...]:
         """The weight's constants as contiguous fp32 arrays."""
@@ -336,6 +345,8 @@ class Lowering:
 
     def schedule(self, sch, func_name: str | None, target) -> None:
         """Schedule the PrimFunc ``func_name`` for ``target`` (a convopt Target) in place."""
+        if self.codegen_version:
+            sch.sample_categorical([self.codegen_version], [1.0], decision=0)  # one candidate: a mark, not a choice
         (self.schedule_cpu if target.is_cpu else self.schedule_cuda)(sch, func_name, target)
 
 

@@ -44,6 +44,9 @@ of a tuning record as for the default), and :func:`prefetch_next_chunk`, a modul
 (:func:`compile`), writes the prefetch loop at the top of that loop's body. The chunk loop is the marked
 loop's parent; the other loops inside it don't move the weight index (the column tiles) or are replaced by
 the line walk. A prefetch past the end of the weights (the last tile) is harmless: it never faults.
+
+A tuning record replays a kernel's schedule, not these passes: a change here that alters a lowering's kernels
+bumps that lowering's ``codegen_version`` (conv_spec.Lowering), so that its records read as stale.
 """
 
 from __future__ import annotations

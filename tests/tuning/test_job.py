@@ -327,6 +327,45 @@ def test_measured_lowerings_the_model_runs_slower_with_are_dropped(tiny, tmp_pat
         == conv.attrs.lowering
 
 
+def test_a_new_codegen_version_of_a_lowering_makes_its_records_stale(tiny, tmp_path):
+    """A record replays the schedule only: when the code made after it changes (Lowering.codegen_version), the
+    records tuned under the old code read as stale and the default runs; records made under the new version
+    apply. The version mark changes no kernel."""
+    import dataclasses
+
+    from convopt.schedules.lowerings import lowering
+    from convopt.tuning.apply import TunedSchedules
+    from convopt.tuning.job import _commit
+
+    model, x = tiny
+    target = resolve_target("cpu")
+    task = next(t for t in _tasks(model, x, target) if t.size() > 1)
+    current = lowering(task.kind)
+    bumped = dataclasses.replace(current, codegen_version=current.codegen_version + 1)
+    new_task = dataclasses.replace(task, schedule=lambda sch: bumped.schedule(sch, "main", target))
+    tvm.ir.assert_structural_equal(new_task.default().mod["main"], task.default().mod["main"])
+    assert trace_key(new_task.default().trace) != trace_key(task.default().trace)
+    assert new_task.size() == task.size()
+
+    def records_of(made_by, folder):
+        database = open_database(target, folder, create=True)
+        token = database.commit_workload(task.workload)
+        default, faster = itertools.islice(made_by.points(), 2)
+        for sch, seconds in ((default, 2e-6), (faster, 1e-6), (default, 2e-6), (faster, 1e-6)):
+            _commit(database, token, sch, types.SimpleNamespace(error_msg=None, run_secs=[seconds]), target)
+        return TunedSchedules(target, [folder])
+
+    for made_by, folder in ((task, tmp_path / "old"), (new_task, tmp_path / "new")):
+        records = records_of(made_by, folder)
+        for reader in (task, new_task):
+            func, tuning = records.schedule(task.workload, reader.schedule, task.name)
+            if reader is made_by:
+                assert tuning.status == "tuned" and tuning.speedup == pytest.approx(2.0)
+            else:
+                assert tuning.status == "stale"
+                tvm.ir.assert_structural_equal(func, reader.default().mod["main"])
+
+
 def test_records_measured_against_an_older_default_are_stale_and_the_default_runs(tiny, tmp_path, monkeypatch):
     """A changed hand-written schedule leaves records whose default is not today's: nothing measured says
     whether their winner beats the new default, so the default runs, the kernel says "stale", and a warning
