@@ -4,8 +4,9 @@ target, and ``run_passes`` runs it with the instruments around each pass.
 The pipelines, in order:
 
     inference  canonicalize, fold_constants, fold_conv_bn, merge_branches, eliminate_dead_code,
-               then fuse_blocks, select_lowering and block_layout when the target is a TVM CPU target (they
-               need the target's SIMD width and the cost-model profile of the target's machine); on CUDA,
+               then fuse_blocks, select_lowering, block_layout and fold_channel_scale when the target is a TVM
+               CPU target (they need the target's SIMD width and the cost-model profile of the target's
+               machine; fold_channel_scale, the lowerings select_lowering chose); on CUDA,
                fuse_blocks when optimize(fuse_blocks={...: True}) names blocks (only those are fused)
     train      canonicalize, tune_conv_bn, eliminate_dead_code
 
@@ -77,8 +78,10 @@ def build(mode: str, target: Target | None = None, *, lowering: str | dict[str, 
         pinned = frozenset(lowering) if isinstance(lowering, dict) else frozenset()
         fusion = ((_fuse_blocks(target, fuse_blocks if isinstance(fuse_blocks, dict) else None, pinned),)
                   if fuse_blocks else ())
+        from .passes.fold_channel_scale import fold_channel_scale
+
         passes = (*passes, *fusion, _select_lowering(target, lowering, blocks, measured, frozenset(avoid_lowerings)),
-                  layout)
+                  layout, _pass(fold_channel_scale))
     elif mode == "inference" and isinstance(target, Target) and isinstance(fuse_blocks, dict):
         # CUDA: no GPU has measured a fused kernel against the unfused ops, so only the blocks
         # fuse_blocks={...: True} names are fused (schedules/fused_block_cuda.py)

@@ -107,7 +107,7 @@ def test_build_knows_the_target():
     names = lambda ps: [p.name for p in ps]  # noqa: E731
     graph_passes = ["canonicalize", "fold_constants", "fold_conv_bn", "merge_branches", "eliminate_dead_code"]
     assert names(build("inference")) == graph_passes  # torch: no conv lowerings to choose
-    cpu = [*graph_passes, "fuse_blocks", "select_lowering", "block_layout"]
+    cpu = [*graph_passes, "fuse_blocks", "select_lowering", "block_layout", "fold_channel_scale"]
     assert names(build("inference", CPU_AVX2)) == cpu
     assert names(build("inference", CPU_AVX2, fuse_blocks=False)) == [p for p in cpu if p != "fuse_blocks"]
     assert names(build("inference", resolve_target("cuda"))) == graph_passes
@@ -119,7 +119,8 @@ def test_build_knows_the_target():
     with pytest.raises(ValueError, match="the fuse_blocks pass is left out"):
         build("inference", CPU_AVX2, fuse_blocks={"blocks.1": True}, skip=["fuse_blocks"])
     assert names(build("train", CPU_AVX2)) == ["canonicalize", "tune_conv_bn", "eliminate_dead_code"]
-    assert names(build("inference", CPU_AVX2, skip=["fuse_blocks", "select_lowering", "block_layout"])) == graph_passes
+    assert names(build("inference", CPU_AVX2, skip=["fuse_blocks", "select_lowering", "block_layout",
+                                                    "fold_channel_scale"])) == graph_passes
 
 
 def test_select_lowering_predicts_blocked_neighbours_only_when_block_layout_runs():

@@ -33,9 +33,9 @@ from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 from ..schedules import dense
 from ..schedules.fused_space import Space
-from ..ir.layout import block_of
+from ..ir.layout import block_of, padded_channels
 from ..schedules.activations import activation_of
-from ..schedules.conv_spec import conv_spec_of, nchw, pad_to_blocks
+from ..schedules.conv_spec import conv_spec_of, nchw, pad_to_blocks, scaled_weight
 from ..schedules.lowerings import lowering
 from ..target import Target
 
@@ -125,8 +125,11 @@ def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, x: relax.Expr, pla
 
 def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Epilogue, lanes: int,
               kernels: dict[str, KernelUse]):
-    """Emit conv ``n`` with its lowering; ``kernels`` collects what each PrimFunc computes, for scheduling."""
-    weight = graph.constant_map[n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
+    """Emit conv ``n`` with its lowering; ``kernels`` collects what each PrimFunc computes, for scheduling. A
+    weight scaled per input channel at run time (``scaled_weight``) is packed once and scaled in its packed
+    layout before each call."""
+    scaled = scaled_weight(graph, n.inputs[1])
+    weight = graph.constant_map[scaled[0] if scaled else n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
     bias = None
     if len(n.inputs) > 2 and n.inputs[2] is not None:
         bias = graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32)
@@ -138,7 +141,14 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     reason = low.supports(spec)
     if reason is not None:
         raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
-    prepared = [relax.const(arr) for arr in low.prepared(weight, spec, lanes)]
+    arrays = low.prepared(weight, spec, lanes)
+    prepared = [relax.const(arr) for arr in arrays]
+    if scaled:
+        if low.weight_channel_axis is None or len(arrays) != 1:
+            raise ValueError(f"node %{n.name}: lowering {low.name} can't scale its packed weight per input channel")
+        gate = graph.types[scaled[1]]
+        stored = padded_channels(spec.in_channels, block_of(gate.layout) or 1)  # one pixel: C, or whole blocks
+        prepared = [_scale_along(bb, arrays[0], env[scaled[1]], stored, low.weight_channel_axis, spec.in_channels)]
     bias = relax.const(bias) if bias is not None else None
     residual = env[plan.residual] if plan.residual is not None else None
     blocked = {"out_block": out_block} if out_block else {}
@@ -155,6 +165,22 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, low.schedule, 2 * logical.macs, [])).nodes.append(
         n.name)
     return out
+
+
+def _scale_along(bb: relax.BlockBuilder, packed: np.ndarray, scale: relax.Expr, stored: int, axis: int,
+                 channels: int):
+    """``packed`` times ``scale``'s first ``channels`` values along ``axis`` (channels beyond them, a lowering's
+    padding, times 0). ``scale`` is one pixel of ``stored`` values, [1, C, 1, 1] or in channel blocks
+    [1, C/b, 1, 1, b]: the same values in the same order either way."""
+    shape = list(packed.shape)
+    flat = bb.emit(relax.op.reshape(scale, (stored,)))
+    if stored != channels:
+        flat = bb.emit(relax.op.strided_slice(flat, axes=[0], begin=[0], end=[channels]))
+    if shape[axis] != channels:
+        flat = bb.emit(relax.op.concat([flat, relax.const(np.zeros(shape[axis] - channels, np.float32))]))
+    broadcast = [1] * len(shape)
+    broadcast[axis] = shape[axis]
+    return bb.emit(relax.op.multiply(relax.const(packed), relax.op.reshape(flat, broadcast)))
 
 
 def _blocks_of(graph: Graph, n: Node, names, lanes: int) -> list[bool]:

@@ -475,6 +475,9 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     if own_kernels:
         plans, lanes = conv_kernels.plan_epilogues(graph), target.lanes
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
+        # weights scaled per input channel (passes/fold_channel_scale.py): emit_conv scales the packed weight
+        scaled_weights = {graph.node_map[conv].inputs[1] for conv in plans
+                          if conv_kernels.scaled_weight(graph, graph.node_map[conv].inputs[1])}
 
     def emit_node(n: Node) -> relax.Expr:
         inputs = operands(ctx, n, env)
@@ -500,6 +503,8 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
             for c in graph.constants:
                 env[c.name] = relax.const(c.data.detach().cpu().contiguous().numpy())
             for n in graph.nodes:
+                if own_kernels and n.name in scaled_weights:
+                    continue
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
                 elif own_kernels and n.op is Op.FUSED_BLOCK:

@@ -124,15 +124,36 @@ class ConvSpec:
 
 
 def conv_spec_of(graph: Graph, node: Node) -> ConvSpec | None:
-    """The conv's shape when convopt compiles it with its own kernels (fp32, constant weight and bias), else None:
-    the one home of that test (select_lowering and the TVM backend both ask it)."""
-    if node.op is not Op.CONV2D or node.type.dtype != "f32" or node.inputs[1] not in graph.constant_map:
+    """The conv's shape when convopt compiles it with its own kernels (fp32, a constant weight, or one scaled per
+    input channel at run time: ``scaled_weight``, and a constant bias), else None: the one home of that test
+    (select_lowering and the TVM backend both ask it)."""
+    if node.op is not Op.CONV2D or node.type.dtype != "f32":
+        return None
+    if node.inputs[1] not in graph.constant_map and scaled_weight(graph, node.inputs[1]) is None:
         return None
     if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2] not in graph.constant_map:
         return None
     a = node.attrs
     return ConvSpec.of(graph.types[node.inputs[0]].shape, graph.types[node.inputs[1]].shape,
                        a.stride, a.padding, a.dilation, a.groups)
+
+
+def scaled_weight(graph: Graph, name: str) -> tuple[str, str] | None:
+    """(the constant weight W, the per-input-channel scale s) when value ``name`` is W * s: a mul of a constant
+    [O, C, KH, KW] and a one-pixel [1, C, 1, 1] value, which passes/fold_channel_scale.py writes as a conv's
+    weight (the backend scales the packed weight along ``Lowering.weight_channel_axis``); else None."""
+    node = graph.node_map.get(name)
+    if node is None or node.op is not Op.MUL or node.attrs.scalar is not None or len(node.inputs) != 2:
+        return None
+    weight, scale = node.inputs
+    if weight not in graph.constant_map:
+        weight, scale = scale, weight
+    if weight not in graph.constant_map or scale in graph.constant_map:
+        return None
+    w_shape, s_shape = graph.types[weight].shape, graph.types[scale].shape
+    if len(w_shape) != 4 or tuple(s_shape) != (1, w_shape[1], 1, 1):
+        return None
+    return weight, scale
 
 
 def pad_to_blocks(spec: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, in_block: int | None,
@@ -338,6 +359,11 @@ class Lowering:
     # and `convopt tune` measures them again beside it. Version 0 writes nothing: the records made before
     # versions existed stay valid.
     codegen_version: int = 0
+    # The axis of the packed weight (prepare_weight's one array) that runs over the input channels, when the
+    # packing maps W[o, c, ...] into that axis's entry c alone (a re-layout, or a transform linear in each
+    # (o, c) kernel such as Winograd's G g G^T): then a weight scaled per input channel is the packed weight
+    # scaled along it, and the scaling can run at run time (passes/fold_channel_scale.py). None: no such axis.
+    weight_channel_axis: int | None = None
 
     def prepared(self, weight: np.ndarray, spec: ConvSpec, lanes: int) -> tuple[np.ndarray, ...]:
         """The weight's constants as contiguous fp32 arrays."""

@@ -446,4 +446,4 @@ def blocked_io(spec, lanes: int) -> bool:
 
 
 LOWERING = Lowering("direct", supports, workspace_bytes, prepare_weight, compute, schedule_direct_conv2d,
-                    blocked_io=blocked_io)
+                    blocked_io=blocked_io, weight_channel_axis=1)  # [OCB, I, KH, KW, ob]

@@ -259,4 +259,5 @@ def blocked_io(spec, lanes: int) -> bool:
     return tiling.vectorizes_channels(tiling.channel_block(spec.out_per_group, lanes), lanes)
 
 
-LOWERING = Lowering("im2win", supports, workspace_bytes, prepare_weight, compute, schedule_cpu, blocked_io=blocked_io)
+LOWERING = Lowering("im2win", supports, workspace_bytes, prepare_weight, compute, schedule_cpu, blocked_io=blocked_io,
+                    weight_channel_axis=1)  # [OCB, Cg, KW, KH, ob]

@@ -280,7 +280,8 @@ def _variant(name: str) -> Lowering:
     bind = functools.partial
     return Lowering(name, bind(supports, variant=name), bind(workspace_bytes, variant=name),
                     bind(prepare_weight, variant=name), bind(compute, variant=name), schedule_cpu,
-                    blocked_io=lambda spec, lanes: True)  # channel-blocked padding stage, GEMM and output stage
+                    blocked_io=lambda spec, lanes: True,  # channel-blocked padding stage, GEMM and output stage
+                    weight_channel_axis=3)  # U = G g G^T as [alpha, alpha, Op/ob, Cp, ob]
 
 
 WINOGRAD2 = _variant("winograd2")  # F(2x2, 3x3)
