@@ -7,15 +7,18 @@ group with constant weight W [O, C, KH, KW]:
 
 exact up to rounding (each product x[c, p] s[c] W[o, c, i, j] is reassociated; the zero padding scales to zero).
 The multiply touches C H W values of x, the scaled weight O C KH KW, and the backend scales the packed weight
-(Lowering.weight_channel_axis) instead of the activation: so the rewrite fires only where the weight is the
-smaller, O KH KW < H W. In EfficientNet-B0 that is every projection after a squeeze-excite up to 14 px (the
-gate's multiply of 96 x 56 x 56 values becomes one of 96 x 24); at 7 px the weights are larger and stay.
+(Lowering.weight_channel_axis) instead of the activation. The scaling is a kernel of its own reading a weight
+from the cache or memory, so it fires only where the weight has at most 1/WEIGHT_SHARE of x's values
+(O KH KW <= H W / 8): EfficientNet-B0's 672 -> 112 projection at 14 px (a weight of 75 k values against 132 k)
+took 9 us to scale, its multiply 3.5. So B0 folds its projections at 112, 56 and 28 px (the gate's multiply of
+96 x 56 x 56 values becomes one of 96 x 24), and the later ones stay.
 
 Preconditions, checked per match: the batch is 1 (a gate per sample would need a weight per sample); the
 multiply is read by this conv alone; the conv has one group, a constant weight, and a lowering whose packed
 weight has an input-channel axis (select_lowering ran: the rewrite asks it); the other operand of the
-multiply is exactly [1, C, 1, 1]. The result's weight is the ``mul`` that ``conv_spec.scaled_weight``
-recognizes; the TVM backend computes it in the packed layout, the torch backend as written.
+multiply is exactly [1, C, 1, 1] and not a constant. The result's weight is the ``mul`` that
+``conv_spec.scaled_weight`` recognizes; the TVM backend computes it in the packed layout, the torch backend as
+written.
 
 Runs last in the CPU inference pipeline, after select_lowering and block_layout: the layouts of x and of the
 conv's input are the same (the multiply preserved it), and block_layout never sees a weight-shaped multiply. A
@@ -36,10 +39,13 @@ WEIGHT_SHARE = 8  # fold when the weight has at most 1/8 the values of x (module
 
 
 def _gated_input(graph: Graph, mul: Node) -> tuple[str, str] | None:
-    """(x, s) of a multiply x * s with s one pixel of x's channels and x of batch 1 and more than one pixel."""
+    """(x, s) of a multiply x * s with s one pixel of x's channels, computed at run time (a constant scale is
+    merge_branches' to fold, once), and x of batch 1 and more than one pixel."""
     if mul.attrs.scalar is not None or len(mul.inputs) != 2:
         return None
     for x, s in (mul.inputs, mul.inputs[::-1]):
+        if s in graph.constant_map:
+            continue
         x_shape, s_shape = graph.types[x].shape, graph.types[s].shape
         if len(x_shape) == 4 and x_shape[0] == 1 and tuple(s_shape) == (1, x_shape[1], 1, 1) and x_shape[2:] != (1, 1):
             return x, s
