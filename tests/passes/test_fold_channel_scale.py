@@ -35,7 +35,9 @@ class GatedNet(nn.Module):
     def forward(self, x):
         x = F.silu(self.stem(x))
         s = x.mean(1, keepdim=True) if self.spatial_gate else x.mean((2, 3), keepdim=True)
-        gate = self.constant_gate if self.constant_gate is not None else torch.sigmoid(self.expand(F.silu(self.reduce(s))))
+        gate = self.constant_gate
+        if gate is None:
+            gate = torch.sigmoid(self.expand(F.silu(self.reduce(s))))
         y = x * gate
         out = self.project(y)
         return (out, y) if self.second_reader else out
