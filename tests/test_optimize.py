@@ -147,7 +147,7 @@ def test_target_key_is_reported_and_the_pipeline_knows_it():
 
     fast = convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="cpu")
     assert fast.target == resolve_target("cpu").key
-    assert [r.name for r in fast.pass_records][-2:] == ["select_lowering", "block_layout"]
+    assert [r.name for r in fast.pass_records][-3:] == ["select_lowering", "block_layout", "fold_channel_scale"]
     assert convopt.optimize(Small(), torch.randn(1, 3, 8, 8), target="torch").target == "torch"
 
 
