@@ -142,13 +142,14 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     if reason is not None:
         raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
     arrays = low.prepared(weight, spec, lanes)
-    prepared = [relax.const(arr) for arr in arrays]
     if scaled:
         if low.weight_channel_axis is None or len(arrays) != 1:
             raise ValueError(f"node %{n.name}: lowering {low.name} can't scale its packed weight per input channel")
         gate = graph.types[scaled[1]]
         stored = padded_channels(spec.in_channels, block_of(gate.layout) or 1)  # one pixel: C, or whole blocks
         prepared = [_scale_along(bb, arrays[0], env[scaled[1]], stored, low.weight_channel_axis, spec.in_channels)]
+    else:
+        prepared = [relax.const(arr) for arr in arrays]
     bias = relax.const(bias) if bias is not None else None
     residual = env[plan.residual] if plan.residual is not None else None
     blocked = {"out_block": out_block} if out_block else {}
