@@ -13,6 +13,10 @@ F(4,3) are two instances of one module's functions):
     writes_blocked                                              whether compute takes an ``out_block``
     blocked_io(spec, lanes) -> bool                             whether it reads and writes blocked tensors
                                                                 as whole vectors of channels (full speed)
+    codegen_version                                             the version of the code built after its
+                                                                schedule (tuning records older are stale)
+    weight_channel_axis                                         the packed weight's input-channel axis, or
+                                                                None (a run-time scale per input channel)
 
 ``compute`` returns the output after ``epilogue`` (bias, residual add, activation); its last block is
 named ``OUTPUT_BLOCK``. The output is NCHW, or with ``out_block`` = b the blocked layout [N, O/b, OH, OW, b]
