@@ -74,10 +74,21 @@ class DirectColumnTile(sp.Function):
         return None
 
 
+class OutputBlocks(sp.Function):
+    """Output-channel blocks the direct and im2win kernels compute, zero blocks included
+    (tiling.output_blocks: groups, channels per group, lanes, output width)."""
+
+    @classmethod
+    def eval(cls, g, og, vl, ow):
+        if all(v.is_Integer for v in (g, og, vl, ow)):
+            return sp.Integer(tiling.output_blocks(int(g), int(og), int(vl), int(ow)))
+        return None
+
+
 def _direct():
     block = sp.Min(VL, OG)
-    blocks = G * sp.ceiling(OG / block)
-    padded_out = blocks * block  # output channels rounded up to whole blocks
+    blocks = OutputBlocks(G, OG, VL, OW)
+    padded_out = blocks * block  # output channels rounded up to whole blocks, and any zero block
     macs = N * padded_out * OH * OW * CG * KH * KW
     tiled = macs * _round_up(OW, DirectColumnTile(OW, blocks, block, VL)) / OW  # the last column tile runs whole
     strided = sp.Or(SH > 1, SW > 1)
@@ -115,7 +126,9 @@ def _im2col():
 def _im2win():
     copies_input = sp.And(sp.Eq(KH, 1), sp.Eq(SH, 1), sp.Eq(PH + PW, 0))  # the window buffer is the input
     window = sp.Piecewise((0, copies_input), (F32 * N * C * OH * WP * KH, True))
-    return {"flops": _wide(2 * _direct_macs), "narrow_flops": _narrow(2 * _direct_macs), "aux_flops": 0,
+    # a zero block of output channels (tiling.output_blocks) runs like a real one
+    macs = _direct_macs * OutputBlocks(G, OG, VL, OW) / (G * sp.ceiling(OG / sp.Min(VL, OG)))
+    return {"flops": _wide(2 * macs), "narrow_flops": _narrow(2 * _direct_macs), "aux_flops": 0,
             "bytes": _io_bytes + 2 * window, "workspace": window}
 
 
@@ -224,6 +237,7 @@ def substitutions(spec: ConvSpec, lanes: int) -> tuple:
 _RULES = {
     "DirectColumnTile": lambda ow, blocks, block, vl: tiling.column_tile(round(ow), round(blocks), round(block),
                                                                          round(vl)),
+    "OutputBlocks": lambda g, og, vl, ow: tiling.output_blocks(round(g), round(og), round(vl), round(ow)),
     "Im2colAccumulators": lambda p, og, o, vl: tiling.gemm_accumulators(round(p), round(og), round(o), round(vl)),
     "WinogradTileWidth": lambda tiles: tiling.winograd_tile_width(round(tiles)),
     "FftWidth": lambda vl: fft_conv.vector_width(round(vl)),

@@ -93,8 +93,9 @@ def _ceil_div(a, b):
 # ----------------------------------------------------------------------------
 # build-time helpers
 # ----------------------------------------------------------------------------
-def pack_weight(weight: np.ndarray, groups: int, oc_block: int) -> np.ndarray:
-    """OIHW (I = C/groups) -> [G*ceil((O/G)/ob), I, KH, KW, ob], zero-padded per group."""
+def pack_weight(weight: np.ndarray, groups: int, oc_block: int, blocks: int | None = None) -> np.ndarray:
+    """OIHW (I = C/groups) -> [G*ceil((O/G)/ob), I, KH, KW, ob], zero-padded per group; with one group,
+    ``blocks`` (tiling.output_blocks) may ask for more blocks, of zeros."""
     weight = np.asarray(weight, dtype=np.float32)
     O, I, KH, KW = weight.shape
     G = int(groups)
@@ -102,6 +103,9 @@ def pack_weight(weight: np.ndarray, groups: int, oc_block: int) -> np.ndarray:
     assert O % G == 0, (O, G)
     ocpg = O // G
     ocbg = _ceil_div(ocpg, ob)
+    if blocks is not None:
+        assert G == 1 and blocks >= ocbg, (G, blocks, ocbg)
+        ocbg = blocks
     w = weight.reshape(G, ocpg, I, KH, KW)
     if ocbg * ob != ocpg:
         w = np.concatenate([w, np.zeros((G, ocbg * ob - ocpg, I, KH, KW), np.float32)], axis=1)
@@ -153,6 +157,8 @@ def direct_conv2d_compute(
     icpg = C // G
     ocpg = O // G
     ocbg = _ceil_div(ocpg, ob)
+    if G == 1:
+        ocbg = max(ocbg, int(packed_weight.shape[0]))  # zero blocks beyond the channels (tiling.output_blocks)
     OCB = G * ocbg
     exp_w = (OCB, icpg, KH, KW, ob)
     got_w = tuple(int(x) for x in packed_weight.shape)
@@ -428,7 +434,9 @@ def workspace_bytes(spec, lanes: int) -> int:
 
 
 def prepare_weight(weight, spec, lanes):
-    return (pack_weight(weight, spec.groups, tiling.channel_block(spec.out_per_group, lanes)),)
+    blocks = tiling.output_blocks(spec.groups, spec.out_per_group, lanes, spec.out_width)
+    return (pack_weight(weight, spec.groups, tiling.channel_block(spec.out_per_group, lanes),
+                        blocks if spec.groups == 1 else None),)
 
 
 def compute(data, packed, *, bias=None, residual=None, spec, activation="none", lanes=8, out_block=None):

@@ -98,10 +98,11 @@ def workspace_bytes(spec, lanes: int) -> int:
 
 
 def prepare_weight(weight, spec, lanes):
-    """OIHW -> [G * ceil(Og/ob), Cg, KW, KH, ob] (kw before kh, as in the window buffer)."""
+    """OIHW -> [G * ceil(Og/ob), Cg, KW, KH, ob] (kw before kh, as in the window buffer); with one group, the
+    blocks of tiling.output_blocks (zeros beyond the channels)."""
     g, og = spec.groups, spec.out_per_group
     ob = channel_block(spec, lanes)
-    ocbg = _ceil_div(og, ob)
+    ocbg = tiling.output_blocks(1, og, lanes, spec.out_width) if g == 1 else _ceil_div(og, ob)
     w = np.asarray(weight, np.float32).reshape(g, og, spec.in_per_group, *spec.kernel)
     if ocbg * ob != og:
         w = np.concatenate([w, np.zeros((g, ocbg * ob - og, *w.shape[2:]), np.float32)], axis=1)
@@ -120,6 +121,8 @@ def compute(data, packed, *, bias=None, residual=None, spec, activation="none", 
     wp = w + 2 * pw
     ob = int(packed.shape[-1])
     ocbg = _ceil_div(og, ob)
+    if spec.groups == 1:
+        ocbg = max(ocbg, int(packed.shape[0]))  # zero blocks beyond the channels (tiling.output_blocks)
     if spec.groups > 1 and og % ob:
         raise ValueError(f"with {spec.groups} groups the channel block {ob} must divide {og}")
     expected = (spec.groups * ocbg, cg, kw_, kh_, ob)

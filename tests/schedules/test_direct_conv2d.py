@@ -410,6 +410,50 @@ def test_narrow_rows_run_the_wide_tile_correctly(name, lanes):
                          rf"for \w+ in T.vectorized\({lanes}\)", script), script[:3000]
 
 
+@pytest.mark.parametrize("groups, channels, width, lanes, blocks", [
+    (1, 400, 7, 16, 26), (1, 400, 7, 8, 50), (1, 208, 14, 16, 14), (1, 176, 7, 16, 12),
+    (1, 400, 4, 16, 25),   # a 4-column row widens the tile to 5 blocks instead
+    (1, 80, 14, 16, 5), (1, 112, 28, 16, 7),   # fewer than MIN_PADDED_BLOCKS: the zero block would cost more
+    (1, 384, 7, 16, 24), (1, 240, 7, 16, 15),  # pairs or threes already
+    (25, 400, 7, 16, 25), (1, 24, 7, 16, 2)])
+def test_a_one_block_tile_gets_a_zero_block(groups, channels, width, lanes, blocks):
+    """One zero block more where the blocks would leave a one-block register tile (odd, no factor 3, a row
+    too wide to widen the tile) and at least MIN_PADDED_BLOCKS of them; never with several groups."""
+    assert tiling.output_blocks(groups, channels // groups, lanes, width) == blocks
+    if blocks > -(-channels // lanes):
+        assert tiling.channel_tile(blocks, lanes, lanes, width)[0] > 1
+
+
+@pytest.mark.parametrize("name", ["direct", "im2win"])
+@pytest.mark.parametrize("lanes", LANES)
+def test_a_zero_block_is_computed_and_not_stored(name, lanes):
+    """176 -> 176 channels at 7x7 (11 blocks of 16 lanes, 22 of 8; a 1x1 and a 3x3, blocked and NCHW): the
+    packed weight has one zero block more with 16 lanes, the tile pairs blocks, the last tile's second block is
+    not stored (a guarded epilogue) and the conv is the same."""
+    from convopt.schedules.kernel import scheduled_module
+
+    for spec in (ConvSpec(1, 32, 7, 7, 176, (1, 1)), ConvSpec(1, 32, 7, 7, 176, (3, 3), padding=(1, 1))):
+        for blocked in (True, False):
+            assert error_against_torch(name, spec, True, True, "relu", lanes=lanes, blocked=blocked) < 1e-5
+        weight = np.ones((spec.out_channels, spec.in_channels, *spec.kernel), np.float32)
+        mod, prepared = scheduled_module(name, spec, weight, host(lanes), in_block=lanes, out_block=lanes)
+        blocks = 12 if lanes == 16 else 22
+        assert prepared[0].shape[0] == blocks
+        assert not prepared[0][11 * 16 // lanes:].any()  # the zero block
+        assert re.search(r"for \w+ in T.unroll\(2\):\s*for \w+ in T.unroll\(\d+\):\s*"
+                         rf"for \w+ in T.vectorized\({lanes}\)", mod.script())
+
+
+def test_the_cost_formulas_count_the_zero_block():
+    from convopt.cost import formulas
+
+    for name in ("direct", "im2win"):
+        flops = formulas.evaluate(name, ConvSpec(1, 400, 7, 7, 400, (1, 1)), 16)["flops"]
+        assert flops == pytest.approx(2 * 400 * 416 * 49)
+        flops = formulas.evaluate(name, ConvSpec(1, 400, 4, 4, 400, (1, 1)), 16)["flops"]
+        assert flops == pytest.approx(2 * 400 * 400 * 16)
+
+
 def test_forced_ow_mode_dense():
     _run_case(1, 8, 9, 11, 12, 3, 1, 1, 1, 1, True, True, "relu", sched_kw=dict(mode="ow"), oc_block=4)
 
