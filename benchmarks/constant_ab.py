@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--input-shape", default="1,3,224,224")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs", type=int, default=30, help="calls per round")
+    parser.add_argument("--untuned", action="store_true", help="both builds without tuning records")
+    parser.add_argument("--old-first", action="store_true", help="build (and time in each round) the old one first")
     args = parser.parse_args()
 
     import convopt
@@ -64,16 +66,22 @@ def main() -> int:
 
     model = load_model(args.model).eval()
     x = torch.randn(*parse_shape(args.input_shape))
-    builds = {"new": convopt.optimize(model, (x,))}
     changes = [_assignment(text) for text in args.old]
     saved = [(module, name, getattr(module, name)) for module, name, _ in changes]
-    try:
-        for module, name, value in changes:
-            setattr(module, name, value)
-        builds["old"] = convopt.optimize(model, (x,))
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+
+    def build_old():
+        try:
+            for module, name, value in changes:
+                setattr(module, name, value)
+            return convopt.optimize(model, (x,), **options)
+        finally:
+            for module, name, value in saved:
+                setattr(module, name, value)
+
+    # the build order can matter (where each build's constants land in memory): --old-first swaps it
+    options = {"tuning_logs": False} if args.untuned else {}
+    builds = {"old": build_old(), "new": convopt.optimize(model, (x,), **options)} if args.old_first else \
+        {"new": convopt.optimize(model, (x,), **options), "old": build_old()}
 
     rounds = {label: [] for label in builds}
     with torch.no_grad():

@@ -340,7 +340,8 @@ def schedule_direct_conv2d(
         one_by_one = taps == 1
         chunk = int(sch.get(out).annotations[TILED_EPILOGUE]) and tiling.reduction_chunk(
             loop_extent(sch, rc), oc_tile * OB * taps, target.caches["L1d"],
-            layer_weights=taps * loop_extent(sch, rc) * OCB * OB, l2_bytes=target.caches.get("L2"))
+            layer_weights=taps * loop_extent(sch, rc) * OCB * OB, l2_bytes=target.caches.get("L2"),
+            rows=tiling.pass_rows(loop_extent(sch, n) * -(-OCB // oc_tile), loop_extent(sch, y), target.cores))
         rows_first = one_by_one and tiling.rows_outermost(
             weights=OCB * OB * loop_extent(sch, rc), in_passes=bool(chunk),
             inputs=loop_extent(sch, rc) * loop_extent(sch, y) * OW)

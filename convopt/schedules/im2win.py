@@ -189,7 +189,8 @@ def schedule_cpu(sch, func_name, target) -> None:
         chunk = tiling.reduction_chunk(
             loop_extent(sch, rc), ot * ob * loop_extent(sch, rs) * loop_extent(sch, rr), target.caches["L1d"],
             layer_weights=loop_extent(sch, rc) * loop_extent(sch, rs) * loop_extent(sch, rr) * ocb * ob,
-            l2_bytes=target.caches.get("L2"))
+            l2_bytes=target.caches.get("L2"),
+            rows=tiling.pass_rows(loop_extent(sch, n) * -(-ocb // ot), loop_extent(sch, y), target.cores))
         one_by_one = loop_extent(sch, rs) * loop_extent(sch, rr) == 1
         rows_first = one_by_one and tiling.rows_outermost(
             weights=ocb * ob * loop_extent(sch, rc), inputs=loop_extent(sch, rc) * loop_extent(sch, y) * ow_,

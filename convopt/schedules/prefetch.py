@@ -56,10 +56,10 @@ from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
 from .cpu_fallback import subexpressions
+from .tiling import LINE_FLOATS
 
 PREFETCH_NEXT_CHUNK = "convopt.prefetch_next_chunk"
 PREFETCH_NEXT_TASK = "convopt.prefetch_next_task"
-LINE_FLOATS = 16  # fp32 per 64-byte cache line
 LOCALITY = 2  # llvm.prefetch locality 2: prefetcht1, into L2 (the next chunk would evict the current one from L1)
 
 

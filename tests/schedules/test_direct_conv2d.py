@@ -339,6 +339,30 @@ def test_the_passes_of_a_long_reduction_fit_half_the_l1():
     assert tiling.reduction_chunk(48, 32 * 49, 8 * 1024) is None  # passes of fewer than 4 channels: one pass
 
 
+@pytest.mark.parametrize("channels, per_channel, rows, half_l1, capped", [
+    (736, 32, 8, 184, 46),       # 1x1 736->736 at 8 px: 184 channels asked for 46 lines a row, 46 for 11.5
+    (2048, 32, 7, 128, 32),      # ResNet-50's 2048->512 at 7 px
+    (512, 32 * 9, 7, 16, 4),     # its 3x3 512->512 at 7 px
+    (256, 32 * 9, 14, 16, 8),    # its 3x3 256->256 at 14 px
+    (1024, 32, 14, 128, 64),
+    (2 * 997, 32 * 9, 7, None, None),  # one pass stays one pass
+])
+def test_passes_spread_their_prefetch_over_the_rows(channels, per_channel, rows, half_l1, capped):
+    """Given the rows a pass runs, passes small enough that the next one's weights are prefetched in at most
+    PREFETCH_LINES_PER_ROW lines a row (all the tile's streams), else the half-L1 passes."""
+    l1, layer = 48 * 1024, {"layer_weights": channels * per_channel * 16, "l2_bytes": 1 << 20}  # weights >= the L2
+    assert tiling.reduction_chunk(channels, per_channel, l1, **layer) == half_l1
+    chunk = tiling.reduction_chunk(channels, per_channel, l1, **layer, rows=rows)
+    assert chunk == capped
+    if chunk:
+        assert channels % chunk == 0 and chunk >= 4
+        assert chunk * per_channel / tiling.LINE_FLOATS / rows <= tiling.PREFETCH_LINES_PER_ROW
+
+
+def test_pass_rows_are_a_tasks_rows():
+    assert tiling.pass_rows(16, 7, 2) == 7 and tiling.pass_rows(5, 7, 2) == 4  # 5 tiles: 2 row groups of 4 and 3
+
+
 @pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("spec", [
     ConvSpec(1, 32, 14, 13, 32, (3, 3), (2, 2), (1, 1)),               # ResNet's stride-2 3x3
