@@ -16,10 +16,11 @@ import argparse
 import ast
 import importlib
 import statistics
-import time
 import warnings
 
 import torch
+
+from convopt.report import median_seconds
 
 warnings.simplefilter("ignore")
 
@@ -39,14 +40,6 @@ def _value(text: str):
     base, _, power = text.partition("**")
     return ast.literal_eval(base) ** ast.literal_eval(power) if power else ast.literal_eval(text)
 
-
-def _median_ms(run, x, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main() -> int:
@@ -90,7 +83,7 @@ def main() -> int:
                 run(x)
         for _ in range(args.rounds):
             for label, run in builds.items():
-                rounds[label].append(_median_ms(run, x, args.runs))
+                rounds[label].append(median_seconds(lambda: run(x), args.runs) * 1e3)
     for label, times in rounds.items():
         print(f"{label}: lowest {min(times):.3f} ms, median {statistics.median(times):.3f} ms")
     print(f"{args.model} {args.input_shape}: new / old {statistics.median(rounds['new']) / statistics.median(rounds['old']):.3f}")

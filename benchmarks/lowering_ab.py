@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import torch
 
+from convopt.report import median_seconds
+
 warnings.simplefilter("ignore")
 
-
-def _median_ms(run, x, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main() -> int:
@@ -85,8 +78,8 @@ def main() -> int:
     with torch.no_grad():
         for _ in range(args.rounds):
             for key, fast in (("old", old), ("new", new)):
-                _median_ms(fast, x, 3)  # the other build's pools and caches settle
-                rounds[key].append(_median_ms(fast, x, args.runs))
+                median_seconds(lambda: fast(x), 3)  # the other build's pools and caches settle
+                rounds[key].append(median_seconds(lambda: fast(x), args.runs) * 1e3)
     lowest = {key: min(v) for key, v in rounds.items()}
     median = {key: statistics.median(v) for key, v in rounds.items()}
     print(f"old {lowest['old']:.3f} ms (median round {median['old']:.3f}), new {lowest['new']:.3f} ms "

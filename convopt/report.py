@@ -93,12 +93,13 @@ def time_kernels(fast, example_inputs: Any, *, runs: int = 10, rounds: int = ROU
             if round_index:
                 time.sleep(ROUND_GAP_SECONDS)
             settle(lambda: fast(*args), ROUND_SETTLE_SECONDS if round_index else SETTLE_SECONDS)
-            plain.append(_median_plain(lambda: fast(*args), runs))
+            plain.append(median_seconds(lambda: fast(*args), runs))
             samples.append(_instrumented_runs(vm, lambda: fast(*args), runs))
     return _aggregate(samples, compiled.kernels), min(plain)
 
 
-def _median_plain(run, runs: int) -> float:
+def median_seconds(run, runs: int) -> float:
+    """The median seconds of ``runs`` calls of ``run()``, each timed alone."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()

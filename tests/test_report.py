@@ -100,7 +100,7 @@ def test_rounds_are_spread_in_time_and_the_plain_run_is_the_lowest_round(monkeyp
     fast = convopt.optimize(SmallNet().eval(), x, target="cpu")
     plain_by_round = iter([0.5, 0.2, 0.9])
     sleeps = []
-    monkeypatch.setattr(convopt.report, "_median_plain", lambda run, runs: next(plain_by_round))
+    monkeypatch.setattr(convopt.report, "median_seconds", lambda run, runs: next(plain_by_round))
     monkeypatch.setattr(convopt.report.time, "sleep", sleeps.append)
     monkeypatch.setattr(convopt.report, "settle", lambda run, seconds=0.0: run())
     rows, plain = convopt.report.time_kernels(fast, x, runs=2, rounds=3)
