@@ -55,6 +55,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
+from . import task_buffers
 from .cpu_fallback import subexpressions
 from .tiling import LINE_FLOATS
 
@@ -216,7 +217,11 @@ def prefetch_next_chunk(func: tirx.PrimFunc, _mod, _ctx) -> tirx.PrimFunc:
 
 def _pipeline():
     lower, finalize_host, finalize_device = get_tir_pipeline("s_tir")
-    return tvm.transform.Sequential([prefetch_next_chunk, lower]), finalize_host, finalize_device
+
+    def finalize_host_hoisted():  # before LowerTVMBuiltin makes scratch buffers workspace calls
+        return tvm.transform.Sequential([task_buffers.hoist_task_buffers, finalize_host()])
+
+    return tvm.transform.Sequential([prefetch_next_chunk, lower]), finalize_host_hoisted, finalize_device
 
 
 TIR_PIPELINE = "convopt"
