@@ -32,7 +32,7 @@ TVM_STACK_LIMIT = 1024
 HOIST = True  # module constant, read at build time (benchmarks/constant_ab.py compares builds without it)
 
 
-def constant_bytes(buffer) -> int | None:
+def _constant_bytes(buffer) -> int | None:
     """Bytes of a buffer whose shape is constant, else None."""
     elements = 1
     for extent in buffer.shape:
@@ -46,7 +46,7 @@ def constant_bytes(buffer) -> int | None:
 def _hoistable(stmt) -> bool:
     if not isinstance(stmt, tirx.AllocBuffer):
         return False
-    size = constant_bytes(stmt.buffer)
+    size = _constant_bytes(stmt.buffer)
     return size is not None and size >= TVM_STACK_LIMIT
 
 

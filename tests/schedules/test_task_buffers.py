@@ -12,7 +12,7 @@ from convopt.schedules import prefetch, task_buffers
 from convopt.schedules.conv_spec import ConvSpec
 from convopt.schedules.kernel import scheduled_module
 
-from .conv_cases import HOST, error_against_torch
+from .conv_cases import HOST, LANES, error_against_torch
 
 
 def _scratch_kernel(rows: int, width: int):
@@ -28,7 +28,7 @@ def _scratch_kernel(rows: int, width: int):
     return sch.mod
 
 
-def _host_function(mod, target_json: dict):
+def _host_function(mod, target):
     """The module's host PrimFunc as the pass sees it in convopt's build (lowered, split from the device,
     before LowerTVMBuiltin)."""
     seen = []
@@ -41,7 +41,7 @@ def _host_function(mod, target_json: dict):
     real = task_buffers.hoist_task_buffers
     task_buffers.hoist_task_buffers = capture
     try:
-        prefetch.compile(mod, tvm.target.Target(target_json))
+        prefetch.compile(mod, tvm.target.Target(target))
     finally:
         task_buffers.hoist_task_buffers = real
     return next(f for f in seen if _parallel_loops(f.body))
@@ -56,7 +56,7 @@ def _hoisted(func):
 
 
 def _parallel_loops(stmt):
-    """(extent, kind of the loop's body statements) of every parallel loop under ``stmt``."""
+    """(the loop, the statements of its body) of every parallel loop under ``stmt``."""
     found = []
 
     def walk(s):
@@ -68,7 +68,7 @@ def _parallel_loops(stmt):
         elif isinstance(s, tirx.SeqStmt):
             for part in s.seq:
                 walk(part)
-        elif isinstance(s, (tirx.AttrStmt,)):
+        elif isinstance(s, tirx.AttrStmt):
             walk(s.body)
         elif isinstance(s, tirx.IfThenElse):
             walk(s.then_case)
@@ -135,17 +135,19 @@ def test_split_kernel_computes_the_same(rows, cores):
     np.testing.assert_array_equal(out.numpy(), 2.0 * x[:, ::-1] + 1.0)
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("spec", [ConvSpec(1, 64, 14, 14, 64, (3, 3), padding=(1, 1), groups=64),
                                   ConvSpec(1, 48, 9, 11, 48, (5, 5), (2, 2), (2, 2), groups=48)],
                          ids=["3x3", "5x5s2"])
-def test_depthwise_band_buffer_hoisted(spec):
+def test_depthwise_band_buffer_hoisted(spec, lanes):
     """A blocked depthwise conv stages a band of input rows per (channel block, band) iteration: after the pass
-    its parallel loop has one iteration per core, each allocating the band once, and the conv equals torch's."""
-    lanes = HOST.lanes
+    its parallel loop has one iteration per core, each allocating the band once, and the conv equals torch's
+    (8- and 16-lane code on any host)."""
+    target = HOST.with_lanes(lanes)
     weight = torch.randn(spec.out_channels, 1, *spec.kernel)
-    mod, _ = scheduled_module("depthwise", spec, weight.numpy(), HOST, bias=False, in_block=lanes, out_block=lanes)
-    func = _host_function(mod, {"kind": "llvm", "mcpu": HOST.tvm.attrs["mcpu"], "num-cores": HOST.cores})
-    after = _hoisted(func)
+    mod, _ = scheduled_module("depthwise", spec, weight.numpy(), target, bias=False, in_block=lanes,
+                              out_block=lanes)
+    after = _hoisted(_host_function(mod, HOST.tvm))
     loops = _parallel_loops(after.body)
     assert loops and all(int(loop.extent) <= HOST.cores for loop, _ in loops)
     assert any(isinstance(s, tirx.AllocBuffer) and s.buffer.name == "dw_blocked" for _, body in loops for s in body)
