@@ -6,6 +6,12 @@ both alike.
     python benchmarks/constant_ab.py timm:rexnet_100 --old convopt.schedules.tiling.MIN_PADDED_BLOCKS=10**9
     python benchmarks/constant_ab.py timm:efficientnet_b0 --old convopt.passes.fold_channel_scale.WEIGHT_SHARE=10**9
 
+``--inputs N`` cycles through N copies of the input, one per call, as a stream of frames prepared ahead would
+arrive: with N copies larger than the last-level cache together, each call finds its input in memory (the
+model's first layer reads it cold) while the weights stay cached as they do between calls.
+
+    python benchmarks/constant_ab.py timm:convnext_atto --old convopt.schedules.row_prefetch.PREFETCH_ROWS=False --inputs 96
+
 The constant must be read when a model is built (a module global looked up by the code that uses it, not copied
 at import). Prints the lowest and median round of each build and new / old of the medians.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import itertools
 import statistics
 import warnings
 
@@ -52,6 +59,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="calls per round")
     parser.add_argument("--untuned", action="store_true", help="both builds without tuning records")
     parser.add_argument("--old-first", action="store_true", help="build (and time in each round) the old one first")
+    parser.add_argument("--inputs", type=int, default=1, help="copies of the input, a call each in turn")
     args = parser.parse_args()
 
     import convopt
@@ -77,13 +85,14 @@ def main() -> int:
         {"new": convopt.optimize(model, (x,), **options), "old": build_old()}
 
     rounds = {label: [] for label in builds}
+    inputs = itertools.cycle([x] + [x.clone() for _ in range(args.inputs - 1)])
     with torch.no_grad():
         for run in builds.values():
             for _ in range(20):
                 run(x)
         for _ in range(args.rounds):
             for label, run in builds.items():
-                rounds[label].append(median_seconds(lambda: run(x), args.runs) * 1e3)
+                rounds[label].append(median_seconds(lambda: run(next(inputs)), args.runs) * 1e3)
     for label, times in rounds.items():
         print(f"{label}: lowest {min(times):.3f} ms, median {statistics.median(times):.3f} ms")
     print(f"{args.model} {args.input_shape}: new / old {statistics.median(rounds['new']) / statistics.median(rounds['old']):.3f}")

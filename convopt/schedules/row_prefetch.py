@@ -6,8 +6,9 @@ it is in L3 or memory. The direct kernel of a patchify stem (4x4 stride 4, 3 -> 
 convnext's, inception_next's) reads, for each output row y, Cin x KH input rows, a 64-byte line of each in
 turn as its column tiles advance: Cin x KH interleaved short streams that the hardware prefetchers don't
 follow, so every line is a miss at memory latency. Measured alone on Zen 5 (one process, the input evicted
-by streaming 96 MB through the cache before each call): 230-290 us a call against 58 warm; with this
-prefetch 77-96 us. In a model that stem read 32 to 105 us from one `convopt report` to the next.
+by streaming 96 MB through the cache before each call, medians of 40 calls in three rounds): 123-135 us a
+call without, 36 us with this prefetch, 27-31 warm either way. In a model that stem had read 32 to 105 us
+from one `convopt report` to the next.
 
 The rewrite, for the parallel loop over output rows p (TVM gives each thread a contiguous range of p, so
 a thread's next row is p + 1) and its column-tile loop i < I directly inside:
@@ -19,8 +20,9 @@ a thread's next row is p + 1) and its column-tile loop i < I directly inside:
 where row(p + 1, c, t) is the input row that tap row t of channel c reads for output row p + 1 (the
 kernel's own load index with the block's variables bound so), and L = ceil(ceil(W / 16) / I) lines of 16
 floats per input row and column tile, so the next row's lines are requested spread over the current row.
-The prefetch is into L2 (as prefetch.py's): the current row's lines stay in L1. A prefetch past the end of
-the tensor (the last row) never faults; results are bit-identical.
+The prefetch is into L1 (the next row's lines are ~10 KB for a stem; into L2 the same stem took 45-48 us).
+A prefetch past the end of the tensor never faults (the last row's wraps to row 0: the index is the kernel's
+own); results are bit-identical.
 
 Preconditions: a kernel of the direct lowering, whose accumulation block (direct_conv2d.ACC_BLOCK, split by
 decompose_reduction) reads a 4-D function argument (NCHW input without
@@ -42,7 +44,7 @@ from .cpu_fallback import subexpressions
 from .tiling import LINE_FLOATS
 
 PREFETCH_ROWS = True  # module constant, read at build time (benchmarks/constant_ab.py compares builds without it)
-ROW_BYTES = 32 * 1024  # at most this much input per output row (Cin x KH rows): within L2's reach ahead
+ROW_BYTES = 16 * 1024  # at most this much input per output row (Cin x KH rows): it and the next fit any x86 L1d (32 KB+)
 LOCALITY = 3  # llvm.prefetch locality 3: prefetcht0, into L1 (the next row is ~10 KB)
 UPDATE_BLOCK = "dconv_acc_update"  # direct_conv2d.ACC_BLOCK after decompose_reduction
 
