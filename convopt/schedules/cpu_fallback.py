@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+from tvm import tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
@@ -38,6 +39,12 @@ def subexpressions(expr):
             elif child is not None and not isinstance(child, (str, int, float)) and hasattr(child, "__iter__"):
                 stack.extend(c for c in child if isinstance(c, tvm.ir.Expr))
 
+
+
+def substitute(expr, mapping: dict):
+    """``expr`` with each variable in ``mapping`` replaced by its value (simplified)."""
+    keys = list(mapping)
+    return tirx.IndexMap(keys, [expr], None).map_indices([mapping[k] for k in keys])[0]
 
 def _stored_value(sch, block_rv):
     body = sch.get(block_rv).body

@@ -56,7 +56,7 @@ from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
 from . import row_prefetch, task_buffers
-from .cpu_fallback import subexpressions
+from .cpu_fallback import subexpressions, substitute
 from .tiling import LINE_FLOATS
 
 PREFETCH_NEXT_CHUNK = "convopt.prefetch_next_chunk"
@@ -83,10 +83,6 @@ def annotate_next_task(sch, reduction, weight: str, task, group, stream, lane, t
     names = [weight] + [sch.get(loop).loop_var.name for loop in (task, group, stream, lane, tile)]
     sch.annotate(reduction, PREFETCH_NEXT_TASK, ",".join(names))
 
-
-def _substitute(expr, mapping: dict):
-    keys = list(mapping)
-    return tirx.IndexMap(keys, [expr], None).map_indices([mapping[k] for k in keys])[0]
 
 
 def _nest(stmt):
@@ -139,7 +135,7 @@ def _prefetch_loop(chunk_loop, rows_loop):
     mapping[tap_y.loop_var] = tirx.floormod(tirx.floordiv(weight_set, kw), kh)
     mapping[tap_x.loop_var] = tirx.floormod(weight_set, kw)
     mapping[lane.loop_var] = tirx.floormod(element, lanes)
-    target = [_substitute(index, mapping) for index in indices]
+    target = [substitute(index, mapping) for index in indices]
     address = tirx.address_of(tirx.BufferLoad(buffer, target))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
     zero = tirx.const(0, dtype)
@@ -160,7 +156,7 @@ def _next_task_prefetch(reduction, enclosing: dict):
     mapping = {by_name[task].loop_var: by_name[task].loop_var + 1, by_name[stream].loop_var: s}
     for name in (lane, tile):  # the slab's first lane; the weight index ignores the tile
         mapping[by_name[name].loop_var] = tirx.const(0, str(by_name[name].loop_var.ty.dtype))
-    address = tirx.address_of(tirx.BufferLoad(buffer, [_substitute(index, mapping) for index in indices]))
+    address = tirx.address_of(tirx.BufferLoad(buffer, [substitute(index, mapping) for index in indices]))
     prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, LOCALITY, 1))
     streams = tirx.For(s, tirx.const(0, dtype), tirx.const(int(by_name[stream].extent), dtype),
                        tirx.ForKind.UNROLLED, prefetch)

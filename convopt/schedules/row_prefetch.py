@@ -40,7 +40,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from .cpu_fallback import subexpressions
+from .cpu_fallback import subexpressions, substitute
 from .tiling import LINE_FLOATS
 
 PREFETCH_ROWS = True  # module constant, read at build time (benchmarks/constant_ab.py compares builds without it)
@@ -48,10 +48,6 @@ ROW_BYTES = 16 * 1024  # at most this much input per output row (Cin x KH rows):
 LOCALITY = 3  # llvm.prefetch locality 3: prefetcht0, into L1 (the next row is ~10 KB)
 UPDATE_BLOCK = "dconv_acc_update"  # direct_conv2d.ACC_BLOCK after decompose_reduction
 
-
-def _substitute(expr, mapping: dict):
-    keys = list(mapping)
-    return tirx.IndexMap(keys, [expr], None).map_indices([mapping[k] for k in keys])[0]
 
 
 def _find_update(stmt):
@@ -117,12 +113,12 @@ def _prefetched_columns(parallel: tirx.For, params) -> tirx.For | None:
     # the loops' values for the first column tile of the next row: the parallel loop + 1, every other 0
     loops = {v: tirx.const(0, str(v.ty.dtype)) for v in _loop_vars(columns, [])}
     loops[parallel.loop_var] = parallel.loop_var + 1
-    bound = {iv.var: _substitute(value, loops) for iv, value in zip(block.iter_vars, values)}
+    bound = {iv.var: substitute(value, loops) for iv, value in zip(block.iter_vars, values)}
     bound[x.var] = tirx.const(0, str(x.var.ty.dtype))
     bound[lane.var] = tirx.const(0, str(lane.var.ty.dtype))
     bound[rc.var], bound[ry.var] = tirx.Cast(str(rc.var.ty.dtype), c), tirx.Cast(str(ry.var.ty.dtype), t)
     bound[rx.var] = tirx.const(0, str(rx.var.ty.dtype))
-    indices = [_substitute(index, bound) for index in load.indices]
+    indices = [substitute(index, bound) for index in load.indices]
     column = (columns.loop_var * per_tile + j) * LINE_FLOATS
     indices[3] = indices[3] + tirx.Cast(str(indices[3].ty.dtype), column)
     address = tirx.address_of(tirx.BufferLoad(load.source, indices))

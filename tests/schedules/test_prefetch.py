@@ -11,6 +11,7 @@ import tvm.sym
 from tvm import s_tir, tirx
 
 from convopt.schedules import prefetch, tiling
+from convopt.schedules.cpu_fallback import substitute
 from convopt.schedules.conv_spec import ConvSpec
 from convopt.schedules.kernel import scheduled_module
 
@@ -71,7 +72,7 @@ def test_a_chunked_conv_prefetches_exactly_the_next_chunk_of_each_weight_stream(
     analyzer = tvm.sym.Analyzer()
 
     def line_of(values):
-        flat = sum(int(analyzer.simplify(prefetch._substitute(i, values))) * int(st)
+        flat = sum(int(analyzer.simplify(substitute(i, values))) * int(st)
                    for i, st in zip(load.indices, strides))
         return flat // line_floats
 
@@ -182,7 +183,7 @@ def test_winograd_prefetches_the_next_tasks_weight_slab_over_its_tile_groups(nam
     for f in range(int(task.extent)):
         got = []
         for g in range(groups):
-            in_group = [tuple(int(analyzer.simplify(prefetch._substitute(i, {
+            in_group = [tuple(int(analyzer.simplify(substitute(i, {
                 task.loop_var: f, reduction.loop_var: c, stream.loop_var: s, group.loop_var: g})))
                 for i in load.indices) for c in range(channels) if c % groups == g for s in range(tile)]
             got += in_group
