@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from convopt.bench import (compare_model, entry_keys, geomean, machine_description, markdown_table,
-                           self_check_warnings, time_ratios, write_report)
+from convopt.bench import (compare_model, compare_model_in_turns, entry_keys, geomean, machine_description,
+                           markdown_table, self_check_warnings, time_ratios, write_report)
 from convopt.models import parse_shape
 
 DEV_MODELS = "resnet18,resnet50,repvgg_a0,mobileone_s0,mobilenetv2_100,convnext_atto,inception_next_atto,efficientnet_b0"
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--convopt", default="convopt", help="convopt contender(s), e.g. convopt,convopt-torch")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of timed calls per process")
     parser.add_argument("--processes", type=int, default=2, help="processes per contender (the fastest counts)")
+    parser.add_argument("--turns", type=int, default=0,
+                        help="N: one process per contender, all built first, then N interleaved turns each "
+                             "(--seconds / N of calls a turn; convopt/bench.py); 0: processes one after another")
     parser.add_argument("--input-shape", default="1,3,224,224", help="the example input of every model")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compare"))
     parser.add_argument("--merge", help="comma-separated JSON files of earlier runs to pool instead of measuring")
@@ -109,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         keys = [k for k in keys if all(k in entries for entries in results.values())]
     for name in [] if args.merge else args.models.split(","):
         spec = name if ":" in name else f"timm:{name}"
-        results[spec] = compare_model(spec, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
-                                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        if args.turns:
+            results[spec] = compare_model_in_turns(spec, contenders, args.seconds, args.turns,
+                                                   parse_shape(args.input_shape), progress=progress)
+        else:
+            results[spec] = compare_model(spec, contenders, args.seconds, args.processes,
+                                          parse_shape(args.input_shape), progress=progress)
         warnings += [f"{spec}: {w}" for w in self_check_warnings(results[spec])]
         print(spec, json.dumps(results[spec]), flush=True)
     columns = ["model"] + [f"{k} ms" for k in keys] + [f"{keys[0]} / {k}" for k in keys[1:]]
@@ -124,13 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         command = "python benchmarks/compare.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None)
-    processes = fewest if args.merge else args.processes
+    processes = fewest if args.merge else 1 if args.turns else args.processes
     meta = {"command": command, "machine": machine_description(), "batch": 1, "input_shape": input_shape,
-            "torch": torch.__version__, "seconds": seconds, "processes": processes}
+            "torch": torch.__version__, "seconds": seconds, "processes": processes, "turns": args.turns}
     pooled = f" (runs pooled: {args.merge})" if args.merge else ""
-    caption = (f"{machine_description()}; input {input_shape}; each contender alone in its own process, "
-               f"lowest of at least {processes} per-process medians over {seconds:g} s of calls{pooled}; "
-               f"ratio < 1 means {keys[0]} is faster")
+    if args.turns and not args.merge:
+        method = (f"each contender in its own process, the processes given the cores in turns ({args.turns} turns "
+                  f"each, interleaved, {seconds / args.turns:.2g} s of calls a turn); the median of all calls")
+    else:
+        method = (f"each contender alone in its own process, lowest of at least {processes} per-process medians "
+                  f"over {seconds:g} s of calls{pooled}")
+    caption = f"{machine_description()}; input {input_shape}; {method}; ratio < 1 means {keys[0]} is faster"
     write_report(args.out, command, caption, table, {"meta": meta, "results": results})
     print(table)
     return 0

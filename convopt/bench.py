@@ -15,6 +15,14 @@ A contender may be listed twice (``ort-reparam,ort-reparam``): its entries are k
 and ``ort-reparam#2``, and ``self_check_warnings`` flags entries of one contender that disagree by more
 than 5%, i.e. the noise floor of the run.
 
+Why turns (``turns=N``): this host changes speed by up to 30% for minutes at a time, and a contender timed
+minutes after another can land in another phase (peers geomeans of whole runs moved 0.78-0.86 between runs
+of the same code). With turns every contender's worker is built first and then waits, blocked; the parent
+gives the cores to one worker at a time for N turns each, in rotating order, with a pause between turns
+(``TURN_PAUSE_S``) so the last worker's pools stop spinning: every contender samples the same phases, a
+few seconds apart. The reported median is over all the contender's timed calls (``turn_medians_ms`` keeps
+each turn's). ``self_check_warnings`` still applies: list a peer twice to see the run's noise floor.
+
 In-process interleaved timing of small kernels (cost-model calibration, where a process per call would
 cost more than the call) is ``convopt.cost.calibrate.measure_interleaved``.
 """
@@ -25,10 +33,12 @@ import json
 import math
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -36,6 +46,9 @@ from typing import Callable
 from .contenders import THREADS, check_names
 
 SELF_CHECK_TOLERANCE = 0.05
+# between turns: ONNX Runtime's, OpenMP's and TVM's pools spin for a while after a call; benchmarks/lowerings.py saw
+# eager PyTorch stall after TVM kernels in a third of its rounds even after a 20 ms pause
+TURN_PAUSE_S = 0.2
 WORKER_TIMEOUT_S = 1800  # building inductor or convopt on a large model takes minutes on 2 busy cores
 
 
@@ -65,20 +78,126 @@ def contender_of(key: str) -> str:
 
 def run_worker(spec: str, contender: str, input_shape: tuple[int, ...], seed: int, seconds: float) -> dict:
     """One fresh process that builds and times ``contender`` (see ``convopt.bench_worker``); its JSON result."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TVM_NUM_THREADS": str(THREADS)}
     with tempfile.TemporaryDirectory(prefix="convopt-bench-") as tmp:
         result = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "convopt.bench_worker", "--model", spec, "--contender", contender,
-                   "--input-shape", ",".join(map(str, input_shape)), "--seed", str(seed),
-                   "--seconds", str(seconds), "--result", str(result)]
+        command = _worker_command(spec, contender, input_shape, seed, "--seconds", str(seconds), "--result", str(result))
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+            done = subprocess.run(command, env=_worker_env(), capture_output=True, text=True,
+                                  timeout=WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return {"error": f"worker timed out after {WORKER_TIMEOUT_S} s"}
         if result.is_file():
             return json.loads(result.read_text())
     last_line = (done.stderr.strip().splitlines() or [""])[-1][:200]
     return {"error": f"worker exited with code {done.returncode}: {last_line}"}
+
+
+def _worker_command(spec: str, contender: str, input_shape: tuple[int, ...], seed: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "convopt.bench_worker", "--model", spec, "--contender", contender,
+            "--input-shape", ",".join(map(str, input_shape)), "--seed", str(seed), *extra]
+
+
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TVM_NUM_THREADS": str(THREADS)}
+
+
+class TurnWorker:
+    """One contender's ``bench_worker --serve`` process: built on start (``ready``: its check, or an error),
+    then timed a turn at a time (``turn``)."""
+
+    def __init__(self, spec: str, contender: str, input_shape: tuple[int, ...], seed: int):
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: nobody reads it until the end
+        self._process = subprocess.Popen(_worker_command(spec, contender, input_shape, seed, "--serve"),
+                                         env=_worker_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, text=True, bufsize=1)
+        self.ready = self._receive()
+
+    def _receive(self) -> dict:
+        # one line answers each request, so nothing waits in the reader's buffer and select sees every line
+        if not select.select([self._process.stdout], [], [], WORKER_TIMEOUT_S)[0]:
+            self._process.kill()
+            return {"error": f"worker timed out after {WORKER_TIMEOUT_S} s"}
+        line = self._process.stdout.readline()
+        if line:
+            return json.loads(line)
+        code = self._process.wait()
+        self._stderr.seek(0)
+        last_line = (self._stderr.read().strip().splitlines() or [""])[-1][:200]
+        return {"error": f"worker exited with code {code}: {last_line}"}
+
+    def turn(self, seconds: float) -> dict:
+        """{"times": seconds per call} of one turn of ``seconds`` of timed calls, or {"error": ...}."""
+        try:
+            self._process.stdin.write(f"run {seconds}\n")
+        except BrokenPipeError:
+            pass  # it died: _receive says how
+        return self._receive()
+
+    def close(self) -> None:
+        try:
+            self._process.stdin.write("quit\n")
+            self._process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._stderr.close()
+
+
+def turn_order(keys: list[str], turn: int) -> list[str]:
+    """The contenders' order in turn ``turn``: rotated by one each turn, so none always follows the same one."""
+    k = turn % len(keys)
+    return keys[k:] + keys[:k]
+
+
+def compare_model_in_turns(spec: str, contenders: list[str], seconds: float = 4.0, turns: int = 8,
+                           input_shape: tuple[int, ...] = (1, 3, 224, 224), seed: int = 0,
+                           progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """{entry key: result} for each contender on one model, each in one process of its own, timed in ``turns``
+    turns of ``seconds / turns`` each, the contenders' turns interleaved (module docstring)."""
+    check_names(contenders)
+    if turns < 1 or seconds <= 0:
+        raise ValueError(f"need at least one turn and a positive time, got {turns} turns, {seconds} s")
+    keys = entry_keys(contenders)
+    workers: dict[str, TurnWorker] = {}
+    results: dict[str, dict] = {}
+    times: dict[str, list[float]] = {key: [] for key in keys}
+    turn_medians: dict[str, list[float]] = {key: [] for key in keys}
+    try:
+        for key in keys:  # one at a time: a build has the cores to itself too
+            workers[key] = TurnWorker(spec, contender_of(key), input_shape, seed)
+            if "error" in workers[key].ready:
+                results[key] = workers[key].ready
+            if progress:
+                progress(f"{spec} {key}: " + (results[key]["error"] if key in results
+                                              else f"built in {workers[key].ready['prepare_s']:.1f} s"))
+        for turn in range(turns):
+            for key in turn_order(keys, turn):
+                if key in results:
+                    continue
+                time.sleep(TURN_PAUSE_S)
+                answer = workers[key].turn(seconds / turns)
+                if "error" in answer:
+                    results[key] = answer
+                    continue
+                times[key] += answer["times"]
+                turn_medians[key].append(statistics.median(answer["times"]) * 1e3)
+            if progress:
+                progress(f"{spec} turn {turn + 1}/{turns}: " + ", ".join(
+                    f"{key} {turn_medians[key][-1]:.3g} ms" for key in keys if key not in results))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for key in keys:
+        if key not in results:
+            median_ms = statistics.median(times[key]) * 1e3
+            results[key] = {**workers[key].ready, "median_ms": median_ms, "min_ms": min(times[key]) * 1e3,
+                            "runs": len(times[key]), "turn_medians_ms": turn_medians[key],
+                            "process_medians_ms": [median_ms]}
+    return {key: results[key] for key in keys}
 
 
 def best_of(measurements: list[dict]) -> dict:

@@ -298,19 +298,28 @@ def _calibrate_from_logs(target, folders: list[str], output: str | None) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import compare_model, entry_keys, machine_description, markdown_table, self_check_warnings, time_ratios
+    from .bench import (compare_model, compare_model_in_turns, entry_keys, machine_description, markdown_table,
+                        self_check_warnings, time_ratios)
     from .models import parse_shape
 
     contenders = [c for c in (args.convopt + "," + args.vs).split(",") if c]
     base = entry_keys(contenders)[0]
-    results = compare_model(args.model, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
-                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.turns:
+        results = compare_model_in_turns(args.model, contenders, args.seconds, args.turns,
+                                         parse_shape(args.input_shape), progress=progress)
+        method = (f"each contender in its own process, the processes given the cores in {args.turns} interleaved "
+                  f"turns each, the median of all calls over {args.seconds:g} s")
+    else:
+        results = compare_model(args.model, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
+                                progress=progress)
+        method = (f"each contender alone in its own process, best of {args.processes} process medians over "
+                  f"{args.seconds:g} s of calls")
     ratios = time_ratios(results, base)
     rows = [{"contender": key, "median ms": r.get("median_ms", r.get("error", "-")),
              "rel. error vs eager": r.get("relative_error", "-"), f"{base} / this": ratios.get(key, "-")}
             for key, r in results.items()]
-    print(f"{args.model}, input {args.input_shape}, {machine_description()}; each contender alone in its own "
-          f"process, best of {args.processes} process medians over {args.seconds:g} s of calls")
+    print(f"{args.model}, input {args.input_shape}, {machine_description()}; {method}")
     print(markdown_table(rows, list(rows[0])))
     for warning in self_check_warnings(results):
         print(warning)
@@ -435,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--seconds", type=float, default=4.0, help="seconds of timed calls per process (default 4)")
     bench.add_argument("--processes", type=int, default=2,
                        help="processes per contender; the fastest process median is reported (default 2)")
+    bench.add_argument("--turns", type=int, default=0,
+                       help="N: one process per contender, all built first, then given the cores in N interleaved "
+                            "turns each (a slow phase of the host hits every contender alike); 0 (default): "
+                            "--processes processes one after another")
     bench.add_argument("--json", help="also write the raw results here")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from convopt.bench import (best_of, compare_model, entry_keys, geomean, self_check_warnings, time_ratios)
+from convopt.bench import (best_of, compare_model, compare_model_in_turns, entry_keys, geomean, self_check_warnings,
+                           time_ratios, turn_order)
+from convopt.bench_worker import serve
 from convopt.cli import main
 
 MODELS = Path(__file__).with_name("bench_models.py")
@@ -58,6 +60,66 @@ def test_repeated_contender_runs_twice_from_the_cli(capsys):
                  "--seconds", "0.2", "--processes", "1"]) == 0
     out = capsys.readouterr().out
     assert "| eager |" in out and "| eager#2 |" in out and "each contender alone in its own process" in out
+
+
+def test_turns_time_every_contender_in_each_turn_from_one_process():
+    turns = []
+    results = compare_model_in_turns(TINY, ["convopt-torch", "eager", "eager"], seconds=0.3, turns=3,
+                                     input_shape=SHAPE, progress=turns.append)
+    assert list(results) == ["convopt-torch", "eager", "eager#2"]
+    for result in results.values():
+        assert "error" not in result, result
+        assert len(result["turn_medians_ms"]) == 3 and result["runs"] >= 9
+        assert result["min_ms"] <= result["median_ms"] and result["process_medians_ms"] == [result["median_ms"]]
+        assert result["relative_error"] < 1e-5
+    assert len({r["reference_digest"] for r in results.values()}) == 1
+    assert [line for line in turns if " turn " in line][-1].startswith(f"{TINY} turn 3/3: convopt-torch ")
+
+
+def test_turns_report_a_failing_or_crashed_contender_and_time_the_rest():
+    results = compare_model_in_turns(f"{MODELS}:not_exportable_net", ["ort", "eager"], seconds=0.2, turns=2,
+                                     input_shape=SHAPE)
+    assert results["ort"] == {"error": "RuntimeError: this model cannot be exported"}
+    assert len(results["eager"]["turn_medians_ms"]) == 2
+    crashed = compare_model_in_turns(f"{MODELS}:crashing_net", ["eager"], seconds=0.2, turns=2, input_shape=SHAPE)
+    assert crashed["eager"]["error"].startswith("worker exited with code 3")
+    with pytest.raises(ValueError, match="at least one turn"):
+        compare_model_in_turns(TINY, ["eager"], turns=0, input_shape=SHAPE)
+
+
+def test_turn_order_rotates_so_no_contender_always_follows_the_same_one():
+    keys = ["convopt", "ort", "openvino"]
+    assert [turn_order(keys, t) for t in range(4)] == [keys, ["ort", "openvino", "convopt"],
+                                                       ["openvino", "convopt", "ort"], keys]
+
+
+def test_serve_answers_each_turn_and_stops_at_quit_or_a_bad_command():
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()  # serve sets the benchmark's thread count in this process
+    try:
+        _serve_protocol()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _serve_protocol():
+    answers = []
+    serve(TINY, "eager", SHAPE, 0, iter(["run 0.02\n", "run 0.01\n", "quit\n", "run 1\n"]), answers.append)
+    assert answers[0]["relative_error"] == 0 and "reference_digest" in answers[0]
+    assert len(answers) == 3 and all(len(a["times"]) >= 3 for a in answers[1:])
+    answers.clear()
+    serve(TINY, "eager", SHAPE, 0, iter(["go\n", "run 1\n"]), answers.append)
+    assert len(answers) == 2 and "unknown command 'go'" in answers[1]["error"]
+    answers.clear()
+    serve(f"{MODELS}:not_exportable_net", "ort", SHAPE, 0, iter(["run 1\n"]), answers.append)
+    assert answers == [{"error": "RuntimeError: this model cannot be exported"}]
+
+
+def test_turns_from_the_cli(capsys):
+    assert main(["bench", TINY, "--input-shape", "1,3,8,8", "--convopt", "eager", "--vs", "eager",
+                 "--seconds", "0.2", "--turns", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| eager#2 |" in out and "given the cores in 2 interleaved turns each" in out
 
 
 def test_entry_keys_number_repeats():
