@@ -55,23 +55,26 @@ def geomean_line(results: dict[str, dict[str, dict]], keys: list[str]) -> str:
     # the target of issue 10 is stated against the faster peer of each model
     fastest = []
     for entries in results.values():
-        peers = [entries[k]["median_ms"] for k in keys[1:] if "median_ms" in entries.get(k, {})]
-        if len(peers) > 1 and "median_ms" in entries.get(base, {}):
-            fastest.append(entries[base]["median_ms"] / min(peers))
+        ratios = time_ratios(entries, base)  # the faster peer is the one base's time is the largest share of
+        peers = [ratios[k] for k in keys[1:] if k in ratios]
+        if len(peers) > 1:
+            fastest.append(max(peers))
     if fastest and len(fastest) == len(results):
         parts.append(f"the faster peer of each model {geomean(fastest):.3f}")
     return f"Geometric means of {base} / peer over the models: " + ", ".join(parts) + "."
 
 
 def merge_runs(paths: list[str]) -> tuple[dict[str, dict[str, dict]], int]:
-    """(results pooled over the runs: each entry's median is the lowest of all its process medians; the
-    fewest processes any pooled entry had)."""
+    """(results pooled over the runs: each entry's median is the lowest of all its process medians, and the
+    turns of runs in turns are pooled; the fewest processes any pooled entry had)."""
     pooled: dict[str, dict[str, dict]] = {}
     for path in paths:
         for spec, entries in json.loads(Path(path).read_text())["results"].items():
             for key, entry in entries.items():
-                into = pooled.setdefault(spec, {}).setdefault(key, dict(entry, process_medians_ms=[]))
+                into = pooled.setdefault(spec, {}).setdefault(key, dict(entry, process_medians_ms=[], turn_medians_ms=[]))
                 into["process_medians_ms"] = into["process_medians_ms"] + entry.get("process_medians_ms", [])
+                # runs in turns: their turns pooled (each run's contenders took the same number of turns)
+                into["turn_medians_ms"] = into["turn_medians_ms"] + entry.get("turn_medians_ms", [])
                 if "median_ms" in entry:
                     into["median_ms"] = min(into.get("median_ms", float("inf")), entry["median_ms"])
     fewest = min((len(e["process_medians_ms"]) for entries in pooled.values() for e in entries.values()), default=0)
@@ -136,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": command, "machine": machine_description(), "batch": 1, "input_shape": input_shape,
             "torch": torch.__version__, "seconds": seconds, "processes": processes, "turns": args.turns}
     pooled = f" (runs pooled: {args.merge})" if args.merge else ""
+    in_turns = all(e.get("turn_medians_ms") for entries in results.values() for e in entries.values()
+                   if "median_ms" in e) and bool(results)
     if args.turns and not args.merge:
         method = (f"each contender in its own process, the processes given the cores in turns ({args.turns} turns "
-                  f"each, interleaved, {seconds / args.turns:.2g} s of calls a turn); the median of all calls")
+                  f"each, interleaved, {seconds / args.turns:.2g} s of calls a turn); ms: the median of all calls; "
+                  f"ratios: the geometric mean over the turns of the turn medians' ratios")
+    elif args.merge and in_turns:
+        method = (f"runs in turns pooled ({args.merge}): ms: the lowest of the runs' medians; ratios: the geometric "
+                  f"mean over all their turns of the turn medians' ratios")
     else:
         method = (f"each contender alone in its own process, lowest of at least {processes} per-process medians "
                   f"over {seconds:g} s of calls{pooled}")

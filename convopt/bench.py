@@ -29,6 +29,7 @@ cost more than the call) is ``convopt.cost.calibrate.measure_interleaved``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -233,28 +234,42 @@ def compare_model(spec: str, contenders: list[str], seconds: float = 4.0, proces
     return {key: best_of(results) for key, results in measurements.items()}
 
 
+def paired_ratio(base: dict, other: dict) -> float:
+    """base's time over other's: where both were timed in the same turns (``compare_model_in_turns``), the
+    geometric mean over the turns of their turn medians' ratio (each pair a few seconds apart, so a phase of
+    the host that lasts a few turns cancels out instead of weighing on whichever median caught more of it),
+    else the ratio of their medians."""
+    a, b = base.get("turn_medians_ms", []), other.get("turn_medians_ms", [])
+    if a and len(a) == len(b):
+        return geomean([x / y for x, y in zip(a, b)])
+    return base["median_ms"] / other["median_ms"]
+
+
 def time_ratios(results: dict[str, dict], base: str) -> dict[str, float]:
-    """{key: base median / key median} for every timed entry but ``base``; < 1 means base is faster."""
+    """{key: base's time / key's (``paired_ratio``)} for every timed entry but ``base``; < 1 means base is
+    faster."""
     if "median_ms" not in results.get(base, {}):
         return {}
-    return {key: results[base]["median_ms"] / r["median_ms"]
-            for key, r in results.items() if key != base and "median_ms" in r}
+    return {key: paired_ratio(results[base], r) for key, r in results.items() if key != base and "median_ms" in r}
 
 
 def self_check_warnings(results: dict[str, dict]) -> list[str]:
     """Warnings for a repeated contender whose entries disagree by more than 5%, and for workers that
     built different weights or inputs (which would make their numbers incomparable)."""
     warnings = []
-    medians: dict[str, dict[str, float]] = defaultdict(dict)
+    repeats: dict[str, list[str]] = defaultdict(list)
     for key, r in results.items():
         if "median_ms" in r:
-            medians[contender_of(key)][key] = r["median_ms"]
-    for name, entries in medians.items():
-        fastest, slowest = min(entries, key=entries.get), max(entries, key=entries.get)
-        spread = entries[slowest] / entries[fastest] - 1
+            repeats[contender_of(key)].append(key)
+    for keys in repeats.values():
+        # the widest pair, measured as the ratios are (paired_ratio): slower / faster - 1
+        spread, faster, slower = max(
+            (max(ratio, 1 / ratio) - 1, *((a, b) if ratio <= 1 else (b, a)))
+            for a, b in itertools.combinations(keys, 2) for ratio in [paired_ratio(results[a], results[b])]
+        ) if len(keys) > 1 else (0.0, None, None)
         if spread > SELF_CHECK_TOLERANCE:
-            warnings.append(f"warning: {fastest} and {slowest} differ by {spread:.0%} ({entries[fastest]:.2f} vs "
-                            f"{entries[slowest]:.2f} ms): differences below that are noise on this run")
+            warnings.append(f"warning: {faster} and {slower} differ by {spread:.0%} ({results[faster]['median_ms']:.2f}"
+                            f" vs {results[slower]['median_ms']:.2f} ms): differences below that are noise on this run")
     digests = {r["reference_digest"] for r in results.values() if "reference_digest" in r}
     if len(digests) > 1:
         warnings.append("warning: the workers built different weights or inputs; the numbers are not comparable")

@@ -153,14 +153,56 @@ def test_time_ratios_and_geomean():
     assert geomean([1.0, 4.0]) == pytest.approx(2.0)
 
 
-def test_compare_merge_pools_the_process_medians_of_runs(tmp_path):
+def test_ratios_of_entries_timed_in_turns_pair_their_turns():
+    # a phase of the host doubles every contender's time in the second turn: the pairs cancel it
+    results = {"convopt": {"median_ms": 2.0, "turn_medians_ms": [1.0, 2.0, 1.0]},
+               "ort": {"median_ms": 3.0, "turn_medians_ms": [2.0, 4.0, 2.0]},
+               "ort#2": {"median_ms": 4.0, "turn_medians_ms": [2.05, 4.1, 2.05]},
+               "eager": {"median_ms": 4.0}}
+    ratios = time_ratios(results, "convopt")
+    assert ratios["ort"] == pytest.approx(0.5) and ratios["ort#2"] == pytest.approx(1 / 2.05)
+    assert ratios["eager"] == pytest.approx(0.5)  # no turns: the medians
+    assert self_check_warnings(results) == []  # 2.5% apart turn by turn, though their medians are 33% apart
+    results["ort#2"]["turn_medians_ms"] = [2.0, 4.0, 2.6]
+    [warning] = self_check_warnings(results)
+    assert warning.startswith("warning: ort and ort#2 differ by 9%")
+
+
+def _compare_script():
     import importlib.util
-    import json
 
     path = Path(__file__).parents[1] / "benchmarks" / "compare.py"
     spec = importlib.util.spec_from_file_location("compare_script", path)
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
+    return compare
+
+
+def test_compare_merge_pools_the_turns_of_runs_in_turns(tmp_path):
+    import json
+
+    compare = _compare_script()
+    runs = []
+    for i, (a, b, c) in enumerate([([1.0, 2.0], [2.0, 4.0], [1.0, 2.0]), ([3.0], [3.0], [6.0])]):
+        results = {"timm:m": {key: {"median_ms": min(t), "process_medians_ms": [min(t)], "turn_medians_ms": t}
+                              for key, t in (("convopt", a), ("ort", b), ("openvino", c))}}
+        runs.append(tmp_path / f"run{i}.json")
+        runs[-1].write_text(json.dumps({"meta": {"seconds": 1.0, "turns": len(a)}, "results": results}))
+    pooled, _ = compare.merge_runs([str(p) for p in runs])
+    assert pooled["timm:m"]["ort"]["turn_medians_ms"] == [2.0, 4.0, 3.0]
+    out = tmp_path / "merged"
+    assert compare.main(["--merge", ",".join(map(str, runs)), "--vs", "ort,openvino", "--out", str(out)]) == 0
+    text = (tmp_path / "merged.md").read_text()
+    assert "runs in turns pooled" in text
+    # convopt / ort: (0.5 0.5 1)^(1/3); / openvino: (1 1 0.5)^(1/3), the faster peer (the larger ratio)
+    assert f"ort {0.25 ** (1 / 3):.3f}, openvino {0.5 ** (1 / 3):.3f}, the faster peer of each model " \
+           f"{0.5 ** (1 / 3):.3f}" in text
+
+
+def test_compare_merge_pools_the_process_medians_of_runs(tmp_path):
+    import json
+
+    compare = _compare_script()
     runs = []
     for i, (a, b, c) in enumerate([((3.0, 2.5), (5.0,), (4.0,)), ((2.0, 4.0), (6.0, 4.5), (3.0, 5.0))]):
         results = {"timm:m": {"convopt": {"median_ms": min(a), "process_medians_ms": list(a)},
