@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from convopt.bench import (compare_model, compare_model_in_turns, entry_keys, geomean, machine_description,
-                           markdown_table, self_check_warnings, time_ratios, write_report)
+from convopt.bench import (compare_model, entry_keys, geomean, machine_description, markdown_table,
+                           self_check_warnings, time_ratios, write_report)
 from convopt.models import parse_shape
 
 DEV_MODELS = "resnet18,resnet50,repvgg_a0,mobileone_s0,mobilenetv2_100,convnext_atto,inception_next_atto,efficientnet_b0"
@@ -115,13 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = [k for k in keys if all(k in entries for entries in results.values())]
     for name in [] if args.merge else args.models.split(","):
         spec = name if ":" in name else f"timm:{name}"
-        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-        if args.turns:
-            results[spec] = compare_model_in_turns(spec, contenders, args.seconds, args.turns,
-                                                   parse_shape(args.input_shape), progress=progress)
-        else:
-            results[spec] = compare_model(spec, contenders, args.seconds, args.processes,
-                                          parse_shape(args.input_shape), progress=progress)
+        results[spec] = compare_model(spec, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
+                                      progress=lambda line: print(line, file=sys.stderr, flush=True), turns=args.turns)
         warnings += [f"{spec}: {w}" for w in self_check_warnings(results[spec])]
         print(spec, json.dumps(results[spec]), flush=True)
     columns = ["model"] + [f"{k} ms" for k in keys] + [f"{keys[0]} / {k}" for k in keys[1:]]

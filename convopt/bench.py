@@ -212,11 +212,14 @@ def best_of(measurements: list[dict]) -> dict:
 
 def compare_model(spec: str, contenders: list[str], seconds: float = 4.0, processes: int = 2,
                   input_shape: tuple[int, ...] = (1, 3, 224, 224), seed: int = 0,
-                  progress: Callable[[str], None] | None = None) -> dict[str, dict]:
-    """{entry key: result} for each contender on one model, each timed in ``processes`` processes of its own.
+                  progress: Callable[[str], None] | None = None, turns: int = 0) -> dict[str, dict]:
+    """{entry key: result} for each contender on one model, each timed in ``processes`` processes of its own,
+    one after another; with ``turns``, in one process each, given the cores in turns (``compare_model_in_turns``).
 
     A contender that fails is reported as ``{"error": ...}`` and not run again.
     """
+    if turns:
+        return compare_model_in_turns(spec, contenders, seconds, turns, input_shape, seed, progress)
     check_names(contenders)
     if processes < 1 or seconds <= 0:
         raise ValueError(f"need at least one process and a positive time, got {processes} processes, {seconds} s")
@@ -253,6 +256,12 @@ def time_ratios(results: dict[str, dict], base: str) -> dict[str, float]:
     return {key: paired_ratio(results[base], r) for key, r in results.items() if key != base and "median_ms" in r}
 
 
+def _spread(results: dict[str, dict], a: str, b: str) -> tuple[float, str, str]:
+    """(slower's time / faster's - 1, the faster key, the slower key) of entries ``a`` and ``b``."""
+    ratio = paired_ratio(results[a], results[b])
+    return (1 / ratio - 1, a, b) if ratio <= 1 else (ratio - 1, b, a)
+
+
 def self_check_warnings(results: dict[str, dict]) -> list[str]:
     """Warnings for a repeated contender whose entries disagree by more than 5%, and for workers that
     built different weights or inputs (which would make their numbers incomparable)."""
@@ -262,11 +271,10 @@ def self_check_warnings(results: dict[str, dict]) -> list[str]:
         if "median_ms" in r:
             repeats[contender_of(key)].append(key)
     for keys in repeats.values():
+        if len(keys) < 2:
+            continue
         # the widest pair, measured as the ratios are (paired_ratio): slower / faster - 1
-        spread, faster, slower = max(
-            (max(ratio, 1 / ratio) - 1, *((a, b) if ratio <= 1 else (b, a)))
-            for a, b in itertools.combinations(keys, 2) for ratio in [paired_ratio(results[a], results[b])]
-        ) if len(keys) > 1 else (0.0, None, None)
+        spread, faster, slower = max(_spread(results, a, b) for a, b in itertools.combinations(keys, 2))
         if spread > SELF_CHECK_TOLERANCE:
             warnings.append(f"warning: {faster} and {slower} differ by {spread:.0%} ({results[faster]['median_ms']:.2f}"
                             f" vs {results[slower]['median_ms']:.2f} ms): differences below that are noise on this run")

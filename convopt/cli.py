@@ -298,21 +298,17 @@ def _calibrate_from_logs(target, folders: list[str], output: str | None) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import (compare_model, compare_model_in_turns, entry_keys, machine_description, markdown_table,
-                        self_check_warnings, time_ratios)
+    from .bench import compare_model, entry_keys, machine_description, markdown_table, self_check_warnings, time_ratios
     from .models import parse_shape
 
     contenders = [c for c in (args.convopt + "," + args.vs).split(",") if c]
     base = entry_keys(contenders)[0]
-    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    results = compare_model(args.model, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
+                            progress=lambda line: print(line, file=sys.stderr, flush=True), turns=args.turns)
     if args.turns:
-        results = compare_model_in_turns(args.model, contenders, args.seconds, args.turns,
-                                         parse_shape(args.input_shape), progress=progress)
         method = (f"each contender in its own process, the processes given the cores in {args.turns} interleaved "
                   f"turns each, the median of all calls over {args.seconds:g} s")
     else:
-        results = compare_model(args.model, contenders, args.seconds, args.processes, parse_shape(args.input_shape),
-                                progress=progress)
         method = (f"each contender alone in its own process, best of {args.processes} process medians over "
                   f"{args.seconds:g} s of calls")
     ratios = time_ratios(results, base)
