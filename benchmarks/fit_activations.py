@@ -2,14 +2,14 @@
 
     python benchmarks/fit_activations.py
 
-Fits f(x) = x P(x^2) / Q(x^2), Q(0) = 1, to erf on [0, 4] (degrees 5/5) and to tanh on [0, 9] (4/4) by
-iteratively reweighted linear least squares (Loeb's method: minimize sum ((f Q - x P) / (Q_prev f))^2, so
-the weights approach the relative error), prints the coefficients and their largest error evaluated in
-float32 (Horner, as the kernels do), then times each epilogue activation as a vectorized TVM kernel over
-2^20 floats on one core of this host, in microseconds and cycles per vector at the clock /proc/cpuinfo
-reports. It also finds each centred gate's clamp (activations.py: ``SIGMOID_LIMIT``, ``CDF_LIMIT``): the
-first float32 at which the compiled gate, numerator scaled by its margin, gives exactly 1/2, and checks that
-no float32 from 1 up to it gives more.
+Fits f(x) = x P(x^2) / Q(x^2), Q(0) = 1, to erf on [0, 4] (degrees 5/5) by iteratively reweighted linear
+least squares (Loeb's method: minimize sum ((f Q - x P) / (Q_prev f))^2, so the weights approach the
+relative error), and 2^f on [-1/2, 1/2] by a degree-5 polynomial with 2^0 = 1 exactly (Lawson's iteration on
+the relative error), prints the coefficients and their largest error evaluated in float32 (Horner, as the
+kernels do), then times each epilogue activation as a vectorized TVM kernel over 2^20 floats on one core of
+this host, in microseconds and cycles per vector at the clock /proc/cpuinfo reports. It also finds the
+centred gate's clamp (activations.py: ``CDF_LIMIT``): the first float32 at which the compiled gate,
+numerator scaled by its margin, gives exactly 1/2, and checks that no float32 from 1 up to it gives more.
 """
 
 from __future__ import annotations
@@ -31,6 +31,27 @@ def fit_odd_rational(f, limit: float, p_degree: int, q_degree: int, points: int 
         p, q = solution[:p_degree + 1], np.concatenate([[1.0], solution[p_degree + 1:]])
         q_previous = np.polyval(q[::-1], t)
     return p, q
+
+
+def fit_exp2(degree: int = 5, points: int = 40001, rounds: int = 200) -> tuple[np.ndarray, float]:
+    """(coefficients of 2^f ~ 1 + c1 f + ... on |f| <= 1/2 for the smallest relative error, that error in
+    float32 Horner)."""
+    f = np.linspace(-0.5, 0.5, points)
+    want = 2.0 ** f
+    columns = np.stack([f ** i for i in range(1, degree + 1)], 1) / want[:, None]
+    target = 1 - 1 / want  # (1 + columns . c) / want - 1 = columns . c - target
+    weights = np.ones_like(f)
+    for _ in range(rounds):  # Lawson: weights grow where the error is largest, towards the minimax fit
+        root = np.sqrt(weights)
+        c, *_ = np.linalg.lstsq(columns * root[:, None], target * root, rcond=None)
+        error = np.abs(columns @ c - target)
+        weights = weights * (error / error.max() + 1e-4)
+        weights /= weights.sum()
+    coefficients = np.concatenate([[1.0], c])
+    value = np.float32(coefficients[-1])
+    for k in coefficients[-2::-1]:
+        value = value * f.astype(np.float32) + np.float32(k)
+    return coefficients, float(np.abs(value / want - 1).max())
 
 
 def float32_error(f, p, q, limit: float) -> float:
@@ -102,17 +123,16 @@ def _seconds(run, *args) -> float:
 
 
 def main() -> None:
-    for name, f, limit, degrees, points in (("erf", np.vectorize(math.erf), 4.0, (5, 5), 6000),
-                                            ("tanh", np.tanh, 9.0, (4, 4), 8000)):
-        p, q = fit_odd_rational(f, limit, *degrees, points=points)
-        print(f"{name} on |x| <= {limit}, degrees {degrees}: |error| in float32 {float32_error(f, p, q, limit):.2e}")
-        print(f"  P = {tuple(float(v) for v in p)}\n  Q = {tuple(float(v) for v in q)}")
+    erf = np.vectorize(math.erf)
+    p, q = fit_odd_rational(erf, 4.0, 5, 5, points=6000)
+    print(f"erf on |x| <= 4, degrees (5, 5): |error| in float32 {float32_error(erf, p, q, 4.0):.2e}")
+    print(f"  P = {tuple(float(v) for v in p)}\n  Q = {tuple(float(v) for v in q)}")
+    coefficients, error = fit_exp2()
+    print(f"2^f on |f| <= 1/2, degree 5: relative error in float32 {error:.2e}\n  {tuple(float(v) for v in coefficients)}")
     from convopt.target import resolve_target
 
-    for gate, limit, lo, hi in (("sigmoid", "SIGMOID_LIMIT", 15.0, 18.0),
-                                ("normal_cdf", "CDF_LIMIT", 4.5, 4 * math.sqrt(2))):
-        found, over = saturation_limit(gate, limit, lo, hi)
-        print(f"centred_{gate}: exactly 1/2 first at {found!r}; most above 1/2 below it: {over:.1e}")
+    found, over = saturation_limit("normal_cdf", "CDF_LIMIT", 4.5, 4 * math.sqrt(2))
+    print(f"centred_normal_cdf: exactly 1/2 first at {found!r}; most above 1/2 below it: {over:.1e}")
     lanes = resolve_target("cpu").lanes
     for activation in ("none", "relu", "sigmoid", "silu", "gelu", "gelu_tanh", "hardswish"):
         seconds, cycles = cycles_per_vector(activation, lanes)

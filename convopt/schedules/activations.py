@@ -1,32 +1,38 @@
 """The activations a kernel's epilogue applies (conv and dense kernels), as scalar TIR expressions.
 
-The transcendental ones are written as rational functions that LLVM vectorizes (libm's expf / erff / tanhf
-are scalar calls), accurate to a few float32 ulps in the range that matters, with no exp (an exp polynomial
-with its range reduction cost as much as the rest of SiLU). Each smooth gate is one odd rational function of
-x, its centred form, so that the activation is x (1/2 + r(x)) with no clamp on its output:
+The transcendental ones are written with polynomials and one division, which LLVM vectorizes (libm's expf
+/ erff / tanhf are scalar calls), accurate to a few float32 ulps:
 
-    sigmoid(x) - 1/2 = tanh(x / 2) / 2      x P(x^2) / Q(x^2), from a 4/4 fit of tanh on |x| <= 9
-    Phi(x) - 1/2     = erf(x / sqrt 2) / 2  x P(x^2) / Q(x^2), from a 5/5 fit of erf on |x| <= 4
-    silu(x) = x (1/2 + (sigmoid(x) - 1/2));  gelu(x) = x (1/2 + (Phi(x) - 1/2));  sigmoid(x) = 1/2 + ...
+    sigmoid(x) = 1 / (1 + 2^(-x log2 e));  silu(x) = x / (1 + 2^(-x log2 e))
     gelu_tanh(x) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
+    gelu(x) = x (1/2 + (Phi(x) - 1/2)),  Phi(x) - 1/2 = erf(x / sqrt 2) / 2 = x P(x^2) / Q(x^2), a 5/5 fit
     hardswish(x) x min(max(x + 3, 0), 6) / 6;  hardsigmoid(x) = min(max(x / 6 + 1/2, 0), 1)
     leaky_relu:a x if x > 0 else a x (a parameter in the name, e.g. "leaky_relu:0.1"; NaN stays NaN)
 
-A centred gate's input is clamped to +-L, where L is the first float32 at which the kernel's own
-evaluation (Horner with FMAs) gives exactly 1/2, and its numerator is scaled by a margin 1 - m so that no
-float32 below L gives more: so sigmoid stays in [0, 1], silu(x) <= x, and silu, gelu and sigmoid saturate
-exactly (gelu(-1e30) is -0, silu(1e30) is 1e30) without the two min/max of an output clamp. Folding the
-halvings into the coefficients and dropping that clamp took SiLU from 33 to 26 us and GELU from 45 to 34
-over 2^18 floats on one Intel AVX-512 core (beyond a copy's 30 us). tests/schedules/test_activations.py
-checks every float32 below L.
+``exp2`` rounds y with a magic-number sum instead of round and convert instructions, takes 2^n from the sum's
+bits and 2^f, |f| <= 1/2, from a degree-5 polynomial; its clamp of y to [-127, 128] makes 2^y exactly +0
+or +inf beyond float32's range, so sigmoid and silu saturate exactly (silu(-1e30) is -0, silu(1e30) is 1e30)
+and sigmoid stays in [0, 1] with no clamp on the output. These kernels are bound by the throughput of the
+FP pipes (the division is not the limit: SiLU with a multiply in its place is 4% faster), so the count of
+vector operations is the cost: 14 for SiLU this way, 16 as the odd rational x (1/2 + tanh(x / 2) / 2) with a
+4/4 fit of tanh used until session 45 (clamp, x^2, two Horner chains, division, 1/2 + r, times x). Four
+independent SiLUs a 16-lane vector of L1-resident floats, one Zen 5 core: 1.85 ns an application the
+rational way, 1.52 this way (one SiLU a vector: 1.58, 1.53, and 1.63 with vrndscaleps and vcvttps2dq
+rounding instead of the magic sum).
 
-The one division stays: its denominator Q(x^2) lies in [1, ~400], and a reciprocal from the exponent trick
-with three Newton steps (seven vector ops, no division) made SiLU 41 us and GELU 46 us over 2^18 floats on one
-Zen 5 core, against 28 and 33 us with the division (session 39).
+GELU keeps its rational form: an exp-based erf (Abramowitz & Stegun 7.1.26) needs the exp and a division on
+top of a polynomial of the same length. Its input is clamped to +-L, L the first float32 at which the
+kernel's own evaluation of Phi(x) - 1/2 (Horner with FMAs) gives exactly 1/2, and its numerator scaled by a
+margin 1 - m so that no float32 below L gives more: gelu saturates exactly (gelu(-1e30) is -0) without the
+two min/max of an output clamp. tests/schedules/test_activations.py checks every float32 below L.
 
-NaN stays NaN through the smooth ones (their factor x, and the clamp of the input keeps it); relu, relu6 and
-the hard ones are max/min, whose NaN behaviour is LLVM's select on an ordered compare (NaN becomes the
-bound). The IR ops they stand for are in ``ACTIVATION_OPS`` (``activation_of`` says which a node is).
+The one division stays in each: a reciprocal from the exponent trick with three Newton steps (seven vector
+ops, no division) made SiLU 41 us and GELU 46 us over 2^18 floats on one Zen 5 core, against 28 and 33 us
+with the division (session 39).
+
+NaN stays NaN through the smooth ones (their factor x, and the clamps keep it); relu, relu6 and the hard ones
+are max/min, whose NaN behaviour is LLVM's select on an ordered compare (NaN becomes the bound). The IR ops
+they stand for are in ``ACTIVATION_OPS`` (``activation_of`` says which a node is).
 """
 
 from __future__ import annotations
@@ -92,34 +98,37 @@ def centred_normal_cdf(x):
     return a * _polynomial(_CDF_P, t) / _polynomial(_CDF_Q, t)
 
 
-# tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (beyond, tanh(x) rounds to +-1 in float32): fitted as erf's on
-# 8000 points, degrees 4/4, |error| <= 3.3e-7. sigmoid(x) = (1 + tanh(x / 2)) / 2 through it: SiLU over 2^20
-# floats on one Zen 4 core took 358 us as x / (1 + exp(-x)) with a Cephes exp polynomial, 293 us this way.
-_TANH_P = (0.9999999832363725, 0.13392406432168732, 0.0035091028924427985, 2.083142214971434e-05,
-           1.3662660806322051e-08)
-_TANH_Q = (1.0, 0.4672572507948815, 0.02592840185469394, 0.0003307734176251614, 7.902634641017389e-07)
-
-# tanh(x / 2) / 2 = x P'(x^2) / Q'(x^2): P'_i = P_i / 4^(i + 1), Q'_i = Q_i / 4^i
-_SIGMOID_MARGIN = 2e-7
-_SIGMOID_P = tuple((1 - _SIGMOID_MARGIN) * p / 4 ** (i + 1) for i, p in enumerate(_TANH_P))
-_SIGMOID_Q = tuple(q / 4 ** i for i, q in enumerate(_TANH_Q))
-SIGMOID_LIMIT = 17.50078773498535  # first float32 where the kernels' sigmoid(x) - 1/2 is exactly 1/2
+# 2^f on |f| <= 1/2: a degree-5 polynomial with 2^0 = 1 exactly, fitted for the smallest relative error
+# (benchmarks/fit_activations.py; evaluated in float32 by Horner: at most 1.8e-7)
+_EXP2 = (1.0, 0.6931469776356985, 0.24022242179403502, 0.05550733753842366, 0.009671506585869051,
+         0.0013264699783602958)
+# y + 1.5 * 2^23 + 127 lies in [2^23, 2^24), where float32's spacing is 1: the sum is y rounded to an integer n
+# (to nearest, even on ties), and its mantissa's low bits hold n + 127
+_ROUNDING_MAGIC = 1.5 * 2 ** 23 + 127
 
 
-def centred_sigmoid(x):
-    """sigmoid(x) - 1/2 = tanh(x / 2) / 2, in [-1/2, 1/2], exactly +-1/2 for |x| >= ``SIGMOID_LIMIT``;
-    |error| <= 2.4e-7."""
-    a = _clamp_keeping_nan(x, -SIGMOID_LIMIT, SIGMOID_LIMIT)
-    t = a * a
-    return a * _polynomial(_SIGMOID_P, t) / _polynomial(_SIGMOID_Q, t)
+def exp2(y):
+    """2^y for every float32 y: +inf above 127.5, +0 from -126.5 down, NaN for NaN, 2^n exactly at integers;
+    relative error <= 1.8e-7 in between where 2^y is a normal float (below 2^-126, subnormal, with less
+    precision)."""
+    y = _clamp_keeping_nan(y, -127.0, 128.0)  # n + 127 in [0, 255]: 0 is the exponent field of +0, 255 of +inf
+    bits = tirx.reinterpret("int32", y + _c(_ROUNDING_MAGIC))
+    # round(y), exact, and y - n in [-1/2, 1/2] exactly; through the bits, or TVM's simplifier cancels the two
+    # magic numbers
+    n = tirx.reinterpret(F32, bits) - _c(_ROUNDING_MAGIC)
+    two_to_n = tirx.reinterpret(F32, tirx.shift_left(bits, tirx.const(23, "int32")))
+    return _polynomial(_EXP2, y - n) * two_to_n
 
 
-def sigmoid(x):
-    return _c(0.5) + centred_sigmoid(x)
+_MINUS_LOG2_E = -1 / math.log(2)
 
 
-def silu(x):  # x sigmoid(x); NaN stays NaN through the factor x
-    return x * (_c(0.5) + centred_sigmoid(x))
+def sigmoid(x):  # 1 / (1 + e^-x): in [0, 1], 0 where e^-x overflows and 1 where it underflows
+    return _c(1.0) / (_c(1.0) + exp2(x * _c(_MINUS_LOG2_E)))
+
+
+def silu(x):  # x / (1 + e^-x): exactly -0 where e^-x overflows, x where it underflows; NaN stays NaN
+    return x / (_c(1.0) + exp2(x * _c(_MINUS_LOG2_E)))
 
 
 def gelu(x):  # x Phi(x)

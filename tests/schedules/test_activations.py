@@ -46,7 +46,6 @@ def test_matches_torch(name, lanes):
 
 CENTRED = {  # centred gate -> (its definition in float64, its clamp)
     "normal_cdf": (lambda x: np.array([math.erf(v / math.sqrt(2)) / 2 for v in x]), activations.CDF_LIMIT),
-    "sigmoid": (lambda x: np.tanh(x / 2) / 2, activations.SIGMOID_LIMIT),
 }
 
 
@@ -75,6 +74,36 @@ def test_no_float_below_the_clamp_passes_one_half(gate, lanes):
     negative side mirrors it), so 1/2 + r stays in [0, 1] with no clamp on the output."""
     x = _float32s(1.0, CENTRED[gate][1])
     assert _run(getattr(activations, f"centred_{gate}"), x, lanes).max() <= 0.5
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_exp2_is_within_its_bound_and_saturates_exactly(lanes):
+    y = np.concatenate([np.linspace(-126, 127, 400001), _float32s(-0.5, 0.5)[::97]]).astype(np.float32)
+    got = _run(activations.exp2, y, lanes).astype(np.float64)
+    assert np.abs(got / np.exp2(y.astype(np.float64)) - 1).max() <= 1.8e-7
+    overflow = np.array([127.5 + 2 ** -16, 128.0, 1e30, np.inf] * 4, np.float32)
+    underflow = np.array([-126.5, -127.0, -1e30, -np.inf] * 4, np.float32)
+    assert (_run(activations.exp2, overflow, lanes) == np.inf).all()
+    assert (_run(activations.exp2, underflow, lanes) == 0).all()
+    assert np.isnan(_run(activations.exp2, np.array([np.nan, 1.0] * 8, np.float32), lanes)[0::2]).all()
+
+
+def test_exp2_is_exact_at_integers():
+    """2^n comes from the exponent field alone (the polynomial is exactly 1 at 0)."""
+    n = np.arange(-126, 128, dtype=np.float32)
+    got = _run(activations.exp2, np.resize(n, 256), 16)[:len(n)].astype(np.float64)
+    assert (got == np.exp2(n.astype(np.float64))).all()
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "gelu_tanh"])
+def test_exp2_gates_are_within_a_few_ulps(name):
+    """Relative error at most 2.5e-7 (float32's ulp is 1.2e-7 relative at most) on every 97th float32 of
+    [-20, 20] where the result is not tiny; PyTorch's own float32 kernels are at 1.0-1.4e-7 there."""
+    x = np.concatenate([_float32s(-20.0, -1e-3)[::97], _float32s(1e-3, 20.0)[::97]])
+    got = _run(lambda v: activations.activate(v, name), x, 16).astype(np.float64)
+    want = TORCH_ACTIVATIONS[name](torch.from_numpy(x).double()).numpy()
+    kept = np.abs(want) > 1e-3
+    assert (np.abs(got - want)[kept] <= 2.5e-7 * np.abs(want[kept])).all()
 
 
 @pytest.mark.parametrize("name", ["gelu", "silu", "gelu_tanh"])
