@@ -11,7 +11,8 @@ chain of other ops, a VM builtin) the report gives
                 rest) per second
     GB/s        the bytes of its arguments (each read or written at least once) per second
     bound       the roofline time: max(FLOPs / peak, bytes / bandwidth) with the machine profile's measured
-                peak (register-resident FMAs on all cores, cost/peak.py) and bandwidth (a large copy)
+                peak (register-resident FMAs on all cores, cost/peak.py) and the bandwidth of a large copy
+                measured in each round, right after its runs (the highest of the rounds)
     x bound     ms / bound: how far the kernel is from the roofline (1 is on it)
 
 Why rounds: this machine is shared, and a neighbour's phases (seconds long) slow memory-bound kernels much
@@ -21,6 +22,14 @@ one round fall in one phase, so one round's medians can call a kernel 3x off its
 when the machine is quiet; the lowest round median is what the kernel takes on a quiet machine (the same
 policy as ``convopt bench``: the lowest of per-process medians). Each kernel's lowest may come from a
 different round, so ``instrumented_ms`` (their sum) can be below any one run's.
+
+Why the bandwidth is measured in the rounds: the host's memory bandwidth moves more than its kernels do. A
+128 MiB copy on both cores of the Zen 5 this was built on measured 123 GB/s one morning (the profile cached
+then) and 43-45 GB/s three times in a row hours later, when efficientnet_b0's memory-bound depthwise convs
+read 3.9-4.8x "their bound" against the cached figure. A bound is the machine's as it was while the kernels
+ran: the same rounds, the highest of them, as the kernels' times are the lowest (``bandwidth_gb_s``; the
+cached profile's figure is kept as ``profile_bandwidth_gb_s``). The FMA roof stays the profile's: it is
+register-resident and measured 527 GFLOP/s, the cores' nominal peak, whenever it was measured.
 
 and writes ``report.json`` and ``roofline.png`` (arithmetic intensity against achieved FLOP/s, a point per
 kernel coloured by lowering, the roofs from the profile).
@@ -32,14 +41,14 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .capture import as_args
-from .cost.profile import MachineProfile, load_profile
+from .cost.profile import COPY_FLOATS, MachineProfile, copy_bandwidth, load_profile
 
 
 @dataclass(frozen=True)
@@ -75,11 +84,12 @@ def settle(run, seconds: float = SETTLE_SECONDS) -> None:
         calls += 1
 
 
-def time_kernels(fast, example_inputs: Any, *, runs: int = 10, rounds: int = ROUNDS
-                 ) -> tuple[list[KernelTime], float]:
+def time_kernels(fast, example_inputs: Any, *, runs: int = 10, rounds: int = ROUNDS,
+                 after_round: Callable[[], None] | None = None) -> tuple[list[KernelTime], float]:
     """(per-kernel times of ``fast`` on ``example_inputs``, seconds of a plain run without the instrument) for
     a module optimized for a TVM target: per kernel and for the plain run, the lowest over ``rounds`` rounds
-    (``ROUND_GAP_SECONDS`` apart) of the median over the round's ``runs`` runs."""
+    (``ROUND_GAP_SECONDS`` apart) of the median over the round's ``runs`` runs. ``after_round`` is called at
+    the end of each round (a measurement that should see the same phase of the machine)."""
     compiled = getattr(fast, "_compiled", None)
     vm = getattr(compiled, "vm", None)
     if vm is None:
@@ -95,6 +105,8 @@ def time_kernels(fast, example_inputs: Any, *, runs: int = 10, rounds: int = ROU
             settle(lambda: fast(*args), ROUND_SETTLE_SECONDS if round_index else SETTLE_SECONDS)
             plain.append(median_seconds(lambda: fast(*args), runs))
             samples.append(_instrumented_runs(vm, lambda: fast(*args), runs))
+            if after_round is not None:
+                after_round()
     return _aggregate(samples, compiled.kernels), min(plain)
 
 
@@ -150,7 +162,12 @@ def _aggregate(rounds: list[list[dict[str, list[float]]]], table: dict[str, dict
 
 
 def build_report(rows: list[KernelTime], plain_seconds: float, profile: MachineProfile, target_key: str,
-                 model: str = "") -> dict:
+                 model: str = "", bandwidths: list[float] = ()) -> dict:
+    """The report of ``rows`` against the roofline of ``profile``, its bandwidth the highest of ``bandwidths``
+    (bytes/s measured in the timing rounds) where given."""
+    profile_bandwidth = profile.bandwidth
+    if bandwidths:
+        profile = replace(profile, bandwidth=max(bandwidths))
     total = sum(r.seconds for r in rows)
     kernels = []
     for r in rows:
@@ -162,14 +179,15 @@ def build_report(rows: list[KernelTime], plain_seconds: float, profile: MachineP
                         "bound_ms": bound * 1e3, "x_bound": r.seconds / bound if bound else None})
     return {"model": model, "target": target_key, "cpu": profile.cpu,
             "peak_gflops": profile.roof_flops / 1e9, "gemm_gflops": profile.peak_flops / 1e9,
-            "bandwidth_gb_s": profile.bandwidth / 1e9,
+            "bandwidth_gb_s": profile.bandwidth / 1e9, "profile_bandwidth_gb_s": profile_bandwidth / 1e9,
+            "round_bandwidths_gb_s": [b / 1e9 for b in bandwidths],
             "run_ms": plain_seconds * 1e3, "instrumented_ms": total * 1e3, "kernels": kernels}
 
 
 def format_table(report: dict, top: int = 25) -> str:
     lines = [f"{report['model']}: {report['run_ms']:.2f} ms a run ({report['instrumented_ms']:.2f} ms instrumented), "
              f"target {report['target']}, {report['cpu']}, FMA peak {report['peak_gflops']:.0f} GFLOP/s, "
-             f"bandwidth {report['bandwidth_gb_s']:.1f} GB/s",
+             f"bandwidth {report['bandwidth_gb_s']:.1f} GB/s{_bandwidth_source(report)}",
              f"{'kernel':44s} {'kind':9s} {'calls':>5s} {'ms':>8s} {'share':>6s} {'GFLOP/s':>8s} {'GB/s':>7s} "
              f"{'of peak':>7s} {'x bound':>7s}"]
     for k in report["kernels"][:top]:
@@ -180,6 +198,12 @@ def format_table(report: dict, top: int = 25) -> str:
     if rest:
         lines.append(f"... {len(rest)} more kernels, {sum(k['ms'] for k in rest):.3f} ms")
     return "\n".join(lines)
+
+
+def _bandwidth_source(report: dict) -> str:
+    if not report.get("round_bandwidths_gb_s"):
+        return " (the profile's)"
+    return f" (a copy in each round, the highest; the cached profile's {report['profile_bandwidth_gb_s']:.1f})"
 
 
 def plot_roofline(report: dict, path: Path) -> None:
@@ -218,9 +242,17 @@ def report(fast, example_inputs: Any, *, out: str | Path | None = None, runs: in
            model: str = "") -> dict:
     """Time ``fast`` kernel by kernel (``rounds`` rounds of ``runs`` runs); write ``out/report.json`` and
     ``out/roofline.png`` when ``out`` is given."""
-    rows, plain = time_kernels(fast, example_inputs, runs=runs, rounds=rounds)
-    target = fast._compiled.target
-    result = build_report(rows, plain, load_profile(target, measured_here=True), target.key, model)
+    target = getattr(getattr(fast, "_compiled", None), "target", None)  # None: time_kernels says what is wrong
+    bandwidths: list[float] = []
+    here = target is not None and target.is_cpu and target.runs_here
+    buffers = (torch.empty(COPY_FLOATS), torch.empty(COPY_FLOATS)) if here else None
+
+    def measure_bandwidth() -> None:  # a GPU's memory is not the host's: its report keeps the profile's figure
+        if buffers is not None:
+            bandwidths.append(copy_bandwidth(target.cores, buffers=buffers))
+
+    rows, plain = time_kernels(fast, example_inputs, runs=runs, rounds=rounds, after_round=measure_bandwidth)
+    result = build_report(rows, plain, load_profile(target, measured_here=True), target.key, model, bandwidths)
     result.update(runs=runs, rounds=rounds)
     if out is not None:
         folder = Path(out)

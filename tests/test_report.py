@@ -106,3 +106,44 @@ def test_rounds_are_spread_in_time_and_the_plain_run_is_the_lowest_round(monkeyp
     rows, plain = convopt.report.time_kernels(fast, x, runs=2, rounds=3)
     assert plain == 0.2 and sleeps == [convopt.report.ROUND_GAP_SECONDS] * 2
     assert rows and all(r.seconds > 0 for r in rows)
+
+
+def test_the_bandwidth_roof_is_the_highest_copy_measured_in_the_rounds(monkeypatch):
+    """One copy after each round's runs; the bound of a kernel that only moves bytes follows the highest of
+    them, and the cached profile's figure is kept beside it."""
+    import convopt.report
+
+    x = torch.randn(1, 3, 8, 8)
+    fast = convopt.optimize(SmallNet().eval(), x, target="cpu")
+    measured = iter([40e9, 80e9, 60e9])
+    monkeypatch.setattr(convopt.report, "copy_bandwidth", lambda threads, buffers=None: next(measured))
+    result = report(fast, x, runs=2, rounds=3)
+    assert result["round_bandwidths_gb_s"] == [40.0, 80.0, 60.0] and result["bandwidth_gb_s"] == 80.0
+    assert result["profile_bandwidth_gb_s"] > 0
+    memory_bound = [k for k in result["kernels"] if k["bytes"] and k["bytes"] / 80e9 > k["flops"] / (result["peak_gflops"] * 1e9)]
+    assert memory_bound and all(abs(k["bound_ms"] - k["bytes"] / 80e9 * 1e3) < 1e-12 for k in memory_bound)
+    assert "a copy in each round" in format_table(result)
+
+
+def test_the_report_keeps_the_profile_bandwidth_without_measurements():
+    from convopt.cost.profile import MachineProfile
+    from convopt.report import KernelTime, build_report
+
+    profile = MachineProfile(cpu="x", cores=2, peak_flops=1e11, bandwidth=50e9, caches={}, target_key="k",
+                             fma_peak_flops=1e11)
+    rows = [KernelTime("copy", "op", 1, 1e-3, 0, 10 ** 7, ())]
+    result = build_report(rows, 1e-3, profile, "k")
+    assert result["bandwidth_gb_s"] == 50.0 and result["round_bandwidths_gb_s"] == []
+    assert result["kernels"][0]["bound_ms"] == pytest.approx(10 ** 7 / 50e9 * 1e3)
+    assert result["kernels"][0]["x_bound"] == pytest.approx(1e-3 / (10 ** 7 / 50e9))
+    assert "(the profile's)" in format_table(result)
+
+
+def test_time_kernels_calls_after_round_once_a_round():
+    import convopt.report
+
+    x = torch.randn(1, 3, 8, 8)
+    fast = convopt.optimize(SmallNet().eval(), x, target="cpu")
+    calls = []
+    convopt.report.time_kernels(fast, x, runs=1, rounds=3, after_round=lambda: calls.append(1))
+    assert calls == [1, 1, 1]

@@ -124,6 +124,21 @@ def _roof(target: Target) -> float:
     return fma_peak_flops(target) if target.is_cpu and target.runs_here else 0.0
 
 
+COPY_FLOATS = 32 * 1024 ** 2  # a 128 MiB copy: four times the largest L3 convopt has met (32 MB), so it streams memory
+
+
+def copy_bandwidth(threads: int, repeat: int = 5, buffers: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """Bytes/s of a 128 MiB copy (read and write counted) on ``threads`` threads, the fastest of ``repeat``;
+    ``buffers``: (source, destination) of ``COPY_FLOATS`` floats to reuse."""
+    src, dst = buffers or (torch.empty(COPY_FLOATS), torch.empty(COPY_FLOATS))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return 2 * src.numel() * 4 / _best_seconds(lambda: dst.copy_(src), repeat)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def measure_machine(target: Target) -> MachineProfile:
     """Peak FLOP/s from a 1024^3 fp32 GEMM, the FMA roof (cost/peak.py), bandwidth from a 128 MiB copy, on
     ``target.cores`` threads."""
@@ -132,12 +147,10 @@ def measure_machine(target: Target) -> MachineProfile:
     try:
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
         gemm = _best_seconds(lambda: torch.mm(a, b), 7)
-        src, dst = torch.empty(32 * 1024 ** 2), torch.empty(32 * 1024 ** 2)
-        copy = _best_seconds(lambda: dst.copy_(src), 5)
     finally:
         torch.set_num_threads(previous)
     return MachineProfile(cpu=cpu_name(), cores=target.cores, peak_flops=2 * 1024 ** 3 / gemm,
-                          bandwidth=2 * src.numel() * 4 / copy, caches=dict(target.caches),
+                          bandwidth=copy_bandwidth(target.cores), caches=dict(target.caches),
                           target_key=target.key, fma_peak_flops=_roof(target))
 
 
