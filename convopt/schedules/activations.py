@@ -14,7 +14,8 @@ bits and 2^f, |f| <= 1/2, from a degree-5 polynomial; its clamp of y to [-127, 1
 or +inf beyond float32's range, so sigmoid and silu saturate exactly (silu(-1e30) is -0, silu(1e30) is 1e30)
 and sigmoid stays in [0, 1] with no clamp on the output. These kernels are bound by the throughput of the
 FP pipes (the division is not the limit: SiLU with a multiply in its place is 4% faster), so the count of
-vector operations is the cost: 14 for SiLU this way, 16 as the odd rational x (1/2 + tanh(x / 2) / 2) with a
+vector operations is the cost, the multiplies and FMAs most (two of the four FP pipes): 14 for SiLU
+this way, 7 of them multiplies or FMAs, against 15 and 11 as the odd rational x (1/2 + tanh(x / 2) / 2) with a
 4/4 fit of tanh used until session 45 (clamp, x^2, two Horner chains, division, 1/2 + r, times x). Four
 independent SiLUs a 16-lane vector of L1-resident floats, one Zen 5 core: 1.85 ns an application the
 rational way, 1.52 this way (one SiLU a vector: 1.58, 1.53, and 1.63 with vrndscaleps and vcvttps2dq
