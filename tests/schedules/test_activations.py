@@ -88,19 +88,21 @@ def test_exp2_is_within_its_bound_and_saturates_exactly(lanes):
     assert np.isnan(_run(activations.exp2, np.array([np.nan, 1.0] * 8, np.float32), lanes)[0::2]).all()
 
 
-def test_exp2_is_exact_at_integers():
+@pytest.mark.parametrize("lanes", LANES)
+def test_exp2_is_exact_at_integers(lanes):
     """2^n comes from the exponent field alone (the polynomial is exactly 1 at 0)."""
     n = np.arange(-126, 128, dtype=np.float32)
-    got = _run(activations.exp2, np.resize(n, 256), 16)[:len(n)].astype(np.float64)
+    got = _run(activations.exp2, np.resize(n, 256), lanes)[:len(n)].astype(np.float64)
     assert (got == np.exp2(n.astype(np.float64))).all()
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("name", ["sigmoid", "silu", "gelu_tanh"])
-def test_exp2_gates_are_within_a_few_ulps(name):
+def test_exp2_gates_are_within_a_few_ulps(name, lanes):
     """Relative error at most 2.5e-7 (float32's ulp is 1.2e-7 relative at most) on every 97th float32 of
     [-20, 20] where the result is not tiny; PyTorch's own float32 kernels are at 1.0-1.4e-7 there."""
     x = np.concatenate([_float32s(-20.0, -1e-3)[::97], _float32s(1e-3, 20.0)[::97]])
-    got = _run(lambda v: activations.activate(v, name), x, 16).astype(np.float64)
+    got = _run(lambda v: activations.activate(v, name), x, lanes).astype(np.float64)
     want = TORCH_ACTIVATIONS[name](torch.from_numpy(x).double()).numpy()
     kept = np.abs(want) > 1e-3
     assert (np.abs(got - want)[kept] <= 2.5e-7 * np.abs(want[kept])).all()
