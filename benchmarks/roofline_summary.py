@@ -3,7 +3,7 @@ process): per model, the kernels timed, those above 2x their bound (max of FLOPs
 and bytes at the measured bandwidth) and their share of the run, and the worst few.
 
     python benchmarks/roofline_summary.py [--models resnet18,...] [--out benchmarks/results/roofline_summary.md]
-                                          [--peers benchmarks/results/compare_*.json ...]
+                                          [--peers benchmarks/results/compare_*.json ...] [--turns 3]
 
 The floor is the sum of the kernels' bounds: the run if every kernel ran at its bound. It is a floor for
 kernels that do the conv's own multiply-adds (direct, im2col, im2win, depthwise, GEMMs); Winograd does
@@ -13,6 +13,12 @@ fastest peer" below the floor can't be met by faster kernels, only by less work.
 
 VM builtins (allocation) have no bound and are left out; kernels under 10 us a run are listed but not
 counted (at that size the call itself, not the roofline, is the limit).
+
+Why turns (``--turns N``: every model's report N times, the models in rotation, merged by
+convopt.report.merge_reports: each kernel's lowest time, the highest bandwidth of all rounds): a neighbour's
+slow phase lasts minutes, longer than one report's rounds. In one afternoon on the Zen 5 (2 cores) the same
+summary said mobileone_s0 had 5 kernels above 2x their bound (its depthwise convs 4.0x and 5.5x), and
+`convopt report timm:mobileone_s0` ten minutes later put the same kernels at 1.1x and 1.3x.
 
 Why a process per model: in one process, after other models had run, convnext_atto's channel norms read
 0.151 and 0.062 ms (2.8x and 3.1x their bound) in two summaries, while `convopt report timm:convnext_atto`
@@ -28,6 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from convopt.report import merge_reports
+
 DEV_MODELS = ("resnet18", "resnet50", "repvgg_a0", "mobileone_s0", "mobilenetv2_100", "convnext_atto",
               "inception_next_atto", "efficientnet_b0")
 MIN_SECONDS = 10e-6
@@ -39,14 +47,21 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out")
     parser.add_argument("--peers", nargs="*", default=[], help="compare.py JSON results: the fastest peer per model")
+    parser.add_argument("--turns", type=int, default=1, help="reports per model, the models in rotation (default 1)")
     parser.add_argument("--target-ratio", type=float, default=0.80, help="of the fastest peer (default 0.80)")
     args = parser.parse_args()
     peers = fastest_peers(args.peers)
     lines = ["| model | run ms | floor ms | fastest peer ms | target ms | target / floor | kernels | above 2x bound "
              "| their share | worst (x bound, ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     cpu = target = ""
-    for name in args.models.split(","):
-        result = report_alone(f"timm:{name}", args.runs)
+    models = args.models.split(",")
+    turns: dict[str, list[dict]] = {name: [] for name in models}
+    for turn in range(max(1, args.turns)):
+        for name in models:
+            turns[name].append(report_alone(f"timm:{name}", args.runs))
+            print(f"turn {turn + 1}: {name} {turns[name][-1]['run_ms']:.2f} ms", flush=True)
+    for name in models:
+        result = merge_reports(turns[name])
         cpu, target = result["cpu"], result["target"]
         kernels = [k for k in result["kernels"] if k["kind"] != "builtin" and k["seconds"] >= MIN_SECONDS]
         slow = sorted((k for k in kernels if (k["x_bound"] or 0) > 2), key=lambda k: -k["seconds"])
@@ -63,7 +78,8 @@ def main() -> int:
                      f"| {share:.1%} | {worst} |")
         print(lines[-1], flush=True)
     text = (f"Kernels against their roofline bound, {target} ({cpu}); `python benchmarks/roofline_summary.py"
-            f"{' --peers ' + ' '.join(args.peers) if args.peers else ''}`; kernels under {MIN_SECONDS * 1e6:.0f} us "
+            f"{' --peers ' + ' '.join(args.peers) if args.peers else ''}"
+            f"{f' --turns {args.turns}' if args.turns > 1 else ''}`; kernels under {MIN_SECONDS * 1e6:.0f} us "
             f"a run and VM builtins not counted in the kernel columns; floor: the sum of every kernel's bound; "
             f"target: {args.target_ratio:.2f}x the fastest peer.\n\n" + "\n".join(lines) + "\n")
     print(text)

@@ -31,7 +31,11 @@ ran: the same rounds, the highest of them, as the kernels' times are the lowest 
 cached profile's figure is kept as ``profile_bandwidth_gb_s``). The FMA roof stays the profile's: it is
 register-resident and measured 527 GFLOP/s, the cores' nominal peak, whenever it was measured.
 
-and writes ``report.json`` and ``roofline.png`` (arithmetic intensity against achieved FLOP/s, a point per
+Phases can outlast a report's rounds too: ``merge_reports`` merges reports of one build run minutes apart (each
+in its own process, as benchmarks/roofline_summary.py --turns does) by the same rules, each kernel's lowest
+time and the highest bandwidth.
+
+``convopt report`` writes ``report.json`` and ``roofline.png`` (arithmetic intensity against achieved FLOP/s, a point per
 kernel coloured by lowering, the roofs from the profile).
 """
 
@@ -41,7 +45,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -165,23 +169,59 @@ def build_report(rows: list[KernelTime], plain_seconds: float, profile: MachineP
                  model: str = "", bandwidths: list[float] = ()) -> dict:
     """The report of ``rows`` against the roofline of ``profile``, its bandwidth the highest of ``bandwidths``
     (bytes/s measured in the timing rounds) where given."""
-    profile_bandwidth = profile.bandwidth
-    if bandwidths:
-        profile = replace(profile, bandwidth=max(bandwidths))
-    total = sum(r.seconds for r in rows)
-    kernels = []
-    for r in rows:
-        bound = r.bound(profile)
-        kernels.append({**asdict(r), "ms": r.seconds * 1e3, "share": r.seconds / total if total else 0.0,
-                        "gflops": r.flops / r.seconds / 1e9 if r.seconds else 0.0,
-                        "gbytes_per_s": r.bytes / r.seconds / 1e9 if r.seconds else 0.0,
-                        "of_peak": r.flops / r.seconds / profile.roof_flops if r.seconds else 0.0,
-                        "bound_ms": bound * 1e3, "x_bound": r.seconds / bound if bound else None})
-    return {"model": model, "target": target_key, "cpu": profile.cpu,
-            "peak_gflops": profile.roof_flops / 1e9, "gemm_gflops": profile.peak_flops / 1e9,
-            "bandwidth_gb_s": profile.bandwidth / 1e9, "profile_bandwidth_gb_s": profile_bandwidth / 1e9,
-            "round_bandwidths_gb_s": [b / 1e9 for b in bandwidths],
-            "run_ms": plain_seconds * 1e3, "instrumented_ms": total * 1e3, "kernels": kernels}
+    roof = {"peak_gflops": profile.roof_flops / 1e9, "gemm_gflops": profile.peak_flops / 1e9,
+            "bandwidth_gb_s": (max(bandwidths) if bandwidths else profile.bandwidth) / 1e9}
+    return {"model": model, "target": target_key, "cpu": profile.cpu, **roof,
+            "profile_bandwidth_gb_s": profile.bandwidth / 1e9, "round_bandwidths_gb_s": [b / 1e9 for b in bandwidths],
+            "run_ms": plain_seconds * 1e3, **_against_roofline([asdict(r) for r in rows], roof)}
+
+
+def _against_roofline(kernels: list[dict], roof: dict) -> dict:
+    """``instrumented_ms`` and the kernels (dicts of KernelTime's fields) with their share, rates and
+    distance to the roofline ``roof`` (peak_gflops, bandwidth_gb_s)."""
+    peak, bandwidth = roof["peak_gflops"] * 1e9, roof["bandwidth_gb_s"] * 1e9
+    total = sum(k["seconds"] for k in kernels)
+    entries = []
+    for k in kernels:
+        seconds = k["seconds"]
+        bound = max(k["flops"] / peak, k["bytes"] / bandwidth)
+        entries.append({**{f: k[f] for f in KERNEL_FIELDS}, "ms": seconds * 1e3,
+                        "share": seconds / total if total else 0.0,
+                        "gflops": k["flops"] / seconds / 1e9 if seconds else 0.0,
+                        "gbytes_per_s": k["bytes"] / seconds / 1e9 if seconds else 0.0,
+                        "of_peak": k["flops"] / seconds / peak if seconds else 0.0,
+                        "bound_ms": bound * 1e3, "x_bound": seconds / bound if bound else None})
+    return {"instrumented_ms": total * 1e3, "kernels": entries}
+
+
+KERNEL_FIELDS = tuple(KernelTime.__dataclass_fields__)
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several of the same build (``convopt report`` run in turns, each in its own process):
+    each kernel's lowest time, the plain run's lowest, the highest bandwidth measured in any of their rounds;
+    shares and bounds computed again from those. A neighbour's slow phase can outlast one report's rounds
+    (seconds) and not several reports minutes apart: the lowest is what a kernel takes on a quiet machine,
+    as within one report."""
+    if not reports:
+        raise ValueError("merge_reports needs at least one report")
+    first = reports[0]
+    names = [k["name"] for k in first["kernels"]]
+    for other in reports[1:]:
+        if (other["model"], other["target"]) != (first["model"], first["target"]) or \
+                sorted(k["name"] for k in other["kernels"]) != sorted(names):
+            raise ValueError(f"can't merge reports of different builds: {first['model']} on {first['target']} "
+                             f"against {other['model']} on {other['target']} (or other kernels)")
+    fastest = {}
+    for r in reports:
+        for k in r["kernels"]:
+            if k["name"] not in fastest or k["seconds"] < fastest[k["name"]]["seconds"]:
+                fastest[k["name"]] = k
+    rounds = [b for r in reports for b in r.get("round_bandwidths_gb_s") or [r["bandwidth_gb_s"]]]
+    roof = {"peak_gflops": first["peak_gflops"], "gemm_gflops": first["gemm_gflops"], "bandwidth_gb_s": max(rounds)}
+    kernels = sorted(fastest.values(), key=lambda k: -k["seconds"])
+    return {**first, **roof, "round_bandwidths_gb_s": rounds, "run_ms": min(r["run_ms"] for r in reports),
+            "reports": len(reports), **_against_roofline(kernels, roof)}
 
 
 def format_table(report: dict, top: int = 25) -> str:

@@ -147,3 +147,45 @@ def test_time_kernels_calls_after_round_once_a_round():
     calls = []
     convopt.report.time_kernels(fast, x, runs=1, rounds=3, after_round=lambda: calls.append(1))
     assert calls == [1, 1, 1]
+
+
+def _report_of(seconds: dict[str, float], bandwidths: list[float], run_ms: float) -> dict:
+    from convopt.cost.profile import MachineProfile
+    from convopt.report import KernelTime, build_report
+
+    profile = MachineProfile(cpu="x", cores=2, peak_flops=1e11, bandwidth=50e9, caches={}, target_key="k",
+                             fma_peak_flops=1e11)
+    rows = [KernelTime("conv", "direct", 1, seconds["conv"], 10 ** 8, 10 ** 6, ("conv2d",)),
+            KernelTime("copy", "op", 2, seconds["copy"], 0, 10 ** 7, ())]
+    return build_report(rows, run_ms / 1e3, profile, "k", "m", bandwidths)
+
+
+def test_merge_reports_takes_each_kernels_lowest_time_and_the_highest_bandwidth():
+    from convopt.report import merge_reports
+
+    slow_copy = _report_of({"conv": 1.0e-3, "copy": 0.8e-3}, [40e9, 45e9], run_ms=2.0)
+    slow_conv = _report_of({"conv": 1.5e-3, "copy": 0.3e-3}, [90e9, 60e9], run_ms=2.2)
+    merged = merge_reports([slow_copy, slow_conv])
+    by_name = {k["name"]: k for k in merged["kernels"]}
+    assert by_name["conv"]["seconds"] == 1.0e-3 and by_name["copy"]["seconds"] == 0.3e-3
+    assert merged["bandwidth_gb_s"] == 90.0 and merged["round_bandwidths_gb_s"] == [40.0, 45.0, 90.0, 60.0]
+    assert by_name["copy"]["bound_ms"] == pytest.approx(10 ** 7 / 90e9 * 1e3)  # the copy is memory-bound
+    assert by_name["copy"]["x_bound"] == pytest.approx(0.3e-3 / (10 ** 7 / 90e9))
+    assert by_name["conv"]["x_bound"] == pytest.approx(1.0e-3 / (10 ** 8 / 1e11))  # compute-bound: the FMA roof
+    assert by_name["conv"]["share"] == pytest.approx(1.0 / 1.3) and merged["instrumented_ms"] == pytest.approx(1.3)
+    assert merged["run_ms"] == 2.0 and merged["reports"] == 2
+    assert [k["name"] for k in merged["kernels"]] == ["conv", "copy"]  # the slowest first, as in a report
+    assert merge_reports([slow_copy])["kernels"] == slow_copy["kernels"]  # one report is itself
+
+
+def test_merge_reports_refuses_reports_of_different_builds():
+    from convopt.report import merge_reports
+
+    report = _report_of({"conv": 1e-3, "copy": 1e-3}, [50e9], run_ms=2.0)
+    other = {**report, "kernels": report["kernels"][:1]}
+    with pytest.raises(ValueError, match="different builds"):
+        merge_reports([report, other])
+    with pytest.raises(ValueError, match="different builds"):
+        merge_reports([report, {**report, "model": "other"}])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_reports([])
