@@ -4,9 +4,12 @@ channel blocks of 8 and 16, and over rows (layer_norm); their schedules are para
 import pytest
 import torch
 import tvm
+from tvm import tirx
+from tvm.script import tirx as T
 
 from convopt.ir.layout import to_blocked
 from convopt.numerics import relative_error
+from convopt.schedules.layer_norm import all_lanes_sum
 from convopt.schedules.layer_norm import channel_prim_func as prim_func
 
 from .conv_cases import host
@@ -26,7 +29,7 @@ def test_the_kernel_matches_pytorchs_layer_norm_over_channels(lanes, shape, bloc
     stored = to_blocked(x.numpy(), lanes) if blocked else x.numpy()
     func = prim_func(stored.shape, 1e-6)
     text = func.script()
-    assert "T.parallel" in text and "T.vectorized" in text
+    assert "T.parallel" in text and ("T.Shuffle" if blocked else "T.vectorized") in text
     run = tvm.compile(tvm.IRModule({"main": func}), target=host(lanes).tvm)["main"]
     out = tvm.runtime.empty(stored.shape, "float32", tvm.cpu())
     run(*(tvm.runtime.tensor(a) for a in (stored, gamma.numpy(), beta.numpy())), out)
@@ -68,3 +71,42 @@ def test_the_row_kernel_matches_pytorchs_layer_norm(rows, size):
     run(*(tvm.runtime.tensor(a.numpy()) for a in (x, gamma, beta)), out)
     expected = torch.nn.functional.layer_norm(x, (size,), gamma, beta, 1e-5)
     assert relative_error(torch.from_numpy(out.numpy()), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_all_lanes_sum_leaves_the_sum_in_every_lane(lanes):
+    ramp = tirx.Ramp(0, 1, lanes)
+
+    @T.prim_func(s_tir=False)
+    def summed(x: T.Buffer((3, lanes), "float32"), out: T.Buffer((3, lanes), "float32")):
+        for i in range(3):
+            out[i, ramp] = all_lanes_sum(x[i, ramp], lanes)
+
+    run = tvm.compile(tvm.IRModule({"main": summed}), target=host(lanes).tvm)["main"]
+    x = torch.arange(3 * lanes, dtype=torch.float32).reshape(3, lanes) ** 2
+    out = tvm.runtime.empty((3, lanes), "float32", tvm.cpu())
+    run(tvm.runtime.tensor(x.numpy()), out)
+    assert torch.equal(torch.from_numpy(out.numpy()), x.sum(1, keepdim=True).expand(3, lanes))
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("channels", ["one block", "whole blocks", "a padded block"])
+def test_the_blocked_kernel_sums_lanes_with_shuffles_not_gathers(lanes, channels):
+    count = {"one block": lanes, "whole blocks": 3 * lanes, "a padded block": 5 * lanes - 3}[channels]
+    blocks = -(-count // lanes)
+    text = prim_func((1, blocks, 4, 6, lanes), 1e-6, count).script()
+    steps = lanes.bit_length() - 1  # log2(lanes) shuffles for the mean, as many for the variance
+    assert text.count("T.Shuffle") == 2 * steps
+    assert "T.vectorized" not in text and "T.parallel(4)" in text  # whole vectors; parallel over the rows
+
+
+def test_the_blocked_kernel_refuses_channels_its_blocks_cannot_hold():
+    with pytest.raises(ValueError, match="not stored in 2 blocks of 16"):
+        prim_func((1, 2, 4, 4, 16), 1e-6, 12)
+
+
+def test_the_blocked_kernel_states_its_flops_for_the_report():
+    from convopt.backends.tvm_backend import kernel_table
+
+    func = prim_func((1, 3, 4, 6, 16), 1e-6, 40)
+    assert kernel_table(tvm.IRModule({"convopt_channel_norm": func}))["convopt_channel_norm"]["flops"] == 8 * 3 * 4 * 6 * 16
