@@ -65,9 +65,6 @@ class KernelTime:
     bytes: int  # per model run
     nodes: tuple[str, ...]  # IR nodes of a conv kernel
 
-    def bound(self, profile: MachineProfile) -> float:
-        return max(self.flops / profile.roof_flops, self.bytes / profile.bandwidth)
-
 
 # PyTorch's OpenMP workers keep spinning after an eager op (optimize()'s check runs the eager model) and take
 # cores from TVM's: on 2 cores mobilenetv2_100 ran 2.5x slower right after an eager run, still 1.35x slower

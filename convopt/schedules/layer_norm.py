@@ -100,7 +100,7 @@ def _blocked_prim_func(shape: tuple[int, ...], eps: float, channels: int) -> tir
                 mean = channel_sum(x, row, px)  # pad lanes are zeros: they add nothing
                 rstd = splat(1.0) / T.sqrt(channel_sum(x, row, px, mean) + splat(eps))
                 for cb in range(cb_):  # a padded block's gamma and beta are 0 there: its pad lanes stay 0
-                    out[row // h_, cb, row % h_, px, lanes] = (x[row // h_, cb, row % h_, px, lanes] - mean) * rstd * \
+                    out[row // h_, cb, row % h_, px, lanes] = (block(x, row, px, cb) - mean) * rstd * \
                         gamma[T.Ramp(cb * b_, 1, b_)] + beta[T.Ramp(cb * b_, 1, b_)]
 
     # TVM's estimate_tir_flops can't read a Let: 8 FLOPs a stored element (its add into the sum, its deviation
