@@ -11,15 +11,22 @@ accumulator; here the lanes are channels, whatever the map size. With L = the SI
 
 Wp is the weight [C, 1, KH, KW] packed once as [CB, KH, KW, L]. Schedule (x86): the conv runs
 parallel(n, cb, y) > x tile > ry > rx > unroll(x in tile) > vectorize(l), a register tile of
-``tiling.accumulators`` output columns, and the epilogue (bias, residual, activation, the store) per tile.
-Between blocked neighbours (passes/block_layout.py) the input arrives in the same blocks, so padding is a copy
-of whole vectors: it is done a band of output rows at a time (``tiling.band_rows``, up to 8: the parallel loop
-is over (n, cb, band)), into a buffer of the band's (rows - 1) x stride + KH input rows that stays in L1, and
-the output is stored as [N, C/L, OH, OW, L] vectors too. A whole padded copy of the map instead went to memory
-and back: 1.5-7x slower, and erratic (Zen 4: 192 channels @ 28 px 22-92 us against 21.6; 384 @ 14 12-71 us
-against 10.5). From NCHW the padding stage gathers each vector from L channel planes: one parallel pass
-over (n, cb, yp), before the conv (a band at a time was no faster there). Workspace: the padded input (NCHW),
-a band of it (blocked).
+``tiling.accumulators`` output columns, and the epilogue (bias, residual, activation, the store) per tile,
+unrolled over it when the output is blocked, so the accumulators stay in registers (as a loop it read them
+back from the stack). From NCHW the padding stage gathers each vector from L channel planes: one parallel pass
+over (n, cb, yp), before the conv (a band at a time was no faster there).
+
+Between blocked neighbours (passes/block_layout.py) the input arrives in the same blocks and nothing is
+staged: the padding stage is inlined into the taps, each load zero where it falls outside the input, with rx
+unrolled (and ry too when a tile is the whole row), so that for each unrolled tap and column the column's test
+is a constant and folds away; what remains is a test of the row, the same for the whole tile. The parallel loop
+is over (n, cb, band of ``tiling.band_rows`` output rows), the output stored as [N, C/L, OH, OW, L] vectors.
+Before session 47 the padding was a copy of whole vectors, a band of rows at a time into a buffer that stayed
+in L1 (a whole padded copy of the map, earlier still, went to memory and back: 1.5-7x slower, and erratic on
+Zen 4); without the copy, efficientnet_b0's and mobilenetv2_100's depthwise convs with SiLU run in 0.56-0.84x
+the time on Zen 5 (AVX-512), 0.64-0.94x as the AVX2 build (benchmarks/results/depthwise_inline_pad_s47_znver5.md;
+unrolling ry too when a row has several tiles was slower at 112 px: 24.5 against 18.9 us with ReLU).
+Workspace: the padded input (NCHW input); none (blocked input).
 """
 
 from __future__ import annotations
@@ -86,8 +93,10 @@ def schedule_cpu(sch, func_name, target) -> None:
     if func_name is not None:
         sch.work_on(func_name)
     pad = optional_block(sch, PAD_BLOCK, func_name)
-    banded = len(sch.get(pad).reads[0].region) == 5  # blocked input: pad a band of rows at a time
-    if not banded:
+    blocked_input = len(sch.get(pad).reads[0].region) == 5
+    if blocked_input:
+        sch.compute_inline(pad)  # each tap reads the input, zero where it falls in the padding
+    else:
         n, cb, yp, xp, lane = sch.get_loops(pad)
         sch.parallel(sch.fuse(n, cb, yp))
         sch.vectorize(lane)
@@ -98,13 +107,17 @@ def schedule_cpu(sch, func_name, target) -> None:
     width = loop_extent(sch, x)
     xt = tiling.pick_tile(width, tiling.accumulators(target.lanes))
     xo, xi = sch.split(x, [None, sample(sch, tiling.column_tiles(width, xt, target.lanes), xt)])  # tunable
-    if banded:
+    if blocked_input:
         height, tasks = loop_extent(sch, y), loop_extent(sch, n) * loop_extent(sch, cb)
         rows = tiling.band_rows(height, tasks, target.cores)
         candidates = sorted({rows} | {r for r in tiling.BAND_ROWS if r <= height})
         band, y = sch.split(y, [None, sample(sch, candidates, rows)])  # tunable
         sch.reorder(n, cb, band, y, xo, ry, rx, xi, lane)
         outer = sch.fuse(n, cb, band)
+        # unrolled taps: a column's padding test is a constant once its tap and column are, and folds away
+        sch.unroll(rx)
+        if xt == width:  # decided on the default tile, not the sampled one (a sample must not change a branch)
+            sch.unroll(ry)
     else:
         sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
         outer = sch.fuse(n, cb, y)
@@ -114,10 +127,9 @@ def schedule_cpu(sch, func_name, target) -> None:
     sch.decompose_reduction(acc, ry)
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
     if len(sch.get(out).iter_vars) == 5:  # a blocked output: whole vectors of the channel block
-        sch.vectorize(sch.get_loops(out)[-1])
-    if banded:
-        sch.compute_at(pad, outer, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(pad)[-1])
+        *_, column, lane = sch.get_loops(out)
+        sch.vectorize(lane)
+        sch.unroll(column)  # the accumulators stay in registers (a loop reads them back from the stack)
 
 
 LOWERING = Lowering("depthwise", supports, workspace_bytes, prepare_weight, compute, schedule_cpu,

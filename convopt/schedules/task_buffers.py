@@ -1,7 +1,7 @@
 """Scratch buffers of a parallel loop allocated once per thread instead of once per iteration (a TIR pass of
 convopt's build).
 
-A buffer a kernel allocates inside a parallel loop (depthwise's band of padded input rows, a fused block's
+A buffer a kernel allocates inside a parallel loop (a fused block's
 ring, an accumulator tile too large for registers) is lowered by TVM's ``LowerTVMBuiltin`` to a
 ``TVMBackendAllocWorkspace`` / ``TVMBackendFreeWorkspace`` pair around every iteration of that loop once it
 exceeds 1 KB: a thread-local pool lookup each time, ~0.2 us a pair. A depthwise conv at 14 px runs 32

@@ -284,9 +284,10 @@ BAND_ROWS = (8, 4, 2, 1)
 
 
 def band_rows(rows: int, tasks_per_row: int, cores: int) -> int:
-    """Output rows per band of a kernel that pads its input a band at a time (depthwise on blocked input):
-    the most of ``BAND_ROWS`` that still leaves 4 parallel tasks per core (``tasks_per_row`` bands side by side:
-    batch x channel blocks), so a band's padded rows are copied once for up to 8 output rows and stay in L1."""
+    """Output rows per parallel task of the depthwise kernel on blocked input: the most of ``BAND_ROWS`` that
+    still leaves 4 parallel tasks per core (``tasks_per_row`` bands side by side: batch x channel blocks). Until
+    session 47 the kernel copied a band's padded input rows into a buffer that stayed in L1, once for up to 8
+    output rows; now it reads the input in place, and the band is the work of one task."""
     for r in BAND_ROWS:
         if tasks_per_row * -(-rows // r) >= 4 * cores:
             return min(r, rows)

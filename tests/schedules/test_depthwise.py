@@ -1,15 +1,18 @@
 """The channel-blocked depthwise lowering (convopt.schedules.depthwise) against torch.nn.functional.conv2d."""
 
+import numpy as np
 import pytest
+import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convopt.schedules import depthwise, tiling
-from convopt.schedules.conv_spec import ConvSpec
+from convopt.schedules.conv_spec import OUTPUT_BLOCK, ConvSpec
+from convopt.schedules.kernel import scheduled_module
 from convopt.schedules.lowerings import lowering
 
 from .conv_cases import (CUDA, LANES, OTHER_ISAS, assert_workspace_is_what_is_allocated, compiles_for,
-                         error_against_torch, input_size)
+                         error_against_torch, host, input_size)
 
 NAME = "depthwise"
 
@@ -35,20 +38,43 @@ def test_matches_torch(spec, bias, residual, activation, lanes):
 @st.composite
 def blocked_specs(draw):
     """Depthwise convs between blocked neighbours (whole channel blocks): any height, so the last band of
-    rows is partial."""
+    rows is partial; rows of one column tile (taps unrolled in both directions) and of several (the rows'
+    taps a loop); padding up to the kernel's reach, dilated or not."""
     lanes = draw(st.sampled_from(LANES))
     c = lanes * draw(st.integers(1, 3))
     k = draw(st.sampled_from([1, 3, 5, 7]))
-    stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, k // 2))
-    h, w = draw(st.integers(k, 30)), draw(st.integers(k, 17))
-    return ConvSpec(draw(st.integers(1, 2)), c, h, w, c, (k, k), (stride, stride), (pad, pad), groups=c), lanes
+    d = draw(st.integers(1, 2))
+    stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, d * (k // 2)))
+    reach = d * (k - 1) + 1
+    h, w = draw(st.integers(reach, 30)), draw(st.integers(reach, 40))
+    return ConvSpec(draw(st.integers(1, 2)), c, h, w, c, (k, k), (stride, stride), (pad, pad), (d, d), groups=c), lanes
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=blocked_specs(), residual=st.booleans())
-def test_blocked_input_padded_a_band_at_a_time_matches_torch(case, residual):
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=blocked_specs(), residual=st.booleans(), activation=st.sampled_from(["relu6", "silu"]))
+def test_blocked_input_matches_torch(case, residual, activation):
     spec, lanes = case
-    assert error_against_torch(NAME, spec, True, residual, "relu6", lanes=lanes, blocked=True) < 1e-5
+    assert error_against_torch(NAME, spec, True, residual, activation, lanes=lanes, blocked=True) < 1e-5
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("width, taps_unrolled", [(7, ("ry", "rx")), (56, ("rx",))])
+def test_blocked_input_is_read_in_place_and_accumulated_in_registers(lanes, width, taps_unrolled):
+    """From blocked input nothing is staged: the padding is a test on each tap's load, folded away per
+    unrolled column; the kernel's only buffer is its accumulator tile, which the unrolled epilogue reads."""
+    spec = ConvSpec(1, 2 * lanes, width, width, 2 * lanes, (3, 3), padding=(1, 1), groups=2 * lanes)
+    w = np.zeros((spec.out_channels, 1, 3, 3), np.float32)
+    mod, _ = scheduled_module(NAME, spec, w, host(lanes), bias=True, activation="silu", in_block=lanes,
+                              out_block=lanes)
+    assert [b.name for b in mod["main"].body.block.alloc_buffers] == [depthwise.ACC_BLOCK]
+    sch = tvm.s_tir.Schedule(mod)
+
+    def unrolled(block):
+        return [sch.get(loop).loop_var.name for loop in sch.get_loops(sch.get_sblock(block))
+                if sch.get(loop).kind == tvm.tirx.ForKind.UNROLLED]
+
+    assert unrolled(depthwise.ACC_BLOCK + "_update") == [*taps_unrolled, "x_1"]  # the taps, the register tile
+    assert len(unrolled(OUTPUT_BLOCK)) == 1  # the epilogue over the tile
 
 
 @pytest.mark.parametrize("rows,tasks,cores,band", [

@@ -3,16 +3,14 @@ pass splits a loop, where it must not, and that the split kernels compute what t
 
 import numpy as np
 import pytest
-import torch
 import tvm
 import tvm.sym
 from tvm import te, tirx
 
-from convopt.schedules import prefetch, task_buffers
-from convopt.schedules.conv_spec import ConvSpec
-from convopt.schedules.kernel import scheduled_module
+from convopt.schedules import fused_block, prefetch, task_buffers
+from convopt.schedules.fused_block import InvertedResidual
 
-from .conv_cases import HOST, LANES, error_against_torch
+from .conv_cases import HOST, LANES
 
 
 def _scratch_kernel(rows: int, width: int):
@@ -136,19 +134,14 @@ def test_split_kernel_computes_the_same(rows, cores):
 
 
 @pytest.mark.parametrize("lanes", LANES)
-@pytest.mark.parametrize("spec", [ConvSpec(1, 64, 14, 14, 64, (3, 3), padding=(1, 1), groups=64),
-                                  ConvSpec(1, 48, 9, 11, 48, (5, 5), (2, 2), (2, 2), groups=48)],
-                         ids=["3x3", "5x5s2"])
-def test_depthwise_band_buffer_hoisted(spec, lanes):
-    """A blocked depthwise conv stages a band of input rows per (channel block, band) iteration: after the pass
-    its parallel loop has one iteration per core, each allocating the band once, and the conv equals torch's
-    (8- and 16-lane code on any host)."""
-    target = HOST.with_lanes(lanes)
-    weight = torch.randn(spec.out_channels, 1, *spec.kernel)
-    mod, _ = scheduled_module("depthwise", spec, weight.numpy(), target, bias=False, in_block=lanes,
-                              out_block=lanes)
+@pytest.mark.parametrize("bands", [2, 5])
+def test_fused_block_ring_hoisted(bands, lanes):
+    """The fused inverted residual kernel allocates its ring of expanded rows per (image, band) iteration:
+    after the pass its parallel loop has one iteration per core, each allocating the ring once (8- and
+    16-lane code on any host; the kernel's numbers: tests/schedules/test_fused_block.py)."""
+    block = InvertedResidual.of(16, 64, 16, 14, 14, 3)
+    mod = tvm.IRModule({"main": fused_block.prim_func(block, lanes, bands)})
     after = _hoisted(_host_function(mod, HOST.tvm))
     loops = _parallel_loops(after.body)
     assert loops and all(int(loop.extent) <= HOST.cores for loop, _ in loops)
-    assert any(isinstance(s, tirx.AllocBuffer) and s.buffer.name == "dw_blocked" for _, body in loops for s in body)
-    assert error_against_torch("depthwise", spec, False, False, "relu", lanes=lanes, blocked=True) < 1e-5
+    assert any(isinstance(s, tirx.AllocBuffer) and s.buffer.name == "ring" for _, body in loops for s in body)
