@@ -21,8 +21,11 @@ depthwise conv reads in a ring buffer [k, W + pl + pr, E'] (channels-last, so ev
 channels): its first row computes k rows, each next one only the s rows it adds (slot = row mod k), so an
 expanded row is computed once (a band's first k - s rows are also its upper neighbour's last: the only
 recomputation). Each output row's depthwise and projection go through one-row buffers, and the row is
-stored NCHW. Every stage runs as register tiles of ``fused_space.column_tile`` columns x channel vectors with
-its epilogue applied per tile. The ring is k (W + pl + pr) E' floats (131 KB for 96 channels at 112 px): it
+stored NCHW or in channel blocks; without a projection, into a blocked output, the depthwise epilogue stores
+the output itself (a copy of the row fewer). Every stage runs as register tiles of ``fused_space.column_tile``
+columns x channel vectors with its epilogue applied per tile; the depthwise conv's k x k taps are unrolled, so
+a ring vector is loaded once for the taps that read it (the expand + depthwise part of efficientnet_b0's blocks
+0.89-0.97x its time with both, Zen 5: benchmarks/results/depthwise_inline_pad_s47_znver5.md). The ring is k (W + pl + pr) E' floats (131 KB for 96 channels at 112 px): it
 stays in L2. The kernel that computed bands of th rows with ``compute_at`` recomputed each band's halo,
 15-120% of the expand's FLOPs; this one measured 1.1-1.9x faster on mobilenetv2_100's blocks.
 
@@ -249,6 +252,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
         raise ValueError(f"block of {block.expand.describe()}: {G} channel groups need no projection and at least "
                          f"as many expand channel tiles ({CG})")
     zero = tirx.const(0.0, F32)
+    stores_depthwise = out_block and not projects  # the depthwise epilogue stores the output itself
     cu, eu = tiling.reduction_unroll(C), tiling.reduction_unroll(Ep)  # the 1x1s' channels unrolled by a few
     x_shape, out_shape = io_shapes(block, lanes, in_block, out_block)
     if out_block and residual and O % lanes and not in_block:  # the pad lanes would add x's channels past C
@@ -307,18 +311,23 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                         for xi in T.unroll(dx):
                             for ci in T.vectorized(lanes):
                                 acc[xi, 0, ci] = zero
-                        for i, jj in T.grid(k, k):
-                            for xi in T.unroll(dx):
-                                for ci in T.vectorized(lanes):
-                                    if xo * dx + xi < OW:
-                                        acc[xi, 0, ci] = acc[xi, 0, ci] + ring[
-                                            (t * s + i) % k, (xo * dx + xi) * s + jj, co * lanes + ci
-                                        ] * w2[i, jj, co * lanes + ci]
+                        for i in T.unroll(k):  # taps unrolled: each ring vector loaded once for its taps
+                            for jj in T.unroll(k):
+                                for xi in T.unroll(dx):
+                                    for ci in T.vectorized(lanes):
+                                        if xo * dx + xi < OW:
+                                            acc[xi, 0, ci] = acc[xi, 0, ci] + ring[
+                                                (t * s + i) % k, (xo * dx + xi) * s + jj, co * lanes + ci
+                                            ] * w2[i, jj, co * lanes + ci]
                         for xi in T.unroll(dx):
                             for ci in T.vectorized(lanes):
                                 if xo * dx + xi < OW:
-                                    dw_row[xo * dx + xi, co * lanes + ci] = activate(
-                                        acc[xi, 0, ci] + b2[co * lanes + ci], a2)
+                                    if stores_depthwise:  # no projection: the group's channel blocks
+                                        out[nb // B, co, nb % B * th + t, xo * dx + xi, ci] = activate(
+                                            acc[xi, 0, ci] + b2[co * lanes + ci], a2)
+                                    else:
+                                        dw_row[xo * dx + xi, co * lanes + ci] = activate(
+                                            acc[xi, 0, ci] + b2[co * lanes + ci], a2)
                     if projects:
                         for xo, cg in T.grid(PXT, OV // ov):  # project 1x1
                             for xi in T.unroll(px):
@@ -356,11 +365,7 @@ def prim_func(block, lanes: int, bands: int = 1, *, in_block: bool = False, out_
                                             proj_row[xx, o] + b3[o] + load(x, nb // B, o, nb % B * th + t, xx), a3)
                                     else:
                                         out[nb // B, o, nb % B * th + t, xx] = activate(proj_row[xx, o] + b3[o], a3)
-                    elif out_block:  # the group's channel blocks
-                        for cb, xx in T.grid((hi - lo) * ev, OW):
-                            for ci in T.vectorized(lanes):
-                                out[nb // B, lo * ev + cb, nb % B * th + t, xx, ci] = dw_row[xx, (lo * ev + cb) * lanes + ci]
-                    else:
+                    elif not out_block:
                         for o in range((hi - lo) * ev * lanes):  # the group's channels
                             if lo * ev * lanes + o < O:
                                 for xx in T.vectorized(OW):
