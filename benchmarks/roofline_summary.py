@@ -49,16 +49,18 @@ def main() -> int:
     parser.add_argument("--peers", nargs="*", default=[], help="compare.py JSON results: the fastest peer per model")
     parser.add_argument("--turns", type=int, default=1, help="reports per model, the models in rotation (default 1)")
     parser.add_argument("--target-ratio", type=float, default=0.80, help="of the fastest peer (default 0.80)")
+    parser.add_argument("--untuned", action="store_true", help="every kernel's default schedule (convopt report "
+                                                              "--untuned): no tuning records")
     args = parser.parse_args()
     peers = fastest_peers(args.peers)
-    lines = ["| model | run ms | floor ms | fastest peer ms | target ms | target / floor | kernels | above 2x bound "
-             "| their share | worst (x bound, ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | run ms | floor ms | fastest peer ms | target ms | target / floor | kernels | tuned "
+             "| above 2x bound | their share | worst (x bound, ms) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     cpu = target = ""
     models = args.models.split(",")
     turns: dict[str, list[dict]] = {name: [] for name in models}
     for turn in range(max(1, args.turns)):
         for name in models:
-            turns[name].append(report_alone(f"timm:{name}", args.runs))
+            turns[name].append(report_alone(f"timm:{name}", args.runs, args.untuned))
             print(f"turn {turn + 1}: {name} {turns[name][-1]['run_ms']:.2f} ms", flush=True)
     for name in models:
         result = merge_reports(turns[name])
@@ -74,12 +76,15 @@ def main() -> int:
             vs = f"{peer[1]:.2f} ({peer[0]}) | {target_ms:.2f} | {target_ms / floor:.2f}"
         else:
             vs = "- | - | -"
-        lines.append(f"| {name} | {result['run_ms']:.2f} | {floor:.2f} | {vs} | {len(kernels)} | {len(slow)} "
-                     f"| {share:.1%} | {worst} |")
+        tuned = sum(k.get("schedule") == "tuned" for k in result["kernels"])
+        lines.append(f"| {name} | {result['run_ms']:.2f} | {floor:.2f} | {vs} | {len(kernels)} | {tuned} "
+                     f"| {len(slow)} | {share:.1%} | {worst} |")
         print(lines[-1], flush=True)
     text = (f"Kernels against their roofline bound, {target} ({cpu}); `python benchmarks/roofline_summary.py"
             f"{' --peers ' + ' '.join(args.peers) if args.peers else ''}"
-            f"{f' --turns {args.turns}' if args.turns > 1 else ''}`; kernels under {MIN_SECONDS * 1e6:.0f} us "
+            f"{f' --turns {args.turns}' if args.turns > 1 else ''}{' --untuned' if args.untuned else ''}`; "
+            f"{'untuned (every kernel its default schedule); ' if args.untuned else ''}"
+            f"tuned: convopt's kernels a tuning record scheduled; kernels under {MIN_SECONDS * 1e6:.0f} us "
             f"a run and VM builtins not counted in the kernel columns; floor: the sum of every kernel's bound; "
             f"target: {args.target_ratio:.2f}x the fastest peer.\n\n" + "\n".join(lines) + "\n")
     print(text)
@@ -88,11 +93,13 @@ def main() -> int:
     return 0
 
 
-def report_alone(model: str, runs: int) -> dict:
-    """report.json of `convopt report MODEL` (seed 0, 1x3x224x224) run in a process of its own."""
+def report_alone(model: str, runs: int, untuned: bool = False) -> dict:
+    """report.json of `convopt report MODEL` (seed 0, 1x3x224x224; ``untuned``: with --untuned) run in a process of
+    its own."""
     with tempfile.TemporaryDirectory() as folder:
         subprocess.run([sys.executable, "-c", "import sys; from convopt.cli import main; sys.exit(main())",
-                        "report", model, "--seed", "0", "--runs", str(runs), "--out", folder],
+                        "report", model, "--seed", "0", "--runs", str(runs), "--out", folder,
+                        *(["--untuned"] if untuned else [])],
                        check=True, stdout=subprocess.DEVNULL)
         return json.loads((Path(folder) / "report.json").read_text())
 

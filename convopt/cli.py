@@ -148,7 +148,7 @@ def _report(args) -> int:
 
     model, x = _prepare(args)
     fast = optimize(model, x, target=args.target, skip_passes=args.skip_pass, lowering=_lowering_arg(args),
-                    fuse_blocks=_fuse_blocks_arg(args))
+                    fuse_blocks=_fuse_blocks_arg(args), tuning_logs=False if args.untuned else None)
     result = report(fast, x, out=args.out, runs=args.runs, rounds=args.rounds, model=args.model)
     print(format_table(result, top=args.top))
     if args.out:
@@ -388,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="rounds of runs, spread over a few seconds; each kernel's lowest round median counts "
                           "(default 5)")
     rep.add_argument("--top", type=int, default=25, help="kernels in the table (default 25)")
+    rep.add_argument("--untuned", action="store_true",
+                     help="every kernel's default schedule: no tuning records or measured lowering times")
     rep.set_defaults(run=_report)
     for p in (dump, opt, tun, rep, pru):
         p.add_argument("--lowering", action="append", metavar="NAME|LAYER=NAME",

@@ -14,6 +14,9 @@ chain of other ops, a VM builtin) the report gives
                 peak (register-resident FMAs on all cores, cost/peak.py) and the bandwidth of a large copy
                 measured in each round, right after its runs (the highest of the rounds)
     x bound     ms / bound: how far the kernel is from the roofline (1 is on it)
+    schedule    how convopt's kernel was scheduled: "tuned" (a tuning record), "default" (records, none
+                faster), "untuned" (none, or ``convopt report --untuned``), "stale" (records of an older
+                default schedule: the default runs)
 
 Why rounds: this machine is shared, and a neighbour's phases (seconds long) slow memory-bound kernels much
 more than compute-bound ones: mobilenetv2's first depthwise conv (32 channels at 112 px) took 35 us in one
@@ -64,6 +67,9 @@ class KernelTime:
     flops: int  # per model run
     bytes: int  # per model run
     nodes: tuple[str, ...]  # IR nodes of a conv kernel
+    # convopt's kernels: how it was scheduled (tuning/apply.py: "tuned" by a record, "default", "untuned",
+    # "stale"); "" for TVM's kernels and builtins
+    schedule: str = ""
 
 
 # PyTorch's OpenMP workers keep spinning after an eager op (optimize()'s check runs the eager model) and take
@@ -154,11 +160,12 @@ def _aggregate(rounds: list[list[dict[str, list[float]]]], table: dict[str, dict
         calls = len(present[0][0][name])
         per_run = min(statistics.median(sum(run.get(name, ())) for run in samples) for samples in present)
         if info is None:
-            kind, flops, nbytes, nodes = "builtin", 0, 0, ()
+            kind, flops, nbytes, nodes, schedule = "builtin", 0, 0, (), ""
         else:
             kind = info["lowering"] or "op"
             flops, nbytes, nodes = info["flops"] * calls, info["bytes"] * calls, tuple(info["nodes"])
-        rows.append(KernelTime(name, kind, calls, per_run, flops, nbytes, nodes))
+            schedule = info.get("tuning", {}).get("status", "untuned" if info["lowering"] else "")
+        rows.append(KernelTime(name, kind, calls, per_run, flops, nbytes, nodes, schedule))
     return sorted(rows, key=lambda r: -r.seconds)
 
 
@@ -182,7 +189,8 @@ def _against_roofline(kernels: list[dict], roof: dict) -> dict:
     for k in kernels:
         seconds = k["seconds"]
         bound = max(k["flops"] / peak, k["bytes"] / bandwidth)
-        entries.append({**{f: k[f] for f in KERNEL_FIELDS}, "ms": seconds * 1e3,
+        # k.get: a report written before a field was added (merge_reports reads saved ones)
+        entries.append({**{f: k.get(f, "") for f in KERNEL_FIELDS}, "ms": seconds * 1e3,
                         "share": seconds / total if total else 0.0,
                         "gflops": k["flops"] / seconds / 1e9 if seconds else 0.0,
                         "gbytes_per_s": k["bytes"] / seconds / 1e9 if seconds else 0.0,
@@ -226,11 +234,12 @@ def format_table(report: dict, top: int = 25) -> str:
              f"target {report['target']}, {report['cpu']}, FMA peak {report['peak_gflops']:.0f} GFLOP/s, "
              f"bandwidth {report['bandwidth_gb_s']:.1f} GB/s{_bandwidth_source(report)}",
              f"{'kernel':44s} {'kind':9s} {'calls':>5s} {'ms':>8s} {'share':>6s} {'GFLOP/s':>8s} {'GB/s':>7s} "
-             f"{'of peak':>7s} {'x bound':>7s}"]
+             f"{'of peak':>7s} {'x bound':>7s} schedule"]
     for k in report["kernels"][:top]:
         x_bound = f"{k['x_bound']:7.1f}" if k["x_bound"] else "      -"
         lines.append(f"{k['name'][:44]:44s} {k['kind']:9s} {k['calls']:5d} {k['ms']:8.3f} {k['share']:6.1%} "
-                     f"{k['gflops']:8.1f} {k['gbytes_per_s']:7.1f} {k['of_peak']:7.1%} {x_bound}")
+                     f"{k['gflops']:8.1f} {k['gbytes_per_s']:7.1f} {k['of_peak']:7.1%} {x_bound} "
+                     f"{k.get('schedule', '')}".rstrip())
     rest = report["kernels"][top:]
     if rest:
         lines.append(f"... {len(rest)} more kernels, {sum(k['ms'] for k in rest):.3f} ms")

@@ -10,6 +10,7 @@ from torch import nn
 import convopt
 from convopt.cli import main
 from convopt.report import format_table, report
+from convopt.tuning.apply import STATUSES
 
 
 class SmallNet(nn.Module):
@@ -39,6 +40,8 @@ def test_report_times_every_kernel_and_writes_json_and_plot(tmp_path):
     assert [list(k["nodes"]) for k in result["kernels"] if k["kind"] == "dense"] == [["linear"]]
     assert abs(sum(k["share"] for k in kernels.values()) - 1) < 1e-9
     assert all(k["bound_ms"] > 0 and k["x_bound"] > 0 for k in convs)
+    assert {k["schedule"] for k in convs} <= set(STATUSES)  # how convopt's kernels were scheduled
+    assert all(k["schedule"] == "" for k in result["kernels"] if k["kind"] in ("op", "builtin"))
     assert result["target"] == fast.target and result["peak_gflops"] > 0
     assert json.loads((tmp_path / "report.json").read_text())["kernels"][0]["name"] == result["kernels"][0]["name"]
     assert (tmp_path / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -60,6 +63,10 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", f"{path}:build", "--input-shape", "1,3,12,12", "--runs", "2", "--rounds", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "GFLOP/s" in text and (out / "report.json").is_file() and (out / "roofline.png").is_file()
+    assert main(["report", f"{path}:build", "--input-shape", "1,3,12,12", "--runs", "2", "--rounds", "1", "--out",
+                 str(out), "--untuned"]) == 0
+    kernels = json.loads((out / "report.json").read_text())["kernels"]
+    assert {k["schedule"] for k in kernels if k["kind"] not in ("op", "builtin")} == {"untuned"}
 
 
 def test_timing_starts_after_a_warm_up_long_enough_for_other_pools_to_stop_spinning(monkeypatch):
