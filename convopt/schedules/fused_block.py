@@ -24,10 +24,11 @@ recomputation). Each output row's depthwise and projection go through one-row bu
 stored NCHW or in channel blocks; without a projection, into a blocked output, the depthwise epilogue stores
 the output itself (a copy of the row fewer). Every stage runs as register tiles of ``fused_space.column_tile``
 columns x channel vectors with its epilogue applied per tile; the depthwise conv's k x k taps are unrolled, so
-a ring vector is loaded once for the taps that read it (the expand + depthwise part of efficientnet_b0's blocks
-0.89-0.97x its time with both, Zen 5: benchmarks/results/depthwise_inline_pad_s47_znver5.md). The ring is k (W + pl + pr) E' floats (131 KB for 96 channels at 112 px): it
-stays in L2. The kernel that computed bands of th rows with ``compute_at`` recomputed each band's halo,
-15-120% of the expand's FLOPs; this one measured 1.1-1.9x faster on mobilenetv2_100's blocks.
+a ring vector is loaded once for the taps that read it (the expand + depthwise parts of efficientnet_b0's
+blocks 0.79-0.98x their time with both, Zen 5: benchmarks/results/depthwise_inline_pad_s47_znver5.md). The
+ring is k (W + pl + pr) E' floats (131 KB for 96 channels at 112 px): it stays in L2. The kernel that computed
+bands of th rows with ``compute_at`` recomputed each band's halo, 15-120% of the expand's FLOPs; this one
+measured 1.1-1.9x faster on mobilenetv2_100's blocks.
 
 The kernel is written out in TVMScript, not as a TE compute with a schedule: no TE schedule expresses the
 ring (``rolling_buffer`` makes the row loop opaque, and then the reduction can't be decomposed or

@@ -1,8 +1,8 @@
 """Scratch buffers of a parallel loop allocated once per thread instead of once per iteration (a TIR pass of
 convopt's build).
 
-A buffer a kernel allocates inside a parallel loop (a fused block's
-ring, an accumulator tile too large for registers) is lowered by TVM's ``LowerTVMBuiltin`` to a
+A buffer a kernel allocates inside a parallel loop (a fused block's ring, an accumulator tile too large for
+registers; depthwise's band of padded rows until session 47) is lowered by TVM's ``LowerTVMBuiltin`` to a
 ``TVMBackendAllocWorkspace`` / ``TVMBackendFreeWorkspace`` pair around every iteration of that loop once it
 exceeds 1 KB: a thread-local pool lookup each time, ~0.2 us a pair. A depthwise conv at 14 px runs 32
 iterations in 3.5 us, so the pairs were 5-10% of it, and in a perf profile of mobileone_s0 the pool's
