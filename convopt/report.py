@@ -48,7 +48,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -189,8 +189,7 @@ def _against_roofline(kernels: list[dict], roof: dict) -> dict:
     for k in kernels:
         seconds = k["seconds"]
         bound = max(k["flops"] / peak, k["bytes"] / bandwidth)
-        # k.get: a report written before a field was added (merge_reports reads saved ones)
-        entries.append({**{f: k.get(f, "") for f in KERNEL_FIELDS}, "ms": seconds * 1e3,
+        entries.append({**_kernel_fields(k), "ms": seconds * 1e3,
                         "share": seconds / total if total else 0.0,
                         "gflops": k["flops"] / seconds / 1e9 if seconds else 0.0,
                         "gbytes_per_s": k["bytes"] / seconds / 1e9 if seconds else 0.0,
@@ -199,7 +198,11 @@ def _against_roofline(kernels: list[dict], roof: dict) -> dict:
     return {"instrumented_ms": total * 1e3, "kernels": entries}
 
 
-KERNEL_FIELDS = tuple(KernelTime.__dataclass_fields__)
+def _kernel_fields(kernel: dict) -> dict:
+    """KernelTime's fields of ``kernel``; a field with a default may be missing (a report saved before it was
+    added, which merge_reports reads)."""
+    return {f.name: kernel[f.name] if f.default is MISSING else kernel.get(f.name, f.default)
+            for f in fields(KernelTime)}
 
 
 def merge_reports(reports: list[dict]) -> dict:

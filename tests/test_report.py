@@ -196,3 +196,14 @@ def test_merge_reports_refuses_reports_of_different_builds():
         merge_reports([report, {**report, "model": "other"}])
     with pytest.raises(ValueError, match="at least one"):
         merge_reports([])
+
+
+def test_merge_reports_reads_reports_saved_before_the_schedule_field_but_not_without_a_required_one():
+    from convopt.report import merge_reports
+
+    report = _report_of({"conv": 1e-3, "copy": 1e-3}, [50e9], run_ms=2.0)
+    old = {**report, "kernels": [{f: v for f, v in k.items() if f != "schedule"} for k in report["kernels"]]}
+    assert [k["schedule"] for k in merge_reports([old])["kernels"]] == ["", ""]
+    broken = {**report, "kernels": [{f: v for f, v in k.items() if f != "flops"} for k in report["kernels"]]}
+    with pytest.raises(KeyError, match="flops"):
+        merge_reports([broken])
