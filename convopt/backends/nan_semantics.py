@@ -2,8 +2,8 @@
 
     max(a, c)  =>  max(c, a)                           c a float literal (ReLU: max(x, 0) => max(0, x))
     min(a, c)  =>  min(c, a)
-    max(a, b)  =>  select(a < b, b, select(b < a, a, select(a <= b, b, a + b)))
-    min(a, b)  =>  select(b < a, b, select(a < b, a, select(a <= b, a, a + b)))
+    max(a, b)  =>  select(a < b, b, select(b <= a, a, a + b))
+    min(a, b)  =>  select(b < a, b, select(a <= b, a, a + b))
 
 TVM's LLVM code generator emits a float ``max(a, b)`` as ``select(a > b, a, b)`` (``min``: ``a < b``),
 which returns ``b`` whenever either is NaN: a NaN in ``b`` propagates, a NaN in ``a`` is dropped. A ReLU
@@ -12,9 +12,12 @@ written ``max(x, 0)`` turned NaN into 0, a clamp hid it, a max pool skipped NaN 
 see a model that has gone numerically wrong. With a literal (never NaN) the fix is to put it first: the
 same single instruction (x86 ``maxps`` is exactly ``select(a > b, a, b)``), and no operand is copied, so
 deeply nested activations (a clamp inside a fast tanh inside mish) stay the size they were. With two
-variable operands every comparison with a NaN is false, so a NaN falls through to ``a + b``, which is NaN
-when either is; the operands are repeated, so this form is meant for the loads of pools and elementwise
-maxima, where it is hidden by memory traffic (184 vs 182 us over 1M pairs, Zen 4).
+variable operands every comparison with a NaN is false, so a NaN falls through to ``a + b``, which is NaN when
+either is: two compares, two blends and an add (a third compare, ``a <= b`` after ``b < a``, was redundant;
+dropping it took a 3x3 max pool over 64 channel blocks at 112x112 from 68 to 46 us, Zen 5). The operands are
+repeated, so this form is meant for the loads of elementwise maxima, where it is hidden by memory traffic (184
+vs 182 us over 1M pairs, Zen 4). convopt's max pools don't rely on it: they reduce their windows with a plain
+max and detect NaN apart (schedules/pool.py).
 
 Not ``isnan``: TVM scalarizes it in vectorized loops (a vectorized ReLU6 over 1M floats: 1409 us with
 isnan guards, 99 us as written here), and its simplifier folds ``a == a`` to true.
@@ -44,7 +47,7 @@ def _max(a, b):
         return tirx.Max(b, a)
     if _literal(a):
         return tirx.Max(a, b)
-    return tirx.Select(a < b, b, tirx.Select(b < a, a, tirx.Select(a <= b, b, a + b)))
+    return tirx.Select(a < b, b, tirx.Select(b <= a, a, a + b))  # ordered: a compare decides; else NaN
 
 
 def _min(a, b):
@@ -52,7 +55,7 @@ def _min(a, b):
         return tirx.Min(b, a)
     if _literal(a):
         return tirx.Min(a, b)
-    return tirx.Select(b < a, b, tirx.Select(a < b, a, tirx.Select(a <= b, a, a + b)))
+    return tirx.Select(b < a, b, tirx.Select(a <= b, a, a + b))
 
 
 def _propagating(expr):

@@ -292,23 +292,29 @@ def _avg_pool(ctx, n: Node, x):
 
 
 def _max_pool(ctx, n: Node, x):
-    """On the CPU over NCHW, convopt's kernel (schedules/pool.py: TVM's pool gathers strided lanes behind a bounds
-    test per tap there); over channel blocks, or elsewhere, Relax's max_pool2d."""
+    """On the CPU, convopt's kernels (schedules/pool.py): over NCHW, TVM's pool gathers strided lanes behind a
+    bounds test per tap; over channel blocks, its NaN-propagating max made it compute bound. Relax's max_pool2d
+    for a window those refuse, or elsewhere."""
     a = n.attrs
-    if ctx.own_kernels and n.type.dtype == "f32" and not n.type.layout and n.type.rank == 4:
-        from ..schedules.pool import max_pool_prim_func
-
+    if ctx.own_kernels and n.type.dtype == "f32" and n.type.rank == 4:
         from tvm.s_tir.schedule import ScheduleError
 
+        from ..schedules import pool
+
         in_shape = ctx.graph.types[n.inputs[0]].shape
+        window = (a.kernel_size, a.stride, a.padding, a.dilation)
         try:
-            func = max_pool_prim_func(in_shape, n.type.shape, a.kernel_size, a.stride, a.padding, a.dilation, ctx.cpu)
+            if n.type.layout:
+                func = pool.blocked_max_pool_prim_func(in_shape, n.type.shape, block_of(n.type.layout), *window)
+            else:
+                func = pool.max_pool_prim_func(in_shape, n.type.shape, *window, ctx.cpu)
         except ScheduleError:  # a window the schedule's primitives refuse: TVM's pool, slower but right
-            pass
-        else:
+            func = None
+        if func is not None:
             func = func.without_attr("global_symbol").with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
             gvar = ctx.bb.add_func(func, "convopt_max_pool2d")  # equal shapes share one function
-            return relax.call_tir(gvar, [x[0]], struct_info(n.type))
+            stored = stored_shape(n.type.shape, n.type.layout)
+            return relax.call_tir(gvar, [x[0]], relax.TensorType(stored, "float32"))
     return relax.op.nn.max_pool2d(x[0], a.kernel_size, a.stride, a.padding * 2, a.dilation, a.ceil_mode,
                                   layout=_pool_layout(n))
 

@@ -1,6 +1,6 @@
-"""The NCHW max pool kernel against PyTorch's max_pool2d (windows, strides, padding, dilation, ceil mode, NaN and
--inf at the border) for 8 and 16 lanes; its schedule is parallel, vectorized, and tests no bound in the max; the
-backend runs it for NCHW pools only."""
+"""The max pool kernels, NCHW and channel-blocked, against PyTorch's max_pool2d (windows, strides, padding,
+dilation, ceil mode, NaN and -inf at the border) for 8 and 16 lanes; their schedules are parallel, vectorized, and
+test no bound in the max; the backend runs them, and Relax's pool for a dilated blocked window."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,8 @@ from torch import nn
 
 import convopt
 from convopt.backends.nan_semantics import PropagateNaN
-from convopt.schedules.pool import max_pool_prim_func
+from convopt.ir.layout import to_blocked
+from convopt.schedules.pool import blocked_max_pool_prim_func, max_pool_prim_func
 
 from ..conftest import rel_err
 from .conv_cases import host
@@ -59,7 +60,8 @@ def test_the_schedule_is_parallel_vectorized_and_the_max_tests_no_bound(lanes):
     assert "T.parallel" in text and "T.vectorized" in text
     update = text[text.index('T.sblock("pool_max_update")'):]
     assert "if_then_else" not in update  # the border is in the padded rows: the taps load unconditionally
-    assert "v_rw // 2 + v_ow" in update.replace(" ", "").replace("//", " // ").replace("+", " + ")  # contiguous in ow
+    # contiguous in ow (i3)
+    assert "v_rw // 2 + v_i3" in update.replace(" ", "").replace("//", " // ").replace("+", " + ")
 
 
 def test_a_whole_plane_per_task_when_it_fits_and_bands_when_not():
@@ -95,14 +97,65 @@ def test_an_nchw_pool_runs_convopts_kernel():
         assert rel_err(fast(x2), model(x2)) <= 1e-5
 
 
-def test_a_channel_blocked_pool_is_left_to_tvms_pool():
-    model = _Stem(64).eval()
+def _blocked_input(channels, height, width) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, height, width)
+    x[0, 0, 0, :] = float("-inf")  # a border row and column of -inf: a clamped tap must not invent a value
+    x[0, 0, :, 0] = float("-inf")
+    x[1, 1, height // 2, width // 2] = float("nan")
+    x[1, 0, 1, 1] = float("inf")  # inf is not NaN
+    return x
+
+
+def _unblocked(out: np.ndarray, channels: int) -> np.ndarray:
+    n, blocks, h, w, block = out.shape
+    return out.transpose(0, 1, 4, 2, 3).reshape(n, blocks * block, h, w)[:, :channels]
+
+
+BLOCKED_CASES = [case for case in CASES if case[6] == (1, 1)] + [
+    (19, 7, 7, (3, 3), (1, 1), (1, 1), (1, 1), False),  # channels not a whole number of blocks
+    (16, 6, 6, (6, 6), (1, 1), (0, 0), (1, 1), False),  # one window over the whole map
+]
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=lambda c: "x".join(map(str, c[:3])) + f"-k{c[3]}-s{c[4]}-p{c[5]}"
+                         + ("-ceil" if c[7] else ""))
+def test_the_blocked_kernel_equals_pytorchs_max_pool(block, case):
+    channels, height, width, kernel, stride, padding, dilation, ceil_mode = case
+    x = _blocked_input(channels, height, width)
+    expected = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+    func = blocked_max_pool_prim_func(tuple(x.shape), tuple(expected.shape), block, kernel, stride, padding, dilation)
+    stored = to_blocked(x.numpy(), block)
+    out = _run(func, stored, (*expected.shape[:1], stored.shape[1], *expected.shape[2:], block), block)
+    np.testing.assert_array_equal(_unblocked(out, channels), expected.numpy())
+    assert not out[:, -1, ..., channels % block or block:].any()  # the pad lanes stay zero
+
+
+def test_a_dilated_blocked_window_is_not_the_blocked_kernels():
+    assert blocked_max_pool_prim_func((1, 16, 12, 12), (1, 16, 4, 4), 16, (3, 3), (2, 2), (0, 0), (2, 2)) is None
+
+
+def test_the_blocked_schedule_unrolls_its_taps_and_tests_no_bound():
+    func = blocked_max_pool_prim_func((1, 64, 112, 112), (1, 64, 56, 56), 16, (3, 3), (2, 2), (1, 1), (1, 1))
+    text = func.script()
+    assert "T.parallel(224)" in text  # the rows of every channel block
+    assert text.count("T.unroll(3)") == 2 and "T.vectorized(16)" in text
+    assert "if_then_else" not in text and "T.max(T.min(v_i2 * 2 + v_rh - 1, 111), 0)" in text  # clamped (i2: oh)
+
+
+@pytest.mark.parametrize("dilation, kernel_name", [(1, "convopt_max_pool2d"), (2, None)])
+def test_a_channel_blocked_pool_runs_convopts_kernel_unless_dilated(dilation, kernel_name):
+    class Stem(_Stem):
+        def forward(self, x):
+            return self.head(F.max_pool2d(torch.relu(self.conv(x)), 3, 2, 1, dilation))
+
+    model = Stem(64).eval()
     x = torch.randn(1, 3, 64, 64)
     fast = convopt.optimize(model, x, strict=True, lowering="direct")  # direct convs exchange blocked tensors
     pool = next(n for n in fast.graph.nodes if n.op.value == "max_pool2d")
-    if not pool.type.layout:
-        pytest.skip("the layout pass kept this pool in NCHW")
-    assert not any(name.startswith("convopt_max_pool2d") for name in fast._compiled.kernels)
+    assert pool.type.layout
+    assert any(name.startswith("convopt_max_pool2d") for name in fast._compiled.kernels) == bool(kernel_name)
 
 
 def test_a_pool_the_schedule_refuses_falls_back_to_tvms_pool(monkeypatch):

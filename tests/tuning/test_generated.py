@@ -100,12 +100,13 @@ def test_a_cuda_job_without_a_gpu_here_asks_for_the_rpc_tracker():
 
 
 class Pools(nn.Module):
-    """A conv whose output goes through two pooling layers on a large map: TVM's kernels, not convopt's."""
+    """A conv whose output goes through two pooling layers on a large map: TVM's kernels, not convopt's (convopt's
+    blocked max pool takes no dilated window)."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
-        self.pools = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(3, 1, 1))
+        self.pools = nn.Sequential(nn.MaxPool2d(3, 1, 1, dilation=2), nn.AvgPool2d(3, 1, 1))
         self.head = nn.Conv2d(16, 8, 1)
 
     def forward(self, x):
