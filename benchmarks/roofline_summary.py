@@ -11,7 +11,8 @@ fewer and can beat it, so for a model whose 3x3 convs run Winograd it is not one
 benchmarks/compare.py on the same machine), the fastest peer per model beside it: a target such as "0.80x the
 fastest peer" below the floor can't be met by faster kernels, only by less work.
 
-VM builtins (allocation) have no bound and are left out; kernels under 10 us a run are listed but not
+With ``--out X.md`` every turn's report and the merged one go to X.json. VM builtins (allocation) have no bound
+and are left out; kernels under 10 us a run are listed but not
 counted (at that size the call itself, not the roofline, is the limit).
 
 Why turns (``--turns N``: every model's report N times, the models in rotation, merged by
@@ -54,7 +55,8 @@ def main() -> int:
     args = parser.parse_args()
     peers = fastest_peers(args.peers)
     lines = ["| model | run ms | floor ms | fastest peer ms | target ms | target / floor | kernels | tuned "
-             "| above 2x bound | their share | worst (x bound, ms) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| above 2x bound | in each turn | their share | worst (x bound, ms) | highest within 2x (x bound, ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     cpu = target = ""
     models = args.models.split(",")
     turns: dict[str, list[dict]] = {name: [] for name in models}
@@ -62,11 +64,15 @@ def main() -> int:
         for name in models:
             turns[name].append(report_alone(f"timm:{name}", args.runs, args.untuned))
             print(f"turn {turn + 1}: {name} {turns[name][-1]['run_ms']:.2f} ms", flush=True)
+    merged = {}
     for name in models:
-        result = merge_reports(turns[name])
+        result = merged[name] = merge_reports(turns[name])
         cpu, target = result["cpu"], result["target"]
-        kernels = [k for k in result["kernels"] if k["kind"] != "builtin" and k["seconds"] >= MIN_SECONDS]
+        kernels = counted(result)
         slow = sorted((k for k in kernels if (k["x_bound"] or 0) > 2), key=lambda k: -k["seconds"])
+        each_turn = "/".join(str(sum((k["x_bound"] or 0) > 2 for k in counted(r))) for r in turns[name])
+        within = max((k for k in kernels if (k["x_bound"] or 0) <= 2), key=lambda k: k["x_bound"] or 0, default=None)
+        highest = f"{within['name']} ({within['x_bound']:.2f}x, {within['ms']:.3f})" if within else "-"
         share = sum(k["share"] for k in slow)
         worst = ", ".join(f"{k['name']} ({k['x_bound']:.1f}x, {k['ms']:.3f})" for k in slow[:3]) or "-"
         floor = sum(k["bound_ms"] or 0.0 for k in result["kernels"] if k["kind"] != "builtin")
@@ -78,19 +84,28 @@ def main() -> int:
             vs = "- | - | -"
         tuned = sum(k.get("schedule") == "tuned" for k in result["kernels"])
         lines.append(f"| {name} | {result['run_ms']:.2f} | {floor:.2f} | {vs} | {len(kernels)} | {tuned} "
-                     f"| {len(slow)} | {share:.1%} | {worst} |")
+                     f"| {len(slow)} | {each_turn} | {share:.1%} | {worst} | {highest} |")
         print(lines[-1], flush=True)
     text = (f"Kernels against their roofline bound, {target} ({cpu}); `python benchmarks/roofline_summary.py"
             f"{' --peers ' + ' '.join(args.peers) if args.peers else ''}"
             f"{f' --turns {args.turns}' if args.turns > 1 else ''}{' --untuned' if args.untuned else ''}`; "
             f"{'untuned (every kernel its default schedule); ' if args.untuned else ''}"
             f"tuned: convopt's kernels a tuning record scheduled; kernels under {MIN_SECONDS * 1e6:.0f} us "
-            f"a run and VM builtins not counted in the kernel columns; floor: the sum of every kernel's bound; "
+            f"a run and VM builtins not counted in the kernel columns; in each turn: above 2x in each "
+            f"turn's report alone; floor: the sum of every kernel's bound; "
             f"target: {args.target_ratio:.2f}x the fastest peer.\n\n" + "\n".join(lines) + "\n")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+        # every turn's report and the merged one, for a later look at any kernel
+        Path(args.out).with_suffix(".json").write_text(json.dumps(
+            {name: {"merged": merged[name], "turns": turns[name]} for name in models}, indent=1))
     return 0
+
+
+def counted(report: dict) -> list[dict]:
+    """The kernels a summary counts: not VM builtins, at least ``MIN_SECONDS`` a run."""
+    return [k for k in report["kernels"] if k["kind"] != "builtin" and k["seconds"] >= MIN_SECONDS]
 
 
 def report_alone(model: str, runs: int, untuned: bool = False) -> dict:
@@ -107,8 +122,6 @@ def report_alone(model: str, runs: int, untuned: bool = False) -> dict:
 def fastest_peers(paths) -> dict[str, tuple[str, float]]:
     """model -> (peer, ms): the fastest contender not named convopt* in benchmarks/compare.py's JSON results
     (the lowest over the files given, which should come from this machine)."""
-    import json
-
     best: dict[str, tuple[str, float]] = {}
     for path in paths:
         for model, contenders in json.loads(Path(path).read_text())["results"].items():
