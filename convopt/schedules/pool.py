@@ -51,6 +51,7 @@ from .tiling import divisor_tile
 
 PADDED, PHASES, POOL, RESULT = "pool_padded", "pool_phases", "pool_max", "pool_result"
 _MAGNITUDE, _INF_BITS = 0x7FFFFFFF, 0x7F800000  # float32: |x| as int32; inf's, which only NaN exceeds
+_UNROLLED_TAPS = 64  # the most taps of a window unrolled (YOLO's SPP pools: 5x5, 9x9 and 13x13)
 
 
 def _max_and_magnitude(a, b):
@@ -192,8 +193,10 @@ def blocked_max_pool_prim_func(in_shape: tuple[int, ...], out_shape: tuple[int, 
     task = sch.fuse(n, cb, oh)
     sch.reorder(task, ow, rh, rw, lane)
     sch.parallel(task)
-    sch.unroll(rh)
-    sch.unroll(rw)
+    if kh * kw <= _UNROLLED_TAPS:
+        sch.unroll(rh)
+    if kw <= _UNROLLED_TAPS:  # (a window as large as a map, a global max, stays a loop)
+        sch.unroll(rw)
     sch.vectorize(lane)
     result = sch.get_sblock(RESULT)
     sch.reverse_compute_at(result, ow)  # one vector of max and magnitudes, in registers

@@ -115,6 +115,8 @@ def _unblocked(out: np.ndarray, channels: int) -> np.ndarray:
 BLOCKED_CASES = [case for case in CASES if case[6] == (1, 1)] + [
     (19, 7, 7, (3, 3), (1, 1), (1, 1), (1, 1), False),  # channels not a whole number of blocks
     (16, 6, 6, (6, 6), (1, 1), (0, 0), (1, 1), False),  # one window over the whole map
+    (8, 20, 70, (20, 70), (1, 1), (0, 0), (1, 1), False),  # a global max: its taps stay loops
+    (16, 13, 13, (13, 13), (1, 1), (6, 6), (1, 1), False),  # SPP's 13x13, stride 1: rows loop, columns unrolled
 ]
 
 
