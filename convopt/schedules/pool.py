@@ -47,6 +47,7 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
+from ..ir.layout import blocked_layout, stored_shape
 from .tiling import divisor_tile
 
 PADDED, PHASES, POOL, RESULT = "pool_padded", "pool_phases", "pool_max", "pool_result"
@@ -177,16 +178,16 @@ def blocked_max_pool_prim_func(in_shape: tuple[int, ...], out_shape: tuple[int, 
     if tuple(dilation) != (1, 1):
         return None
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n_, c_, h_, w_ = (int(d) for d in in_shape)
-    blocks = -(-c_ // block)
-    x = te.placeholder((n_, blocks, h_, w_, block), "float32", name="x")
+    layout = blocked_layout(block)
+    x = te.placeholder(stored_shape(tuple(int(d) for d in in_shape), layout), "float32", name="x")
+    h_, w_ = int(in_shape[2]), int(in_shape[3])
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
 
     def tap(n, cb, oh, ow, lane):
         return x[n, cb, tirx.max(tirx.min(oh * sh + rh - ph, h_ - 1), 0),
                  tirx.max(tirx.min(ow * sw + rw - pw, w_ - 1), 0), lane]
 
-    out = _nan_propagating_max((n_, blocks, int(out_shape[2]), int(out_shape[3]), block), tap, [rh, rw])
+    out = _nan_propagating_max(stored_shape(tuple(int(d) for d in out_shape), layout), tap, [rh, rw])
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, out]))
     pool = sch.get_sblock(POOL)
     n, cb, oh, ow, lane, rh, rw = sch.get_loops(pool)
