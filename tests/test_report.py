@@ -167,6 +167,42 @@ def _report_of(seconds: dict[str, float], bandwidths: list[float], run_ms: float
     return build_report(rows, run_ms / 1e3, profile, "k", "m", bandwidths)
 
 
+def test_rates_and_bounds_are_net_of_the_instruments_cost_a_call():
+    """The probe (a VM call that does nothing) measures the instrument's cost a call; each kernel's net time is
+    its time less that many times its calls, and its rates and x bound come from the net time."""
+    from convopt.cost.profile import MachineProfile
+    from convopt.report import INSTRUMENT_PROBE, KernelTime, build_report
+
+    profile = MachineProfile(cpu="x", cores=2, peak_flops=1e11, bandwidth=50e9, caches={}, target_key="k",
+                             fma_peak_flops=1e11)
+    rows = [KernelTime("copy", "op", 4, 10e-6, 0, 10 ** 5, ()),
+            KernelTime(INSTRUMENT_PROBE, "builtin", 10, 4e-6, 0, 0, ()),
+            KernelTime("tiny", "op", 1, 0.2e-6, 0, 10, ())]
+    result = build_report(rows, 12e-6, profile, "k")
+    by_name = {k["name"]: k for k in result["kernels"]}
+    assert result["call_overhead_us"] == pytest.approx(0.4) and result["instrumented_ms"] == pytest.approx(14.2e-3)
+    copy = by_name["copy"]
+    assert copy["ms"] == pytest.approx(10e-3) and copy["net_ms"] == pytest.approx(10e-3 - 4 * 0.4e-3)
+    assert copy["x_bound"] == pytest.approx((10e-6 - 4 * 0.4e-6) / (10 ** 5 / 50e9))
+    assert copy["gbytes_per_s"] == pytest.approx(10 ** 5 / (10e-6 - 4 * 0.4e-6) / 1e9)
+    assert by_name[INSTRUMENT_PROBE]["net_ms"] == pytest.approx(0.0, abs=1e-12)
+    assert by_name["tiny"]["net_ms"] == 0.0 and by_name["tiny"]["x_bound"] == 0.0  # within the instrument's cost
+    assert "0.40 us a call the instrument's" in format_table(result)
+    without = build_report(rows[:1], 10e-6, profile, "k")  # no probe: nothing to subtract
+    assert without["call_overhead_us"] == 0.0 and without["kernels"][0]["net_ms"] == pytest.approx(10e-3)
+
+
+def test_a_models_report_measures_the_instruments_cost_with_the_probe():
+    from convopt.report import INSTRUMENT_PROBE
+
+    x = torch.randn(1, 3, 20, 20)
+    result = report(convopt.optimize(SmallNet().eval(), x, target="cpu"), x, runs=3, rounds=2)
+    probe = next(k for k in result["kernels"] if k["name"] == INSTRUMENT_PROBE)  # KillAfterLastUse's calls
+    assert result["call_overhead_us"] == pytest.approx(probe["ms"] * 1e3 / probe["calls"])
+    assert 0 < result["call_overhead_us"] < 50
+    assert all(k["net_ms"] <= k["ms"] for k in result["kernels"])
+
+
 def test_merge_reports_takes_each_kernels_lowest_time_and_the_highest_bandwidth():
     from convopt.report import merge_reports
 
