@@ -16,9 +16,9 @@ chain of other ops, a VM builtin) the report gives
     x bound     net ms / bound: how far the kernel is from the roofline (1 is on it); net ms (``net_ms``) is ms
                 less the instrument's own cost a call (``call_overhead_us``: the median time of a VM call that
                 does nothing, ``INSTRUMENT_PROBE``, measured in the same runs) times the kernel's calls. GFLOP/s
-                and GB/s are per net second too. On Zen 5 (2 cores) the instrument costs 0.3-0.35 us a call, a
-                third of a one-pixel squeeze-excite conv's 1 us: efficientnet_b0's 2.32 ms instrumented against
-                2.13 plain, 0.19 ms over its ~410 calls (session 49)
+                and GB/s are per net second too. On Zen 5 (2 cores) the instrument costs 0.35-0.36 us a call, a
+                third of a one-pixel squeeze-excite conv's 1 us; efficientnet_b0's 358 calls add up to 2.51 ms
+                net against 2.42 plain and 2.64 instrumented (session 49)
     schedule    how convopt's kernel was scheduled: "tuned" (a tuning record), "default" (records, none
                 faster), "untuned" (none, or ``convopt report --untuned``), "stale" (records of an older
                 default schedule: the default runs)
