@@ -11,7 +11,9 @@ per vector rather than a gather; failing that, over an inner chunk of two vector
 loops fused. With relax's FastMathTransform, exp / erf / tanh are polynomials, so this vectorizes them
 too. A reduction whose innermost data-parallel loop is a whole number of vectors (pooling and spatial
 means of channel-blocked tensors, NCHW[lanes]c: that loop is the channel block) runs that loop
-vectorized inside the reduction loops. It is a dlight ScheduleRule, applied after dlight's CPU GEMV and
+vectorized inside the reduction loops, its epilogue (a mean's division) in the same parallel loop. A loop nest
+of fewer than ``MIN_PARALLEL_ITERATIONS`` iterations stays on one core: the thread pool's wake-up costs more than
+the second core saves. It is a dlight ScheduleRule, applied after dlight's CPU GEMV and
 reduction rules had their turn; ``VectorReduction`` vectorizes the functions whose reductions all
 allow it (those, and reductions over the innermost axes of NCHW tensors, rfactored into vectors), applied
 before dlight's reduction rule.
@@ -140,6 +142,19 @@ def _try_inline(sch, blocks):
     return blocks
 
 
+# a loop nest of fewer iterations than this runs on one core: waking the thread pool costs about 0.6 us a call
+# (Zen 5, a chain of tiny kernels; docs/targets.md), more than the second core saves on a few thousand
+# elementwise iterations (fold_channel_scale's scaling of a 32 x 16 weight: 1.9 us in parallel)
+MIN_PARALLEL_ITERATIONS = 4096
+
+
+def parallel(sch, loop, block_rv) -> None:
+    """``loop`` parallel unless the block's whole iteration domain (its reduction included) is below
+    ``MIN_PARALLEL_ITERATIONS``."""
+    if _domain(sch.get(block_rv)) >= MIN_PARALLEL_ITERATIONS:
+        sch.parallel(loop)
+
+
 class LaneRule(dlight.ScheduleRule):
     """A dlight rule for a target of ``lanes`` float32 SIMD lanes."""
 
@@ -231,13 +246,37 @@ class ParallelFallback(LaneRule):
         return True
 
     def _vectorize_blocked_reduction(self, sch, info, spatial) -> None:
-        """parallel(outer spatial) > reduction loops > vectorize(the channel block)."""
+        """parallel(outer spatial) > reduction loops > vectorize(the channel block), and the reduction's
+        epilogue (a mean's division) in the same parallel loop (``_epilogue_under``)."""
         reductions = [it.loop_rv for it in info.iters[len(spatial):]]
         inner = spatial[-1]
         sch.reorder(*reductions, inner)
-        sch.parallel(sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0])
+        outer = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
+        parallel(sch, outer, info.block_rv)
         sch.vectorize(inner)
+        placed = self._epilogue_under(sch, info.block_rv, outer)
         sch.decompose_reduction(info.block_rv, reductions[0])
+        return placed
+
+    def _epilogue_under(self, sch, reduction_rv, outer) -> list[str]:
+        """The reduction's one elementwise consumer (the division of a mean, a pool's average) computed under
+        the reduction's parallel loop, vectorized over its last loop where that is whole vectors: each task
+        divides what it summed. On its own the division was a second parallel loop, scalar: a second wake-up
+        of the thread pool in a kernel of a few microseconds (a global average pool of 512 x 7 x 7)."""
+        consumers = sch.get_consumers(reduction_rv)
+        if len(consumers) != 1:
+            return []
+        epilogue = consumers[0]
+        block = sch.get(epilogue)
+        if any(iv.iter_type != tvm.tirx.IterVar.DataPar for iv in block.iter_vars) or len(
+                sch.get_producers(epilogue)) != 1:
+            return []
+        sch.reverse_compute_at(epilogue, outer)
+        last = sch.get_loops(epilogue)[-1]
+        extent = sch.get(last).extent
+        if isinstance(extent, tvm.tirx.IntImm) and extent.value % self.lanes == 0:
+            sch.vectorize(last)
+        return [block.name_hint]
 
     def _rfactor_contiguous_reduction(self, sch, info, spatial) -> None:
         """parallel(spatial) > the reduction split into vectors: sum_r x[r] = sum_l (sum_j x[j L + l]), the inner
@@ -249,20 +288,20 @@ class ParallelFallback(LaneRule):
         partial = sch.rfactor(lane, factor_axis=rank)  # takes the loops; the sum of lanes gets new ones
         outer = sch.get_loops(partial)[:len(spatial)]
         outer = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        sch.parallel(outer)
+        parallel(sch, outer, partial)
         sch.reverse_compute_at(info.block_rv, outer)
         *_, step, lane = sch.get_loops(partial)
         sch.vectorize(lane)
         sch.decompose_reduction(partial, step)
 
-    def _schedule_reduction(self, sch, info, spatial) -> bool:
+    def _schedule_reduction(self, sch, info, spatial) -> list[str] | None:
+        """The names of the blocks placed with the reduction (its epilogue), or None if no schedule applies."""
         if self._is_blocked_reduction(sch, info):
-            self._vectorize_blocked_reduction(sch, info, spatial)
-        elif self._is_contiguous_reduction(sch, info):
+            return self._vectorize_blocked_reduction(sch, info, spatial)
+        if self._is_contiguous_reduction(sch, info):
             self._rfactor_contiguous_reduction(sch, info, spatial)
-        else:
-            return False
-        return True
+            return []
+        return None
 
     def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -271,8 +310,10 @@ class ParallelFallback(LaneRule):
         infos = _inline_spatial(sch, normalize_prim_func(sch))  # one pass over memory, not five
         if infos is None:
             return None
-        changed = False
+        changed, placed = False, set()
         for info in infos:
+            if sch.get(info.block_rv).name_hint in placed:  # an epilogue computed under its reduction's loop
+                continue
             spatial = []
             for it in info.iters:
                 if it.kind != "S":
@@ -281,13 +322,14 @@ class ParallelFallback(LaneRule):
             if not spatial:
                 continue
             elementwise = len(spatial) == len(info.iters)
-            if not elementwise and self._schedule_reduction(sch, info, spatial):
+            if not elementwise and (with_reduction := self._schedule_reduction(sch, info, spatial)) is not None:
+                placed.update(with_reduction)
                 changed = True
                 continue
             suffix = self._vector_suffix(sch, spatial) if elementwise else None
             if suffix is not None:
                 outer, inner = spatial[:-suffix], spatial[-suffix:]
-                sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+                parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], info.block_rv)
                 inner = sch.fuse(*inner) if len(inner) > 1 else inner[0]
                 sch.vectorize(sch.split(inner, [None, self.lanes])[1])
                 changed = True
@@ -299,7 +341,7 @@ class ParallelFallback(LaneRule):
                 # fused loop instead computed each lane's row and column by division: a gather (HGNetV2's stem
                 # pad: 376-392 us; shufflenet_v2's shuffle of 48 + 48 channels at 14x14: see _row_suffix)
                 outer, inner = spatial[:-rows], spatial[-rows:]
-                sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+                parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], info.block_rv)
                 if len(inner) > 1:
                     sch.fuse(*inner)
                 changed = True
@@ -310,10 +352,10 @@ class ParallelFallback(LaneRule):
                           and extent.value > v), None)
             if lanes is not None and len(spatial) == len(info.iters):  # elementwise: vectorize the tail
                 outer, inner = sch.split(fused, [None, lanes])
-                sch.parallel(outer)
+                parallel(sch, outer, info.block_rv)
                 sch.vectorize(inner)
             else:
-                sch.parallel(fused)
+                parallel(sch, fused, info.block_rv)
             changed = True
         return sch if changed else None
 

@@ -8,9 +8,19 @@ import tvm
 from tvm import relax
 
 from convopt.numerics import relative_error
+from convopt.schedules import cpu_fallback
 from convopt.schedules.cpu_fallback import ParallelFallback
 
 from .conv_cases import LANES, host
+
+SHIPPED_MIN_PARALLEL_ITERATIONS = cpu_fallback.MIN_PARALLEL_ITERATIONS
+
+
+@pytest.fixture(autouse=True)
+def every_loop_nest_parallel(monkeypatch):
+    """The schedules' structure on shapes small enough to read: every loop nest is shared among threads, as
+    one above the size threshold is (the threshold's own tests set it back)."""
+    monkeypatch.setattr(cpu_fallback, "MIN_PARALLEL_ITERATIONS", 1)
 
 
 def _run(op, shape, lanes, rule=None):
@@ -55,6 +65,30 @@ def test_blocked_spatial_mean_runs_the_channel_block_vectorized(lanes):
     text, out, data = _run(lambda x: relax.op.mean(x, [2, 3], keepdims=True), shape, lanes)
     assert "T.vectorized" in text
     assert torch.allclose(out, data.mean((2, 3), keepdim=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_a_blocked_mean_divides_in_the_parallel_loop_it_summed_in(lanes):
+    """A global average pool of a blocked tensor: one parallel loop over channel blocks, each summing its
+    block and dividing it, vectorized (before: a second parallel loop, scalar, for the division)."""
+    shape = (1, 6, 7, 7, lanes)
+    text, out, data = _run(lambda x: relax.op.nn.adaptive_avg_pool2d(x, (1, 1), layout=f"NCHW{lanes}c"),
+                           shape, lanes)
+    assert text.count("T.parallel") == 1
+    assert text.count("T.vectorized") == 3  # the sum's initialization, its update, the division
+    assert relative_error(out, data.double().mean((2, 3), keepdim=True)) < 1e-6
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_a_loop_nest_below_the_threshold_runs_on_one_core(monkeypatch, lanes):
+    """A multiply of 32 x 16 values (fold_channel_scale's scaling of a small weight) stays serial; one of
+    64 x 64 is shared among the threads."""
+    monkeypatch.setattr(cpu_fallback, "MIN_PARALLEL_ITERATIONS", SHIPPED_MIN_PARALLEL_ITERATIONS)
+    for shape, threads in (((32, 16), False), ((64, 64), True)):
+        assert (shape[0] * shape[1] >= SHIPPED_MIN_PARALLEL_ITERATIONS) == threads
+        text, out, data = _run(lambda x: relax.op.multiply(x, relax.const(3.0, "float32")), shape, lanes)
+        assert ("T.parallel" in text) == threads
+        assert torch.equal(out, data * 3.0)
 
 
 def test_a_reduction_over_the_innermost_axis_stays_scalar_and_correct():
