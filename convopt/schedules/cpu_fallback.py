@@ -143,8 +143,8 @@ def _try_inline(sch, blocks):
 
 
 # a loop nest of fewer iterations than this runs on one core: waking the thread pool costs about 0.6 us a call
-# (Zen 5, a chain of tiny kernels; docs/targets.md), more than the second core saves on a few thousand
-# elementwise iterations (fold_channel_scale's scaling of a 32 x 16 weight: 1.9 us in parallel)
+# (Zen 5, a chain of tiny kernels; docs/targets.md), more than a second core saves on a few thousand
+# elementwise iterations (fold_channel_scale's scaling of a small weight by a squeeze-excite gate)
 MIN_PARALLEL_ITERATIONS = 4096
 
 
@@ -245,7 +245,7 @@ class ParallelFallback(LaneRule):
                 return False
         return True
 
-    def _vectorize_blocked_reduction(self, sch, info, spatial) -> None:
+    def _vectorize_blocked_reduction(self, sch, info, spatial) -> list[str]:
         """parallel(outer spatial) > reduction loops > vectorize(the channel block), and the reduction's
         epilogue (a mean's division) in the same parallel loop (``_epilogue_under``)."""
         reductions = [it.loop_rv for it in info.iters[len(spatial):]]
