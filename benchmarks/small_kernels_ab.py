@@ -1,23 +1,23 @@
 """A/B of the default CPU schedule's handling of small kernels (schedules/cpu_fallback.py): "new" as shipped
 (a loop nest below ``MIN_PARALLEL_ITERATIONS`` runs on one core; a blocked mean divides in the loop that summed
 it) against "old" (every loop nest parallel; the division a loop of its own). Both builds of each model in this
-process, timed in alternating rounds (median of each round's calls, best round), so a slow phase of the shared
-machine hits both alike.
+process, timed in alternating rounds (convopt.cost.calibrate.measure_interleaved: a round is ``--seconds`` of calls
+of each build, the mean a call), so a slow phase of the shared machine hits both alike.
 
-    python benchmarks/small_kernels_ab.py --models efficientnet_b0,resnet18 --rounds 11 --calls 200
+    python benchmarks/small_kernels_ab.py --models efficientnet_b0,resnet18 --rounds 11
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import timm
 import torch
 
 import convopt
+from convopt.cost.calibrate import measure_interleaved, repeated
 from convopt.schedules import cpu_fallback
 
 
@@ -36,32 +36,20 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="efficientnet_b0,resnet18,convnext_atto,mobilenetv2_100")
     parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=0.4, help="of calls a round, each build (default 0.4)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     for name in args.models.split(","):
         torch.manual_seed(0)
         model, x = timm.create_model(name).eval(), torch.randn(1, 3, 224, 224)
-        builds = {v: build(model, x, v) for v in ("new", "old")}
-        best = {v: float("inf") for v in builds}
-        ratios = []
         with torch.no_grad():
-            for f in builds.values():
-                for _ in range(20):
-                    f(x)
-            for r in range(args.rounds):
-                medians = {}
-                for v in (("new", "old") if r % 2 == 0 else ("old", "new")):
-                    times = []
-                    for _ in range(args.calls):
-                        start = time.perf_counter()
-                        builds[v](x)
-                        times.append(time.perf_counter() - start)
-                    medians[v] = statistics.median(times)
-                    best[v] = min(best[v], medians[v])
-                ratios.append(medians["new"] / medians["old"])
-        print(f"{name}: new {best['new'] * 1e3:.3f} ms, old {best['old'] * 1e3:.3f} ms (best rounds); new / old "
-              f"by round: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")
+            runs = {v: repeated(lambda f=build(model, x, v): f(x), args.seconds) for v in ("new", "old")}
+            times = measure_interleaved({v: run for v, (run, _) in runs.items()}, rounds=args.rounds, warmup=1)
+        per_call = {v: [t / runs[v][1] for t in samples] for v, samples in times.items()}
+        ratios = [new / old for new, old in zip(per_call["new"], per_call["old"])]
+        print(f"{name}: new {min(per_call['new']) * 1e3:.3f} ms, old {min(per_call['old']) * 1e3:.3f} ms (best "
+              f"rounds); new / old by round: median {statistics.median(ratios):.3f}, "
+              f"range {min(ratios):.3f}-{max(ratios):.3f}")
     return 0
 
 
