@@ -1,10 +1,16 @@
-"""A/B of the default CPU schedule's handling of small kernels (schedules/cpu_fallback.py): "new" as shipped
-(a loop nest below ``MIN_PARALLEL_ITERATIONS`` runs on one core; a blocked mean divides in the loop that summed
-it) against "old" (every loop nest parallel; the division a loop of its own). Both builds of each model in this
-process, timed in alternating rounds (convopt.cost.calibrate.measure_interleaved: a round is ``--seconds`` of calls
-of each build, the mean a call), so a slow phase of the shared machine hits both alike.
+"""A/B of a change to convopt's small kernels, "new" as shipped against "old" without it (``--change``):
 
-    python benchmarks/small_kernels_ab.py --models efficientnet_b0,resnet18 --rounds 11
+- ``fallback``: the default CPU schedule (schedules/cpu_fallback.py): a loop nest below
+  ``MIN_PARALLEL_ITERATIONS`` runs on one core and a blocked mean divides in the loop that summed it; old: every
+  loop nest parallel, the division a loop of its own.
+- ``head``: the dense kernel computes a classifier head's global average pool and norm in its prologue
+  (backends/conv_kernels.py ``plan_prologues``); old: the pool, the norm and the dense a kernel each.
+
+Both builds of each model in this process, timed in alternating rounds (convopt.cost.calibrate.measure_interleaved:
+a round is ``--seconds`` of calls of each build, the mean a call), so a slow phase of the shared machine hits both
+alike.
+
+    python benchmarks/small_kernels_ab.py --change head --models efficientnet_b0,resnet18 --rounds 11
 """
 
 from __future__ import annotations
@@ -18,22 +24,28 @@ import torch
 
 import convopt
 from convopt.cost.calibrate import measure_interleaved, repeated
+from convopt.backends import conv_kernels
 from convopt.schedules import cpu_fallback
 
 
-def build(model, x, variant: str):
-    shipped = (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under)
-    if variant == "old":
+def build(model, x, variant: str, change: str):
+    shipped = (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
+               conv_kernels.plan_prologues)
+    if variant == "old" and change == "fallback":
         cpu_fallback.MIN_PARALLEL_ITERATIONS = 1
         cpu_fallback.ParallelFallback._epilogue_under = lambda self, sch, reduction, outer: []
+    if variant == "old" and change == "head":
+        conv_kernels.plan_prologues = lambda graph: {}
     try:
         return convopt.optimize(model, x)
     finally:
-        cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under = shipped
+        (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
+         conv_kernels.plan_prologues) = shipped
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--change", choices=("fallback", "head"), default="head")
     parser.add_argument("--models", default="efficientnet_b0,resnet18,convnext_atto,mobilenetv2_100")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--seconds", type=float, default=0.4, help="of calls a round, each build (default 0.4)")
@@ -43,7 +55,7 @@ def main() -> int:
         torch.manual_seed(0)
         model, x = timm.create_model(name).eval(), torch.randn(1, 3, 224, 224)
         with torch.no_grad():
-            runs = {v: repeated(lambda f=build(model, x, v): f(x), args.seconds) for v in ("new", "old")}
+            runs = {v: repeated(lambda f=build(model, x, v, args.change): f(x), args.seconds) for v in ("new", "old")}
             times = measure_interleaved({v: run for v, (run, _) in runs.items()}, rounds=args.rounds, warmup=1)
         per_call = {v: [t / runs[v][1] for t in samples] for v, samples in times.items()}
         ratios = [new / old for new, old in zip(per_call["new"], per_call["old"])]

@@ -13,7 +13,16 @@ each value on the way has a single reader:
 where act is any op of ``activations.ACTIVATION_OPS`` (relu, relu6, sigmoid, SiLU, GELU both ways, hardswish,
 hardsigmoid, and the opaque ``aten.leaky_relu``) on float32.
 
-The absorbed nodes are not emitted: their values are the kernel's output. Each kernel's PrimFunc is
+A linear node's dense kernel also absorbs what computes its input (``plan_prologues``), when each value on the
+way has a single reader:
+
+    adaptive_avg_pool2d(x, 1x1) or mean(x, (2, 3)) [-> channel_norm] -> reshape [N, K] -> linear
+    layer_norm over K -> linear
+
+with x channel-blocked: a classifier head's pool and norm (schedules/dense.py ``Prologue``).
+
+The absorbed nodes are not emitted: their values are the kernel's output (an epilogue's) or never exist (a
+prologue's). Each kernel's PrimFunc is
 scheduled by its lowering and marked opaque so Relax's FuseOps leaves it (and its schedule) alone; its
 attrs name the lowering (``convopt.lowering``), the IR nodes it computes (``convopt.nodes``) and the conv's
 direct FLOPs (``convopt.flops``), which ``convopt report`` shows.
@@ -80,6 +89,80 @@ def plan_epilogues(graph: Graph) -> dict[str, Epilogue]:
     return plans
 
 
+@dataclass(frozen=True)
+class Prologue:
+    """What a linear node's dense kernel computes from the value it reads (``source``) before the product."""
+
+    source: str
+    pool: bool
+    norm: str | None  # the layer_norm or channel_norm node absorbed
+    absorbed: tuple[str, ...]  # the pool, norm and reshape nodes: never emitted
+
+
+def plan_prologues(graph: Graph) -> dict[str, Prologue]:
+    """For each linear node that gets the dense kernel: the classifier head before it the kernel computes (a
+    global average pool of a channel-blocked map, a norm over the pooled features), where there is one."""
+    plans: dict[str, Prologue] = {}
+
+    def only_product(name: str, op: Op) -> Node | None:  # the node making ``name``, if ``op`` and read only once
+        node = graph.node_map.get(name)
+        return node if node is not None and node.op is op and graph.num_uses(name) == 1 else None
+
+    for n in graph.nodes:
+        if dense_weight(graph, n) is None or graph.types[n.inputs[0]].rank != 2:
+            continue
+        features = graph.types[n.inputs[0]].shape[1]
+        absorbed, norm, source = [], None, n.inputs[0]
+        layer_norm = only_product(source, Op.LAYER_NORM)
+        if layer_norm is not None and layer_norm.attrs.normalized_shape == (features,) and _constant_inputs(
+                graph, layer_norm) and not layer_norm.type.layout:
+            absorbed.append(layer_norm.name)
+            norm, source = layer_norm.name, layer_norm.inputs[0]
+        pool = _pooled_features(graph, source, only_product)
+        if pool is not None:
+            pool_nodes, pool_norm, pooled = pool
+            if pool_norm is not None and norm is not None:
+                pool = None  # two norms: the kernel takes one
+            else:
+                absorbed += pool_nodes
+                norm, source = norm or pool_norm, pooled
+        if pool is None and not absorbed:
+            continue
+        if pool is None and graph.types[source].rank != 2:
+            continue  # a norm alone, of a row the kernel reads as it is stored
+        plans[n.name] = Prologue(source, pool is not None, norm, tuple(absorbed))
+    return plans
+
+
+def _constant_inputs(graph: Graph, n: Node) -> bool:
+    return all(i is None or i in graph.constant_map for i in n.inputs[1:])
+
+
+def _pooled_features(graph: Graph, value: str, only_product) -> tuple[list[str], str | None, str] | None:
+    """(absorbed nodes, the channel_norm among them or None, the pooled channel-blocked map) when ``value`` [N, K]
+    is a global average pool of a blocked map (through a reshape of [N, K, 1, 1], and a channel_norm of it)."""
+    from ..passes.block_layout import is_spatial_mean
+
+    nodes: list[str] = []
+    norm = None
+    reshape = only_product(value, Op.RESHAPE)
+    if reshape is not None and graph.types[reshape.inputs[0]].shape == (*graph.types[value].shape, 1, 1):
+        nodes.append(reshape.name)
+        value = reshape.inputs[0]
+        channel_norm = only_product(value, Op.CHANNEL_NORM)
+        if channel_norm is not None and _constant_inputs(graph, channel_norm):
+            nodes.append(channel_norm.name)
+            norm, value = channel_norm.name, channel_norm.inputs[0]
+    pool = graph.node_map.get(value)
+    if pool is None or graph.num_uses(value) != 1:
+        return None
+    pools = (pool.op is Op.ADAPTIVE_AVG_POOL2D and tuple(pool.attrs.output_size) == (1, 1)) or (
+        is_spatial_mean(graph, pool) and (pool.attrs.keepdim == bool(nodes)))
+    if not pools or not block_of(graph.types[pool.inputs[0]].layout):
+        return None
+    return [*nodes, pool.name], norm, pool.inputs[0]
+
+
 @dataclass
 class KernelUse:
     """One PrimFunc of convopt's: its kind (a conv's lowering, or "dense"), its schedule, the FLOPs of one
@@ -105,21 +188,34 @@ def dense_weight(graph: Graph, n: Node) -> np.ndarray | None:
 
 
 def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, x: relax.Expr, plan: Epilogue, lanes: int,
-               kernels: dict[str, KernelUse]):
-    """Emit linear ``n`` (y = x W^T + b over the last axis) as the dense kernel on x viewed as [M, K]."""
+               kernels: dict[str, KernelUse], prologue: Prologue | None = None):
+    """Emit linear ``n`` (y = x W^T + b over the last axis) as the dense kernel on x viewed as [M, K]; with a
+    ``prologue``, x is the prologue's source (its pooled map as stored, or the normalized row)."""
     weight = dense_weight(graph, n)
     out_features, k = weight.shape
     x_shape = graph.types[n.inputs[0]].shape
     rows = int(np.prod(x_shape[:-1], dtype=np.int64))
-    bias = None
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
-        bias = relax.const(graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32))
-    x2d = bb.emit(relax.op.reshape(x, (rows, k)))
-    out = bb.emit_te(functools.partial(dense.compute, out_features=out_features, activation=plan.activation), x2d,
+    bias = _constant(graph, n.inputs[2] if len(n.inputs) > 2 else None)
+    flops = 2 * rows * k * out_features
+    kernel_prologue = None
+    if prologue is not None:
+        if prologue.norm is not None:
+            norm = graph.node_map[prologue.norm]
+            weight, bias = dense.fold_norm(weight, bias, *(_constant(graph, i) for i in norm.inputs[1:]))
+        kernel_prologue = dense.Prologue(prologue.pool, None if prologue.norm is None else norm.attrs.eps)
+        source = graph.types[prologue.source]
+        flops += int(np.prod(source.shape)) if prologue.pool else 0  # the pool's additions
+        if not prologue.pool:
+            x = bb.emit(relax.op.reshape(x, (rows, k)))
+    else:
+        x = bb.emit(relax.op.reshape(x, (rows, k)))
+    bias = None if bias is None else relax.const(bias.astype(np.float32))
+    out = bb.emit_te(functools.partial(dense.compute, out_features=out_features, activation=plan.activation,
+                                       prologue=kernel_prologue), x,
                      relax.const(dense.pack_weight(weight, lanes)), bias, primfunc_name_hint=f"convopt_dense_{n.name}")
     name = bb.lookup_binding(out).args[0].name_hint
-    kernels.setdefault(name, KernelUse("dense", dense.schedule_cpu, 2 * rows * k * out_features, [])).nodes.append(
-        n.name)
+    # (one node a call, as a conv's absorbed epilogue nodes: tuning weighs a kernel by its nodes)
+    kernels.setdefault(name, KernelUse("dense", dense.schedule_cpu, flops, [])).nodes.append(n.name)
     return bb.emit(relax.op.reshape(out, n.type.shape))
 
 

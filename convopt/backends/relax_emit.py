@@ -481,6 +481,8 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
     if own_kernels:
         plans, lanes = conv_kernels.plan_epilogues(graph), target.lanes
         absorbed = {name: conv for conv, plan in plans.items() for name in plan.absorbed}
+        prologues = conv_kernels.plan_prologues(graph)
+        never_computed = {name for plan in prologues.values() for name in plan.absorbed}
         # weights scaled per input channel (passes/fold_channel_scale.py): emit_conv scales the packed weight
         scaled_weights = {graph.node_map[conv].inputs[1] for conv in plans
                           if conv_kernels.scaled_weight(graph, graph.node_map[conv].inputs[1])}
@@ -509,7 +511,7 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
             for c in graph.constants:
                 env[c.name] = relax.const(c.data.detach().cpu().contiguous().numpy())
             for n in graph.nodes:
-                if own_kernels and n.name in scaled_weights:
+                if own_kernels and (n.name in scaled_weights or n.name in never_computed):
                     continue
                 if own_kernels and n.name in absorbed:
                     env[n.name] = env[absorbed[n.name]]  # computed by the conv kernel's epilogue
@@ -520,6 +522,9 @@ def emit(graph: Graph, target: Target | None = None, *, fallback: bool = False):
                     env[n.name] = conv_kernels.emit_fused_block_cuda(bb, graph, n, env, kernels)
                 elif own_kernels and n.op is Op.CONV2D and n.name in plans:  # reads either layout
                     env[n.name] = conv_kernels.emit_conv(bb, graph, n, env, plans[n.name], lanes, kernels)
+                elif own_kernels and n.name in prologues:
+                    env[n.name] = conv_kernels.emit_dense(bb, graph, n, env[prologues[n.name].source], plans[n.name],
+                                                          lanes, kernels, prologues[n.name])
                 elif own_kernels and n.name in plans:
                     env[n.name] = conv_kernels.emit_dense(bb, graph, n, operands(ctx, n, env)[0], plans[n.name],
                                                           lanes, kernels)

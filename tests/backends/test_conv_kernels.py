@@ -1,10 +1,14 @@
 """Which convs get convopt's kernel and what their epilogues absorb (structure), and that it is exact."""
 
+import pytest
 import torch
 from torch import nn
 
 import convopt
-from convopt.backends.conv_kernels import plan_epilogues
+from convopt.backends.conv_kernels import plan_epilogues, plan_prologues
+from convopt.backends.relax_emit import emit
+from convopt.ir.ops import Op
+from convopt.target import resolve_target
 from tests.conftest import rel_err
 
 
@@ -72,3 +76,74 @@ def test_activations_are_absorbed_and_exact():
     assert by_scope["leaky"] == "none" and by_scope["fc1"] == "gelu" and by_scope["fc2"] == "none"
     with torch.no_grad():
         assert rel_err(fast(x), model(x)) < 1e-5
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's norm over each pixel's channels (captured as channel_norm)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Head(nn.Module):
+    """conv -> global average pool [-> norm over the channels] -> flatten -> linear [-> act -> layer norm -> linear],
+    the heads of ResNet, ConvNeXt and InceptionNeXt."""
+
+    def __init__(self, c=32, norm=False, mlp=False, pool="adaptive", also_return_pooled=False):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1))
+        self.norm = LayerNorm2d(c) if norm else nn.Identity()
+        self.fc = nn.Linear(c, 40 if mlp else 10)
+        self.mlp = nn.Sequential(nn.GELU(), nn.LayerNorm(40), nn.Linear(40, 10)) if mlp else nn.Identity()
+        self.pool, self.also_return_pooled = pool, also_return_pooled
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        pooled = y.mean((2, 3), keepdim=True) if self.pool == "mean" else nn.functional.adaptive_avg_pool2d(y, 1)
+        out = self.mlp(self.fc(torch.flatten(self.norm(pooled), 1)))
+        return (out, pooled) if self.also_return_pooled else out
+
+
+def _prologues(model, x):
+    fast = convopt.optimize(model, x, target="cpu")
+    with torch.no_grad():
+        got, want = fast(x), model(x)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert rel_err(g, w) <= 1e-5
+    graph = fast.graph
+    return graph, {graph.node_map[name].scope: plan for name, plan in plan_prologues(graph).items()}
+
+
+@pytest.mark.parametrize("pool", ["adaptive", "mean"])
+def test_head_pool_is_the_dense_kernels_prologue(pool):
+    graph, plans = _prologues(Head(pool=pool).eval(), torch.randn(2, 3, 16, 15))
+    plan = plans["fc"]
+    assert plan.pool and plan.norm is None and graph.node_map[plan.source].op is Op.RELU
+    assert [graph.node_map[name].op for name in plan.absorbed] == [Op.RESHAPE, Op.ADAPTIVE_AVG_POOL2D if
+                                                                   pool == "adaptive" else Op.MEAN]
+    mod, kernels = emit(graph, resolve_target("cpu"))
+    dense_uses = [use for use in kernels.values() if use.kind == "dense"]
+    assert len(dense_uses) == 1 and dense_uses[0].nodes == [graph.nodes[-1].name]
+    assert not any("pool" in gv.name_hint for gv in mod.get_global_vars())  # the pool is never a kernel of its own
+
+
+def test_head_norms_are_the_dense_kernels_prologue():
+    graph, plans = _prologues(Head(norm=True, mlp=True).eval(), torch.randn(1, 3, 16, 16))
+    fc, fc2 = plans["fc"], plans["mlp.2"]
+    assert fc.pool and graph.node_map[fc.norm].op is Op.CHANNEL_NORM and len(fc.absorbed) == 3
+    assert not fc2.pool and graph.node_map[fc2.norm].op is Op.LAYER_NORM and fc2.absorbed == (fc2.norm,)
+
+
+def test_no_prologue_where_it_must_not_fire():
+    # the pooled value is read twice (also returned): the pool stays a kernel of its own
+    graph, plans = _prologues(Head(also_return_pooled=True).eval(), torch.randn(1, 3, 16, 16))
+    assert "fc" not in plans and any(n.type.layout for n in graph.nodes)
+    # the pool of the model's input, stored NCHW (no conv before it blocks it): not fused
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5)).eval()
+    _, plans = _prologues(model, torch.randn(1, 3, 8, 8))
+    assert not plans
+    # a pool to 2x2 is not a global pool
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.AvgPool2d(6),
+                          nn.Flatten(), nn.Linear(128, 5))
+    graph, plans = _prologues(model.eval(), torch.randn(1, 3, 16, 16))
+    assert not plans and any(n.type.layout for n in graph.nodes)  # (blocked: the rule, not the layout, declined)

@@ -61,3 +61,69 @@ def test_tiles(lanes):
 def test_compiles_for_both_isas(isa):
     asm = _build(4, 64, 48, True, OTHER_ISAS[isa]).mod.inspect_source("asm")
     assert ("zmm" in asm) == (isa == "avx512")
+
+
+def _build_with_prologue(x_shape, k, n, prologue, target):
+    packed_shape = dense.pack_weight(np.zeros((n, k), np.float32), target.lanes).shape
+    x, w, b = te.placeholder(x_shape, name="x"), te.placeholder(packed_shape, name="w"), te.placeholder((n,), name="b")
+    out = dense.compute(x, w, b, out_features=n, prologue=prologue)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([x, w, b, out])}))
+    dense.schedule_cpu(sch, "main", target)
+    return sch.mod
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("rows,k,n,hw,pool,eps", [
+    (1, 1280, 1000, (7, 7), True, None),   # a classifier head: global average pool -> linear
+    (1, 320, 40, (7, 7), True, 1e-6),      # ConvNeXt's head: pool -> norm over the channels -> linear
+    (2, 100, 24, (3, 5), True, 1e-5),      # two rows; 100 channels: the last block's pad lanes are not read
+    (3, 96, 50, None, False, 1e-6),        # InceptionNeXt's head: layer norm -> linear, no pool
+])
+def test_prologue_matches_torch(rows, k, n, hw, pool, eps, lanes):
+    """y = W norm(mean_hw x) + b, with the map stored in channel blocks of the lanes (as block_layout stores
+    it) and its pad lanes garbage (the kernel must read only the first k channels)."""
+    target = host(lanes)
+    blocks = -(-k // lanes)
+    x_shape = (rows, blocks, *hw, lanes) if pool else (rows, k)
+    stored = 10 * torch.randn(x_shape) + 3  # an offset: the norm's centring matters
+    w, b = torch.randn(n, k), torch.randn(n)
+    gamma, beta = torch.rand(k) + 0.5, torch.randn(k)
+    folded_w, folded_b = dense.fold_norm(w.numpy(), b.numpy(), gamma.numpy(), beta.numpy()) if eps else (w.numpy(), b.numpy())
+    lib = tvm.compile(_build_with_prologue(x_shape, k, n, dense.Prologue(pool, eps), target), target=target.tvm)
+    dev = tvm.cpu()
+    out = tvm.runtime.empty((rows, n), "float32", dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (stored.numpy(), dense.pack_weight(folded_w, lanes),
+                                                        folded_b)), out)
+    u = stored.double()
+    if pool:
+        u = u.permute(0, 1, 4, 2, 3).reshape(rows, blocks * lanes, *hw)[:, :k].mean((2, 3))
+    if eps:
+        u = torch.nn.functional.layer_norm(u, (k,), gamma.double(), beta.double(), eps)
+    expected = torch.nn.functional.linear(u, w.double(), b.double())
+    assert relative_error(torch.from_numpy(out.numpy()), expected) < 1e-5
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_prologue_runs_once_per_core(lanes):
+    """One parallel loop, over one task per core; the pool and the norm's sums inside it (each core computes
+    them for its own tiles: one thread-pool wake for the whole head), the pool vectorized over its channel block."""
+    target = host(lanes)
+    mod = _build_with_prologue((1, 320 // lanes, 7, 7, lanes), 320, 1000, dense.Prologue(True, 1e-6), target)
+    lines = mod.script().splitlines()
+    parallel = [i for i, line in enumerate(lines) if "T.parallel" in line]
+    assert len(parallel) == 1
+    extent = int(lines[parallel[0]].split("T.parallel(")[1].split(")")[0])
+    assert extent == min(target.cores, 63 // tiling.dense_tile(1, 63, lanes)[1])
+    indent = len(lines[parallel[0]]) - len(lines[parallel[0]].lstrip())
+    under_parallel = {line.split('T.sblock("')[1].split('"')[0] for line in lines[parallel[0]:]
+                      if 'T.sblock("' in line and len(line) - len(line.lstrip()) > indent}
+    assert any(f"T.vectorized({lanes})" in line for line in lines)
+    assert "dense_out" in under_parallel  # written per tile, inside the task
+
+
+def test_fold_norm():
+    w, b, gamma, beta = (np.random.default_rng(0).standard_normal(s).astype(np.float32) for s in ((5, 3), 5, 3, 3))
+    folded_w, folded_b = dense.fold_norm(w, b, gamma, beta)
+    u = np.random.default_rng(1).standard_normal(3)
+    np.testing.assert_allclose(folded_w @ u + folded_b, w @ (u * gamma + beta) + b, rtol=1e-5)
+    np.testing.assert_array_equal(dense.fold_norm(w, None, None, None)[1], np.zeros(5, np.float32))
