@@ -42,7 +42,7 @@ from ..ir.graph import Graph, Node
 from ..ir.ops import Op
 from ..schedules import dense
 from ..schedules.fused_space import Space
-from ..ir.layout import block_of, padded_channels
+from ..ir.layout import block_of, padded_channels, stored_shape
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import conv_spec_of, nchw, pad_to_blocks, scaled_weight
 from ..schedules.lowerings import lowering
@@ -158,7 +158,9 @@ def _pooled_features(graph: Graph, value: str, only_product) -> tuple[list[str],
         return None
     pools = (pool.op is Op.ADAPTIVE_AVG_POOL2D and tuple(pool.attrs.output_size) == (1, 1)) or (
         is_spatial_mean(graph, pool) and (pool.attrs.keepdim == bool(nodes)))
-    if not pools or not block_of(graph.types[pool.inputs[0]].layout):
+    pooled = graph.types[pool.inputs[0]]
+    if not pools or not block_of(pooled.layout) or 4 * int(np.prod(stored_shape(pooled.shape, pooled.layout))) > \
+            dense.MAX_POOLED_BYTES:
         return None
     return [*nodes, pool.name], norm, pool.inputs[0]
 

@@ -20,8 +20,9 @@ and shift are folded into W and b where the weight is packed):
     u[m, k]  = (p[m, k] - mean_k p) / sqrt(var_k p + eps)            (or p, without a norm)
     y[m, n]  = sum_k u[m, k] * Wp[n // L, k, n % L] + b[n]
 
-Each core computes all of u (the pool's input is 1 MB or less: 2048 channels at 7x7 x 4 bytes = 400 KB) and
-then its share of the tiles, so the kernel is one thread-pool wake where the pool, the norm and the product
+Each core computes all of u (so the pooled map is at most ``MAX_POOLED_BYTES``, which every core reads: 2048
+channels at 7x7 are 400 KB; a larger one keeps its pool kernel, which splits the reads) and then its share of
+the tiles, so the kernel is one thread-pool wake where the pool, the norm and the product
 were a kernel each, a few microseconds apiece and each further above its roofline bound than any larger
 kernel (benchmarks/results/roofline_summary_s50_untuned_turns_znver5.md).
 """
@@ -45,6 +46,7 @@ MEAN_BLOCK = "dense_norm_sum"
 VARIANCE_BLOCK = "dense_norm_squares"
 INPUT_BLOCK = "dense_input"
 PROLOGUE_BLOCKS = (POOL_BLOCK, MEAN_BLOCK, VARIANCE_BLOCK, INPUT_BLOCK)
+MAX_POOLED_BYTES = 1 << 20  # the largest map a prologue pools: each core reads all of it (an L2's worth)
 
 
 @dataclass(frozen=True)

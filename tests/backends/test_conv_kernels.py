@@ -142,6 +142,11 @@ def test_no_prologue_where_it_must_not_fire():
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5)).eval()
     _, plans = _prologues(model, torch.randn(1, 3, 8, 8))
     assert not plans
+    # a map larger than every core should read (each core pools all of it): its pool stays a kernel of its own
+    graph, plans = _prologues(Head(c=64).eval(), torch.randn(1, 3, 64, 64))  # 64 x 64 x 64 x 4 bytes = 1 MB
+    assert "fc" in plans
+    graph, plans = _prologues(Head(c=64).eval(), torch.randn(1, 3, 65, 64))
+    assert "fc" not in plans and any(n.type.layout for n in graph.nodes)
     # a pool to 2x2 is not a global pool
     model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.AvgPool2d(6),
                           nn.Flatten(), nn.Linear(128, 5))
