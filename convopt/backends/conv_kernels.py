@@ -199,18 +199,15 @@ def emit_dense(bb: relax.BlockBuilder, graph: Graph, n: Node, x: relax.Expr, pla
     rows = int(np.prod(x_shape[:-1], dtype=np.int64))
     bias = _constant(graph, n.inputs[2] if len(n.inputs) > 2 else None)
     flops = 2 * rows * k * out_features
-    kernel_prologue = None
-    if prologue is not None:
-        if prologue.norm is not None:
-            norm = graph.node_map[prologue.norm]
-            weight, bias = dense.fold_norm(weight, bias, *(_constant(graph, i) for i in norm.inputs[1:]))
-        kernel_prologue = dense.Prologue(prologue.pool, None if prologue.norm is None else norm.attrs.eps)
-        source = graph.types[prologue.source]
-        flops += int(np.prod(source.shape)) if prologue.pool else 0  # the pool's additions
-        if not prologue.pool:
-            x = bb.emit(relax.op.reshape(x, (rows, k)))
+    pools = prologue is not None and prologue.pool
+    if pools:  # x is the blocked map itself
+        flops += int(np.prod(graph.types[prologue.source].shape))  # the pool's additions
     else:
         x = bb.emit(relax.op.reshape(x, (rows, k)))
+    norm = graph.node_map[prologue.norm] if prologue is not None and prologue.norm is not None else None
+    if norm is not None:
+        weight, bias = dense.fold_norm(weight, bias, *(_constant(graph, i) for i in norm.inputs[1:]))
+    kernel_prologue = None if prologue is None else dense.Prologue(pools, None if norm is None else norm.attrs.eps)
     bias = None if bias is None else relax.const(bias.astype(np.float32))
     out = bb.emit_te(functools.partial(dense.compute, out_features=out_features, activation=plan.activation,
                                        prologue=kernel_prologue), x,
