@@ -5,6 +5,8 @@
   loop nest parallel, the division a loop of its own.
 - ``head``: the dense kernel computes a classifier head's global average pool and norm in its prologue
   (backends/conv_kernels.py ``plan_prologues``); old: the pool, the norm and the dense a kernel each.
+- ``se``: a squeeze-excite is one kernel (schedules/squeeze_excite.py), which also scales the weight of the conv
+  its gate was folded into; old: the mean, two gemv convs and the multiply (or the weight's scaling) a kernel each.
 
 Both builds of each model in this process, timed in alternating rounds (convopt.cost.calibrate.measure_interleaved:
 a round is ``--seconds`` of calls of each build, the mean a call), so a slow phase of the shared machine hits both
@@ -25,27 +27,30 @@ import torch
 import convopt
 from convopt.cost.calibrate import measure_interleaved, repeated
 from convopt.backends import conv_kernels
+from convopt.passes import fuse_blocks
 from convopt.schedules import cpu_fallback
 
 
 def build(model, x, variant: str, change: str):
     shipped = (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
-               conv_kernels.plan_prologues)
+               conv_kernels.plan_prologues, fuse_blocks._squeeze_excites)
     if variant == "old" and change == "fallback":
         cpu_fallback.MIN_PARALLEL_ITERATIONS = 1
         cpu_fallback.ParallelFallback._epilogue_under = lambda self, sch, reduction, outer: []
     if variant == "old" and change == "head":
         conv_kernels.plan_prologues = lambda graph: {}
+    if variant == "old" and change == "se":
+        fuse_blocks._squeeze_excites = lambda graph, taken: []
     try:
         return convopt.optimize(model, x)
     finally:
         (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
-         conv_kernels.plan_prologues) = shipped
+         conv_kernels.plan_prologues, fuse_blocks._squeeze_excites) = shipped
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--change", choices=("fallback", "head"), default="head")
+    parser.add_argument("--change", choices=("fallback", "head", "se"), default="head")
     parser.add_argument("--models", default="efficientnet_b0,resnet18,convnext_atto,mobilenetv2_100")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--seconds", type=float, default=0.4, help="of calls a round, each build (default 0.4)")

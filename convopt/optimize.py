@@ -158,11 +158,14 @@ class OptimizedModule(nn.Module):
             for node in row["nodes"]:
                 where[node] = f"kernel {kernel}" + (f" ({detail})" if detail else "")
         if where and getattr(self._compiled, "kernels", None):
-            from .backends.conv_kernels import plan_epilogues
+            from .backends.conv_kernels import gated_weight_reader, plan_epilogues
 
             for conv, plan in plan_epilogues(self.graph).items():
                 for node in plan.absorbed:
                     where[node] = f"kernel: epilogue of %{conv}"
+            for n in self.graph.nodes:  # a conv weight's scaling by a squeeze-excite gate: in the block's kernel
+                if n.op is Op.FUSED_BLOCK and (conv := gated_weight_reader(self.graph, n.name)) is not None:
+                    where[self.graph.node_map[conv].inputs[1]] = f"kernel: epilogue of %{n.name}"
         for node in self.fallbacks:
             where[node] = "PyTorch fallback (no TVM lowering)"
         return where

@@ -224,22 +224,11 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     weight scaled per input channel at run time (``scaled_weight``) is packed once and scaled in its packed
     layout before each call."""
     scaled = scaled_weight(graph, n.inputs[1])
-    weight = graph.constant_map[scaled[0] if scaled else n.inputs[1]].data.detach().cpu().numpy().astype(np.float32)
-    bias = None
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
-        bias = graph.constant_map[n.inputs[2]].data.detach().cpu().numpy().astype(np.float32)
+    logical, spec, low, arrays, bias = packed_conv(graph, n, lanes)
     out_block = block_of(n.type.layout)
-    # a side stored in padded channel blocks: the kernel computes the conv over whole blocks (pad lanes zero)
-    logical = conv_spec_of(graph, n)
-    spec, weight, bias = pad_to_blocks(logical, weight, bias, block_of(graph.types[n.inputs[0]].layout), out_block)
-    low = lowering(n.attrs.lowering or "direct")
-    reason = low.supports(spec)
-    if reason is not None:
-        raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
-    arrays = low.prepared(weight, spec, lanes)
-    if scaled:
-        if low.weight_channel_axis is None or len(arrays) != 1:
-            raise ValueError(f"node %{n.name}: lowering {low.name} can't scale its packed weight per input channel")
+    if scaled and gated_weight_reader(graph, scaled[1]) == n.name:  # the squeeze-excite's kernel scaled it
+        prepared = [env[scaled[1]]]
+    elif scaled:
         gate = graph.types[scaled[1]]
         stored = padded_channels(spec.in_channels, block_of(gate.layout) or 1)  # one pixel: C, or whole blocks
         prepared = [_scale_along(bb, arrays[0], env[scaled[1]], stored, low.weight_channel_axis, spec.in_channels)]
@@ -261,6 +250,49 @@ def emit_conv(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, plan: Ep
     kernels.setdefault(call.args[0].name_hint, KernelUse(low.name, low.schedule, 2 * logical.macs, [])).nodes.append(
         n.name)
     return out
+
+
+def packed_conv(graph: Graph, n: Node, lanes: int):
+    """(the conv's logical spec, the spec it runs, its lowering, its prepared arrays, its bias or None) for conv
+    ``n``: a side stored in padded channel blocks makes the kernel compute the conv over whole blocks (pad lanes
+    zero). A weight scaled at run time (``scaled_weight``) is prepared unscaled, and must be one array with an
+    input-channel axis."""
+    scaled = scaled_weight(graph, n.inputs[1])
+    weight = _constant(graph, scaled[0] if scaled else n.inputs[1]).astype(np.float32)
+    bias = _constant(graph, n.inputs[2] if len(n.inputs) > 2 else None)
+    bias = None if bias is None else bias.astype(np.float32)
+    logical = conv_spec_of(graph, n)
+    spec, weight, bias = pad_to_blocks(logical, weight, bias, block_of(graph.types[n.inputs[0]].layout),
+                                       block_of(n.type.layout))
+    low = lowering(n.attrs.lowering or "direct")
+    reason = low.supports(spec)
+    if reason is not None:
+        raise ValueError(f"node %{n.name}: lowering {low.name} can't run {spec.describe()}: {reason}")
+    arrays = low.prepared(weight, spec, lanes)
+    if scaled and (low.weight_channel_axis is None or len(arrays) != 1):
+        raise ValueError(f"node %{n.name}: lowering {low.name} can't scale its packed weight per input channel")
+    return logical, spec, low, arrays, bias
+
+
+def gated_weight_reader(graph: Graph, gate: str) -> str | None:
+    """The conv whose packed weight the squeeze-excite block ``gate`` (ending in its gate: fold_channel_scale
+    moved the gate into that conv's weight) scales in its own kernel, or None. The gate must be read by that
+    weight's multiply alone, and the multiply by the conv alone."""
+    from ..schedules import squeeze_excite
+
+    node = graph.node_map.get(gate)
+    if node is None or node.op is not Op.FUSED_BLOCK or node.attrs.kind != squeeze_excite.KIND:
+        return None
+    readers = graph.users.get(gate, ())
+    if len(readers) != 1 or gate in graph.outputs:
+        return None
+    mul = readers[0]
+    convs = graph.users.get(mul.name, ())
+    scaled = scaled_weight(graph, mul.name)
+    if (scaled is None or scaled[1] != gate or len(convs) != 1 or mul.name in graph.outputs
+            or convs[0].op is not Op.CONV2D or convs[0].inputs[1] != mul.name):
+        return None
+    return convs[0].name
 
 
 def _scale_along(bb: relax.BlockBuilder, packed: np.ndarray, scale: relax.Expr, stored: int, axis: int,
@@ -361,11 +393,25 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     """Emit fused block ``n`` (passes/fuse_blocks.py) on a CPU as one call of its fused kernel
     (schedules/fused_block.py, schedules/fused_mlp.py, schedules/fused_chain.py), written out as a PrimFunc."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block, fused_chain, fused_mlp, fused_space
+    from ..schedules import fused_block, fused_chain, fused_mlp, fused_space, squeeze_excite
 
     block = describe(graph, n)
     arrays = _block_arrays(graph, block)
     x = env[n.inputs[0]]
+    if block.kind == squeeze_excite.KIND:  # no knobs: its space is its one kernel
+        in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
+        prepared = [relax.const(arr) for arr in squeeze_excite.prepare_weights(block, *arrays, lanes=lanes)]
+        reader, weight = gated_weight_reader(graph, n.name), squeeze_excite.PLACEHOLDER
+        scaled = None
+        if reader is not None:  # the value of ``n`` is then that conv's packed weight times the gate
+            _, _, low, (weight,), _ = packed_conv(graph, graph.node_map[reader], lanes)
+            scaled = squeeze_excite.ScaledWeight(weight.shape, low.weight_channel_axis)
+        func = squeeze_excite.prim_func(block, lanes, squeeze_excite.default_bands(block, cores, lanes),
+                                        in_block=in_block, out_block=out_block, scaled_weight=scaled)
+        space = fused_space.Space((), lambda tiles: func, lambda tiles: ())
+        _, out_shape = squeeze_excite.io_shapes(block, lanes, in_block, out_block, scaled)
+        return _call_fused(bb, n, block, func, [x, *prepared, relax.const(weight)], out_shape, space.sample,
+                           kernels, space)
     if block.kind in fused_chain.KINDS:
         skip = _block_skip(block)
         in_block, out_block, skip_block = _blocks_of(graph, n, (n.inputs[0], n.name, skip or n.name), lanes)

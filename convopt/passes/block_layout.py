@@ -55,7 +55,7 @@ from ..ir.graph import Graph, Node
 from ..ir.layout import aligned_4d, blocked_layout, padded_channels
 from ..ir.ops import BINARY_ELEMENTWISE, ELEMENTWISE_ATEN, PAD_TARGETS, UNARY_ELEMENTWISE, Op, pad_arguments
 from ..ir.types import TensorType, TupleType
-from ..schedules import fused_block
+from ..schedules import fused_block, squeeze_excite
 from ..schedules.conv_spec import conv_spec_of
 
 # ops that compute each element of a 4-D output from the same (n, c, y, x) of their inputs' channels, or
@@ -189,8 +189,8 @@ def channel_operands(graph: Graph, n: Node, block: int | None = None) -> list[st
 
 
 # fused kernels that read and write padded blocks: the inverted residual's (schedules/fused_block.py: its
-# channels are padded to vectors with zeros inside anyway)
-PADDED_FUSED_KINDS = frozenset({fused_block.KIND, fused_block.PARTIAL_KIND})
+# channels are padded to vectors with zeros inside anyway) and the squeeze-excite's (zero pad lanes stay zero)
+PADDED_FUSED_KINDS = frozenset({fused_block.KIND, fused_block.PARTIAL_KIND, squeeze_excite.KIND})
 PADDED_FILL = 0.75  # the least share of a padded value's stored channels that are real (24 of 32, 40 of 48)
 
 # layout-preserving ops that map zero inputs to zero outputs, so a padded value's pad lanes stay zero

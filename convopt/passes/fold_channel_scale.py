@@ -54,13 +54,18 @@ def _gated_input(graph: Graph, mul: Node) -> tuple[str, str] | None:
 
 def _folds(graph: Graph, conv: Node) -> tuple[Node, str, str] | None:
     """(the multiply, x, s) when ``conv`` reads x * s and the scale moves into its weight (module docstring)."""
+    if conv.op is not Op.CONV2D or lowering(conv.attrs.lowering or "direct").weight_channel_axis is None:
+        return None
+    return _folds_by_shape(graph, conv)
+
+
+def _folds_by_shape(graph: Graph, conv: Node) -> tuple[Node, str, str] | None:
+    """``_folds`` but for the conv's lowering (not chosen yet where fuse_blocks asks)."""
     if conv.op is not Op.CONV2D or conv.type.dtype != "f32" or conv.attrs.groups != 1:
         return None
     mul = graph.node_map.get(conv.inputs[0])
     weight = graph.constant_map.get(conv.inputs[1])
     if mul is None or mul.op is not Op.MUL or graph.num_uses(mul.name) != 1 or weight is None:
-        return None
-    if lowering(conv.attrs.lowering or "direct").weight_channel_axis is None:
         return None
     gated = _gated_input(graph, mul)
     if gated is None:
@@ -71,6 +76,13 @@ def _folds(graph: Graph, conv: Node) -> tuple[Node, str, str] | None:
     if WEIGHT_SHARE * out_channels * kh * kw > height * width:  # the multiply of x is the cheaper pass
         return None
     return mul, x, scale
+
+
+def scale_folds_into_reader(graph: Graph, mul: Node) -> bool:
+    """Whether multiply ``mul`` (x * s) is one this pass would fold into the conv that reads it, given a lowering
+    with an input-channel axis (fuse_blocks leaves such a squeeze-excite's multiply out of its block)."""
+    readers = graph.users.get(mul.name, ())
+    return len(readers) == 1 and mul.name not in set(graph.outputs) and _folds_by_shape(graph, readers[0]) is not None
 
 
 def fold_channel_scale(graph: Graph) -> Graph:

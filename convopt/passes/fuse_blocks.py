@@ -87,14 +87,20 @@ from typing import Callable
 
 from ..ir.graph import Graph, Node, Origin, Value, unique_name
 from ..ir.ops import PAD_TARGETS, FusedBlockAttrs, Op, body_inputs, pad_arguments
+from ..ir.types import TensorType
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
-from ..schedules import fused_block, fused_chain, fused_mlp
+from ..schedules import fused_block, fused_chain, fused_mlp, squeeze_excite
 from ..schedules.fused_block import InvertedResidual
 from ..schedules.fused_chain import ConvChain
 from ..schedules.fused_mlp import PointwiseMLP
+from ..schedules.squeeze_excite import SqueezeExcite
+from .block_layout import is_spatial_mean
+from .fold_channel_scale import scale_folds_into_reader
 
-Block = InvertedResidual | PointwiseMLP | ConvChain
+Block = InvertedResidual | PointwiseMLP | ConvChain | SqueezeExcite
+# kinds fused wherever matched, unless ``overrides`` refuse them (no prediction: see their kernels' modules)
+RULE_KINDS = frozenset({squeeze_excite.KIND})
 
 def _pointwise(spec: ConvSpec | None) -> bool:
     return (spec is not None and spec.kernel == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
@@ -143,6 +149,8 @@ def match_blocks(graph: Graph, kinds: tuple[str, ...] | None = None) -> list[Blo
     squeeze-excite), then pointwise MLPs among the nodes left, then dense conv chains. ``kinds``: only
     blocks of these kinds (None: all)."""
     found = _inverted_residuals(graph)
+    taken = {n.name for block in found for n in block.nodes}
+    found += _squeeze_excites(graph, taken)
     taken = {n.name for block in found for n in block.nodes}
     found += _pointwise_mlps(graph, taken, mixers=kinds is None or fused_mlp.MIXER_KIND in kinds)
     taken = {n.name for block in found for n in block.nodes}
@@ -306,6 +314,57 @@ def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[
     return found
 
 
+def _one_pixel_conv(graph: Graph, n: Node | None, reads: Node) -> bool:
+    """``n`` is a 1x1 conv of one group over a one-pixel map reading ``reads``, with constant operands."""
+    if n is None or n.op is not Op.CONV2D or n.inputs[0] != reads.name or not _constant_operands(graph, n):
+        return False
+    spec = conv_spec_of(graph, n)
+    return _pointwise(spec) and (spec.height, spec.width) == (1, 1)
+
+
+def _squeeze_excites(graph: Graph, taken: set[str]) -> list[SqueezeExcite]:
+    """Squeeze-excites among the nodes not ``taken``: a global average pool of x (a mean over H and W keeping
+    them, or an adaptive pool to 1x1), a 1x1 conv, an activation, a 1x1 conv, a gate activation and x times
+    the gate, each read only by the next. The multiply is left out of the block (which then ends in the gate)
+    where fold_channel_scale will move the gate into the weight of the conv that reads the product, or where
+    the gate is the graph's output (a block's body alone: ``describe``)."""
+    only_reader, found = _only_reader(graph), []
+    for pool in graph.nodes:
+        x = pool.inputs[0] if pool.inputs else None
+        x_type = graph.types.get(x)
+        if (pool.name in taken or not isinstance(pool.type, TensorType) or pool.type.dtype != "f32"
+                or not isinstance(x_type, TensorType) or x_type.rank != 4
+                or pool.type.shape != (*x_type.shape[:2], 1, 1)):
+            continue
+        if not ((is_spatial_mean(graph, pool) and pool.attrs.keepdim)
+                or (pool.op is Op.ADAPTIVE_AVG_POOL2D and pool.attrs.output_size == (1, 1))):
+            continue
+        reduce = only_reader(pool)
+        act = only_reader(reduce) if _one_pixel_conv(graph, reduce, pool) else None
+        expand = only_reader(act) if act is not None and act.inputs[0] == reduce.name else None
+        gate = (only_reader(expand) if expand is not None and activation_of(act) and _one_pixel_conv(graph, expand, act)
+                else None)
+        if gate is None or gate.inputs[0] != expand.name or not activation_of(gate) or gate.type.shape != pool.type.shape:
+            continue
+        mul = only_reader(gate)
+        if mul is not None and (mul.op is not Op.MUL or mul.attrs.scalar is not None
+                                or sorted(mul.inputs) != sorted((x, gate.name)) or mul.type.shape != x_type.shape):
+            continue
+        if mul is None and (gate.name not in graph.outputs or graph.users.get(gate.name)):
+            continue  # the gate read elsewhere too
+        nodes = (pool, reduce, act, expand, gate) + ((mul,) if mul is not None else ())
+        if any(n.name in taken for n in nodes):
+            continue
+        if mul is not None and scale_folds_into_reader(graph, mul):
+            nodes = nodes[:-1]
+        block = SqueezeExcite(nodes, conv_spec_of(graph, reduce), conv_spec_of(graph, expand), *x_type.shape[2:],
+                              activation_of(act), activation_of(gate), nodes[-1] is mul)
+        if squeeze_excite.supports(block) is None:
+            found.append(block)
+            taken.update(n.name for n in block.nodes)
+    return found
+
+
 def _zero_pad(n: Node) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right) of a constant zero pad of H and W (TF "SAME" padding before a strided conv),
     else None."""
@@ -447,14 +506,15 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
     blocks = {}
     for choices in matched:
         for block in choices:  # the whole block, else the part of it its alternatives name
-            predicted = predict(graph, block) if predict is not None else None
+            ruled = block.kind in RULE_KINDS
+            predicted = predict(graph, block) if predict is not None and not ruled else None
             forced = _forced(block, overrides)
             if forced is None and any(n.op is Op.CONV2D and (n.name in pinned or n.scope in pinned)
                                       for n in block.nodes):
                 forced = False
             if forced is None:
-                needed = margin(block) if callable(margin) else margin
-                forced = predict is None or (predicted is not None and predicted[0] * needed < predicted[1])
+                needed = 1.0 if ruled else margin(block) if callable(margin) else margin
+                forced = predict is None or ruled or (predicted is not None and predicted[0] * needed < predicted[1])
             reason = refuse(block) if forced and refuse is not None else None
             if reason is not None:  # (its alternatives, parts of it, are weighed next)
                 whole = " whole" if block is not choices[-1] else ""

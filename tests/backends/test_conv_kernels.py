@@ -152,3 +152,72 @@ def test_no_prologue_where_it_must_not_fire():
                           nn.Flatten(), nn.Linear(128, 5))
     graph, plans = _prologues(model.eval(), torch.randn(1, 3, 16, 16))
     assert not plans and any(n.type.layout for n in graph.nodes)  # (blocked: the rule, not the layout, declined)
+
+
+class SqueezeExciteNet(nn.Module):
+    """A stem, a depthwise conv, a squeeze-excite scaling its map and a 1x1 projection, then a 3x3 conv (the
+    squeeze-excite in the blocked interior). At 12 px a 32 -> 16 projection takes the gate into its weight
+    (fold_channel_scale: O KH KW <= H W / 8); a 32 -> 48 one leaves the multiply where it is."""
+
+    def __init__(self, project=16, c=32):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, 8, 1), nn.SiLU(), nn.Conv2d(8, c, 1),
+                                nn.Sigmoid())
+        self.project = nn.Conv2d(c, project, 1)
+        self.head = nn.Conv2d(project, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = nn.functional.silu(self.dw(nn.functional.silu(self.stem(x))))
+        return self.head(self.project(y * self.se(y)))
+
+
+def _squeeze_excite(fast):
+    (se,) = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK and n.attrs.kind == "squeeze_excite"]
+    return se
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_a_squeeze_excite_kernel_scales_the_projection_weight_itself(lanes):
+    from convopt.backends.conv_kernels import gated_weight_reader
+
+    torch.manual_seed(0)
+    model, x = SqueezeExciteNet().eval(), torch.randn(1, 3, 12, 12)
+    fast = convopt.optimize(model, x, target=resolve_target("cpu").with_lanes(lanes), tuning_logs=False,
+                            lowering={"project": "direct"})  # (a lowering with a weight channel axis)
+    se = _squeeze_excite(fast)
+    project = next(n for n in fast.graph.nodes if n.scope == "project")
+    assert gated_weight_reader(fast.graph, se.name) == project.name
+    where = fast.placement()
+    assert where[project.inputs[1]] == f"kernel: epilogue of %{se.name}"  # the weight's scaling: no kernel of its own
+    assert "TVM" not in where.values()  # the pool, the gemv convs, the multiply: all in the one kernel
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("lanes", [8, 16], ids=["avx2", "avx512"])
+def test_a_squeeze_excite_kernel_scales_the_map_where_the_projection_does_not_take_the_gate(lanes):
+    torch.manual_seed(0)
+    model, x = SqueezeExciteNet(project=48).eval(), torch.randn(1, 3, 12, 12)
+    fast = convopt.optimize(model, x, target=resolve_target("cpu").with_lanes(lanes), tuning_logs=False)
+    assert _squeeze_excite(fast).attrs.body[-1].op is Op.MUL
+    assert not any(n.op is Op.MUL for n in fast.graph.nodes)
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) <= 1e-5
+
+
+def test_a_gate_left_for_a_projection_without_a_weight_channel_axis_scales_the_map_in_tvm():
+    """im2col's packed weight has no input-channel axis: fold_channel_scale leaves the multiply, which the
+    block had left out for it, and TVM computes it; the gate is the kernel's output."""
+    from convopt.backends.conv_kernels import gated_weight_reader
+
+    torch.manual_seed(0)
+    model, x = SqueezeExciteNet().eval(), torch.randn(1, 3, 12, 12)
+    fast = convopt.optimize(model, x, target="cpu", tuning_logs=False, lowering={"project": "im2col"})
+    se = _squeeze_excite(fast)
+    (mul,) = [n for n in fast.graph.nodes if n.op is Op.MUL]
+    assert se.name in mul.inputs and gated_weight_reader(fast.graph, se.name) is None
+    assert fast.placement()[mul.name] == "TVM"
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) <= 1e-5

@@ -214,15 +214,72 @@ def test_an_activation_after_a_block_that_reads_more_than_it_stays_out():
 def test_a_squeeze_excite_block_is_fused_up_to_its_second_activation():
     before = _graph(InvertedResidual(se=True))
     after = fuse_blocks(before)
-    (block,) = _fused(after)
+    block, se = _fused(after)
     assert block.attrs.kind == "expand_depthwise"
     assert [n.op for n in block.attrs.body] == [Op.CONV2D, Op.CLAMP, Op.CONV2D, Op.CLAMP]
     # the squeeze-excite (pool, two 1x1 convs, sigmoid, scale) and the projection read the fused value
     readers = [n for n in after.nodes if block.name in n.inputs]
-    assert len(readers) == 2 and Op.MUL in {n.op for n in readers}  # the pool and the scale
-    assert sum(n.op is Op.CONV2D for n in after.nodes) == 3  # the SE's two convs and the projection
+    assert {n.op for n in readers} == {Op.FUSED_BLOCK, Op.MUL} and se in readers
     verify(after)
     assert parse(str(after), constants={c.name: c.data for c in after.constants}) == after
+
+
+def test_a_squeeze_excite_is_one_node_ending_in_its_gate_where_the_projection_takes_the_scale():
+    """12 x 12 px and a 64 -> 16 projection: O KH KW <= H W / 8, so fold_channel_scale will move the gate into
+    the projection's weight, and the block leaves the multiply out."""
+    after = fuse_blocks(_graph(InvertedResidual(se=True)))
+    _, se = _fused(after)
+    assert se.attrs.kind == "squeeze_excite"
+    assert [n.op for n in se.attrs.body] == [Op.ADAPTIVE_AVG_POOL2D, Op.CONV2D, Op.RELU, Op.CONV2D, Op.SIGMOID]
+    assert se.type.shape == (1, 64, 1, 1)
+    (mul,) = [n for n in after.nodes if n.op is Op.MUL]
+    assert se.name in mul.inputs and sum(n.op is Op.CONV2D for n in after.nodes) == 1  # the projection alone
+
+
+def test_a_squeeze_excite_whose_scale_stays_ends_in_the_scaled_map():
+    """A 64 -> 32 projection on 12 x 12 px: its weight (2048 values) is more than x's 1/8, the multiply stays and
+    joins the block."""
+    after = fuse_blocks(_graph(InvertedResidual(se=True, o=32)))
+    _, se = _fused(after)
+    assert se.attrs.kind == "squeeze_excite" and se.attrs.body[-1].op is Op.MUL
+    assert se.type.shape == (1, 64, 12, 12) and not any(n.op is Op.MUL for n in after.nodes)
+
+
+class Gated(nn.Module):
+    """A squeeze-excite on a conv's output with variations that must keep it unfused."""
+
+    def __init__(self, pool=None, reduce_kernel=1, gate_is_output=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.pool = pool or nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(32, 8, reduce_kernel, padding=reduce_kernel // 2)
+        self.expand = nn.Conv2d(8, 32, 1)
+        self.gate_is_output = gate_is_output
+
+    def forward(self, x):
+        y = self.conv(x)
+        gate = torch.sigmoid(self.expand(F.relu(self.reduce(self.pool(y)))))
+        out = y * gate
+        return (out, gate) if self.gate_is_output else out
+
+
+@pytest.mark.parametrize("model, fused", [(Gated(), True), (Gated(pool=nn.AdaptiveMaxPool2d(1)), False),
+                                          (Gated(reduce_kernel=3), False), (Gated(gate_is_output=True), False)],
+                         ids=["fused", "a max pool", "a 3x3 reduce conv", "the gate read elsewhere"])
+def test_only_a_global_pool_two_one_pixel_convs_and_a_gate_read_once_are_a_squeeze_excite(model, fused):
+    kinds = [n.attrs.kind for n in _fused(fuse_blocks(_graph(model, (1, 3, 10, 10))))]
+    assert ("squeeze_excite" in kinds) == fused  # (other kinds may take parts: the 3x3 pair is a conv pair)
+
+
+def test_a_fused_squeeze_excite_computes_what_its_body_does():
+    model = Gated()
+    x = torch.randn(1, 3, 10, 10)
+    after = fuse_blocks(_graph(model, tuple(x.shape)))
+    assert [n.attrs.kind for n in _fused(after)] == ["squeeze_excite"]
+    from convopt.backends.torch_backend import to_torch
+    with torch.no_grad():
+        (got,) = to_torch(after)(x)
+        assert torch.allclose(got, model.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 class ChannelMLP(nn.Module):

@@ -96,7 +96,7 @@ def test_the_part_before_a_squeeze_excite_matches_eager(lanes, e, stride, size):
     target = resolve_target("cpu").with_lanes(lanes)
     fast = convopt.optimize(model, x, target=target, tuning_logs=False, fuse_blocks={"conv_pw": True}, check=False)
     fused = [n for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK]
-    assert [n.attrs.kind for n in fused] == ["expand_depthwise"]
+    assert [n.attrs.kind for n in fused] == ["expand_depthwise", "squeeze_excite"]
     assert fast.placement()[fused[0].name].endswith("(fused_expand_depthwise)")
     with torch.no_grad():
         assert relative_error(fast(x), model(x)) <= 1e-4
@@ -217,9 +217,9 @@ def test_blocks_exchange_padded_channel_blocks(lanes):
                             lowering={"0": "im2win", "3.conv_pwl": "direct", "4": "im2win"})  # check=True: 1e-4
     graph = fast.graph
     fused = [n for n in graph.nodes if n.op is Op.FUSED_BLOCK]
-    assert [n.attrs.kind for n in fused] == ["inverted_residual", "expand_depthwise"]
-    blocked = f"NCHW{lanes}c"
-    assert [(graph.types[n.inputs[0]].layout, n.type.layout) for n in fused] == [(blocked, blocked)] * 2
+    assert [n.attrs.kind for n in fused] == ["inverted_residual", "expand_depthwise", "squeeze_excite"]
+    blocked = f"NCHW{lanes}c"  # (batch 2: the squeeze-excite scales the map, padded blocks in and out)
+    assert [(graph.types[n.inputs[0]].layout, n.type.layout) for n in fused] == [(blocked, blocked)] * 3
     assert all(graph.types[n.inputs[0]].shape[1] % lanes for n in fused)
     x2 = torch.randn_like(x)
     with torch.no_grad():
