@@ -7,6 +7,8 @@
   (backends/conv_kernels.py ``plan_prologues``); old: the pool, the norm and the dense a kernel each.
 - ``se``: a squeeze-excite is one kernel (schedules/squeeze_excite.py), which also scales the weight of the conv
   its gate was folded into; old: the mean, two gemv convs and the multiply (or the weight's scaling) a kernel each.
+- ``mixer``: InceptionNeXt's token mixer is one kernel where its block is not fused whole
+  (schedules/token_mixer.py); old: the split, a depthwise conv per branch and the cat.
 
 Both builds of each model in this process, timed in alternating rounds (convopt.cost.calibrate.measure_interleaved:
 a round is ``--seconds`` of calls of each build, the mean a call), so a slow phase of the shared machine hits both
@@ -33,7 +35,8 @@ from convopt.schedules import cpu_fallback
 
 def build(model, x, variant: str, change: str):
     shipped = (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
-               conv_kernels.plan_prologues, fuse_blocks._squeeze_excites)
+               conv_kernels.plan_prologues, fuse_blocks._squeeze_excites, fuse_blocks._token_mixers,
+               fuse_blocks._alternatives)
     if variant == "old" and change == "fallback":
         cpu_fallback.MIN_PARALLEL_ITERATIONS = 1
         cpu_fallback.ParallelFallback._epilogue_under = lambda self, sch, reduction, outer: []
@@ -41,16 +44,22 @@ def build(model, x, variant: str, change: str):
         conv_kernels.plan_prologues = lambda graph: {}
     if variant == "old" and change == "se":
         fuse_blocks._squeeze_excites = lambda graph, taken: []
+    if variant == "old" and change == "mixer":
+        alternatives = fuse_blocks._alternatives
+        fuse_blocks._token_mixers = lambda graph, taken: []
+        fuse_blocks._alternatives = lambda graph, block: tuple(
+            part for part in alternatives(graph, block) if part.kind != "token_mixer")
     try:
         return convopt.optimize(model, x)
     finally:
         (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
-         conv_kernels.plan_prologues, fuse_blocks._squeeze_excites) = shipped
+         conv_kernels.plan_prologues, fuse_blocks._squeeze_excites, fuse_blocks._token_mixers,
+         fuse_blocks._alternatives) = shipped
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--change", choices=("fallback", "head", "se"), default="head")
+    parser.add_argument("--change", choices=("fallback", "head", "se", "mixer"), default="head")
     parser.add_argument("--models", default="efficientnet_b0,resnet18,convnext_atto,mobilenetv2_100")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--seconds", type=float, default=0.4, help="of calls a round, each build (default 0.4)")

@@ -383,7 +383,7 @@ def _call_fused(bb: relax.BlockBuilder, n: Node, block, func, args, out_shape, s
     gvar = bb.add_func(func, f"convopt_fused_{n.name}")
     out = bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32")))
     name = bb.lookup_binding(out).args[0].name_hint
-    flops = 2 * sum(spec.macs for spec in block.convs)
+    flops = 2 * getattr(block, "macs", sum(spec.macs for spec in block.convs))  # (a token mixer: its branches')
     kernels.setdefault(name, KernelUse("fused_" + block.kind, schedule, flops, [], space)).nodes.append(n.name)
     return out
 
@@ -393,11 +393,20 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
     """Emit fused block ``n`` (passes/fuse_blocks.py) on a CPU as one call of its fused kernel
     (schedules/fused_block.py, schedules/fused_mlp.py, schedules/fused_chain.py), written out as a PrimFunc."""
     from ..passes.fuse_blocks import describe
-    from ..schedules import fused_block, fused_chain, fused_mlp, fused_space, squeeze_excite
+    from ..schedules import fused_block, fused_chain, fused_mlp, fused_space, squeeze_excite, token_mixer
 
     block = describe(graph, n)
-    arrays = _block_arrays(graph, block)
     x = env[n.inputs[0]]
+    if block.kind == token_mixer.KIND:  # no knobs: its space is its one kernel
+        in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
+        prepared = [relax.const(arr) for arr in token_mixer.prepare_weights(block, *mixer_arrays(graph, block),
+                                                                             lanes=lanes)]
+        func = token_mixer.prim_func(block, lanes, token_mixer.default_bands(block, cores, lanes),
+                                     in_block=in_block, out_block=out_block)
+        space = fused_space.Space((), lambda tiles: func, lambda tiles: ())
+        _, out_shape = token_mixer.io_shapes(block, lanes, in_block, out_block)
+        return _call_fused(bb, n, block, func, [x, *prepared], out_shape, space.sample, kernels, space)
+    arrays = _block_arrays(graph, block)
     if block.kind == squeeze_excite.KIND:  # no knobs: its space is its one kernel
         in_block, out_block = _blocks_of(graph, n, (n.inputs[0], n.name), lanes)
         prepared = [relax.const(arr) for arr in squeeze_excite.prepare_weights(block, *arrays, lanes=lanes)]

@@ -11,7 +11,8 @@ after reparameterization, whose every conv ends in a ReLU (left out, it ran as a
 MobileNetV2, MnasNet, EfficientNet-Lite and MobileOne after reparameterization have this block. Where the
 projection doesn't directly follow a2 (EfficientNet's and MobileNetV3's squeeze-excite: its global pool
 needs the whole depthwise output before the scale), the block is fused up to a2 (kind "expand_depthwise":
-one intermediate kept in cache instead of two); the squeeze-excite and the projection run as before.
+one intermediate kept in cache instead of two); the squeeze-excite is a block of its own (below) and the
+projection runs as before.
 The fused node keeps the original nodes as its body (names, scopes and provenance; the IR dump shows them
 indented under it), so the torch backend and verify run the body, and a backend without the fused kernel
 can run it unfused. The kernel (schedules/fused_block.py) computes the expanded and depthwise intermediates
@@ -49,9 +50,20 @@ channels whose parts, in order, reach a cat either as they are or through one de
 kernel centred in it, a part passed as it is the centre tap 1): y = F2(a(F1(D'(x)))) [+ s], the same kind
 without the norm.
 
-Where the whole block is not chosen by the prediction, its MLP alone is weighed next, as above. (A name of
-a module inside a block, e.g. "stages.0.blocks.1.mlp", forces or refuses the block that holds it: the
-whole ConvNeXt block, or with False both it and its MLP alone.)
+Where the whole block is not chosen by the prediction, its MLP alone is weighed next, as above, and an
+InceptionNeXt block's token mixer alone too, each part on its own. (A name of a module inside a block, e.g.
+"stages.0.blocks.1.mlp", forces or refuses the block that holds it: the whole ConvNeXt block, or with False
+both it and its MLP alone.)
+
+Two kinds are fused by rule wherever matched (``RULE_KINDS``: one kernel of the same arithmetic where there
+were several calls of a few microseconds each; no prediction is asked, ``overrides`` can still refuse them):
+- the squeeze-excite (kind "squeeze_excite", schedules/squeeze_excite.py): a global average pool of x, a 1x1
+  conv, an activation, a 1x1 conv, a gate activation and x times the gate, each read only by the next. Where
+  fold_channel_scale will move the gate into the weight of the conv reading x * g, the block ends in the gate
+  (the backend's kernel then scales that conv's packed weight);
+- the token mixer alone (kind "token_mixer", schedules/token_mixer.py): InceptionNeXt's split, depthwise
+  branches and cat as above, with no MLP after it or with its block not fused whole; MixNet's mixed depthwise
+  conv at stride 1 is the same pattern.
 
 The dense conv chains (kinds "conv_pair" and "bottleneck", schedules/fused_chain.py), among the nodes the
 kinds above left:
@@ -64,8 +76,8 @@ A and P 1x1 stride 1), a1 and a2 activations that map 0 to 0, s any value of y's
 input or its downsampled copy), act any epilogue activation or none (ResNet's ReLU after the add, RepVGG's
 after its conv). ResNet's basic and bottleneck blocks and RepVGG / VGG chains (paired greedily in graph
 order); two 1x1 convs are a pointwise MLP, not a pair. A bottleneck is tried before a pair at each conv.
-Inverted residual blocks are matched first, then pointwise MLPs, then dense chains; a node belongs to at
-most one block.
+Inverted residual blocks are matched first, then squeeze-excites, pointwise MLPs, token mixers, then dense
+chains; a node belongs to at most one block.
 
 ``pinned`` (names or module scopes of convs whose lowering the user chose: optimize(lowering={...})) keeps
 a block holding one of them unfused unless ``overrides`` forces it: a fused kernel has no per-conv lowering.
@@ -85,22 +97,25 @@ import warnings
 from dataclasses import replace
 from typing import Callable
 
+import numpy as np
+
 from ..ir.graph import Graph, Node, Origin, Value, unique_name
 from ..ir.ops import PAD_TARGETS, FusedBlockAttrs, Op, body_inputs, pad_arguments
 from ..ir.types import TensorType
 from ..schedules.activations import activation_of
 from ..schedules.conv_spec import ConvSpec, conv_spec_of
-from ..schedules import fused_block, fused_chain, fused_mlp, squeeze_excite
+from ..schedules import fused_block, fused_chain, fused_mlp, squeeze_excite, token_mixer
 from ..schedules.fused_block import InvertedResidual
 from ..schedules.fused_chain import ConvChain
 from ..schedules.fused_mlp import PointwiseMLP
 from ..schedules.squeeze_excite import SqueezeExcite
+from ..schedules.token_mixer import TokenMixer
 from .block_layout import is_spatial_mean
 from .fold_channel_scale import scale_folds_into_reader
 
-Block = InvertedResidual | PointwiseMLP | ConvChain | SqueezeExcite
+Block = InvertedResidual | PointwiseMLP | ConvChain | SqueezeExcite | TokenMixer
 # kinds fused wherever matched, unless ``overrides`` refuse them (no prediction: see their kernels' modules)
-RULE_KINDS = frozenset({squeeze_excite.KIND})
+RULE_KINDS = frozenset({squeeze_excite.KIND, token_mixer.KIND})
 
 def _pointwise(spec: ConvSpec | None) -> bool:
     return (spec is not None and spec.kernel == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
@@ -153,6 +168,8 @@ def match_blocks(graph: Graph, kinds: tuple[str, ...] | None = None) -> list[Blo
     found += _squeeze_excites(graph, taken)
     taken = {n.name for block in found for n in block.nodes}
     found += _pointwise_mlps(graph, taken, mixers=kinds is None or fused_mlp.MIXER_KIND in kinds)
+    taken = {n.name for block in found for n in block.nodes}
+    found += _token_mixers(graph, taken)
     taken = {n.name for block in found for n in block.nodes}
     found += _conv_chains(graph, taken)
     return [b for b in found if kinds is None or b.kind in kinds]
@@ -229,18 +246,17 @@ def _mixer(graph: Graph, f1: Node, only_reader, taken: set[str]) -> tuple[Node, 
     return dw, norm, spec
 
 
-def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]
+def _inception_mixer(graph: Graph, cat: Node | None, only_reader, taken: set[str]
                      ) -> tuple[tuple[Node, ...], ConvSpec, int] | None:
     """(its nodes in graph order, the spec of the one depthwise conv that computes it, the taps of that conv
     some branch has: the union of their kernels, centred) of InceptionNeXt's token
-    mixer feeding ``f1``: a split of x along the channels whose parts, in order, reach one cat (f1's input) as
+    mixer ending in ``cat``: a split of x along the channels whose parts, in order, reach the cat as
     they are or through one depthwise conv each (stride 1, "same" padding, odd kernels, constant operands),
-    every part and conv read only by the next op and every part of the split used; else None. The convs are
-    one k x k depthwise conv over all channels (k their largest extent, each part's kernel centred in it, a
-    part passed as it is the centre tap 1: conv_kernels.mixer_arrays)."""
-    cat = graph.node_map.get(f1.inputs[0])
-    if (cat is None or cat.op is not Op.CAT or cat.attrs.dim != 1 or cat.name in taken or only_reader(cat) is not f1
-            or len(cat.inputs) < 2):
+    every part and conv read only by the next op and every part of the split used, at least one conv; else
+    None. The convs are one k x k depthwise conv over all channels (k their largest extent, each part's kernel
+    centred in it, a part passed as it is the centre tap 1: conv_kernels.mixer_arrays)."""
+    if (cat is None or cat.op is not Op.CAT or cat.attrs.dim != 1 or cat.name in taken or len(cat.inputs) < 2
+            or getattr(cat.type, "dtype", None) != "f32"):
         return None
     nodes, split, k, footprints = [cat], None, 1, []
     for index, name in enumerate(cat.inputs):
@@ -267,7 +283,7 @@ def _inception_mixer(graph: Graph, f1: Node, only_reader, taken: set[str]
             return None
         split = source
     if split.name in taken or len(split.attrs.sizes) != len(cat.inputs) or len(graph.users.get(split.name, ())) != len(
-            cat.inputs) or split.name in set(graph.outputs):
+            cat.inputs) or split.name in set(graph.outputs) or k == 1:
         return None
     x = graph.types[split.inputs[0]]
     N, C, H, W = x.shape
@@ -298,7 +314,9 @@ def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[
         nodes = (f1, act, f2, add) if residual else (f1, act, f2)
         block = PointwiseMLP(nodes, expand, project, activation_of(act), residual)
         mixer = _mixer(graph, f1, only_reader, taken) if mixers else None
-        inception = _inception_mixer(graph, f1, only_reader, taken) if mixers and mixer is None else None
+        cat = graph.node_map.get(f1.inputs[0])
+        inception = (_inception_mixer(graph, cat, only_reader, taken)
+                     if mixers and mixer is None and cat is not None and only_reader(cat) is f1 else None)
         mixed = None
         if mixer is not None:
             dw, norm, spec = mixer
@@ -311,6 +329,23 @@ def _pointwise_mlps(graph: Graph, taken: set[str], mixers: bool = True) -> list[
         if fused_mlp.supports(block) is None:
             found.append(block)
             taken.update(n.name for n in block.nodes)
+    return found
+
+
+def _channel_taps(graph: Graph, nodes) -> int:
+    """The taps of a token mixer's convs summed over their channels (a part passed as it is: none)."""
+    return sum(int(np.prod(graph.types[n.inputs[1]].shape)) for n in nodes if n.op is Op.CONV2D)
+
+
+def _token_mixers(graph: Graph, taken: set[str]) -> list[TokenMixer]:
+    """InceptionNeXt token mixers among the nodes not ``taken`` (``_inception_mixer``), as blocks of their own:
+    where no MLP follows, or (``_alternatives``) where the whole InceptionNeXt block is not fused."""
+    only_reader, found = _only_reader(graph), []
+    for cat in graph.nodes:
+        inception = _inception_mixer(graph, cat, only_reader, taken) if cat.op is Op.CAT else None
+        if inception is not None:
+            found.append(TokenMixer(inception[0], inception[1], _channel_taps(graph, inception[0])))
+            taken.update(n.name for n in inception[0])
     return found
 
 
@@ -449,12 +484,16 @@ def describe(graph: Graph, fused: Node) -> Block:
 Prediction = Callable[[Graph, Block], "tuple[float, float] | None"]
 
 
-def _alternatives(block: Block) -> tuple[Block, ...]:
-    """Smaller blocks fuse_blocks weighs where ``block`` is not fused: a ConvNeXt block's MLP alone (its
-    depthwise conv and norm then run as before); none for the other kinds."""
+def _alternatives(graph: Graph, block: Block) -> tuple[Block, ...]:
+    """Disjoint parts of ``block`` fuse_blocks weighs each on its own where ``block`` is not fused: a ConvNeXt
+    block's MLP alone (its depthwise conv and norm then run as before), and an InceptionNeXt block's token mixer
+    alone; none for the other kinds."""
     if isinstance(block, PointwiseMLP) and block.mixer is not None:  # its nodes from f1 on: f1, act, f2[, add]
-        return (replace(block, nodes=block.nodes[-(4 if block.residual else 3):], mixer=None, eps=0.0, norm=True,
-                        mixer_taps=0),)
+        mlp = len(block.nodes) - (4 if block.residual else 3)
+        parts = (replace(block, nodes=block.nodes[mlp:], mixer=None, eps=0.0, norm=True, mixer_taps=0),)
+        if not block.norm:  # InceptionNeXt: the mixer's nodes are the ones before the MLP's
+            parts += (TokenMixer(block.nodes[:mlp], block.mixer, _channel_taps(graph, block.nodes[:mlp])),)
+        return parts
     return ()
 
 
@@ -496,7 +535,8 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
     node (module docstring); ``refuse`` (the target's kernel: why it can't run a block, or None) keeps a block
     chosen or forced unfused, with a warning naming it."""
     overrides = dict(overrides or {})
-    matched = [(block, *_alternatives(block)) for block in match_blocks(graph, kinds)]
+    matched = [(block, *(part for part in _alternatives(graph, block) if kinds is None or part.kind in kinds))
+               for block in match_blocks(graph, kinds)]
     everything = [b for choices in matched for b in choices]
     unmatched = _unmatched(everything, overrides)
     if unmatched:  # not an error: one dict may serve several models (a tuning job's)
@@ -504,8 +544,8 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
                       f"{', '.join(sorted({_common_scope(b.nodes) for b in everything})[:12]) or 'none'})",
                       stacklevel=2)
     blocks = {}
-    for choices in matched:
-        for block in choices:  # the whole block, else the part of it its alternatives name
+    for whole, *parts in matched:
+        for block in (whole, *parts):  # the whole block, else each of its parts on its own
             ruled = block.kind in RULE_KINDS
             predicted = predict(graph, block) if predict is not None and not ruled else None
             forced = _forced(block, overrides)
@@ -517,12 +557,13 @@ def fuse_blocks(graph: Graph, *, predict: Prediction | None = None, overrides: d
                 forced = predict is None or ruled or (predicted is not None and predicted[0] * needed < predicted[1])
             reason = refuse(block) if forced and refuse is not None else None
             if reason is not None:  # (its alternatives, parts of it, are weighed next)
-                whole = " whole" if block is not choices[-1] else ""
+                entire = " whole" if block is whole and parts else ""
                 warnings.warn(f"fuse_blocks: block {_common_scope(block.nodes) or block.nodes[0].name} "
-                              f"({block.kind}) is not fused{whole}: {reason}", stacklevel=2)
+                              f"({block.kind}) is not fused{entire}: {reason}", stacklevel=2)
             elif forced:
                 blocks[block.nodes[-1].name] = (block, predicted)
-                break
+                if block is whole:
+                    break
     if not blocks:
         return graph
     fused_away = {n.name for block, _ in blocks.values() for n in block.nodes}

@@ -616,7 +616,7 @@ def test_an_inception_next_block_becomes_one_node_with_its_token_mixer():
 def test_an_inception_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
     from timm.models.inception_next import InceptionDWConv2d
 
-    class PartReadTwice(nn.Module):  # the identity part also read after the MLP
+    class PartReadTwice(nn.Module):  # the mixer's output also read after the MLP
         def __init__(self, c=16):
             super().__init__()
             self.mixer = InceptionDWConv2d(c, band_kernel_size=5)
@@ -627,9 +627,63 @@ def test_an_inception_mixer_the_kernel_cannot_take_leaves_the_mlp_alone():
             return self.fc2(self.act(self.fc1(mixed))) + x + mixed
 
     shared = merge_branches(fold_constants(_graph(PartReadTwice())))
-    assert [b.kind for b in match_blocks(shared)] == ["pointwise_mlp"]
+    assert [b.kind for b in match_blocks(shared)] == ["pointwise_mlp", "token_mixer"]  # the mixer on its own
     wide = merge_branches(fold_constants(_graph(_inception_block(band=13), shape=(1, 16, 14, 14))))
-    assert [b.kind for b in match_blocks(wide)] == ["pointwise_mlp"]  # a 13-wide band: above the kernel's 11
+    # a 13-wide band: above the MLP kernel's 11; the mixer is a block of its own (schedules/token_mixer.py)
+    assert [b.kind for b in match_blocks(wide)] == ["pointwise_mlp", "token_mixer"]
+
+
+def test_an_inception_block_not_chosen_whole_is_weighed_as_its_mlp_and_its_token_mixer():
+    graph = merge_branches(fold_constants(_graph(_inception_block())))
+
+    def whole_loses(g, block):  # (fused, unfused) seconds
+        return (2.0, 1.0) if block.kind == "convnext_block" else (1.0, 2.0)
+
+    kinds = [n.attrs.kind for n in _fused(fuse_blocks(graph, predict=whole_loses))]
+    assert kinds == ["token_mixer", "pointwise_mlp"]
+    # the MLP predicted slower too: the mixer alone, by rule (no prediction asked)
+    (mixer,) = _fused(fuse_blocks(graph, predict=lambda g, b: (2.0, 1.0)))
+    ops = [n.op for n in mixer.attrs.body]
+    assert mixer.attrs.kind == "token_mixer" and ops[0] is Op.SPLIT and ops[-1] is Op.CAT and ops.count(Op.CONV2D) == 3
+    refused = fuse_blocks(graph, predict=lambda g, b: (2.0, 1.0), overrides={"token_mixer": False})
+    assert _fused(refused) == []  # a rule the user can turn off by the module's name
+
+
+def test_a_token_mixer_with_no_mlp_after_it_is_a_block_of_its_own():
+    from timm.models.inception_next import InceptionDWConv2d
+
+    class Mixer(nn.Module):
+        def __init__(self, c=32):
+            super().__init__()
+            self.stem, self.mixer, self.head = nn.Conv2d(3, c, 3, padding=1), InceptionDWConv2d(c), nn.Conv2d(c, 8, 3)
+
+        def forward(self, x):
+            return self.head(self.mixer(self.stem(x)))
+
+    graph = _graph(Mixer(), shape=(1, 3, 13, 13))
+    (block,) = match_blocks(graph)
+    assert block.kind == "token_mixer" and block.mixer.kernel == (11, 11)
+    assert block.channel_taps == 4 * (9 + 11 + 11)  # the branches' own taps: 3x3, 1x11, 11x1 of 4 channels each
+    assert [n.attrs.kind for n in _fused(fuse_blocks(graph, predict=lambda g, b: (2.0, 1.0)))] == ["token_mixer"]
+
+
+class StridedBranch(nn.Module):
+    """A split whose parts meet in a cat, one through a conv the mixer can't be: strided or not depthwise."""
+
+    def __init__(self, stride=1, groups=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, stride, padding=1, groups=groups)
+        self.stride = stride
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), [8, 8], dim=1)
+        return torch.cat([a[:, :, ::self.stride, ::self.stride], self.conv(b)], dim=1)
+
+
+@pytest.mark.parametrize("model", [StridedBranch(stride=2), StridedBranch(groups=1)], ids=["strided", "dense"])
+def test_only_stride_1_depthwise_branches_make_a_token_mixer(model):
+    assert "token_mixer" not in [b.kind for b in match_blocks(_graph(model, shape=(1, 3, 12, 12)))]
 
 
 def test_a_convnext_block_not_chosen_whole_is_weighed_as_its_mlp():
