@@ -157,10 +157,13 @@ def extract_tasks(graph: Graph, target: Target) -> list[Task]:
     """The tasks of ``graph`` (after the pass pipeline, with its lowerings and layouts) on ``target``, in
     the order of the module: convopt's kernels (on a CPU its convs, dense layers and fused blocks, the last
     written out with their generator's parameters as the space: schedules/fused_space.py; on CUDA the fused
-    blocks), and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``)."""
+    blocks), and on CUDA TVM's kernels for the rest of the graph (``generated_tasks``). A written-out kernel whose
+    space has no knobs (the squeeze-excite's, the token mixer's) is one point, its default: nothing to tune, and
+    no task (the token mixer's tap lists index its weights: random arguments would read out of bounds)."""
     mod, kernels = emit(graph, target)
     own = [Task(name, use.kind, workload(mod, name), len(use.nodes), list(use.nodes), use.flops,
-                default_schedule(use, target), generator=use.space) for name, use in kernels.items()]
+                default_schedule(use, target), generator=use.space) for name, use in kernels.items()
+           if use.space is None or use.space.knobs]
     return own if target.is_cpu else own + generated_tasks(graph, target)
 
 

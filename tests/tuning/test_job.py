@@ -407,3 +407,20 @@ def test_records_measured_against_an_older_default_are_stale_and_the_default_run
     assert max(remeasured.values()) >= 5 + CONFIRM_ROUNDS
     _, tuning = TunedSchedules(target, [tmp_path]).schedule(task.workload, task.schedule, task.name)
     assert tuning.status in ("tuned", "default") and tuning.default_us is not None
+
+
+def test_rule_fused_kernels_with_no_knobs_go_through_a_tuning_job(tmp_path):
+    """A squeeze-excite and a token mixer (one-point spaces: schedules/squeeze_excite.py, token_mixer.py) in a
+    tuning job: no tasks of their own (nothing to tune), and optimize() with the job's records builds them and
+    matches eager."""
+    from tests.backends.test_conv_kernels import SqueezeExciteNet
+    from tests.schedules.test_token_mixer import MixerNet
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SqueezeExciteNet(project=48), nn.Conv2d(8, 3, 1), MixerNet()).eval()
+    x = torch.randn(1, 3, 10, 10)
+    summary = tune(model, x, trials=4, log_dir=tmp_path, progress=False, measure_end_to_end=False)
+    assert summary.tasks and not {"fused_squeeze_excite", "fused_token_mixer"} & {t.kind for t in summary.tasks}
+    fast = convopt.optimize(model, x, tuning_logs=tmp_path)  # checks eager
+    assert {n.attrs.kind for n in fast.graph.nodes if n.op is Op.FUSED_BLOCK} == {"squeeze_excite", "token_mixer"}
+    assert {row["status"] for row in fast.tuning.values()} <= {"tuned", "default", "untuned"}
