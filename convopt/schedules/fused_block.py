@@ -132,6 +132,16 @@ def round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
+VECTOR_TASKS_PER_CORE = 2  # a kernel parallel over channel vectors splits rows in bands until each core has these
+
+
+def vector_bands(vectors: int, height: int, cores: int) -> int:
+    """Row bands per channel vector of a kernel whose parallel tasks are (image, channel vector, band) over
+    ``vectors`` vectors of all images (schedules/squeeze_excite.py, token_mixer.py): one, unless there are fewer
+    vectors than ``VECTOR_TASKS_PER_CORE`` a core; at most a band a row."""
+    return max(1, min(height, -(-VECTOR_TASKS_PER_CORE * cores // vectors)))
+
+
 def padded_vector(values, size: int) -> np.ndarray:
     """``values`` (None: none) as float32 zero-padded to ``size`` (a bias for channels rounded up to vectors)."""
     out = np.zeros(size, np.float32)

@@ -50,14 +50,13 @@ from tvm.script import tirx as T
 
 from .activations import ACTIVATIONS, PARAMETRIC_ACTIVATIONS, activate
 from .conv_spec import ConvSpec
-from .fused_block import round_up
+from .fused_block import round_up, vector_bands
 from .gemv import PARALLEL_WEIGHT_BYTES
 from .tiling import LINE_FLOATS
 
 F32 = "float32"
 KIND = "squeeze_excite"
 PARTIAL_SUMS = 4  # independent accumulators in the squeeze's sums and the gate's FMAs (latency-bound chains)
-TASKS_PER_CORE = 2  # rows are split in bands until each core has this many tasks
 # a task prefetches its weight slabs when each is at most this long: a short run (1152 -> 48: 3 KB) ends before
 # the hardware prefetcher ramps up; a long one (960 -> 240: 15 KB, 240 lines a weight issued at once) it
 # streams itself, and the prefetches only crowd the miss queue (weights cycled through memory: 1152 -> 48 at 7 px
@@ -176,9 +175,8 @@ def io_shapes(block: SqueezeExcite, lanes: int, in_block: bool = False, out_bloc
 
 
 def default_bands(block: SqueezeExcite, cores: int, lanes: int) -> int:
-    """Row bands per channel vector: one, unless there are fewer vectors than ``TASKS_PER_CORE`` a core."""
-    tasks = block.batch * round_up(block.channels, lanes) // lanes
-    return max(1, min(block.height, -(-TASKS_PER_CORE * cores // tasks)))
+    """Row bands per channel vector (fused_block.vector_bands)."""
+    return vector_bands(block.batch * round_up(block.channels, lanes) // lanes, block.height, cores)
 
 
 def prim_func(block: SqueezeExcite, lanes: int, bands: int = 1, *, in_block: bool = False,

@@ -34,12 +34,11 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .conv_spec import ConvSpec
-from .fused_block import round_up
+from .fused_block import round_up, vector_bands
 
 F32, I32 = "float32", "int32"
 KIND = "token_mixer"
 COLUMN_TILE = 8  # output columns a register tile: 8 accumulators of one vector each (16 ymm / 32 zmm)
-TASKS_PER_CORE = 2  # rows are split in bands until each core has this many tasks
 
 
 @dataclass(frozen=True)
@@ -113,9 +112,8 @@ def io_shapes(block: TokenMixer, lanes: int, in_block: bool = False, out_block: 
 
 
 def default_bands(block: TokenMixer, cores: int, lanes: int) -> int:
-    """Row bands per channel vector: one, unless there are fewer vectors than ``TASKS_PER_CORE`` a core."""
-    tasks = block.batch * round_up(block.channels, lanes) // lanes
-    return max(1, min(block.mixer.height, -(-TASKS_PER_CORE * cores // tasks)))
+    """Row bands per channel vector (fused_block.vector_bands)."""
+    return vector_bands(block.batch * round_up(block.channels, lanes) // lanes, block.mixer.height, cores)
 
 
 def prim_func(block: TokenMixer, lanes: int, bands: int = 1, *, in_block: bool = False,
