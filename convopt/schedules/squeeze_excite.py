@@ -211,6 +211,18 @@ def prim_func(block: SqueezeExcite, lanes: int, bands: int = 1, *, in_block: boo
     def gated(value, c):  # a gate stored alone: 0 in a pad lane (a padded block's pad lanes are zeros)
         return tirx.if_then_else(c < C, value, zero) if C % L else value
 
+    @T.macro
+    def gate_of(g, hidden, w2, b2, n, v):  # g[0, :] = the gate of vector v (J FMAs in U partial sums)
+        for u in T.unroll(U):
+            for l in T.vectorized(L):
+                g[u, l] = zero
+        for j in range(Jp // U):
+            for u in T.unroll(U):
+                for l in T.vectorized(L):
+                    g[u, l] = g[u, l] + hidden[n, j * U + u] * w2[v, j * U + u, l]
+        for l in T.vectorized(L):
+            g[0, l] = gated(activate(b2[v * L + l] + g[0, l] + g[1, l] + g[2, l] + g[3, l], a2), v * L + l)
+
     @T.prim_func(s_tir=False)
     def fused(x: T.Buffer(x_shape, F32), w1: T.Buffer((Cp, Jp), F32), b1: T.Buffer((Jp,), F32),
               w2: T.Buffer((V, Jp, L), F32), b2: T.Buffer((Cp,), F32), packed: T.Buffer(packed_shape, F32),
@@ -287,15 +299,7 @@ def prim_func(block: SqueezeExcite, lanes: int, bands: int = 1, *, in_block: boo
         if scales:
             for t in T.parallel(N * V * B):  # the gate of the task's channel vector, and its rows scaled
                 g = T.alloc_buffer((U, L), F32, scope="local")
-                for u in T.unroll(U):
-                    for l in T.vectorized(L):
-                        g[u, l] = zero
-                for j in range(Jp // U):
-                    for u in T.unroll(U):
-                        for l in T.vectorized(L):
-                            g[u, l] = g[u, l] + hidden[t // (V * B), j * U + u] * w2[t // B % V, j * U + u, l]
-                for l in T.vectorized(L):
-                    g[0, l] = activate(b2[t // B % V * L + l] + g[0, l] + g[1, l] + g[2, l] + g[3, l], a2)
+                gate_of(g, hidden, w2, b2, t // (V * B), t // B % V)
                 for r in range(th):
                     if t % B * th + r < H:
                         if out_block:
@@ -312,15 +316,7 @@ def prim_func(block: SqueezeExcite, lanes: int, bands: int = 1, *, in_block: boo
         else:
             for n, v in T.grid(N, V):  # the gate alone: serially, a vector of channels at a time
                 g = T.alloc_buffer((U, L), F32, scope="local")
-                for u in T.unroll(U):
-                    for l in T.vectorized(L):
-                        g[u, l] = zero
-                for j in range(Jp // U):
-                    for u in T.unroll(U):
-                        for l in T.vectorized(L):
-                            g[u, l] = g[u, l] + hidden[n, j * U + u] * w2[v, j * U + u, l]
-                for l in T.vectorized(L):
-                    g[0, l] = gated(activate(b2[v * L + l] + g[0, l] + g[1, l] + g[2, l] + g[3, l], a2), v * L + l)
+                gate_of(g, hidden, w2, b2, n, v)
                 if scaled_weight is not None:
                     for l in range(L):
                         if v * L + l < Cw:
