@@ -29,32 +29,32 @@ import torch
 import convopt
 from convopt.cost.calibrate import measure_interleaved, repeated
 from convopt.backends import conv_kernels
-from convopt.passes import fuse_blocks
+from convopt.passes import fuse_blocks, match_blocks
 from convopt.schedules import cpu_fallback
 
 
 def build(model, x, variant: str, change: str):
     shipped = (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
-               conv_kernels.plan_prologues, fuse_blocks._squeeze_excites, fuse_blocks._token_mixers,
-               fuse_blocks._alternatives)
+               conv_kernels.plan_prologues, match_blocks._squeeze_excites, match_blocks._token_mixers,
+               fuse_blocks.alternatives)
     if variant == "old" and change == "fallback":
         cpu_fallback.MIN_PARALLEL_ITERATIONS = 1
         cpu_fallback.ParallelFallback._epilogue_under = lambda self, sch, reduction, outer: []
     if variant == "old" and change == "head":
         conv_kernels.plan_prologues = lambda graph: {}
     if variant == "old" and change == "se":
-        fuse_blocks._squeeze_excites = lambda graph, taken: []
+        match_blocks._squeeze_excites = lambda graph, taken: []
     if variant == "old" and change == "mixer":
-        alternatives = fuse_blocks._alternatives
-        fuse_blocks._token_mixers = lambda graph, taken: []
-        fuse_blocks._alternatives = lambda graph, block: tuple(
+        alternatives = fuse_blocks.alternatives
+        match_blocks._token_mixers = lambda graph, taken: []
+        fuse_blocks.alternatives = lambda graph, block: tuple(
             part for part in alternatives(graph, block) if part.kind != "token_mixer")
     try:
         return convopt.optimize(model, x)
     finally:
         (cpu_fallback.MIN_PARALLEL_ITERATIONS, cpu_fallback.ParallelFallback._epilogue_under,
-         conv_kernels.plan_prologues, fuse_blocks._squeeze_excites, fuse_blocks._token_mixers,
-         fuse_blocks._alternatives) = shipped
+         conv_kernels.plan_prologues, match_blocks._squeeze_excites, match_blocks._token_mixers,
+         fuse_blocks.alternatives) = shipped
 
 
 def main() -> int:

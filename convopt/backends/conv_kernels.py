@@ -392,7 +392,7 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
                      kernels: dict[str, KernelUse]):
     """Emit fused block ``n`` (passes/fuse_blocks.py) on a CPU as one call of its fused kernel
     (schedules/fused_block.py, schedules/fused_mlp.py, schedules/fused_chain.py), written out as a PrimFunc."""
-    from ..passes.fuse_blocks import describe
+    from ..passes.match_blocks import describe
     from ..schedules import fused_block, fused_chain, fused_mlp, fused_space, squeeze_excite, token_mixer
 
     block = describe(graph, n)
@@ -456,7 +456,7 @@ def emit_fused_block(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, l
 
 def runs_fused_on_cuda(graph: Graph, n: Node) -> bool:
     """Whether schedules/fused_block_cuda.py's kernel runs fused block ``n`` (its kind and its sizes)."""
-    from ..passes.fuse_blocks import describe
+    from ..passes.match_blocks import describe
     from ..schedules import fused_block_cuda
 
     return fused_block_cuda.supports(describe(graph, n)) is None
@@ -465,7 +465,7 @@ def runs_fused_on_cuda(graph: Graph, n: Node) -> bool:
 def emit_fused_block_cuda(bb: relax.BlockBuilder, graph: Graph, n: Node, env: dict, kernels: dict[str, KernelUse]):
     """Emit fused block ``n`` on CUDA as one call of schedules/fused_block_cuda.py's kernel (a TE compute:
     scheduled, or tuned, like a conv kernel by ``schedule_kernels``)."""
-    from ..passes.fuse_blocks import describe
+    from ..passes.match_blocks import describe
     from ..schedules import fused_block_cuda
 
     block = describe(graph, n)

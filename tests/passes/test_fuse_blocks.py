@@ -1,5 +1,5 @@
-"""fuse_blocks: the inverted residual blocks it finds, the fused node and its body, the dump round trip, where
-it must not fire, and how the prediction and the user's overrides decide."""
+"""fuse_blocks and match_blocks (the patterns it fuses): the blocks found, the fused node and its body, the
+dump round trip, where it must not fire, and how the prediction and the user's overrides decide."""
 
 import pytest
 import torch
@@ -9,7 +9,8 @@ from torch import nn
 from convopt.capture import capture_program
 from convopt.ir import Op, parse, verify
 from convopt.passes import canonicalize, eliminate_dead_code, fold_constants, fold_conv_bn, merge_branches
-from convopt.passes.fuse_blocks import fuse_blocks, match_blocks
+from convopt.passes.fuse_blocks import fuse_blocks
+from convopt.passes.match_blocks import match_blocks
 
 
 class InvertedResidual(nn.Module):
