@@ -6,12 +6,15 @@ model with other choices ("old"), both compiled in this process and timed in alt
     python benchmarks/lowering_ab.py timm:resnet18 --input-shape 1,3,128,128 --old-stream-bandwidth 0
     python benchmarks/lowering_ab.py timm:repvgg_a0 --old-lowering conv2d_8=winograd4 --old-lowering ...
     python benchmarks/lowering_ab.py timm:resnet18 --old-logs /tmp/old/tuning_logs     # records of another commit
+    python benchmarks/lowering_ab.py timm:resnet18 --old-profile /tmp/old.json --untuned   # a recalibration
 
 "old" is made by one of: ``--old-stream-bandwidth GBPS`` (the cost model's choice with that rate of weight
 streaming, cost/weight_stream.py; 0: none measured, a copy's bandwidth, as before the rate was measured), or
 ``--old-lowering NODE=NAME`` (repeatable; forced on those nodes), or ``--old-logs DIR`` (the tuning records and
 lowering times of DIR instead of every folder optimize() reads: e.g. ``git worktree add /tmp/old HEAD~1`` and
-its tuning_logs). Prints the nodes whose lowering differs and the
+its tuning_logs), or ``--old-profile FILE`` (that profile as the one shipped for this machine's target key: e.g.
+``git show HEAD~1:convopt/cost/profiles/<key>.json``, to weigh a recalibration). ``--untuned``: both builds
+without tuning records (the cost model alone decides). Prints the nodes whose lowering differs and the
 lowest and median round of each build, with new / old.
 """
 
@@ -36,11 +39,14 @@ def main() -> int:
     parser.add_argument("--old-stream-bandwidth", type=float, help="GB/s (0: the copy bandwidth)")
     parser.add_argument("--old-lowering", action="append", default=[], metavar="NODE=NAME")
     parser.add_argument("--old-logs", metavar="DIR", help="tuning records read by the old build instead")
+    parser.add_argument("--old-profile", metavar="FILE", help="the cost-model profile the old build uses instead")
+    parser.add_argument("--untuned", action="store_true", help="no tuning records in either build")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    if sum((args.old_stream_bandwidth is not None, bool(args.old_lowering), bool(args.old_logs))) != 1:
-        parser.error("give one of --old-stream-bandwidth, --old-lowering, --old-logs")
+    if sum((args.old_stream_bandwidth is not None, bool(args.old_lowering), bool(args.old_logs),
+            bool(args.old_profile))) != 1:
+        parser.error("give one of --old-stream-bandwidth, --old-lowering, --old-logs, --old-profile")
 
     import convopt
     import convopt.cost.profile as profile
@@ -49,9 +55,26 @@ def main() -> int:
 
     torch.set_num_threads(2)
     model, x = reference(args.model, parse_shape(args.input_shape), 0)
-    new = convopt.optimize(model, x)
+    options = {"tuning_logs": False} if args.untuned else {}
+    new = convopt.optimize(model, x, **options)
     if args.old_lowering:
-        old = convopt.optimize(model, x, lowering=dict(item.split("=", 1) for item in args.old_lowering))
+        old = convopt.optimize(model, x, lowering=dict(item.split("=", 1) for item in args.old_lowering), **options)
+    elif args.old_profile:
+        from pathlib import Path
+
+        shipped = profile.shipped_profiles
+        text = Path(args.old_profile).read_text()
+
+        def with_old():
+            profiles = shipped()
+            old_profile = profile.MachineProfile.from_json(text, args.old_profile)
+            return {**profiles, old_profile.target_key: old_profile}
+
+        profile.shipped_profiles = with_old
+        try:
+            old = convopt.optimize(model, x, **options)
+        finally:
+            profile.shipped_profiles = shipped
     elif args.old_logs:
         import convopt.tuning.apply as apply
         from pathlib import Path
@@ -66,7 +89,7 @@ def main() -> int:
         measured = profile._stream_bandwidth
         profile._stream_bandwidth = lambda cached, shipped, target: args.old_stream_bandwidth * 1e9
         try:
-            old = convopt.optimize(model, x)
+            old = convopt.optimize(model, x, **options)
         finally:
             profile._stream_bandwidth = measured
     lowerings = [{n.name: n.attrs.lowering for n in fast.graph.nodes if getattr(n.attrs, "lowering", None)}

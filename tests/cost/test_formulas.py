@@ -75,3 +75,13 @@ def test_direct_column_tile_is_the_schedules(lanes, columns):
     assert int(DirectColumnTile(56, 8, lanes, lanes)) == columns
     spec = ConvSpec(1, 64, 56, 56, 128, (3, 3), padding=(1, 1))
     assert evaluate("direct", spec, lanes)["flops"] == 2 * spec.macs
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_im2win_counts_a_strided_convs_multiply_adds_as_slow(lanes):
+    plain = ConvSpec(1, 64, 56, 56, 128, (3, 3), padding=(1, 1))
+    strided = ConvSpec(1, 64, 56, 56, 128, (3, 3), (2, 2), padding=(1, 1))
+    terms = evaluate("im2win", plain, lanes)
+    assert (terms["flops"], terms["slow_flops"]) == (2 * plain.macs, 0)
+    terms = evaluate("im2win", strided, lanes)
+    assert (terms["flops"], terms["slow_flops"]) == (0, 2 * strided.macs)
