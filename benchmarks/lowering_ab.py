@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -47,6 +48,8 @@ def main() -> int:
     if sum((args.old_stream_bandwidth is not None, bool(args.old_lowering), bool(args.old_logs),
             bool(args.old_profile))) != 1:
         parser.error("give one of --old-stream-bandwidth, --old-lowering, --old-logs, --old-profile")
+    if args.untuned and args.old_logs:
+        parser.error("--untuned builds without tuning records: --old-logs compares records")
 
     import convopt
     import convopt.cost.profile as profile
@@ -60,8 +63,6 @@ def main() -> int:
     if args.old_lowering:
         old = convopt.optimize(model, x, lowering=dict(item.split("=", 1) for item in args.old_lowering), **options)
     elif args.old_profile:
-        from pathlib import Path
-
         shipped = profile.shipped_profiles
         text = Path(args.old_profile).read_text()
 
@@ -77,7 +78,6 @@ def main() -> int:
             profile.shipped_profiles = shipped
     elif args.old_logs:
         import convopt.tuning.apply as apply
-        from pathlib import Path
 
         folders = apply.default_log_dirs
         apply.default_log_dirs = lambda tuning_logs=None: [Path(args.old_logs)]
