@@ -55,7 +55,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
-from . import row_prefetch, task_buffers
+from . import row_prefetch, signed_zero_init, task_buffers
 from .cpu_fallback import subexpressions, substitute
 from .tiling import LINE_FLOATS
 
@@ -217,7 +217,8 @@ def _pipeline():
     def finalize_host_hoisted():  # before LowerTVMBuiltin makes scratch buffers workspace calls
         return tvm.transform.Sequential([task_buffers.hoist_task_buffers, finalize_host()])
 
-    return (tvm.transform.Sequential([prefetch_next_chunk, row_prefetch.prefetch_input_rows, lower]),
+    return (tvm.transform.Sequential([prefetch_next_chunk, row_prefetch.prefetch_input_rows,
+                                      signed_zero_init.signed_zero_init, lower]),
             finalize_host_hoisted, finalize_device)
 
 
