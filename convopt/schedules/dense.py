@@ -6,10 +6,12 @@ block zero-padded), so the kernel streams it contiguously and every output vecto
     y[m, n] = sum_k x[m, k] * Wp[n // L, k, n % L] + b[n]
 
 Schedule (x86): parallel over (row tiles, column tiles) > k > unroll(mt rows) > unroll(nv vectors) >
-vectorize(L), with mt x nv accumulators (tiling.dense_tile: the classifier's single row gets nv vectors of
-independent accumulators, larger M a 4-6 row tile), the bias added as each tile is written back. A batch-1
-classifier (1280 -> 1000) is a stream over its weight, bound by memory bandwidth: TVM's generic schedule
-read the transposed weight with a stride of N and ran it 4-9x slower than that bound.
+vectorize(L), the two tile loops swapped where the weight is the larger operand (tiling.columns_outermost:
+each column tile's weights then read once), with mt x nv accumulators (tiling.dense_tile: the classifier's
+single row gets nv vectors of independent accumulators, larger M a 2-7 row tile), the bias added as each
+tile is written back. A batch-1 classifier (1280 -> 1000) is a stream over its weight, bound by memory
+bandwidth: TVM's generic schedule read the transposed weight with a stride of N and ran it 4-9x slower than
+that bound.
 
 A prologue (``Prologue``, planned by backends/conv_kernels.py ``plan_prologues``) computes the product's input
 from the value before it, in the same kernel: a classifier head's global average pool of a channel-blocked map
@@ -133,8 +135,12 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> None
     # tunable: both tiles are samples around the default (both split exactly)
     mo, mi = sch.split(m, [None, sample(sch, tiling.divisor_tiles(rows, 6, mt), mt)])
     bo, bi = sch.split(b, [None, sample(sch, tiling.divisor_tiles(blocks, tiling.accumulators(target.lanes), nv), nv)])
-    sch.reorder(mo, bo, k, mi, bi, lane)
-    tiles = sch.fuse(mo, bo)
+    if tiling.columns_outermost(rows, blocks * target.lanes):
+        sch.reorder(bo, mo, k, mi, bi, lane)
+        tiles = sch.fuse(bo, mo)
+    else:
+        sch.reorder(mo, bo, k, mi, bi, lane)
+        tiles = sch.fuse(mo, bo)
     present = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root", func_name))}
     prologue = [name for name in PROLOGUE_BLOCKS if name in present]
     if prologue:

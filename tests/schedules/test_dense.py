@@ -1,5 +1,7 @@
 """convopt.schedules.dense (linear layers) against torch, for both SIMD widths and both ISAs."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,8 @@ def _build(rows, k, n, bias, target):
 @pytest.mark.parametrize("rows,k,n,bias", [
     (1, 1280, 1000, True),   # a batch-1 classifier: 1000 is not a multiple of the lanes
     (12, 64, 256, True),     # an MLP over 12 pixels: a 6-row tile
+    (49, 40, 96, True),      # a token MLP over 7 x 7 tokens: 7-row tiles, the column tiles outermost
+    (50, 24, 40, False),     # 5-row tiles, fewer columns than rows: the row tiles outermost
     (7, 33, 20, False),      # odd everything
     (1, 5, 3, True),         # fewer outputs than one vector
 ])
@@ -55,6 +59,35 @@ def test_tiles(lanes):
     assert tiling.dense_tile(1, 63, lanes)[0] == 1 and 63 // tiling.dense_tile(1, 63, lanes)[1] >= 16
     mt, nv = tiling.dense_tile(3136, 16, lanes)
     assert mt == 4 and mt * nv <= tiling.accumulators(lanes) and 16 % nv == 0
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_row_tiles_of_token_counts(lanes):
+    assert tiling.dense_tile(12, 16, lanes)[0] == 6  # the tiles of before where 6 or 4 rows divide M
+    assert tiling.dense_tile(196, 16, lanes)[0] == 4
+    for rows, tile in ((49, 7), (25, 5), (35, 7)):  # 7 x 7 and 5 x 5 maps: a one-row tile before
+        mt, nv = tiling.dense_tile(rows, 112, lanes)
+        assert mt == tile and rows % mt == 0 and mt * nv <= tiling.accumulators(lanes) and 112 % nv == 0
+    assert tiling.dense_tile(197, 48, lanes)[0] == 1  # a prime count (a class token's 196 + 1): one-row tiles still
+
+
+def _tile_loop_order(rows, k, n, lanes):
+    """The loop names fused into the parallel tile loop of the scheduled kernel, outermost first."""
+    packed_shape = dense.pack_weight(np.zeros((n, k), np.float32), lanes).shape
+    x, w = te.placeholder((rows, k), name="x"), te.placeholder(packed_shape, name="w")
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([x, w, dense.compute(x, w, out_features=n)])}))
+    dense.schedule_cpu(sch, "main", host(lanes))
+    outer = sch.get_loops(sch.get_sblock(dense.GEMM_BLOCK + "_update", "main"))[0]
+    return re.findall(r"(?:^|_)([mb])_0", sch.get(outer).loop_var.name)  # e.g. "b_0_m_0_fused"
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_the_larger_operand_is_read_once(lanes, monkeypatch):
+    assert _tile_loop_order(49, 64, 1792, lanes) == ["b", "m"]  # the weight the larger: its tiles outermost
+    assert _tile_loop_order(3136, 64, 256, lanes) == ["m", "b"]  # the input the larger
+    assert _tile_loop_order(1, 1280, 1008, lanes) == ["m", "b"]  # a batch-1 classifier: the order of before
+    monkeypatch.setattr(tiling, "ROWS_INSIDE_COLUMNS", False)
+    assert _tile_loop_order(49, 64, 1792, lanes) == ["m", "b"]
 
 
 @pytest.mark.parametrize("isa", OTHER_ISAS)
