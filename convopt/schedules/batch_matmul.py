@@ -11,13 +11,16 @@ one vector load of B[k, j] per FMA, k innermost:
 
     parallel(b..., i / rows) > j / (vectors L) > k > unroll(rows) > unroll(vectors) > vectorize(L)
 
-then the tile (and its epilogue, inlined) is stored. Where i or j is not a whole number of tiles, the task's
-rows of A and its B are first copied zero-padded to whole tiles (``pad_einsum``), so that no lane of the
-accumulation is guarded (TVM's vectorizer scalarizes a loop with a guarded lane); the store of the last
-column tile still is (mobilevit_xxs's q k^T, [4, 4, 196, 16] x [4, 4, 16, 196]: 32 GFLOP/s, against 60 for
-j = 192). Left to ParallelFallback (one loop nest parallelized and its innermost loop vectorized over the
-reduction's output, k innermost, a scalar FMA chain per element), that product ran at 4.6 GFLOP/s, 45% of
-the model's time. (Splitting off the last column tile with TVM's ``loop_partition`` crashed TVM 0.27.)
+then the tile (and its epilogue, inlined) is stored. Where i or j is not a whole number of tiles, the
+operands are first copied zero-padded to whole tiles (``pad_einsum``), so that no lane of the accumulation is
+guarded (TVM's vectorizer scalarizes a loop with a guarded lane): each task's rows of A before its tiles, and
+all of B once, in a parallel pass of its own before the tasks (copied in every task, B was copied M / rows
+times over: q k^T over 14 x 14 tokens, [1, 10, 196, 32] x [1, 10, 32, 196], ran at 126 GFLOP/s against 322
+for 192 tokens, and at 260 with B copied once; caformer_s18 0.959, mobilevit_s 0.939 end to end, Intel
+AVX-512, benchmarks/results/batch_matmul_pad_s54_rocketlake.md). The store of the last column tile is still
+guarded. Left to ParallelFallback (one loop nest parallelized and its innermost loop vectorized over the
+reduction's output, k innermost, a scalar FMA chain per element), mobilevit_xxs's q k^T ([4, 4, 196, 16] x
+[4, 4, 16, 196]) ran at 4.6 GFLOP/s, 45% of the model's time. (Splitting off the last column tile with TVM's ``loop_partition`` crashed TVM 0.27.)
 
 It is a dlight ScheduleRule, applied before convopt's other CPU rules (backends/tvm_backend.py
 default_rules). A matrix product whose B is indexed [..., j, k] (a transpose fused in) is not matched.
@@ -29,6 +32,9 @@ import tvm
 
 from . import tiling
 from .cpu_fallback import LaneRule
+
+
+PAD_B_ONCE = True  # module constant, read at build time (benchmarks/constant_ab.py compares builds without it)
 
 
 def _vars_of(region) -> list:
@@ -66,6 +72,18 @@ def matmul_axes(block) -> tuple[int, int, int] | None:
     for first, second in ((a, b), (b, a)):
         if same(first[-2], i_var) and same(first[-1], k_var) and same(second[-2], k_var) and same(second[-1], j_var):
             return len(iters) - 3, len(iters) - 2, len(iters) - 1
+    return None
+
+
+def _b_operand(block):
+    """The buffer ``block`` (a matrix product, ``matmul_axes``) reads as B[..., k, j]."""
+    i_var, j_var, k_var = (iv.var for iv in list(block.iter_vars)[-3:])
+    out = block.writes[0].source
+    for read in block.reads:
+        axes = _vars_of(read)
+        if not read.source.same_as(out) and axes and len(axes) >= 2 and axes[-2] is not None \
+                and axes[-2].same_as(k_var) and axes[-1] is not None and axes[-1].same_as(j_var):
+            return read.source
     return None
 
 
@@ -128,9 +146,16 @@ class BatchMatmul(LaneRule):
         sch.decompose_reduction(block_rv, k)  # its init loops keep these annotations
         *_, store_j = sch.get_loops(store)
         sch.vectorize(sch.split(store_j, [None, self.lanes])[1])
-        for pad in producers:  # the padded rows of A and the padded B of this task, copied before its tiles
-            sch.compute_at(pad, outer, preserve_unit_loops=True)
-            *_, last = sch.get_loops(pad)
+        padded_b = _b_operand(sch.get(block_rv))
+        for pad in producers:
+            if PAD_B_ONCE and sch.get(pad).writes[0].source.same_as(padded_b):
+                # B padded once, in a parallel pass of its own: a task's tiles read all of its batch's B, and
+                # copied per task (one per block of rows) it was copied M / rows times over
+                *spatial, last = sch.get_loops(pad)
+                sch.parallel(sch.fuse(*spatial))
+            else:  # the padded rows of A of this task, copied before its tiles
+                sch.compute_at(pad, outer, preserve_unit_loops=True)
+                *_, last = sch.get_loops(pad)
             if sch.get(last).extent.value % self.lanes == 0:
                 sch.vectorize(sch.split(last, [None, self.lanes])[1])
         return sch
