@@ -42,6 +42,7 @@ from tvm import s_tir, tirx
 
 from .cpu_fallback import subexpressions, substitute
 from .tiling import LINE_FLOATS
+from .tir_rewrite import map_children
 
 PREFETCH_ROWS = True  # module constant, read at build time (benchmarks/constant_ab.py compares builds without it)
 ROW_BYTES = 16 * 1024  # at most this much input per output row (Cin x KH rows): it and the next fit any x86 L1d (32 KB+)
@@ -139,20 +140,8 @@ def _rewrite(stmt, params):
                 return stmt
             return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, columns, stmt.thread_binding,
                             stmt.annotations)
-        body = _rewrite(stmt.body, params)
-        return stmt if body.same_as(stmt.body) else tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                                                             stmt.thread_binding, stmt.annotations)
-    if isinstance(stmt, tirx.SeqStmt):
-        seq = [_rewrite(s, params) for s in stmt.seq]
-        return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        b = stmt.block
-        body = _rewrite(b.body, params)
-        if body.same_as(b.body):
-            return stmt
-        block = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers,
-                             b.match_buffers, b.annotations)
-        return s_tir.SBlockRealize(list(stmt.iter_values), stmt.predicate, block)
+    if isinstance(stmt, (tirx.For, tirx.SeqStmt, s_tir.SBlockRealize)):
+        return map_children(stmt, lambda child: _rewrite(child, params))
     return stmt
 
 

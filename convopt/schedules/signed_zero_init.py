@@ -35,6 +35,8 @@ import math
 
 from tvm import s_tir, tirx
 
+from .tir_rewrite import map_children, with_block_body
+
 INIT_SUFFIX = "_init"  # the name decompose_reduction gives a reduction's init block
 NEGATIVE_ZERO = True  # module constant, read at build time (benchmarks/constant_ab.py compares builds without it)
 
@@ -49,35 +51,14 @@ def _negated_zero_store(stmt):
     if isinstance(stmt, tirx.BufferStore) and _is_positive_float_zero(stmt.value):
         return tirx.BufferStore(stmt.buffer, tirx.const(-0.0, str(stmt.value.ty.dtype)), stmt.indices)
     if isinstance(stmt, tirx.SeqStmt):
-        seq = [_negated_zero_store(s) for s in stmt.seq]
-        return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq)
+        return map_children(stmt, _negated_zero_store)
     return stmt
 
 
 def _rewrite(stmt):
-    if isinstance(stmt, tirx.For):
-        body = _rewrite(stmt.body)
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, stmt.annotations)
-    if isinstance(stmt, tirx.SeqStmt):
-        seq = [_rewrite(s) for s in stmt.seq]
-        return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq)
-    if isinstance(stmt, tirx.IfThenElse):
-        then = _rewrite(stmt.then_case)
-        other = None if stmt.else_case is None else _rewrite(stmt.else_case)
-        if then.same_as(stmt.then_case) and (other is None or other.same_as(stmt.else_case)):
-            return stmt
-        return tirx.IfThenElse(stmt.condition, then, other)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        b = stmt.block
-        body = _negated_zero_store(b.body) if b.name_hint.endswith(INIT_SUFFIX) else _rewrite(b.body)
-        if body.same_as(b.body):
-            return stmt
-        block = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers,
-                             b.match_buffers, b.annotations)
-        return s_tir.SBlockRealize(list(stmt.iter_values), stmt.predicate, block)
-    return stmt
+    if isinstance(stmt, s_tir.SBlockRealize) and stmt.block.name_hint.endswith(INIT_SUFFIX):
+        return with_block_body(stmt, _negated_zero_store(stmt.block.body))
+    return map_children(stmt, _rewrite)
 
 
 @tirx.transform.prim_func_pass(opt_level=0, name="convopt.SignedZeroInit")
