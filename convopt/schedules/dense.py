@@ -135,12 +135,9 @@ def schedule_cpu(sch: tvm.s_tir.Schedule, func_name: str | None, target) -> None
     # tunable: both tiles are samples around the default (both split exactly)
     mo, mi = sch.split(m, [None, sample(sch, tiling.divisor_tiles(rows, 6, mt), mt)])
     bo, bi = sch.split(b, [None, sample(sch, tiling.divisor_tiles(blocks, tiling.accumulators(target.lanes), nv), nv)])
-    if tiling.columns_outermost(rows, blocks * target.lanes):
-        sch.reorder(bo, mo, k, mi, bi, lane)
-        tiles = sch.fuse(bo, mo)
-    else:
-        sch.reorder(mo, bo, k, mi, bi, lane)
-        tiles = sch.fuse(mo, bo)
+    outer = (bo, mo) if tiling.columns_outermost(rows, blocks * target.lanes) else (mo, bo)
+    sch.reorder(*outer, k, mi, bi, lane)
+    tiles = sch.fuse(*outer)
     present = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root", func_name))}
     prologue = [name for name in PROLOGUE_BLOCKS if name in present]
     if prologue:
