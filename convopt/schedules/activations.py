@@ -15,7 +15,8 @@ or +inf beyond float32's range, so sigmoid and silu saturate exactly (silu(-1e30
 and sigmoid stays in [0, 1] with no clamp on the output. These kernels are bound by the throughput of the
 FP pipes (the division is not the limit: SiLU with a multiply in its place is 4% faster), so the count of
 vector operations is the cost, the multiplies and FMAs most (two of the four FP pipes): 14 for SiLU
-this way, 7 of them multiplies or FMAs, against 15 and 11 as the odd rational x (1/2 + tanh(x / 2) / 2) with a
+this way, 7 of them multiplies or FMAs (13 and 7 since session 55: ``exp2_of_product`` folds -x log2 e into
+the FMAs that use it), against 15 and 11 as the odd rational x (1/2 + tanh(x / 2) / 2) with a
 4/4 fit of tanh used until session 45 (clamp, x^2, two Horner chains, division, 1/2 + r, times x). Four
 independent SiLUs a 16-lane vector of L1-resident floats, one Zen 5 core: 1.85 ns an application the
 rational way, 1.52 this way (one SiLU a vector: 1.58, 1.53, and 1.63 with vrndscaleps and vcvttps2dq
@@ -29,7 +30,12 @@ two min/max of an output clamp. tests/schedules/test_activations.py checks every
 
 The one division stays in each: a reciprocal from the exponent trick with three Newton steps (seven vector
 ops, no division) made SiLU 41 us and GELU 46 us over 2^18 floats on one Zen 5 core, against 28 and 33 us
-with the division (session 39).
+with the division (session 39). On an Intel AVX-512 core (session 55) a lone SiLU stream is bound by the
+divider instead (vdivps zmm: one each 10 cycles; 12.3 us over 2^16 floats, 9.4 with a multiply in its
+place), but inside a conv's epilogue the divider runs beside the FMA pipes and the operation count is the
+cost again (16 -> 96 1x1 at 112 px with SiLU 302 us, with ReLU 157). LLVM's rcp14 + Newton form of a
+division needs fast-math's approximate-functions flag, which TVM sets only with all of fast-math (whose
+reassociation cancels exp2's rounding sum).
 
 NaN stays NaN through the smooth ones (their factor x, and the clamps keep it); relu, relu6 and the hard ones
 are max/min, whose NaN behaviour is LLVM's select on an ordered compare (NaN becomes the bound). The IR ops
@@ -112,24 +118,41 @@ def exp2(y):
     """2^y for every float32 y: +inf above 127.5, +0 from -126.5 down, NaN for NaN, 2^n exactly at integers;
     relative error <= 1.8e-7 in between where 2^y is a normal float (below 2^-126, subnormal, with less
     precision)."""
-    y = _clamp_keeping_nan(y, -127.0, 128.0)  # n + 127 in [0, 255]: 0 is the exponent field of +0, 255 of +inf
-    bits = tirx.reinterpret("int32", y + _c(_ROUNDING_MAGIC))
-    # round(y), exact, and y - n in [-1/2, 1/2] exactly; through the bits, or TVM's simplifier cancels the two
-    # magic numbers
+    return exp2_of_product(y, 1.0)
+
+
+# module constant, read at build time: False computes 2^(s x) as exp2(s x), the product rounded first
+# (benchmarks/constant_ab.py compares builds)
+FOLD_PRODUCT = True
+
+
+def exp2_of_product(x, scale: float):
+    """2^(scale x) as ``exp2`` computes 2^y, with the product folded into the two FMAs that use it: the
+    rounding sum (scale x + magic) and the reduced argument (scale x - n, one rounding: more accurate than
+    scale x rounded first where |scale x| is large). The clamp moves to x (the x whose products span
+    [-127, 128], a float32 rounding off at most, which still rounds to n in [-127, 128]): a multiply fewer."""
+    if not FOLD_PRODUCT and scale != 1.0:
+        return exp2_of_product(x * _c(scale), 1.0)
+    lo, hi = sorted((-127.0 / scale, 128.0 / scale))
+    x = _clamp_keeping_nan(x, lo, hi)  # n + 127 in [0, 255]: 0 is the exponent field of +0, 255 of +inf
+    product = x if scale == 1.0 else x * _c(scale)
+    bits = tirx.reinterpret("int32", product + _c(_ROUNDING_MAGIC))
+    # round(scale x), exact, and scale x - n in [-1/2, 1/2]; through the bits, or TVM's simplifier cancels the
+    # two magic numbers
     n = tirx.reinterpret(F32, bits) - _c(_ROUNDING_MAGIC)
     two_to_n = tirx.reinterpret(F32, tirx.shift_left(bits, tirx.const(23, "int32")))
-    return _polynomial(_EXP2, y - n) * two_to_n
+    return _polynomial(_EXP2, product - n) * two_to_n
 
 
 _MINUS_LOG2_E = -1 / math.log(2)
 
 
 def sigmoid(x):  # 1 / (1 + e^-x): in [0, 1], 0 where e^-x overflows and 1 where it underflows
-    return _c(1.0) / (_c(1.0) + exp2(x * _c(_MINUS_LOG2_E)))
+    return _c(1.0) / (_c(1.0) + exp2_of_product(x, _MINUS_LOG2_E))
 
 
 def silu(x):  # x / (1 + e^-x): exactly -0 where e^-x overflows, x where it underflows; NaN stays NaN
-    return x / (_c(1.0) + exp2(x * _c(_MINUS_LOG2_E)))
+    return x / (_c(1.0) + exp2_of_product(x, _MINUS_LOG2_E))
 
 
 def gelu(x):  # x Phi(x)
