@@ -86,6 +86,17 @@ class OutputBlocks(sp.Function):
         return None
 
 
+class PairedGroups(sp.Function):
+    """1 where the direct kernel computes two groups a vector over an interleaved copy of its input
+    (tiling.paired_groups: groups, channels in, out, lanes), else 0."""
+
+    @classmethod
+    def eval(cls, g, c, o, vl):
+        if all(v.is_Integer for v in (g, c, o, vl)):
+            return sp.Integer(int(tiling.paired_groups(int(g), int(c), int(o), int(vl))))
+        return None
+
+
 def _direct():
     block = sp.Min(VL, OG)
     blocks = OutputBlocks(G, OG, VL, OW)
@@ -95,7 +106,9 @@ def _direct():
     strided = sp.Or(SH > 1, SW > 1)
     # vectorized over columns with a column stride: the padded input is stored as SW column phases
     phased = sp.And(SW > 1, block < sp.Max(4, VL / 2))
-    workspace = sp.Piecewise((F32 * N * C * HP * SW * sp.ceiling(WP / SW), phased), (_padded_input, True))
+    workspace = sp.Piecewise((F32 * N * C * HP * SW * sp.ceiling(WP / SW), phased),
+                             (F32 * N * C * HP * WP, sp.Eq(PairedGroups(G, C, O, VL), 1)),  # the interleaved copy
+                             (_padded_input, True))
     return {"flops": _wide(sp.Piecewise((0, strided), (2 * tiled, True))), "narrow_flops": _narrow(2 * macs),
             "slow_flops": _wide(sp.Piecewise((2 * tiled, strided), (0, True))), "aux_flops": 0,
             "bytes": _io_bytes + 2 * workspace, "workspace": workspace}
@@ -244,6 +257,7 @@ _RULES = {
     "DirectColumnTile": lambda ow, blocks, block, vl: tiling.column_tile(round(ow), round(blocks), round(block),
                                                                          round(vl)),
     "OutputBlocks": lambda g, og, vl, ow: tiling.output_blocks(round(g), round(og), round(vl), round(ow)),
+    "PairedGroups": lambda g, c, o, vl: int(tiling.paired_groups(round(g), round(c), round(o), round(vl))),
     "Im2colAccumulators": lambda p, og, o, vl: tiling.gemm_accumulators(round(p), round(og), round(o), round(vl)),
     "WinogradTileWidth": lambda tiles: tiling.winograd_tile_width(round(tiles)),
     "FftWidth": lambda vl: fft_conv.vector_width(round(vl)),

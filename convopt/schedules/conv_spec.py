@@ -385,7 +385,10 @@ def packed_weight_buffer(sch, acc) -> str:
     its loops (n, b, y, x, lane, rc, r1, r2) taken as [b, rc, r1, r2, lane] (direct's [OCB, I, KH, KW, ob],
     im2win's [OCB, I, KW, KH, ob])."""
     block = sch.get(acc)  # (not get_loops: a trace instruction, which would change the kernel's default trace)
-    _, b, _, _, l, rc, ry, rx = (int(iv.dom.extent) for iv in block.iter_vars)
+    extents = [int(iv.dom.extent) for iv in block.iter_vars]
+    if len(extents) == 9:  # the direct kernel's paired groups: the lane as (channel, group) (direct_conv2d)
+        extents = [*extents[:4], extents[4] * extents[5], *extents[6:]]
+    _, b, _, _, l, rc, ry, rx = extents
     extents = [b, rc, ry, rx, l]
     written = {w.source.name for w in block.writes}
     for read in block.reads:

@@ -235,6 +235,21 @@ def output_blocks(groups: int, out_per_group: int, lanes: int, out_width: int) -
     return blocks
 
 
+PAIR_GROUPS = True  # module constant, read at build time (benchmarks/kernel_constant_ab.py compares without)
+
+
+def paired_groups(groups: int, in_channels: int, out_channels: int, lanes: int) -> bool:
+    """Whether the direct kernel computes two groups in one vector: where a group's output channels fill
+    exactly half of one (RegNet's and ResNeXt's 8-channel groups with AVX-512, 4-channel ones with AVX2) and
+    both sides fill whole channel blocks, so that the model passes them blocked (passes/block_layout.py).
+    Lane 2i + h of block j is channel i of group 2j + h, its input read as the pair (channel c of group 2j,
+    of group 2j + 1), adjacent in an interleaved copy: one 64-bit broadcast (vbroadcastsd) an FMA of the
+    whole width, where blocks of half a vector made two half-width FMAs for the same loads. From and to
+    NCHW the interleaving is a gather each way (measured 0.94-1.5x the unpaired kernel's time: not used)."""
+    return (PAIR_GROUPS and groups > 1 and 2 * (out_channels // groups) == lanes
+            and in_channels % lanes == 0 and out_channels % lanes == 0)
+
+
 def column_tile(out_width: int, blocks: int, block: int, lanes: int) -> int:
     """Output columns per register tile of the channel-vectorized direct/im2win kernels: the accumulators
     left after the channel tile (2 x 4 with AVX2, 2 x 8 with AVX-512), a divisor of the row when one is close;

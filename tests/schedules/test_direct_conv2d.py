@@ -582,3 +582,64 @@ def test_a_1x1_convs_reduction_is_unrolled_by_a_few_channels(spec, unroll, name,
     else:
         assert unrolled and (int(unrolled[1]), int(unrolled[2])) == (spec.in_channels // unroll, unroll)
     assert error_against_torch(name, spec, True, False, "relu", lanes=lanes, blocked=True) < 1e-5
+
+
+# two groups a vector (tiling.paired_groups): 8-channel groups with 16 lanes, 4-channel ones with 8
+PAIRED_SPECS = [
+    ConvSpec(1, 32, 9, 11, 32, (3, 3), (1, 1), (1, 1)),  # groups: _paired makes them half a vector wide
+    ConvSpec(2, 32, 10, 10, 32, (3, 3), (2, 2), (1, 1)),
+    ConvSpec(1, 32, 9, 9, 64, (3, 3), (1, 1), (2, 2), (2, 2)),
+    ConvSpec(1, 64, 7, 7, 32, (1, 1)),
+]
+
+
+def _paired(spec: ConvSpec, lanes: int) -> ConvSpec:
+    from dataclasses import replace
+
+    return replace(spec, groups=spec.out_channels // (lanes // 2))
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("spec", PAIRED_SPECS, ids=lambda s: f"{s.in_channels}->{s.out_channels} {s.kernel} s{s.stride}")
+def test_paired_groups_match_torch(spec, lanes, blocked):
+    """Groups of half a vector run two a vector (lanes 2i + h, the input interleaved by pairs), blocked or
+    NCHW, with bias, residual and an activation."""
+    spec = _paired(spec, lanes)
+    assert tiling.paired_groups(spec.groups, spec.in_channels, spec.out_channels, lanes)
+    assert error_against_torch("direct", spec, True, True, "silu", lanes=lanes, blocked=blocked) < 1e-5
+
+
+def test_paired_groups_only_where_half_a_vector_and_whole_blocks():
+    assert tiling.paired_groups(32, 256, 256, 16) and tiling.paired_groups(32, 128, 128, 8)
+    assert tiling.paired_groups(4, 64, 32, 16)                   # any channels in per group
+    assert not tiling.paired_groups(19, 152, 152, 16)             # 152 channels: not whole blocks (NCHW)
+    assert not tiling.paired_groups(16, 256, 256, 16)             # 16-channel groups fill a vector
+    assert not tiling.paired_groups(64, 256, 256, 16)             # 4-channel groups: a quarter
+    assert not tiling.paired_groups(1, 8, 8, 16)                  # one group
+    assert channel_block(8, 16) == 8                              # (unpaired: a block of half a vector)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_paired_groups_broadcast_the_pair_once_an_fma(lanes):
+    """The pair (channel c of both groups) is one 64-bit broadcast of the interleaved input per FMA, and the
+    interleaving copy and the epilogue move whole vectors: no vector gathered lane by lane (vpextrd; a
+    16-lane read of the lanes 2i + h, in one index, did that in the epilogue)."""
+    from convopt.schedules import prefetch
+    from convopt.schedules.kernel import scheduled_module
+
+    spec = _paired(ConvSpec(1, 64, 7, 7, 64, (3, 3), (1, 1), (1, 1)), lanes)
+    weight = np.ones((spec.out_channels, spec.in_per_group, *spec.kernel), np.float32)
+    mod = scheduled_module("direct", spec, weight, host(lanes), in_block=lanes, out_block=lanes)[0]
+    lib = prefetch.compile(mod, host(lanes).tvm)
+    asm = (lib.mod.imports[0] if lib.mod.imports else lib.mod).inspect_source("asm")
+    assert len(re.findall(r"vbroadcastsd", asm)) >= 8 and "vpextrd" not in asm
+
+
+def test_workspace_of_paired_groups_is_the_interleaved_copy():
+    from convopt.cost import formulas
+    from convopt.schedules import direct_conv2d
+
+    spec = _paired(ConvSpec(1, 64, 7, 7, 64, (1, 1)), 16)  # no padding: the copy is made all the same
+    assert direct_conv2d.workspace_bytes(spec, 16) == 4 * 64 * 7 * 7
+    assert formulas.evaluate("direct", spec, 16)["workspace"] == 4 * 64 * 7 * 7
