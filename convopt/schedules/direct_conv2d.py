@@ -69,6 +69,11 @@ PAD_BLOCK = "dconv_pad"
 OUT_BLOCK = "dconv_out"
 
 TILED_EPILOGUE = "dconv_tiled_epilogue"  # attr of the output block: computed per register tile
+# paired groups (tiling.paired_groups) unroll the kernel's column taps in TIR: their broadcasts then share one
+# base address and LLVM loads each input pair once for the taps that read it (unrolled by LLVM, each tap
+# computed its own sign-extended index and reloaded them): 0.84-1.0 alone (AVX-512), 0.89-1.0 (AVX2 code).
+# A module constant, read at build time (benchmarks/kernel_constant_ab.py compares builds without it).
+UNROLL_PAIRED_TAPS = True
 
 
 # ----------------------------------------------------------------------------
@@ -427,6 +432,8 @@ def schedule_direct_conv2d(
         else:
             sch.reorder(n, bo, y, xo, *order, *unrolled, bi, xi, l)
             sch.parallel(sch.fuse(n, bo, y))
+        if paired and UNROLL_PAIRED_TAPS:
+            sch.unroll(rx)
         sch.unroll(bi)
         sch.unroll(xi)
         sch.vectorize(l)
