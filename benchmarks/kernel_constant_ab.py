@@ -50,8 +50,8 @@ def main() -> int:
                 setattr(module, name, value)
             lanes = target.lanes
             return build_kernel(lowering, spec, w, b, target=target, activation=args.activation,
-                                in_block=lanes if args.blocked_input and spec.in_channels % lanes == 0 else None,
-                                out_block=lanes if spec.out_channels % lanes == 0 else None)
+                                in_block=lanes if args.blocked_input else None,
+                                out_block=lanes if args.blocked_input or spec.out_channels % lanes == 0 else None)
         finally:
             for module, name, value in saved:
                 setattr(module, name, value)

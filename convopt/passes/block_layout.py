@@ -8,8 +8,9 @@ When C % b != 0 the last block is padded with zero lanes ("padded blocks": 40 ch
 with AVX-512; without them every tensor of such a stage stayed NCHW on AVX-512 while AVX2 blocked it). A
 padded value needs more than whole blocks do, because its pad lanes must stay zero and nobody may read it as
 C channels packed: at least three quarters of its stored channels are real (``PADDED_FILL``) and it has more
-than one pixel; its producer is a conv of one group or a depthwise conv whose input is padded alike (the
-kernel computes the conv over whole blocks with zero weights and bias: schedules/conv_spec.pad_to_blocks),
+than one pixel; its producer is a conv of one group, or of groups as wide on both sides whose width divides
+the block (depthwise, RegNet's 8-channel groups) whose input is padded alike (the kernel computes the conv
+over whole blocks with zero weights and bias, added as whole groups: schedules/conv_spec.pad_to_blocks),
 or a layout-preserving op that maps zeros to zeros (``keeps_zero_lanes``: not sigmoid, a division, a scalar
 add, a pad with a non-zero value; no cat, split or slice of channels, no group norm; a one-pixel operand
 broadcast over it, a squeeze-excite gate, is padded with zeros by the backend); its readers are such convs
@@ -56,6 +57,7 @@ from ..ir.layout import aligned_4d, blocked_layout, padded_channels
 from ..ir.ops import BINARY_ELEMENTWISE, ELEMENTWISE_ATEN, PAD_TARGETS, UNARY_ELEMENTWISE, Op, pad_arguments
 from ..ir.types import TensorType, TupleType
 from ..schedules import fused_block, squeeze_excite
+from ..schedules import conv_spec
 from ..schedules.conv_spec import conv_spec_of
 
 # ops that compute each element of a 4-D output from the same (n, c, y, x) of their inputs' channels, or
@@ -243,11 +245,12 @@ def _blockable(t, block: int) -> bool:
                                      and t.shape[2] * t.shape[3] > 1)
 
 
-def _pads_alike(graph: Graph, n: Node) -> bool:
-    """A conv that can write a padded output: one group (its extra output channels get zero weights), or a
-    depthwise conv of as many outputs as inputs (its input then padded alike: see ``_conv_operands``)."""
+def _pads_alike(graph: Graph, n: Node, block: int) -> bool:
+    """A conv that can write a padded output: one group (its extra output channels get zero weights), or
+    groups of as many outputs as inputs whose width divides the block, depthwise ones included (its input
+    then padded alike, with whole groups of zeros: see ``_conv_operands`` and conv_spec.pad_to_blocks)."""
     spec = conv_spec_of(graph, n)
-    return spec is not None and (spec.groups == 1 or (spec.is_depthwise and spec.out_channels == spec.in_channels))
+    return spec is not None and (spec.groups == 1 or conv_spec.pads_by_groups(spec, block))
 
 
 def _conv_operands(graph: Graph, n: Node, block: int) -> list[str]:
@@ -296,7 +299,7 @@ def blocked_values(graph: Graph, block: int, conv_runs_blocked: Callable[[Node],
             continue
         padded = is_padded(n.type, block)
         padded_io = padded or (n.op is Op.CONV2D and is_padded(graph.types[n.inputs[0]], block))
-        if n.op is Op.CONV2D and conv_runs_blocked(n) and (not padded_io or _pads_alike(graph, n)):
+        if n.op is Op.CONV2D and conv_runs_blocked(n) and (not padded_io or _pads_alike(graph, n, block)):
             ops = _conv_operands(graph, n, block)
             if all(i in candidates for i in ops):
                 operands[n.name] = ops

@@ -160,6 +160,14 @@ def scaled_weight(graph: Graph, name: str) -> tuple[str, str] | None:
     return weight, scale
 
 
+def pads_by_groups(spec: ConvSpec, block: int | None) -> bool:
+    """A grouped conv padded to whole channel blocks by whole groups of zeros: its groups have as many
+    outputs as inputs, as many channels in as out, and a width that divides the block (depthwise, 8-channel
+    groups in blocks of 16), so every block holds whole groups on both sides."""
+    return (bool(block) and spec.in_channels == spec.out_channels and spec.in_per_group == spec.out_per_group
+            and block % spec.out_per_group == 0)
+
+
 def pad_to_blocks(spec: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, in_block: int | None,
                   out_block: int | None) -> tuple[ConvSpec, np.ndarray, np.ndarray | None]:
     """The conv a kernel computes when its input or output is stored in padded channel blocks (ir/layout.py:
@@ -168,8 +176,9 @@ def pad_to_blocks(spec: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, i
     A padded output adds output channels of zero weight and bias, whose activation of 0 is 0 (block_layout
     pads only such outputs), so the pad lanes it writes stay zero. A padded input of one group is read as its
     C real channels (``nchw(data, spec.in_channels)``), not padded: zero weights would only add FLOPs. A
-    depthwise conv pads both sides alike (groups = the padded channels, zero weights: its kernel runs whole
-    channel blocks anyway); other grouped convs are refused: padding would move channels between groups."""
+    grouped conv whose groups divide the block (``pads_by_groups``: depthwise, 8-channel groups in blocks of 16)
+    pads both sides alike with whole groups of zero weights (its kernel runs whole channel blocks anyway);
+    other grouped convs are refused: padding would move channels between groups."""
     def padded(c, block):
         return -(-c // block) * block if block else c
 
@@ -179,11 +188,11 @@ def pad_to_blocks(spec: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, i
     if (c, o) == (spec.in_channels, spec.out_channels):
         return spec, weight, bias
     if spec.groups > 1:
-        if not (spec.is_depthwise and spec.out_channels == spec.in_channels and c == o):
-            raise ValueError(f"{spec.describe()}: only a depthwise conv with both sides in the same blocks "
-                             f"takes padded channel blocks ({in_block}, {out_block})")
+        if not (c == o and pads_by_groups(spec, out_block)):
+            raise ValueError(f"{spec.describe()}: only groups as wide on both sides, whose width divides the "
+                             f"block, take padded channel blocks, both sides alike ({in_block}, {out_block})")
         weight = np.concatenate([weight, np.zeros((o - spec.out_channels, *weight.shape[1:]), weight.dtype)])
-        groups = o
+        groups = o // spec.out_per_group
     else:
         weight = np.pad(weight, ((0, o - spec.out_channels), (0, c - spec.in_channels), (0, 0), (0, 0)))
         groups = 1

@@ -150,13 +150,19 @@ def test_a_concatenation_of_padded_values_is_not_blocked():
     assert layouts == {"c0": "", "c1": "", "cat": "", "c3": ""}
 
 
-def test_a_grouped_conv_reads_a_padded_value_only_as_a_depthwise_conv_writing_it_padded_alike():
+def test_a_grouped_conv_reads_a_padded_value_only_with_groups_that_divide_the_block_writing_it_padded_alike():
     b = Builder()
     x = b.input("x", (1, 16, 8, 8))
     c1 = _conv(b, x, 16, 12, name="c1")
     g2 = _conv(b, c1, 12, 12, k=3, groups=2, name="g2")  # 6 channels a group: padding would shift groups
     g = _with_lowering(b.graph(_conv(b, g2, 12, 16, name="c3")))
     assert _layouts(block_layout(g, lanes=LANES))["c1"] == ""
+    # 4 channels a group (RegNet's 8 with 16 lanes): a zero group pads each side to whole blocks
+    b = Builder()
+    x = b.input("x", (1, 16, 8, 8))
+    g3 = _conv(b, _conv(b, x, 16, 12, name="c1"), 12, 12, k=3, groups=3, name="g3")
+    layouts = _layouts(block_layout(_with_lowering(b.graph(_conv(b, g3, 12, 16, name="c3"))), lanes=LANES))
+    assert layouts == {"c1": f"NCHW{LANES}c", "g3": f"NCHW{LANES}c", "c3": ""}
     # a depthwise conv whose output can't be blocked (a graph output) keeps its padded input NCHW too
     b = Builder()
     x = b.input("x", (1, 16, 8, 8))
@@ -637,3 +643,36 @@ def test_tvm_results_with_a_blocked_response_norm_equal_eager(lanes):
     assert norm.attrs.target == "aten.linalg_vector_norm.default" and norm.type.layout == f"NCHW{lanes}c"
     gelu = next(n for n in graph.nodes if n.op is Op.GELU)
     assert gelu.type.layout == f"NCHW{lanes}c"  # addcmul became mul and add: nothing between the convs needs NCHW
+
+
+class _GroupedStage(nn.Module):
+    """RegNet's bottleneck over C channels that fill 2.5 blocks: 1x1, grouped 3x3 (groups of half a block,
+    stride 1 and 2), 1x1, a residual."""
+
+    def __init__(self, channels, group_width):
+        super().__init__()
+        self.a = nn.Conv2d(8, channels, 1)
+        self.b = nn.Conv2d(channels, channels, 3, padding=1, groups=channels // group_width)
+        self.c = nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels // group_width)
+        self.d = nn.Conv2d(channels, 8, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = torch.relu(self.c(y + torch.relu(self.b(y))))
+        return self.d(y)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_tvm_results_with_grouped_convs_in_padded_blocks_equal_eager(lanes):
+    torch.manual_seed(0)
+    channels = 2 * lanes + lanes // 2
+    model = _GroupedStage(channels, lanes // 2).eval()
+    x = torch.randn(1, 8, 12, 10)
+    target = resolve_target("cpu").with_lanes(lanes)
+    compiled = convopt.optimize(model, x, target=target, lowering="direct")  # check=True: within 1e-4 of eager
+    grouped = [n for n in compiled.graph.nodes if n.op is Op.CONV2D and n.attrs.groups > 1]
+    assert len(grouped) == 2 and all(n.type.layout == f"NCHW{lanes}c" for n in grouped)
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        expected = model(x2)
+    assert relative_error(compiled(x2), expected) <= 1e-5

@@ -56,13 +56,15 @@ PADDED_SPECS = [  # channels that don't fill whole blocks of 8 or 16
     ConvSpec(1, 20, 9, 9, 12, (3, 3), padding=(1, 1)),
     ConvSpec(2, 20, 7, 9, 28, (1, 1)),
     ConvSpec(1, 20, 11, 11, 20, (3, 3), stride=(2, 2), padding=(1, 1), groups=20),  # depthwise: padded alike
+    ConvSpec(1, 20, 9, 9, 20, (3, 3), padding=(1, 1), groups=5),  # 4-channel groups: whole zero groups added
+    ConvSpec(1, 24, 9, 10, 24, (3, 3), stride=(2, 2), padding=(1, 1), groups=3),  # 8-channel groups (paired)
 ]
-PADDED_CASES = [(name, spec) for name in LOWERINGS + RULE_LOWERINGS for spec in PADDED_SPECS
-                if lowering(name).supports(spec) is None and lowering(name).writes_blocked]
+PADDED_CASES = [(name, spec, lanes) for name in LOWERINGS + RULE_LOWERINGS for spec in PADDED_SPECS for lanes in LANES
+                if lowering(name).supports(spec) is None and lowering(name).writes_blocked
+                and (spec.in_channels % lanes or spec.out_channels % lanes)]  # (8-channel groups fill blocks of 8)
 
 
-@pytest.mark.parametrize("lanes", LANES)
-@pytest.mark.parametrize("name,spec", PADDED_CASES, ids=[f"{n}-{s.describe()}" for n, s in PADDED_CASES])
+@pytest.mark.parametrize("name,spec,lanes", PADDED_CASES, ids=[f"{n}-{s.describe()}-{v}" for n, s, v in PADDED_CASES])
 def test_padded_channel_blocks_in_and_out_match_torch_and_keep_the_pad_lanes_zero(name, spec, lanes):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(spec.batch, spec.in_channels, spec.height, spec.width, generator=g)
@@ -78,12 +80,18 @@ def test_padded_channel_blocks_in_and_out_match_torch_and_keep_the_pad_lanes_zer
     assert stored.shape[1] * lanes > spec.out_channels and not stored[:, -1, ..., spec.out_channels % lanes:].any()
 
 
-def test_a_grouped_conv_is_refused_padded_blocks():
-    from convopt.schedules.conv_spec import pad_to_blocks
+def test_a_grouped_conv_is_refused_padded_blocks_unless_whole_groups_fill_them():
+    from convopt.schedules.conv_spec import pad_to_blocks, pads_by_groups
 
-    spec = ConvSpec(1, 20, 8, 8, 20, (3, 3), padding=(1, 1), groups=2)
-    with pytest.raises(ValueError, match="depthwise"):
+    spec = ConvSpec(1, 20, 8, 8, 20, (3, 3), padding=(1, 1), groups=2)  # groups of 10 in blocks of 8
+    with pytest.raises(ValueError, match="whole groups|divides the block"):
         pad_to_blocks(spec, np.zeros((20, 10, 3, 3), np.float32), None, 8, 8)
+    assert not pads_by_groups(ConvSpec(1, 24, 8, 8, 48, (3, 3), groups=6), 16)  # 4 in, 8 out a group
+    regnet = ConvSpec(1, 152, 8, 8, 152, (3, 3), padding=(1, 1), groups=19)  # 8-channel groups
+    padded, weight, bias = pad_to_blocks(regnet, np.ones((152, 8, 3, 3), np.float32), np.ones(152, np.float32),
+                                         16, 16)
+    assert (padded.in_channels, padded.out_channels, padded.groups) == (160, 160, 20)  # one group of zeros
+    assert weight.shape == (160, 8, 3, 3) and not weight[152:].any() and not bias[152:].any()
     dense = ConvSpec(1, 20, 8, 8, 12, (1, 1))
     padded, weight, bias = pad_to_blocks(dense, np.ones((12, 20, 1, 1), np.float32), np.ones(12, np.float32), 8, 8)
     assert (padded.in_channels, padded.out_channels) == (20, 16)  # the input is read as its 20 real channels
