@@ -207,9 +207,14 @@ def direct_conv2d_compute(
         # the input of each pair of groups interleaved, [N, G/2, HP, WP, 2 * icpg] with channel c of group
         # 2j + h at [.., j, y, x, 2c + h]: the kernel broadcasts the pair (c of both groups) as one 64-bit value
         assert G % 2 == 0, G  # (tiling.paired_groups: whole channel blocks of two groups each)
-        interleaved = te.compute((N, OCB, HP, WP, 2 * icpg),
-                                 lambda n, j, y, x, k: _padded(n, (j * 2 + k % 2) * icpg + k // 2, y, x),
-                                 name=PAD_BLOCK)
+        def _interleaved(n, j, y, x, k):
+            # the read clamped into the input, so that it needs no branch (the border a select): LLVM then joins
+            # the two groups' halves, each stored every other lane, into one shuffle and store a pixel
+            inside = tirx.all(y >= PT, y < PT + H, x >= PL, x < PL + W)
+            yi, xi = (tirx.max(tirx.min(v, extent - 1), 0) for v, extent in ((y - PT, H), (x - PL, W)))
+            return tirx.Select(inside, data[n, (j * 2 + k % 2) * icpg + k // 2, yi, xi], tirx.const(0.0, "float32"))
+
+        interleaved = te.compute((N, OCB, HP, WP, 2 * icpg), _interleaved, name=PAD_BLOCK)
     elif phases > 1:
         split = te.compute((N, C, HP, phases, _ceil_div(WP, phases)),
                            lambda n, c, y, p, x: _padded(n, c, y, x * phases + p), name=PAD_BLOCK)
