@@ -205,7 +205,25 @@ def _channel_norm(ctx, n: Node, x):
 
 
 def _group_norm(ctx, n: Node, x):
+    """On the CPU convopt's kernel (schedules/group_norm.py: its sums split over the channels, so that the
+    cores share even one group), NCHW or in channel blocks of whole groups; else Relax's group norm."""
     block = block_of(n.type.layout)
+    params = [ctx.constant_data(i) if i is not None else None for i in n.inputs[1:]]
+    constant = all(t is not None or i is None for t, i in zip(params, n.inputs[1:]))
+    if ctx.own_kernels and n.type.dtype == "f32" and n.type.rank == 4 and constant:
+        from ..schedules.group_norm import group_norm_prim_func
+
+        channels = n.type.shape[1]
+        gamma, beta = (ctx.const(default if t is None else t.detach().double().numpy(), "f32")
+                       for t, default in zip(params, (np.ones(channels), np.zeros(channels))))
+        stored = tuple(stored_shape(n.type.shape, n.type.layout))
+        flat = (*stored[:2], stored[2] * stored[3], *stored[4:])  # the pixels flattened: a free reshape
+        func = (group_norm_prim_func(flat, n.attrs.num_groups, n.attrs.eps, ctx.lanes).without_attr("global_symbol")
+                .with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True))
+        gvar = ctx.bb.add_func(func, "convopt_group_norm")  # equal shapes share one function
+        out = ctx.bb.emit(relax.call_tir(gvar, [ctx.bb.emit(relax.op.reshape(x[0], flat)), gamma, beta],
+                                         relax.TensorType(flat, "float32")))
+        return relax.op.reshape(out, stored)
     if block:
         # [N, C/b, H, W, b] whose groups are whole channel blocks (block_layout): the statistics are Relax's group
         # norm of the blocks (groups along axis 1, H, W and the lanes reduced); the affine per channel, blocked
