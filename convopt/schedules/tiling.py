@@ -245,7 +245,8 @@ def paired_groups(groups: int, in_channels: int, out_channels: int, lanes: int) 
     Lane 2i + h of block j is channel i of group 2j + h, its input read as the pair (channel c of group 2j,
     of group 2j + 1), adjacent in an interleaved copy: one 64-bit broadcast (vbroadcastsd) an FMA of the
     whole width, where blocks of half a vector made two half-width FMAs for the same loads. From and to
-    NCHW the interleaving is a gather each way (measured 0.94-1.5x the unpaired kernel's time: not used)."""
+    NCHW the interleaving is a gather each way (0.94-1.5x the unpaired kernel's time where the channels don't
+    fill blocks: not paired; a conv of whole blocks that block_layout leaves NCHW, at a graph's edge, pays it)."""
     return (PAIR_GROUPS and groups > 1 and 2 * (out_channels // groups) == lanes
             and in_channels % lanes == 0 and out_channels % lanes == 0)
 
