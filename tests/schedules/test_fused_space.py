@@ -124,8 +124,10 @@ def test_a_trace_of_another_space_or_version_is_refused():
 
 
 def test_the_rules_are_the_default_point():
-    # the register tile rule: half the registers as accumulators, up to 8 columns; 12 may take three quarters
-    assert fused_space.column_tile(56, 16, 2) == 8 and fused_space.column_tile(56, 16, 2, most=12) == 12
-    assert fused_space.column_tile(56, 8, 2) == 4 and fused_space.column_tile(56, 8, 2, most=12) == 6
+    # the register tile rule: half the registers as accumulators, up to 8 columns; 12 may take three quarters;
+    # a divisor of the row down to half the most (tiling.pick_tile), not a guarded last tile
+    assert fused_space.column_tile(56, 16, 2) == 8 and fused_space.column_tile(48, 16, 2, most=12) == 12
+    assert fused_space.column_tile(56, 16, 2, most=12) == 8 and fused_space.column_tile(58, 16, 2, most=12) == 12
+    assert fused_space.column_tile(56, 8, 2) == 4 and fused_space.column_tile(60, 8, 2, most=12) == 6
     assert fused_space.channel_vectors(4) == 2 and fused_space.channel_vectors(4, most=1) == 1
     assert fused_space.bands_of(2, 7, Tiles(band_factor=4)) == 7 and fused_space.bands_of(2, 56, DEFAULT) == 2

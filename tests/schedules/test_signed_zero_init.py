@@ -15,7 +15,7 @@ from convopt.schedules.kernel import build_kernel, scheduled_module
 
 from .conv_cases import HOST, LANES, OTHER_ISAS, host
 
-STEM = ConvSpec(1, 3, 20, 20, 32, (3, 3), (2, 2), (1, 1))  # a stem's 3 channels: a short sum per tile
+STEM = ConvSpec(1, 3, 32, 32, 32, (3, 3), (2, 2), (1, 1))  # a stem's 3 channels: a short sum per tile
 
 
 def _float_constants(stmt) -> list[float]:
